@@ -1,0 +1,41 @@
+"""waypost: service discovery for Python.
+
+The agent (`waypost agent`) is a Consul-compatible registry with health checks
+and DNS; the client library (`waypost.AsyncDiscovery`, `waypost.ServiceClient`,
+...) finds healthy instances and balances requests across them.
+"""
+
+from __future__ import annotations
+
+from ._exceptions import (
+    CircuitOpen,
+    ClientError,
+    ConfigError,
+    NoHealthyInstances,
+    NotFoundError,
+    RegistrationError,
+    RegistryUnavailable,
+    RetryBudgetExhausted,
+    StorageError,
+    StoreUnavailable,
+    ValidationError,
+    WaypostError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CircuitOpen",
+    "ClientError",
+    "ConfigError",
+    "NoHealthyInstances",
+    "NotFoundError",
+    "RegistrationError",
+    "RegistryUnavailable",
+    "RetryBudgetExhausted",
+    "StorageError",
+    "StoreUnavailable",
+    "ValidationError",
+    "WaypostError",
+    "__version__",
+]

@@ -1,0 +1,71 @@
+"""The one exception hierarchy of waypost.
+
+    WaypostError
+    ├── ConfigError             a flag or config file that cannot be used
+    ├── ValidationError         a request that is malformed or invalid (HTTP 400)
+    ├── NotFoundError           an unknown service, check or node ID (HTTP 404)
+    ├── StorageError            the store could not make a write durable (HTTP 500)
+    │   └── StoreUnavailable    the store cannot be reached at all (HTTP 503)
+    └── ClientError             raised by the client library
+        ├── RegistryUnavailable the registry cannot be reached and nothing is cached
+        ├── NoHealthyInstances  a service has no instance a request may go to
+        ├── CircuitOpen         every candidate instance has its breaker open
+        ├── RetryBudgetExhausted a retry was wanted but the budget is spent
+        └── RegistrationError   the agent refused or lost a registration
+
+Every message names the thing that is wrong and, where it helps, what to do.
+"""
+
+from __future__ import annotations
+
+
+class WaypostError(Exception):
+    """Base class of every error waypost raises on purpose."""
+
+
+class ConfigError(WaypostError):
+    """A command-line flag or configuration file value that cannot be used."""
+
+
+class ValidationError(WaypostError):
+    """A request that is malformed or asks for something invalid."""
+
+
+class NotFoundError(WaypostError):
+    """An ID that names nothing the catalog holds."""
+
+
+class StorageError(WaypostError):
+    """The storage backend failed; the write was not applied."""
+
+
+class StoreUnavailable(StorageError):
+    """The storage backend cannot be reached; writes are refused, reads go on stale."""
+
+
+class ClientError(WaypostError):
+    """Base class of the client library's errors."""
+
+    def __init__(self, message: str, *, service: str | None = None) -> None:
+        super().__init__(message)
+        self.service = service
+
+
+class RegistryUnavailable(ClientError):
+    """The registry cannot be reached and no cached answer exists."""
+
+
+class NoHealthyInstances(ClientError):
+    """A service has no instance that a request may be sent to."""
+
+
+class CircuitOpen(ClientError):
+    """Every candidate instance of a service has its circuit breaker open."""
+
+
+class RetryBudgetExhausted(ClientError):
+    """A retry was wanted but would exceed the retry budget."""
+
+
+class RegistrationError(ClientError):
+    """The agent refused a registration, or lost it and refused it again."""

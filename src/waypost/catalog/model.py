@@ -1,0 +1,113 @@
+"""The registry's records: nodes, service instances and health checks.
+
+Records are immutable msgspec Structs. A write replaces a record whole, so a
+reader holding one never sees it change underneath. Field names are Python's;
+the HTTP layer maps them to Consul's names on the way out.
+"""
+
+from __future__ import annotations
+
+from typing import Final, Literal
+
+import msgspec
+
+Status = Literal["passing", "warning", "critical", "maintenance"]
+STATUSES: Final = ("passing", "warning", "critical", "maintenance")
+
+SERF_CHECK_ID: Final = "serfHealth"
+NODE_MAINT_CHECK_ID: Final = "_node_maintenance"
+SERVICE_MAINT_PREFIX: Final = "_service_maintenance:"
+
+
+class Node(msgspec.Struct, frozen=True, omit_defaults=True):
+    name: str
+    id: str = ""
+    address: str = ""
+    datacenter: str = "dc1"
+    tagged_addresses: dict[str, str] = {}
+    meta: dict[str, str] = {}
+    create_index: int = 0
+    modify_index: int = 0
+
+
+class Weights(msgspec.Struct, frozen=True):
+    passing: int = 1
+    warning: int = 1
+
+
+class ServiceAddress(msgspec.Struct, frozen=True):
+    address: str
+    port: int = 0
+
+
+class Service(msgspec.Struct, frozen=True, omit_defaults=True):
+    """One instance of a service, living on a node."""
+
+    node: str
+    id: str
+    name: str
+    tags: tuple[str, ...] = ()
+    address: str = ""
+    port: int = 0
+    meta: dict[str, str] = {}
+    weights: Weights = Weights()
+    tagged_addresses: dict[str, ServiceAddress] = {}
+    enable_tag_override: bool = False
+    kind: str = ""
+    create_index: int = 0
+    modify_index: int = 0
+
+
+class CheckDefinition(msgspec.Struct, frozen=True, omit_defaults=True):
+    """How the owning agent runs a check. Durations are in seconds."""
+
+    interval: float = 0.0
+    timeout: float = 0.0
+    ttl: float = 0.0
+    http: str = ""
+    method: str = ""
+    header: dict[str, list[str]] = {}
+    body: str = ""
+    tls_skip_verify: bool = False
+    tcp: str = ""
+    grpc: str = ""
+    grpc_use_tls: bool = False
+    args: tuple[str, ...] = ()
+    deregister_critical_after: float = 0.0
+    success_before_passing: int = 0
+    failures_before_warning: int = 0
+    failures_before_critical: int = 0
+
+    @property
+    def kind(self) -> str:
+        """The check's type as Consul names it (`Type` in the API)."""
+        if self.ttl:
+            return "ttl"
+        for kind in ("http", "tcp", "grpc"):
+            if getattr(self, kind):
+                return kind
+        return "script" if self.args else ""
+
+
+class Check(msgspec.Struct, frozen=True, omit_defaults=True):
+    node: str
+    check_id: str
+    name: str
+    status: Status = "critical"
+    notes: str = ""
+    output: str = ""
+    service_id: str = ""
+    service_name: str = ""
+    service_tags: tuple[str, ...] = ()
+    type: str = ""
+    definition: CheckDefinition | None = None
+    create_index: int = 0
+    modify_index: int = 0
+
+
+Record = Node | Service | Check
+
+
+def status_rank(status: str) -> int:
+    """Order statuses from best to worst, for "the worst of these checks"."""
+    return {"passing": 0, "warning": 1, "critical": 2, "maintenance": 3}.get(status, 2)
