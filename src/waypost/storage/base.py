@@ -13,12 +13,15 @@ The contract, in order of importance:
 2. Indexes strictly increase across commits, across restarts too.
 3. `open(apply)` replays what is stored, as `apply(index, entries)` calls with
    each entry's own create and modify index, before it returns.
+4. A backend that loses track of changes (an etcd watch whose revision was
+   compacted) re-lists and calls `apply(index, everything, snapshot=True)`:
+   the catalog then drops every key the snapshot does not hold.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
+from typing import Protocol
 
 import msgspec
 
@@ -37,7 +40,8 @@ class Entry(msgspec.Struct, frozen=True):
     ephemeral: bool = False
 
 
-ApplyFn = Callable[[int, list[Entry]], None]
+class ApplyFn(Protocol):
+    def __call__(self, index: int, entries: list[Entry], snapshot: bool = False) -> None: ...
 
 
 class StoreHealth(msgspec.Struct, frozen=True):

@@ -1,0 +1,72 @@
+"""The agent's settings: defaults, then a TOML config file, then flags."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import msgspec
+import platformdirs
+
+from .._exceptions import ConfigError
+
+
+class AgentConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    http: str = "127.0.0.1:8500"
+    dns: str = "127.0.0.1:8600"
+    data_dir: str = ""
+    store: str = ""
+    dev: bool = False
+    node: str = ""
+    datacenter: str = "dc1"
+    advertise: str = "127.0.0.1"
+    log_level: str = "info"
+    enable_script_checks: bool = False
+    domain: str = "consul."
+    alt_domain: str = ""
+    dns_only_passing: bool = False
+    dns_service_ttl: dict[str, str] = {}
+    dns_node_ttl: str = "0s"
+    recursors: list[str] = []
+
+    def store_url(self) -> str:
+        """The store the flags ask for: --store, else memory for --dev, else sqlite in the data dir."""
+        if self.store:
+            return self.store
+        if self.dev:
+            return "memory://"
+        data_dir = Path(self.data_dir or platformdirs.user_data_dir("waypost"))
+        return f"sqlite://{(data_dir / 'catalog.db').absolute()}"
+
+    def node_name(self) -> str:
+        return self.node or socket.gethostname()
+
+
+def load_config_file(path: str) -> dict[str, object]:
+    """Read a TOML config file into flag-named settings.
+
+    Raises:
+        ConfigError: the file is missing, not TOML, or has an unknown or mistyped key.
+    """
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    try:
+        data = msgspec.toml.decode(raw)
+        settings = {str(k).replace("-", "_"): v for k, v in data.items()}
+        msgspec.convert(settings, AgentConfig)  # validate names and types now
+    except msgspec.DecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"config file {path}: {exc}") from exc
+    return settings
+
+
+def split_address(value: str, flag: str) -> tuple[str, int]:
+    """`127.0.0.1:8500` or `[::1]:8500` -> (host, port). Raises ConfigError."""
+    host, sep, port = value.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{flag} {value!r}: expected ADDRESS:PORT, e.g. 127.0.0.1:8500 (port 0 picks one)")
+    return host, int(port)

@@ -1,0 +1,180 @@
+"""The agent process: storage, catalog, health runner, HTTP API and DNS, wired and run.
+
+`Agent.start()` opens the store (replaying what it holds), writes this agent's
+node and liveness, resumes the checks it owns and binds its listeners; only
+then does it report the addresses it serves on. `stop()` undoes it in reverse.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import uvicorn
+
+from .. import __version__
+from ..api.app import AgentApp
+from .._exceptions import ConfigError
+from ..catalog import Catalog, Node
+from ..catalog.model import SERF_CHECK_ID
+from ..health import HealthRunner
+from ..storage import open_storage
+from .config import AgentConfig, split_address
+from .local import LocalAgent
+
+log = logging.getLogger("waypost.agent")
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: the agent shuts everything down itself."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class Agent:
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.storage = open_storage(config.store_url())
+        self.catalog = Catalog(self.storage)
+        node = Node(
+            name=config.node_name(),
+            address=config.advertise,
+            datacenter=config.datacenter,
+        )
+        self.runner = HealthRunner(
+            self.catalog, node.name, enable_scripts=config.enable_script_checks
+        )
+        self.local = LocalAgent(self.catalog, self.runner, node, config.enable_script_checks)
+        self.started_at = time.time()
+        self.http_address: tuple[str, int] | None = None
+        self.dns_address: tuple[str, int] | None = None
+        self._http: _Server | None = None
+        self._http_task: asyncio.Task[None] | None = None
+        self._dns: Any = None
+        self._stopped = asyncio.Event()
+
+    async def start(self) -> None:
+        await self.catalog.open()
+        await self.local.join()
+        await self.runner.start()
+        await self._start_http()
+        if self.config.dns != "off":
+            await self._start_dns()
+
+    async def _start_http(self) -> None:
+        host, port = split_address(self.config.http, "--http")
+        sock = _listen(host, port)
+        self.http_address = sock.getsockname()[:2]
+        config = uvicorn.Config(
+            AgentApp(self),
+            loop="none",
+            http="httptools",
+            lifespan="off",
+            access_log=False,
+            log_level=logging.WARNING,
+            timeout_keep_alive=75,
+            limit_concurrency=50_000,
+            backlog=4096,
+        )
+        self._http = _Server(config)
+        self._http_task = asyncio.create_task(self._http.serve(sockets=[sock]), name="waypost-http")
+        while not self._http.started:
+            if self._http_task.done():
+                self._http_task.result()  # surfaces the bind or startup error
+            await asyncio.sleep(0.01)
+
+    async def _start_dns(self) -> None:
+        from ..dns import DnsServer  # imported here: the DNS layer is optional to load
+
+        host, port = split_address(self.config.dns, "--dns")
+        self._dns = await DnsServer.start(self, host, port)
+        self.dns_address = self._dns.address
+
+    async def stop(self) -> None:
+        if self._dns is not None:
+            await self._dns.close()
+        if self._http is not None and self._http_task is not None:
+            self._http.should_exit = True
+            await self._http_task
+        await self.runner.stop()
+        await self.catalog.close()
+        self._stopped.set()
+
+    async def run(self) -> None:
+        """Serve until SIGINT or SIGTERM, then shut down cleanly."""
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("shutting down")
+        await self.stop()
+
+    # -- what /v1/agent/self, /members and /metrics report -------------------
+
+    def leader_address(self) -> str:
+        return f"{self.config.advertise}:8300"
+
+    def describe_self(self) -> dict[str, Any]:
+        return {
+            "Config": {
+                "Datacenter": self.config.datacenter,
+                "PrimaryDatacenter": self.config.datacenter,
+                "NodeName": self.local.name,
+                "NodeID": self.local.node.id,
+                "Server": True,
+                "Revision": "waypost",
+                "Version": __version__,
+            },
+            "Member": self.members()[0] if self.members() else {},
+            "Meta": {"waypost-store": self.config.store_url().split("://")[0]},
+            "Stats": {k: {n: str(v) for n, v in s.items()} for k, s in self.statistics().items()},
+        }
+
+    def members(self) -> list[dict[str, Any]]:
+        """Agents' nodes (those with a serfHealth check): alive (Status 1) while
+        their liveness key exists, failed (4) otherwise."""
+        state = self.catalog.state
+        return [
+            {
+                "Name": node.name,
+                "Addr": node.address,
+                "Port": 8301,
+                "Tags": {"dc": node.datacenter, "role": "node"},
+                "Status": 1 if name in state.live else 4,
+            }
+            for name, node in sorted(state.nodes.items())
+            if (name, SERF_CHECK_ID) in state.checks
+        ]
+
+    def statistics(self) -> dict[str, dict[str, float]]:
+        stats = {
+            "catalog": self.catalog.statistics(),
+            "store": self.storage.statistics(),
+            "health": self.runner.statistics(),
+        }
+        if self._dns is not None:
+            stats["dns"] = self._dns.statistics()
+        return stats
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+    sock.listen(4096)
+    sock.setblocking(False)
+    return sock

@@ -1,0 +1,364 @@
+"""Consul's v1 HTTP API: parse, call the catalog or the local agent, encode.
+
+Every read goes through `_read`, the one blocking-query path: it validates
+`index`/`wait`, sleeps on the topics the read touches, and serves the encoded
+answer from a cache keyed by the request and valid while the topics' index
+stands still, so a hot `?passing` read costs one dict lookup.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from .._exceptions import NotFoundError, ValidationError
+from ..catalog import Check, Node, Service, codec
+from ..catalog.model import STATUSES
+from ..catalog.watch import CHECKS, NODES, SERVICES, Topic, node_topic, service_topic
+from . import decode, encode
+from .http import Request, Response, Router, empty, json, json_bytes
+
+if TYPE_CHECKING:
+    from ..agent.runtime import Agent
+
+DEFAULT_WAIT = 300.0
+CACHE_LIMIT = 4096
+_ENCODER = msgspec.json.Encoder()
+_TRUE = b"true"
+
+
+class ConsulApi:
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+        self.catalog = agent.catalog
+        self.state = agent.catalog.state
+        self.local = agent.local
+        self._cache: dict[tuple[str, bytes], tuple[int, bytes]] = {}
+        self.rng = random.Random()
+
+    def routes(self, r: Router) -> None:
+        for path, handler in {
+            "/v1/agent/services": self.agent_services,
+            "/v1/agent/service/": self.agent_service,
+            "/v1/agent/checks": self.agent_checks,
+            "/v1/agent/self": self.agent_self,
+            "/v1/agent/members": self.agent_members,
+            "/v1/catalog/services": self.catalog_services,
+            "/v1/catalog/service/": self.catalog_service,
+            "/v1/catalog/nodes": self.catalog_nodes,
+            "/v1/catalog/node/": self.catalog_node,
+            "/v1/catalog/datacenters": self.datacenters,
+            "/v1/health/service/": self.health_service,
+            "/v1/health/checks/": self.health_checks,
+            "/v1/health/state/": self.health_state,
+            "/v1/health/node/": self.health_node,
+            "/v1/status/leader": self.status_leader,
+            "/v1/status/peers": self.status_peers,
+        }.items():
+            r.add("GET HEAD", path, handler)
+        for path, handler in {
+            "/v1/agent/service/register": self.service_register,
+            "/v1/agent/service/deregister/": self.service_deregister,
+            "/v1/agent/service/maintenance/": self.service_maintenance,
+            "/v1/agent/maintenance": self.node_maintenance,
+            "/v1/agent/check/register": self.check_register,
+            "/v1/agent/check/deregister/": self.check_deregister,
+            "/v1/agent/check/pass/": self.check_pass,
+            "/v1/agent/check/warn/": self.check_warn,
+            "/v1/agent/check/fail/": self.check_fail,
+            "/v1/agent/check/update/": self.check_update,
+            "/v1/catalog/register": self.catalog_register,
+            "/v1/catalog/deregister": self.catalog_deregister,
+        }.items():
+            r.add("PUT POST", path, handler)
+
+    # -- the blocking read path ------------------------------------------
+
+    async def _read(
+        self, req: Request, topics: tuple[Topic, ...], produce: Callable[[], Any], cache: bool = True
+    ) -> Response:
+        min_index, wait = self._blocking_params(req)
+        if req.has("consistent"):
+            await self.agent.storage.confirm()
+        if min_index:
+            await self.catalog.block(topics, min_index, wait + self.rng.uniform(0, wait / 16))
+        index = self.state.index_of(topics)
+        key = (req.path, _query_key(req))
+        hit = self._cache.get(key) if cache else None
+        if hit is not None and hit[0] == index:
+            body = hit[1]
+        else:
+            body = _ENCODER.encode(produce())
+            if cache:
+                if len(self._cache) >= CACHE_LIMIT:
+                    self._cache.clear()
+                self._cache[key] = (index, body)
+        return json_bytes(body, self._read_headers(index))
+
+    def _blocking_params(self, req: Request) -> tuple[int, float]:
+        if req.has("stale") and req.has("consistent"):
+            raise ValidationError("Cannot specify ?stale with ?consistent, conflicting semantics.")
+        index = decode.parse_index(req.arg("index")) if req.arg("index") else 0
+        wait = decode.parse_wait(req.arg("wait")) if req.arg("wait") else DEFAULT_WAIT
+        return index, wait
+
+    def _read_headers(self, index: int) -> list[tuple[bytes, bytes]]:
+        health = self.agent.storage.health()
+        return [
+            (b"x-consul-index", str(index).encode()),
+            (b"x-consul-knownleader", b"true" if health.known_leader else b"false"),
+            (b"x-consul-lastcontact", str(health.last_contact_ms).encode()),
+        ]
+
+    # -- agent reads -------------------------------------------------------
+
+    def _own_services(self) -> dict[str, Service]:
+        return self.state.node_services.get(self.local.name, {})
+
+    async def agent_services(self, req: Request, _: str) -> Response:
+        dc = self.agent.config.datacenter
+        return await self._read(
+            req,
+            (node_topic(self.local.name),),
+            lambda: {sid: encode.service(s, dc) for sid, s in sorted(self._own_services().items())},
+        )
+
+    async def agent_service(self, req: Request, service_id: str) -> Response:
+        service = self._own_services().get(service_id)
+        if service is None:
+            raise NotFoundError(f'unknown service ID: "{service_id}"')
+        return await self._read(
+            req,
+            (node_topic(self.local.name),),
+            lambda: encode.service(self._own_services().get(service_id, service), self.agent.config.datacenter),
+        )
+
+    async def agent_checks(self, req: Request, _: str) -> Response:
+        # Not cached: it shows check output, which changes without a new index.
+        return await self._read(
+            req,
+            (node_topic(self.local.name),),
+            lambda: {c.check_id: encode.check(c) for c in self.state.checks_on_node(self.local.name)},
+            cache=False,
+        )
+
+    async def agent_self(self, req: Request, _: str) -> Response:
+        return json(self.agent.describe_self())
+
+    async def agent_members(self, req: Request, _: str) -> Response:
+        return json(self.agent.members())
+
+    # -- catalog reads -----------------------------------------------------
+
+    async def catalog_services(self, req: Request, _: str) -> Response:
+        return await self._read(req, (SERVICES,), self.state.service_tags)
+
+    async def catalog_service(self, req: Request, name: str) -> Response:
+        tags = req.query.get("tag", [])
+        return await self._read(
+            req,
+            (service_topic(name),),
+            lambda: [
+                encode.catalog_service(self.state.nodes.get(s.node), s)
+                for s in sorted(self.state.instances(name, tags), key=lambda s: (s.node, s.id))
+            ],
+        )
+
+    async def catalog_nodes(self, req: Request, _: str) -> Response:
+        return await self._read(
+            req, (NODES,), lambda: [encode.node(n) for _, n in sorted(self.state.nodes.items())]
+        )
+
+    async def catalog_node(self, req: Request, name: str) -> Response:
+        def produce() -> Any:
+            node = self.state.nodes.get(name)
+            if node is None:
+                return None
+            services = self.state.node_services.get(name, {})
+            return {
+                "Node": encode.node(node),
+                "Services": {sid: encode.service(s) for sid, s in sorted(services.items())},
+            }
+
+        return await self._read(req, (node_topic(name),), produce)
+
+    async def datacenters(self, req: Request, _: str) -> Response:
+        return json([self.agent.config.datacenter])
+
+    # -- health reads ------------------------------------------------------
+
+    async def health_service(self, req: Request, name: str) -> Response:
+        passing = req.has("passing") and req.arg("passing").lower() not in ("false", "0")
+        tags = req.query.get("tag", [])
+        return await self._read(
+            req,
+            (service_topic(name),),
+            lambda: [encode.health_row(*row) for row in self.state.health(name, tags, passing)],
+        )
+
+    async def health_checks(self, req: Request, name: str) -> Response:
+        return await self._read(
+            req,
+            (service_topic(name),),
+            lambda: [encode.check(c) for c in self.state.checks_for_service(name)],
+        )
+
+    async def health_state(self, req: Request, state: str) -> Response:
+        if state != "any" and state not in STATUSES[:3]:
+            raise ValidationError(f'Invalid state "{state}": use any, passing, warning or critical')
+        return await self._read(
+            req, (CHECKS,), lambda: [encode.check(c) for c in self.state.checks_in_state(state)]
+        )
+
+    async def health_node(self, req: Request, name: str) -> Response:
+        return await self._read(
+            req,
+            (node_topic(name),),
+            lambda: [encode.check(c) for c in self.state.checks_on_node(name)],
+        )
+
+    async def status_leader(self, req: Request, _: str) -> Response:
+        return json(self.agent.leader_address())
+
+    async def status_peers(self, req: Request, _: str) -> Response:
+        return json([self.agent.leader_address()])
+
+    # -- agent writes ------------------------------------------------------
+
+    async def service_register(self, req: Request, _: str) -> Response:
+        body = decode.decode_service(await req.body())
+        replace = req.arg("replace-existing-checks").lower() in ("true", "1")
+        await self.local.register_service(body, replace)
+        return empty()
+
+    async def service_deregister(self, req: Request, service_id: str) -> Response:
+        await self.local.deregister_service(service_id)
+        return empty()
+
+    async def service_maintenance(self, req: Request, service_id: str) -> Response:
+        if not service_id:
+            raise ValidationError("Missing service ID")
+        await self.local.service_maintenance(service_id, _enable_flag(req), req.arg("reason"))
+        return empty()
+
+    async def node_maintenance(self, req: Request, _: str) -> Response:
+        await self.local.node_maintenance(_enable_flag(req), req.arg("reason"))
+        return empty()
+
+    async def check_register(self, req: Request, _: str) -> Response:
+        await self.local.register_check(decode.decode_check(await req.body()))
+        return empty()
+
+    async def check_deregister(self, req: Request, check_id: str) -> Response:
+        await self.local.deregister_check(check_id)
+        return empty()
+
+    async def check_pass(self, req: Request, check_id: str) -> Response:
+        await self.local.heartbeat(check_id, "passing", req.arg("note"))
+        return empty()
+
+    async def check_warn(self, req: Request, check_id: str) -> Response:
+        await self.local.heartbeat(check_id, "warning", req.arg("note"))
+        return empty()
+
+    async def check_fail(self, req: Request, check_id: str) -> Response:
+        await self.local.heartbeat(check_id, "critical", req.arg("note"))
+        return empty()
+
+    async def check_update(self, req: Request, check_id: str) -> Response:
+        body = decode.decode_update(await req.body())
+        await self.local.heartbeat(check_id, body.status, body.output)
+        return empty()
+
+    # -- catalog writes (third-party registration) --------------------------
+
+    async def catalog_register(self, req: Request, _: str) -> Response:
+        body = decode.decode_catalog_register(await req.body())
+        entries = []
+        if not body.skipnodeupdate or body.node not in self.state.nodes:
+            node = Node(
+                name=body.node,
+                id=body.id,
+                address=body.address,
+                datacenter=body.datacenter or self.agent.config.datacenter,
+                tagged_addresses=body.taggedaddresses,
+                meta=body.nodemeta,
+            )
+            entries.append(codec.put(node))
+        service = None
+        if body.service is not None:
+            service = _catalog_service(body.node, body.service)
+            entries.append(codec.put(service))
+        for check_body in ([body.check] if body.check else []) + body.checks:
+            entries.append(codec.put(self._catalog_check(body.node, check_body, service)))
+        await self.catalog.commit(entries)
+        return json_bytes(_TRUE)
+
+    def _catalog_check(self, node: str, body: decode._CheckBody, service: Service | None) -> Check:
+        status = body.status or "critical"
+        decode.validate_status(status, "Invalid check status")
+        if not body.name and not body.checkid:
+            raise ValidationError("Check must have a Name or CheckID")
+        service_id = body.serviceid or ""
+        owner = service if service is not None and service.id == service_id else None
+        if service_id and owner is None:
+            owner = self.state.services.get((node, service_id))
+            if owner is None:
+                raise ValidationError(f'Check\'s ServiceID "{service_id}" is not registered on node "{node}"')
+        return Check(
+            node=node,
+            check_id=body.checkid or body.id or body.name,
+            name=body.name or body.checkid,
+            status=status,  # type: ignore[arg-type]
+            notes=body.notes,
+            output=body.output,
+            service_id=service_id,
+            service_name=owner.name if owner else "",
+            service_tags=owner.tags if owner else (),
+        )
+
+    async def catalog_deregister(self, req: Request, _: str) -> Response:
+        body = decode.decode_catalog_deregister(await req.body())
+        if body.serviceid:
+            await self.catalog.deregister_service(body.node, body.serviceid)
+        elif body.checkid:
+            await self.catalog.deregister_check(body.node, body.checkid)
+        else:
+            await self.catalog.deregister_node(body.node)
+        return json_bytes(_TRUE)
+
+
+def _catalog_service(node: str, body: decode._ServiceBody) -> Service:
+    return Service(
+        node=node,
+        id=body.id or body.name,
+        name=body.name,
+        tags=tuple(body.tags),
+        address=body.address,
+        port=body.port,
+        meta=body.meta,
+        weights=decode.weights_of(body),
+        tagged_addresses=decode.tagged_of(body),
+        enable_tag_override=body.enabletagoverride,
+        kind=body.kind,
+    )
+
+
+def _enable_flag(req: Request) -> bool:
+    if not req.has("enable"):
+        raise ValidationError("Missing value for enable")
+    value = req.arg("enable").lower()
+    if value not in ("true", "false"):
+        raise ValidationError(f'Invalid value for enable: "{value}" (use true or false)')
+    return value == "true"
+
+
+def _query_key(req: Request) -> bytes:
+    """The query without the blocking parameters, as a cache key."""
+    return b"&".join(
+        f"{k}={','.join(v)}".encode() for k, v in sorted(req.query.items()) if k not in ("index", "wait")
+    )
+

@@ -1,0 +1,141 @@
+"""Records in Consul's JSON shapes, field for field.
+
+Null lists and maps are sent as `[]` and `{}`, as Consul's clients expect.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..catalog.model import Check, CheckDefinition, Node, Service
+
+JSON = dict[str, Any]
+
+
+def _go_duration(seconds: float) -> str:
+    if not seconds:
+        return ""
+    if seconds >= 1 and float(seconds).is_integer():
+        minutes, secs = divmod(int(seconds), 60)
+        hours, minutes = divmod(minutes, 60)
+        text = (f"{hours}h" if hours else "") + (f"{minutes}m" if hours or minutes else "")
+        return f"{text}{secs}s"
+    return f"{seconds * 1000:g}ms"
+
+
+def node(n: Node) -> JSON:
+    return {
+        "ID": n.id,
+        "Node": n.name,
+        "Address": n.address,
+        "Datacenter": n.datacenter,
+        "TaggedAddresses": n.tagged_addresses or {"lan": n.address, "wan": n.address},
+        "Meta": n.meta,
+        "CreateIndex": n.create_index,
+        "ModifyIndex": n.modify_index,
+    }
+
+
+def _tagged(s: Service) -> JSON:
+    return {k: {"Address": v.address, "Port": v.port} for k, v in s.tagged_addresses.items()}
+
+
+def _weights(s: Service) -> JSON:
+    return {"Passing": s.weights.passing, "Warning": s.weights.warning}
+
+
+def service(s: Service, datacenter: str = "") -> JSON:
+    """The `Service` object of health answers and agent answers."""
+    out: JSON = {
+        "ID": s.id,
+        "Service": s.name,
+        "Tags": list(s.tags),
+        "Address": s.address,
+        "TaggedAddresses": _tagged(s),
+        "Meta": s.meta,
+        "Port": s.port,
+        "Weights": _weights(s),
+        "EnableTagOverride": s.enable_tag_override,
+        "CreateIndex": s.create_index,
+        "ModifyIndex": s.modify_index,
+    }
+    if s.kind:
+        out["Kind"] = s.kind
+    if datacenter:
+        out["Datacenter"] = datacenter
+    return out
+
+
+def catalog_service(n: Node | None, s: Service) -> JSON:
+    """One row of `/v1/catalog/service/<name>`: node and instance, flattened."""
+    return {
+        "ID": n.id if n else "",
+        "Node": s.node,
+        "Address": n.address if n else "",
+        "Datacenter": n.datacenter if n else "",
+        "TaggedAddresses": (n.tagged_addresses or {"lan": n.address, "wan": n.address}) if n else {},
+        "NodeMeta": n.meta if n else {},
+        "ServiceKind": s.kind,
+        "ServiceID": s.id,
+        "ServiceName": s.name,
+        "ServiceTags": list(s.tags),
+        "ServiceAddress": s.address,
+        "ServiceTaggedAddresses": _tagged(s),
+        "ServiceWeights": _weights(s),
+        "ServiceMeta": s.meta,
+        "ServicePort": s.port,
+        "ServiceEnableTagOverride": s.enable_tag_override,
+        "CreateIndex": s.create_index,
+        "ModifyIndex": s.modify_index,
+    }
+
+
+def definition(d: CheckDefinition | None) -> JSON:
+    if d is None:
+        return {}
+    out: JSON = {
+        "Interval": _go_duration(d.interval),
+        "Timeout": _go_duration(d.timeout),
+        "TTL": _go_duration(d.ttl),
+        "DeregisterCriticalServiceAfter": _go_duration(d.deregister_critical_after),
+    }
+    for key, value in (("HTTP", d.http), ("TCP", d.tcp), ("GRPC", d.grpc), ("Method", d.method)):
+        if value:
+            out[key] = value
+    if d.header:
+        out["Header"] = d.header
+    if d.args:
+        out["ScriptArgs"] = list(d.args)
+    if d.tls_skip_verify:
+        out["TLSSkipVerify"] = True
+    return out
+
+
+def check(c: Check) -> JSON:
+    d = c.definition
+    return {
+        "Node": c.node,
+        "CheckID": c.check_id,
+        "Name": c.name,
+        "Status": c.status,
+        "Notes": c.notes,
+        "Output": c.output,
+        "ServiceID": c.service_id,
+        "ServiceName": c.service_name,
+        "ServiceTags": list(c.service_tags),
+        "Type": c.type,
+        "Interval": _go_duration(d.interval) if d else "",
+        "Timeout": _go_duration(d.timeout) if d else "",
+        "ExposedPort": 0,
+        "Definition": definition(d),
+        "CreateIndex": c.create_index,
+        "ModifyIndex": c.modify_index,
+    }
+
+
+def health_row(n: Node | None, s: Service, checks: list[Check]) -> JSON:
+    return {
+        "Node": node(n) if n else {"Node": s.node},
+        "Service": service(s),
+        "Checks": [check(c) for c in checks],
+    }

@@ -1,0 +1,155 @@
+"""The small ASGI layer under the Consul API: requests, responses, errors, routing.
+
+A raw ASGI app with a dict router rather than a framework: discovery reads are
+the hot path (tens of thousands a second), and each framework layer costs
+microseconds that show up directly in the requests/s figure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import parse_qs, unquote
+
+import msgspec
+
+from .._exceptions import NotFoundError, StorageError, StoreUnavailable, ValidationError
+
+log = logging.getLogger("waypost.api")
+
+MAX_BODY = 1 << 20  # 1 MiB: a registration is a few KB
+BODY_TIMEOUT = 10.0  # a client that stalls mid-body is cut off
+
+_JSON_ENCODER = msgspec.json.Encoder()
+
+
+class HttpError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class Request:
+    __slots__ = ("_receive", "headers", "method", "path", "query")
+
+    def __init__(self, scope: dict[str, Any], receive: Callable[[], Awaitable[dict[str, Any]]]) -> None:
+        self.method: str = scope["method"]
+        self.path: str = scope["path"]
+        raw_query: bytes = scope["query_string"]
+        self.query = parse_qs(raw_query.decode("latin-1"), keep_blank_values=True) if raw_query else {}
+        self.headers: list[tuple[bytes, bytes]] = scope["headers"]
+        self._receive = receive
+
+    def arg(self, name: str, default: str = "") -> str:
+        values = self.query.get(name)
+        return values[0] if values else default
+
+    def has(self, name: str) -> bool:
+        return name in self.query
+
+    async def body(self) -> bytes:
+        """The whole body, at most MAX_BODY bytes, within BODY_TIMEOUT seconds."""
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            async with asyncio.timeout(BODY_TIMEOUT):
+                while True:
+                    message = await self._receive()
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > MAX_BODY:
+                        raise HttpError(413, f"Request body too large: the limit is {MAX_BODY} bytes")
+                    chunks.append(chunk)
+                    if not message.get("more_body"):
+                        return b"".join(chunks)
+        except TimeoutError:
+            raise HttpError(408, f"Request body not received within {BODY_TIMEOUT:g}s") from None
+
+
+class Response:
+    __slots__ = ("body", "headers", "status")
+
+    def __init__(self, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+        self.status = status
+        self.body = body
+        self.headers = headers
+
+
+def text(status: int, message: str) -> Response:
+    return Response(status, message.encode(), [(b"content-type", b"text/plain; charset=utf-8")])
+
+
+def json(data: Any, headers: list[tuple[bytes, bytes]] | None = None) -> Response:
+    return json_bytes(_JSON_ENCODER.encode(data), headers)
+
+
+def json_bytes(body: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> Response:
+    return Response(200, body, [(b"content-type", b"application/json"), *(headers or [])])
+
+
+def empty() -> Response:
+    return Response(200, b"", [])
+
+
+Handler = Callable[[Request, str], Awaitable[Response]]
+
+
+class Router:
+    """Exact paths in a dict; paths ending in an ID matched by prefix."""
+
+    def __init__(self) -> None:
+        self.exact: dict[str, dict[str, Handler]] = {}
+        self.prefixes: list[tuple[str, dict[str, Handler]]] = []
+
+    def add(self, methods: str, path: str, handler: Handler) -> None:
+        if path.endswith("/"):
+            table = next((t for p, t in self.prefixes if p == path), None)
+            if table is None:
+                table = {}
+                self.prefixes.append((path, table))
+                self.prefixes.sort(key=lambda pt: -len(pt[0]))
+        else:
+            table = self.exact.setdefault(path, {})
+        for method in methods.split():
+            table[method] = handler
+
+    def match(self, method: str, path: str) -> tuple[Handler, str]:
+        table = self.exact.get(path)
+        rest = ""
+        if table is None:
+            for prefix, candidate in self.prefixes:
+                if path.startswith(prefix):
+                    table, rest = candidate, unquote(path[len(prefix) :])
+                    break
+        if table is None:
+            raise HttpError(404, f"Invalid URL path: no endpoint at {path}")
+        handler = table.get(method)
+        if handler is None:
+            allowed = ", ".join(sorted(table))
+            raise HttpError(405, f"method {method} not allowed: use {allowed}")
+        return handler, rest
+
+
+def error_response(exc: Exception) -> Response:
+    """Map our exceptions to status codes in one place."""
+    if isinstance(exc, HttpError):
+        return text(exc.status, str(exc))
+    if isinstance(exc, ValidationError):
+        return text(400, str(exc))
+    if isinstance(exc, NotFoundError):
+        return text(404, str(exc))
+    if isinstance(exc, StoreUnavailable):
+        return text(503, f"store unavailable, write refused: {exc}")
+    if isinstance(exc, StorageError):
+        return text(500, str(exc))
+    log.exception("unexpected error", exc_info=exc)
+    return text(500, f"internal error: {type(exc).__name__}")
+
+
+async def send(send_fn: Callable[[dict[str, Any]], Awaitable[None]], response: Response) -> None:
+    headers = response.headers
+    headers.append((b"content-length", str(len(response.body)).encode()))
+    await send_fn({"type": "http.response.start", "status": response.status, "headers": headers})
+    await send_fn({"type": "http.response.body", "body": response.body})

@@ -1,0 +1,69 @@
+"""Records to storage entries and back.
+
+Keys are `l/<node>` (liveness, valueless), `n/<node>`, `s/<node>/<service-id>` and `c/<node>/<check-id>`, each
+part percent-quoted so that IDs holding `/` stay one part. Values are msgpack.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+from urllib.parse import quote, unquote
+
+import msgspec
+
+from ..storage import Entry
+from .model import Check, Node, Record, Service
+
+_ENCODER: Final = msgspec.msgpack.Encoder()
+_DECODERS: Final = {
+    "n": msgspec.msgpack.Decoder(Node),
+    "s": msgspec.msgpack.Decoder(Service),
+    "c": msgspec.msgpack.Decoder(Check),
+}
+
+
+def node_key(node: str) -> str:
+    return f"n/{quote(node, safe='')}"
+
+
+def service_key(node: str, service_id: str) -> str:
+    return f"s/{quote(node, safe='')}/{quote(service_id, safe='')}"
+
+
+def check_key(node: str, check_id: str) -> str:
+    return f"c/{quote(node, safe='')}/{quote(check_id, safe='')}"
+
+
+def live_key(node: str) -> str:
+    """The key whose presence says a node's agent is alive (leased in etcd)."""
+    return f"l/{quote(node, safe='')}"
+
+
+def key_of(record: Record) -> str:
+    if isinstance(record, Node):
+        return node_key(record.name)
+    if isinstance(record, Service):
+        return service_key(record.node, record.id)
+    return check_key(record.node, record.check_id)
+
+
+def put(record: Record, *, ephemeral: bool = False) -> Entry:
+    """An entry that stores `record` (its indexes are set when it is applied)."""
+    plain = msgspec.structs.replace(record, create_index=0, modify_index=0)
+    return Entry(key_of(record), _ENCODER.encode(plain), ephemeral=ephemeral)
+
+
+def delete(key: str) -> Entry:
+    return Entry(key, None)
+
+
+def split_key(key: str) -> tuple[str, list[str]]:
+    """`s/web%2F1/x` -> ("s", ["web/1", "x"])."""
+    kind, _, rest = key.partition("/")
+    return kind, [unquote(part) for part in rest.split("/")]
+
+
+def decode(key: str, value: bytes) -> Record:
+    """Decode a stored value; raises msgspec.DecodeError for a corrupt one."""
+    record: Record = _DECODERS[key[0]].decode(value)
+    return record

@@ -1,0 +1,286 @@
+"""The in-memory state store: tables, the indexes reads need, and per-topic indexes.
+
+This is Consul's memdb idea in plain dicts. `apply()` is the only way state
+changes (besides check output, see `set_output`); it is fed by the storage
+backend, so local writes, replays at start-up and changes made by other agents
+all take the same path. Every read is synchronous and returns data that can be
+encoded as is; the index a read reports comes from `index_of(topics)`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+import msgspec
+
+from ..storage import Entry
+from . import codec
+from .model import SERF_CHECK_ID, Check, Node, Record, Service, status_rank
+from .watch import CHECKS, NODES, SERVICES, Topic, node_topic, service_topic
+
+log = logging.getLogger("waypost.catalog")
+
+ServiceKey = tuple[str, str]  # (node, service id)
+
+ALIVE_OUTPUT = "Agent alive and reachable"
+DEAD_OUTPUT = "Agent not live or unreachable"
+
+
+class State:
+    def __init__(self) -> None:
+        self.index = 0
+        self.nodes: dict[str, Node] = {}
+        self.services: dict[ServiceKey, Service] = {}
+        self.checks: dict[tuple[str, str], Check] = {}
+        self.by_name: dict[str, dict[ServiceKey, Service]] = {}
+        self.node_services: dict[str, dict[str, Service]] = {}
+        self.node_checks: dict[str, dict[str, Check]] = {}  # node-level checks only
+        self.service_checks: dict[ServiceKey, dict[str, Check]] = {}
+        self.live: set[str] = set()  # nodes whose agent holds its liveness key
+        self.topic_index: dict[Topic, int] = {}
+        self.base_index = 1
+
+    # -- writes ------------------------------------------------------------
+
+    def apply(self, index: int, entries: list[Entry], snapshot: bool = False) -> set[Topic]:
+        """Apply a committed batch at `index`; return the topics it changed.
+
+        With `snapshot`, `entries` is the whole store: keys it lacks are removed.
+        """
+        touched: set[Topic] = set()
+        if snapshot:
+            entries = self._deletions_for(entries) + entries
+        for entry in entries:
+            try:
+                self._apply_one(index, entry, touched)
+            except (msgspec.DecodeError, KeyError, ValueError) as exc:
+                log.error("skipping unreadable stored entry %r: %s", entry.key, exc)
+        self.index = max(self.index, index)
+        for topic in touched:
+            self.topic_index[topic] = index
+        return touched
+
+    def _apply_one(self, index: int, entry: Entry, touched: set[Topic]) -> None:
+        if entry.key.startswith("l/"):
+            self._apply_live(codec.split_key(entry.key)[1][0], entry.value is not None, touched)
+            return
+        if entry.value is None:
+            old = self._lookup(entry.key)
+            if old is not None:
+                self._remove(old, touched)
+            return
+        record = codec.decode(entry.key, entry.value)
+        old = self._lookup(entry.key)
+        created = entry.create_index or (old.create_index if old is not None else index)
+        record = msgspec.structs.replace(
+            record, create_index=created, modify_index=entry.modify_index or index
+        )
+        if old is not None:
+            self._remove(old, touched)
+        self._insert(record, touched)
+
+    def _deletions_for(self, snapshot: list[Entry]) -> list[Entry]:
+        keep = {e.key for e in snapshot}
+        present = [codec.node_key(n) for n in self.nodes]
+        present += [codec.service_key(*k) for k in self.services]
+        present += [codec.check_key(*k) for k in self.checks]
+        present += [codec.live_key(n) for n in self.live]
+        return [codec.delete(k) for k in present if k not in keep]
+
+    def _apply_live(self, node: str, alive: bool, touched: set[Topic]) -> None:
+        """A liveness key came or went: the node's serfHealth check follows it."""
+        if alive:
+            self.live.add(node)
+        else:
+            self.live.discard(node)
+        check = self.checks.get((node, SERF_CHECK_ID))
+        if check is not None:
+            self._remove(check, touched)
+            self._insert(check, touched)
+
+    def _lookup(self, key: str) -> Record | None:
+        kind, parts = codec.split_key(key)
+        if kind == "n":
+            return self.nodes.get(parts[0])
+        if kind == "s":
+            return self.services.get((parts[0], parts[1]))
+        return self.checks.get((parts[0], parts[1]))
+
+    def _insert(self, record: Record, touched: set[Topic]) -> None:
+        if isinstance(record, Node):
+            self.nodes[record.name] = record
+            touched.update((NODES, node_topic(record.name)))
+            self._touch_node_services(record.name, touched)
+        elif isinstance(record, Service):
+            key = (record.node, record.id)
+            self.services[key] = record
+            self.by_name.setdefault(record.name, {})[key] = record
+            self.node_services.setdefault(record.node, {})[record.id] = record
+            touched.update((SERVICES, service_topic(record.name), node_topic(record.node)))
+        else:
+            if record.check_id == SERF_CHECK_ID and not record.service_id:
+                record = self._with_liveness(record)
+            self.checks[(record.node, record.check_id)] = record
+            self._check_table(record).setdefault(self._check_owner(record), {})[
+                record.check_id
+            ] = record
+            self._touch_check(record, touched)
+
+    def _remove(self, record: Record, touched: set[Topic]) -> None:
+        if isinstance(record, Node):
+            self.nodes.pop(record.name, None)
+            touched.update((NODES, node_topic(record.name)))
+            self._touch_node_services(record.name, touched)
+        elif isinstance(record, Service):
+            key = (record.node, record.id)
+            self.services.pop(key, None)
+            _discard(self.by_name, record.name, key)
+            _discard(self.node_services, record.node, record.id)
+            touched.update((SERVICES, service_topic(record.name), node_topic(record.node)))
+        else:
+            self.checks.pop((record.node, record.check_id), None)
+            _discard(self._check_table(record), self._check_owner(record), record.check_id)
+            self._touch_check(record, touched)
+
+    def _with_liveness(self, check: Check) -> Check:
+        """serfHealth is derived: passing while the node's liveness key exists.
+
+        In a cluster the key lives under the agent's etcd lease, so when an
+        agent dies every other agent sees its node turn critical, however the
+        keys arrive (replay, watch or re-list)."""
+        if check.node in self.live:
+            if check.status == "passing":
+                return check
+            return msgspec.structs.replace(check, status="passing", output=ALIVE_OUTPUT)
+        return msgspec.structs.replace(check, status="critical", output=DEAD_OUTPUT)
+
+    def _check_table(self, check: Check) -> dict:  # type: ignore[type-arg]
+        return self.service_checks if check.service_id else self.node_checks
+
+    @staticmethod
+    def _check_owner(check: Check) -> ServiceKey | str:
+        return (check.node, check.service_id) if check.service_id else check.node
+
+    def _touch_check(self, check: Check, touched: set[Topic]) -> None:
+        touched.update((CHECKS, node_topic(check.node)))
+        if check.service_id:
+            service = self.services.get((check.node, check.service_id))
+            touched.add(service_topic(service.name if service else check.service_name))
+        else:
+            self._touch_node_services(check.node, touched)
+
+    def _touch_node_services(self, node: str, touched: set[Topic]) -> None:
+        for service in self.node_services.get(node, {}).values():
+            touched.add(service_topic(service.name))
+
+    def set_output(self, node: str, check_id: str, output: str) -> bool:
+        """Replace a check's output in memory only, without a new index.
+
+        Output-only changes are not written to the store (Consul rate-limits
+        them the same way): they would cost a durable write and wake every
+        watcher for no change in health. The next status change persists them.
+        """
+        check = self.checks.get((node, check_id))
+        if check is None or check.output == output:
+            return False
+        updated = msgspec.structs.replace(check, output=output)
+        self.checks[(node, check_id)] = updated
+        self._check_table(updated)[self._check_owner(updated)][check_id] = updated
+        return True
+
+    # -- reads -------------------------------------------------------------
+
+    def index_of(self, topics: Iterable[Topic]) -> int:
+        """The index a read over `topics` reports: never below 1, never moving
+        unless one of them changed."""
+        best = self.base_index
+        for topic in topics:
+            best = max(best, self.topic_index.get(topic, 0))
+        return best
+
+    def checks_of(self, service: Service) -> list[Check]:
+        """Node-level checks of the instance's node, then its own checks."""
+        node_level = self.node_checks.get(service.node)
+        own = self.service_checks.get((service.node, service.id))
+        result = list(node_level.values()) if node_level else []
+        if own:
+            result.extend(own.values())
+        return result
+
+    def instances(self, name: str, tags: Iterable[str] = ()) -> list[Service]:
+        wanted = set(tags)
+        found = self.by_name.get(name, {}).values()
+        if wanted:
+            return [s for s in found if wanted.issubset(s.tags)]
+        return list(found)
+
+    def health(
+        self, name: str, tags: Iterable[str] = (), passing: bool = False
+    ) -> list[tuple[Node | None, Service, list[Check]]]:
+        """Rows of `/v1/health/service/<name>`, sorted by node then service ID."""
+        rows = []
+        for service in sorted(self.instances(name, tags), key=_instance_order):
+            checks = self.checks_of(service)
+            if passing and any(c.status != "passing" for c in checks):
+                continue
+            rows.append((self.nodes.get(service.node), service, checks))
+        return rows
+
+    def aggregate_status(self, service: Service) -> str:
+        """The worst status among an instance's checks; passing when it has none."""
+        worst = "passing"
+        for check in self.checks_of(service):
+            if status_rank(check.status) > status_rank(worst):
+                worst = check.status
+        return worst
+
+    def service_tags(self) -> dict[str, list[str]]:
+        """`/v1/catalog/services`: every service name with the union of its tags."""
+        result: dict[str, list[str]] = {}
+        for name in sorted(self.by_name):
+            tags: set[str] = set()
+            for service in self.by_name[name].values():
+                tags.update(service.tags)
+            result[name] = sorted(tags)
+        return result
+
+    def checks_in_state(self, state: str) -> list[Check]:
+        found = self.checks.values()
+        if state != "any":
+            found = [c for c in found if c.status == state]  # type: ignore[assignment]
+        return sorted(found, key=lambda c: (c.node, c.check_id))
+
+    def checks_for_service(self, name: str) -> list[Check]:
+        result: list[Check] = []
+        for service in sorted(self.by_name.get(name, {}).values(), key=_instance_order):
+            result.extend(self.service_checks.get((service.node, service.id), {}).values())
+        return result
+
+    def checks_on_node(self, node: str) -> list[Check]:
+        result = list(self.node_checks.get(node, {}).values())
+        for service in self.node_services.get(node, {}).values():
+            result.extend(self.service_checks.get((node, service.id), {}).values())
+        return result
+
+    def statistics(self) -> dict[str, float]:
+        return {
+            "index": self.index,
+            "nodes": len(self.nodes),
+            "services": len(self.by_name),
+            "instances": len(self.services),
+            "checks": len(self.checks),
+        }
+
+
+def _instance_order(service: Service) -> tuple[str, str]:
+    return (service.node, service.id)
+
+
+def _discard(table: dict, outer: object, inner: object) -> None:  # type: ignore[type-arg]
+    bucket = table.get(outer)
+    if bucket is None:
+        return
+    bucket.pop(inner, None)
+    if not bucket:
+        del table[outer]

@@ -1,0 +1,55 @@
+"""Watch topics: how a blocking query sleeps until something it read changes.
+
+A read names the topics it touched (`("svc", "payment")`, `("node", "n1")`,
+`SERVICES`...). A write wakes exactly the topics it changed. All waiters of a
+topic share one future, replaced each time it fires, so ten thousand blocking
+queries on one service cost one future and one wake-up pass, and a change to
+service B never wakes a watcher of service A.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from typing import Final
+
+Topic = tuple[str, str]
+
+SERVICES: Final[Topic] = ("services", "")
+NODES: Final[Topic] = ("nodes", "")
+CHECKS: Final[Topic] = ("checks", "")
+
+
+def service_topic(name: str) -> Topic:
+    return ("svc", name)
+
+
+def node_topic(name: str) -> Topic:
+    return ("node", name)
+
+
+class Watches:
+    def __init__(self) -> None:
+        self._futures: dict[Topic, asyncio.Future[None]] = {}
+
+    def future(self, topic: Topic) -> asyncio.Future[None]:
+        fut = self._futures.get(topic)
+        if fut is None or fut.done():
+            fut = asyncio.get_running_loop().create_future()
+            self._futures[topic] = fut
+        return fut
+
+    def notify(self, topics: Iterable[Topic]) -> None:
+        for topic in topics:
+            fut = self._futures.pop(topic, None)
+            if fut is not None and not fut.done():
+                fut.set_result(None)
+
+    async def wait(self, topics: Iterable[Topic], timeout: float) -> bool:
+        """Sleep until one of `topics` fires (True) or `timeout` passes (False)."""
+        futures = {self.future(t) for t in topics}
+        done, _ = await asyncio.wait(futures, timeout=timeout)
+        return bool(done)
+
+    def statistics(self) -> dict[str, float]:
+        return {"watched_topics": len(self._futures)}

@@ -1,0 +1,1 @@
+"""The `waypost` command: argument parsing and printing only."""

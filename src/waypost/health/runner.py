@@ -1,0 +1,188 @@
+"""Runs the checks of the instances this agent owns, and reaps the dead.
+
+One asyncio task per interval check (first run staggered at random inside the
+interval, as Consul does, so a restart does not probe everything at once), one
+per TTL check (sleeping until its deadline), and one reaper for
+DeregisterCriticalServiceAfter. Results pass through flap thresholds, then
+go to the catalog, which persists status changes only. Time comes from an
+injectable clock, so tests drive TTLs and thresholds without sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Iterable
+
+from .._exceptions import NotFoundError, StorageError, ValidationError
+from ..catalog import Catalog, Check, CheckDefinition
+from .clock import Clock, SystemClock
+from .probes import PROBES
+from .thresholds import Thresholds
+
+log = logging.getLogger("waypost.health")
+
+TTL_EXPIRED = "TTL expired"
+
+
+class HealthRunner:
+    def __init__(
+        self,
+        catalog: Catalog,
+        node: str,
+        *,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+        enable_scripts: bool = False,
+        reap_interval: float = 1.0,
+    ) -> None:
+        self.catalog = catalog
+        self.node = node
+        self.clock = clock or SystemClock()
+        self.rng = rng or random.Random()
+        self.enable_scripts = enable_scripts
+        self.reap_interval = reap_interval
+        self._tasks: dict[str, tuple[CheckDefinition, asyncio.Task[None]]] = {}
+        self._ttl_deadline: dict[str, float] = {}
+        self._critical_since: dict[str, float] = {}
+        self._reaper: asyncio.Task[None] | None = None
+        self.runs = 0
+
+    async def start(self) -> None:
+        """Resume every check this agent owns (after a restart too) and the reaper."""
+        self.refresh(cid for (node, cid) in self.catalog.state.checks if node == self.node)
+        self._reaper = asyncio.create_task(self._reap_forever(), name="waypost-reaper")
+
+    async def stop(self) -> None:
+        tasks = [task for _, task in self._tasks.values()]
+        if self._reaper is not None:
+            tasks.append(self._reaper)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._tasks.clear()
+
+    def refresh(self, check_ids: Iterable[str]) -> None:
+        """Start, restart or stop the named checks to match the catalog."""
+        for check_id in check_ids:
+            check = self.catalog.state.checks.get((self.node, check_id))
+            defn = check.definition if check is not None else None
+            running = self._tasks.get(check_id)
+            if running is not None and running[0] == defn:
+                continue
+            self._cancel(check_id)
+            if check is not None and defn is not None and defn.kind:
+                self._launch(check, defn)
+
+    def _cancel(self, check_id: str) -> None:
+        running = self._tasks.pop(check_id, None)
+        if running is not None:
+            running[1].cancel()
+        self._ttl_deadline.pop(check_id, None)
+        self._critical_since.pop(check_id, None)
+
+    def _launch(self, check: Check, defn: CheckDefinition) -> None:
+        if defn.ttl:
+            self._ttl_deadline[check.check_id] = self.clock.now() + defn.ttl
+            coro = self._run_ttl(check.check_id, defn.ttl)
+        else:
+            coro = self._run_interval(check, defn)
+        self._tasks[check.check_id] = (defn, asyncio.create_task(coro, name=check.check_id))
+
+    # -- interval checks ---------------------------------------------------
+
+    async def _run_interval(self, check: Check, defn: CheckDefinition) -> None:
+        probe = PROBES[defn.kind]
+        thresholds = Thresholds(
+            check.status,
+            defn.success_before_passing,
+            defn.failures_before_warning,
+            defn.failures_before_critical,
+        )
+        await self.clock.sleep(self.rng.uniform(0, defn.interval))
+        while True:
+            if defn.kind == "script" and not self.enable_scripts:
+                status, output = "critical", "script checks are disabled on this agent"
+            else:
+                status, output = await probe(defn)
+            self.runs += 1
+            if not await self._report(check.check_id, thresholds.feed(status), output):
+                return
+            await self.clock.sleep(defn.interval)
+
+    async def _report(self, check_id: str, status: str, output: str) -> bool:
+        """Hand a result to the catalog; False once the check no longer exists."""
+        try:
+            await self.catalog.update_check(self.node, check_id, status, output)
+        except NotFoundError:
+            return False
+        except StorageError as exc:
+            log.warning("check %s: could not record status %s: %s", check_id, status, exc)
+        return True
+
+    # -- TTL checks --------------------------------------------------------
+
+    async def _run_ttl(self, check_id: str, ttl: float) -> None:
+        while True:
+            remaining = self._ttl_deadline.get(check_id, 0.0) - self.clock.now()
+            if remaining > 0:
+                await self.clock.sleep(remaining)
+                continue
+            await self._report(check_id, "critical", TTL_EXPIRED)
+            return  # the next heartbeat starts a new timer
+
+    async def heartbeat(self, check_id: str, status: str, output: str) -> None:
+        """A TTL check's pass/warn/fail/update: record it and restart the timer.
+
+        Raises:
+            NotFoundError: no such check on this agent.
+            ValidationError: the check is not a TTL check.
+        """
+        check = self.catalog.state.checks.get((self.node, check_id))
+        if check is None:
+            raise NotFoundError(f'Unknown check ID "{check_id}"')
+        if check.definition is None or not check.definition.ttl:
+            raise ValidationError(f'CheckID "{check_id}" does not have associated TTL')
+        await self.catalog.update_check(self.node, check_id, status, output)
+        self._ttl_deadline[check_id] = self.clock.now() + check.definition.ttl
+        running = self._tasks.get(check_id)
+        if running is None or running[1].done():
+            coro = self._run_ttl(check_id, check.definition.ttl)
+            self._tasks[check_id] = (check.definition, asyncio.create_task(coro, name=check_id))
+
+    # -- reaping -----------------------------------------------------------
+
+    async def _reap_forever(self) -> None:
+        while True:
+            await self.clock.sleep(self.reap_interval)
+            with contextlib.suppress(StorageError):
+                await self.reap()
+
+    async def reap(self) -> list[str]:
+        """Deregister instances critical for longer than their
+        DeregisterCriticalServiceAfter; return the removed service IDs."""
+        now = self.clock.now()
+        doomed: set[str] = set()
+        for (node, check_id), check in list(self.catalog.state.checks.items()):
+            after = check.definition.deregister_critical_after if check.definition else 0.0
+            if node != self.node or not after or not check.service_id:
+                continue
+            if check.status != "critical":
+                self._critical_since.pop(check_id, None)
+                continue
+            since = self._critical_since.setdefault(check_id, now)
+            if now - since >= after:
+                doomed.add(check.service_id)
+        for service_id in sorted(doomed):
+            log.info("deregistering %s: critical longer than DeregisterCriticalServiceAfter", service_id)
+            check_ids = list(self.catalog.state.service_checks.get((self.node, service_id), {}))
+            with contextlib.suppress(NotFoundError):
+                await self.catalog.deregister_service(self.node, service_id)
+            for check_id in check_ids:
+                self._cancel(check_id)
+        return sorted(doomed)
+
+    def statistics(self) -> dict[str, float]:
+        return {"running_checks": len(self._tasks), "check_runs": self.runs}
