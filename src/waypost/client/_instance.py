@@ -1,0 +1,84 @@
+"""The client's view of one service instance, and the clock seam.
+
+`Instance` is what every discovery source produces and every balancer picks.
+It is immutable and hashable; balancers key their per-instance state on `id`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Instance:
+    """One healthy instance of a service.
+
+    Attributes:
+        id: Stable identifier (the registry's service ID).
+        address: Host address (IP or name) to connect to.
+        port: TCP port.
+        tags: Registry tags.
+        meta: Registry metadata (treat as read-only).
+        weight: Relative weight for weighted balancing (>= 1).
+        service: Name of the service this instance belongs to.
+    """
+
+    id: str
+    address: str
+    port: int
+    tags: tuple[str, ...] = ()
+    meta: Mapping[str, str] = field(default_factory=dict, hash=False)
+    weight: int = 1
+    service: str = ""
+
+    @property
+    def zone(self) -> str | None:
+        """The locality from `meta["zone"]` or a `zone=<z>` / `zone:<z>` tag."""
+        zone = self.meta.get("zone")
+        if zone:
+            return zone
+        for tag in self.tags:
+            if tag.startswith(("zone=", "zone:")):
+                return tag[5:]
+        return None
+
+    @property
+    def url(self) -> str:
+        """The base URL `http://address:port` (IPv6 addresses bracketed)."""
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        return f"http://{host}:{self.port}"
+
+
+class Clock(Protocol):
+    """A monotonic time source in seconds; injectable so tests need no sleep()."""
+
+    def now(self) -> float: ...
+
+
+class MonotonicClock:
+    """The real clock: `time.monotonic()`."""
+
+    def now(self) -> float:
+        return time.monotonic()
+
+
+class FakeClock:
+    """A clock that only moves when told to, for deterministic tests."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self._now = start
+
+    def now(self) -> float:
+        return self._now
+
+    def advance(self, seconds: float) -> None:
+        """Move time forward by `seconds` (must not be negative)."""
+        if seconds < 0:
+            raise ValueError("a clock cannot go backwards")
+        self._now += seconds
+
+
+MONOTONIC = MonotonicClock()
