@@ -1,0 +1,236 @@
+"""gRPC channels to etcd members, auth tokens, and the one retry loop.
+
+One channel per configured endpoint, opened lazily; every call goes to the
+"current" endpoint and a transport failure moves the current pointer to the
+next one, so a dead member costs one failed attempt, not every later call.
+`request()` retries transient failures (member gone, no leader, leader
+changed) until the caller's deadline, but gives up at once when every
+endpoint refused the connection: with nothing listening there is nothing to
+wait for, and the caller wants a fast, clear StoreUnavailable.
+
+The protobuf stubs come from aetcd (generated for etcd's v3 API, current
+with protobuf); aetcd's own Client is not used because it speaks to one
+endpoint only, without TLS and without per-call deadlines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Final, TypeVar
+
+import grpc
+import grpc.aio
+from aetcd import rpc
+
+from .._exceptions import StorageError, StoreUnavailable
+from ._etcd_config import EtcdConfig
+
+T = TypeVar("T")
+
+TRANSIENT: Final = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
+)
+ATTEMPT_TIMEOUT: Final = 2.0  # one try; request() keeps trying until its deadline
+_CHANNEL_OPTIONS: Final = (
+    ("grpc.max_receive_message_length", -1),
+    ("grpc.max_send_message_length", 16 * 1024 * 1024),
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.http2.max_pings_without_data", 0),
+)
+_REFUSED_HINTS: Final = ("connection refused", "failed to connect", "connect failed")
+
+
+class LeaseNotFound(Exception):
+    """etcd no longer knows the lease a put named (it expired)."""
+
+
+class Endpoint:
+    """One etcd member: its channel and the stubs bound to it."""
+
+    def __init__(self, index: int, address: str, channel: grpc.aio.Channel) -> None:
+        self.index = index
+        self.address = address
+        self.channel = channel
+        self.kv = rpc.KVStub(channel)
+        self.lease = rpc.LeaseStub(channel)
+        self.watch = rpc.WatchStub(channel)
+        self.maintenance = rpc.MaintenanceStub(channel)
+        self.auth = rpc.AuthStub(channel)
+
+
+Call = Callable[[Endpoint, float], Awaitable[T]]
+
+
+class Session:
+    """Channels to the etcd members of one store URL, shared by every task of the backend."""
+
+    def __init__(self, config: EtcdConfig) -> None:
+        self.config = config
+        self._endpoints: list[Endpoint | None] = [None] * len(config.endpoints)
+        self._current = 0
+        self._token: str | None = None
+        self._auth_lock = asyncio.Lock()
+        self.last_contact = time.monotonic()
+        self.retries = 0
+
+    # -- endpoints ---------------------------------------------------------
+
+    def current(self) -> Endpoint:
+        """The endpoint calls go to now (its channel is opened on first use)."""
+        endpoint = self._endpoints[self._current]
+        if endpoint is None:
+            endpoint = Endpoint(self._current, self.config.endpoints[self._current], self._open())
+            self._endpoints[self._current] = endpoint
+        return endpoint
+
+    def failed(self, endpoint: Endpoint) -> None:
+        """`endpoint` did not answer: later calls try the next member."""
+        if endpoint.index == self._current:
+            self._current = (self._current + 1) % len(self._endpoints)
+
+    def contact(self) -> None:
+        """Record that etcd answered (for StoreHealth.last_contact_ms)."""
+        self.last_contact = time.monotonic()
+
+    def metadata(self, *extra: tuple[str, str]) -> tuple[tuple[str, str], ...]:
+        token = (("token", self._token),) if self._token else ()
+        return token + extra
+
+    def _open(self) -> grpc.aio.Channel:
+        target = self.config.endpoints[self._current]
+        if not self.config.tls:
+            return grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=self.config.ca,
+            private_key=self.config.key,
+            certificate_chain=self.config.cert,
+        )
+        return grpc.aio.secure_channel(target, credentials, options=_CHANNEL_OPTIONS)
+
+    async def close(self) -> None:
+        channels = [e.channel for e in self._endpoints if e is not None]
+        self._endpoints = [None] * len(self._endpoints)
+        await asyncio.gather(*(c.close() for c in channels), return_exceptions=True)
+
+    # -- calls -------------------------------------------------------------
+
+    async def request(self, what: str, call: Call[T], deadline: float) -> T:
+        """Run `call(endpoint, timeout)` until it succeeds or `deadline` (loop time) passes.
+
+        Raises:
+            StoreUnavailable: no member answered in time, or every member refused.
+            StorageError: etcd answered with an error that retrying cannot fix.
+            LeaseNotFound: a put named a lease etcd no longer has.
+        """
+        loop = asyncio.get_running_loop()
+        refused: set[int] = set()
+        delay = 0.05
+        while True:
+            endpoint = self.current()
+            remaining = deadline - loop.time()
+            try:
+                if self.config.user and self._token is None:
+                    await self.authenticate(endpoint)
+                result = await call(endpoint, max(0.05, min(remaining, ATTEMPT_TIMEOUT)))
+            except grpc.aio.AioRpcError as exc:
+                await self._handle(what, endpoint, exc, refused)
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise self.unavailable(what, exc) from exc
+                self.retries += 1
+                await asyncio.sleep(min(delay, remaining))
+                delay = min(delay * 2, 0.5)
+                continue
+            self.contact()
+            return result
+
+    async def _handle(
+        self, what: str, endpoint: Endpoint, exc: grpc.aio.AioRpcError, refused: set[int]
+    ) -> None:
+        """Decide whether a failed attempt may be retried; raise if it may not."""
+        code, details = exc.code(), exc.details() or ""
+        if code == grpc.StatusCode.UNAUTHENTICATED and self.config.user:
+            await self.reauthenticate(endpoint)
+            return
+        if code == grpc.StatusCode.NOT_FOUND and "lease not found" in details:
+            raise LeaseNotFound(details) from exc
+        if code not in TRANSIENT:
+            raise StorageError(f"etcd refused the {what}: {_hint(details)}") from exc
+        self.failed(endpoint)
+        if any(hint in details.lower() for hint in _REFUSED_HINTS):
+            refused.add(endpoint.index)
+            if len(refused) == len(self._endpoints):
+                raise self.unavailable(what, exc) from exc
+
+    def unavailable(self, what: str, exc: BaseException | None = None) -> StoreUnavailable:
+        """The error for "etcd cannot be reached"; the message tells an operator where to look."""
+        reason = ""
+        if isinstance(exc, grpc.aio.AioRpcError):
+            reason = f" (last error: {exc.code().name}: {(exc.details() or '').strip()[:200]})"
+        return StoreUnavailable(
+            f"etcd at {self.config.display} is unreachable or has no leader; the {what} "
+            f"was not made{reason}. Reads are served from this agent's copy and may be stale."
+        )
+
+    # -- auth --------------------------------------------------------------
+
+    async def reauthenticate(self, endpoint: Endpoint) -> None:
+        """The token was refused (expired): get a new one, or move on if the member is gone.
+
+        Raises:
+            StorageError: etcd rejected the user name or password.
+        """
+        try:
+            await self.authenticate(endpoint, stale=self._token)
+        except grpc.aio.AioRpcError:
+            self.failed(endpoint)
+
+    async def authenticate(self, endpoint: Endpoint, stale: str | None = None) -> None:
+        """Get a token for the configured user (once, however many callers ask).
+
+        Raises:
+            StorageError: etcd rejected the user name or password.
+            grpc.aio.AioRpcError: the member could not be reached (retried by callers).
+        """
+        if not self.config.user:
+            return
+        async with self._auth_lock:
+            if self._token is not None and self._token != stale:
+                return
+            request = rpc.AuthenticateRequest(name=self.config.user, password=self.config.password)
+            try:
+                response = await endpoint.auth.Authenticate(request, timeout=ATTEMPT_TIMEOUT)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() in TRANSIENT:
+                    raise
+                raise StorageError(
+                    f"etcd rejected user {self.config.user!r}: {exc.details()}"
+                ) from exc
+            self._token = response.token
+
+
+def _hint(details: str) -> str:
+    """etcd's message, with what to do for the errors an operator can fix."""
+    lowered = details.lower()
+    if "too many operations" in lowered:
+        return f"{details} (raise --max-txn-ops on the etcd members)"
+    if "request is too large" in lowered:
+        return f"{details} (raise --max-request-bytes on the etcd members)"
+    if "space exceeded" in lowered:
+        return f"{details} (compact and defragment etcd, or raise --quota-backend-bytes)"
+    if "permission denied" in lowered:
+        return f"{details} (grant the etcd user read-write on the waypost prefix)"
+    return details
+
+
+def describe(exc: Any) -> str:
+    """A short description of a gRPC error for logs."""
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return f"{exc.code().name}: {(exc.details() or '').strip()[:200]}"
+    return repr(exc)
