@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The system tools the test suite runs for real, installed when missing:
+#   etcd, etcdctl (etcd-server, etcd-client)  cluster mode
+#   dig (bind9-dnsutils), dnsperf, dnsmasq    DNS tests and benchmark
+#   haproxy                                    server-side discovery through DNS
+#   node + npm, and the npm `consul` package   a second, non-Python Consul client
+set -euo pipefail
+cd "$(dirname "$0")/.."
+need=()
+command -v etcd >/dev/null || need+=(etcd-server)
+command -v etcdctl >/dev/null || need+=(etcd-client)
+command -v dig >/dev/null || need+=(bind9-dnsutils)
+command -v dnsperf >/dev/null || need+=(dnsperf)
+command -v dnsmasq >/dev/null || need+=(dnsmasq-base)
+command -v haproxy >/dev/null || need+=(haproxy)
+command -v node >/dev/null || need+=(nodejs)
+command -v npm >/dev/null || need+=(npm)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing system packages: ${need[*]}"
+  scripts/apt-install.sh "${need[@]}"
+fi
+if [ -f tests/node/package.json ] && [ ! -d tests/node/node_modules/consul ]; then
+  echo "installing the Node.js consul client for the compatibility tests"
+  (cd tests/node && npm install --no-audit --no-fund --silent)
+fi

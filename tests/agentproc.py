@@ -1,0 +1,88 @@
+"""A real `waypost agent` process for tests and benchmarks.
+
+Started with `python -m waypost.cli.main agent ... --http 127.0.0.1:0`; the
+addresses it prints once ready are parsed, so tests never guess ports.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+READY_TIMEOUT = 30.0
+
+
+class AgentProcess:
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        self.args = list(args)
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.proc: subprocess.Popen[str] | None = None
+        self.http_url = ""
+        self.dns_host = ""
+        self.dns_port = 0
+        self.output: list[str] = []
+
+    def start(self) -> AgentProcess:
+        cmd = [sys.executable, "-m", "waypost.cli.main", "agent", *self.args]
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=self.env
+        )
+        deadline = time.monotonic() + READY_TIMEOUT
+        assert self.proc.stdout is not None
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise RuntimeError(f"agent exited early ({self.proc.wait()}):\n{''.join(self.output)}")
+            self.output.append(line)
+            if m := re.match(r"HTTP API: (http://\S+)", line):
+                self.http_url = m.group(1)
+            elif m := re.match(r"DNS: (\S+):(\d+)", line):
+                self.dns_host, self.dns_port = m.group(1).strip("[]"), int(m.group(2))
+            if self.http_url and ("--dns" in self.args and "off" in self.args or self.dns_port):
+                break
+        else:
+            self.kill()
+            raise RuntimeError("agent did not become ready:\n" + "".join(self.output))
+        threading.Thread(target=self._drain, daemon=True).start()
+        return self
+
+    def _drain(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.output.append(line)
+
+    def client(self, **kwargs: object) -> httpx.Client:
+        return httpx.Client(base_url=self.http_url, timeout=30, **kwargs)  # type: ignore[arg-type]
+
+    @property
+    def http_port(self) -> int:
+        return int(self.http_url.rsplit(":", 1)[1])
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+    def kill(self) -> None:
+        """SIGKILL: the crash tests' way of stopping."""
+        self.stop(signal.SIGKILL)
+
+
+def free_data_dir(tmp: Path, name: str = "data") -> str:
+    path = tmp / name
+    path.mkdir(parents=True, exist_ok=True)
+    return str(path)
