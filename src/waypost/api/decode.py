@@ -156,7 +156,7 @@ def _convert(raw: bytes, kind: type[Any]) -> Any:
     if not isinstance(data, dict):
         raise ValidationError("Request decode failed: expected a JSON object")
     try:
-        return msgspec.convert(fold(data), kind, strict=False)
+        return msgspec.convert(fold(data), kind)
     except msgspec.ValidationError as exc:
         raise ValidationError(f"Request decode failed: {_consul_path(str(exc))}") from exc
 

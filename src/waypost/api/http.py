@@ -104,7 +104,7 @@ class Router:
         self.prefixes: list[tuple[str, dict[str, Handler]]] = []
 
     def add(self, methods: str, path: str, handler: Handler) -> None:
-        if path.endswith("/"):
+        if path.endswith("/") and path != "/":
             table = next((t for p, t in self.prefixes if p == path), None)
             if table is None:
                 table = {}

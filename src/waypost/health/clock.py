@@ -44,6 +44,7 @@ class FakeClock:
     async def advance(self, seconds: float) -> None:
         """Move time forward, waking sleepers in deadline order, and let them run."""
         target = self._now + seconds
+        await _settle()  # let freshly started tasks reach their first sleep
         while self._sleepers and self._sleepers[0][0] <= target:
             deadline, _, fut = heapq.heappop(self._sleepers)
             self._now = max(self._now, deadline)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from collections.abc import Awaitable, Callable
 from functools import cache
 from http import HTTPStatus
 from urllib.parse import urlsplit
@@ -23,6 +24,7 @@ MAX_OUTPUT = 4096
 DEFAULT_TIMEOUT = 10.0
 
 Result = tuple[str, str]  # (status, output)
+Probe = Callable[[CheckDefinition], Awaitable[Result]]
 
 
 def status_for_http(code: int) -> str:
@@ -199,4 +201,4 @@ async def grpc_probe(defn: CheckDefinition) -> Result:
     return "critical", f"{where}: {health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)}"
 
 
-PROBES = {"http": http_probe, "tcp": tcp_probe, "grpc": grpc_probe, "script": script_probe}
+PROBES: dict[str, Probe] = {"http": http_probe, "tcp": tcp_probe, "grpc": grpc_probe, "script": script_probe}

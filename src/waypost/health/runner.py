@@ -14,12 +14,12 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from .._exceptions import NotFoundError, StorageError, ValidationError
 from ..catalog import Catalog, Check, CheckDefinition
 from .clock import Clock, SystemClock
-from .probes import PROBES
+from .probes import PROBES, Probe
 from .thresholds import Thresholds
 
 log = logging.getLogger("waypost.health")
@@ -37,6 +37,7 @@ class HealthRunner:
         rng: random.Random | None = None,
         enable_scripts: bool = False,
         reap_interval: float = 1.0,
+        probes: Mapping[str, Probe] | None = None,
     ) -> None:
         self.catalog = catalog
         self.node = node
@@ -44,6 +45,7 @@ class HealthRunner:
         self.rng = rng or random.Random()
         self.enable_scripts = enable_scripts
         self.reap_interval = reap_interval
+        self.probes = probes or PROBES
         self._tasks: dict[str, tuple[CheckDefinition, asyncio.Task[None]]] = {}
         self._ttl_deadline: dict[str, float] = {}
         self._critical_since: dict[str, float] = {}
@@ -94,7 +96,7 @@ class HealthRunner:
     # -- interval checks ---------------------------------------------------
 
     async def _run_interval(self, check: Check, defn: CheckDefinition) -> None:
-        probe = PROBES[defn.kind]
+        probe = self.probes[defn.kind]
         thresholds = Thresholds(
             check.status,
             defn.success_before_passing,

@@ -1,0 +1,229 @@
+"""The HTTP API with a plain HTTP client: shapes, headers, blocking queries, bad input."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import socket
+import time
+
+import httpx
+import pytest
+
+from ..agentproc import AgentProcess
+
+
+@pytest.fixture
+def http(agent: AgentProcess) -> httpx.Client:
+    with agent.client() as client:
+        yield client
+
+
+def register(http: httpx.Client, body: dict, **params: str) -> httpx.Response:
+    return http.put("/v1/agent/service/register", json=body, params=params)
+
+
+def test_read_headers_and_content_type(http: httpx.Client, unique: str) -> None:
+    r = http.get(f"/v1/health/service/{unique}")
+    assert r.status_code == 200
+    assert r.headers["content-type"] == "application/json"
+    assert int(r.headers["x-consul-index"]) >= 1
+    assert r.headers["x-consul-knownleader"] == "true"
+    assert r.headers["x-consul-lastcontact"] == "0"
+    assert r.json() == []
+
+
+def test_case_insensitive_snake_case_and_nanosecond_durations(http: httpx.Client, unique: str) -> None:
+    body = {
+        "name": unique, "id": f"{unique}-1", "port": 81, "TAGS": ["a"],
+        "weights": {"passing": 5, "warning": 2},
+        "check": {"ttl": 30_000_000_000, "deregister_critical_service_after": "1m30s", "status": "passing"},
+    }
+    assert register(http, body).status_code == 200
+    (row,) = http.get(f"/v1/health/service/{unique}").json()
+    assert row["Service"]["Weights"] == {"Passing": 5, "Warning": 2}
+    assert row["Service"]["Tags"] == ["a"]
+    check = row["Checks"][1]
+    assert check["Status"] == "passing"
+    assert check["Definition"]["TTL"] == "30s"
+    assert check["Definition"]["DeregisterCriticalServiceAfter"] == "1m30s"
+
+
+def test_health_service_shape_matches_consul(http: httpx.Client, unique: str) -> None:
+    register(http, {"Name": unique, "ID": f"{unique}-1", "Address": "10.0.0.5", "Port": 3000,
+                    "Meta": {"Version": "2"}, "TaggedAddresses": {"lan": {"Address": "10.0.0.5", "Port": 3000}}})
+    (row,) = http.get(f"/v1/health/service/{unique}").json()
+    assert set(row) == {"Node", "Service", "Checks"}
+    assert {"ID", "Node", "Address", "Datacenter", "TaggedAddresses", "Meta"} <= set(row["Node"])
+    assert {"ID", "Service", "Tags", "Address", "TaggedAddresses", "Meta", "Port", "Weights"} <= set(row["Service"])
+    assert row["Service"]["Meta"] == {"Version": "2"}  # user map keys keep their case
+    assert row["Service"]["TaggedAddresses"]["lan"] == {"Address": "10.0.0.5", "Port": 3000}
+    check_fields = {"Node", "CheckID", "Name", "Status", "Notes", "Output", "ServiceID", "ServiceName", "ServiceTags"}
+    assert all(check_fields <= set(c) for c in row["Checks"])
+    (flat,) = http.get(f"/v1/catalog/service/{unique}").json()
+    assert flat["ServiceAddress"] == "10.0.0.5"
+    assert flat["ServicePort"] == 3000
+    assert flat["ServiceWeights"] == {"Passing": 1, "Warning": 1}
+    assert flat["Node"] == "test-node"
+
+
+def test_passing_filter_counts_warning_and_node_checks(http: httpx.Client, unique: str) -> None:
+    register(http, {"Name": unique, "ID": f"{unique}-1", "Check": {"TTL": "1m", "Status": "warning"}})
+    register(http, {"Name": unique, "ID": f"{unique}-2", "Check": {"TTL": "1m", "Status": "passing"}})
+    for flag in ("", "1", "true"):
+        rows = http.get(f"/v1/health/service/{unique}?passing={flag}").json()
+        assert [r["Service"]["ID"] for r in rows] == [f"{unique}-2"]
+    assert len(http.get(f"/v1/health/service/{unique}").json()) == 2
+
+
+def test_multiple_tags_must_all_match(http: httpx.Client, unique: str) -> None:
+    register(http, {"Name": unique, "ID": "a", "Tags": ["x", "y"]})
+    register(http, {"Name": unique, "ID": "b", "Tags": ["x"]})
+    rows = http.get(f"/v1/health/service/{unique}", params=[("tag", "x"), ("tag", "y")]).json()
+    assert [r["Service"]["ID"] for r in rows] == ["a"]
+
+
+def test_replace_existing_checks(http: httpx.Client, unique: str) -> None:
+    sid = f"{unique}-1"
+    register(http, {"Name": unique, "ID": sid, "Checks": [{"CheckID": "c1", "TTL": "1m"}, {"CheckID": "c2", "TTL": "1m"}]})
+    register(http, {"Name": unique, "ID": sid, "Checks": [{"CheckID": "c1", "TTL": "1m"}]})
+    assert {"c1", "c2"} <= set(http.get("/v1/agent/checks").json())
+    register(http, {"Name": unique, "ID": sid, "Checks": [{"CheckID": "c1", "TTL": "1m"}]}, **{"replace-existing-checks": "true"})
+    checks = http.get("/v1/agent/checks").json()
+    assert "c1" in checks and "c2" not in checks
+
+
+def test_check_register_update_and_deregister(http: httpx.Client, unique: str) -> None:
+    register(http, {"Name": unique, "ID": f"{unique}-1"})
+    cid = f"{unique}-ttl"
+    r = http.put("/v1/agent/check/register", json={"Name": cid, "ServiceID": f"{unique}-1", "TTL": "1m"})
+    assert r.status_code == 200, r.text
+    assert http.put(f"/v1/agent/check/update/{cid}", json={"Status": "warning", "Output": "disk 91%"}).status_code == 200
+    check = http.get("/v1/agent/checks").json()[cid]
+    assert (check["Status"], check["Output"], check["ServiceName"]) == ("warning", "disk 91%", unique)
+    assert http.put(f"/v1/agent/check/update/{cid}", json={"Status": "sideways"}).status_code == 400
+    assert http.put(f"/v1/agent/check/deregister/{cid}").status_code == 200
+    assert http.put(f"/v1/agent/check/deregister/{cid}").status_code == 404
+
+
+def test_blocking_query_returns_on_change_only_for_its_service(agent: AgentProcess, unique: str) -> None:
+    other = unique + "-other"
+    with agent.client() as http:
+        register(http, {"Name": unique, "ID": f"{unique}-1"})
+        index = int(http.get(f"/v1/health/service/{unique}").headers["x-consul-index"])
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            started = time.monotonic()
+            waiting = pool.submit(http.get, f"/v1/health/service/{unique}", params={"index": index, "wait": "3s"})
+            time.sleep(0.3)
+            with agent.client() as writer:
+                register(writer, {"Name": other, "ID": f"{other}-1"})  # must not wake it
+                time.sleep(0.3)
+                assert not waiting.done()
+                register(writer, {"Name": unique, "ID": f"{unique}-2"})
+            r = waiting.result(10)
+        assert time.monotonic() - started < 2.5
+        assert int(r.headers["x-consul-index"]) > index
+        assert len(r.json()) == 2
+
+
+def test_blocking_query_times_out_with_same_index(http: httpx.Client, unique: str) -> None:
+    index = http.get(f"/v1/health/service/{unique}").headers["x-consul-index"]
+    started = time.monotonic()
+    r = http.get(f"/v1/health/service/{unique}", params={"index": index, "wait": "400ms"})
+    elapsed = time.monotonic() - started
+    assert r.headers["x-consul-index"] == index
+    assert 0.39 <= elapsed < 0.4 * (1 + 1 / 16) + 1.0  # wait plus at most wait/16 jitter (plus slack)
+
+
+def test_nonexistent_service_has_stable_index(http: httpx.Client, unique: str) -> None:
+    first = http.get(f"/v1/health/service/{unique}-none").headers["x-consul-index"]
+    register(http, {"Name": unique, "ID": f"{unique}-1"})
+    assert http.get(f"/v1/health/service/{unique}-none").headers["x-consul-index"] == first
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "message"),
+    [
+        ("/v1/agent/service/register", {"Port": 1}, 400, "Missing service name"),
+        ("/v1/agent/service/register", {"Name": "x", "Port": -1}, 400, "Port must be between 0 and 65535"),
+        ("/v1/agent/service/register", {"Name": "x", "Port": "80"}, 400, "Expected `int`"),
+        ("/v1/agent/service/register", {"Name": "x", "Check": {"TTL": "10s", "Interval": "10s"}}, 400, "Interval and TTL"),
+        ("/v1/agent/service/register", {"Name": "x", "Check": {"TTL": "ten seconds"}}, 400, "invalid duration"),
+        ("/v1/agent/service/register", {"Name": "x", "Check": {"Interval": "10s"}}, 400, "one of TTL, HTTP"),
+        ("/v1/agent/service/register", {"Name": "x", "Check": {"HTTP": "http://h/", "TCP": "h:1", "Interval": "1s"}}, 400, "one type"),
+        ("/v1/agent/service/register", {"Name": "x", "Check": {"HTTP": "http://h/"}}, 400, "Interval must be > 0"),
+        ("/v1/agent/service/register", {"Name": "x", "Check": {"HTTP": "ftp://h/", "Interval": "1s"}}, 400, "http:// or https://"),
+        ("/v1/agent/service/register", {"Name": "x", "Check": {"Args": ["true"], "Interval": "1s"}}, 400, "Scripts are disabled"),
+        ("/v1/agent/service/register", {"Name": "x", "Check": {"TTL": "1s", "Status": "great"}}, 400, "Invalid check status"),
+        ("/v1/agent/service/register", {"Name": "x", "Weights": {"Passing": 0}}, 400, "Passing must be greater than 0"),
+        ("/v1/agent/check/register", {"TTL": "1s"}, 400, "Missing check name"),
+        ("/v1/agent/check/register", {"Name": "c", "TTL": "1s", "ServiceID": "ghost"}, 400, 'ServiceID "ghost" does not exist'),
+        ("/v1/catalog/register", {"Address": "1.2.3.4"}, 400, "Must provide node"),
+        ("/v1/catalog/deregister", {"Node": "ghost-node"}, 404, "Unknown node"),
+    ],
+)
+def test_bad_input_is_a_clear_4xx_and_writes_nothing(
+    http: httpx.Client, path: str, body: dict, status: int, message: str
+) -> None:
+    before = http.get("/v1/catalog/services").headers["x-consul-index"]
+    r = http.put(path, json=body)
+    assert r.status_code == status, r.text
+    assert message in r.text
+    assert http.get("/v1/catalog/services").headers["x-consul-index"] == before
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "message"),
+    [
+        ("PUT", "/v1/agent/service/deregister/ghost", 404, 'Unknown service ID "ghost"'),
+        ("PUT", "/v1/agent/check/pass/ghost", 404, 'Unknown check ID "ghost"'),
+        ("PUT", "/v1/agent/service/maintenance/ghost?enable=true", 404, "Unknown service ID"),
+        ("PUT", "/v1/agent/maintenance", 400, "Missing value for enable"),
+        ("PUT", "/v1/agent/maintenance?enable=maybe", 400, "Invalid value for enable"),
+        ("GET", "/v1/agent/service/ghost", 404, "unknown service ID"),
+        ("GET", "/v1/health/service/x?index=abc", 400, "Invalid index"),
+        ("GET", "/v1/health/service/x?index=1&wait=forever", 400, "Invalid wait time"),
+        ("GET", "/v1/health/service/x?stale&consistent", 400, "conflicting"),
+        ("GET", "/v1/health/state/sideways", 400, "Invalid state"),
+        ("GET", "/v1/agent/service/register", 405, "not allowed"),
+        ("GET", "/v1/no/such/endpoint", 404, "no endpoint"),
+    ],
+)
+def test_bad_requests(http: httpx.Client, method: str, path: str, status: int, message: str) -> None:
+    r = http.request(method, path)
+    assert r.status_code == status, r.text
+    assert message in r.text
+
+
+def test_malformed_json_and_wrong_shapes(http: httpx.Client) -> None:
+    for raw in (b"{", b"[1, 2]", b'"name"', b"\xff\xfe", b'{"Name": "x", "Tags": "notalist"}'):
+        r = http.put("/v1/agent/service/register", content=raw)
+        assert r.status_code == 400, (raw, r.text)
+        assert "Request decode failed" in r.text
+
+
+def test_body_too_large_is_413(http: httpx.Client) -> None:
+    r = http.put("/v1/agent/service/register", content=b"{" + b" " * (1 << 20) + b"}")
+    assert r.status_code == 413
+    assert "too large" in r.text
+
+
+def test_abandoned_client_mid_body_does_not_block_others(agent: AgentProcess, http: httpx.Client) -> None:
+    """A client that sends headers promising a body and then goes silent."""
+    host, port = "127.0.0.1", agent.http_port
+    stalled = []
+    for _ in range(20):
+        s = socket.create_connection((host, port))
+        s.sendall(b"PUT /v1/agent/service/register HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{")
+        stalled.append(s)
+    try:
+        assert http.get("/v1/status/leader").status_code == 200
+    finally:
+        for s in stalled:
+            s.close()
+
+
+def test_metrics_and_ui(http: httpx.Client) -> None:
+    text = http.get("/metrics").text
+    assert "waypost_http_requests_total" in text
+    assert "waypost_catalog_instances" in text
+    assert http.get("/ui/").headers["content-type"].startswith("text/html")

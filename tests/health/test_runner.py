@@ -1,0 +1,136 @@
+"""TTL expiry, thresholds, reaping: driven by a fake clock, no sleeping."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from waypost import NotFoundError, ValidationError
+from waypost.catalog import CheckDefinition
+from waypost.health import FakeClock, HealthRunner
+from waypost.health.thresholds import Thresholds
+
+from ..helpers import check, node, open_catalog, service
+
+
+class ScriptedProbe:
+    """Answers each run with the next scripted result (the last one repeats)."""
+
+    def __init__(self, *results: str) -> None:
+        self.results = list(results)
+
+    async def __call__(self, defn: CheckDefinition) -> tuple[str, str]:
+        status = self.results.pop(0) if len(self.results) > 1 else self.results[0]
+        return status, f"scripted {status}"
+
+
+async def setup(defn: CheckDefinition, status: str = "critical", probe: ScriptedProbe | None = None):
+    catalog = await open_catalog()
+    clock = FakeClock()
+    probes = {"tcp": probe or ScriptedProbe("critical")}
+    runner = HealthRunner(catalog, "n1", clock=clock, rng=random.Random(7), reap_interval=1.0, probes=probes)
+    await catalog.put(node(), service("web-1"), check("c1", "web-1", status=status, definition=defn))
+    await runner.start()
+    return catalog, clock, runner
+
+
+def status(catalog, cid: str = "c1") -> str:
+    return catalog.state.checks[("n1", cid)].status
+
+
+async def test_ttl_expires_to_critical_and_heartbeat_restarts_it() -> None:
+    catalog, clock, runner = await setup(CheckDefinition(ttl=10))
+    await runner.heartbeat("c1", "passing", "ok")
+    await clock.advance(9.9)
+    assert status(catalog) == "passing"
+    await runner.heartbeat("c1", "passing", "still ok")  # resets the timer
+    await clock.advance(9.9)
+    assert status(catalog) == "passing"
+    await clock.advance(0.2)
+    assert status(catalog) == "critical"
+    assert catalog.state.checks[("n1", "c1")].output == "TTL expired"
+    await runner.heartbeat("c1", "warning", "slow")
+    assert status(catalog) == "warning"
+    await clock.advance(10.1)
+    assert status(catalog) == "critical"
+    await runner.stop()
+
+
+async def test_heartbeat_errors() -> None:
+    catalog, clock, runner = await setup(CheckDefinition(ttl=10))
+    with pytest.raises(NotFoundError):
+        await runner.heartbeat("ghost", "passing", "")
+    await catalog.put(check("c2", "web-1", definition=CheckDefinition(tcp="127.0.0.1:1", interval=5)))
+    with pytest.raises(ValidationError, match="does not have associated TTL"):
+        await runner.heartbeat("c2", "passing", "")
+    await runner.stop()
+
+
+async def test_deregister_critical_service_after() -> None:
+    catalog, clock, runner = await setup(CheckDefinition(ttl=5, deregister_critical_after=30))
+    await clock.advance(6)  # TTL expires: critical from t=5
+    assert status(catalog) == "critical"
+    await clock.advance(20)
+    assert ("n1", "web-1") in catalog.state.services
+    await clock.advance(15)
+    assert ("n1", "web-1") not in catalog.state.services
+    assert ("n1", "c1") not in catalog.state.checks
+    await runner.stop()
+
+
+async def test_recovery_resets_the_reap_timer() -> None:
+    catalog, clock, runner = await setup(CheckDefinition(ttl=5, deregister_critical_after=10), "passing")
+    await clock.advance(12)  # critical since the TTL ran out at 5
+    await runner.heartbeat("c1", "passing", "")
+    await clock.advance(4)
+    await runner.heartbeat("c1", "passing", "")
+    await clock.advance(4.5)
+    assert ("n1", "web-1") in catalog.state.services
+    await runner.stop()
+
+
+@pytest.mark.parametrize(
+    ("results", "kwargs", "expected"),
+    [
+        (["critical"], {}, "critical"),
+        (["passing", "critical", "critical"], {"failures_before_critical": 3}, "passing"),
+        (["passing", "critical", "critical", "critical"], {"failures_before_critical": 3}, "critical"),
+        (["passing", "critical"], {"failures_before_warning": 1, "failures_before_critical": 3}, "warning"),
+        (["critical", "passing"], {"success_before_passing": 2}, "critical"),
+        (["critical", "passing", "passing"], {"success_before_passing": 2}, "passing"),
+        (["passing", "critical", "passing", "critical"], {"failures_before_critical": 2}, "passing"),
+        (["passing", "warning"], {"failures_before_critical": 5}, "warning"),
+    ],
+)
+def test_thresholds(results: list[str], kwargs: dict[str, int], expected: str) -> None:
+    t = Thresholds("critical", **kwargs)
+    for r in results:
+        reported = t.feed(r)
+    assert reported == expected
+
+
+async def test_interval_check_runs_staggered_then_every_interval() -> None:
+    probe = ScriptedProbe("passing", "critical", "critical", "passing")
+    defn = CheckDefinition(tcp="127.0.0.1:1", interval=10, failures_before_critical=2)
+    catalog, clock, runner = await setup(defn, probe=probe)
+    assert runner.runs == 0
+    await clock.advance(10)  # the first run lands somewhere inside the first interval
+    assert (runner.runs, status(catalog)) == (1, "passing")
+    await clock.advance(10)
+    assert (runner.runs, status(catalog)) == (2, "passing")  # one failure: below the threshold
+    await clock.advance(10)
+    assert (runner.runs, status(catalog)) == (3, "critical")
+    assert catalog.state.checks[("n1", "c1")].output == "scripted critical"
+    await clock.advance(10)
+    assert (runner.runs, status(catalog)) == (4, "passing")
+    await runner.stop()
+
+
+async def test_refresh_stops_removed_checks() -> None:
+    catalog, clock, runner = await setup(CheckDefinition(ttl=10))
+    assert runner.statistics()["running_checks"] == 1
+    await catalog.deregister_check("n1", "c1")
+    runner.refresh(["c1"])
+    assert runner.statistics()["running_checks"] == 0
+    await runner.stop()
