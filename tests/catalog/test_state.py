@@ -1,0 +1,89 @@
+"""The state store: indexes per topic, watch isolation, cascades, liveness."""
+
+from __future__ import annotations
+
+import asyncio
+
+from waypost.catalog import codec
+from waypost.catalog.watch import service_topic
+from waypost.storage import Entry
+
+from ..helpers import check, node, open_catalog, service
+
+
+async def test_per_service_index_moves_only_for_its_service() -> None:
+    catalog = await open_catalog()
+    await catalog.put(node(), service("a1", "a"), service("b1", "b"))
+    a_index = catalog.state.index_of([service_topic("a")])
+    await catalog.put(service("b2", "b"))
+    assert catalog.state.index_of([service_topic("a")]) == a_index
+    await catalog.put(service("a2", "a"))
+    assert catalog.state.index_of([service_topic("a")]) > a_index
+
+
+async def test_blocked_watcher_of_a_sleeps_through_b_and_wakes_for_a() -> None:
+    catalog = await open_catalog()
+    await catalog.put(node(), service("a1", "a"))
+    index = catalog.state.index_of([service_topic("a")])
+    waiter = asyncio.create_task(catalog.block([service_topic("a")], index, 5))
+    await catalog.put(service("b1", "b"))
+    await asyncio.sleep(0.01)
+    assert not waiter.done()
+    await catalog.put(service("a2", "a"))
+    await asyncio.wait_for(waiter, 1)
+
+
+async def test_node_check_change_touches_every_service_on_the_node() -> None:
+    catalog = await open_catalog()
+    await catalog.put(node(), service("a1", "a"), service("b1", "b"), check("serf", status="passing"))
+    before = catalog.state.index_of([service_topic("b")])
+    await catalog.put(check("serf", status="critical"))
+    assert catalog.state.index_of([service_topic("b")]) > before
+    assert catalog.state.health("b", passing=True) == []
+
+
+async def test_deregister_service_removes_its_checks_in_one_commit() -> None:
+    catalog = await open_catalog()
+    await catalog.put(node(), service("a1", "a"), check("c1", "a1", "a"), check("c2", "a1", "a"))
+    index = await catalog.deregister_service("n1", "a1")
+    assert catalog.state.checks == {}
+    assert catalog.state.index_of([service_topic("a")]) == index
+
+
+async def test_reregistration_keeps_check_status_unless_given() -> None:
+    catalog = await open_catalog()
+    await catalog.put(node())
+    await catalog.register_service(service("a1", "a"), [check("c1", "a1", "a", status="passing")])
+    await catalog.register_service(service("a1", "a"), [check("c1", "a1", "a", status="critical")])
+    assert catalog.state.checks[("n1", "c1")].status == "passing"
+
+
+async def test_liveness_key_drives_serf_health() -> None:
+    catalog = await open_catalog()
+    serf = check("serfHealth", status="passing")
+    await catalog.put(node(), service("a1", "a"), serf)
+    assert catalog.state.checks[("n1", "serfHealth")].status == "critical"  # no liveness yet
+    await catalog.commit([Entry(codec.live_key("n1"), b"", ephemeral=True)])
+    assert catalog.state.checks[("n1", "serfHealth")].status == "passing"
+    await catalog.commit([codec.delete(codec.live_key("n1"))])
+    assert catalog.state.health("a", passing=True) == []
+
+
+async def test_snapshot_drops_keys_it_does_not_hold() -> None:
+    catalog = await open_catalog()
+    await catalog.put(node(), service("a1", "a"), service("a2", "a"))
+    keep = [codec.put(node()), codec.put(service("a1", "a"))]
+    catalog._apply(99, keep, snapshot=True)
+    assert set(catalog.state.services) == {("n1", "a1")}
+    assert catalog.state.index == 99
+
+
+async def test_output_only_change_is_memory_only() -> None:
+    catalog = await open_catalog()
+    await catalog.put(node(), service("a1", "a"), check("c1", "a1", "a"))
+    index = catalog.state.index
+    assert await catalog.update_check("n1", "c1", "passing", "new output")
+    assert catalog.state.index == index
+    assert catalog.state.checks[("n1", "c1")].output == "new output"
+    await catalog.update_check("n1", "c1", "critical", "down")
+    assert catalog.state.index > index
