@@ -21,20 +21,36 @@ from ._exceptions import (
     ValidationError,
     WaypostError,
 )
+from .client import (
+    AsyncDiscovery,
+    AsyncServiceClient,
+    AsyncTransport,
+    Discovery,
+    Instance,
+    ServiceClient,
+    Transport,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncDiscovery",
+    "AsyncServiceClient",
+    "AsyncTransport",
     "CircuitOpen",
     "ClientError",
     "ConfigError",
+    "Discovery",
+    "Instance",
     "NoHealthyInstances",
     "NotFoundError",
     "RegistrationError",
     "RegistryUnavailable",
     "RetryBudgetExhausted",
+    "ServiceClient",
     "StorageError",
     "StoreUnavailable",
+    "Transport",
     "ValidationError",
     "WaypostError",
     "__version__",

@@ -10,10 +10,10 @@ Layers, each usable alone (see docs/client.md):
 from __future__ import annotations
 
 from ._balancers import (
+    P2C,
     Balancer,
     LeastOutstanding,
     Maglev,
-    P2C,
     PeakEwma,
     Random,
     RingHash,
@@ -22,20 +22,35 @@ from ._balancers import (
     make_balancer,
 )
 from ._breaker import BreakerPolicy, BreakerState, CircuitBreaker
+from ._cache import CacheEntry, InstanceCache
+from ._discovery import AsyncDiscovery, Discovery
 from ._instance import Clock, FakeClock, Instance, MonotonicClock
 from ._outlier import OutlierDetector, OutlierPolicy
+from ._policy import ClientOptions, HedgePolicy, RetryPolicy
 from ._retry import RetryBudget
 from ._router import Router
+from ._service_client import AsyncServiceClient, ServiceClient
+from ._sources import Answer, Source, source_from_url
+from ._transport import AsyncTransport, Transport
 
 __all__ = [
     "P2C",
+    "Answer",
+    "AsyncDiscovery",
+    "AsyncServiceClient",
+    "AsyncTransport",
     "Balancer",
     "BreakerPolicy",
     "BreakerState",
+    "CacheEntry",
     "CircuitBreaker",
+    "ClientOptions",
     "Clock",
+    "Discovery",
     "FakeClock",
+    "HedgePolicy",
     "Instance",
+    "InstanceCache",
     "LeastOutstanding",
     "Maglev",
     "MonotonicClock",
@@ -44,9 +59,14 @@ __all__ = [
     "PeakEwma",
     "Random",
     "RetryBudget",
+    "RetryPolicy",
     "RingHash",
     "RoundRobin",
     "Router",
+    "ServiceClient",
+    "Source",
+    "Transport",
     "Weighted",
     "make_balancer",
+    "source_from_url",
 ]

@@ -1,0 +1,47 @@
+"""The source interface shared by every discovery backend."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from .._instance import Instance
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """One read: the registry's index for the result and the instances.
+
+    `index` is 0 for sources without blocking queries.
+    """
+
+    index: int
+    instances: tuple[Instance, ...]
+
+
+class Source(Protocol):
+    """Where instance lists come from.
+
+    `blocking` sources accept `index`/`wait` and hold the call until the answer's
+    index moves past `index` or `wait` seconds pass. Others answer at once and
+    are polled. Every failure to reach the registry raises `RegistryUnavailable`.
+    """
+
+    blocking: bool
+    url: str
+
+    async def fetch(self, service: str, *, index: int = 0, wait: float = 0.0) -> Answer:
+        """Read the healthy instances of `service` (async)."""
+        ...
+
+    def fetch_sync(self, service: str, *, index: int = 0, wait: float = 0.0) -> Answer:
+        """Read the healthy instances of `service` (blocking, no event loop)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release async resources."""
+        ...
+
+    def close(self) -> None:
+        """Release sync resources."""
+        ...
