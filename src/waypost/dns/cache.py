@@ -1,0 +1,190 @@
+"""Encoded answers, cached until the catalog data they were read from changes.
+
+An `Entry` holds the responses for one (name, type, size limit, RD, EDNS)
+key as a few *variants*: the same record set in different orders, each
+already truncated to the size limit and encoded. A query costs a dict lookup,
+a counter step and a join of four byte strings; shuffling costs nothing per
+query because the orders were drawn when the entry was built:
+
+- up to `VARIANTS` records: the n rotations of one random order, served round
+  robin, so every record comes first equally often (clients that take the
+  first address spread evenly) and, when truncated, every record is left out
+  equally often;
+- more records: `VARIANTS` independent random orders, and every `VARIANTS`
+  queries one of them is redrawn, so over time every record leads.
+
+Entries are indexed by the catalog topics they read; the catalog's change
+listener drops them (`invalidate`). A second map keyed by the raw query bytes
+after the ID lets a repeated query skip parsing entirely; its values point
+at entries, and a dropped entry is marked dead so stale raw hits fall through.
+Both maps are bounded and evict oldest first.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Hashable, Iterable
+from typing import Final
+
+from ..catalog.watch import Topic
+from . import wire
+from .answers import RecordSet
+
+VARIANTS: Final = 16
+MAX_ENTRIES: Final = 4096
+MAX_RAW: Final = 16384
+
+Variant = tuple[bytes, bytes]  # header after the ID, everything after the question
+
+
+class Entry:
+    __slots__ = (
+        "_built",
+        "_count",
+        "_flags",
+        "_limit",
+        "_qsize",
+        "_records",
+        "alive",
+        "key",
+        "topics",
+        "variants",
+    )
+
+    def __init__(
+        self, key: Hashable, records: RecordSet, flags: int, limit: int, qsize: int
+    ) -> None:
+        self.key = key
+        self.topics = records.topics
+        self.alive = True
+        self._records = records
+        self._flags = flags
+        self._limit = limit
+        self._qsize = qsize
+        self._count = 0
+        self._built = 0
+        self.variants = self._initial_variants()
+
+    def next(self) -> Variant:
+        """The next response (as header and tail), round robin over the variants."""
+        count = self._count
+        self._count = count + 1
+        variants = self.variants
+        if count % VARIANTS == VARIANTS - 1 and self._built:
+            self._redraw()
+        return variants[count % len(variants)]
+
+    def _initial_variants(self) -> list[Variant]:
+        n = len(self._records.answers)
+        if not self._records.shuffle or n <= 1:
+            return [self._assemble(range(n))]
+        order = random.sample(range(n), n)
+        if n <= VARIANTS:
+            return [self._assemble(order[i:] + order[:i]) for i in range(n)]
+        self._built = 1
+        return [self._assemble(random.sample(range(n), n)) for _ in range(VARIANTS)]
+
+    def _redraw(self) -> None:
+        n = len(self._records.answers)
+        slot = self._built % VARIANTS
+        self.variants[slot] = self._assemble(random.sample(range(n), n))
+        self._built += 1
+
+    def _assemble(self, order: Iterable[int]) -> Variant:
+        """One response: answers in `order`, each with its additional records,
+        while they fit the limit; TC set when some answer did not."""
+        records = self._records
+        size = 12 + self._qsize + len(records.authority) + (11 if self._flags & _EDNS else 0)
+        answers: list[bytes] = []
+        additional: list[bytes] = []
+        seen: set[bytes] = set()
+        truncated = False
+        for i in order:
+            record, extra = records.answers[i]
+            new = [a for a in extra if a not in seen]
+            cost = len(record) + sum(map(len, new))
+            if size + cost > self._limit:
+                truncated = True
+                break
+            answers.append(record)
+            additional += new
+            seen.update(new)
+            size += cost
+        for record in records.extra:
+            if size + len(record) <= self._limit:
+                additional.append(record)
+                size += len(record)
+        return self._encode(answers, additional, truncated)
+
+    def _encode(self, answers: list[bytes], additional: list[bytes], truncated: bool) -> Variant:
+        records = self._records
+        edns = bool(self._flags & _EDNS)
+        flags = (self._flags & ~_EDNS) | (wire.TC if truncated else 0) | records.rcode
+        counts = wire.header(
+            flags, 1, len(answers), 1 if records.authority else 0, len(additional) + edns
+        )
+        tail = b"".join((*answers, records.authority, *additional, wire.opt_rr() if edns else b""))
+        return counts, tail
+
+
+_EDNS: Final = 0x10000  # carried in Entry flags beside the 16 header bits: answer with an OPT
+
+
+def response_flags(rd: int, edns: bool, recursion_available: bool) -> int:
+    """The header flags an entry's responses carry (rcode and TC are added per response)."""
+    flags = wire.QR | wire.AA | rd | (wire.RA if recursion_available else 0)
+    return flags | (_EDNS if edns else 0)
+
+
+class AnswerCache:
+    def __init__(self, max_entries: int = MAX_ENTRIES, max_raw: int = MAX_RAW) -> None:
+        self.entries: dict[Hashable, Entry] = {}
+        self.raw: dict[bytes, tuple[Entry, int]] = {}
+        self._by_topic: dict[Topic, set[Hashable]] = {}
+        self._max_entries = max_entries
+        self._max_raw = max_raw
+        self.invalidations = 0
+
+    def put(self, entry: Entry) -> None:
+        if len(self.entries) >= self._max_entries:
+            self._drop(next(iter(self.entries)))
+        self._drop(entry.key)
+        self.entries[entry.key] = entry
+        for topic in entry.topics:
+            self._by_topic.setdefault(topic, set()).add(entry.key)
+
+    def remember_raw(self, raw: bytes, entry: Entry, qend: int) -> None:
+        if len(self.raw) >= self._max_raw:
+            del self.raw[next(iter(self.raw))]
+        self.raw[raw] = (entry, qend)
+
+    def invalidate(self, topics: Iterable[Topic]) -> None:
+        """The catalog changed these topics: drop every entry read from them."""
+        for topic in topics:
+            for key in self._by_topic.pop(topic, ()):
+                self._drop(key)
+
+    def clear(self) -> None:
+        for key in list(self.entries):
+            self._drop(key)
+        self.raw.clear()
+
+    def _drop(self, key: Hashable) -> None:
+        entry = self.entries.pop(key, None)
+        if entry is None:
+            return
+        entry.alive = False
+        self.invalidations += 1
+        for topic in entry.topics:
+            keys = self._by_topic.get(topic)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self._by_topic[topic]
+
+    def statistics(self) -> dict[str, float]:
+        return {
+            "cache_entries": len(self.entries),
+            "cache_raw_entries": len(self.raw),
+            "cache_invalidations": self.invalidations,
+        }
