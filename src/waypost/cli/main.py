@@ -38,6 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--alt-domain", metavar="DOMAIN", help="a second DNS domain answered the same way")
     agent.add_argument("--dns-only-passing", action="store_true", default=None, help="DNS leaves out warning instances too")
     agent.add_argument("--recursor", dest="recursors", action="append", metavar="ADDR:PORT", help="forward other names here")
+    agent.add_argument(
+        "--dns-service-ttl", action=_KeyValue, metavar="NAME=DURATION",
+        help="DNS TTL of a service's records, e.g. web=10s or '*=5s' (repeatable; default 0)",
+    )
+    agent.add_argument("--dns-node-ttl", metavar="DURATION", help="DNS TTL of node records (default 0s)")
 
     for name, text in (("services", "list the services a running agent knows"), ("members", "list the agents' nodes")):
         cmd = sub.add_parser(name, help=text)
@@ -46,6 +51,24 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run the order/payment example locally and show load balancing")
     demo.add_argument("--requests", type=int, default=60, help="requests the order service sends")
     return parser
+
+
+class _KeyValue(argparse.Action):
+    """`--flag K=V`, repeatable, collected into a dict."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        value: Any,
+        option: str | None = None,
+    ) -> None:
+        key, sep, item = str(value).partition("=")
+        if not sep or not key:
+            parser.error(f"{option} {value!r}: expected NAME=VALUE")
+        table = dict(getattr(namespace, self.dest, None) or {})
+        table[key] = item
+        setattr(namespace, self.dest, table)
 
 
 def agent_config(args: argparse.Namespace) -> AgentConfig:
