@@ -15,12 +15,15 @@ from ..health import HealthRunner
 from ..storage import Entry
 
 DEFAULT_REASON = (
-    "Maintenance mode is enabled for this {}, but no reason was provided. This is a default message."
+    "Maintenance mode is enabled for this {}, but no reason was provided. "
+    "This is a default message."
 )
 
 
 class LocalAgent:
-    def __init__(self, catalog: Catalog, runner: HealthRunner, node: Node, enable_scripts: bool) -> None:
+    def __init__(
+        self, catalog: Catalog, runner: HealthRunner, node: Node, enable_scripts: bool
+    ) -> None:
         self.catalog = catalog
         self.runner = runner
         self.node = node
@@ -57,12 +60,15 @@ class LocalAgent:
             )
         return checks
 
-    def _check(self, body: decode._CheckBody, check_id: str, name: str, service: Service | None) -> Check:
+    def _check(
+        self, body: decode._CheckBody, check_id: str, name: str, service: Service | None
+    ) -> Check:
         owner = (service.id, service.name, service.tags) if service else None
         check = decode.build_check(body, self.name, check_id, name, owner)
         if check.type == "script" and not self.enable_scripts:
             raise ValidationError(
-                "Scripts are disabled on this agent; start it with --enable-script-checks to allow them"
+                "Scripts are disabled on this agent; "
+                "start it with --enable-script-checks to allow them"
             )
         return check
 

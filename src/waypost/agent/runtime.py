@@ -19,8 +19,8 @@ from typing import Any
 import uvicorn
 
 from .. import __version__
-from ..api.app import AgentApp
 from .._exceptions import ConfigError
+from ..api.app import AgentApp
 from ..catalog import Catalog, Node
 from ..catalog.model import SERF_CHECK_ID
 from ..health import HealthRunner

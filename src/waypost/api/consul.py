@@ -78,7 +78,11 @@ class ConsulApi:
     # -- the blocking read path ------------------------------------------
 
     async def _read(
-        self, req: Request, topics: tuple[Topic, ...], produce: Callable[[], Any], cache: bool = True
+        self,
+        req: Request,
+        topics: tuple[Topic, ...],
+        produce: Callable[[], Any],
+        cache: bool = True,
     ) -> Response:
         min_index, wait = self._blocking_params(req)
         if req.has("consistent"):
@@ -133,7 +137,9 @@ class ConsulApi:
         return await self._read(
             req,
             (node_topic(self.local.name),),
-            lambda: encode.service(self._own_services().get(service_id, service), self.agent.config.datacenter),
+            lambda: encode.service(
+                self._own_services().get(service_id, service), self.agent.config.datacenter
+            ),
         )
 
     async def agent_checks(self, req: Request, _: str) -> Response:
@@ -141,7 +147,9 @@ class ConsulApi:
         return await self._read(
             req,
             (node_topic(self.local.name),),
-            lambda: {c.check_id: encode.check(c) for c in self.state.checks_on_node(self.local.name)},
+            lambda: {
+                c.check_id: encode.check(c) for c in self.state.checks_on_node(self.local.name)
+            },
             cache=False,
         )
 
@@ -307,7 +315,9 @@ class ConsulApi:
         if service_id and owner is None:
             owner = self.state.services.get((node, service_id))
             if owner is None:
-                raise ValidationError(f'Check\'s ServiceID "{service_id}" is not registered on node "{node}"')
+                raise ValidationError(
+                    f'Check\'s ServiceID "{service_id}" is not registered on node "{node}"'
+                )
         return Check(
             node=node,
             check_id=body.checkid or body.id or body.name,
@@ -359,6 +369,7 @@ def _enable_flag(req: Request) -> bool:
 def _query_key(req: Request) -> bytes:
     """The query without the blocking parameters, as a cache key."""
     return b"&".join(
-        f"{k}={','.join(v)}".encode() for k, v in sorted(req.query.items()) if k not in ("index", "wait")
+        f"{k}={','.join(v)}".encode()
+        for k, v in sorted(req.query.items())
+        if k not in ("index", "wait")
     )
-

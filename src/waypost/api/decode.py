@@ -65,7 +65,8 @@ def parse_duration(value: object, field: str) -> float:
     parts = _DURATION.findall(body)
     if not parts or "".join(n + u for n, u in parts) != body:
         raise ValidationError(
-            f'{field}: invalid duration "{value}" (expected a number with a unit, e.g. "10s" or "1m30s")'
+            f'{field}: invalid duration "{value}" '
+            '(expected a number with a unit, e.g. "10s" or "1m30s")'
         )
     return sign * sum(float(n) * _UNITS[u] for n, u in parts)
 
@@ -268,7 +269,9 @@ def check_definition(body: _CheckBody) -> CheckDefinition:
 
 
 def _validate_definition(defn: CheckDefinition) -> None:
-    kinds = [k for k in ("http", "tcp", "grpc") if getattr(defn, k)] + (["args"] if defn.args else [])
+    kinds = [k for k in ("http", "tcp", "grpc") if getattr(defn, k)] + (
+        ["args"] if defn.args else []
+    )
     if len(kinds) > 1:
         raise ValidationError(f"A check has one type; got {' and '.join(kinds).upper()}")
     if defn.ttl < 0 or defn.interval < 0 or defn.timeout < 0:
@@ -287,12 +290,21 @@ def _validate_definition(defn: CheckDefinition) -> None:
         raise ValidationError(f'HTTP must be an http:// or https:// URL, got "{defn.http}"')
     if defn.tcp and ":" not in defn.tcp:
         raise ValidationError(f'TCP must be host:port, got "{defn.tcp}"')
-    if min(defn.success_before_passing, defn.failures_before_warning, defn.failures_before_critical) < 0:
+    if (
+        min(
+            defn.success_before_passing, defn.failures_before_warning, defn.failures_before_critical
+        )
+        < 0
+    ):
         raise ValidationError("SuccessBeforePassing and FailuresBefore* must not be negative")
 
 
 def build_check(
-    body: _CheckBody, node: str, check_id: str, name: str, service: tuple[str, str, tuple[str, ...]] | None
+    body: _CheckBody,
+    node: str,
+    check_id: str,
+    name: str,
+    service: tuple[str, str, tuple[str, ...]] | None,
 ) -> Check:
     """A Check record from a validated body; `service` is (id, name, tags) or None."""
     status = body.status or "critical"

@@ -73,7 +73,9 @@ def catalog_service(n: Node | None, s: Service) -> JSON:
         "Node": s.node,
         "Address": n.address if n else "",
         "Datacenter": n.datacenter if n else "",
-        "TaggedAddresses": (n.tagged_addresses or {"lan": n.address, "wan": n.address}) if n else {},
+        "TaggedAddresses": (n.tagged_addresses or {"lan": n.address, "wan": n.address})
+        if n
+        else {},
         "NodeMeta": n.meta if n else {},
         "ServiceKind": s.kind,
         "ServiceID": s.id,

@@ -34,11 +34,15 @@ class HttpError(Exception):
 class Request:
     __slots__ = ("_receive", "headers", "method", "path", "query")
 
-    def __init__(self, scope: dict[str, Any], receive: Callable[[], Awaitable[dict[str, Any]]]) -> None:
+    def __init__(
+        self, scope: dict[str, Any], receive: Callable[[], Awaitable[dict[str, Any]]]
+    ) -> None:
         self.method: str = scope["method"]
         self.path: str = scope["path"]
         raw_query: bytes = scope["query_string"]
-        self.query = parse_qs(raw_query.decode("latin-1"), keep_blank_values=True) if raw_query else {}
+        self.query = (
+            parse_qs(raw_query.decode("latin-1"), keep_blank_values=True) if raw_query else {}
+        )
         self.headers: list[tuple[bytes, bytes]] = scope["headers"]
         self._receive = receive
 
@@ -60,7 +64,9 @@ class Request:
                     chunk = message.get("body", b"")
                     size += len(chunk)
                     if size > MAX_BODY:
-                        raise HttpError(413, f"Request body too large: the limit is {MAX_BODY} bytes")
+                        raise HttpError(
+                            413, f"Request body too large: the limit is {MAX_BODY} bytes"
+                        )
                     chunks.append(chunk)
                     if not message.get("more_body"):
                         return b"".join(chunks)

@@ -35,7 +35,10 @@ class Metrics:
     def __init__(self, agent: Agent) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
-            "waypost_http_requests", "HTTP requests answered", ["method", "code"], registry=self.registry
+            "waypost_http_requests",
+            "HTTP requests answered",
+            ["method", "code"],
+            registry=self.registry,
         )
         self.latency = Histogram(
             "waypost_http_request_seconds",

@@ -4,4 +4,13 @@ from .catalog import Catalog
 from .model import Check, CheckDefinition, Node, Service, ServiceAddress, Weights
 from .state import State
 
-__all__ = ["Catalog", "Check", "CheckDefinition", "Node", "Service", "ServiceAddress", "State", "Weights"]
+__all__ = [
+    "Catalog",
+    "Check",
+    "CheckDefinition",
+    "Node",
+    "Service",
+    "ServiceAddress",
+    "State",
+    "Weights",
+]

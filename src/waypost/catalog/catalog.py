@@ -118,8 +118,13 @@ class Catalog:
         if node not in self.state.nodes:
             raise NotFoundError(f'Unknown node "{node}"')
         entries = [codec.delete(codec.node_key(node))]
-        entries += [codec.delete(codec.service_key(node, sid)) for sid in self.state.node_services.get(node, {})]
-        entries += [codec.delete(codec.check_key(n, cid)) for (n, cid) in self.state.checks if n == node]
+        entries += [
+            codec.delete(codec.service_key(node, sid))
+            for sid in self.state.node_services.get(node, {})
+        ]
+        entries += [
+            codec.delete(codec.check_key(n, cid)) for (n, cid) in self.state.checks if n == node
+        ]
         return await self.commit(entries)
 
     async def update_check(self, node: str, check_id: str, status: str, output: str) -> bool:
@@ -134,7 +139,7 @@ class Catalog:
             raise NotFoundError(f'Unknown check ID "{check_id}"')
         if check.status == status:
             return self.state.set_output(node, check_id, output)
-        await self.put(msgspec.structs.replace(check, status=status, output=output))  # type: ignore[arg-type]
+        await self.put(msgspec.structs.replace(check, status=status, output=output))
         return True
 
     def statistics(self) -> dict[str, float]:

@@ -1,12 +1,13 @@
 """Records to storage entries and back.
 
-Keys are `l/<node>` (liveness, valueless), `n/<node>`, `s/<node>/<service-id>` and `c/<node>/<check-id>`, each
-part percent-quoted so that IDs holding `/` stay one part. Values are msgpack.
+Keys are `l/<node>` (liveness, valueless), `n/<node>`, `s/<node>/<service-id>`
+and `c/<node>/<check-id>`, each part percent-quoted so that IDs holding `/`
+stay one part. Values are msgpack.
 """
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
 from urllib.parse import quote, unquote
 
 import msgspec
@@ -15,7 +16,7 @@ from ..storage import Entry
 from .model import Check, Node, Record, Service
 
 _ENCODER: Final = msgspec.msgpack.Encoder()
-_DECODERS: Final = {
+_DECODERS: Final[dict[str, msgspec.msgpack.Decoder[Any]]] = {
     "n": msgspec.msgpack.Decoder(Node),
     "s": msgspec.msgpack.Decoder(Service),
     "c": msgspec.msgpack.Decoder(Check),

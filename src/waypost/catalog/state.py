@@ -122,9 +122,9 @@ class State:
             if record.check_id == SERF_CHECK_ID and not record.service_id:
                 record = self._with_liveness(record)
             self.checks[(record.node, record.check_id)] = record
-            self._check_table(record).setdefault(self._check_owner(record), {})[
-                record.check_id
-            ] = record
+            self._check_table(record).setdefault(self._check_owner(record), {})[record.check_id] = (
+                record
+            )
             self._touch_check(record, touched)
 
     def _remove(self, record: Record, touched: set[Topic]) -> None:

@@ -126,7 +126,12 @@ async def http_probe(defn: CheckDefinition) -> Result:
 
 
 async def _exchange(
-    defn: CheckDefinition, host: str, port: int, netloc: str, target: str, tls: ssl.SSLContext | None
+    defn: CheckDefinition,
+    host: str,
+    port: int,
+    netloc: str,
+    target: str,
+    tls: ssl.SSLContext | None,
 ) -> tuple[int, bytes]:
     loop = asyncio.get_running_loop()
     transport, protocol = await loop.create_connection(
@@ -201,4 +206,9 @@ async def grpc_probe(defn: CheckDefinition) -> Result:
     return "critical", f"{where}: {health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)}"
 
 
-PROBES: dict[str, Probe] = {"http": http_probe, "tcp": tcp_probe, "grpc": grpc_probe, "script": script_probe}
+PROBES: dict[str, Probe] = {
+    "http": http_probe,
+    "tcp": tcp_probe,
+    "grpc": grpc_probe,
+    "script": script_probe,
+}

@@ -178,7 +178,9 @@ class HealthRunner:
             if now - since >= after:
                 doomed.add(check.service_id)
         for service_id in sorted(doomed):
-            log.info("deregistering %s: critical longer than DeregisterCriticalServiceAfter", service_id)
+            log.info(
+                "deregistering %s: critical longer than DeregisterCriticalServiceAfter", service_id
+            )
             check_ids = list(self.catalog.state.service_checks.get((self.node, service_id), {}))
             with contextlib.suppress(NotFoundError):
                 await self.catalog.deregister_service(self.node, service_id)
