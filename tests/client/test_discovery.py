@@ -46,7 +46,7 @@ async def test_watch_yields_changes_and_shares_one_long_poll(consul: FakeConsul)
 
 async def test_registry_down_without_cache_raises() -> None:
     async with AsyncDiscovery("http://127.0.0.1:9", first_answer_timeout=3) as discovery:
-        with pytest.raises(RegistryUnavailable, match="127.0.0.1:9"):
+        with pytest.raises(RegistryUnavailable, match=r"127\.0\.0\.1:9"):
             await discovery.instances("payment")
 
 

@@ -9,6 +9,7 @@ Layers, each usable alone (see docs/client.md):
 
 from __future__ import annotations
 
+from ._asgi import RegisteredApp, lifespan, with_registration
 from ._balancers import (
     P2C,
     Balancer,
@@ -23,10 +24,12 @@ from ._balancers import (
 )
 from ._breaker import BreakerPolicy, BreakerState, CircuitBreaker
 from ._cache import CacheEntry, InstanceCache
+from ._checks import HttpCheck, TcpCheck, TtlCheck
 from ._discovery import AsyncDiscovery, Discovery
 from ._instance import Clock, FakeClock, Instance, MonotonicClock
 from ._outlier import OutlierDetector, OutlierPolicy
 from ._policy import ClientOptions, HedgePolicy, RetryPolicy
+from ._registration import Registration
 from ._retry import RetryBudget
 from ._router import Router
 from ._service_client import AsyncServiceClient, ServiceClient
@@ -49,6 +52,7 @@ __all__ = [
     "Discovery",
     "FakeClock",
     "HedgePolicy",
+    "HttpCheck",
     "Instance",
     "InstanceCache",
     "LeastOutstanding",
@@ -58,6 +62,8 @@ __all__ = [
     "OutlierPolicy",
     "PeakEwma",
     "Random",
+    "RegisteredApp",
+    "Registration",
     "RetryBudget",
     "RetryPolicy",
     "RingHash",
@@ -65,8 +71,12 @@ __all__ = [
     "Router",
     "ServiceClient",
     "Source",
+    "TcpCheck",
     "Transport",
+    "TtlCheck",
     "Weighted",
+    "lifespan",
     "make_balancer",
     "source_from_url",
+    "with_registration",
 ]
