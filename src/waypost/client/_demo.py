@@ -62,13 +62,15 @@ def payment_app(name: str) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
     return app
 
 
-def order_app(agent: str) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
+def order_app(
+    agent: str, balancer: str = "round_robin"
+) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
     """The order service: `GET /order` pays through whichever payment instance."""
     state: dict[str, Any] = {}
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await _order_lifespan(agent, state, receive, send)
+            await _order_lifespan(agent, balancer, state, receive, send)
             return
         await _drain(receive)
         client: AsyncServiceClient = state["client"]
@@ -81,10 +83,12 @@ def order_app(agent: str) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
     return app
 
 
-async def _order_lifespan(agent: str, state: dict[str, Any], receive: Receive, send: Send) -> None:
+async def _order_lifespan(
+    agent: str, balancer: str, state: dict[str, Any], receive: Receive, send: Send
+) -> None:
     await receive()
     discovery = AsyncDiscovery(agent)
-    state["client"] = AsyncServiceClient("payment", discovery=discovery, balancer="peak_ewma")
+    state["client"] = AsyncServiceClient("payment", discovery=discovery, balancer=balancer)
     await send({"type": "lifespan.startup.complete"})
     await receive()
     await state["client"].aclose()
@@ -99,15 +103,23 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(role: str, agent: str, name: str, host: str = "127.0.0.1", port: int = 0) -> None:
+def serve(
+    role: str,
+    agent: str,
+    name: str,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    balancer: str = "round_robin",
+    service: str | None = None,
+) -> None:
     """Serve one demo service (blocking); prints `PORT <n>` once bound."""
     import uvicorn
 
     sock = _bind(host, port)
     bound = sock.getsockname()[1]
-    inner = payment_app(name) if role == "payment" else order_app(agent)
+    inner = payment_app(name) if role == "payment" else order_app(agent, balancer)
     registration = Registration(
-        role,
+        service or role,
         port=bound,
         address=host,
         id=name,
@@ -139,8 +151,11 @@ def _spawn(
     raise RuntimeError(f"{' '.join(args)} did not start")
 
 
-def _service(role: str, agent: str, name: str) -> tuple[subprocess.Popen[str], int]:
+def _service(
+    role: str, agent: str, name: str, balancer: str = "round_robin", service: str | None = None
+) -> tuple[subprocess.Popen[str], int]:
     cmd = [sys.executable, "-m", "waypost.client._demo", role, "--agent", agent, "--name", name]
+    cmd += ["--balancer", balancer, "--service", service or role]
     proc, port = _spawn(cmd, r"PORT (\d+)")
     return proc, int(port)
 
@@ -197,6 +212,7 @@ def run_demo(
     instances: int = 3,
     seconds: float = 10.0,
     rate: float = 20.0,
+    balancer: str = "round_robin",
     out: TextIO | None = None,
 ) -> int:
     """Run the order/payment scenario; returns 0 when no request failed.
@@ -206,6 +222,7 @@ def run_demo(
         instances: Payment instances to start (one is killed).
         seconds: Length of the traffic phase.
         rate: Orders per second.
+        balancer: Balancer the order service uses for `payment`.
         out: Where to print (default stdout).
     """
     out = out or sys.stdout
@@ -221,7 +238,7 @@ def run_demo(
             payments[f"payment-{k}"] = proc
             procs.append(proc)
             out.write(f"payment-{k}: http://127.0.0.1:{port}\n")
-        order, order_port = _service("order", agent, "order-1")
+        order, order_port = _service("order", agent, "order-1", balancer)
         procs.append(order)
         out.write(f"order-1: http://127.0.0.1:{order_port}\n")
         asyncio.run(_wait_passing(agent, "payment", instances))
@@ -253,10 +270,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--agent", default=None)
     parser.add_argument("--name", default=None)
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--balancer", default="round_robin")
+    parser.add_argument("--service", default=None, help="service name to register as")
     args = parser.parse_args(argv)
     if args.role == "all":
-        sys.exit(run_demo(agent=args.agent))
-    serve(args.role, args.agent or "http://127.0.0.1:8500", args.name or args.role, port=args.port)
+        sys.exit(run_demo(agent=args.agent, balancer=args.balancer))
+    agent = args.agent or "http://127.0.0.1:8500"
+    name = args.name or args.role
+    serve(args.role, agent, name, port=args.port, balancer=args.balancer, service=args.service)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,110 @@
+"""Failover with a SIGKILLed instance, the ASGI helper, and the demo, on a real agent."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import itertools
+import os
+import signal
+import subprocess
+from collections import Counter
+from typing import Any
+
+import httpx
+
+from waypost import AsyncDiscovery, AsyncServiceClient, HttpCheck, Registration
+from waypost.client import lifespan, with_registration
+from waypost.client._demo import _service, payment_app, run_demo
+
+_names = itertools.count()
+
+
+def name() -> str:
+    return f"failsvc{os.getpid()}x{next(_names)}"
+
+
+async def test_sigkill_one_of_three_under_load_no_failed_get(agent: Any) -> None:
+    svc = name()
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        for k in range(3):
+            proc, _ = _service("payment", agent.http_url, f"{svc}-{k}", service=svc)
+            procs.append(proc)
+        async with AsyncDiscovery(agent.http_url, wait=5) as discovery:
+            async for found in discovery.watch(svc):
+                if len(found) == 3:
+                    break
+            async with AsyncServiceClient(svc, discovery=discovery, balancer="round_robin") as c:
+                outcomes: Counter[str] = Counter()
+
+                async def load(worker: int) -> None:
+                    for _ in range(40):
+                        try:
+                            r = await c.get("/api/payments")
+                            outcomes[
+                                "ok" if r.status_code == 200 else f"status {r.status_code}"
+                            ] += 1
+                        except httpx.HTTPError as exc:
+                            outcomes[type(exc).__name__] += 1
+                        await asyncio.sleep(0.005)
+
+                workers = [asyncio.create_task(load(w)) for w in range(8)]
+                while sum(outcomes.values()) < 60:
+                    await asyncio.sleep(0.01)
+                procs[0].send_signal(signal.SIGKILL)
+                await asyncio.gather(*workers)
+        assert outcomes == {"ok": 320}
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+
+
+async def test_with_registration_asgi_lifespan_and_health(agent: Any) -> None:
+    svc = name()
+    reg = Registration(svc, port=4300, agent=agent.http_url, id=f"{svc}-1")
+    app = with_registration(payment_app("p"), reg)
+    sent: list[dict[str, Any]] = []
+    incoming: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+    async def send(message: Any) -> None:
+        sent.append(dict(message))
+
+    await incoming.put({"type": "lifespan.startup"})
+    await incoming.put({"type": "lifespan.shutdown"})
+
+    async def receive() -> Any:
+        message = await incoming.get()
+        if message["type"] == "lifespan.shutdown":
+            services = httpx.get(f"{agent.http_url}/v1/agent/services").json()
+            assert reg.id in services  # registered while running
+        return message
+
+    await app({"type": "lifespan"}, receive, send)
+    assert [m["type"] for m in sent] == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+    assert reg.id not in httpx.get(f"{agent.http_url}/v1/agent/services").json()
+
+    transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+        health = await http.get("/health")
+        assert health.status_code == 200 and health.json() == {"status": "passing"}
+        assert (await http.get("/api/payments")).json()["instance"] == "p"
+
+
+async def test_lifespan_factory(agent: Any) -> None:
+    svc = name()
+    reg = Registration(
+        svc, port=4301, agent=agent.http_url, check=HttpCheck(interval="30s"), handle_signals=True
+    )
+    async with lifespan(reg)(object()):
+        assert reg.id in httpx.get(f"{agent.http_url}/v1/agent/services").json()
+        assert reg.handle_signals is False  # the ASGI server owns the signals
+    assert reg.id not in httpx.get(f"{agent.http_url}/v1/agent/services").json()
+
+
+def test_demo_runs_without_failed_orders(agent: Any) -> None:
+    out = io.StringIO()
+    assert run_demo(agent=agent.http_url, seconds=4, rate=15, out=out) == 0, out.getvalue()
+    text = out.getvalue()
+    assert "SIGKILL payment-3" in text and "60 orders, 0 failed" in text
