@@ -233,6 +233,8 @@ class _TcpProtocol(asyncio.Protocol):
             task.add_done_callback(self.tasks.discard)
         elif response is not None:
             self._send(response)  # type: ignore[arg-type]
+        elif self.transport is not None:
+            self.transport.close()  # not a query at all: this stream is not DNS
 
     async def _forward(self, message: bytes) -> None:
         self._send(await self.responder.forward(message, tcp=True))
