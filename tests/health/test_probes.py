@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
+import ssl
+import subprocess
+
 import pytest
 
 from waypost.catalog import CheckDefinition
-from waypost.health.probes import MAX_OUTPUT, http_probe, script_probe, tcp_probe
+from waypost.health.probes import MAX_OUTPUT, grpc_probe, http_probe, script_probe, tcp_probe
 
 from ..servers import HealthServer, TcpListener, free_port
 
@@ -63,3 +67,43 @@ async def test_script_probe_exit_codes(code: int, expected: str) -> None:
 async def test_script_probe_missing_command() -> None:
     status, output = await script_probe(CheckDefinition(args=("/no/such/binary",), interval=1))
     assert status == "critical" and "/no/such/binary" in output
+
+
+async def test_grpc_health_protocol_against_a_real_grpc_server() -> None:
+    grpc = pytest.importorskip("grpc")
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+    server = grpc.aio.server()
+    servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        await servicer.set("payments", health_pb2.HealthCheckResponse.SERVING)
+        status, output = await grpc_probe(CheckDefinition(grpc=f"127.0.0.1:{port}/payments", interval=1))
+        assert (status, output.endswith("SERVING")) == ("passing", True)
+        await servicer.set("payments", health_pb2.HealthCheckResponse.NOT_SERVING)
+        status, output = await grpc_probe(CheckDefinition(grpc=f"127.0.0.1:{port}/payments", interval=1))
+        assert (status, "NOT_SERVING" in output) == ("critical", True)
+        status, output = await grpc_probe(CheckDefinition(grpc=f"127.0.0.1:{port}/unknown", interval=1))
+        assert status == "critical" and "NOT_FOUND" in output
+    finally:
+        await server.stop(None)
+
+
+async def test_https_check_with_self_signed_cert(tmp_path) -> None:
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is not installed")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    with HealthServer() as server:
+        server.server.socket = ctx.wrap_socket(server.server.socket, server_side=True)
+        url = f"https://127.0.0.1:{server.port}/health"
+        status, output = await http_probe(CheckDefinition(http=url, interval=1, timeout=5))
+        assert status == "critical" and "CERTIFICATE_VERIFY_FAILED" in output
+        status, output = await http_probe(CheckDefinition(http=url, interval=1, timeout=5, tls_skip_verify=True))
+        assert status == "passing", output
