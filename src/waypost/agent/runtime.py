@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import resource
 import signal
 import socket
 import time
@@ -62,6 +63,7 @@ class Agent:
         self._stopped = asyncio.Event()
 
     async def start(self) -> None:
+        _raise_file_limit()
         await self.catalog.open()
         await self.local.join()
         await self.runner.start()
@@ -164,6 +166,13 @@ class Agent:
         if self._dns is not None:
             stats["dns"] = self._dns.statistics()
         return stats
+
+
+def _raise_file_limit() -> None:
+    """Every blocking query holds a socket: allow as many as the hard limit does."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def _listen(host: str, port: int) -> socket.socket:
