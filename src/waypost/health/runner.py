@@ -49,6 +49,7 @@ class HealthRunner:
         self._tasks: dict[str, tuple[CheckDefinition, asyncio.Task[None]]] = {}
         self._ttl_deadline: dict[str, float] = {}
         self._critical_since: dict[str, float] = {}
+        self._reapable: dict[str, float] = {}  # check ID -> its DeregisterCriticalServiceAfter
         self._reaper: asyncio.Task[None] | None = None
         self.runs = 0
 
@@ -84,8 +85,11 @@ class HealthRunner:
             running[1].cancel()
         self._ttl_deadline.pop(check_id, None)
         self._critical_since.pop(check_id, None)
+        self._reapable.pop(check_id, None)
 
     def _launch(self, check: Check, defn: CheckDefinition) -> None:
+        if defn.deregister_critical_after and check.service_id:
+            self._reapable[check.check_id] = defn.deregister_critical_after
         if defn.ttl:
             self._ttl_deadline[check.check_id] = self.clock.now() + defn.ttl
             coro = self._run_ttl(check.check_id, defn.ttl)
@@ -167,11 +171,9 @@ class HealthRunner:
         DeregisterCriticalServiceAfter; return the removed service IDs."""
         now = self.clock.now()
         doomed: set[str] = set()
-        for (node, check_id), check in list(self.catalog.state.checks.items()):
-            after = check.definition.deregister_critical_after if check.definition else 0.0
-            if node != self.node or not after or not check.service_id:
-                continue
-            if check.status != "critical":
+        for check_id, after in list(self._reapable.items()):
+            check = self.catalog.state.checks.get((self.node, check_id))
+            if check is None or check.status != "critical":
                 self._critical_since.pop(check_id, None)
                 continue
             since = self._critical_since.setdefault(check_id, now)
