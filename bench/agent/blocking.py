@@ -1,0 +1,192 @@
+"""10,000 concurrent blocking queries on one agent, then one change: how fast it reaches them all.
+
+The agent (sqlite store) serves `web` with 10 instances. This process (a
+separate one) opens CLIENTS keep-alive connections and parks one blocking query
+on each: `GET /v1/health/service/web?index=<current>&wait=5m`. Once the agent
+has them all and is idle, one registration changes `web`; every query's time
+from sending that write until its full answer arrives is recorded (the
+write's own durable commit is included). Like real watchers, each connection
+then parks the next query on the new index, and the round repeats.
+
+The client is raw asyncio (uvloop when installed) with httptools, so that it
+costs little next to the agent; both share this machine's cores.
+
+Usage: .venv/bin/python bench/agent/blocking.py [--reps 3] [--clients 10000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import time
+
+import httptools
+import httpx
+from _common import agent, cpu_seconds, header, line, median, percentile, raise_nofile, rss_mb
+
+SERVICE = "web"
+
+
+class Watcher(asyncio.Protocol):
+    """One keep-alive connection carrying one blocking query at a time."""
+
+    def __init__(self, host: str) -> None:
+        self.host = host
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.done: asyncio.Future[float] | None = None
+        self.status = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def ask(self, index: int) -> asyncio.Future[float]:
+        self.done = asyncio.get_running_loop().create_future()
+        request = (
+            f"GET /v1/health/service/{SERVICE}?index={index}&wait=5m HTTP/1.1\r\n"
+            f"Host: {self.host}\r\n\r\n"
+        )
+        assert self.transport is not None
+        self.transport.write(request.encode())
+        return self.done
+
+    def data_received(self, data: bytes) -> None:
+        self.parser.feed_data(data)
+
+    def on_headers_complete(self) -> None:
+        self.status = self.parser.get_status_code()
+
+    def on_message_complete(self) -> None:
+        if self.done is not None and not self.done.done():
+            if self.status == 200:
+                self.done.set_result(time.monotonic())
+            else:
+                self.done.set_exception(RuntimeError(f"HTTP {self.status}"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.done is not None and not self.done.done():
+            self.done.set_exception(ConnectionError(f"connection lost: {exc}"))
+
+
+def setup(http: httpx.Client) -> None:
+    for i in range(10):
+        body = {
+            "Name": SERVICE,
+            "ID": f"{SERVICE}-{i}",
+            "Address": f"10.0.0.{i + 1}",
+            "Port": 8080,
+            "Check": {"CheckID": f"{SERVICE}-{i}-ttl", "TTL": "10m", "Status": "passing"},
+        }
+        http.put("/v1/agent/service/register", json=body).raise_for_status()
+
+
+def current_index(http: httpx.Client) -> int:
+    resp = http.get(f"/v1/health/service/{SERVICE}")
+    resp.raise_for_status()
+    return int(resp.headers["x-consul-index"])
+
+
+async def settle(pid: int, quiet: float = 0.02, window: float = 0.5, limit: float = 60.0) -> None:
+    """Wait until the agent uses under `quiet` of a core over `window` s (all queries parked)."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        before = cpu_seconds(pid)
+        await asyncio.sleep(window)
+        if cpu_seconds(pid) - before <= quiet * window:
+            return
+    raise RuntimeError("the agent never went idle")
+
+
+async def connect_all(host: str, port: int, count: int) -> list[Watcher]:
+    loop = asyncio.get_running_loop()
+    watchers: list[Watcher] = []
+    for start in range(0, count, 500):  # batches: stay under the listen backlog
+        batch = await asyncio.gather(
+            *(
+                loop.create_connection(lambda: Watcher(f"{host}:{port}"), host, port)
+                for _ in range(start, min(count, start + 500))
+            )
+        )
+        watchers.extend(protocol for _, protocol in batch)
+    return watchers
+
+
+async def run(base: str, pid: int, clients: int, reps: int) -> list[dict[str, float]]:
+    host, port = base.removeprefix("http://").rsplit(":", 1)
+    results = []
+    with httpx.Client(base_url=base, timeout=30) as http:
+        setup(http)
+        t = time.monotonic()
+        watchers = await connect_all(host, int(port), clients)
+        line(f"{clients} connections open in {time.monotonic() - t:.1f} s")
+        for rep in range(reps):
+            index = current_index(http)
+            futures = [w.ask(index) for w in watchers]
+            await settle(pid)
+            parked_rss = rss_mb(pid)
+            # The change: one more instance of the watched service (a durable write).
+            body = {
+                "Name": SERVICE,
+                "ID": f"{SERVICE}-extra-{rep}",
+                "Address": "10.0.1.1",
+                "Port": 8080,
+            }
+            sent = time.monotonic()
+            http.put("/v1/agent/service/register", json=body).raise_for_status()
+            acked = time.monotonic()
+            finished = await asyncio.wait_for(asyncio.gather(*futures), 120)
+            latencies = sorted((f - sent) * 1000 for f in finished)
+            after_rss = rss_mb(pid)
+            result = {
+                "p50": percentile(latencies, 50),
+                "p99": percentile(latencies, 99),
+                "max": latencies[-1],
+                "ack": (acked - sent) * 1000,
+                "rss": max(parked_rss, after_rss),
+            }
+            results.append(result)
+            line(
+                f"rep {rep + 1}: {len(latencies)} answers  p50 {result['p50']:.0f} ms  "
+                f"p99 {result['p99']:.0f} ms  max {result['max']:.0f} ms  "
+                f"(write acked after {result['ack']:.1f} ms)  agent RSS {result['rss']:.0f} MB"
+            )
+        for w in watchers:
+            assert w.transport is not None
+            w.transport.close()
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--clients", type=int, default=10_000)
+    args = parser.parse_args()
+    limit = raise_nofile(args.clients * 2 + 1024)  # inherited by the agent as well
+    if limit < args.clients + 256:
+        raise SystemExit(f"RLIMIT_NOFILE is {limit}; need {args.clients + 256}")
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    header(f"{args.clients} blocking queries on /v1/health/service/{SERVICE}, then one change")
+    with agent("sqlite") as proc:
+        pid = proc.proc.pid  # type: ignore[union-attr]
+        line(
+            f"agent pid {pid}, RSS at start {rss_mb(pid):.0f} MB; load generator pid {os.getpid()}"
+        )
+        results = asyncio.run(run(proc.http_url, pid, args.clients, args.reps))
+    p50 = median([r["p50"] for r in results])
+    p99 = median([r["p99"] for r in results])
+    rss = median([r["rss"] for r in results])
+    line(
+        f"median p50 {p50:.0f} ms, median p99 {p99:.0f} ms "
+        f"(target <= 100 ms: {'PASS' if p99 <= 100 else 'MISS'})"
+    )
+    line(f"median agent RSS {rss:.0f} MB (target <= 300 MB: {'PASS' if rss <= 300 else 'MISS'})")
+
+
+if __name__ == "__main__":
+    main()
