@@ -97,7 +97,10 @@ def answers(msg: dns.message.Message, rdtype: str | None = None) -> list[str]:
     """The answer section's rdata as text, optionally of one type."""
     wanted = dns.rdatatype.from_text(rdtype) if rdtype else None
     return [
-        rd.to_text() for rrset in msg.answer if wanted is None or rrset.rdtype == wanted for rd in rrset
+        rd.to_text()
+        for rrset in msg.answer
+        if wanted is None or rrset.rdtype == wanted
+        for rd in rrset
     ]
 
 

@@ -150,11 +150,15 @@ def test_edns_buffer_size_is_honoured(agent: AgentProcess, fifty: str) -> None:
     assert not big.flags & dns.flags.TC and len(answers(big, "A")) == 50
     srv = query(agent, f"_{fifty}._tcp.service.consul", "SRV", payload=1232)
     assert srv.flags & dns.flags.TC and len(srv.to_wire()) <= 1232
-    assert len(answers(srv, "SRV")) > len(answers(query(agent, name.replace(fifty, f"_{fifty}._tcp"), "SRV"), "SRV"))
+    assert len(answers(srv, "SRV")) > len(
+        answers(query(agent, name.replace(fifty, f"_{fifty}._tcp"), "SRV"), "SRV")
+    )
 
 
 def test_dig_retries_over_tcp_after_tc(agent: AgentProcess, fifty: str) -> None:
-    out = dig(agent, f"_{fifty}._tcp.service.consul", "SRV", "+noedns", "+noall", "+answer", "+comments")
+    out = dig(
+        agent, f"_{fifty}._tcp.service.consul", "SRV", "+noedns", "+noall", "+answer", "+comments"
+    )
     assert "Truncated, retrying in TCP mode" in out or out.count("IN\tSRV") == 50
     assert out.count("IN\tSRV") == 50
     ignored = dig(agent, f"_{fifty}._tcp.service.consul", "SRV", "+noedns", "+ignore", "+comments")
@@ -198,7 +202,9 @@ def test_unknown_edns_version_is_badvers(agent: AgentProcess) -> None:
 def test_tcp_pipelining_and_garbage(agent: AgentProcess) -> None:
     queries = [dns.message.make_query(n, "A") for n in ("test-node.node.consul", "ns.consul")]
     with socket.create_connection((agent.dns_host, agent.dns_port), timeout=5) as sock:
-        sock.sendall(b"".join(struct.pack("!H", len(w)) + w for w in (q.to_wire() for q in queries)))
+        sock.sendall(
+            b"".join(struct.pack("!H", len(w)) + w for w in (q.to_wire() for q in queries))
+        )
         for q in queries:
             (size,) = struct.unpack("!H", _recv_exact(sock, 2))
             reply = dns.message.from_wire(_recv_exact(sock, size))

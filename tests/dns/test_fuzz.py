@@ -93,7 +93,9 @@ def test_hostile_udp_packets(agent: AgentProcess) -> None:
         for reply in prober.replies_to(packet):
             assert len(reply) >= 12 and reply[:2] == packet[:2], (packet, reply)
             assert reply[2] & 0x80, "a reply must be a response"
-            assert len(packet) >= 12 and not packet[2] & 0x80, "short packets and responses get silence"
+            assert len(packet) >= 12 and not packet[2] & 0x80, (
+                "short packets and responses get silence"
+            )
 
     try:
         throw()

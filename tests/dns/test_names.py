@@ -38,7 +38,9 @@ def test_a_records_of_a_service(agent: AgentProcess, web: str) -> None:
         "_{svc}._tcp.service.dc1.consul",
     ],
 )
-def test_every_service_form_names_the_same_instances(agent: AgentProcess, web: str, form: str) -> None:
+def test_every_service_form_names_the_same_instances(
+    agent: AgentProcess, web: str, form: str
+) -> None:
     name = form.format(svc=web, SVC=web.upper())
     assert sorted(answers(query(agent, name), "A")) == ["10.0.0.1", "10.0.0.2", "127.0.0.1"]
 
