@@ -86,7 +86,9 @@ def parse_duration(text: str, name: str) -> float:
     """
     match = _DURATION.match(text.strip())
     if match is None or float(match.group(1)) <= 0:
-        raise ConfigError(f"etcd store option {name}={text!r} is not a duration such as 10s or 500ms")
+        raise ConfigError(
+            f"etcd store option {name}={text!r} is not a duration such as 10s or 500ms"
+        )
     return float(match.group(1)) * _UNITS[match.group(2)]
 
 
@@ -105,7 +107,9 @@ def _endpoints(url: str, netloc: str) -> tuple[str, ...]:
     hosts = netloc.rpartition("@")[2]
     endpoints = tuple(_endpoint(url, item.strip()) for item in hosts.split(",") if item.strip())
     if not endpoints:
-        raise ConfigError(f"store URL {url!r} names no etcd endpoint: use etcd://host:2379[,host:2379]")
+        raise ConfigError(
+            f"store URL {url!r} names no etcd endpoint: use etcd://host:2379[,host:2379]"
+        )
     return endpoints
 
 

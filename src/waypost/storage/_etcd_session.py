@@ -20,9 +20,9 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, TypeVar
 
-import grpc
-import grpc.aio
-from aetcd import rpc
+import grpc  # type: ignore[import-untyped]
+import grpc.aio  # type: ignore[import-untyped]
+from aetcd import rpc  # type: ignore[import-untyped]
 
 from .._exceptions import StorageError, StoreUnavailable
 from ._etcd_config import EtcdConfig
@@ -119,6 +119,16 @@ class Session:
         await asyncio.gather(*(c.close() for c in channels), return_exceptions=True)
 
     # -- calls -------------------------------------------------------------
+
+    def unary(self, stub: str, method: str, request: Any) -> Call[Any]:
+        """A `request()` call of `<stub>.<method>(request)` with the current token."""
+
+        def call(endpoint: Endpoint, timeout: float) -> Awaitable[Any]:
+            bound = getattr(getattr(endpoint, stub), method)
+            result: Awaitable[Any] = bound(request, timeout=timeout, metadata=self.metadata())
+            return result
+
+        return call
 
     async def request(self, what: str, call: Call[T], deadline: float) -> T:
         """Run `call(endpoint, timeout)` until it succeeds or `deadline` (loop time) passes.

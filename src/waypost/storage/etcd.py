@@ -53,8 +53,8 @@ import time
 from collections.abc import Coroutine, Iterable
 from typing import Any, Final
 
-import grpc.aio
-from aetcd import rpc
+import grpc.aio  # type: ignore[import-untyped]
+from aetcd import rpc  # type: ignore[import-untyped]
 
 from .._exceptions import StorageError, StoreUnavailable
 from ._etcd_config import EtcdConfig, parse_url
@@ -93,6 +93,7 @@ class EtcdStorage(Storage):
         self._tasks: list[asyncio.Task[None]] = []
         self._healthy = False  # a member with a leader answered the last probe
         self._watching = False  # the watch stream is established
+        self._watch_ready = asyncio.Event()
         self._closed = False
         self._stats = dict.fromkeys(
             ("commits", "relists", "watch_restarts", "lease_grants", "keepalive_restarts"), 0
@@ -114,6 +115,16 @@ class EtcdStorage(Storage):
         self._healthy = True
         for loop_fn in (self._watch_loop, self._keepalive_loop, self._monitor_loop):
             self._spawn(loop_fn())
+        await self._wait_watching(deadline)
+
+    async def _wait_watching(self, deadline: float) -> None:
+        """Return once the watch stream is established, so changes are followed."""
+        remaining = deadline - asyncio.get_running_loop().time()
+        try:
+            await asyncio.wait_for(self._watch_ready.wait(), max(remaining, 0.5))
+        except TimeoutError:
+            await self.close()
+            raise self._session.unavailable("watch") from None
 
     async def commit(self, ops: list[Entry]) -> int:
         """Write `ops` as one etcd Txn and return its revision once the mirror has it.
@@ -138,8 +149,12 @@ class EtcdStorage(Storage):
         await self._caught_up(revision, deadline + self.config.timeout, "write")
         return revision
 
-    async def close(self) -> None:
-        """Stop following etcd, revoke the lease (best effort) and close the channels."""
+    async def close(self, *, revoke_lease: bool = True) -> None:
+        """Stop following etcd, revoke the lease (best effort) and close the channels.
+
+        With `revoke_lease=False` the lease is left to expire after its TTL, as
+        when the process dies (tests use it to play a crash in-process).
+        """
         if self._closed:
             return
         self._closed = True
@@ -147,7 +162,7 @@ class EtcdStorage(Storage):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._fail_waiters(StorageError("the etcd store was closed"))
-        if self._lease_id:
+        if self._lease_id and revoke_lease:
             await self._revoke_lease()
         await self._session.close()
 
@@ -166,13 +181,8 @@ class EtcdStorage(Storage):
         deadline = self._deadline()
         key = self._prefix + META_KEY.encode()
         try:
-            response = await self._session.request(
-                "consistent read",
-                lambda ep, t: ep.kv.Range(
-                    rpc.RangeRequest(key=key), timeout=t, metadata=self._session.metadata()
-                ),
-                deadline,
-            )
+            call = self._session.unary("kv", "Range", rpc.RangeRequest(key=key))
+            response = await self._session.request("consistent read", call, deadline)
         except StoreUnavailable:
             self._healthy = False
             raise
@@ -193,13 +203,9 @@ class EtcdStorage(Storage):
         """One Txn for the batch; a lost lease is re-granted once and the Txn retried."""
         for _ in range(2):
             lease = self._lease_id
-            request = self._txn_request(ops, lease)
+            call = self._session.unary("kv", "Txn", self._txn_request(ops, lease))
             try:
-                return await self._session.request(
-                    "write",
-                    lambda ep, t: ep.kv.Txn(request, timeout=t, metadata=self._session.metadata()),
-                    deadline,
-                )
+                return await self._session.request("write", call, deadline)
             except LeaseNotFound:
                 await self._renew_lease(deadline, lost=lease)
         raise StorageError("etcd keeps refusing this agent's lease; the write was not made")
@@ -273,11 +279,8 @@ class EtcdStorage(Storage):
             request = rpc.RangeRequest(
                 key=start, range_end=self._prefix_end, revision=revision, limit=PAGE_SIZE
             )
-            response = await self._session.request(
-                "list",
-                lambda ep, t, r=request: ep.kv.Range(r, timeout=t, metadata=self._session.metadata()),
-                deadline,
-            )
+            call = self._session.unary("kv", "Range", request)
+            response = await self._session.request("list", call, deadline)
             revision = revision or response.header.revision
             entries += [e for kv in response.kvs if (e := self._entry(kv)) is not None]
             if not response.more:
@@ -331,6 +334,7 @@ class EtcdStorage(Storage):
                     raise _StreamEnded("the member closed the watch stream")
                 self._session.contact()
                 self._watching = True
+                self._watch_ready.set()
                 if response.compact_revision:
                     await self._compacted(response.compact_revision)
                     return
@@ -369,11 +373,8 @@ class EtcdStorage(Storage):
 
     async def _grant_lease(self, deadline: float) -> None:
         request = rpc.LeaseGrantRequest(TTL=self.config.lease_ttl)
-        response = await self._session.request(
-            "lease grant",
-            lambda ep, t: ep.lease.LeaseGrant(request, timeout=t, metadata=self._session.metadata()),
-            deadline,
-        )
+        call = self._session.unary("lease", "LeaseGrant", request)
+        response = await self._session.request("lease grant", call, deadline)
         self._lease_id = response.ID
         self._stats["lease_grants"] += 1
 
@@ -387,12 +388,8 @@ class EtcdStorage(Storage):
             if not self._ephemeral:
                 return
             ops = [Entry(k, v, ephemeral=True) for k, v in self._ephemeral.items()]
-            request = self._txn_request(ops, self._lease_id)
-            await self._session.request(
-                "liveness re-put",
-                lambda ep, t: ep.kv.Txn(request, timeout=t, metadata=self._session.metadata()),
-                deadline,
-            )
+            call = self._session.unary("kv", "Txn", self._txn_request(ops, self._lease_id))
+            await self._session.request("liveness re-put", call, deadline)
 
     async def _revoke_lease(self) -> None:
         request = rpc.LeaseRevokeRequest(ID=self._lease_id)
@@ -472,7 +469,9 @@ class EtcdStorage(Storage):
 
     # -- helpers -----------------------------------------------------------
 
-    async def _stream_failed(self, what: str, endpoint: Endpoint, exc: grpc.aio.AioRpcError) -> None:
+    async def _stream_failed(
+        self, what: str, endpoint: Endpoint, exc: grpc.aio.AioRpcError
+    ) -> None:
         log.warning("etcd %s on %s failed: %s", what, endpoint.address, describe(exc))
         if exc.code() == grpc.StatusCode.UNAUTHENTICATED and self.config.user:
             await self._session.reauthenticate(endpoint)
