@@ -1,0 +1,53 @@
+"""Fixtures for cluster scenarios: the shared etcd cluster and real agent processes on it."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from .. import etcd_cluster
+from ..agentproc import AgentProcess
+
+LEASE_TTL = 3  # seconds: short, so a dead agent's node turns critical quickly
+
+AgentFactory = Callable[[str], AgentProcess]
+
+
+@pytest.fixture(scope="session")
+def etcd_session() -> Iterator[etcd_cluster.EtcdCluster]:
+    if not etcd_cluster.available():
+        pytest.skip(f"etcd is not installed at {etcd_cluster.ETCD} (apt-get install etcd-server)")
+    yield etcd_cluster.acquire()
+    etcd_cluster.release()
+
+
+@pytest.fixture
+def cluster(etcd_session: etcd_cluster.EtcdCluster) -> Iterator[etcd_cluster.EtcdCluster]:
+    """The shared cluster, all members up; restored after a test that killed some."""
+    etcd_session.heal()
+    yield etcd_session
+    etcd_session.heal()
+
+
+@pytest.fixture
+def store_url(cluster: etcd_cluster.EtcdCluster) -> str:
+    """A store URL with a prefix of this test's own (one catalog per test)."""
+    return cluster.url(f"/cluster-{uuid.uuid4().hex[:12]}/", lease_ttl=f"{LEASE_TTL}s")
+
+
+@pytest.fixture
+def start_agent(store_url: str) -> Iterator[AgentFactory]:
+    """Start `waypost agent --store <etcd> --node NAME` processes; all stopped after the test."""
+    started: list[AgentProcess] = []
+
+    def start(node: str) -> AgentProcess:
+        args = ["--store", store_url, "--node", node, "--http", "127.0.0.1:0"]
+        proc = AgentProcess(*args, "--dns", "127.0.0.1:0").start()
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.stop()
