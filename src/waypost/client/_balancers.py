@@ -220,9 +220,12 @@ class LeastOutstanding(Balancer):
         allowed = self._allowed(avoid) if avoid else self._endpoints
         if not allowed:
             return None
-        least = min(e.pending for e in allowed)
-        ties = [e for e in allowed if e.pending == least]
-        return ties[self.rng.randrange(len(ties))]
+        pending = [e.pending for e in allowed]
+        least = min(pending)
+        if pending.count(least) == 1:
+            return allowed[pending.index(least)]
+        ties = [i for i, p in enumerate(pending) if p == least]
+        return allowed[ties[self.rng.randrange(len(ties))]]
 
 
 class Weighted(Balancer):

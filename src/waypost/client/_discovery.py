@@ -53,7 +53,7 @@ class _Backoff:
 
     def next(self) -> float:
         self.failures += 1
-        delay = min(self.cap, self.base * 2 ** (self.failures - 1))
+        delay = min(self.cap, self.base * 2.0 ** (self.failures - 1))
         return delay * self.rng.uniform(0.5, 1.0)
 
     def reset(self) -> None:

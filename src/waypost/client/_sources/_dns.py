@@ -146,7 +146,7 @@ class DnsSource:
 
     async def _from_srv(self, service: str, answer: dns.resolver.Answer) -> tuple[Instance, ...]:
         glue = _glue(answer)
-        records = []
+        records: list[tuple[int, int, tuple[str, int, int]]] = []
         for rr in answer:
             target = rr.target.to_text()
             addresses = glue.get(target.lower())
@@ -157,7 +157,7 @@ class DnsSource:
 
     def _from_srv_sync(self, service: str, answer: dns.resolver.Answer) -> tuple[Instance, ...]:
         glue = _glue(answer)
-        records = []
+        records: list[tuple[int, int, tuple[str, int, int]]] = []
         for rr in answer:
             target = rr.target.to_text()
             addresses = glue.get(target.lower())

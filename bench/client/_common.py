@@ -1,0 +1,72 @@
+"""Helpers shared by the client benchmarks: processes, percentiles, machine info."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+
+
+def start_backends(
+    count: int, latency: float, sd: float
+) -> tuple[subprocess.Popen[str], list[int]]:
+    """Start the backend process; returns it and the ports it listens on."""
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(HERE / "_backends.py"),
+            "--count",
+            str(count),
+            "--latency",
+            str(latency),
+            "--sd",
+            str(sd),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    ports: list[int] = json.loads(proc.stdout.readline())["ports"]
+    return proc, ports
+
+
+def stop(proc: subprocess.Popen[str]) -> None:
+    if proc.stdin:
+        proc.stdin.close()
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """Nearest-rank percentile of sorted values."""
+    if not sorted_values:
+        return math.nan
+    k = max(0, min(len(sorted_values) - 1, math.ceil(q * len(sorted_values)) - 1))
+    return sorted_values[k]
+
+
+def machine() -> str:
+    """`nproc`, CPU model and Python version, for the results file."""
+    model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (
+        f"{os.cpu_count()} CPUs (`nproc`), {model}, Python {platform.python_version()} "
+        f"({platform.system()} {platform.release()})"
+    )
