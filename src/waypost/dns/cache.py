@@ -13,6 +13,9 @@ query because the orders were drawn when the entry was built:
 - more records: `VARIANTS` independent random orders, and every `VARIANTS`
   queries one of them is redrawn, so over time every record leads.
 
+Variants are assembled lazily, on the query that first needs them, so a
+cache miss (the first query after a change) pays for one, not sixteen.
+
 Entries are indexed by the catalog topics they read; the catalog's change
 listener drops them (`invalidate`). A second map keyed by the raw query bytes
 after the ID lets a repeated query skip parsing entirely; its values point
@@ -39,12 +42,13 @@ Variant = tuple[bytes, bytes]  # header after the ID, everything after the quest
 
 class Entry:
     __slots__ = (
-        "_built",
         "_count",
         "_flags",
         "_limit",
+        "_order",
         "_qsize",
         "_records",
+        "_redraws",
         "alive",
         "key",
         "topics",
@@ -62,33 +66,37 @@ class Entry:
         self._limit = limit
         self._qsize = qsize
         self._count = 0
-        self._built = 0
-        self.variants = self._initial_variants()
+        self._redraws = 0
+        n = len(records.answers)
+        self._order = random.sample(range(n), n) if records.shuffle else list(range(n))
+        slots = 1 if not records.shuffle or n <= 1 else min(n, VARIANTS)
+        # Variants are assembled on first use: a miss costs one, not sixteen.
+        self.variants: list[Variant | None] = [None] * slots
 
     def next(self) -> Variant:
         """The next response (as header and tail), round robin over the variants."""
         count = self._count
         self._count = count + 1
-        variants = self.variants
-        if count % VARIANTS == VARIANTS - 1 and self._built:
+        slot = count % len(self.variants)
+        variant = self.variants[slot]
+        if variant is None:
+            variant = self.variants[slot] = self._assemble(self._order_for(slot))
+        elif slot == 0 and len(self._order) > VARIANTS:
             self._redraw()
-        return variants[count % len(variants)]
+        return variant
 
-    def _initial_variants(self) -> list[Variant]:
-        n = len(self._records.answers)
-        if not self._records.shuffle or n <= 1:
-            return [self._assemble(range(n))]
-        order = random.sample(range(n), n)
-        if n <= VARIANTS:
-            return [self._assemble(order[i:] + order[:i]) for i in range(n)]
-        self._built = 1
-        return [self._assemble(random.sample(range(n), n)) for _ in range(VARIANTS)]
+    def _order_for(self, slot: int) -> list[int]:
+        """Slot i of n <= VARIANTS records: rotation i of one random order (each
+        record leads once per round); of more records: a fresh random order."""
+        order = self._order
+        if len(order) <= VARIANTS:
+            return order[slot:] + order[:slot]
+        return random.sample(order, len(order))
 
     def _redraw(self) -> None:
-        n = len(self._records.answers)
-        slot = self._built % VARIANTS
-        self.variants[slot] = self._assemble(random.sample(range(n), n))
-        self._built += 1
+        """Once per round over the variants, forget one so it is redrawn on next use."""
+        self._redraws += 1
+        self.variants[self._redraws % VARIANTS] = None
 
     def _assemble(self, order: Iterable[int]) -> Variant:
         """One response: answers in `order`, each with its additional records,
