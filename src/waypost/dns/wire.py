@@ -24,6 +24,7 @@ import socket
 import struct
 from typing import Final, NamedTuple
 
+import dns.exception
 import dns.name
 
 # Response codes (RFC 1035, 6891).
@@ -100,7 +101,7 @@ _RCODES: Final[dict[type[DnsError], int]] = {
 
 def rcode_of(exc: BaseException) -> int:
     """The response code for an error: known DNS errors by table, anything else SERVFAIL."""
-    return _RCODES.get(type(exc), SERVFAIL)
+    return _RCODES.get(type(exc), SERVFAIL) if isinstance(exc, DnsError) else SERVFAIL
 
 
 class Edns(NamedTuple):
@@ -220,9 +221,12 @@ def name_wire(text: str) -> bytes:
     if _PLAIN.fullmatch(text) and all(0 < len(label) < 64 for label in labels) and len(text) < 254:
         return b"".join(bytes([len(label)]) + label.encode() for label in labels) + b"\x00"
     try:
-        return dns.name.from_text(text).to_wire()  # type: ignore[no-any-return]
+        wire = dns.name.from_text(text).to_wire()
     except dns.exception.DNSException as exc:
         raise ValueError(f"not a DNS name: {text!r}") from exc
+    if wire is None:  # only with a compression table, which we do not pass
+        raise ValueError(f"not a DNS name: {text!r}")
+    return wire
 
 
 def rr(owner: bytes, rtype: int, ttl: int, rdata: bytes) -> bytes:
