@@ -1,0 +1,48 @@
+"""The order service: calls `payment` through discovery, balanced and resilient.
+
+    python examples/order.py --agent http://127.0.0.1:8500
+
+Every second it places a few orders and prints which payment instance took
+each one. Kill a payment instance (even with SIGKILL) and watch the traffic
+move to the others without a failed order: the failed connection is retried
+on another instance, the dead one's breaker opens, and the agent's health
+check removes it from discovery moments later.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+from collections import Counter
+
+import httpx
+
+import waypost
+
+
+async def main(agent: str, per_second: int) -> None:
+    async with (
+        waypost.AsyncDiscovery(agent) as discovery,
+        waypost.AsyncServiceClient(
+            "payment", discovery=discovery, balancer="peak_ewma", timeout=2.0
+        ) as payment,
+    ):
+        while True:
+            paid_by: Counter[str] = Counter()
+            for _ in range(per_second):
+                try:
+                    response = await payment.post("/api/payments", json={"amount": 100})
+                    paid_by[response.json()["instance"]] += 1
+                except (httpx.HTTPError, waypost.ClientError) as exc:
+                    paid_by[f"FAILED ({type(exc).__name__})"] += 1
+                await asyncio.sleep(1 / per_second)
+            print("  ".join(f"{k}: {v}" for k, v in sorted(paid_by.items())), flush=True)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--agent", default=os.environ.get("WAYPOST_AGENT", "http://127.0.0.1:8500"))
+    parser.add_argument("--rate", type=int, default=10)
+    args = parser.parse_args()
+    asyncio.run(main(args.agent, args.rate))
