@@ -83,6 +83,11 @@ class _Watcher:
                 self._failed(exc)
                 await asyncio.sleep(backoff.next())
                 continue
+            except Exception as exc:  # a source bug must not end the watch silently
+                log.exception("discovery source failed for service %r", self.service)
+                self._failed(RegistryUnavailable(f"{exc!r}", service=self.service))
+                await asyncio.sleep(backoff.next())
+                continue
             backoff.reset()
             index = next_index(index, answer.index)
             self._succeeded(answer.instances, answer.index)
