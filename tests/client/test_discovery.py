@@ -151,3 +151,24 @@ async def test_static_source() -> None:
 def test_bad_scheme() -> None:
     with pytest.raises(ValueError, match="scheme"):
         Discovery("ftp://x")
+
+
+async def test_discoveries_with_same_url_share_one_long_poll(consul: FakeConsul) -> None:
+    consul.set("payment", [("p1", "127.0.0.1", 1)])
+    first, second = AsyncDiscovery(consul.url), AsyncDiscovery(consul.url)
+    assert [i.id for i in await first.instances("payment")] == ["p1"]
+    assert [i.id for i in await second.instances("payment")] == ["p1"]
+    assert first.cache is second.cache
+    assert first.statistics()["shared_by"] == 2
+    initial_reads = [r for r in consul.requests if "payment" in r and "index=" not in r]
+    assert len(initial_reads) == 1
+    await first.aclose()
+    consul.set("payment", [("p2", "127.0.0.1", 2)])
+    watch = second.watch("payment").__aiter__()
+    await watch.__anext__()
+    assert [i.id for i in await asyncio.wait_for(watch.__anext__(), 5)] == ["p2"]
+    await watch.aclose()  # type: ignore[attr-defined]
+    await second.aclose()
+    separate = AsyncDiscovery(consul.url, share=False)
+    assert separate.statistics()["shared_by"] == 1
+    await separate.aclose()

@@ -26,6 +26,7 @@ import contextlib
 import logging
 import random
 import time
+import weakref
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from types import TracebackType
@@ -60,11 +61,50 @@ class _Backoff:
         self.failures = 0
 
 
+class _Hub:
+    """The shared state behind `AsyncDiscovery` facades: source, cache, watchers.
+
+    `AsyncDiscovery` objects created with the same URL and options on the same
+    event loop share one hub, hence one watcher (one long-poll) per service in
+    the process. The hub closes when the last facade using it closes.
+    """
+
+    def __init__(self, source: Source, cache: InstanceCache, options: dict[str, Any]) -> None:
+        self.source = source
+        self.cache = cache
+        self.wait: float = options["wait"]
+        self.min_interval: float = options["min_interval"]
+        self.max_backoff: float = options["max_backoff"]
+        self.rng: random.Random = options["rng"] or random.Random()
+        self.watchers: dict[str, _Watcher] = {}
+        self.users = 0
+
+    def watcher(self, service: str) -> _Watcher:
+        watcher = self.watchers.get(service)
+        if watcher is None:
+            watcher = self.watchers[service] = _Watcher(self, service)
+        return watcher
+
+    async def close(self) -> None:
+        watchers, self.watchers = list(self.watchers.values()), {}
+        for watcher in watchers:
+            watcher.task.cancel()
+        for watcher in watchers:
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher.task
+        await self.source.aclose()
+
+
+_HUBS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[Any, ...], _Hub]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 class _Watcher:
     """The one refresh loop of one service."""
 
-    def __init__(self, discovery: AsyncDiscovery, service: str) -> None:
-        self.discovery = discovery
+    def __init__(self, hub: _Hub, service: str) -> None:
+        self.hub = hub
         self.service = service
         self.ready = asyncio.Event()
         self.changed = asyncio.Event()
@@ -72,13 +112,13 @@ class _Watcher:
         self.task = asyncio.create_task(self._run(), name=f"waypost-watch-{service}")
 
     async def _run(self) -> None:
-        d = self.discovery
-        backoff = _Backoff(d.min_interval or 0.05, d.max_backoff, d.rng)
+        hub = self.hub
+        backoff = _Backoff(hub.min_interval or 0.05, hub.max_backoff, hub.rng)
         index = 0
         while True:
             started = time.monotonic()
             try:
-                answer = await d.source.fetch(self.service, index=index, wait=d.wait)
+                answer = await hub.source.fetch(self.service, index=index, wait=hub.wait)
             except RegistryUnavailable as exc:
                 self._failed(exc)
                 await asyncio.sleep(backoff.next())
@@ -94,13 +134,13 @@ class _Watcher:
             await asyncio.sleep(self._pause(started))
 
     def _pause(self, started: float) -> float:
-        d = self.discovery
-        if not d.source.blocking:
-            return d.cache.ttl
-        return max(0.0, d.min_interval - (time.monotonic() - started))
+        hub = self.hub
+        if not hub.source.blocking:
+            return hub.cache.ttl
+        return max(0.0, hub.min_interval - (time.monotonic() - started))
 
     def _succeeded(self, instances: tuple[Instance, ...], index: int) -> None:
-        cache = self.discovery.cache
+        cache = self.hub.cache
         old = cache.get(self.service)
         entry = cache.store(self.service, instances, index)
         self.error = None
@@ -110,7 +150,7 @@ class _Watcher:
 
     def _failed(self, exc: RegistryUnavailable) -> None:
         self.error = exc
-        entry = self.discovery.cache.fail(self.service, exc)
+        entry = self.hub.cache.fail(self.service, exc)
         if entry is None:
             log.warning("%s", exc)
         self.ready.set()
@@ -123,6 +163,10 @@ class _Watcher:
 class AsyncDiscovery:
     """Finds healthy instances of services (asyncio).
 
+    Discoveries made with the same URL and options on one event loop share
+    their watchers and cache (one long-poll per service per process), unless
+    `share=False` or a `Source`, `clock` or `rng` object is passed.
+
     Args:
         url: `http://host:port` (Consul HTTP API), `dns://host:port` or
             `static://host:port,host:port`; or a `Source`.
@@ -132,6 +176,7 @@ class AsyncDiscovery:
         min_interval: Minimum seconds between two reads of one service.
         max_backoff: Cap of the retry delay while the registry is unreachable.
         first_answer_timeout: Seconds `instances()` waits for a first answer.
+        share: Share watchers with other discoveries of the same URL and options.
         clock: Time source of the cache.
         rng: Random source for jitter.
     """
@@ -146,17 +191,26 @@ class AsyncDiscovery:
         min_interval: float = 0.05,
         max_backoff: float = 10.0,
         first_answer_timeout: float = 5.0,
+        share: bool = True,
         clock: Clock | None = None,
         rng: random.Random | None = None,
     ) -> None:
-        self.source = source_from_url(url) if isinstance(url, str) else url
-        self.cache = InstanceCache(ttl, clock, snapshot)
-        self.wait = wait
-        self.min_interval = min_interval
-        self.max_backoff = max_backoff
+        self.url = url if isinstance(url, str) else url.url
+        self._source = None if isinstance(url, str) else url
+        if isinstance(url, str):
+            source_from_url(url)  # fail early on a bad URL
         self.first_answer_timeout = first_answer_timeout
-        self.rng = rng or random.Random()
-        self._watchers: dict[str, _Watcher] = {}
+        self._options: dict[str, Any] = {
+            "ttl": ttl,
+            "wait": wait,
+            "snapshot": str(snapshot) if snapshot else None,
+            "min_interval": min_interval,
+            "max_backoff": max_backoff,
+            "clock": clock,
+            "rng": rng,
+        }
+        self._shared = share and self._source is None and clock is None and rng is None
+        self._hub: _Hub | None = None
         self._closed = False
 
     async def __aenter__(self) -> AsyncDiscovery:
@@ -166,6 +220,16 @@ class AsyncDiscovery:
         self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.aclose()
+
+    @property
+    def cache(self) -> InstanceCache:
+        """The cache behind this discovery (shared with its twins)."""
+        return self._get_hub().cache
+
+    @property
+    def source(self) -> Source:
+        """The discovery source."""
+        return self._get_hub().source
 
     async def instances(self, service: str) -> list[Instance]:
         """The healthy instances of a service (from cache when possible).
@@ -185,18 +249,19 @@ class AsyncDiscovery:
         Raises:
             RegistryUnavailable: The registry cannot be reached and nothing is cached.
         """
-        watcher = self._watcher(service)
+        hub = self._get_hub()
+        watcher = hub.watcher(service)
         if not watcher.ready.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(watcher.ready.wait(), self.first_answer_timeout)
-        entry = self.cache.get(service)
+        entry = hub.cache.get(service)
         if entry is None:
             raise watcher.error or RegistryUnavailable(
-                f"no answer from the registry at {self.source.url} for service {service!r} "
+                f"no answer from the registry at {self.url} for service {service!r} "
                 f"within {self.first_answer_timeout}s",
                 service=service,
             )
-        self.cache.served(service, entry)
+        hub.cache.served(service, entry)
         return entry
 
     async def watch(self, service: str) -> AsyncIterator[list[Instance]]:
@@ -205,12 +270,13 @@ class AsyncDiscovery:
         Args:
             service: Service name.
         """
-        watcher = self._watcher(service)
+        hub = self._get_hub()
+        watcher = hub.watcher(service)
         await watcher.ready.wait()
         seen = -1
         while True:
             changed = watcher.changed
-            entry = self.cache.get(service)
+            entry = hub.cache.get(service)
             if entry is not None and entry.version != seen:
                 seen = entry.version
                 yield list(entry.instances)
@@ -219,30 +285,52 @@ class AsyncDiscovery:
 
     def statistics(self) -> dict[str, Any]:
         """Cache state and watched services."""
+        hub = self._get_hub()
         return {
-            "source": self.source.url,
-            "watching": sorted(self._watchers),
-            **self.cache.statistics(),
+            "source": self.url,
+            "watching": sorted(hub.watchers),
+            "shared_by": hub.users,
+            **hub.cache.statistics(),
         }
 
     async def aclose(self) -> None:
-        """Stop every watcher and close the source."""
+        """Stop using the shared state; the last user stops the watchers."""
+        if self._closed:
+            return
         self._closed = True
-        watchers, self._watchers = list(self._watchers.values()), {}
-        for watcher in watchers:
-            watcher.task.cancel()
-        for watcher in watchers:
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher.task
-        await self.source.aclose()
+        hub, self._hub = self._hub, None
+        if hub is None:
+            return
+        hub.users -= 1
+        if hub.users > 0:
+            return
+        hubs = _HUBS.get(asyncio.get_running_loop(), {})
+        for key in [k for k, v in hubs.items() if v is hub]:
+            del hubs[key]
+        await hub.close()
 
-    def _watcher(self, service: str) -> _Watcher:
+    def _get_hub(self) -> _Hub:
         if self._closed:
             raise RuntimeError("this AsyncDiscovery is closed")
-        watcher = self._watchers.get(service)
-        if watcher is None:
-            watcher = self._watchers[service] = _Watcher(self, service)
-        return watcher
+        if self._hub is None:
+            self._hub = self._find_or_make_hub()
+            self._hub.users += 1
+        return self._hub
+
+    def _find_or_make_hub(self) -> _Hub:
+        if not self._shared:
+            return self._make_hub()
+        hubs = _HUBS.setdefault(asyncio.get_running_loop(), {})
+        key = (self.url, *sorted((k, str(v)) for k, v in self._options.items()))
+        hub = hubs.get(key)
+        if hub is None:
+            hub = hubs[key] = self._make_hub()
+        return hub
+
+    def _make_hub(self) -> _Hub:
+        o = self._options
+        source = self._source or source_from_url(self.url)
+        return _Hub(source, InstanceCache(o["ttl"], o["clock"], o["snapshot"]), o)
 
 
 class Discovery:
