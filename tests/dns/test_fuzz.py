@@ -8,6 +8,7 @@ needed to detect silence, which keeps the test fast and deterministic.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 
@@ -17,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ..agentproc import AgentProcess
-from .conftest import answers, instance, query, register
+from .conftest import answers, instance, query, register, set_check
 
 SEEDS = [
     dns.message.make_query("fuzz.service.consul", "A").to_wire(),
@@ -130,3 +131,29 @@ def _still_correct(agent: AgentProcess) -> None:
     assert answers(query(agent, "fuzz.service.consul", tcp=True), "A") == ["10.66.0.1"]
     assert query(agent, "nothing-here.service.consul").rcode() == dns.rcode.NXDOMAIN
     assert agent.proc is not None and agent.proc.poll() is None
+
+
+def test_flood_degrades_latency_not_correctness(agent: AgentProcess, svc: str) -> None:
+    """20,000 queries sent without reading a reply (many for names that miss the
+    cache), a health change in the middle; then the answers must be exact."""
+    register(agent, instance(svc, 1, "10.67.0.1"))
+    register(agent, instance(svc, 2, "10.67.0.2"))
+    packets = [
+        dns.message.make_query(name, "A").to_wire()
+        for name in (
+            f"{svc}.service.consul",
+            f"_{svc}._tcp.service.consul",
+            "test-node.node.consul",
+        )
+    ]
+    packets += [dns.message.make_query(f"r{n}.service.consul", "A").to_wire() for n in range(500)]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.setblocking(False)
+        for n in range(20_000):
+            with contextlib.suppress(BlockingIOError):
+                sock.sendto(packets[n % len(packets)], (agent.dns_host, agent.dns_port))
+            if n == 10_000:
+                set_check(agent, f"{svc}-2-ttl", "critical")
+    assert answers(query(agent, f"{svc}.service.consul"), "A") == ["10.67.0.1"]
+    assert answers(query(agent, f"{svc}.service.consul", tcp=True), "A") == ["10.67.0.1"]
+    _still_correct(agent)

@@ -3,7 +3,7 @@
 Only with `--recursor`: without one the agent answers REFUSED and is never an
 open resolver. Forwarding is bounded twice: each recursor gets `timeout`
 seconds and the whole attempt `deadline` seconds, and at most `max_inflight`
-forwards run at once (beyond that: SERVFAIL at once, so a flood of outside
+forwards run at once (beyond that: REFUSED at once, so a flood of outside
 names cannot pile up tasks). The first recursor that answers wins; a
 truncated UDP answer is retried over TCP when the client came over TCP.
 """
