@@ -12,6 +12,7 @@ Only `/usr/bin/etcd` (or `$WAYPOST_ETCD`) is needed; `available()` says if it is
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import shutil
@@ -132,6 +133,7 @@ class EtcdCluster:
         self.wait_healthy()
 
     def stop(self) -> None:
+        """Stop every member and delete the data (safe to call twice)."""
         for member in self.members:
             if member.alive:
                 assert member.proc is not None
@@ -232,7 +234,9 @@ def acquire() -> EtcdCluster:
     global _shared, _users
     if _shared is None:
         base = Path(tempfile.mkdtemp(prefix="waypost-etcd-"))
-        _shared = EtcdCluster(base, _free_hosts(), token=base.name).start()
+        _shared = EtcdCluster(base, _free_hosts(), token=base.name)
+        atexit.register(_shared.stop)  # also when a run is interrupted
+        _shared.start()
     _users += 1
     return _shared
 

@@ -81,13 +81,36 @@ async def test_commit_is_applied_before_it_returns_in_revision_order(
     assert applied == sorted(applied)
 
 
-async def test_concurrent_commits_each_get_their_own_revision(
+async def test_concurrent_commits_are_grouped_but_each_is_applied_with_its_index(
     stores: Stores, mirror: Mirror
 ) -> None:
     store = await stores.open(mirror)
-    indexes = await asyncio.gather(*(store.commit([put(f"s/n1/x{i}")]) for i in range(100)))
-    assert len(set(indexes)) == 100
+    indexes = await asyncio.gather(*(store.commit([put(f"s/n1/x{i}")]) for i in range(200)))
     assert all(mirror.keys[f"s/n1/x{i}"].modify_index == idx for i, idx in enumerate(indexes))
+    assert store.statistics()["txns"] < 200  # group commit merged some
+
+
+async def test_commits_touching_the_same_key_are_not_merged(stores: Stores, mirror: Mirror) -> None:
+    store = await stores.open(mirror)
+    indexes = await asyncio.gather(*(store.commit([put("n/a", b"%d" % i)]) for i in range(20)))
+    assert len(set(indexes)) == 20  # one Txn each: etcd refuses a key twice in one Txn
+    assert mirror.keys["n/a"].modify_index == max(indexes)
+
+
+async def test_a_bad_commit_does_not_fail_the_ones_merged_with_it(
+    stores: Stores, mirror: Mirror
+) -> None:
+    store = await stores.open(mirror)
+    huge = b"x" * (2 * 1024 * 1024)  # over etcd's default --max-request-bytes (1.5 MiB)
+    results = await asyncio.gather(
+        *(store.commit([put(f"s/n1/ok{i}")]) for i in range(30)),
+        store.commit([put("s/n1/huge", huge)]),
+        *(store.commit([put(f"s/n1/ok{i}")]) for i in range(30, 60)),
+        return_exceptions=True,
+    )
+    assert isinstance(results[30], StorageError) and not isinstance(results[30], StoreUnavailable)
+    assert all(isinstance(r, int) for i, r in enumerate(results) if i != 30)
+    assert {f"s/n1/ok{i}" for i in range(60)} <= set(mirror.keys)
 
 
 async def test_batch_is_one_revision_with_create_and_modify_index(

@@ -11,7 +11,8 @@ revision of the last commit made by any agent.
 Index. The etcd revision is the catalog index: a commit is one etcd Txn and
 returns the revision in the Txn's response header; entries carry their keys'
 create_revision / mod_revision. Every agent therefore reports the same
-X-Consul-Index for the same state.
+X-Consul-Index for the same state. Under load, concurrent commits share a Txn
+(group commit, see _etcd_batch.py) and then share its revision.
 
 Mirror. The catalog never reads etcd. `open()` lists the prefix at one
 revision R (paged, all pages at R) and hands it over as a snapshot, then one
@@ -50,13 +51,14 @@ import heapq
 import itertools
 import logging
 import time
-from collections.abc import Coroutine, Iterable
+from collections.abc import Awaitable, Coroutine, Iterable
 from typing import Any, Final
 
 import grpc.aio  # type: ignore[import-untyped]
 from aetcd import rpc  # type: ignore[import-untyped]
 
 from .._exceptions import StorageError, StoreUnavailable
+from ._etcd_batch import GroupCommitter
 from ._etcd_config import EtcdConfig, parse_url
 from ._etcd_session import Endpoint, LeaseNotFound, Session, describe
 from .base import ApplyFn, Entry, Storage, StoreHealth
@@ -67,6 +69,7 @@ META_KEY: Final = "_rev"
 PAGE_SIZE: Final = 2000
 PROBE_INTERVAL: Final = 1.0
 PROBE_TIMEOUT: Final = 1.0
+CLOSE_TIMEOUT: Final = 2.0
 _BACKOFF_START: Final = 0.1
 _BACKOFF_MAX: Final = 1.0
 
@@ -91,6 +94,7 @@ class EtcdStorage(Storage):
         self._lease_lock = asyncio.Lock()
         self._ephemeral: dict[str, bytes] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._batcher = GroupCommitter(self._send)
         self._healthy = False  # a member with a leader answered the last probe
         self._watching = False  # the watch stream is established
         self._watch_ready = asyncio.Event()
@@ -138,15 +142,20 @@ class EtcdStorage(Storage):
             raise StorageError("the etcd store is not open")
         deadline = self._deadline()
         ops = list({op.key: op for op in ops}.values())  # etcd rejects a key twice in one Txn
+        revision = await self._batcher.submit(ops, deadline)
+        self._stats["commits"] += 1
+        await self._caught_up(revision, deadline + self.config.timeout, "write")
+        return revision
+
+    async def _send(self, ops: list[Entry], deadline: float) -> int:
+        """Write one (possibly merged) batch; the batcher calls this."""
         try:
             response = await self._txn(ops, deadline)
         except StoreUnavailable:
             self._healthy = False
             raise
         self._remember(ops)
-        self._stats["commits"] += 1
         revision: int = response.header.revision
-        await self._caught_up(revision, deadline + self.config.timeout, "write")
         return revision
 
     async def close(self, *, revoke_lease: bool = True) -> None:
@@ -158,13 +167,14 @@ class EtcdStorage(Storage):
         if self._closed:
             return
         self._closed = True
+        await _bounded("stopping commits", self._batcher.close())
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await _bounded("stopping the watch", asyncio.gather(*self._tasks, return_exceptions=True))
         self._fail_waiters(StorageError("the etcd store was closed"))
         if self._lease_id and revoke_lease:
-            await self._revoke_lease()
-        await self._session.close()
+            await _bounded("revoking the lease", self._revoke_lease())
+        await _bounded("closing channels", self._session.close())
 
     def health(self) -> StoreHealth:
         if self._healthy and self._watching:
@@ -194,6 +204,7 @@ class EtcdStorage(Storage):
             **self._stats,
             "revision": self._revision,
             "retries": self._session.retries,
+            "txns": self._batcher.txns,
             "known_leader": float(self._healthy),
         }
 
@@ -490,6 +501,17 @@ class EtcdStorage(Storage):
 def _range_end(prefix: bytes) -> bytes:
     """The first key after every key starting with `prefix` (etcd's prefix range end)."""
     return prefix[:-1] + bytes([prefix[-1] + 1])
+
+
+async def _bounded(step: str, awaitable: Awaitable[Any], timeout: float = CLOSE_TIMEOUT) -> None:
+    """Await a shutdown step, but never let it hold close() up for long."""
+    task = asyncio.ensure_future(awaitable)
+    done, _ = await asyncio.wait({task}, timeout=timeout)
+    if not done:
+        log.warning("etcd store: %s took over %.0fs; going on without it", step, timeout)
+        task.cancel()
+    elif not task.cancelled() and task.exception() is not None:
+        log.info("etcd store: %s failed: %s", step, task.exception())
 
 
 def _report_crash(task: asyncio.Task[None]) -> None:
