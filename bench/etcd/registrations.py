@@ -60,7 +60,8 @@ async def through_agents(urls: list[str], run: int, count: int, concurrency: int
             url = f"{urls[i % len(urls)]}/v1/agent/service/register"
             async with session.put(url, data=body(run, i)) as response:
                 if response.status != 200:
-                    raise RuntimeError(f"registration refused: {response.status} {await response.text()}")
+                    text = await response.text()
+                    raise RuntimeError(f"registration refused: {response.status} {text}")
 
         return await drive(count, concurrency, one)
 
@@ -85,7 +86,8 @@ def main() -> None:
     with cluster() as etcd, agents(etcd, "node-a", "node-b") as procs:
         urls = [p.http_url for p in procs]
         for rep in range(args.reps):
-            raw_rates.append(asyncio.run(raw_puts(etcd.members[0].endpoint, rep, args.count, args.concurrency)))
+            endpoint = etcd.members[0].endpoint
+            raw_rates.append(asyncio.run(raw_puts(endpoint, rep, args.count, args.concurrency)))
             agent_rates.append(asyncio.run(through_agents(urls, rep, args.count, args.concurrency)))
             print(f"rep {rep + 1}: agents {agent_rates[-1]:.0f}/s, raw puts {raw_rates[-1]:.0f}/s")
     agents_rate, raw_rate = median(agent_rates), median(raw_rates)
