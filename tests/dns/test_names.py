@@ -153,3 +153,15 @@ def test_tuned_agent_alt_domain_dc_and_ttls(tuned_agent: AgentProcess) -> None:
     assert query(tuned_agent, "ttlsvc.service.dc1.consul").rcode() == dns.rcode.NXDOMAIN
     soa = query(tuned_agent, "waypost", "SOA").answer[0][0]
     assert soa.mname.to_text() == "ns.waypost."
+
+
+def test_reverse_lookups_of_known_addresses(agent: AgentProcess, web: str) -> None:
+    ptr = answers(
+        query(agent, "1.0.0.10.in-addr.arpa", "PTR", tcp=True), "PTR"
+    )  # many tests use it
+    assert f"{web}.service.dc1.consul." in ptr
+    node = answers(query(agent, "1.0.0.127.in-addr.arpa", "PTR"), "PTR")
+    assert "test-node.node.dc1.consul." in node
+    assert f"{web}.service.dc1.consul." in dig(agent, "-x", "10.0.0.1", "+short").split()
+    unknown = query(agent, "1.2.0.192.in-addr.arpa", "PTR")  # not ours, and no recursor
+    assert unknown.rcode() == dns.rcode.REFUSED

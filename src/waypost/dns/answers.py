@@ -9,6 +9,7 @@ Nothing here knows about packets, sizes or shuffling.
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
@@ -47,6 +48,8 @@ class Answerer:
     def __init__(self, state: State, settings: Settings) -> None:
         self.state = state
         self.settings = settings
+        self._reverse_at = -1
+        self._reverse_index: dict[str, list[str]] = {}
 
     def answer(self, lookup: Lookup, qtype: int) -> RecordSet:
         if lookup.kind == names.SERVICE:
@@ -59,6 +62,8 @@ class Answerer:
             return self._apex(lookup, qtype)
         if lookup.kind == names.NS_HOST:
             return self._ns_host(lookup, qtype)
+        if lookup.kind == names.REVERSE:
+            return self._reverse(lookup, qtype)
         return self._negative(lookup, wire.NXDOMAIN, ())
 
     # -- services -----------------------------------------------------------
@@ -213,6 +218,46 @@ class Answerer:
     def _soa(self, domain: names.Domain, owner: bytes) -> bytes:
         return wire.rr(owner, wire.SOA, 0, wire.soa_rdata(domain.wire, int(time.time())))
 
+    # -- reverse lookups -----------------------------------------------------
+
+    def knows_address(self, address: str) -> bool:
+        """Whether a reverse lookup of `address` is ours to answer (else: forward or refuse)."""
+        return address in self._addresses()
+
+    def _addresses(self) -> dict[str, list[str]]:
+        """Address -> names (`<node>.node.<dc>.` and `<svc>.service.<dc>.`), rebuilt
+        when a node or an instance is written (health changes do not matter here)."""
+        index = self.state.index_of((NODES, SERVICES))
+        if index != self._reverse_at:
+            table: dict[str, list[str]] = {}
+            dc = self.settings.datacenter
+            for node in self.state.nodes.values():
+                table.setdefault(_canonical(node.address), []).append(f"{node.name}.node.{dc}.")
+            for service in self.state.services.values():
+                if service.address:
+                    names_ = table.setdefault(_canonical(service.address), [])
+                    names_.append(f"{service.name}.service.{dc}.")
+            self._reverse_index = {k: sorted(set(v)) for k, v in table.items() if k}
+            self._reverse_at = index
+        return self._reverse_index
+
+    def _reverse(self, lookup: Lookup, qtype: int) -> RecordSet:
+        found = self._addresses().get(lookup.address, [])
+        topics = (NODES, SERVICES)
+        if qtype not in (wire.PTR, wire.ANY):
+            return RecordSet(wire.NOERROR, topics=topics)
+        ttl = self.settings.node_ttl
+        answers = tuple(
+            (
+                wire.rr(
+                    wire.POINTER_TO_QUESTION, wire.PTR, ttl, _safe_name(n + lookup.domain.text)
+                ),
+                (),
+            )
+            for n in found
+        )
+        return RecordSet(wire.NOERROR if answers else wire.NXDOMAIN, answers, topics=topics)
+
     def _negative(self, lookup: Lookup, rcode: int, topics: tuple[Topic, ...]) -> RecordSet:
         """NXDOMAIN or NODATA, with the SOA in the authority section."""
         return RecordSet(
@@ -227,3 +272,11 @@ def _safe_name(text: str) -> bytes:
         return wire.name_wire(text)
     except ValueError:
         return b"\x00"
+
+
+def _canonical(address: str) -> str:
+    """An IP address in the form reverse names decode to; "" for a host name."""
+    try:
+        return str(ipaddress.ip_address(address.strip("[]")))
+    except ValueError:
+        return ""

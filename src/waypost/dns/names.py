@@ -6,6 +6,7 @@
     <node>.node[.<dc>].<domain>              a node
     <hexip>.addr[.<dc>].<domain>             an address spelled in hex (8 or 32 digits)
     <domain>, ns.<domain>                    the apex (SOA, NS) and its name server
+    <reversed ip>.in-addr.arpa, ....ip6.arpa  reverse lookups of known addresses (PTR)
 
 Labels arrive lower-cased; matching is case-insensitive throughout.
 """
@@ -21,6 +22,7 @@ SERVICE: Final = "service"
 NODE: Final = "node"
 ADDR: Final = "addr"
 UNKNOWN: Final = "unknown"  # inside a domain, but names nothing: NXDOMAIN
+REVERSE: Final = "reverse"  # a PTR name; ours only if the address is in the catalog
 
 _KINDS: Final = frozenset({b"service", b"node", b"addr", b"query"})
 
@@ -51,7 +53,8 @@ def parse_name(
     """The lookup a name asks for, or None when it is outside every domain."""
     domain = _match_domain(labels, domains)
     if domain is None:
-        return None
+        address = _reverse_address(labels)
+        return Lookup(REVERSE, domains[0], address=address) if address else None
     rest = labels[: len(labels) - len(domain.labels)]
     if not rest:
         return Lookup(APEX, domain)
@@ -117,3 +120,17 @@ def _addr(label: bytes, domain: Domain) -> Lookup:
 
 def _text(label: bytes) -> str:
     return label.decode("utf-8", errors="replace")
+
+
+def _reverse_address(labels: tuple[bytes, ...]) -> str:
+    """The address a full in-addr.arpa / ip6.arpa name spells, else ""."""
+    try:
+        if len(labels) == 6 and labels[4:] == (b"in-addr", b"arpa"):
+            octets = [int(label) for label in reversed(labels[:4])]
+            return str(ipaddress.IPv4Address(bytes(octets)))
+        if len(labels) == 34 and labels[32:] == (b"ip6", b"arpa"):
+            nibbles = b"".join(reversed(labels[:32])).decode("ascii")
+            return str(ipaddress.IPv6Address(bytes.fromhex(nibbles)))
+    except ValueError:
+        pass
+    return ""

@@ -120,6 +120,8 @@ class Responder:
         if query.qtype == wire.OPT:
             raise wire.FormatError
         lookup = names.parse_name(query.labels, self.domains, self.datacenter)
+        if lookup is not None and lookup.kind == names.REVERSE:
+            lookup = lookup if self.answerer.knows_address(lookup.address) else None
         if lookup is None:
             if not self.forwarder or self.forwarder.busy():
                 raise wire.Refused

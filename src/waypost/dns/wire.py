@@ -41,6 +41,7 @@ A: Final = 1
 NS: Final = 2
 CNAME: Final = 5
 SOA: Final = 6
+PTR: Final = 12
 TXT: Final = 16
 AAAA: Final = 28
 SRV: Final = 33
