@@ -21,7 +21,9 @@ to CPU 1, so that the load generator does not steal the server's core.
 Loopback only (127.0.0.1). Needs dnsperf and dnsmasq (Debian packages).
 
 Usage: .venv/bin/python bench/dns/dnsperf_vs_dnsmasq.py [--reps 3] [--duration 8]
-       [--rate 20000] [--write docs/benchmarks.md]
+       [--rate 20000]
+
+The table it prints is the one in the "## DNS" section of docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -246,19 +248,6 @@ def table(results: dict[tuple[str, str], dict[str, float]], rate: int) -> str:
     return "\n".join(rows)
 
 
-def write_section(path: Path, body: str) -> None:
-    """Replace (or append) the `## DNS` section of docs/benchmarks.md, leaving the rest alone."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(r"^## DNS\n.*?(?=^## |\Z)", re.S | re.M)
-    section = body.rstrip() + "\n\n"
-    text = (
-        pattern.sub(lambda _: section, text)
-        if pattern.search(text)
-        else text.rstrip() + "\n\n" + section
-    )
-    path.write_text(text.rstrip() + "\n")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -277,8 +266,6 @@ def main() -> None:
     print()
     print(machine())
     print(table(results, args.rate))
-    if args.write:
-        print(f"(table for {args.write}: paste into its ## DNS section with the prose)")
 
 
 if __name__ == "__main__":
