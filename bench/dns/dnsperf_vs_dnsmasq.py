@@ -255,9 +255,6 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--duration", type=float, default=8.0)
     parser.add_argument("--rate", type=int, default=20000, help="offered load of the latency runs")
-    parser.add_argument(
-        "--write", metavar="FILE", help="print the markdown table into this file's ## DNS"
-    )
     args = parser.parse_args()
     for tool in ("dnsperf", "dnsmasq"):
         if not (shutil.which(tool) or Path(f"/usr/sbin/{tool}").exists()):
