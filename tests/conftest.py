@@ -19,11 +19,9 @@ def agent() -> Iterator[AgentProcess]:
 
     Tests that share it must use service names of their own.
     """
-    import importlib.util
-
-    # TODO(dns): always on once waypost.dns lands.
-    dns = "127.0.0.1:0" if importlib.util.find_spec("waypost.dns.server") else "off"
-    proc = AgentProcess("--dev", "--http", "127.0.0.1:0", "--dns", dns, "--node", "test-node").start()
+    proc = AgentProcess(
+        "--dev", "--http", "127.0.0.1:0", "--dns", "127.0.0.1:0", "--node", "test-node"
+    ).start()
     yield proc
     assert proc.stop() == 0, "agent did not exit cleanly on SIGTERM:\n" + "".join(proc.output)
 
