@@ -316,7 +316,7 @@ class EtcdStorage(Storage):
                 continue
             except grpc.aio.AioRpcError as exc:
                 await self._stream_failed("watch", endpoint, exc)
-            except (_StreamEnded, StorageError) as exc:
+            except (_StreamEnded, StorageError, asyncio.InvalidStateError) as exc:
                 log.warning("etcd watch on %s stopped: %s", endpoint.address, exc)
                 self._session.failed(endpoint)
             except Exception:
@@ -419,7 +419,7 @@ class EtcdStorage(Storage):
                 await self._keep_alive(endpoint)
             except grpc.aio.AioRpcError as exc:
                 await self._stream_failed("lease keep-alive", endpoint, exc)
-            except (_StreamEnded, StorageError, TimeoutError) as exc:
+            except (_StreamEnded, StorageError, TimeoutError, asyncio.InvalidStateError) as exc:
                 log.warning("etcd lease keep-alive on %s stopped: %s", endpoint.address, exc)
                 self._session.failed(endpoint)
             except Exception:
