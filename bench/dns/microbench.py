@@ -25,7 +25,6 @@ import dns.rrset
 from waypost.agent import AgentConfig
 from waypost.agent.runtime import Agent
 from waypost.catalog import Node, Service
-from waypost.dns import wire
 from waypost.dns.server import Responder
 
 
@@ -75,7 +74,7 @@ def main() -> None:
     for rdtype, name in names.items():
         data = dns.message.make_query(name, rdtype).to_wire()
         upper = dns.message.make_query(name.upper(), rdtype).to_wire()
-        responder.respond(data, wire.MIN_UDP)
+        responder.respond(data, udp=True)
         rrset = dnspython_rrset(name, rdtype)
 
         def raw_hit(data: bytes = data, raw: dict = responder.cache.raw) -> bytes:  # type: ignore[type-arg]
@@ -84,11 +83,11 @@ def main() -> None:
             return data[:2] + head + data[12:qend] + tail
 
         def parsed_hit(upper: bytes = upper) -> object:
-            return responder.respond(upper, None)  # TCP: no raw map, parse every time
+            return responder.respond(upper, udp=False)  # TCP: no raw map, parse every time
 
         def miss(data: bytes = data) -> object:
             responder.cache.clear()
-            return responder.respond(data, None)
+            return responder.respond(data, udp=False)
 
         rows = {
             "raw hit": per_call_us(raw_hit, 200_000),

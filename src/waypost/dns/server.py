@@ -98,13 +98,13 @@ class Responder:
             0,
         )
 
-    def respond(self, data: bytes, limit: int | None) -> bytes | object | None:
-        """The response to one packet (`limit` None over TCP); `_FORWARD` for the
-        recursors; None for silence."""
+    def respond(self, data: bytes, udp: bool) -> bytes | object | None:
+        """The response to one packet (over UDP, fitted to the client's size; over
+        TCP, up to 64 KiB); `_FORWARD` for the recursors; None for silence."""
         query: wire.Query | None = None
         try:
             query = wire.parse_query(data)
-            return self._answer(data, query, limit)
+            return self._answer(data, query, udp)
         except wire.Silence:
             self.stats["dropped"] += 1
             return None
@@ -114,7 +114,7 @@ class Responder:
             self.stats["errors"] += 1
             return wire.error_response(data, wire.rcode_of(exc), query)
 
-    def _answer(self, data: bytes, query: wire.Query, limit: int | None) -> bytes | object:
+    def _answer(self, data: bytes, query: wire.Query, udp: bool) -> bytes | object:
         if query.qclass not in (wire.IN, wire.ANY) or query.qtype in _REFUSED_TYPES:
             raise wire.Refused
         if query.qtype == wire.OPT:
@@ -126,15 +126,15 @@ class Responder:
             if not self.forwarder or self.forwarder.busy():
                 raise wire.Refused
             return _FORWARD
-        entry = self._entry(query, lookup, limit)
-        if limit is not None:
+        entry = self._entry(query, lookup, udp)
+        if udp:
             self.cache.remember_raw(data[2:], entry, query.qend)
         head, tail = entry.next()
         self.stats["truncated"] += bool(head[0] & 0x02)
         return data[:2] + head + data[12 : query.qend] + tail
 
-    def _entry(self, query: wire.Query, lookup: names.Lookup, limit: int | None) -> Entry:
-        size = 65535 if limit is None else query.udp_limit()
+    def _entry(self, query: wire.Query, lookup: names.Lookup, udp: bool) -> Entry:
+        size = query.udp_limit() if udp else wire.MAX_TCP
         key = (query.qname, query.qtype, size, query.flags & wire.RD, query.edns is not None)
         entry = self.cache.entries.get(key)
         if entry is not None:
@@ -149,7 +149,7 @@ class Responder:
 
     async def forward(self, data: bytes, tcp: bool) -> bytes:
         self.stats["forwarded"] += 1
-        limit = 65535 if tcp else wire.parse_query(data).udp_limit()
+        limit = wire.MAX_TCP if tcp else wire.parse_query(data).udp_limit()
         return await self.forwarder.forward(data, tcp, limit)
 
 
@@ -173,7 +173,7 @@ class _UdpProtocol(asyncio.DatagramProtocol):
             head, tail = hit[0].next()
             self.transport.sendto(data[:2] + head + data[12 : hit[1]] + tail, addr)  # type: ignore[union-attr]
             return
-        response = self.responder.respond(data, wire.MIN_UDP)
+        response = self.responder.respond(data, udp=True)
         if response is _FORWARD:
             self._spawn(self._forward(data, addr))
         elif response is not None:
@@ -230,7 +230,7 @@ class _TcpProtocol(asyncio.Protocol):
 
     def _handle(self, message: bytes) -> None:
         self.responder.stats["queries"] += 1
-        response = self.responder.respond(message, None)
+        response = self.responder.respond(message, udp=False)
         if response is _FORWARD:
             task = asyncio.get_running_loop().create_task(self._forward(message))
             self.tasks.add(task)

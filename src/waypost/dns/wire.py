@@ -58,6 +58,7 @@ RA: Final = 0x0080
 
 MAX_UDP: Final = 4096  # largest UDP answer we send, whatever the client offers
 MIN_UDP: Final = 512
+MAX_TCP: Final = 65535
 OUR_EDNS_SIZE: Final = 4096
 POINTER_TO_QUESTION: Final = b"\xc0\x0c"
 
