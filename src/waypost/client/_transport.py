@@ -119,10 +119,11 @@ class AsyncTransport(_Base, httpx.AsyncBaseTransport):
     async def _send(self, state: ServiceState, request: httpx.Request) -> httpx.Response:
         state.budget.record_request()
         tried: set[str] = set()
+        previous: Exception | None = None
         attempts = max(1, self.options.retry.attempts)
         for attempt in range(attempts):
             last = attempt == attempts - 1
-            instance = state.pick(request, tried)
+            instance = _pick(state, request, tried, previous)
             tried.add(instance.id)
             try:
                 response = await self._hedged(state, request, instance, tried)
@@ -131,6 +132,7 @@ class AsyncTransport(_Base, httpx.AsyncBaseTransport):
                     raise
                 if not state.budget.try_retry():
                     raise self._budget_error(state.router.service, exc) from exc
+                previous = exc
                 continue
             status = response.status_code
             if last or not may_retry_response(self.options, request, status):
@@ -184,6 +186,18 @@ class AsyncTransport(_Base, httpx.AsyncBaseTransport):
         finally:
             for task in tasks:
                 task.cancel()
+
+
+def _pick(
+    state: ServiceState, request: httpx.Request, tried: set[str], previous: Exception | None
+) -> Instance:
+    """Pick for an attempt; a retry that finds no instance keeps the earlier failure as cause."""
+    try:
+        return state.pick(request, tried)
+    except ClientError as exc:
+        if previous is None:
+            raise
+        raise exc from previous
 
 
 def _hedge_target(state: ServiceState, request: httpx.Request, tried: set[str]) -> Instance | None:
@@ -263,10 +277,11 @@ class Transport(_Base, httpx.BaseTransport):
         state.budget.record_request()
         deadline = _deadline(self.options.total_timeout)
         tried: set[str] = set()
+        previous: Exception | None = None
         attempts = max(1, self.options.retry.attempts)
         for attempt in range(attempts):
             last = attempt == attempts - 1 or time.monotonic() >= deadline
-            instance = state.pick(request, tried)
+            instance = _pick(state, request, tried, previous)
             tried.add(instance.id)
             try:
                 response = self._attempt(state, request, instance)
@@ -275,6 +290,7 @@ class Transport(_Base, httpx.BaseTransport):
                     raise
                 if not state.budget.try_retry():
                     raise self._budget_error(state.router.service, exc) from exc
+                previous = exc
                 continue
             if last or not may_retry_response(self.options, request, response.status_code):
                 return response
