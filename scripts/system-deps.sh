@@ -3,7 +3,8 @@
 #   etcd, etcdctl (etcd-server, etcd-client)  cluster mode
 #   dig (bind9-dnsutils), dnsperf, dnsmasq    DNS tests and benchmark
 #   haproxy                                    server-side discovery through DNS
-#   node + npm, and the npm `consul` package   a second, non-Python Consul client
+#   node + npm, the npm `consul` package       a second, non-Python Consul client
+#   chromium + npm `playwright-core`           the web UI in a real browser
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
@@ -15,11 +16,12 @@ command -v dnsmasq >/dev/null || need+=(dnsmasq-base)
 command -v haproxy >/dev/null || need+=(haproxy)
 command -v node >/dev/null || need+=(nodejs)
 command -v npm >/dev/null || need+=(npm)
+command -v chromium >/dev/null || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing system packages: ${need[*]}"
   scripts/apt-install.sh "${need[@]}"
 fi
-if [ -f tests/node/package.json ] && [ ! -d tests/node/node_modules/consul ]; then
-  echo "installing the Node.js consul client for the compatibility tests"
+if [ ! -d tests/node/node_modules/consul ] || [ ! -d tests/node/node_modules/playwright-core ]; then
+  echo "installing the Node.js test dependencies (consul client, playwright-core)"
   (cd tests/node && npm install --no-audit --no-fund --silent)
 fi

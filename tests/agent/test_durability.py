@@ -94,3 +94,25 @@ def test_deregister_critical_service_after_with_a_real_agent(tmp_path: Path) -> 
             assert time.monotonic() - started >= 1.0
     finally:
         agent.stop()
+
+
+def test_sigterm_answers_open_blocking_queries_and_exits_cleanly(tmp_path: Path) -> None:
+    agent = start(tmp_path)
+    with agent.client() as http:
+        index = http.get("/v1/health/service/web").headers["x-consul-index"]
+    answers: list[int] = []
+
+    def long_poll() -> None:
+        with agent.client() as http:
+            answers.append(http.get("/v1/health/service/web", params={"index": index, "wait": "10m"}).status_code)
+
+    pollers = [threading.Thread(target=long_poll) for _ in range(5)]
+    for t in pollers:
+        t.start()
+    time.sleep(0.5)  # let the queries park
+    started = time.monotonic()
+    assert agent.stop() == 0
+    assert time.monotonic() - started < 5
+    for t in pollers:
+        t.join(5)
+    assert answers == [200] * 5

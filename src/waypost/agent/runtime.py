@@ -87,6 +87,7 @@ class Agent:
             timeout_keep_alive=75,
             limit_concurrency=50_000,
             backlog=4096,
+            timeout_graceful_shutdown=10,
         )
         self._http = _Server(config)
         self._http_task = asyncio.create_task(self._http.serve(sockets=[sock]), name="waypost-http")
@@ -106,6 +107,7 @@ class Agent:
         if self._dns is not None:
             await self._dns.close()
         if self._http is not None and self._http_task is not None:
+            self.catalog.watches.close()  # blocking queries answer now, so uvicorn can drain
             self._http.should_exit = True
             await self._http_task
         await self.runner.stop()

@@ -56,7 +56,7 @@ class Catalog:
         topics = tuple(topics)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
-        while self.state.index_of(topics) <= min_index:
+        while self.state.index_of(topics) <= min_index and not self.watches.closed:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return

@@ -31,6 +31,13 @@ def node_topic(name: str) -> Topic:
 class Watches:
     def __init__(self) -> None:
         self._futures: dict[Topic, asyncio.Future[None]] = {}
+        self.closed = False
+
+    def close(self) -> None:
+        """Wake every waiter for good: a shutting-down agent answers its
+        blocking queries at once instead of holding them for their wait."""
+        self.closed = True
+        self.notify(list(self._futures))
 
     def future(self, topic: Topic) -> asyncio.Future[None]:
         fut = self._futures.get(topic)
