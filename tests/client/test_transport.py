@@ -247,3 +247,19 @@ async def test_pick_and_report_without_http(consul: FakeConsul, backends: Make) 
         inst = client.router.pick()
         client.router.report(inst, True, 0.004)
         assert client.router.statistics()["balancer"]["picks"] == 1
+
+
+def test_which_hosts_are_services() -> None:
+    from waypost.client._policy import is_service_host
+
+    def check(url: str, services: set[str] | None = None) -> bool:
+        return is_service_host(httpx.URL(url), services)
+
+    assert check("http://payment/x")
+    assert not check("http://payment:3000/x")  # explicit port: a real address
+    assert not check("http://example.com/")
+    assert not check("http://localhost/")
+    assert not check("http://127.0.0.1/")
+    assert not check("http://[::1]/")
+    assert check("http://payment:3000/", {"payment"})
+    assert not check("http://orders/", {"payment"})

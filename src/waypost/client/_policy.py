@@ -220,10 +220,16 @@ def to_instance(request: httpx.Request, instance: Instance) -> httpx.Request:
     )
 
 
-def is_service_host(host: str, services: Collection[str] | None) -> bool:
-    """Whether a URL host names a service (rather than a real host name)."""
+def is_service_host(url: httpx.URL, services: Collection[str] | None) -> bool:
+    """Whether a URL's host names a service rather than a real host.
+
+    With `services`, exactly those names. Otherwise a single-label name other
+    than `localhost`, without an explicit port: `http://payment/` is the service,
+    `http://payment:3000/` (e.g. a docker compose host) is a real address.
+    """
+    host = url.host
     if services is not None:
         return host in services
-    if not host or host == "localhost" or "." in host or ":" in host:
+    if not host or host == "localhost" or "." in host or ":" in host or url.port is not None:
         return False
     return not host.replace("-", "").isdigit()

@@ -79,7 +79,7 @@ class AsyncTransport(_Base, httpx.AsyncBaseTransport):
         discovery: Where instances come from.
         transport: The real transport (default `httpx.AsyncHTTPTransport()`).
         services: Host names to treat as services; default: any single-label
-            name other than `localhost`.
+            name other than `localhost` given without a port.
         options: Balancer and resilience settings (`ClientOptions`).
         **kwargs: Shorthand for `ClientOptions` fields (`balancer="p2c"`, ...).
     """
@@ -99,7 +99,7 @@ class AsyncTransport(_Base, httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         service = request.url.host
-        if not is_service_host(service, self.services):
+        if not is_service_host(request.url, self.services):
             return await self.inner.handle_async_request(request)
         state = self.state(service)
         state.refresh(await self.discovery.entry(service))
@@ -264,7 +264,7 @@ class Transport(_Base, httpx.BaseTransport):
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         service = request.url.host
-        if not is_service_host(service, self.services):
+        if not is_service_host(request.url, self.services):
             return self.inner.handle_request(request)
         state = self.state(service)
         state.refresh(self.discovery.entry(service))
