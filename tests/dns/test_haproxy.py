@@ -85,6 +85,7 @@ def haproxy(agent: AgentProcess, svc: str, tmp_path: Path) -> Iterator[str]:
         [path, "-db", "-f", str(CONFIG)], env=env, cwd=tmp_path,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
+    _wait_listening(proc, port)
     yield f"http://127.0.0.1:{port}/"
     proc.terminate()
     try:
@@ -92,6 +93,19 @@ def haproxy(agent: AgentProcess, svc: str, tmp_path: Path) -> Iterator[str]:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+def _wait_listening(proc: subprocess.Popen[str], port: int) -> None:
+    """Until HAProxy accepts connections; fail with its output if it exits instead."""
+
+    def accepting() -> bool:
+        if proc.poll() is not None:
+            output = proc.stdout.read() if proc.stdout else ""
+            pytest.fail(f"haproxy exited with {proc.returncode}:\n{output}")
+        with socket.socket() as sock:
+            return sock.connect_ex(("127.0.0.1", port)) == 0
+
+    wait_for(accepting, bool, timeout=15)
 
 
 def _spread(url: str, requests: int = 24) -> collections.Counter[str]:
