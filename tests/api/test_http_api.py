@@ -227,3 +227,23 @@ def test_metrics_and_ui(http: httpx.Client) -> None:
     assert "waypost_http_requests_total" in text
     assert "waypost_catalog_instances" in text
     assert http.get("/ui/").headers["content-type"].startswith("text/html")
+
+
+def test_slowloris_connections_are_closed_after_the_header_deadline(tmp_path) -> None:
+    config = tmp_path / "agent.toml"
+    config.write_text("http_header_timeout = 0.5\n")
+    slow = AgentProcess("--dev", "--config-file", str(config), "--http", "127.0.0.1:0", "--dns", "off").start()
+    try:
+        silent = socket.create_connection(("127.0.0.1", slow.http_port))
+        dribble = socket.create_connection(("127.0.0.1", slow.http_port))
+        dribble.sendall(b"GET /v1/status/leader HTTP/1.1\r\nHost: x\r\n")  # never finishes its headers
+        for s in (silent, dribble):
+            s.settimeout(5)
+            started = time.monotonic()
+            assert s.recv(1024) == b""  # closed by the agent
+            assert time.monotonic() - started < 4
+            s.close()
+        with slow.client() as http:  # a prompt client is served as usual
+            assert http.get("/v1/status/leader").status_code == 200
+    finally:
+        slow.stop()
