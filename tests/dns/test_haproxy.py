@@ -81,27 +81,27 @@ def haproxy(agent: AgentProcess, svc: str, tmp_path: Path) -> Iterator[str]:
         "FRONTEND": f"127.0.0.1:{port}",
         "SERVICE": svc,
     }
-    proc = subprocess.Popen(
-        [path, "-db", "-f", str(CONFIG)], env=env, cwd=tmp_path,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    _wait_listening(proc, port)
-    yield f"http://127.0.0.1:{port}/"
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    log = tmp_path / "haproxy.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [path, "-db", "-f", str(CONFIG)], env=env, cwd=tmp_path, stdout=out, stderr=out
+        )
+        _wait_listening(proc, port, log)
+        yield f"http://127.0.0.1:{port}/"
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
-def _wait_listening(proc: subprocess.Popen[str], port: int) -> None:
+def _wait_listening(proc: subprocess.Popen[bytes], port: int, log: Path) -> None:
     """Until HAProxy accepts connections; fail with its output if it exits instead."""
 
     def accepting() -> bool:
         if proc.poll() is not None:
-            output = proc.stdout.read() if proc.stdout else ""
-            pytest.fail(f"haproxy exited with {proc.returncode}:\n{output}")
+            pytest.fail(f"haproxy exited with {proc.returncode}:\n{log.read_text()}")
         with socket.socket() as sock:
             return sock.connect_ex(("127.0.0.1", port)) == 0
 
