@@ -25,7 +25,7 @@ import httpx
 from _common import percentile, start_backends, stop
 
 import waypost
-from waypost.client import RetryPolicy
+from waypost.client import HedgePolicy, RetryPolicy
 
 BALANCERS = [
     "round_robin",
@@ -36,13 +36,19 @@ BALANCERS = [
     "peak_ewma",
     "ring_hash",
     "maglev",
+    "round_robin+hedge",
+    "peak_ewma+hedge",
 ]
 TIMEOUT = 0.1
 SLOW = 0.2
 
 
-def client_for(balancer: str, discovery: waypost.AsyncDiscovery) -> waypost.AsyncServiceClient:
+def client_for(variant: str, discovery: waypost.AsyncDiscovery) -> waypost.AsyncServiceClient:
+    """A client with one balancer; `<name>+hedge` adds hedging at the recent p95."""
+    balancer, _, hedged = variant.partition("+")
     extra: dict[str, Any] = {}
+    if hedged:
+        extra["hedge"] = HedgePolicy(percentile=0.95, min_samples=50)
     if balancer == "peak_ewma":
         extra["balancer_options"] = {"tau": 1.0, "default_rtt": 0.003}
     if balancer == "maglev":
@@ -56,6 +62,7 @@ def client_for(balancer: str, discovery: waypost.AsyncDiscovery) -> waypost.Asyn
         outlier=None,
         timeout=5.0,
         seed=1,
+        **extra,
         limits=httpx.Limits(max_connections=2000, max_keepalive_connections=2000),
     )
 

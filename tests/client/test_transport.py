@@ -155,12 +155,12 @@ async def test_budget_exhausted_raises(consul: FakeConsul) -> None:
 
 async def test_attempt_timeout_then_retry_elsewhere(consul: FakeConsul, backends: Make) -> None:
     slow, fast = backends(2)
-    slow.delay = 1.0
+    slow.delay = 3.0
     consul.set("payment", [slow.instance, fast.instance])
     async with (
         AsyncDiscovery(consul.url) as discovery,
         AsyncServiceClient(
-            "payment", discovery=discovery, balancer="round_robin", attempt_timeout=0.2
+            "payment", discovery=discovery, balancer="round_robin", attempt_timeout=0.5
         ) as client,
     ):
         results = await asyncio.gather(*(client.get("/") for _ in range(4)))
