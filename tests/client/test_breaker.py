@@ -125,3 +125,13 @@ def test_state_machine_invariants(script: list[tuple[str, float]]) -> None:
             assert not breaker.available()
         stats = breaker.statistics()
         assert stats["state"] == state.value
+
+
+def test_late_outcome_in_half_open_is_not_a_probe() -> None:
+    clock = FakeClock()
+    breaker = tripped(clock)
+    clock.advance(1.0)
+    assert breaker.state is BreakerState.HALF_OPEN
+    breaker.record(True)  # a call from before the trip finishing now
+    breaker.record(True)
+    assert breaker.state is BreakerState.HALF_OPEN  # still waiting for real probes

@@ -11,8 +11,9 @@
     consecutive trip, is capped at `open_max`, and resets once the breaker closes.
 
 Outcomes of calls that started before the breaker opened are ignored while it is
-open: they describe the past. A probe that ends without an outcome (cancelled)
-gives its permit back through `release()`.
+open, and while half-open when no probe is out: they describe the past. A
+probe that ends without an outcome (cancelled) gives its permit back through
+`release()`.
 
 Pure and synchronous; time comes from an injectable clock.
 """
@@ -150,7 +151,9 @@ class CircuitBreaker:
         return self._recent.count(False) / calls >= p.failure_rate
 
     def _record_probe(self, ok: bool) -> None:
-        self._probes_out = max(0, self._probes_out - 1)
+        if self._probes_out == 0:
+            return  # not a probe: a call from before the trip, finishing late
+        self._probes_out -= 1
         if not ok:
             self._to_open()
             return
