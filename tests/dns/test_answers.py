@@ -232,3 +232,11 @@ def test_statistics_are_exposed(agent: AgentProcess) -> None:
     with agent.client() as http:
         stats = wait_for(lambda: http.get("/v1/agent/self").json()["Stats"], lambda s: "dns" in s)
     assert float(stats["dns"]["queries"]) > 0
+
+
+def test_mixed_case_service_names_match_and_invalidate(agent: AgentProcess, svc: str) -> None:
+    name = svc.upper() + "Mixed"
+    register(agent, instance(name, 1, "10.9.9.1"))
+    assert _addresses(agent, f"{name.lower()}.service.consul") == ["10.9.9.1"]
+    set_check(agent, f"{name}-1-ttl", "critical")
+    assert query(agent, f"{name}.service.consul").rcode() == dns.rcode.NXDOMAIN
