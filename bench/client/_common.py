@@ -70,3 +70,35 @@ def machine() -> str:
         f"{os.cpu_count()} CPUs (`nproc`), {model}, Python {platform.python_version()} "
         f"({platform.system()} {platform.release()})"
     )
+
+
+def _cpu_times() -> tuple[int, int]:
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]
+    return idle, sum(fields)
+
+
+def busy_share(seconds: float = 1.0) -> float:
+    """Share of all CPUs busy (anyone's work) over `seconds`."""
+    import time
+
+    idle0, total0 = _cpu_times()
+    time.sleep(seconds)
+    idle1, total1 = _cpu_times()
+    return 1.0 - (idle1 - idle0) / max(1, total1 - total0)
+
+
+def wait_for_quiet(threshold: float = 0.3, max_wait: float = 90.0) -> float:
+    """Wait (up to `max_wait` s) until other processes leave the CPUs mostly idle.
+
+    The machine is shared; starting a latency run while something else keeps
+    both cores busy measures the neighbour, not the client. Returns the busy
+    share seen last (reported next to the figures).
+    """
+    import time
+
+    deadline = time.monotonic() + max_wait
+    share = busy_share()
+    while share > threshold and time.monotonic() < deadline:
+        share = busy_share()
+    return share

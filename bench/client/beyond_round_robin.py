@@ -22,7 +22,7 @@ import time
 from typing import Any
 
 import httpx
-from _common import percentile, start_backends, stop
+from _common import percentile, start_backends, stop, wait_for_quiet
 
 import waypost
 from waypost.client import HedgePolicy, RetryPolicy
@@ -81,6 +81,7 @@ async def one(client: waypost.AsyncServiceClient, out: list[tuple[float, bool]])
 async def run(
     balancer: str, ports: list[int], duration: float, rate: float, slow: bool
 ) -> dict[str, Any]:
+    idle_before = wait_for_quiet()
     url = "static://" + ",".join(f"127.0.0.1:{p}" for p in ports)
     results: list[tuple[float, bool]] = []
     async with waypost.AsyncDiscovery(url) as discovery, client_for(balancer, discovery) as client:
@@ -110,6 +111,7 @@ async def run(
     latencies = sorted(lat for lat, _ in results)
     return {
         "load": os.getloadavg()[0],
+        "busy_before": idle_before,
         "balancer": balancer,
         "slow": slow,
         "requests": len(results),

@@ -15,7 +15,7 @@ import statistics
 import time
 
 import httpx
-from _common import start_backends, stop
+from _common import start_backends, stop, wait_for_quiet
 
 import waypost
 
@@ -64,6 +64,7 @@ async def main() -> None:
     base, ours = [], []
     try:
         for _ in range(args.rounds):
+            wait_for_quiet()
             base.append(await plain(port, args.seconds, args.concurrency))
             ours.append(await waypost_client(port, args.seconds, args.concurrency, args.balancer))
     finally:
