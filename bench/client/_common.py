@@ -88,7 +88,7 @@ def busy_share(seconds: float = 1.0) -> float:
     return 1.0 - (idle1 - idle0) / max(1, total1 - total0)
 
 
-def wait_for_quiet(threshold: float = 0.3, max_wait: float = 90.0) -> float:
+def wait_for_quiet(threshold: float = 0.3, max_wait: float = 30.0) -> float:
     """Wait (up to `max_wait` s) until other processes leave the CPUs mostly idle.
 
     The machine is shared; starting a latency run while something else keeps
