@@ -220,7 +220,10 @@ class _TcpProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self._touch()
         self.buffer += data
-        while len(self.buffer) >= 2:
+        while len(self.buffer) >= 2 and self.transport is not None:
+            if self.transport.is_closing():
+                self.buffer.clear()
+                return
             size = int.from_bytes(self.buffer[:2], "big")
             if len(self.buffer) < 2 + size:
                 break
