@@ -72,3 +72,11 @@ def test_read_command_against_no_agent() -> None:
     result = waypost("services", "--http-addr", "http://127.0.0.1:1")
     assert result.returncode == 2
     assert "cannot reach the agent" in result.stderr
+
+
+def test_banner_never_prints_store_credentials() -> None:
+    from waypost.agent import AgentConfig
+
+    config = AgentConfig(store="etcds://admin:s3cret@127.0.0.11:2379,127.0.0.12:2379?ca=/ca.pem")
+    assert "s3cret" not in config.display_store()
+    assert config.display_store() == "etcds://***@127.0.0.11:2379,127.0.0.12:2379?ca=/ca.pem"

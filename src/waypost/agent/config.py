@@ -39,6 +39,14 @@ class AgentConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         data_dir = Path(self.data_dir or platformdirs.user_data_dir("waypost"))
         return f"sqlite://{(data_dir / 'catalog.db').absolute()}"
 
+    def display_store(self) -> str:
+        """The store URL with any user:password@ removed, for logs and banners."""
+        scheme, sep, rest = self.store_url().partition("://")
+        hosts, slash, path = rest.partition("/")
+        if "@" in hosts:
+            hosts = "***@" + hosts.rpartition("@")[2]
+        return f"{scheme}{sep}{hosts}{slash}{path}"
+
     def node_name(self) -> str:
         return self.node or socket.gethostname()
 

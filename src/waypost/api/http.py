@@ -147,7 +147,7 @@ def error_response(exc: Exception) -> Response:
     if isinstance(exc, NotFoundError):
         return text(404, str(exc))
     if isinstance(exc, StoreUnavailable):
-        return text(503, f"store unavailable, write refused: {exc}")
+        return text(503, f"store unavailable: {exc}")
     if isinstance(exc, StorageError):
         return text(500, str(exc))
     log.exception("unexpected error", exc_info=exc)

@@ -102,7 +102,7 @@ def run_agent(config: AgentConfig) -> int:
         await agent.start()
         assert agent.http_address is not None
         host, port = agent.http_address
-        print(f"waypost agent: node {agent.local.name}, datacenter {config.datacenter}, store {config.store_url()}")
+        print(f"waypost agent: node {agent.local.name}, datacenter {config.datacenter}, store {config.display_store()}")
         print(f"HTTP API: http://{_hostport(host, port)}")
         if agent.dns_address is not None:
             print(f"DNS: {_hostport(*agent.dns_address)}")

@@ -10,7 +10,9 @@ The contract, in order of importance:
 1. `commit(ops)` returns only once the batch is durable, and the batch is
    all-or-nothing. Before it returns, the backend has called `apply(index, ops)`
    (on the event loop), so a caller that is acknowledged can read its write.
-2. Indexes strictly increase across commits, across restarts too.
+2. Indexes never decrease, across restarts too; a later commit never gets a
+   lower index. (etcd may give concurrent commits merged into one transaction
+   the same revision: blocking queries only need "greater than what I saw".)
 3. `open(apply)` replays what is stored, as `apply(index, entries)` calls with
    each entry's own create and modify index, before it returns.
 4. A backend that loses track of changes (an etcd watch whose revision was
