@@ -76,6 +76,8 @@ def agent_config(args: argparse.Namespace) -> AgentConfig:
     settings: dict[str, Any] = load_config_file(args.config_file) if args.config_file else {}
     for field in AgentConfig.__struct_fields__:
         value = getattr(args, field, None)
+        if isinstance(value, dict) and isinstance(settings.get(field), dict):
+            value = {**settings[field], **value}  # NAME=VALUE flags add to the file's table
         if value is not None:
             settings[field] = value
     config = AgentConfig(**settings)
