@@ -108,14 +108,25 @@ def test_truncation_sets_tc_and_keeps_whole_records() -> None:
 
 
 def test_cache_drops_entries_by_topic() -> None:
-    cache = AnswerCache(max_entries=2)
-    record = RecordSet(wire.NOERROR, (), topics=(("svc", "a"),))
+    cache = AnswerCache()
+    record = RecordSet(wire.NOERROR, _records(1).answers, topics=(("svc", "a"),))
     first = Entry("a", record, 0, 512, 10)
     cache.put(first)
     cache.invalidate([("svc", "b")])
     assert cache.entries.get("a") is first
     cache.invalidate([("svc", "a")])
     assert "a" not in cache.entries and not first.alive
+
+
+def test_cache_budgets_keep_answers_from_a_flood_of_unknown_names() -> None:
+    cache = AnswerCache(max_entries=2, max_negative=3)
+    positive = RecordSet(wire.NOERROR, _records(1).answers)
     for key in ("x", "y", "z"):
-        cache.put(Entry(key, record, 0, 512, 10))
+        cache.put(Entry(key, positive, 0, 512, 10))
     assert list(cache.entries) == ["y", "z"]  # bounded, oldest out
+    for n in range(100):  # random names: NXDOMAIN entries
+        entry = Entry(f"nx{n}", RecordSet(wire.NXDOMAIN), 0, 512, 10)
+        cache.put(entry)
+        cache.remember_raw(f"raw{n}".encode(), entry, 12)
+    assert {"y", "z"} <= set(cache.entries)
+    assert len(cache.entries) == 5 and len(cache.raw) == 3

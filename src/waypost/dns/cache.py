@@ -36,6 +36,7 @@ from .answers import RecordSet
 VARIANTS: Final = 16
 MAX_ENTRIES: Final = 4096
 MAX_RAW: Final = 16384
+MAX_NEGATIVE: Final = 2048
 
 Variant = tuple[bytes, bytes]  # header after the ID, everything after the question
 
@@ -51,6 +52,7 @@ class Entry:
         "_redraws",
         "alive",
         "key",
+        "positive",
         "topics",
         "variants",
     )
@@ -61,6 +63,7 @@ class Entry:
         self.key = key
         self.topics = records.topics
         self.alive = True
+        self.positive = int(bool(records.answers))  # which eviction budget it counts against
         self._records = records
         self._flags = flags
         self._limit = limit
@@ -145,44 +148,75 @@ def response_flags(rd: int, edns: bool, recursion_available: bool) -> int:
 
 
 class AnswerCache:
-    def __init__(self, max_entries: int = MAX_ENTRIES, max_raw: int = MAX_RAW) -> None:
+    """Entries by key, raw query bytes to entries, and topics to keys.
+
+    Answers with records and negative answers (NXDOMAIN, NODATA) are evicted
+    separately, each oldest first within its own budget: a flood of random
+    names fills the negative budget and cannot push out the answers real
+    clients keep asking for.
+    """
+
+    def __init__(
+        self,
+        max_entries: int = MAX_ENTRIES,
+        max_raw: int = MAX_RAW,
+        max_negative: int = MAX_NEGATIVE,
+    ) -> None:
         self.entries: dict[Hashable, Entry] = {}
         self.raw: dict[bytes, tuple[Entry, int]] = {}
         self._by_topic: dict[Topic, set[Hashable]] = {}
-        self._max_entries = max_entries
-        self._max_raw = max_raw
+        # insertion order of keys, per kind: [negative, positive]
+        self._order: tuple[dict[Hashable, None], dict[Hashable, None]] = ({}, {})
+        self._raw_order: tuple[dict[bytes, None], dict[bytes, None]] = ({}, {})
+        self._budget = (max_negative, max_entries)
+        self._raw_budget = (max_negative, max_raw)
         self.invalidations = 0
+        self.evictions = 0
 
     def put(self, entry: Entry) -> None:
-        if len(self.entries) >= self._max_entries:
-            self._drop(next(iter(self.entries)))
         self._drop(entry.key)
+        order = self._order[entry.positive]
+        if len(order) >= self._budget[entry.positive]:
+            self.evictions += 1
+            self._drop(next(iter(order)))
         self.entries[entry.key] = entry
+        order[entry.key] = None
         for topic in entry.topics:
             self._by_topic.setdefault(topic, set()).add(entry.key)
 
     def remember_raw(self, raw: bytes, entry: Entry, qend: int) -> None:
-        if len(self.raw) >= self._max_raw:
-            del self.raw[next(iter(self.raw))]
+        self._forget_raw(raw)
+        order = self._raw_order[entry.positive]
+        if len(order) >= self._raw_budget[entry.positive]:
+            self._forget_raw(next(iter(order)))
         self.raw[raw] = (entry, qend)
+        order[raw] = None
+
+    def _forget_raw(self, raw: bytes) -> None:
+        hit = self.raw.pop(raw, None)
+        if hit is not None:
+            del self._raw_order[hit[0].positive][raw]
 
     def invalidate(self, topics: Iterable[Topic]) -> None:
         """The catalog changed these topics: drop every entry read from them."""
         for topic in topics:
             for key in self._by_topic.pop(topic, ()):
+                self.invalidations += 1
                 self._drop(key)
 
     def clear(self) -> None:
         for key in list(self.entries):
             self._drop(key)
         self.raw.clear()
+        for order in self._raw_order:
+            order.clear()
 
     def _drop(self, key: Hashable) -> None:
         entry = self.entries.pop(key, None)
         if entry is None:
             return
         entry.alive = False
-        self.invalidations += 1
+        del self._order[entry.positive][key]
         for topic in entry.topics:
             keys = self._by_topic.get(topic)
             if keys is not None:
@@ -193,6 +227,8 @@ class AnswerCache:
     def statistics(self) -> dict[str, float]:
         return {
             "cache_entries": len(self.entries),
+            "cache_negative_entries": len(self._order[0]),
             "cache_raw_entries": len(self.raw),
             "cache_invalidations": self.invalidations,
+            "cache_evictions": self.evictions,
         }
