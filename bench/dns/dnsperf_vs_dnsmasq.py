@@ -7,7 +7,11 @@ put in the additional section. The agent runs as `waypost agent --dev`
 (under uvloop, as the CLI does); dnsmasq is the Debian package serving the
 same names from --host-record/--srv-host, with no upstream.
 
-For every query type the runs alternate between the two servers, `--reps`
+A third query set, NX, cycles through 20,000 distinct unknown names
+(`r<n>.service.consul`, NXDOMAIN from both; dnsmasq is local for `consul`):
+the worst case for waypost's answer cache, every query a miss.
+
+For every query set the runs alternate between the two servers, `--reps`
 times, and medians are reported:
 
 - throughput: `dnsperf -c 10 -q 100 -l DURATION` (10 sockets, 100 queries in
@@ -51,7 +55,12 @@ sys.path.insert(0, str(ROOT))
 from tests.agentproc import AgentProcess  # noqa: E402
 
 N = 10
-QUERIES = {"A": "bench.service.consul A", "SRV": "_bench._tcp.service.consul SRV"}
+QUERIES = {
+    "A": ["bench.service.consul A"],
+    "SRV": ["_bench._tcp.service.consul SRV"],
+    # worst case for a cache: 20,000 distinct unknown names in a loop (NXDOMAIN)
+    "NX": [f"r{n}.service.consul A" for n in range(20_000)],
+}
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -96,7 +105,7 @@ def dnsmasq() -> Iterator[tuple[str, int, int]]:
     port = _free_udp_port()
     args = [binary, "--no-daemon", "--no-resolv", "--no-hosts", "--bind-interfaces",
             "--listen-address=127.0.0.1", f"--port={port}", "--cache-size=1000",
-            "--log-facility=/dev/null"]  # fmt: skip
+            "--log-facility=/dev/null", "--local=/consul/"]  # fmt: skip
     for address, srv_port, target in addresses():
         args.append(f"--host-record=bench.service.consul,{address}")
         args.append(f"--host-record={target},{address}")
@@ -184,9 +193,9 @@ def run(reps: int, duration: float, rate: int) -> dict[tuple[str, str], dict[str
     samples: dict[tuple[str, str], list[dict[str, float]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         files = {}
-        for qtype, line in QUERIES.items():
+        for qtype, lines in QUERIES.items():
             files[qtype] = str(Path(tmp) / f"{qtype}.txt")
-            Path(files[qtype]).write_text(line + "\n")
+            Path(files[qtype]).write_text("\n".join(lines) + "\n")
         with waypost() as wp, dnsmasq() as dm:
             started = {"waypost": wp, "dnsmasq": dm}
             for rep in range(reps):
