@@ -247,3 +247,14 @@ def test_slowloris_connections_are_closed_after_the_header_deadline(tmp_path) ->
             assert http.get("/v1/status/leader").status_code == 200
     finally:
         slow.stop()
+
+
+def test_ui_service_summaries(http: httpx.Client, unique: str) -> None:
+    register(http, {"Name": unique, "ID": f"{unique}-1", "Tags": ["t"], "Check": {"TTL": "1m", "Status": "passing"}})
+    register(http, {"Name": unique, "ID": f"{unique}-2", "Check": {"TTL": "1m", "Status": "warning"}})
+    r = http.get("/v1/internal/ui/services")
+    assert int(r.headers["x-consul-index"]) >= 1
+    (row,) = [s for s in r.json() if s["Name"] == unique]
+    assert row["Tags"] == ["t"]
+    assert (row["InstanceCount"], row["InstancesPassing"], row["InstancesWarning"], row["InstancesCritical"]) == (2, 1, 1, 0)
+    assert (row["ChecksPassing"], row["ChecksWarning"]) == (3, 1)  # serfHealth counts once per instance

@@ -87,3 +87,16 @@ async def test_output_only_change_is_memory_only() -> None:
     assert catalog.state.checks[("n1", "c1")].output == "new output"
     await catalog.update_check("n1", "c1", "critical", "down")
     assert catalog.state.index > index
+
+
+async def test_a_read_over_several_topics_wakes_when_any_one_changes() -> None:
+    from waypost.catalog.watch import CHECKS, NODES, SERVICES
+
+    catalog = await open_catalog()
+    await catalog.put(node(), service("a1", "a"), check("c1", "a1", "a", status="critical"))
+    topics = (SERVICES, CHECKS, NODES)
+    index = catalog.state.index_of(topics)
+    waiter = asyncio.create_task(catalog.block(topics, index, 5))
+    await asyncio.sleep(0.01)
+    await catalog.put(check("c1", "a1", "a", status="passing"))  # CHECKS only
+    await asyncio.wait_for(waiter, 1)

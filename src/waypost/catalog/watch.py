@@ -55,7 +55,7 @@ class Watches:
     async def wait(self, topics: Iterable[Topic], timeout: float) -> bool:
         """Sleep until one of `topics` fires (True) or `timeout` passes (False)."""
         futures = {self.future(t) for t in topics}
-        done, _ = await asyncio.wait(futures, timeout=timeout)
+        done, _ = await asyncio.wait(futures, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         return bool(done)
 
     def statistics(self) -> dict[str, float]:
