@@ -21,7 +21,7 @@ class AgentConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     datacenter: str = "dc1"
     advertise: str = "127.0.0.1"
     log_level: str = "info"
-    http_header_timeout: float = 10.0  # seconds a client has to send a request's headers
+    http_read_timeout: float = 10.0  # seconds a client has to send a whole request
     enable_script_checks: bool = False
     domain: str = "consul."
     alt_domain: str = ""

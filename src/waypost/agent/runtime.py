@@ -79,7 +79,7 @@ class Agent:
         config = uvicorn.Config(
             AgentApp(self),
             loop="none",
-            http=guarded_protocol(self.config.http_header_timeout),
+            http=guarded_protocol(self.config.http_read_timeout),
             lifespan="off",
             access_log=False,
             proxy_headers=False,  # not behind a proxy; the middleware costs every request

@@ -20,7 +20,6 @@ from .._exceptions import NotFoundError, StorageError, StoreUnavailable, Validat
 log = logging.getLogger("waypost.api")
 
 MAX_BODY = 1 << 20  # 1 MiB: a registration is a few KB
-BODY_TIMEOUT = 10.0  # a client that stalls mid-body is cut off
 
 _JSON_ENCODER = msgspec.json.Encoder()
 
@@ -54,24 +53,24 @@ class Request:
         return name in self.query
 
     async def body(self) -> bytes:
-        """The whole body, at most MAX_BODY bytes, within BODY_TIMEOUT seconds."""
+        """The whole body, at most MAX_BODY bytes.
+
+        How long a client may take to send it is bounded by the connection's
+        read deadline (api/protocol.py), which closes a stalled connection.
+        """
         chunks: list[bytes] = []
         size = 0
-        try:
-            async with asyncio.timeout(BODY_TIMEOUT):
-                while True:
-                    message = await self._receive()
-                    chunk = message.get("body", b"")
-                    size += len(chunk)
-                    if size > MAX_BODY:
-                        raise HttpError(
-                            413, f"Request body too large: the limit is {MAX_BODY} bytes"
-                        )
-                    chunks.append(chunk)
-                    if not message.get("more_body"):
-                        return b"".join(chunks)
-        except TimeoutError:
-            raise HttpError(408, f"Request body not received within {BODY_TIMEOUT:g}s") from None
+        while True:
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                raise HttpError(408, "the client closed the connection before its body arrived")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > MAX_BODY:
+                raise HttpError(413, f"Request body too large: the limit is {MAX_BODY} bytes")
+            chunks.append(chunk)
+            if not message.get("more_body"):
+                return b"".join(chunks)
 
 
 class Response:
