@@ -7,7 +7,6 @@ microseconds that show up directly in the requests/s figure.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
