@@ -26,6 +26,7 @@ Both maps are bounded and evict oldest first.
 from __future__ import annotations
 
 import random
+from collections import OrderedDict
 from collections.abc import Hashable, Iterable
 from typing import Final
 
@@ -166,8 +167,8 @@ class AnswerCache:
         self.raw: dict[bytes, tuple[Entry, int]] = {}
         self._by_topic: dict[Topic, set[Hashable]] = {}
         # insertion order of keys, per kind: [negative, positive]
-        self._order: tuple[dict[Hashable, None], dict[Hashable, None]] = ({}, {})
-        self._raw_order: tuple[dict[bytes, None], dict[bytes, None]] = ({}, {})
+        self._order: tuple[OrderedDict[Hashable, None], ...] = (OrderedDict(), OrderedDict())
+        self._raw_order: tuple[OrderedDict[bytes, None], ...] = (OrderedDict(), OrderedDict())
         self._budget = (max_negative, max_entries)
         self._raw_budget = (max_negative, max_raw)
         self.invalidations = 0
@@ -178,7 +179,7 @@ class AnswerCache:
         order = self._order[entry.positive]
         if len(order) >= self._budget[entry.positive]:
             self.evictions += 1
-            self._drop(next(iter(order)))
+            self._drop(order.popitem(last=False)[0], ordered=False)
         self.entries[entry.key] = entry
         order[entry.key] = None
         for topic in entry.topics:
@@ -188,7 +189,7 @@ class AnswerCache:
         self._forget_raw(raw)
         order = self._raw_order[entry.positive]
         if len(order) >= self._raw_budget[entry.positive]:
-            self._forget_raw(next(iter(order)))
+            self.raw.pop(order.popitem(last=False)[0], None)
         self.raw[raw] = (entry, qend)
         order[raw] = None
 
@@ -211,12 +212,13 @@ class AnswerCache:
         for order in self._raw_order:
             order.clear()
 
-    def _drop(self, key: Hashable) -> None:
+    def _drop(self, key: Hashable, ordered: bool = True) -> None:
         entry = self.entries.pop(key, None)
         if entry is None:
             return
         entry.alive = False
-        del self._order[entry.positive][key]
+        if ordered:
+            del self._order[entry.positive][key]
         for topic in entry.topics:
             keys = self._by_topic.get(topic)
             if keys is not None:
