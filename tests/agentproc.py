@@ -29,6 +29,7 @@ class AgentProcess:
         self.dns_host = ""
         self.dns_port = 0
         self.output: list[str] = []
+        self._reader: threading.Thread | None = None
 
     def start(self) -> AgentProcess:
         cmd = [sys.executable, "-m", "waypost.cli.main", "agent", *self.args]
@@ -40,18 +41,20 @@ class AgentProcess:
         while time.monotonic() < deadline:
             line = self.proc.stdout.readline()
             if not line:
-                raise RuntimeError(f"agent exited early ({self.proc.wait()}):\n{''.join(self.output)}")
+                code = self.proc.wait()
+                raise RuntimeError(f"agent exited early ({code}):\n{''.join(self.output)}")
             self.output.append(line)
             if m := re.match(r"HTTP API: (http://\S+)", line):
                 self.http_url = m.group(1)
             elif m := re.match(r"DNS: (\S+):(\d+)", line):
                 self.dns_host, self.dns_port = m.group(1).strip("[]"), int(m.group(2))
-            if self.http_url and ("--dns" in self.args and "off" in self.args or self.dns_port):
+            if line.startswith("waypost agent running"):
                 break
         else:
             self.kill()
             raise RuntimeError("agent did not become ready:\n" + "".join(self.output))
-        threading.Thread(target=self._drain, daemon=True).start()
+        self._reader = threading.Thread(target=self._drain, daemon=True)
+        self._reader.start()
         return self
 
     def _drain(self) -> None:
@@ -76,6 +79,11 @@ class AgentProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             return self.proc.wait()
+        finally:
+            if self._reader is not None:
+                self._reader.join(2)  # it ends at EOF, now that the process is gone
+            if self.proc.stdout is not None:
+                self.proc.stdout.close()
 
     def kill(self) -> None:
         """SIGKILL: the crash tests' way of stopping."""

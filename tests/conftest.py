@@ -1,10 +1,9 @@
-"""Shared fixtures: a real agent process per session (dev store) and per test (sqlite)."""
+"""Shared fixtures: a real agent process for the session, and unique service names."""
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -24,16 +23,6 @@ def agent() -> Iterator[AgentProcess]:
     ).start()
     yield proc
     assert proc.stop() == 0, "agent did not exit cleanly on SIGTERM:\n" + "".join(proc.output)
-
-
-@pytest.fixture
-def sqlite_agent(tmp_path: Path) -> Iterator[AgentProcess]:
-    """A fresh agent on a sqlite store in tmp_path (restartable: see `.data_dir`)."""
-    proc = AgentProcess(
-        "--data-dir", str(tmp_path / "data"), "--http", "127.0.0.1:0", "--dns", "off", "--node", "n1"
-    ).start()
-    yield proc
-    proc.stop()
 
 
 @pytest.fixture

@@ -22,33 +22,84 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="waypost", description="Service discovery for Python.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    agent = sub.add_parser("agent", help="run the registry agent (Consul-compatible HTTP API and DNS)")
-    agent.add_argument("--config-file", metavar="FILE", help="TOML file with the same settings as the flags")
-    agent.add_argument("--http", metavar="ADDR:PORT", help="HTTP API address (default 127.0.0.1:8500; port 0 picks one)")
-    agent.add_argument("--dns", metavar="ADDR:PORT", help="DNS address (default 127.0.0.1:8600; 'off' disables)")
-    agent.add_argument("--data-dir", metavar="DIR", help="where the embedded store lives (default: a per-user data dir)")
-    agent.add_argument("--store", metavar="URL", help="sqlite:///path, memory:// or etcd://h1:2379,h2:2379")
-    agent.add_argument("--dev", action="store_true", default=None, help="in-memory store, for development")
-    agent.add_argument("--node", metavar="NAME", help="this agent's node name (default: the host name)")
-    agent.add_argument("--datacenter", metavar="NAME", help="datacenter name (default dc1)")
-    agent.add_argument("--advertise", metavar="ADDR", help="the node address others see (default 127.0.0.1)")
-    agent.add_argument("--log-level", choices=LOG_LEVELS, help="default info")
-    agent.add_argument("--enable-script-checks", action="store_true", default=None, help="allow checks that run commands")
-    agent.add_argument("--domain", metavar="DOMAIN", help="DNS domain (default consul.)")
-    agent.add_argument("--alt-domain", metavar="DOMAIN", help="a second DNS domain answered the same way")
-    agent.add_argument("--dns-only-passing", action="store_true", default=None, help="DNS leaves out warning instances too")
-    agent.add_argument("--recursor", dest="recursors", action="append", metavar="ADDR:PORT", help="forward other names here")
+    agent = sub.add_parser(
+        "agent", help="run the registry agent (Consul-compatible HTTP API and DNS)"
+    )
     agent.add_argument(
-        "--dns-service-ttl", action=_KeyValue, metavar="NAME=DURATION",
+        "--config-file", metavar="FILE", help="TOML file with the same settings as the flags"
+    )
+    agent.add_argument(
+        "--http",
+        metavar="ADDR:PORT",
+        help="HTTP API address (default 127.0.0.1:8500; port 0 picks one)",
+    )
+    agent.add_argument(
+        "--dns", metavar="ADDR:PORT", help="DNS address (default 127.0.0.1:8600; 'off' disables)"
+    )
+    agent.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="where the embedded store lives (default: a per-user data dir)",
+    )
+    agent.add_argument(
+        "--store", metavar="URL", help="sqlite:///path, memory:// or etcd://h1:2379,h2:2379"
+    )
+    agent.add_argument(
+        "--dev", action="store_true", default=None, help="in-memory store, for development"
+    )
+    agent.add_argument(
+        "--node", metavar="NAME", help="this agent's node name (default: the host name)"
+    )
+    agent.add_argument("--datacenter", metavar="NAME", help="datacenter name (default dc1)")
+    agent.add_argument(
+        "--advertise", metavar="ADDR", help="the node address others see (default 127.0.0.1)"
+    )
+    agent.add_argument("--log-level", choices=LOG_LEVELS, help="default info")
+    agent.add_argument(
+        "--enable-script-checks",
+        action="store_true",
+        default=None,
+        help="allow checks that run commands",
+    )
+    agent.add_argument("--domain", metavar="DOMAIN", help="DNS domain (default consul.)")
+    agent.add_argument(
+        "--alt-domain", metavar="DOMAIN", help="a second DNS domain answered the same way"
+    )
+    agent.add_argument(
+        "--dns-only-passing",
+        action="store_true",
+        default=None,
+        help="DNS leaves out warning instances too",
+    )
+    agent.add_argument(
+        "--recursor",
+        dest="recursors",
+        action="append",
+        metavar="ADDR:PORT",
+        help="forward other names here",
+    )
+    agent.add_argument(
+        "--dns-service-ttl",
+        action=_KeyValue,
+        metavar="NAME=DURATION",
         help="DNS TTL of a service's records, e.g. web=10s or '*=5s' (repeatable; default 0)",
     )
-    agent.add_argument("--dns-node-ttl", metavar="DURATION", help="DNS TTL of node records (default 0s)")
+    agent.add_argument(
+        "--dns-node-ttl", metavar="DURATION", help="DNS TTL of node records (default 0s)"
+    )
 
-    for name, text in (("services", "list the services a running agent knows"), ("members", "list the agents' nodes")):
+    for name, text in (
+        ("services", "list the services a running agent knows"),
+        ("members", "list the agents' nodes"),
+    ):
         cmd = sub.add_parser(name, help=text)
-        cmd.add_argument("--http-addr", default="http://127.0.0.1:8500", metavar="URL", help="the agent to ask")
+        cmd.add_argument(
+            "--http-addr", default="http://127.0.0.1:8500", metavar="URL", help="the agent to ask"
+        )
 
-    demo = sub.add_parser("demo", help="run the order/payment example locally and show load balancing")
+    demo = sub.add_parser(
+        "demo", help="run the order/payment example locally and show load balancing"
+    )
     demo.add_argument("--requests", type=int, default=60, help="requests the order service sends")
     return parser
 
@@ -104,10 +155,12 @@ def run_agent(config: AgentConfig) -> int:
         await agent.start()
         assert agent.http_address is not None
         host, port = agent.http_address
-        print(f"waypost agent: node {agent.local.name}, datacenter {config.datacenter}, store {config.display_store()}")
+        where = f"node {agent.local.name}, datacenter {config.datacenter}"
+        print(f"waypost agent: {where}, store {config.display_store()}")
         print(f"HTTP API: http://{_hostport(host, port)}")
         if agent.dns_address is not None:
             print(f"DNS: {_hostport(*agent.dns_address)}")
+        print("waypost agent running")
         sys.stdout.flush()
         await agent.run()
 
@@ -141,20 +194,40 @@ def show_services(base: str) -> int:
     for name in _get(base, "/v1/catalog/services"):
         entries = _get(base, f"/v1/health/service/{name}")
         statuses = [_worst(e["Checks"]) for e in entries]
-        rows.append((name, len(entries), statuses.count("passing"), statuses.count("warning"), statuses.count("critical")))
+        rows.append(
+            (
+                name,
+                len(entries),
+                statuses.count("passing"),
+                statuses.count("warning"),
+                statuses.count("critical"),
+            )
+        )
     print_table(("SERVICE", "INSTANCES", "PASSING", "WARNING", "CRITICAL"), rows)
     return 0
 
 
 def show_members(base: str) -> int:
-    rows = [(m["Name"], m["Addr"], {1: "alive", 4: "failed"}.get(m["Status"], "left"), m["Tags"].get("dc", "")) for m in _get(base, "/v1/agent/members")]
+    rows = [
+        (
+            m["Name"],
+            m["Addr"],
+            {1: "alive", 4: "failed"}.get(m["Status"], "left"),
+            m["Tags"].get("dc", ""),
+        )
+        for m in _get(base, "/v1/agent/members")
+    ]
     print_table(("NODE", "ADDRESS", "STATUS", "DC"), rows)
     return 0
 
 
 def _worst(checks: list[dict[str, Any]]) -> str:
     order = ("passing", "warning", "critical")
-    return max((c["Status"] for c in checks), key=lambda s: order.index(s) if s in order else 2, default="passing")
+    return max(
+        (c["Status"] for c in checks),
+        key=lambda s: order.index(s) if s in order else 2,
+        default="passing",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
