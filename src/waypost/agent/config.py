@@ -31,7 +31,7 @@ class AgentConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     recursors: list[str] = []
 
     def store_url(self) -> str:
-        """The store the flags ask for: --store, else memory for --dev, else sqlite in the data dir."""
+        """--store, else memory for --dev, else sqlite in the data dir."""
         if self.store:
             return self.store
         if self.dev:
@@ -77,5 +77,7 @@ def split_address(value: str, flag: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     host = host.strip("[]")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(f"{flag} {value!r}: expected ADDRESS:PORT, e.g. 127.0.0.1:8500 (port 0 picks one)")
+        raise ConfigError(
+            f"{flag} {value!r}: expected ADDRESS:PORT, e.g. 127.0.0.1:8500 (port 0 picks one)"
+        )
     return host, int(port)
