@@ -45,7 +45,7 @@ class LocalAgent:
         live = Entry(codec.live_key(self.name), b"", ephemeral=True)
         await self.catalog.commit([codec.put(self.node), codec.put(serf), live])
 
-    def _service_checks(self, body: decode._ServiceBody, service: Service) -> list[Check]:
+    def _service_checks(self, body: decode.ServiceBody, service: Service) -> list[Check]:
         bodies = ([body.check] if body.check else []) + list(body.checks)
         checks = []
         for n, check_body in enumerate(bodies, start=1):
@@ -61,7 +61,7 @@ class LocalAgent:
         return checks
 
     def _check(
-        self, body: decode._CheckBody, check_id: str, name: str, service: Service | None
+        self, body: decode.CheckBody, check_id: str, name: str, service: Service | None
     ) -> Check:
         owner = (service.id, service.name, service.tags) if service else None
         check = decode.build_check(body, self.name, check_id, name, owner)
@@ -72,20 +72,8 @@ class LocalAgent:
             )
         return check
 
-    async def register_service(self, body: decode._ServiceBody, replace_checks: bool) -> None:
-        service = Service(
-            node=self.name,
-            id=body.id or body.name,
-            name=body.name,
-            tags=tuple(body.tags),
-            address=body.address,
-            port=body.port,
-            meta=body.meta,
-            weights=decode.weights_of(body),
-            tagged_addresses=decode.tagged_of(body),
-            enable_tag_override=body.enabletagoverride,
-            kind=body.kind,
-        )
+    async def register_service(self, body: decode.ServiceBody, replace_checks: bool) -> None:
+        service = decode.build_service(body, self.name)
         checks = self._service_checks(body, service)
         if len({c.check_id for c in checks}) != len(checks):
             raise ValidationError("Two checks of the service have the same CheckID")
@@ -100,7 +88,7 @@ class LocalAgent:
         await self.catalog.deregister_service(self.name, service_id)
         self.runner.refresh(check_ids)
 
-    async def register_check(self, body: decode._CheckBody) -> None:
+    async def register_check(self, body: decode.CheckBody) -> None:
         service = None
         if body.serviceid:
             service = self.catalog.state.services.get((self.name, body.serviceid))

@@ -329,14 +329,14 @@ class ConsulApi:
             entries.append(codec.put(node))
         service = None
         if body.service is not None:
-            service = _catalog_service(body.node, body.service)
+            service = decode.build_service(body.service, body.node)
             entries.append(codec.put(service))
         for check_body in ([body.check] if body.check else []) + body.checks:
             entries.append(codec.put(self._catalog_check(body.node, check_body, service)))
         await self.catalog.commit(entries)
         return json_bytes(_TRUE)
 
-    def _catalog_check(self, node: str, body: decode._CheckBody, service: Service | None) -> Check:
+    def _catalog_check(self, node: str, body: decode.CheckBody, service: Service | None) -> Check:
         status = body.status or "critical"
         decode.validate_status(status, "Invalid check status")
         if not body.name and not body.checkid:
@@ -370,22 +370,6 @@ class ConsulApi:
         else:
             await self.catalog.deregister_node(body.node)
         return json_bytes(_TRUE)
-
-
-def _catalog_service(node: str, body: decode._ServiceBody) -> Service:
-    return Service(
-        node=node,
-        id=body.id or body.name,
-        name=body.name,
-        tags=tuple(body.tags),
-        address=body.address,
-        port=body.port,
-        meta=body.meta,
-        weights=decode.weights_of(body),
-        tagged_addresses=decode.tagged_of(body),
-        enable_tag_override=body.enabletagoverride,
-        kind=body.kind,
-    )
 
 
 def _enable_flag(req: Request) -> bool:

@@ -16,7 +16,7 @@ from typing import Any, Final
 import msgspec
 
 from .._exceptions import ValidationError
-from ..catalog.model import Check, CheckDefinition, ServiceAddress, Weights
+from ..catalog.model import Check, CheckDefinition, Service, ServiceAddress, Weights
 
 # Maps whose keys belong to the user and are kept as sent.
 _OPAQUE: Final = frozenset({"meta", "nodemeta", "servicemeta", "header"})
@@ -71,7 +71,7 @@ def parse_duration(value: object, field: str) -> float:
     return sign * sum(float(n) * _UNITS[u] for n, u in parts)
 
 
-class _CheckBody(msgspec.Struct):
+class CheckBody(msgspec.Struct):
     checkid: str = ""
     id: str = ""
     name: str = ""
@@ -99,17 +99,17 @@ class _CheckBody(msgspec.Struct):
     output: str = ""
 
 
-class _WeightsBody(msgspec.Struct):
+class WeightsBody(msgspec.Struct):
     passing: int = 1
     warning: int = 1
 
 
-class _AddressBody(msgspec.Struct):
+class AddressBody(msgspec.Struct):
     address: str = ""
     port: int = 0
 
 
-class _ServiceBody(msgspec.Struct):
+class ServiceBody(msgspec.Struct):
     id: str = ""
     name: str = ""
     service: str = ""  # the catalog endpoint's spelling of Name
@@ -117,34 +117,34 @@ class _ServiceBody(msgspec.Struct):
     address: str = ""
     port: int = 0
     meta: dict[str, str] = {}
-    weights: _WeightsBody | None = None
-    taggedaddresses: dict[str, _AddressBody] = {}
+    weights: WeightsBody | None = None
+    taggedaddresses: dict[str, AddressBody] = {}
     enabletagoverride: bool = False
     kind: str = ""
-    check: _CheckBody | None = None
-    checks: list[_CheckBody] = []
+    check: CheckBody | None = None
+    checks: list[CheckBody] = []
 
 
-class _CatalogBody(msgspec.Struct):
+class CatalogBody(msgspec.Struct):
     node: str = ""
     id: str = ""
     address: str = ""
     datacenter: str = ""
     taggedaddresses: dict[str, str] = {}
     nodemeta: dict[str, str] = {}
-    service: _ServiceBody | None = None
-    check: _CheckBody | None = None
-    checks: list[_CheckBody] = []
+    service: ServiceBody | None = None
+    check: CheckBody | None = None
+    checks: list[CheckBody] = []
     skipnodeupdate: bool = False
 
 
-class _CatalogDeregisterBody(msgspec.Struct):
+class CatalogDeregisterBody(msgspec.Struct):
     node: str = ""
     serviceid: str = ""
     checkid: str = ""
 
 
-class _UpdateBody(msgspec.Struct):
+class UpdateBody(msgspec.Struct):
     status: str = ""
     output: str = ""
 
@@ -167,8 +167,8 @@ def _consul_path(message: str) -> str:
     return message.replace("`$.", "`").replace("`$`", "the body")
 
 
-def decode_service(raw: bytes) -> _ServiceBody:
-    body: _ServiceBody = _convert(raw, _ServiceBody)
+def decode_service(raw: bytes) -> ServiceBody:
+    body: ServiceBody = _convert(raw, ServiceBody)
     body.name = body.name or body.service
     if not body.name:
         raise ValidationError("Missing service name")
@@ -182,15 +182,15 @@ def decode_service(raw: bytes) -> _ServiceBody:
     return body
 
 
-def decode_check(raw: bytes) -> _CheckBody:
-    body: _CheckBody = _convert(raw, _CheckBody)
+def decode_check(raw: bytes) -> CheckBody:
+    body: CheckBody = _convert(raw, CheckBody)
     if not body.name:
         raise ValidationError("Missing check name")
     return body
 
 
-def decode_catalog_register(raw: bytes) -> _CatalogBody:
-    body: _CatalogBody = _convert(raw, _CatalogBody)
+def decode_catalog_register(raw: bytes) -> CatalogBody:
+    body: CatalogBody = _convert(raw, CatalogBody)
     if not body.node:
         raise ValidationError("Must provide node")
     if not body.address and not body.skipnodeupdate:
@@ -203,15 +203,15 @@ def decode_catalog_register(raw: bytes) -> _CatalogBody:
     return body
 
 
-def decode_catalog_deregister(raw: bytes) -> _CatalogDeregisterBody:
-    body: _CatalogDeregisterBody = _convert(raw, _CatalogDeregisterBody)
+def decode_catalog_deregister(raw: bytes) -> CatalogDeregisterBody:
+    body: CatalogDeregisterBody = _convert(raw, CatalogDeregisterBody)
     if not body.node:
         raise ValidationError("Must provide node")
     return body
 
 
-def decode_update(raw: bytes) -> _UpdateBody:
-    body: _UpdateBody = _convert(raw, _UpdateBody)
+def decode_update(raw: bytes) -> UpdateBody:
+    body: UpdateBody = _convert(raw, UpdateBody)
     validate_status(body.status, "Invalid check status")
     return body
 
@@ -226,17 +226,34 @@ def validate_status(status: str, prefix: str) -> None:
         raise ValidationError(f'{prefix}: "{status}" (expected passing, warning or critical)')
 
 
-def weights_of(body: _ServiceBody) -> Weights:
+def build_service(body: ServiceBody, node: str) -> Service:
+    """A Service record from a validated body (agent or catalog registration)."""
+    return Service(
+        node=node,
+        id=body.id or body.name,
+        name=body.name,
+        tags=tuple(body.tags),
+        address=body.address,
+        port=body.port,
+        meta=body.meta,
+        weights=_weights_of(body),
+        tagged_addresses=_tagged_of(body),
+        enable_tag_override=body.enabletagoverride,
+        kind=body.kind,
+    )
+
+
+def _weights_of(body: ServiceBody) -> Weights:
     if body.weights is None:
         return Weights()
     return Weights(body.weights.passing, body.weights.warning)
 
 
-def tagged_of(body: _ServiceBody) -> dict[str, ServiceAddress]:
+def _tagged_of(body: ServiceBody) -> dict[str, ServiceAddress]:
     return {k: ServiceAddress(v.address, v.port) for k, v in body.taggedaddresses.items()}
 
 
-def check_definition(body: _CheckBody) -> CheckDefinition:
+def check_definition(body: CheckBody) -> CheckDefinition:
     """Validate a check's type and timing and build its definition.
 
     Raises:
@@ -300,7 +317,7 @@ def _validate_definition(defn: CheckDefinition) -> None:
 
 
 def build_check(
-    body: _CheckBody,
+    body: CheckBody,
     node: str,
     check_id: str,
     name: str,
