@@ -15,22 +15,6 @@ LEASE_TTL = 3  # seconds: short, so a dead agent's node turns critical quickly
 AgentFactory = Callable[[str], AgentProcess]
 
 
-@pytest.fixture(scope="session")
-def etcd_session() -> Iterator[etcd_cluster.EtcdCluster]:
-    if not etcd_cluster.available():
-        pytest.skip(f"etcd is not installed at {etcd_cluster.ETCD} (apt-get install etcd-server)")
-    yield etcd_cluster.acquire()
-    etcd_cluster.release()
-
-
-@pytest.fixture
-def cluster(etcd_session: etcd_cluster.EtcdCluster) -> Iterator[etcd_cluster.EtcdCluster]:
-    """The shared cluster, all members up; restored after a test that killed some."""
-    etcd_session.heal()
-    yield etcd_session
-    etcd_session.heal()
-
-
 @pytest.fixture
 def store_url(cluster: etcd_cluster.EtcdCluster) -> str:
     """A store URL with a prefix of this test's own (one catalog per test)."""

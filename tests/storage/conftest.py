@@ -3,29 +3,10 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 
 import pytest
 
 from waypost.storage import Entry
-
-from .. import etcd_cluster
-
-
-@pytest.fixture(scope="session")
-def etcd_session() -> Iterator[etcd_cluster.EtcdCluster]:
-    if not etcd_cluster.available():
-        pytest.skip(f"etcd is not installed at {etcd_cluster.ETCD} (apt-get install etcd-server)")
-    yield etcd_cluster.acquire()
-    etcd_cluster.release()
-
-
-@pytest.fixture
-def cluster(etcd_session: etcd_cluster.EtcdCluster) -> Iterator[etcd_cluster.EtcdCluster]:
-    """The shared cluster, all members up; restored after a test that killed some."""
-    etcd_session.heal()
-    yield etcd_session
-    etcd_session.heal()
 
 
 @pytest.fixture
