@@ -260,3 +260,16 @@ def test_ui_service_summaries(http: httpx.Client, unique: str) -> None:
     assert row["Tags"] == ["t"]
     assert (row["InstanceCount"], row["InstancesPassing"], row["InstancesWarning"], row["InstancesCritical"]) == (2, 1, 1, 0)
     assert (row["ChecksPassing"], row["ChecksWarning"]) == (3, 1)  # serfHealth counts once per instance
+
+
+def test_node_maintenance_takes_every_instance_out_of_passing(http: httpx.Client, unique: str) -> None:
+    register(http, {"Name": unique, "ID": f"{unique}-1", "Check": {"TTL": "1m", "Status": "passing"}})
+    assert len(http.get(f"/v1/health/service/{unique}?passing").json()) == 1
+    assert http.put("/v1/agent/maintenance", params={"enable": "true", "reason": "kernel"}).status_code == 200
+    try:
+        assert http.get(f"/v1/health/service/{unique}?passing").json() == []
+        notes = http.get("/v1/agent/checks").json()["_node_maintenance"]["Notes"]
+        assert notes == "kernel"
+    finally:
+        assert http.put("/v1/agent/maintenance", params={"enable": "false"}).status_code == 200
+    assert len(http.get(f"/v1/health/service/{unique}?passing").json()) == 1

@@ -112,37 +112,33 @@ class LocalAgent:
         service = self.catalog.state.services.get((self.name, service_id))
         if service is None:
             raise NotFoundError(f'Unknown service ID "{service_id}"')
-        check_id = SERVICE_MAINT_PREFIX + service_id
-        if not enable:
-            if (self.name, check_id) in self.catalog.state.checks:
-                await self.catalog.deregister_check(self.name, check_id)
-            return
-        await self.catalog.put(
-            Check(
-                node=self.name,
-                check_id=check_id,
-                name="Service Maintenance Mode",
-                status="critical",
-                notes=reason or DEFAULT_REASON.format("service"),
-                service_id=service.id,
-                service_name=service.name,
-                service_tags=service.tags,
-                type="maintenance",
-            )
+        check = Check(
+            node=self.name,
+            check_id=SERVICE_MAINT_PREFIX + service_id,
+            name="Service Maintenance Mode",
+            status="critical",
+            notes=reason or DEFAULT_REASON.format("service"),
+            service_id=service.id,
+            service_name=service.name,
+            service_tags=service.tags,
+            type="maintenance",
         )
+        await self._maintenance(check, enable)
 
     async def node_maintenance(self, enable: bool, reason: str) -> None:
-        if not enable:
-            if (self.name, NODE_MAINT_CHECK_ID) in self.catalog.state.checks:
-                await self.catalog.deregister_check(self.name, NODE_MAINT_CHECK_ID)
-            return
-        await self.catalog.put(
-            Check(
-                node=self.name,
-                check_id=NODE_MAINT_CHECK_ID,
-                name="Node Maintenance Mode",
-                status="critical",
-                notes=reason or DEFAULT_REASON.format("node"),
-                type="maintenance",
-            )
+        check = Check(
+            node=self.name,
+            check_id=NODE_MAINT_CHECK_ID,
+            name="Node Maintenance Mode",
+            status="critical",
+            notes=reason or DEFAULT_REASON.format("node"),
+            type="maintenance",
         )
+        await self._maintenance(check, enable)
+
+    async def _maintenance(self, check: Check, enable: bool) -> None:
+        """Maintenance is a critical check of its own: present while enabled."""
+        if enable:
+            await self.catalog.put(check)
+        elif (self.name, check.check_id) in self.catalog.state.checks:
+            await self.catalog.deregister_check(self.name, check.check_id)
