@@ -130,19 +130,30 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--rate", default="200")
+    parser.add_argument("--rate", default="250")
+    parser.add_argument(
+        "--rerun-lb", default="", help="rerun only these balancers, keep the rest of results.json"
+    )
     args = parser.parse_args()
     repeat = "1" if args.quick else str(args.repeat)
     duration = "4" if args.quick else "8"
     lb_args = ["--duration", duration, "--rate", args.rate, "--repeat", repeat]
     fo_args = ["--seconds", "8", "--rate", "100"]
     tp_args = ["--seconds", "3", "--concurrency", "16", "--rounds", "3" if args.quick else "5"]
-    results = {
-        "lb": run("beyond_round_robin.py", *lb_args),
-        "failover": run("failover.py", *fo_args),
-        "pick": run("pick_cost.py"),
-        "throughput": run("throughput.py", *tp_args),
-    }
+    if args.rerun_lb:
+        results = json.loads((HERE / "results.json").read_text())
+        fresh = run("beyond_round_robin.py", *lb_args, "--balancers", args.rerun_lb)
+        names = set(args.rerun_lb.split(","))
+        kept = [r for r in results["lb"] if r["balancer"] not in names]
+        order = [r["balancer"] for r in results["lb"]]
+        results["lb"] = sorted(kept + fresh, key=lambda r: (order.index(r["balancer"]), r["slow"]))
+    else:
+        results = {
+            "lb": run("beyond_round_robin.py", *lb_args),
+            "failover": run("failover.py", *fo_args),
+            "pick": run("pick_cost.py"),
+            "throughput": run("throughput.py", *tp_args),
+        }
     commands = [
         "bench/client/beyond_round_robin.py " + " ".join(lb_args),
         "bench/client/failover.py " + " ".join(fo_args),

@@ -263,3 +263,21 @@ def test_which_hosts_are_services() -> None:
     assert not check("http://[::1]/")
     assert check("http://payment:3000/", {"payment"})
     assert not check("http://orders/", {"payment"})
+
+
+async def test_ring_hash_key_header_is_sticky(consul: FakeConsul, backends: Make) -> None:
+    bs = backends(4)
+    consul.set("payment", [b.instance for b in bs])
+    async with (
+        AsyncDiscovery(consul.url) as discovery,
+        AsyncServiceClient(
+            "payment", discovery=discovery, balancer="ring_hash", key_header="X-User"
+        ) as client,
+    ):
+        owners = {}
+        for user in ("ann", "bob", "cy", "dee", "eve"):
+            seen = {(await client.get("/", headers={"X-User": user})).json()["instance"]}
+            seen |= {(await client.get("/", headers={"X-User": user})).json()["instance"]}
+            assert len(seen) == 1
+            owners[user] = seen.pop()
+    assert len(set(owners.values())) >= 2

@@ -158,7 +158,7 @@ class ServiceState:
 
     def pick(self, request: httpx.Request, tried: Collection[str]) -> Instance:
         """Pick an untried instance when one is usable, else any usable one."""
-        key = self._key(request)
+        key = self.key_for(request)
         if tried and len(tried) < len(self.router.balancer):
             try:
                 return self.router.pick(key, avoid=tried)
@@ -166,7 +166,8 @@ class ServiceState:
                 pass
         return self.router.pick(key)
 
-    def _key(self, request: httpx.Request) -> str | None:
+    def key_for(self, request: httpx.Request) -> str | None:
+        """The affinity key of a request (from `key_header`), if any."""
         header = self.options.key_header
         return request.headers.get(header) if header else None
 

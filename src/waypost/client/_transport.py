@@ -205,7 +205,7 @@ def _hedge_target(state: ServiceState, request: httpx.Request, tried: set[str]) 
     if len(tried) >= len(state.router.balancer):
         return None
     try:
-        return state.router.pick(None, avoid=tried)
+        return state.router.pick(state.key_for(request), avoid=tried)
     except ClientError:
         return None
 
@@ -220,8 +220,9 @@ async def _first_good(
         done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
         for task in done:
             if task.exception() is None and not is_failure(options, task.result()):
-                for other in outcomes + list(pending):
-                    await _discard(other)
+                for other in tasks:
+                    if other is not task:
+                        await _discard(other)
                 return task.result()
             outcomes.append(task)
     for other in outcomes[1:]:
