@@ -115,7 +115,11 @@ class FakeConsul:
                 if left <= 0:
                     break
                 self._cond.wait(left)
-            body = json.dumps(self.services.get(name, [])).encode()
+            entries = self.services.get(name, [])
+            if "tag" in query:
+                tag = query["tag"][0]
+                entries = [e for e in entries if tag in (e["Service"]["Tags"] or [])]
+            body = json.dumps(entries).encode()
             current = self.indexes.get(name, 1)
         req._send(200, body, {"X-Consul-Index": str(current)})
 

@@ -94,6 +94,8 @@ def test_sync_registration_and_discovery(agent: Any, backends: Make) -> None:
     with reg, Discovery(agent.http_url, ttl=0.05) as discovery:
         found = until(lambda: discovery.instances(svc), timeout=20)
         assert found[0].tags == ("v2",) and found[0].port == b.port
+        assert discovery.instances(svc, tag="v2") == found
+        assert discovery.instances(svc, tag="v3") == []
         assert reg.id in agent_services(agent)
     assert reg.id not in agent_services(agent)
 
@@ -132,7 +134,12 @@ async def test_dns_source_srv(agent: Any, backends: Make, dns_url: str) -> None:
     bs = backends(2)
     regs = [
         Registration(
-            svc, port=b.port, id=f"{svc}-{k}", agent=agent.http_url, check=TtlCheck(ttl="10s")
+            svc,
+            port=b.port,
+            id=f"{svc}-{k}",
+            agent=agent.http_url,
+            check=TtlCheck(ttl="10s"),
+            tags=["blue"],
         )
         for k, b in enumerate(bs)
     ]
@@ -146,6 +153,8 @@ async def test_dns_source_srv(agent: Any, backends: Make, dns_url: str) -> None:
         assert {i.address for i in found} == {"127.0.0.1"}
         with Discovery(dns_url) as sync_discovery:
             assert len(sync_discovery.instances(svc)) == 2
+            assert len(sync_discovery.instances(svc, tag="blue")) == 2
+            assert sync_discovery.instances(svc, tag="green") == []
             assert sync_discovery.instances(name()) == []  # NXDOMAIN: no instances
     finally:
         for reg in regs:

@@ -172,3 +172,16 @@ async def test_discoveries_with_same_url_share_one_long_poll(consul: FakeConsul)
     separate = AsyncDiscovery(consul.url, share=False)
     assert separate.statistics()["shared_by"] == 1
     await separate.aclose()
+
+
+async def test_tag_filter(consul: FakeConsul) -> None:
+    consul.set("payment", [("p1", "127.0.0.1", 1)], tags=["v1"])
+    async with AsyncDiscovery(consul.url) as discovery:
+        assert [i.id for i in await discovery.instances("payment", tag="v1")] == ["p1"]
+        assert await discovery.instances("payment", tag="v2") == []
+        assert len(await discovery.instances("payment")) == 1
+    with Discovery(consul.url) as sync_discovery:
+        assert sync_discovery.instances("payment", tag="v2") == []
+        assert len(sync_discovery.instances("payment", tag="v1")) == 1
+    async with AsyncDiscovery("static://127.0.0.1:1") as static:
+        assert await static.instances("payment", tag="v1") == []  # static lists carry no tags

@@ -40,6 +40,11 @@ from ._sources import Source, source_from_url
 log = logging.getLogger("waypost.client")
 
 
+def cache_key(service: str, tag: str | None) -> str:
+    """The cache key of a (service, tag) query."""
+    return service if not tag else f"{service}?tag={tag}"
+
+
 def next_index(previous: int, received: int) -> int:
     """The index to send next, given the last one sent and the one received."""
     if received < previous:
@@ -79,10 +84,11 @@ class _Hub:
         self.watchers: dict[str, _Watcher] = {}
         self.users = 0
 
-    def watcher(self, service: str) -> _Watcher:
-        watcher = self.watchers.get(service)
+    def watcher(self, service: str, tag: str | None = None) -> _Watcher:
+        key = cache_key(service, tag)
+        watcher = self.watchers.get(key)
         if watcher is None:
-            watcher = self.watchers[service] = _Watcher(self, service)
+            watcher = self.watchers[key] = _Watcher(self, service, tag)
         return watcher
 
     async def close(self) -> None:
@@ -103,9 +109,11 @@ _HUBS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[Any, ...]
 class _Watcher:
     """The one refresh loop of one service."""
 
-    def __init__(self, hub: _Hub, service: str) -> None:
+    def __init__(self, hub: _Hub, service: str, tag: str | None = None) -> None:
         self.hub = hub
         self.service = service
+        self.tag = tag
+        self.key = cache_key(service, tag)
         self.ready = asyncio.Event()
         self.changed = asyncio.Event()
         self.error: RegistryUnavailable | None = None
@@ -118,7 +126,9 @@ class _Watcher:
         while True:
             started = time.monotonic()
             try:
-                answer = await hub.source.fetch(self.service, index=index, wait=hub.wait)
+                answer = await hub.source.fetch(
+                    self.service, index=index, wait=hub.wait, tag=self.tag
+                )
             except RegistryUnavailable as exc:
                 self._failed(exc)
                 await asyncio.sleep(backoff.next())
@@ -141,8 +151,8 @@ class _Watcher:
 
     def _succeeded(self, instances: tuple[Instance, ...], index: int) -> None:
         cache = self.hub.cache
-        old = cache.get(self.service)
-        entry = cache.store(self.service, instances, index)
+        old = cache.get(self.key)
+        entry = cache.store(self.key, instances, index)
         self.error = None
         if old is None or old.version != entry.version or old.stale:
             self._wake()
@@ -150,7 +160,7 @@ class _Watcher:
 
     def _failed(self, exc: RegistryUnavailable) -> None:
         self.error = exc
-        entry = self.hub.cache.fail(self.service, exc)
+        entry = self.hub.cache.fail(self.key, exc)
         if entry is None:
             log.warning("%s", exc)
         self.ready.set()
@@ -231,52 +241,58 @@ class AsyncDiscovery:
         """The discovery source."""
         return self._get_hub().source
 
-    async def instances(self, service: str) -> list[Instance]:
+    async def instances(self, service: str, *, tag: str | None = None) -> list[Instance]:
         """The healthy instances of a service (from cache when possible).
 
         Args:
             service: Service name.
+            tag: Keep only instances with this tag.
 
         Raises:
             RegistryUnavailable: The registry cannot be reached and nothing is cached.
         """
-        entry = await self.entry(service)
+        entry = await self.entry(service, tag=tag)
         return list(entry.instances)
 
-    async def entry(self, service: str) -> CacheEntry:
+    async def entry(self, service: str, *, tag: str | None = None) -> CacheEntry:
         """The cache entry of a service (instances, version, staleness).
+
+        Args:
+            service: Service name.
+            tag: Keep only instances with this tag.
 
         Raises:
             RegistryUnavailable: The registry cannot be reached and nothing is cached.
         """
         hub = self._get_hub()
-        watcher = hub.watcher(service)
+        watcher = hub.watcher(service, tag)
         if not watcher.ready.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(watcher.ready.wait(), self.first_answer_timeout)
-        entry = hub.cache.get(service)
+        entry = hub.cache.get(watcher.key)
         if entry is None:
             raise watcher.error or RegistryUnavailable(
                 f"no answer from the registry at {self.url} for service {service!r} "
                 f"within {self.first_answer_timeout}s",
                 service=service,
             )
-        hub.cache.served(service, entry)
+        hub.cache.served(watcher.key, entry)
         return entry
 
-    async def watch(self, service: str) -> AsyncIterator[list[Instance]]:
+    async def watch(self, service: str, *, tag: str | None = None) -> AsyncIterator[list[Instance]]:
         """Yield the full instance list now and after every change.
 
         Args:
             service: Service name.
+            tag: Keep only instances with this tag.
         """
         hub = self._get_hub()
-        watcher = hub.watcher(service)
+        watcher = hub.watcher(service, tag)
         await watcher.ready.wait()
         seen = -1
         while True:
             changed = watcher.changed
-            entry = hub.cache.get(service)
+            entry = hub.cache.get(watcher.key)
             if entry is not None and entry.version != seen:
                 seen = entry.version
                 yield list(entry.instances)
@@ -368,54 +384,62 @@ class Discovery:
     ) -> None:
         self.close()
 
-    def instances(self, service: str) -> list[Instance]:
+    def instances(self, service: str, *, tag: str | None = None) -> list[Instance]:
         """The healthy instances of a service.
 
         Args:
             service: Service name.
+            tag: Keep only instances with this tag.
 
         Raises:
             RegistryUnavailable: The registry cannot be reached and nothing is cached.
         """
-        return list(self.entry(service).instances)
+        return list(self.entry(service, tag=tag).instances)
 
-    def entry(self, service: str) -> CacheEntry:
+    def entry(self, service: str, *, tag: str | None = None) -> CacheEntry:
         """The (refreshed if expired) cache entry of a service.
 
+        Args:
+            service: Service name.
+            tag: Keep only instances with this tag.
+
         Raises:
             RegistryUnavailable: The registry cannot be reached and nothing is cached.
         """
-        entry = self.cache.get(service)
+        key = cache_key(service, tag)
+        entry = self.cache.get(key)
         if entry is None or not self.cache.fresh(entry):
             try:
-                answer = self.source.fetch_sync(service)
-                entry = self.cache.store(service, answer.instances, answer.index)
+                answer = self.source.fetch_sync(service, tag=tag)
+                entry = self.cache.store(key, answer.instances, answer.index)
             except RegistryUnavailable as exc:
-                entry = self.cache.fail(service, exc)
+                entry = self.cache.fail(key, exc)
                 if entry is None:
                     raise
-        self.cache.served(service, entry)
+        self.cache.served(key, entry)
         return entry
 
-    def watch(self, service: str) -> Iterator[list[Instance]]:
+    def watch(self, service: str, *, tag: str | None = None) -> Iterator[list[Instance]]:
         """Yield the full instance list now and after every change (blocking).
 
         Args:
             service: Service name.
+            tag: Keep only instances with this tag.
         """
+        key = cache_key(service, tag)
         backoff = _Backoff(0.05, self.max_backoff, random.Random())
         index, seen = 0, -1
         while True:
             try:
-                answer = self.source.fetch_sync(service, index=index, wait=self.wait)
+                answer = self.source.fetch_sync(service, index=index, wait=self.wait, tag=tag)
             except RegistryUnavailable as exc:
-                if self.cache.fail(service, exc) is None:
+                if self.cache.fail(key, exc) is None:
                     log.warning("%s", exc)
                 time.sleep(backoff.next())
                 continue
             backoff.reset()
             index = next_index(index, answer.index)
-            entry = self.cache.store(service, answer.instances, answer.index)
+            entry = self.cache.store(key, answer.instances, answer.index)
             if entry.version != seen:
                 seen = entry.version
                 yield list(entry.instances)

@@ -77,6 +77,7 @@ class ClientOptions:
     attempt_timeout: float | None = None
     total_timeout: float | None = None
     zone: str | None = None
+    tag: str | None = None
     key_header: str | None = None
     seed: int | None = None
     clock: Clock | None = None

@@ -53,7 +53,7 @@ class AsyncServiceClient(httpx.AsyncClient):
         hedge: Hedge delay in seconds, or a `HedgePolicy`, or None.
         transport: The real httpx transport underneath.
         **kwargs: `ClientOptions` fields (`attempt_timeout`, `total_timeout`,
-            `breaker`, `outlier`, `zone`, `seed`, ...) and httpx client
+            `breaker`, `outlier`, `zone`, `tag`, `seed`, ...) and httpx client
             arguments (`timeout`, `headers`, ...).
     """
 

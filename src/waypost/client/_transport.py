@@ -102,7 +102,7 @@ class AsyncTransport(_Base, httpx.AsyncBaseTransport):
         if not is_service_host(request.url, self.services):
             return await self.inner.handle_async_request(request)
         state = self.state(service)
-        state.refresh(await self.discovery.entry(service))
+        state.refresh(await self.discovery.entry(service, tag=self.options.tag))
         total = self.options.total_timeout
         try:
             async with asyncio.timeout(total):
@@ -268,7 +268,7 @@ class Transport(_Base, httpx.BaseTransport):
         if not is_service_host(request.url, self.services):
             return self.inner.handle_request(request)
         state = self.state(service)
-        state.refresh(self.discovery.entry(service))
+        state.refresh(self.discovery.entry(service, tag=self.options.tag))
         return self._send(state, request)
 
     def close(self) -> None:

@@ -99,8 +99,12 @@ class AgentSource:
     def from_url(cls, url: str) -> AgentSource:
         return cls(url)
 
-    def _request_args(self, service: str, index: int, wait: float) -> dict[str, Any]:
+    def _request_args(
+        self, service: str, index: int, wait: float, tag: str | None
+    ) -> dict[str, Any]:
         params: dict[str, str] = {"passing": "1"}
+        if tag:
+            params["tag"] = tag
         if index > 0:
             params["index"] = str(index)
             params["wait"] = f"{max(1, int(wait))}s"
@@ -112,20 +116,24 @@ class AgentSource:
             "timeout": httpx.Timeout(read, connect=self._connect_timeout),
         }
 
-    async def fetch(self, service: str, *, index: int = 0, wait: float = 0.0) -> Answer:
+    async def fetch(
+        self, service: str, *, index: int = 0, wait: float = 0.0, tag: str | None = None
+    ) -> Answer:
         if self._async is None:
             self._async = httpx.AsyncClient(limits=httpx.Limits(max_connections=None))
         try:
-            response = await self._async.get(**self._request_args(service, index, wait))
+            response = await self._async.get(**self._request_args(service, index, wait, tag))
         except httpx.HTTPError as exc:
             raise _unreachable(self.url, service, exc) from exc
         return _answer(self.url, service, response)
 
-    def fetch_sync(self, service: str, *, index: int = 0, wait: float = 0.0) -> Answer:
+    def fetch_sync(
+        self, service: str, *, index: int = 0, wait: float = 0.0, tag: str | None = None
+    ) -> Answer:
         if self._sync is None:
             self._sync = httpx.Client()
         try:
-            response = self._sync.get(**self._request_args(service, index, wait))
+            response = self._sync.get(**self._request_args(service, index, wait, tag))
         except httpx.HTTPError as exc:
             raise _unreachable(self.url, service, exc) from exc
         return _answer(self.url, service, response)

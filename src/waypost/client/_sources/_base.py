@@ -24,17 +24,22 @@ class Source(Protocol):
 
     `blocking` sources accept `index`/`wait` and hold the call until the answer's
     index moves past `index` or `wait` seconds pass. Others answer at once and
-    are polled. Every failure to reach the registry raises `RegistryUnavailable`.
+    are polled. `tag` keeps only instances carrying that tag. Every failure to
+    reach the registry raises `RegistryUnavailable`.
     """
 
     blocking: bool
     url: str
 
-    async def fetch(self, service: str, *, index: int = 0, wait: float = 0.0) -> Answer:
+    async def fetch(
+        self, service: str, *, index: int = 0, wait: float = 0.0, tag: str | None = None
+    ) -> Answer:
         """Read the healthy instances of `service` (async)."""
         ...
 
-    def fetch_sync(self, service: str, *, index: int = 0, wait: float = 0.0) -> Answer:
+    def fetch_sync(
+        self, service: str, *, index: int = 0, wait: float = 0.0, tag: str | None = None
+    ) -> Answer:
         """Read the healthy instances of `service` (blocking, no event loop)."""
         ...
 

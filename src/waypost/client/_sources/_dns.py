@@ -106,11 +106,16 @@ class DnsSource:
             default_port=int(query.get("port", "80")),
         )
 
-    def _names(self, service: str) -> tuple[str, str]:
+    def _names(self, service: str, tag: str | None) -> tuple[str, str]:
+        if tag:
+            d = self.domain
+            return f"_{service}._{tag}.service.{d}.", f"{tag}.{service}.service.{d}."
         return f"_{service}._tcp.service.{self.domain}.", f"{service}.service.{self.domain}."
 
-    async def fetch(self, service: str, *, index: int = 0, wait: float = 0.0) -> Answer:
-        srv_name, a_name = self._names(service)
+    async def fetch(
+        self, service: str, *, index: int = 0, wait: float = 0.0, tag: str | None = None
+    ) -> Answer:
+        srv_name, a_name = self._names(service, tag)
         try:
             srv = await self._async.resolve(srv_name, "SRV")
             return Answer(0, await self._from_srv(service, srv))
@@ -120,8 +125,10 @@ class DnsSource:
             raise self._unreachable(service, exc) from exc
         return Answer(0, self._from_a(service, await self._lookup_a(service, a_name)))
 
-    def fetch_sync(self, service: str, *, index: int = 0, wait: float = 0.0) -> Answer:
-        srv_name, a_name = self._names(service)
+    def fetch_sync(
+        self, service: str, *, index: int = 0, wait: float = 0.0, tag: str | None = None
+    ) -> Answer:
+        srv_name, a_name = self._names(service, tag)
         try:
             srv = self._sync.resolve(srv_name, "SRV")
             return Answer(0, self._from_srv_sync(service, srv))

@@ -56,11 +56,15 @@ class StaticSource:
             found.append(Instance(f"{service}-{host}-{port}", host, port, service=service))
         return Answer(0, tuple(found))
 
-    async def fetch(self, service: str, *, index: int = 0, wait: float = 0.0) -> Answer:
-        return self._answer(service)
+    async def fetch(
+        self, service: str, *, index: int = 0, wait: float = 0.0, tag: str | None = None
+    ) -> Answer:
+        return Answer(0, ()) if tag else self._answer(service)
 
-    def fetch_sync(self, service: str, *, index: int = 0, wait: float = 0.0) -> Answer:
-        return self._answer(service)
+    def fetch_sync(
+        self, service: str, *, index: int = 0, wait: float = 0.0, tag: str | None = None
+    ) -> Answer:
+        return Answer(0, ()) if tag else self._answer(service)
 
     async def aclose(self) -> None:
         return None
