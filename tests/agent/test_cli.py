@@ -54,6 +54,7 @@ def test_config_file_then_flags(tmp_path: Path) -> None:
         with agent.client() as http:
             config = http.get("/v1/agent/self").json()["Config"]
         assert (config["NodeName"], config["Datacenter"]) == ("from-file", "east")
+        assert len(config["NodeID"]) == 36  # a UUID, as Consul gives
     finally:
         assert agent.stop() == 0
 

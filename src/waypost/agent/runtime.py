@@ -14,6 +14,7 @@ import resource
 import signal
 import socket
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -48,6 +49,8 @@ class Agent:
         self.catalog = Catalog(self.storage)
         node = Node(
             name=config.node_name(),
+            # Consul's node IDs are UUIDs; derive one from the name so it is stable.
+            id=str(uuid.uuid5(uuid.NAMESPACE_DNS, f"{config.datacenter}.{config.node_name()}")),
             address=config.advertise,
             datacenter=config.datacenter,
         )
