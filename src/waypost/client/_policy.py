@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from ._balancers import Balancer
+from ._balancers import Balancer, make_balancer
 from ._breaker import BreakerPolicy
 from ._cache import CacheEntry
 from ._instance import Clock, Instance
@@ -65,9 +65,27 @@ class HedgePolicy:
 
 @dataclass(frozen=True)
 class ClientOptions:
-    """Everything a transport needs to build one service's router."""
+    """Everything a transport needs to build each service's router.
 
-    balancer: str = "peak_ewma"
+    Attributes:
+        balancer: Balancer name (or a `Balancer`, for a single-service client).
+        retry: Which requests are retried, how often.
+        budget_ratio: Retries allowed per request (retry budget).
+        budget_floor: Retries per second always allowed.
+        breaker: Circuit breaker policy, None to disable.
+        outlier: Outlier ejection policy, None to disable.
+        hedge: Hedging policy, None to disable (async only).
+        attempt_timeout: Seconds for one attempt (async only).
+        total_timeout: Seconds for the whole request, retries included.
+        zone: Preferred zone.
+        tag: Only use instances with this tag.
+        key_header: Header whose value is the hashing balancers' key.
+        seed: Seed of the balancer's random source.
+        clock: Time source of breakers, ejection and the budget.
+        balancer_options: Extra balancer arguments (`tau`, `table_size`, ...).
+    """
+
+    balancer: str | Balancer = "peak_ewma"
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     budget_ratio: float = 0.2
     budget_floor: float = 10.0
@@ -114,16 +132,10 @@ class ServiceState:
 
     def __init__(self, service: str, options: ClientOptions) -> None:
         rng = random.Random(options.seed)
-        balancer: str | Balancer = options.balancer
-        if options.balancer_options and isinstance(balancer, str):
-            from ._balancers import make_balancer
-
+        balancer = options.balancer
+        if isinstance(balancer, str):
             balancer = make_balancer(
-                balancer,
-                rng=rng,
-                clock=options.clock,
-                service=service,
-                **options.balancer_options,
+                balancer, rng=rng, clock=options.clock, service=service, **options.balancer_options
             )
         self.router = Router(
             service,

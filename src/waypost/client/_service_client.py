@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 
+from ._balancers import Balancer
 from ._discovery import AsyncDiscovery, Discovery
 from ._policy import ClientOptions, HedgePolicy, RetryPolicy
 from ._router import Router
@@ -62,7 +63,7 @@ class AsyncServiceClient(httpx.AsyncClient):
         service: str,
         *,
         discovery: AsyncDiscovery,
-        balancer: str = "peak_ewma",
+        balancer: str | Balancer = "peak_ewma",
         retries: int | None = None,
         hedge: HedgePolicy | float | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
@@ -102,7 +103,7 @@ class ServiceClient(httpx.Client):
         service: str,
         *,
         discovery: Discovery,
-        balancer: str = "peak_ewma",
+        balancer: str | Balancer = "peak_ewma",
         retries: int | None = None,
         transport: httpx.BaseTransport | None = None,
         **kwargs: Any,
