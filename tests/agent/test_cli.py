@@ -81,3 +81,14 @@ def test_banner_never_prints_store_credentials() -> None:
     config = AgentConfig(store="etcds://admin:s3cret@127.0.0.11:2379,127.0.0.12:2379?ca=/ca.pem")
     assert "s3cret" not in config.display_store()
     assert config.display_store() == "etcds://***@127.0.0.11:2379,127.0.0.12:2379?ca=/ca.pem"
+
+
+def test_demo_spreads_orders_then_survives_a_sigkill() -> None:
+    result = waypost("demo", "--seconds", "4", "--rate", "10", timeout=90)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    before = next(line for line in lines if line.startswith("t= 1s"))
+    assert all(f"payment-{k}" in before for k in (1, 2, 3))  # spread across all three
+    kill = lines.index("--- SIGKILL payment-3 ---")
+    assert all("payment-3" not in line for line in lines[kill + 2 :])  # gone after the kill
+    assert lines[-1] == "40 orders, 0 failed"

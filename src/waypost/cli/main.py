@@ -98,9 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
         )
 
     demo = sub.add_parser(
-        "demo", help="run the order/payment example locally and show load balancing"
+        "demo", help="run the order/payment example locally: balancing, then failover"
     )
-    demo.add_argument("--requests", type=int, default=60, help="requests the order service sends")
+    demo.add_argument("--agent", metavar="URL", help="a running agent (default: start a --dev one)")
+    demo.add_argument("--instances", type=int, default=3, help="payment instances (default 3)")
+    demo.add_argument("--seconds", type=float, default=10.0, help="traffic phase (default 10)")
+    demo.add_argument("--rate", type=float, default=20.0, help="orders per second (default 20)")
+    demo.add_argument("--balancer", default="round_robin", help="balancer for payment calls")
     return parser
 
 
@@ -242,7 +246,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "demo":
             from ..client._demo import run_demo
 
-            return run_demo(requests=args.requests)
+            return run_demo(
+                agent=args.agent,
+                instances=args.instances,
+                seconds=args.seconds,
+                rate=args.rate,
+                balancer=args.balancer,
+            )
     except WaypostError as exc:
         print(f"waypost: error: {exc}", file=sys.stderr)
         return 2
