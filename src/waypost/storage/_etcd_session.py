@@ -165,7 +165,7 @@ class Session:
     ) -> None:
         """Decide whether a failed attempt may be retried; raise if it may not."""
         code, details = exc.code(), exc.details() or ""
-        if code == grpc.StatusCode.UNAUTHENTICATED and self.config.user:
+        if self.token_refused(exc):
             await self.reauthenticate(endpoint)
             return
         if code == grpc.StatusCode.NOT_FOUND and "lease not found" in details:
@@ -177,6 +177,19 @@ class Session:
             refused.add(endpoint.index)
             if len(refused) == len(self._endpoints):
                 raise self.unavailable(what, exc) from exc
+
+    def token_refused(self, exc: grpc.aio.AioRpcError) -> bool:
+        """etcd refused the token (expired, or issued before a change to users or roles).
+
+        A JWT token carries the auth revision it was issued at, so after any
+        `etcdctl user/role` change etcd answers "revision of auth store is old"
+        to it for good; a simple token can hit the same when a change races a call.
+        """
+        if not self.config.user:
+            return False
+        if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
+            return True
+        return "revision of auth store is old" in (exc.details() or "")
 
     def unavailable(self, what: str, exc: BaseException | None = None) -> StoreUnavailable:
         """The error for "etcd cannot be reached"; the message tells an operator where to look."""

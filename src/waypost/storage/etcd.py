@@ -484,7 +484,7 @@ class EtcdStorage(Storage):
         self, what: str, endpoint: Endpoint, exc: grpc.aio.AioRpcError
     ) -> None:
         log.warning("etcd %s on %s failed: %s", what, endpoint.address, describe(exc))
-        if exc.code() == grpc.StatusCode.UNAUTHENTICATED and self.config.user:
+        if self._session.token_refused(exc):
             await self._session.reauthenticate(endpoint)
             return
         self._session.failed(endpoint)
