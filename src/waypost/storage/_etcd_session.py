@@ -44,6 +44,8 @@ _CHANNEL_OPTIONS: Final = (
     ("grpc.http2.max_pings_without_data", 0),
 )
 _REFUSED_HINTS: Final = ("connection refused", "failed to connect", "connect failed")
+_TLS_HINTS: Final = ("handshake failed", "ssl_error", "tsi_", "certificate_verify")
+_CONNECT_PREFIX: Final = "failed to connect to all addresses; last error: "
 
 
 class LeaseNotFound(Exception):
@@ -195,7 +197,14 @@ class Session:
         """The error for "etcd cannot be reached"; the message tells an operator where to look."""
         reason = ""
         if isinstance(exc, grpc.aio.AioRpcError):
-            reason = f" (last error: {exc.code().name}: {(exc.details() or '').strip()[:200]})"
+            reason = f" (last error: {describe(exc)})"
+            if self.config.tls and any(h in (exc.details() or "").lower() for h in _TLS_HINTS):
+                return StoreUnavailable(
+                    f"the TLS handshake with etcd at {self.config.display} failed; the {what} "
+                    "was not made. Check that the store URL's ca= signed etcd's --cert-file and "
+                    "that the certificate names the address used, and give cert= and key= if "
+                    f"etcd has --client-cert-auth{reason}."
+                )
         return StoreUnavailable(
             f"etcd at {self.config.display} is unreachable or has no leader; the {what} "
             f"was not made{reason}. Reads are served from this agent's copy and may be stale."
@@ -249,11 +258,17 @@ def _hint(details: str) -> str:
         return f"{details} (compact and defragment etcd, or raise --quota-backend-bytes)"
     if "permission denied" in lowered:
         return f"{details} (grant the etcd user read-write on the waypost prefix)"
+    if "user name is empty" in lowered:
+        return (
+            f"{details} (etcd has authentication on: give user:password@ or user= and "
+            "password_file= in the store URL, or a client certificate whose CN is an etcd user)"
+        )
     return details
 
 
 def describe(exc: Any) -> str:
     """A short description of a gRPC error for logs."""
     if isinstance(exc, grpc.aio.AioRpcError):
-        return f"{exc.code().name}: {(exc.details() or '').strip()[:200]}"
+        details = (exc.details() or "").strip().removeprefix(_CONNECT_PREFIX)
+        return f"{exc.code().name}: {details[:300]}"
     return repr(exc)
