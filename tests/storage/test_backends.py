@@ -44,7 +44,9 @@ async def test_sqlite_replays_after_reopen(tmp_path: Path) -> None:
     await again.open(seen)
     ((index, entries, _),) = seen.calls
     assert index == last
-    assert [(e.key, e.value, e.create_index, e.modify_index) for e in entries] == [("a", b"3", 1, 2)]
+    assert [(e.key, e.value, e.create_index, e.modify_index) for e in entries] == [
+        ("a", b"3", 1, 2)
+    ]
     assert await again.commit([Entry("c", b"")]) == last + 1  # indexes keep increasing
     await again.close()
 
