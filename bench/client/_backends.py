@@ -2,7 +2,8 @@
 
     python bench/client/_backends.py --count 11 --latency 0.0167 --sd 0.0005
 
-prints one JSON line `{"ports": [...]}` once listening. `GET /__slow__?ms=200`
+prints one JSON line `{"ports": [...]}` once listening. `--spec 0,10,1000:0.4`
+gives each backend its own latency (ms) and share of 503 answers. `GET /__slow__?ms=200`
 on a backend makes it answer every later request after that many ms
 (`ms=0` turns it back to normal). Answers are built by hand on raw asyncio
 protocols, so the backend process costs as little CPU as possible and the
@@ -17,7 +18,7 @@ import json
 import random
 import sys
 
-RESPONSE = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: %d\r\n\r\n%s"
+RESPONSE = b"HTTP/1.1 %d OK\r\ncontent-type: text/plain\r\ncontent-length: %d\r\n\r\n%s"
 
 
 class Backend(asyncio.Protocol):
@@ -57,7 +58,13 @@ class Backend(asyncio.Protocol):
     def _reply(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
             body = b"backend %d" % self.index
-            self.transport.write(RESPONSE % (len(body), body))
+            failed = self.state["fail"] and self.rng.random() < self.state["fail"]
+            self.transport.write(RESPONSE % (503 if failed else 200, len(body), body))
+
+
+def _spec(text: str, sd: float) -> dict[str, float]:
+    latency, _, fail = text.partition(":")
+    return {"latency": float(latency) / 1000, "sd": sd, "fail": float(fail or 0)}
 
 
 async def main() -> None:
@@ -66,11 +73,16 @@ async def main() -> None:
     parser.add_argument("--latency", type=float, default=0.0167)
     parser.add_argument("--sd", type=float, default=0.0005)
     parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument(
+        "--spec", default="", help="per backend `latency_ms[:failure_share]`, comma-separated"
+    )
     args = parser.parse_args()
     loop = asyncio.get_running_loop()
     ports = []
-    for index in range(args.count):
-        state = {"latency": args.latency, "sd": args.sd, "slow": 0.0}
+    specs = [_spec(part, args.sd) for part in args.spec.split(",") if part]
+    for index in range(len(specs) or args.count):
+        state = specs[index] if specs else {"latency": args.latency, "sd": args.sd}
+        state |= {"slow": 0.0, "fail": state.get("fail", 0.0)}
         rng = random.Random(index)
         server = await loop.create_server(
             lambda i=index, s=state, r=rng: Backend(i, s, r),

@@ -15,7 +15,7 @@ ROOT = HERE.parent.parent
 
 
 def start_backends(
-    count: int, latency: float, sd: float
+    count: int, latency: float, sd: float, spec: str = ""
 ) -> tuple[subprocess.Popen[str], list[int]]:
     """Start the backend process; returns it and the ports it listens on."""
     proc = subprocess.Popen(
@@ -28,6 +28,8 @@ def start_backends(
             str(latency),
             "--sd",
             str(sd),
+            "--spec",
+            spec,
         ],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
