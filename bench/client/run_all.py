@@ -84,6 +84,13 @@ def section(results: dict[str, Any], commands: list[str]) -> str:
         "",
         *lb_summary(results["lb"]),
         "",
+        "`weighted` equals `random` here (all weights 1); `ring_hash`/`maglev` hash a random "
+        "key per request, so they too spread blindly; `+hedge` sends a second copy after the "
+        "recent p95 (hedges are charged to the retry budget). The machine was shared with "
+        "other engineers' test and benchmark runs: each run waits (up to 30 s) for the CPUs "
+        "to be mostly idle, and the load average at the end of each run is shown; a row with "
+        "a high load is worth rerunning (`run_all.py --rerun-lb NAME`).",
+        "",
         "### Adding more steps (Linkerd 2016, latencies scaled 10x down)",
         "",
         "10 backends adding 0, 1, 2, 4, 8, 16, 32, 64, 100 and 200 ms; the 100 ms one "
@@ -146,6 +153,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--rate", default="250")
     parser.add_argument("--only", default="", help="lb,steps,failover,pick,throughput")
+    parser.add_argument("--render", action="store_true", help="rewrite the doc from results.json")
     parser.add_argument(
         "--rerun-lb", default="", help="rerun only these balancers, keep the rest of results.json"
     )
@@ -165,7 +173,8 @@ def main() -> None:
     }
     saved = HERE / "results.json"
     results: dict[str, Any] = json.loads(saved.read_text()) if saved.exists() else {}
-    for key in args.only.split(",") if args.only else jobs:
+    keys = [] if args.render else args.only.split(",") if args.only else list(jobs)
+    for key in keys:
         results[key] = jobs[key]()
     if args.rerun_lb:
         fresh = run("beyond_round_robin.py", *lb_args, "--balancers", args.rerun_lb)
