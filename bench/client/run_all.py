@@ -65,7 +65,7 @@ def section(results: dict[str, Any], commands: list[str]) -> str:
     lines = [
         SECTION,
         "",
-        f"Machine: {machine()}. Run: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
+        f"Machine: {machine()}. Last run: {results.get('run_at', '?')}.",
         "",
     ]
     lines += [
@@ -176,6 +176,7 @@ def main() -> None:
     keys = [] if args.render else args.only.split(",") if args.only else list(jobs)
     for key in keys:
         results[key] = jobs[key]()
+        results["run_at"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     if args.rerun_lb:
         fresh = run("beyond_round_robin.py", *lb_args, "--balancers", args.rerun_lb)
         names = set(args.rerun_lb.split(","))
