@@ -108,3 +108,31 @@ def test_demo_runs_without_failed_orders(agent: Any) -> None:
     assert run_demo(agent=agent.http_url, seconds=4, rate=15, out=out) == 0, out.getvalue()
     text = out.getvalue()
     assert "SIGKILL payment-3" in text and "60 orders, 0 failed" in text
+
+
+async def test_with_registration_app_that_ignores_lifespan(agent: Any) -> None:
+    async def bare(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return  # many minimal apps just return on lifespan
+
+    svc = name()
+    reg = Registration(svc, port=4302, agent=agent.http_url, id=f"{svc}-1")
+    app = with_registration(bare, reg)
+    messages = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
+    sent: list[str] = []
+    registered_while_running: list[bool] = []
+
+    async def receive() -> Any:
+        message = messages.pop(0)
+        if message["type"] == "lifespan.shutdown":
+            services = httpx.get(f"{agent.http_url}/v1/agent/services").json()
+            registered_while_running.append(reg.id in services)
+        return message
+
+    async def send(message: Any) -> None:
+        sent.append(message["type"])
+
+    await app({"type": "lifespan"}, receive, send)
+    assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+    assert registered_while_running == [True]
+    assert reg.id not in httpx.get(f"{agent.http_url}/v1/agent/services").json()

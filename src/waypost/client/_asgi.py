@@ -125,7 +125,8 @@ class RegisteredApp:
         except Exception:
             if started:
                 raise
-            await self._own_lifespan(receive, send)  # the app has no lifespan support
+        if not started:  # the app has no lifespan support (it raised or returned)
+            await self._own_lifespan(receive, send)
 
     async def _own_lifespan(self, receive: Receive, send: Send) -> None:
         await send(await self._enter({"type": "lifespan.startup.complete"}))
