@@ -49,6 +49,15 @@ log = logging.getLogger("waypost.client")
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
+def default_agent(agent: str | None) -> str:
+    """The agent URL: the argument, else the environment, else the local default."""
+    url = agent or os.environ.get("WAYPOST_AGENT") or os.environ.get("CONSUL_HTTP_ADDR")
+    url = url or "http://127.0.0.1:8500"
+    if "://" not in url:
+        url = f"http://{url}"  # CONSUL_HTTP_ADDR is often host:port
+    return url.rstrip("/")
+
+
 def detect_address(agent: str) -> str:
     """The local IP address used to reach the agent."""
     parts = urlsplit(agent)
@@ -70,7 +79,8 @@ class Registration:
         name: Service name.
         port: Port the instance listens on.
         check: `HttpCheck`, `TcpCheck`, `TtlCheck` or None.
-        agent: Agent HTTP address.
+        agent: Agent HTTP address; default `$WAYPOST_AGENT`, else
+            `$CONSUL_HTTP_ADDR`, else `http://127.0.0.1:8500`.
         address: Address to advertise; detected when None.
         id: Instance ID; default `<name>-<hostname>-<port>`.
         tags: Registry tags.
@@ -88,7 +98,7 @@ class Registration:
         *,
         port: int,
         check: Check | None = None,
-        agent: str = "http://127.0.0.1:8500",
+        agent: str | None = None,
         address: str | None = None,
         id: str | None = None,
         tags: Sequence[str] = (),
@@ -102,7 +112,7 @@ class Registration:
         self.name = name
         self.port = port
         self.check = check
-        self.agent = agent.rstrip("/")
+        self.agent = default_agent(agent)
         self.address = address or detect_address(self.agent)
         self.id = id or f"{name}-{socket.gethostname()}-{port}"
         self.tags = list(tags)
