@@ -183,6 +183,7 @@ def main() -> None:
         kept = [r for r in results["lb"] if r["balancer"] not in names]
         order = [r["balancer"] for r in results["lb"]]
         results["lb"] = sorted(kept + fresh, key=lambda r: (order.index(r["balancer"]), r["slow"]))
+        results["run_at"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     commands = [
         "bench/client/beyond_round_robin.py " + " ".join(lb_args),
         "bench/client/more_steps.py " + " ".join(st_args),
