@@ -104,6 +104,8 @@ class AsyncTransport(_Base, httpx.AsyncBaseTransport):
         state = self.state(service)
         state.refresh(await self.discovery.entry(service, tag=self.options.tag))
         total = self.options.total_timeout
+        if total is None:
+            return await self._send(state, request)
         try:
             async with asyncio.timeout(total):
                 return await self._send(state, request)
@@ -147,8 +149,7 @@ class AsyncTransport(_Base, httpx.AsyncBaseTransport):
     ) -> httpx.Response:
         started = time.perf_counter()
         try:
-            async with asyncio.timeout(self.options.attempt_timeout):
-                response = await self.inner.handle_async_request(to_instance(request, instance))
+            response = await self._send_one(to_instance(request, instance))
         except TimeoutError as exc:
             state.router.report(instance, False, time.perf_counter() - started)
             raise httpx.ReadTimeout(
@@ -167,6 +168,12 @@ class AsyncTransport(_Base, httpx.AsyncBaseTransport):
         if ok:
             state.latencies.add(elapsed)
         return response
+
+    async def _send_one(self, request: httpx.Request) -> httpx.Response:
+        if self.options.attempt_timeout is None:
+            return await self.inner.handle_async_request(request)
+        async with asyncio.timeout(self.options.attempt_timeout):
+            return await self.inner.handle_async_request(request)
 
     async def _hedged(
         self, state: ServiceState, request: httpx.Request, first: Instance, tried: set[str]
