@@ -23,26 +23,36 @@ _OPAQUE: Final = frozenset({"meta", "nodemeta", "servicemeta", "header"})
 _DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 _UNITS: Final = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 MAX_WAIT: Final = 600.0
+_FOLDED: dict[str, str] = {}  # key as sent -> folded key
 
 
 def fold(value: Any) -> Any:
     """Fold keys to Consul's case-insensitive form, recursively; drop nulls."""
     if isinstance(value, list):
-        return [fold(v) for v in value]
+        return [fold(v) if isinstance(v, dict | list) else v for v in value]
     if not isinstance(value, dict):
         return value
     out: dict[str, Any] = {}
     for key, item in value.items():
         if item is None:
             continue
-        name = key.lower().replace("_", "").replace("-", "")
-        if name in _OPAQUE:
+        name = _fold_key(key)
+        if name in _OPAQUE or not isinstance(item, dict | list):
             out[name] = item
         elif name == "taggedaddresses" and isinstance(item, dict):
             out[name] = {k: fold(v) for k, v in item.items()}
         else:
             out[name] = fold(item)
     return out
+
+
+def _fold_key(key: str) -> str:
+    name = _FOLDED.get(key)
+    if name is None:
+        name = key.lower().replace("_", "").replace("-", "")
+        if len(_FOLDED) < 1024:  # clients use few spellings; a hostile one cannot grow this
+            _FOLDED[key] = name
+    return name
 
 
 def parse_duration(value: object, field: str) -> float:

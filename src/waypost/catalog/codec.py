@@ -1,14 +1,15 @@
 """Records to storage entries and back.
 
 Keys are `l/<node>` (liveness, valueless), `n/<node>`, `s/<node>/<service-id>`
-and `c/<node>/<check-id>`, each part percent-quoted so that IDs holding `/`
-stay one part. Values are msgpack.
+and `c/<node>/<check-id>`. In each part `%` and `/` are escaped (`%25`, `%2F`),
+so that IDs holding `/` stay one part; nothing else needs it, and two string
+replacements are far cheaper than urllib's quoting on the write path.
+Values are msgpack.
 """
 
 from __future__ import annotations
 
 from typing import Any, Final
-from urllib.parse import quote, unquote
 
 import msgspec
 
@@ -23,21 +24,29 @@ _DECODERS: Final[dict[str, msgspec.msgpack.Decoder[Any]]] = {
 }
 
 
+def _esc(part: str) -> str:
+    return part.replace("%", "%25").replace("/", "%2F") if "%" in part or "/" in part else part
+
+
+def _unesc(part: str) -> str:
+    return part.replace("%2F", "/").replace("%25", "%") if "%" in part else part
+
+
 def node_key(node: str) -> str:
-    return f"n/{quote(node, safe='')}"
+    return f"n/{_esc(node)}"
 
 
 def service_key(node: str, service_id: str) -> str:
-    return f"s/{quote(node, safe='')}/{quote(service_id, safe='')}"
+    return f"s/{_esc(node)}/{_esc(service_id)}"
 
 
 def check_key(node: str, check_id: str) -> str:
-    return f"c/{quote(node, safe='')}/{quote(check_id, safe='')}"
+    return f"c/{_esc(node)}/{_esc(check_id)}"
 
 
 def live_key(node: str) -> str:
     """The key whose presence says a node's agent is alive (leased in etcd)."""
-    return f"l/{quote(node, safe='')}"
+    return f"l/{_esc(node)}"
 
 
 def key_of(record: Record) -> str:
@@ -61,7 +70,7 @@ def delete(key: str) -> Entry:
 def split_key(key: str) -> tuple[str, list[str]]:
     """`s/web%2F1/x` -> ("s", ["web/1", "x"])."""
     kind, _, rest = key.partition("/")
-    return kind, [unquote(part) for part in rest.split("/")]
+    return kind, [_unesc(part) for part in rest.split("/")]
 
 
 def decode(key: str, value: bytes) -> Record:
