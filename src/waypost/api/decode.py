@@ -10,6 +10,7 @@ checked here, before anything is written.
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any, Final
 
@@ -353,6 +354,7 @@ def build_check(
     )
 
 
+@functools.lru_cache(maxsize=256)  # clients send the same few waits ("5m", "30s") every time
 def parse_wait(text: str) -> float:
     """`?wait=`: a Go duration, clamped to ten minutes. Raises ValidationError."""
     try:
