@@ -20,8 +20,21 @@ def service(sid: str, name: str = "web", node_name: str = "n1", **kw: object) ->
     return Service(node=node_name, id=sid, name=name, **kw)  # type: ignore[arg-type]
 
 
-def check(cid: str, sid: str = "", name: str = "web", node_name: str = "n1", status: str = "passing",
-          definition: CheckDefinition | None = None) -> Check:
-    return Check(node=node_name, check_id=cid, name=cid, status=status,  # type: ignore[arg-type]
-                 service_id=sid, service_name=name if sid else "", definition=definition,
-                 type=definition.kind if definition else "")
+def check(
+    cid: str,
+    sid: str = "",
+    name: str = "web",
+    node_name: str = "n1",
+    status: str = "passing",
+    definition: CheckDefinition | None = None,
+) -> Check:
+    return Check(
+        node=node_name,
+        check_id=cid,
+        name=cid,
+        status=status,  # type: ignore[arg-type]
+        service_id=sid,
+        service_name=name if sid else "",
+        definition=definition,
+        type=definition.kind if definition else "",
+    )

@@ -12,8 +12,12 @@ from ..agentproc import AgentProcess
 
 
 def waypost(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "waypost.cli.main", *args],
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "waypost.cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.mark.parametrize(
@@ -32,7 +36,11 @@ def test_bad_flags_exit_2_with_a_message(args: list[str], message: str) -> None:
 
 
 def test_bad_config_files(tmp_path: Path) -> None:
-    for text, message in (("http = ", "not valid TOML"), ('colour = "blue"', "unknown field"), ("dev = 3", "Expected `bool`")):
+    for text, message in (
+        ("http = ", "not valid TOML"),
+        ('colour = "blue"', "unknown field"),
+        ("dev = 3", "Expected `bool`"),
+    ):
         path = tmp_path / "c.toml"
         path.write_text(text)
         result = waypost("agent", "--config-file", str(path))
@@ -48,8 +56,12 @@ def test_port_in_use_is_a_clear_error(agent: AgentProcess) -> None:
 
 def test_config_file_then_flags(tmp_path: Path) -> None:
     path = tmp_path / "agent.toml"
-    path.write_text('dev = true\nnode = "from-file"\ndatacenter = "east"\ndns = "off"\nhttp = "127.0.0.1:1"\n')
-    agent = AgentProcess("--config-file", str(path), "--http", "127.0.0.1:0", "--dns", "off").start()
+    path.write_text(
+        'dev = true\nnode = "from-file"\ndatacenter = "east"\ndns = "off"\nhttp = "127.0.0.1:1"\n'
+    )
+    agent = AgentProcess(
+        "--config-file", str(path), "--http", "127.0.0.1:0", "--dns", "off"
+    ).start()
     try:
         with agent.client() as http:
             config = http.get("/v1/agent/self").json()["Config"]
@@ -61,7 +73,10 @@ def test_config_file_then_flags(tmp_path: Path) -> None:
 
 def test_services_and_members_tables(agent: AgentProcess, unique: str) -> None:
     with agent.client() as http:
-        http.put("/v1/agent/service/register", json={"Name": unique, "ID": f"{unique}-1", "Check": {"TTL": "1m", "Status": "passing"}})
+        http.put(
+            "/v1/agent/service/register",
+            json={"Name": unique, "ID": f"{unique}-1", "Check": {"TTL": "1m", "Status": "passing"}},
+        )
     out = waypost("services", "--http-addr", agent.http_url).stdout
     line = next(row for row in out.splitlines() if row.startswith(unique + " "))
     assert line.split() == [unique, "1", "1", "0", "0"]

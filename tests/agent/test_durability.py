@@ -14,7 +14,9 @@ from ..wait import until
 
 
 def start(data: Path) -> AgentProcess:
-    return AgentProcess("--data-dir", str(data), "--http", "127.0.0.1:0", "--dns", "off", "--node", "n1").start()
+    return AgentProcess(
+        "--data-dir", str(data), "--http", "127.0.0.1:0", "--dns", "off", "--node", "n1"
+    ).start()
 
 
 def test_kill_9_loses_no_acknowledged_registration(tmp_path: Path) -> None:
@@ -30,7 +32,9 @@ def test_kill_9_loses_no_acknowledged_registration(tmp_path: Path) -> None:
                     return
                 sid = f"w{worker}-{n}"
                 try:
-                    r = http.put("/v1/agent/service/register", json={"Name": "crash", "ID": sid, "Port": n})
+                    r = http.put(
+                        "/v1/agent/service/register", json={"Name": "crash", "ID": sid, "Port": n}
+                    )
                 except httpx.HTTPError:
                     return  # the agent died under us: this one was never acknowledged
                 if r.status_code == 200:
@@ -50,7 +54,9 @@ def test_kill_9_loses_no_acknowledged_registration(tmp_path: Path) -> None:
         with agent.client() as http:
             ids = {row["ServiceID"] for row in http.get("/v1/catalog/service/crash").json()}
         missing = set(acknowledged) - ids
-        assert not missing, f"{len(missing)} acknowledged registrations lost, e.g. {sorted(missing)[:5]}"
+        assert not missing, (
+            f"{len(missing)} acknowledged registrations lost, e.g. {sorted(missing)[:5]}"
+        )
         assert len(acknowledged) >= 300
     finally:
         agent.stop()
@@ -59,12 +65,20 @@ def test_kill_9_loses_no_acknowledged_registration(tmp_path: Path) -> None:
 def test_restart_reloads_registrations_statuses_and_resumes_checks(tmp_path: Path) -> None:
     agent = start(tmp_path)
     with HealthServer() as server, agent.client() as http:
-        http.put("/v1/agent/service/register", json={"Name": "api", "ID": "api-1", "Check": {"CheckID": "ttl", "TTL": "5m"}})
+        http.put(
+            "/v1/agent/service/register",
+            json={"Name": "api", "ID": "api-1", "Check": {"CheckID": "ttl", "TTL": "5m"}},
+        )
         http.put("/v1/agent/check/warn/ttl", params={"note": "degraded"})
-        http.put("/v1/agent/service/register", json={
-            "Name": "web", "ID": "web-1", "Port": server.port,
-            "Check": {"CheckID": "http", "HTTP": server.url, "Interval": "200ms"},
-        })
+        http.put(
+            "/v1/agent/service/register",
+            json={
+                "Name": "web",
+                "ID": "web-1",
+                "Port": server.port,
+                "Check": {"CheckID": "http", "HTTP": server.url, "Interval": "200ms"},
+            },
+        )
         until(lambda: http.get("/v1/agent/checks").json()["http"]["Status"] == "passing")
         index_before = int(http.get("/v1/catalog/services").headers["x-consul-index"])
         assert agent.stop() == 0
@@ -85,10 +99,14 @@ def test_deregister_critical_service_after_with_a_real_agent(tmp_path: Path) -> 
     agent = start(tmp_path)
     try:
         with agent.client() as http:
-            http.put("/v1/agent/service/register", json={
-                "Name": "doomed", "ID": "doomed-1",
-                "Check": {"TTL": "1s", "DeregisterCriticalServiceAfter": "1s"},
-            })
+            http.put(
+                "/v1/agent/service/register",
+                json={
+                    "Name": "doomed",
+                    "ID": "doomed-1",
+                    "Check": {"TTL": "1s", "DeregisterCriticalServiceAfter": "1s"},
+                },
+            )
             started = time.monotonic()
             until(lambda: http.get("/v1/catalog/service/doomed").json() == [], timeout=15)
             assert time.monotonic() - started >= 1.0
@@ -104,7 +122,11 @@ def test_sigterm_answers_open_blocking_queries_and_exits_cleanly(tmp_path: Path)
 
     def long_poll() -> None:
         with agent.client() as http:
-            answers.append(http.get("/v1/health/service/web", params={"index": index, "wait": "10m"}).status_code)
+            answers.append(
+                http.get(
+                    "/v1/health/service/web", params={"index": index, "wait": "10m"}
+                ).status_code
+            )
 
     pollers = [threading.Thread(target=long_poll) for _ in range(5)]
     for t in pollers:

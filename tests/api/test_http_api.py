@@ -32,11 +32,20 @@ def test_read_headers_and_content_type(http: httpx.Client, unique: str) -> None:
     assert r.json() == []
 
 
-def test_case_insensitive_snake_case_and_nanosecond_durations(http: httpx.Client, unique: str) -> None:
+def test_case_insensitive_snake_case_and_nanosecond_durations(
+    http: httpx.Client, unique: str
+) -> None:
     body = {
-        "name": unique, "id": f"{unique}-1", "port": 81, "TAGS": ["a"],
+        "name": unique,
+        "id": f"{unique}-1",
+        "port": 81,
+        "TAGS": ["a"],
         "weights": {"passing": 5, "warning": 2},
-        "check": {"ttl": 30_000_000_000, "deregister_critical_service_after": "1m30s", "status": "passing"},
+        "check": {
+            "ttl": 30_000_000_000,
+            "deregister_critical_service_after": "1m30s",
+            "status": "passing",
+        },
     }
     assert register(http, body).status_code == 200
     (row,) = http.get(f"/v1/health/service/{unique}").json()
@@ -49,15 +58,43 @@ def test_case_insensitive_snake_case_and_nanosecond_durations(http: httpx.Client
 
 
 def test_health_service_shape_matches_consul(http: httpx.Client, unique: str) -> None:
-    register(http, {"Name": unique, "ID": f"{unique}-1", "Address": "10.0.0.5", "Port": 3000,
-                    "Meta": {"Version": "2"}, "TaggedAddresses": {"lan": {"Address": "10.0.0.5", "Port": 3000}}})
+    register(
+        http,
+        {
+            "Name": unique,
+            "ID": f"{unique}-1",
+            "Address": "10.0.0.5",
+            "Port": 3000,
+            "Meta": {"Version": "2"},
+            "TaggedAddresses": {"lan": {"Address": "10.0.0.5", "Port": 3000}},
+        },
+    )
     (row,) = http.get(f"/v1/health/service/{unique}").json()
     assert set(row) == {"Node", "Service", "Checks"}
     assert {"ID", "Node", "Address", "Datacenter", "TaggedAddresses", "Meta"} <= set(row["Node"])
-    assert {"ID", "Service", "Tags", "Address", "TaggedAddresses", "Meta", "Port", "Weights"} <= set(row["Service"])
+    assert {
+        "ID",
+        "Service",
+        "Tags",
+        "Address",
+        "TaggedAddresses",
+        "Meta",
+        "Port",
+        "Weights",
+    } <= set(row["Service"])
     assert row["Service"]["Meta"] == {"Version": "2"}  # user map keys keep their case
     assert row["Service"]["TaggedAddresses"]["lan"] == {"Address": "10.0.0.5", "Port": 3000}
-    check_fields = {"Node", "CheckID", "Name", "Status", "Notes", "Output", "ServiceID", "ServiceName", "ServiceTags"}
+    check_fields = {
+        "Node",
+        "CheckID",
+        "Name",
+        "Status",
+        "Notes",
+        "Output",
+        "ServiceID",
+        "ServiceName",
+        "ServiceTags",
+    }
     assert all(check_fields <= set(c) for c in row["Checks"])
     (flat,) = http.get(f"/v1/catalog/service/{unique}").json()
     assert flat["ServiceAddress"] == "10.0.0.5"
@@ -67,8 +104,12 @@ def test_health_service_shape_matches_consul(http: httpx.Client, unique: str) ->
 
 
 def test_passing_filter_counts_warning_and_node_checks(http: httpx.Client, unique: str) -> None:
-    register(http, {"Name": unique, "ID": f"{unique}-1", "Check": {"TTL": "1m", "Status": "warning"}})
-    register(http, {"Name": unique, "ID": f"{unique}-2", "Check": {"TTL": "1m", "Status": "passing"}})
+    register(
+        http, {"Name": unique, "ID": f"{unique}-1", "Check": {"TTL": "1m", "Status": "warning"}}
+    )
+    register(
+        http, {"Name": unique, "ID": f"{unique}-2", "Check": {"TTL": "1m", "Status": "passing"}}
+    )
     for flag in ("", "1", "true"):
         rows = http.get(f"/v1/health/service/{unique}?passing={flag}").json()
         assert [r["Service"]["ID"] for r in rows] == [f"{unique}-2"]
@@ -84,10 +125,21 @@ def test_multiple_tags_must_all_match(http: httpx.Client, unique: str) -> None:
 
 def test_replace_existing_checks(http: httpx.Client, unique: str) -> None:
     sid = f"{unique}-1"
-    register(http, {"Name": unique, "ID": sid, "Checks": [{"CheckID": "c1", "TTL": "1m"}, {"CheckID": "c2", "TTL": "1m"}]})
+    register(
+        http,
+        {
+            "Name": unique,
+            "ID": sid,
+            "Checks": [{"CheckID": "c1", "TTL": "1m"}, {"CheckID": "c2", "TTL": "1m"}],
+        },
+    )
     register(http, {"Name": unique, "ID": sid, "Checks": [{"CheckID": "c1", "TTL": "1m"}]})
     assert {"c1", "c2"} <= set(http.get("/v1/agent/checks").json())
-    register(http, {"Name": unique, "ID": sid, "Checks": [{"CheckID": "c1", "TTL": "1m"}]}, **{"replace-existing-checks": "true"})
+    register(
+        http,
+        {"Name": unique, "ID": sid, "Checks": [{"CheckID": "c1", "TTL": "1m"}]},
+        **{"replace-existing-checks": "true"},
+    )
     checks = http.get("/v1/agent/checks").json()
     assert "c1" in checks and "c2" not in checks
 
@@ -95,24 +147,39 @@ def test_replace_existing_checks(http: httpx.Client, unique: str) -> None:
 def test_check_register_update_and_deregister(http: httpx.Client, unique: str) -> None:
     register(http, {"Name": unique, "ID": f"{unique}-1"})
     cid = f"{unique}-ttl"
-    r = http.put("/v1/agent/check/register", json={"Name": cid, "ServiceID": f"{unique}-1", "TTL": "1m"})
+    r = http.put(
+        "/v1/agent/check/register", json={"Name": cid, "ServiceID": f"{unique}-1", "TTL": "1m"}
+    )
     assert r.status_code == 200, r.text
-    assert http.put(f"/v1/agent/check/update/{cid}", json={"Status": "warning", "Output": "disk 91%"}).status_code == 200
+    assert (
+        http.put(
+            f"/v1/agent/check/update/{cid}", json={"Status": "warning", "Output": "disk 91%"}
+        ).status_code
+        == 200
+    )
     check = http.get("/v1/agent/checks").json()[cid]
-    assert (check["Status"], check["Output"], check["ServiceName"]) == ("warning", "disk 91%", unique)
+    assert (check["Status"], check["Output"], check["ServiceName"]) == (
+        "warning",
+        "disk 91%",
+        unique,
+    )
     assert http.put(f"/v1/agent/check/update/{cid}", json={"Status": "sideways"}).status_code == 400
     assert http.put(f"/v1/agent/check/deregister/{cid}").status_code == 200
     assert http.put(f"/v1/agent/check/deregister/{cid}").status_code == 404
 
 
-def test_blocking_query_returns_on_change_only_for_its_service(agent: AgentProcess, unique: str) -> None:
+def test_blocking_query_returns_on_change_only_for_its_service(
+    agent: AgentProcess, unique: str
+) -> None:
     other = unique + "-other"
     with agent.client() as http:
         register(http, {"Name": unique, "ID": f"{unique}-1"})
         index = int(http.get(f"/v1/health/service/{unique}").headers["x-consul-index"])
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             started = time.monotonic()
-            waiting = pool.submit(http.get, f"/v1/health/service/{unique}", params={"index": index, "wait": "3s"})
+            waiting = pool.submit(
+                http.get, f"/v1/health/service/{unique}", params={"index": index, "wait": "3s"}
+            )
             time.sleep(0.3)
             with agent.client() as writer:
                 register(writer, {"Name": other, "ID": f"{other}-1"})  # must not wake it
@@ -131,7 +198,9 @@ def test_blocking_query_times_out_with_same_index(http: httpx.Client, unique: st
     r = http.get(f"/v1/health/service/{unique}", params={"index": index, "wait": "400ms"})
     elapsed = time.monotonic() - started
     assert r.headers["x-consul-index"] == index
-    assert 0.39 <= elapsed < 0.4 * (1 + 1 / 16) + 1.0  # wait plus at most wait/16 jitter (plus slack)
+    assert (
+        0.39 <= elapsed < 0.4 * (1 + 1 / 16) + 1.0
+    )  # wait plus at most wait/16 jitter (plus slack)
 
 
 def test_nonexistent_service_has_stable_index(http: httpx.Client, unique: str) -> None:
@@ -144,19 +213,74 @@ def test_nonexistent_service_has_stable_index(http: httpx.Client, unique: str) -
     ("path", "body", "status", "message"),
     [
         ("/v1/agent/service/register", {"Port": 1}, 400, "Missing service name"),
-        ("/v1/agent/service/register", {"Name": "x", "Port": -1}, 400, "Port must be between 0 and 65535"),
+        (
+            "/v1/agent/service/register",
+            {"Name": "x", "Port": -1},
+            400,
+            "Port must be between 0 and 65535",
+        ),
         ("/v1/agent/service/register", {"Name": "x", "Port": "80"}, 400, "Expected `int`"),
-        ("/v1/agent/service/register", {"Name": "x", "Check": {"TTL": "10s", "Interval": "10s"}}, 400, "Interval and TTL"),
-        ("/v1/agent/service/register", {"Name": "x", "Check": {"TTL": "ten seconds"}}, 400, "invalid duration"),
-        ("/v1/agent/service/register", {"Name": "x", "Check": {"Interval": "10s"}}, 400, "one of TTL, HTTP"),
-        ("/v1/agent/service/register", {"Name": "x", "Check": {"HTTP": "http://h/", "TCP": "h:1", "Interval": "1s"}}, 400, "one type"),
-        ("/v1/agent/service/register", {"Name": "x", "Check": {"HTTP": "http://h/"}}, 400, "Interval must be > 0"),
-        ("/v1/agent/service/register", {"Name": "x", "Check": {"HTTP": "ftp://h/", "Interval": "1s"}}, 400, "http:// or https://"),
-        ("/v1/agent/service/register", {"Name": "x", "Check": {"Args": ["true"], "Interval": "1s"}}, 400, "Scripts are disabled"),
-        ("/v1/agent/service/register", {"Name": "x", "Check": {"TTL": "1s", "Status": "great"}}, 400, "Invalid check status"),
-        ("/v1/agent/service/register", {"Name": "x", "Weights": {"Passing": 0}}, 400, "Passing must be greater than 0"),
+        (
+            "/v1/agent/service/register",
+            {"Name": "x", "Check": {"TTL": "10s", "Interval": "10s"}},
+            400,
+            "Interval and TTL",
+        ),
+        (
+            "/v1/agent/service/register",
+            {"Name": "x", "Check": {"TTL": "ten seconds"}},
+            400,
+            "invalid duration",
+        ),
+        (
+            "/v1/agent/service/register",
+            {"Name": "x", "Check": {"Interval": "10s"}},
+            400,
+            "one of TTL, HTTP",
+        ),
+        (
+            "/v1/agent/service/register",
+            {"Name": "x", "Check": {"HTTP": "http://h/", "TCP": "h:1", "Interval": "1s"}},
+            400,
+            "one type",
+        ),
+        (
+            "/v1/agent/service/register",
+            {"Name": "x", "Check": {"HTTP": "http://h/"}},
+            400,
+            "Interval must be > 0",
+        ),
+        (
+            "/v1/agent/service/register",
+            {"Name": "x", "Check": {"HTTP": "ftp://h/", "Interval": "1s"}},
+            400,
+            "http:// or https://",
+        ),
+        (
+            "/v1/agent/service/register",
+            {"Name": "x", "Check": {"Args": ["true"], "Interval": "1s"}},
+            400,
+            "Scripts are disabled",
+        ),
+        (
+            "/v1/agent/service/register",
+            {"Name": "x", "Check": {"TTL": "1s", "Status": "great"}},
+            400,
+            "Invalid check status",
+        ),
+        (
+            "/v1/agent/service/register",
+            {"Name": "x", "Weights": {"Passing": 0}},
+            400,
+            "Passing must be greater than 0",
+        ),
         ("/v1/agent/check/register", {"TTL": "1s"}, 400, "Missing check name"),
-        ("/v1/agent/check/register", {"Name": "c", "TTL": "1s", "ServiceID": "ghost"}, 400, 'ServiceID "ghost" does not exist'),
+        (
+            "/v1/agent/check/register",
+            {"Name": "c", "TTL": "1s", "ServiceID": "ghost"},
+            400,
+            'ServiceID "ghost" does not exist',
+        ),
         ("/v1/catalog/register", {"Address": "1.2.3.4"}, 400, "Must provide node"),
         ("/v1/catalog/deregister", {"Node": "ghost-node"}, 404, "Unknown node"),
     ],
@@ -188,7 +312,9 @@ def test_bad_input_is_a_clear_4xx_and_writes_nothing(
         ("GET", "/v1/no/such/endpoint", 404, "no endpoint"),
     ],
 )
-def test_bad_requests(http: httpx.Client, method: str, path: str, status: int, message: str) -> None:
+def test_bad_requests(
+    http: httpx.Client, method: str, path: str, status: int, message: str
+) -> None:
     r = http.request(method, path)
     assert r.status_code == status, r.text
     assert message in r.text
@@ -207,13 +333,17 @@ def test_body_too_large_is_413(http: httpx.Client) -> None:
     assert "too large" in r.text
 
 
-def test_abandoned_client_mid_body_does_not_block_others(agent: AgentProcess, http: httpx.Client) -> None:
+def test_abandoned_client_mid_body_does_not_block_others(
+    agent: AgentProcess, http: httpx.Client
+) -> None:
     """A client that sends headers promising a body and then goes silent."""
     host, port = "127.0.0.1", agent.http_port
     stalled = []
     for _ in range(20):
         s = socket.create_connection((host, port))
-        s.sendall(b"PUT /v1/agent/service/register HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{")
+        s.sendall(
+            b"PUT /v1/agent/service/register HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{"
+        )
         stalled.append(s)
     try:
         assert http.get("/v1/status/leader").status_code == 200
@@ -232,13 +362,19 @@ def test_metrics_and_ui(http: httpx.Client) -> None:
 def test_slow_clients_are_closed_after_the_read_deadline(tmp_path) -> None:
     config = tmp_path / "agent.toml"
     config.write_text("http_read_timeout = 0.5\n")
-    slow = AgentProcess("--dev", "--config-file", str(config), "--http", "127.0.0.1:0", "--dns", "off").start()
+    slow = AgentProcess(
+        "--dev", "--config-file", str(config), "--http", "127.0.0.1:0", "--dns", "off"
+    ).start()
     try:
         silent = socket.create_connection(("127.0.0.1", slow.http_port))
         dribble = socket.create_connection(("127.0.0.1", slow.http_port))
-        dribble.sendall(b"GET /v1/status/leader HTTP/1.1\r\nHost: x\r\n")  # never finishes its headers
+        dribble.sendall(
+            b"GET /v1/status/leader HTTP/1.1\r\nHost: x\r\n"
+        )  # never finishes its headers
         stalled = socket.create_connection(("127.0.0.1", slow.http_port))
-        stalled.sendall(b"PUT /v1/agent/service/register HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+        stalled.sendall(
+            b"PUT /v1/agent/service/register HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"
+        )
         for s in (silent, dribble, stalled):
             s.settimeout(5)
             started = time.monotonic()
@@ -252,20 +388,45 @@ def test_slow_clients_are_closed_after_the_read_deadline(tmp_path) -> None:
 
 
 def test_ui_service_summaries(http: httpx.Client, unique: str) -> None:
-    register(http, {"Name": unique, "ID": f"{unique}-1", "Tags": ["t"], "Check": {"TTL": "1m", "Status": "passing"}})
-    register(http, {"Name": unique, "ID": f"{unique}-2", "Check": {"TTL": "1m", "Status": "warning"}})
+    register(
+        http,
+        {
+            "Name": unique,
+            "ID": f"{unique}-1",
+            "Tags": ["t"],
+            "Check": {"TTL": "1m", "Status": "passing"},
+        },
+    )
+    register(
+        http, {"Name": unique, "ID": f"{unique}-2", "Check": {"TTL": "1m", "Status": "warning"}}
+    )
     r = http.get("/v1/internal/ui/services")
     assert int(r.headers["x-consul-index"]) >= 1
     (row,) = [s for s in r.json() if s["Name"] == unique]
     assert row["Tags"] == ["t"]
-    assert (row["InstanceCount"], row["InstancesPassing"], row["InstancesWarning"], row["InstancesCritical"]) == (2, 1, 1, 0)
-    assert (row["ChecksPassing"], row["ChecksWarning"]) == (3, 1)  # serfHealth counts once per instance
+    assert (
+        row["InstanceCount"],
+        row["InstancesPassing"],
+        row["InstancesWarning"],
+        row["InstancesCritical"],
+    ) == (2, 1, 1, 0)
+    assert (row["ChecksPassing"], row["ChecksWarning"]) == (
+        3,
+        1,
+    )  # serfHealth counts once per instance
 
 
-def test_node_maintenance_takes_every_instance_out_of_passing(http: httpx.Client, unique: str) -> None:
-    register(http, {"Name": unique, "ID": f"{unique}-1", "Check": {"TTL": "1m", "Status": "passing"}})
+def test_node_maintenance_takes_every_instance_out_of_passing(
+    http: httpx.Client, unique: str
+) -> None:
+    register(
+        http, {"Name": unique, "ID": f"{unique}-1", "Check": {"TTL": "1m", "Status": "passing"}}
+    )
     assert len(http.get(f"/v1/health/service/{unique}?passing").json()) == 1
-    assert http.put("/v1/agent/maintenance", params={"enable": "true", "reason": "kernel"}).status_code == 200
+    assert (
+        http.put("/v1/agent/maintenance", params={"enable": "true", "reason": "kernel"}).status_code
+        == 200
+    )
     try:
         assert http.get(f"/v1/health/service/{unique}?passing").json() == []
         notes = http.get("/v1/agent/checks").json()["_node_maintenance"]["Notes"]

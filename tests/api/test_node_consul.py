@@ -14,13 +14,20 @@ from ..agentproc import AgentProcess
 NODE_DIR = Path(__file__).parent.parent / "node"
 
 
-@pytest.mark.skipif(shutil.which("node") is None, reason="Node.js is not installed (make test installs it)")
+@pytest.mark.skipif(
+    shutil.which("node") is None, reason="Node.js is not installed (make test installs it)"
+)
 def test_node_consul_client(agent: AgentProcess, unique: str) -> None:
     if not (NODE_DIR / "node_modules" / "consul").is_dir():
-        pytest.fail("tests/node/node_modules is missing: run `make test` (it runs npm install there)")
+        pytest.fail(
+            "tests/node/node_modules is missing: run `make test` (it runs npm install there)"
+        )
     result = subprocess.run(
         ["node", "compat.js", str(agent.http_port), unique],
-        cwd=NODE_DIR, capture_output=True, text=True, timeout=60,
+        cwd=NODE_DIR,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, result.stderr
     seen = json.loads(result.stdout.strip().splitlines()[-1])
@@ -29,5 +36,8 @@ def test_node_consul_client(agent: AgentProcess, unique: str) -> None:
     assert seen["catalog"] == [[f"{unique}-1", 3000]]
     assert seen["watchUpdates"] == [1, 2]
     assert seen["afterFail"] == [f"{unique}-2"]  # -1 failed its TTL check; -2 has no checks
-    assert seen["badRequest"].startswith("400") and "Port must be between 0 and 65535" in seen["badRequest"]
+    assert (
+        seen["badRequest"].startswith("400")
+        and "Port must be between 0 and 65535" in seen["badRequest"]
+    )
     assert seen["leader"].endswith(":8300")

@@ -24,8 +24,13 @@ def test_register_and_discover_passing(c: consul.Consul, unique: str) -> None:
     with HealthServer() as server:
         check = consul.Check.http(server.url, interval="1s", timeout="1s", deregister="1m")
         assert c.agent.service.register(
-            unique, service_id=f"{unique}-1", address="127.0.0.1", port=server.port,
-            tags=["v1"], meta={"zone": "a"}, check=check,
+            unique,
+            service_id=f"{unique}-1",
+            address="127.0.0.1",
+            port=server.port,
+            tags=["v1"],
+            meta={"zone": "a"},
+            check=check,
         )
         index, nodes = c.health.service(unique, passing=True)
         assert int(index) >= 1
@@ -56,7 +61,9 @@ def test_ttl_check_lifecycle_and_maintenance(c: consul.Consul, unique: str) -> N
     c.agent.check.ttl_pass(check_id)
     assert c.agent.service.maintenance(sid, True, "upgrade")
     assert c.health.service(unique, passing=True)[1] == []
-    maint = [ch for ch in c.health.checks(unique)[1] if ch["CheckID"].startswith("_service_maintenance")]
+    maint = [
+        ch for ch in c.health.checks(unique)[1] if ch["CheckID"].startswith("_service_maintenance")
+    ]
     assert maint[0]["Notes"] == "upgrade"
     c.agent.service.maintenance(sid, False)
     assert len(c.health.service(unique, passing=True)[1]) == 1
@@ -82,7 +89,9 @@ def test_tag_filter_catalog_and_state(c: consul.Consul, unique: str) -> None:
 def test_third_party_catalog_registration(c: consul.Consul, unique: str) -> None:
     node = f"{unique}-ext"
     assert c.catalog.register(
-        node, "10.1.2.3", service={"Service": unique, "ID": "web1", "Port": 8080},
+        node,
+        "10.1.2.3",
+        service={"Service": unique, "ID": "web1", "Port": 8080},
         check={"CheckID": "ext", "Name": "external", "Status": "passing", "ServiceID": "web1"},
     )
     _, rows = c.health.service(unique, passing=True)
@@ -112,7 +121,9 @@ def test_blocking_query_wakes_on_change(c: consul.Consul, unique: str) -> None:
 async def test_asyncio_client(agent: AgentProcess, unique: str) -> None:
     c = consul.aio.Consul(host="127.0.0.1", port=agent.http_port)
     try:
-        await c.agent.service.register(unique, service_id=f"{unique}-1", port=5, check=consul.Check.ttl("10s"))
+        await c.agent.service.register(
+            unique, service_id=f"{unique}-1", port=5, check=consul.Check.ttl("10s")
+        )
         await c.agent.check.ttl_pass(f"service:{unique}-1")
         index, rows = await c.health.service(unique, passing=True)
         assert [r["Service"]["ID"] for r in rows] == [f"{unique}-1"]

@@ -35,7 +35,9 @@ async def test_blocked_watcher_of_a_sleeps_through_b_and_wakes_for_a() -> None:
 
 async def test_node_check_change_touches_every_service_on_the_node() -> None:
     catalog = await open_catalog()
-    await catalog.put(node(), service("a1", "a"), service("b1", "b"), check("serf", status="passing"))
+    await catalog.put(
+        node(), service("a1", "a"), service("b1", "b"), check("serf", status="passing")
+    )
     before = catalog.state.index_of([service_topic("b")])
     await catalog.put(check("serf", status="critical"))
     assert catalog.state.index_of([service_topic("b")]) > before

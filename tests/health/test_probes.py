@@ -14,7 +14,17 @@ from waypost.health.probes import MAX_OUTPUT, grpc_probe, http_probe, script_pro
 from ..servers import HealthServer, TcpListener, free_port
 
 
-@pytest.mark.parametrize(("code", "expected"), [(200, "passing"), (204, "passing"), (429, "warning"), (500, "critical"), (404, "critical"), (301, "critical")])
+@pytest.mark.parametrize(
+    ("code", "expected"),
+    [
+        (200, "passing"),
+        (204, "passing"),
+        (429, "warning"),
+        (500, "critical"),
+        (404, "critical"),
+        (301, "critical"),
+    ],
+)
 async def test_http_status_mapping(code: int, expected: str) -> None:
     with HealthServer(status=code, body=b"" if code == 204 else b"hello") as server:
         status, output = await http_probe(CheckDefinition(http=server.url, interval=1))
@@ -24,8 +34,9 @@ async def test_http_status_mapping(code: int, expected: str) -> None:
 
 async def test_http_method_headers_body_and_output_cap() -> None:
     with HealthServer(body=b"x" * 10_000) as server:
-        defn = CheckDefinition(http=server.url, interval=1, method="POST", body='{"a":1}',
-                               header={"X-Probe": ["yes"]})
+        defn = CheckDefinition(
+            http=server.url, interval=1, method="POST", body='{"a":1}', header={"X-Probe": ["yes"]}
+        )
         status, output = await http_probe(defn)
     assert status == "passing"
     method, path, headers = server.requests[0]
@@ -51,7 +62,9 @@ async def test_http_connection_refused_and_timeout() -> None:
 async def test_tcp_probe() -> None:
     listener = TcpListener()
     try:
-        assert (await tcp_probe(CheckDefinition(tcp=f"127.0.0.1:{listener.port}", interval=1)))[0] == "passing"
+        assert (await tcp_probe(CheckDefinition(tcp=f"127.0.0.1:{listener.port}", interval=1)))[
+            0
+        ] == "passing"
     finally:
         listener.close()
     status, output = await tcp_probe(CheckDefinition(tcp=f"127.0.0.1:{listener.port}", interval=1))
@@ -60,7 +73,9 @@ async def test_tcp_probe() -> None:
 
 @pytest.mark.parametrize(("code", "expected"), [(0, "passing"), (1, "warning"), (2, "critical")])
 async def test_script_probe_exit_codes(code: int, expected: str) -> None:
-    status, output = await script_probe(CheckDefinition(args=("sh", "-c", f"echo hi; exit {code}"), interval=1))
+    status, output = await script_probe(
+        CheckDefinition(args=("sh", "-c", f"echo hi; exit {code}"), interval=1)
+    )
     assert (status, output.strip()) == (expected, "hi")
 
 
@@ -80,12 +95,18 @@ async def test_grpc_health_protocol_against_a_real_grpc_server() -> None:
     await server.start()
     try:
         await servicer.set("payments", health_pb2.HealthCheckResponse.SERVING)
-        status, output = await grpc_probe(CheckDefinition(grpc=f"127.0.0.1:{port}/payments", interval=1))
+        status, output = await grpc_probe(
+            CheckDefinition(grpc=f"127.0.0.1:{port}/payments", interval=1)
+        )
         assert (status, output.endswith("SERVING")) == ("passing", True)
         await servicer.set("payments", health_pb2.HealthCheckResponse.NOT_SERVING)
-        status, output = await grpc_probe(CheckDefinition(grpc=f"127.0.0.1:{port}/payments", interval=1))
+        status, output = await grpc_probe(
+            CheckDefinition(grpc=f"127.0.0.1:{port}/payments", interval=1)
+        )
         assert (status, "NOT_SERVING" in output) == ("critical", True)
-        status, output = await grpc_probe(CheckDefinition(grpc=f"127.0.0.1:{port}/unknown", interval=1))
+        status, output = await grpc_probe(
+            CheckDefinition(grpc=f"127.0.0.1:{port}/unknown", interval=1)
+        )
         assert status == "critical" and "NOT_FOUND" in output
     finally:
         await server.stop(None)
@@ -96,8 +117,26 @@ async def test_https_check_with_self_signed_cert(tmp_path) -> None:
     if openssl is None:
         pytest.skip("openssl is not installed")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
-                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            openssl,
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(cert, key)
     with HealthServer() as server:
@@ -105,5 +144,7 @@ async def test_https_check_with_self_signed_cert(tmp_path) -> None:
         url = f"https://127.0.0.1:{server.port}/health"
         status, output = await http_probe(CheckDefinition(http=url, interval=1, timeout=5))
         assert status == "critical" and "CERTIFICATE_VERIFY_FAILED" in output
-        status, output = await http_probe(CheckDefinition(http=url, interval=1, timeout=5, tls_skip_verify=True))
+        status, output = await http_probe(
+            CheckDefinition(http=url, interval=1, timeout=5, tls_skip_verify=True)
+        )
         assert status == "passing", output

@@ -25,12 +25,18 @@ class ScriptedProbe:
         return status, f"scripted {status}"
 
 
-async def setup(defn: CheckDefinition, status: str = "critical", probe: ScriptedProbe | None = None):
+async def setup(
+    defn: CheckDefinition, status: str = "critical", probe: ScriptedProbe | None = None
+):
     catalog = await open_catalog()
     clock = FakeClock()
     probes = {"tcp": probe or ScriptedProbe("critical")}
-    runner = HealthRunner(catalog, "n1", clock=clock, rng=random.Random(7), reap_interval=1.0, probes=probes)
-    await catalog.put(node(), service("web-1"), check("c1", "web-1", status=status, definition=defn))
+    runner = HealthRunner(
+        catalog, "n1", clock=clock, rng=random.Random(7), reap_interval=1.0, probes=probes
+    )
+    await catalog.put(
+        node(), service("web-1"), check("c1", "web-1", status=status, definition=defn)
+    )
     await runner.start()
     return catalog, clock, runner
 
@@ -58,10 +64,12 @@ async def test_ttl_expires_to_critical_and_heartbeat_restarts_it() -> None:
 
 
 async def test_heartbeat_errors() -> None:
-    catalog, clock, runner = await setup(CheckDefinition(ttl=10))
+    catalog, _clock, runner = await setup(CheckDefinition(ttl=10))
     with pytest.raises(NotFoundError):
         await runner.heartbeat("ghost", "passing", "")
-    await catalog.put(check("c2", "web-1", definition=CheckDefinition(tcp="127.0.0.1:1", interval=5)))
+    await catalog.put(
+        check("c2", "web-1", definition=CheckDefinition(tcp="127.0.0.1:1", interval=5))
+    )
     with pytest.raises(ValidationError, match="does not have associated TTL"):
         await runner.heartbeat("c2", "passing", "")
     await runner.stop()
@@ -80,7 +88,9 @@ async def test_deregister_critical_service_after() -> None:
 
 
 async def test_recovery_resets_the_reap_timer() -> None:
-    catalog, clock, runner = await setup(CheckDefinition(ttl=5, deregister_critical_after=10), "passing")
+    catalog, clock, runner = await setup(
+        CheckDefinition(ttl=5, deregister_critical_after=10), "passing"
+    )
     await clock.advance(12)  # critical since the TTL ran out at 5
     await runner.heartbeat("c1", "passing", "")
     await clock.advance(4)
@@ -95,11 +105,23 @@ async def test_recovery_resets_the_reap_timer() -> None:
     [
         (["critical"], {}, "critical"),
         (["passing", "critical", "critical"], {"failures_before_critical": 3}, "passing"),
-        (["passing", "critical", "critical", "critical"], {"failures_before_critical": 3}, "critical"),
-        (["passing", "critical"], {"failures_before_warning": 1, "failures_before_critical": 3}, "warning"),
+        (
+            ["passing", "critical", "critical", "critical"],
+            {"failures_before_critical": 3},
+            "critical",
+        ),
+        (
+            ["passing", "critical"],
+            {"failures_before_warning": 1, "failures_before_critical": 3},
+            "warning",
+        ),
         (["critical", "passing"], {"success_before_passing": 2}, "critical"),
         (["critical", "passing", "passing"], {"success_before_passing": 2}, "passing"),
-        (["passing", "critical", "passing", "critical"], {"failures_before_critical": 2}, "passing"),
+        (
+            ["passing", "critical", "passing", "critical"],
+            {"failures_before_critical": 2},
+            "passing",
+        ),
         (["passing", "warning"], {"failures_before_critical": 5}, "warning"),
     ],
 )
@@ -128,7 +150,7 @@ async def test_interval_check_runs_staggered_then_every_interval() -> None:
 
 
 async def test_refresh_stops_removed_checks() -> None:
-    catalog, clock, runner = await setup(CheckDefinition(ttl=10))
+    catalog, _clock, runner = await setup(CheckDefinition(ttl=10))
     assert runner.statistics()["running_checks"] == 1
     await catalog.deregister_check("n1", "c1")
     runner.refresh(["c1"])
