@@ -79,9 +79,9 @@ class SqliteStorage(Storage):
         except (sqlite3.Error, OSError) as exc:
             raise ConfigError(f"cannot open the sqlite store at {self.path}: {exc}") from exc
         self._index = row[0] if row else 0
-        entries = [Entry(k, bytes(v), c, m) for k, v, c, m in rows]
-        if entries:
-            apply(self._index, entries)
+        # Applied even when empty: the index must survive a restart of a store
+        # whose last commits only deleted keys.
+        apply(self._index, [Entry(k, bytes(v), c, m) for k, v, c, m in rows])
         self._apply = apply
         self._thread = threading.Thread(
             target=self._writer, args=(conn,), name="waypost-sqlite-writer", daemon=True
