@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from ..agentproc import AgentProcess
+from ..wait import until
 
 
 @pytest.fixture
@@ -434,3 +435,26 @@ def test_node_maintenance_takes_every_instance_out_of_passing(
     finally:
         assert http.put("/v1/agent/maintenance", params={"enable": "false"}).status_code == 200
     assert len(http.get(f"/v1/health/service/{unique}?passing").json()) == 1
+
+
+def test_abandoned_long_polls_stop_waiting_when_the_client_goes(agent: AgentProcess, unique: str) -> None:
+    """Clients that open blocking queries and drop them must not pile up parked tasks."""
+
+    def parked(http: httpx.Client) -> float:
+        for line in http.get("/metrics").text.splitlines():
+            if line.startswith("waypost_catalog_parked_queries "):
+                return float(line.split()[1])
+        raise AssertionError("no parked_queries metric")
+
+    with agent.client() as http:
+        index = http.get(f"/v1/health/service/{unique}").headers["x-consul-index"]
+        base = parked(http)
+        sockets = []
+        for _ in range(50):
+            s = socket.create_connection(("127.0.0.1", agent.http_port))
+            s.sendall(f"GET /v1/health/service/{unique}?index={index}&wait=10m HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            sockets.append(s)
+        until(lambda: parked(http) >= base + 50)
+        for s in sockets:
+            s.close()
+        until(lambda: parked(http) == base, timeout=5)

@@ -89,7 +89,8 @@ class ConsulApi:
         if req.has("consistent"):
             await self.agent.storage.confirm()
         if min_index:
-            await self.catalog.block(topics, min_index, wait + self.rng.uniform(0, wait / 16))
+            jittered = wait + self.rng.uniform(0, wait / 16)
+            await self.catalog.block(topics, min_index, jittered, req.connection_lost)
         index = self.state.index_of(topics)
         key = (req.path, _query_key(req))
         hit = self._cache.get(key) if cache else None

@@ -7,6 +7,7 @@ microseconds that show up directly in the requests/s figure.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -30,7 +31,7 @@ class HttpError(Exception):
 
 
 class Request:
-    __slots__ = ("_receive", "headers", "method", "path", "query")
+    __slots__ = ("_receive", "connection_lost", "headers", "method", "path", "query")
 
     def __init__(
         self, scope: dict[str, Any], receive: Callable[[], Awaitable[dict[str, Any]]]
@@ -43,6 +44,11 @@ class Request:
         )
         self.headers: list[tuple[bytes, bytes]] = scope["headers"]
         self._receive = receive
+        extensions = scope.get("extensions")
+        # Resolves when the client's connection closes (api/protocol.py); None elsewhere.
+        self.connection_lost: asyncio.Future[None] | None = (
+            extensions.get("waypost.connection_lost") if extensions else None
+        )
 
     def arg(self, name: str, default: str = "") -> str:
         values = self.query.get(name)

@@ -29,6 +29,7 @@ class Catalog:
         self.state = State()
         self.watches = Watches()
         self._listeners: list[ChangeListener] = []
+        self.parked = 0  # blocking queries waiting right now
 
     async def open(self) -> None:
         await self.storage.open(self._apply)
@@ -49,18 +50,29 @@ class Catalog:
 
     # -- blocking queries --------------------------------------------------
 
-    async def block(self, topics: Iterable[Topic], min_index: int, wait: float) -> None:
-        """Return once the index over `topics` passes `min_index`, or after `wait` s."""
+    async def block(
+        self,
+        topics: Iterable[Topic],
+        min_index: int,
+        wait: float,
+        abandon: asyncio.Future[None] | None = None,
+    ) -> None:
+        """Return once the index over `topics` passes `min_index`, after `wait`
+        seconds, or as soon as `abandon` resolves (the client went away)."""
         if min_index <= 0:
             return
         topics = tuple(topics)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
-        while self.state.index_of(topics) <= min_index and not self.watches.closed:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return
-            await self.watches.wait(topics, remaining)
+        self.parked += 1
+        try:
+            while self.state.index_of(topics) <= min_index and not self.watches.closed:
+                remaining = deadline - loop.time()
+                if remaining <= 0 or (abandon is not None and abandon.done()):
+                    return
+                await self.watches.wait(topics, remaining, abandon)
+        finally:
+            self.parked -= 1
 
     # -- writes ------------------------------------------------------------
 
@@ -143,4 +155,8 @@ class Catalog:
         return True
 
     def statistics(self) -> dict[str, float]:
-        return {**self.state.statistics(), **self.watches.statistics()}
+        return {
+            **self.state.statistics(),
+            **self.watches.statistics(),
+            "parked_queries": self.parked,
+        }

@@ -52,9 +52,14 @@ class Watches:
             if fut is not None and not fut.done():
                 fut.set_result(None)
 
-    async def wait(self, topics: Iterable[Topic], timeout: float) -> bool:
-        """Sleep until one of `topics` fires (True) or `timeout` passes (False)."""
+    async def wait(
+        self, topics: Iterable[Topic], timeout: float, abandon: asyncio.Future[None] | None = None
+    ) -> bool:
+        """Sleep until one of `topics` fires or `abandon` resolves (True), or
+        `timeout` passes (False)."""
         futures = {self.future(t) for t in topics}
+        if abandon is not None:
+            futures.add(abandon)
         done, _ = await asyncio.wait(futures, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         return bool(done)
 
