@@ -437,7 +437,9 @@ def test_node_maintenance_takes_every_instance_out_of_passing(
     assert len(http.get(f"/v1/health/service/{unique}?passing").json()) == 1
 
 
-def test_abandoned_long_polls_stop_waiting_when_the_client_goes(agent: AgentProcess, unique: str) -> None:
+def test_abandoned_long_polls_stop_waiting_when_the_client_goes(
+    agent: AgentProcess, unique: str
+) -> None:
     """Clients that open blocking queries and drop them must not pile up parked tasks."""
 
     def parked(http: httpx.Client) -> float:
@@ -452,9 +454,45 @@ def test_abandoned_long_polls_stop_waiting_when_the_client_goes(agent: AgentProc
         sockets = []
         for _ in range(50):
             s = socket.create_connection(("127.0.0.1", agent.http_port))
-            s.sendall(f"GET /v1/health/service/{unique}?index={index}&wait=10m HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            s.sendall(
+                f"GET /v1/health/service/{unique}?index={index}&wait=10m HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+            )
             sockets.append(s)
         until(lambda: parked(http) >= base + 50)
         for s in sockets:
             s.close()
         until(lambda: parked(http) == base, timeout=5)
+
+
+def test_reregistration_keeps_status_unless_the_body_gives_one(
+    http: httpx.Client, unique: str
+) -> None:
+    sid = f"{unique}-1"
+    register(
+        http,
+        {"Name": unique, "ID": sid, "Check": {"CheckID": "c", "TTL": "1m", "Status": "passing"}},
+    )
+    register(http, {"Name": unique, "ID": sid, "Check": {"CheckID": "c", "TTL": "1m"}})
+    assert http.get("/v1/agent/checks").json()["c"]["Status"] == "passing"  # kept
+    register(
+        http,
+        {"Name": unique, "ID": sid, "Check": {"CheckID": "c", "TTL": "1m", "Status": "critical"}},
+    )
+    assert http.get("/v1/agent/checks").json()["c"]["Status"] == "critical"  # given explicitly
+
+
+def test_tag_lists_and_a_tag_with_a_comma_are_different_questions(
+    http: httpx.Client, unique: str
+) -> None:
+    register(http, {"Name": unique, "ID": "both", "Tags": ["a", "b"]})
+    register(http, {"Name": unique, "ID": "comma", "Tags": ["a,b"]})
+    both = http.get(f"/v1/catalog/service/{unique}", params=[("tag", "a"), ("tag", "b")]).json()
+    comma = http.get(f"/v1/catalog/service/{unique}", params={"tag": "a,b"}).json()
+    assert [r["ServiceID"] for r in both] == ["both"]
+    assert [r["ServiceID"] for r in comma] == ["comma"]
+
+
+def test_ids_are_percent_decoded_once(http: httpx.Client, unique: str) -> None:
+    register(http, {"Name": unique, "ID": "a%41"})
+    assert http.put("/v1/agent/service/deregister/a%2541").status_code == 200
+    assert http.get(f"/v1/catalog/service/{unique}").json() == []

@@ -156,3 +156,28 @@ async def test_refresh_stops_removed_checks() -> None:
     runner.refresh(["c1"])
     assert runner.statistics()["running_checks"] == 0
     await runner.stop()
+
+
+async def test_a_check_whose_task_ended_is_restarted_on_reregistration() -> None:
+    """Its task ends when the check vanishes under it (catalog deregister, another agent)."""
+    probe = ScriptedProbe("passing")
+    defn = CheckDefinition(tcp="127.0.0.1:1", interval=10)
+    catalog, clock, runner = await setup(defn, probe=probe)
+    await catalog.deregister_check("n1", "c1")  # not through the runner
+    await clock.advance(20)  # the task's next report finds no check and ends
+    await catalog.put(check("c1", "web-1", status="critical", definition=defn))
+    runner.refresh(["c1"])
+    await clock.advance(20)
+    assert status(catalog) == "passing"
+    await runner.stop()
+
+
+async def test_unfired_watch_futures_do_not_accumulate() -> None:
+    from waypost.catalog.watch import service_topic
+
+    catalog, _clock, runner = await setup(CheckDefinition(ttl=10))
+    before = catalog.watches.statistics()["watched_topics"]
+    for n in range(20):
+        await catalog.block([service_topic(f"nope-{n}")], 10**9, 0.001)
+    assert catalog.watches.statistics()["watched_topics"] == before
+    await runner.stop()

@@ -78,7 +78,9 @@ class LocalAgent:
         if len({c.check_id for c in checks}) != len(checks):
             raise ValidationError("Two checks of the service have the same CheckID")
         before = set(self.catalog.state.service_checks.get((self.name, service.id), {}))
-        await self.catalog.register_service(service, checks, replace_checks)
+        bodies = ([body.check] if body.check else []) + list(body.checks)
+        given = {c.check_id for c, b in zip(checks, bodies, strict=True) if b.status}
+        await self.catalog.register_service(service, checks, replace_checks, given)
         self.runner.refresh(before | {c.check_id for c in checks})
 
     async def deregister_service(self, service_id: str) -> None:

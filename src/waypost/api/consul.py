@@ -36,7 +36,7 @@ class ConsulApi:
         self.catalog = agent.catalog
         self.state = agent.catalog.state
         self.local = agent.local
-        self._cache: dict[tuple[str, bytes], tuple[int, bytes]] = {}
+        self._cache: dict[tuple[str, object], tuple[int, bytes]] = {}
         self.rng = random.Random()
 
     def routes(self, r: Router) -> None:
@@ -382,10 +382,7 @@ def _enable_flag(req: Request) -> bool:
     return value == "true"
 
 
-def _query_key(req: Request) -> bytes:
-    """The query without the blocking parameters, as a cache key."""
-    return b"&".join(
-        f"{k}={','.join(v)}".encode()
-        for k, v in sorted(req.query.items())
-        if k not in ("index", "wait")
-    )
+def _query_key(req: Request) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """The query without the blocking parameters, as a cache key (`tag=a&tag=b`
+    and `tag=a,b` are different questions)."""
+    return tuple((k, tuple(v)) for k, v in sorted(req.query.items()) if k not in ("index", "wait"))

@@ -316,8 +316,11 @@ def _validate_definition(defn: CheckDefinition) -> None:
         raise ValidationError("Interval must be > 0 for Script, HTTP, gRPC or TCP checks")
     if defn.http and not defn.http.startswith(("http://", "https://")):
         raise ValidationError(f'HTTP must be an http:// or https:// URL, got "{defn.http}"')
-    if defn.tcp and ":" not in defn.tcp:
-        raise ValidationError(f'TCP must be host:port, got "{defn.tcp}"')
+    for kind, target in (("TCP", defn.tcp), ("GRPC", defn.grpc.partition("/")[0])):
+        if target and not _is_host_port(target):
+            raise ValidationError(
+                f'{kind} must be host:port with a port up to 65535, got "{target}"'
+            )
     if (
         min(
             defn.success_before_passing, defn.failures_before_warning, defn.failures_before_critical
@@ -325,6 +328,11 @@ def _validate_definition(defn: CheckDefinition) -> None:
         < 0
     ):
         raise ValidationError("SuccessBeforePassing and FailuresBefore* must not be negative")
+
+
+def _is_host_port(target: str) -> bool:
+    host, sep, port = target.rpartition(":")
+    return bool(sep and host and port.isdigit() and int(port) <= 65535)
 
 
 def build_check(

@@ -11,7 +11,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import parse_qs, unquote
+from urllib.parse import parse_qs
 
 import msgspec
 
@@ -131,7 +131,8 @@ class Router:
         if table is None:
             for prefix, candidate in self.prefixes:
                 if path.startswith(prefix):
-                    table, rest = candidate, unquote(path[len(prefix) :])
+                    # uvicorn has already percent-decoded the path: decode no further.
+                    table, rest = candidate, path[len(prefix) :]
                     break
         if table is None:
             raise HttpError(404, f"Invalid URL path: no endpoint at {path}")

@@ -9,7 +9,7 @@ blocking-query loop every read shares (HTTP long-polls, the UI, DNS caches).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 
 import msgspec
 
@@ -83,17 +83,23 @@ class Catalog:
         return await self.commit([codec.put(r) for r in records])
 
     async def register_service(
-        self, service: Service, checks: list[Check], replace_checks: bool = False
+        self,
+        service: Service,
+        checks: list[Check],
+        replace_checks: bool = False,
+        status_given: Collection[str] = (),
     ) -> int:
         """Store an instance with its checks in one batch.
 
-        Existing checks keep their status unless the new definition gives one;
-        with `replace_checks`, the instance's checks not named again are removed.
+        Existing checks keep their status unless the body gave one (their IDs
+        are in `status_given`); with `replace_checks`, the instance's checks not
+        named again are removed.
         """
         entries = [codec.put(service)]
         existing = self.state.service_checks.get((service.node, service.id), {})
         for check in checks:
-            entries.append(codec.put(self._keep_status(check, existing.get(check.check_id))))
+            old = None if check.check_id in status_given else existing.get(check.check_id)
+            entries.append(codec.put(self._keep_status(check, old)))
         if replace_checks:
             named = {c.check_id for c in checks}
             entries += [

@@ -54,7 +54,7 @@ class State:
         for entry in entries:
             try:
                 self._apply_one(index, entry, touched)
-            except (msgspec.DecodeError, KeyError, ValueError) as exc:
+            except (msgspec.DecodeError, KeyError, ValueError, IndexError) as exc:
                 log.error("skipping unreadable stored entry %r: %s", entry.key, exc)
         self.index = max(self.index, index)
         for topic in touched:

@@ -31,6 +31,7 @@ def node_topic(name: str) -> Topic:
 class Watches:
     def __init__(self) -> None:
         self._futures: dict[Topic, asyncio.Future[None]] = {}
+        self._waiters: dict[Topic, int] = {}
         self.closed = False
 
     def close(self) -> None:
@@ -57,11 +58,33 @@ class Watches:
     ) -> bool:
         """Sleep until one of `topics` fires or `abandon` resolves (True), or
         `timeout` passes (False)."""
+        topics = tuple(topics)
         futures = {self.future(t) for t in topics}
         if abandon is not None:
             futures.add(abandon)
-        done, _ = await asyncio.wait(futures, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        for topic in topics:
+            self._waiters[topic] = self._waiters.get(topic, 0) + 1
+        try:
+            done, _ = await asyncio.wait(
+                futures, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            self._release(topics)
         return bool(done)
+
+    def _release(self, topics: tuple[Topic, ...]) -> None:
+        """Drop a topic's future once nobody waits on it: clients name topics
+        (any service name), so unfired futures must not accumulate."""
+        for topic in topics:
+            left = self._waiters[topic] - 1
+            if left:
+                self._waiters[topic] = left
+                continue
+            del self._waiters[topic]
+            fut = self._futures.get(topic)
+            if fut is not None and not fut.done():
+                del self._futures[topic]
+                fut.cancel()
 
     def statistics(self) -> dict[str, float]:
         return {"watched_topics": len(self._futures)}

@@ -156,7 +156,7 @@ async def tcp_probe(defn: CheckDefinition) -> Result:
             _, writer = await asyncio.open_connection(host, int(port))
     except TimeoutError:
         return "critical", f"{where}: timed out after {timeout:g}s"
-    except OSError as exc:
+    except (OSError, ValueError, OverflowError) as exc:
         return "critical", f"{where}: {exc}"
     writer.close()
     return "passing", f"{where}: Success"
@@ -178,6 +178,11 @@ async def script_probe(defn: CheckDefinition) -> Result:
         proc.kill()
         await proc.wait()
         return "critical", f"script timed out after {timeout:g}s and was killed"
+    except BaseException:  # cancelled (check removed, agent stopping): leave no child behind
+        if proc.returncode is None:
+            proc.kill()
+            await asyncio.shield(proc.wait())
+        raise
     status = {0: "passing", 1: "warning"}.get(proc.returncode or 0, "critical")
     return status, out[:MAX_OUTPUT].decode("utf-8", "replace")
 

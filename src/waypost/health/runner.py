@@ -73,7 +73,7 @@ class HealthRunner:
             check = self.catalog.state.checks.get((self.node, check_id))
             defn = check.definition if check is not None else None
             running = self._tasks.get(check_id)
-            if running is not None and running[0] == defn:
+            if running is not None and running[0] == defn and not running[1].done():
                 continue
             self._cancel(check_id)
             if check is not None and defn is not None and defn.kind:
@@ -151,8 +151,10 @@ class HealthRunner:
             raise NotFoundError(f'Unknown check ID "{check_id}"')
         if check.definition is None or not check.definition.ttl:
             raise ValidationError(f'CheckID "{check_id}" does not have associated TTL')
-        await self.catalog.update_check(self.node, check_id, status, output)
+        # The deadline moves first: the TTL task must not expire the check while
+        # this heartbeat's own write is being committed.
         self._ttl_deadline[check_id] = self.clock.now() + check.definition.ttl
+        await self.catalog.update_check(self.node, check_id, status, output)
         running = self._tasks.get(check_id)
         if running is None or running[1].done():
             coro = self._run_ttl(check_id, check.definition.ttl)
