@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from waypost import ConfigError
+from waypost import ConfigError, StorageError
 from waypost.storage import Entry, open_storage
 
 
@@ -89,3 +89,13 @@ async def test_sqlite_index_survives_restart_after_delete_only_commits(tmp_path:
     assert max(i for i, _, _ in seen.calls) == last
     assert await again.commit([Entry("k", b"v")]) == last + 1
     await again.close()
+
+
+async def test_sqlite_refuses_commits_once_closing(tmp_path: Path) -> None:
+    store = open_storage(f"sqlite:///{tmp_path}/c.db")
+    await store.open(Recorder())
+    closing = asyncio.ensure_future(store.close())
+    await asyncio.sleep(0)  # close() has begun
+    with pytest.raises(StorageError, match="closed"):
+        await store.commit([Entry("k", b"v")])
+    await closing

@@ -66,6 +66,7 @@ class SqliteStorage(Storage):
         self._index = 0
         self._commits = 0
         self._transactions = 0
+        self._closing = False
 
     async def open(self, apply: ApplyFn) -> None:
         try:
@@ -89,7 +90,7 @@ class SqliteStorage(Storage):
         self._thread.start()
 
     async def commit(self, ops: list[Entry]) -> int:
-        if self._thread is None:
+        if self._thread is None or self._closing:
             raise StorageError("the sqlite store is closed")
         pending = _Pending(ops, asyncio.get_running_loop())
         self._queue.put(pending)
@@ -98,6 +99,7 @@ class SqliteStorage(Storage):
     async def close(self) -> None:
         if self._thread is None:
             return
+        self._closing = True  # commits from now on are refused, not queued behind the stop
         self._queue.put(None)
         await asyncio.to_thread(self._thread.join)
         self._thread = None
