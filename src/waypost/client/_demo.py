@@ -177,6 +177,21 @@ async def _wait_passing(agent: str, service: str, count: int, timeout: float = 2
     raise RuntimeError(f"{count} passing instance(s) of {service!r} never appeared")
 
 
+async def _wait_order_ready(order_url: str, timeout: float = 20.0) -> None:
+    """The order service answers once its own discovery has found payment:
+    wait for one good order before the counted traffic starts."""
+    async with httpx.AsyncClient(base_url=order_url, timeout=5.0) as http:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if (await http.get("/order")).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.2)
+    raise RuntimeError("the order service never completed an order")
+
+
 async def _drive(
     order_url: str, seconds: float, rate: float, kill: Callable[[], str], out: TextIO
 ) -> tuple[int, int]:
@@ -249,6 +264,7 @@ def run_demo(
             return victim
 
         url = f"http://127.0.0.1:{order_port}"
+        asyncio.run(_wait_order_ready(url))
         total, failed = asyncio.run(_drive(url, seconds, rate, kill, out))
         out.write(f"{total} orders, {failed} failed\n")
         return 0 if failed == 0 else 1
