@@ -13,7 +13,6 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import httpx
 
@@ -88,9 +87,3 @@ class AgentProcess:
     def kill(self) -> None:
         """SIGKILL: the crash tests' way of stopping."""
         self.stop(signal.SIGKILL)
-
-
-def free_data_dir(tmp: Path, name: str = "data") -> str:
-    path = tmp / name
-    path.mkdir(parents=True, exist_ok=True)
-    return str(path)

@@ -46,7 +46,7 @@ class LocalAgent:
         await self.catalog.commit([codec.put(self.node), codec.put(serf), live])
 
     def _service_checks(self, body: decode.ServiceBody, service: Service) -> list[Check]:
-        bodies = ([body.check] if body.check else []) + list(body.checks)
+        bodies = body.all_checks()
         checks = []
         for n, check_body in enumerate(bodies, start=1):
             default_id = f"service:{service.id}" + (f":{n}" if len(bodies) > 1 else "")
@@ -78,8 +78,7 @@ class LocalAgent:
         if len({c.check_id for c in checks}) != len(checks):
             raise ValidationError("Two checks of the service have the same CheckID")
         before = set(self.catalog.state.service_checks.get((self.name, service.id), {}))
-        bodies = ([body.check] if body.check else []) + list(body.checks)
-        given = {c.check_id for c, b in zip(checks, bodies, strict=True) if b.status}
+        given = {c.check_id for c, b in zip(checks, body.all_checks(), strict=True) if b.status}
         await self.catalog.register_service(service, checks, replace_checks, given)
         self.runner.refresh(before | {c.check_id for c in checks})
 

@@ -134,6 +134,7 @@ class Agent:
         return f"{self.config.advertise}:8300"
 
     def describe_self(self) -> dict[str, Any]:
+        own = [m for m in self.members() if m["Name"] == self.local.name]
         return {
             "Config": {
                 "Datacenter": self.config.datacenter,
@@ -144,7 +145,7 @@ class Agent:
                 "Revision": "waypost",
                 "Version": __version__,
             },
-            "Member": self.members()[0] if self.members() else {},
+            "Member": own[0] if own else {},
             "Meta": {"waypost-store": self.config.store_url().split("://")[0]},
             "Stats": {k: {n: str(v) for n, v in s.items()} for k, s in self.statistics().items()},
         }

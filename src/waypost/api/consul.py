@@ -332,7 +332,7 @@ class ConsulApi:
         if body.service is not None:
             service = decode.build_service(body.service, body.node)
             entries.append(codec.put(service))
-        for check_body in ([body.check] if body.check else []) + body.checks:
+        for check_body in body.all_checks():
             entries.append(codec.put(self._catalog_check(body.node, check_body, service)))
         await self.catalog.commit(entries)
         return json_bytes(_TRUE)

@@ -135,6 +135,10 @@ class ServiceBody(msgspec.Struct):
     check: CheckBody | None = None
     checks: list[CheckBody] = []
 
+    def all_checks(self) -> list[CheckBody]:
+        """`Check` and `Checks` together, in the order given."""
+        return ([self.check] if self.check else []) + self.checks
+
 
 class CatalogBody(msgspec.Struct):
     node: str = ""
@@ -147,6 +151,10 @@ class CatalogBody(msgspec.Struct):
     check: CheckBody | None = None
     checks: list[CheckBody] = []
     skipnodeupdate: bool = False
+
+    def all_checks(self) -> list[CheckBody]:
+        """`Check` and `Checks` together, in the order given."""
+        return ([self.check] if self.check else []) + self.checks
 
 
 class CatalogDeregisterBody(msgspec.Struct):
