@@ -5,7 +5,10 @@
     ├── ValidationError         a request that is malformed or invalid (HTTP 400)
     ├── NotFoundError           an unknown service, check or node ID (HTTP 404)
     ├── StorageError            the store could not make a write durable (HTTP 500)
+    │   ├── Conflict            a write's conditions no longer held; nothing was written
     │   └── StoreUnavailable    the store cannot be reached at all (HTTP 503)
+    │       ├── StoreBusy       too many writes are queued; this one was not queued
+    │       └── OutcomeUnknown  the write was sent but its outcome is unknown
     └── ClientError             raised by the client library
         ├── RegistryUnavailable the registry cannot be reached and nothing is cached
         ├── NoHealthyInstances  a service has no instance a request may go to
@@ -39,8 +42,26 @@ class StorageError(WaypostError):
     """The storage backend failed; the write was not applied."""
 
 
+class Conflict(StorageError):
+    """A commit's conditions did not hold: a key it read has changed since.
+
+    Nothing of the commit was written. By the time it is raised the backend
+    has applied the change that conflicted, so the caller can re-read the
+    state and try again (the catalog's write loop does).
+    """
+
+
 class StoreUnavailable(StorageError):
     """The storage backend cannot be reached; writes are refused, reads go on stale."""
+
+
+class StoreBusy(StoreUnavailable):
+    """Too many commits are waiting; this one was refused before it was queued."""
+
+
+class OutcomeUnknown(StoreUnavailable):
+    """The write reached the store but its answer was lost: it may or may not
+    have been applied. It is never retried blindly; the caller must re-read."""
 
 
 class ClientError(WaypostError):

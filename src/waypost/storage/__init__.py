@@ -6,7 +6,7 @@ import importlib
 from typing import Final
 
 from .._exceptions import ConfigError
-from .base import ApplyFn, Entry, Storage, StoreHealth
+from .base import ApplyFn, Condition, Entry, Storage, StoreHealth, prefix_end
 
 BACKENDS: Final = {
     "memory": "waypost.storage.memory:MemoryStorage",
@@ -38,4 +38,13 @@ def open_storage(url: str) -> Storage:
     return backend
 
 
-__all__ = ["BACKENDS", "ApplyFn", "Entry", "Storage", "StoreHealth", "open_storage"]
+__all__ = [
+    "BACKENDS",
+    "ApplyFn",
+    "Condition",
+    "Entry",
+    "Storage",
+    "StoreHealth",
+    "open_storage",
+    "prefix_end",
+]
