@@ -11,6 +11,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -22,6 +23,9 @@ READY_TIMEOUT = 30.0
 class AgentProcess:
     def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
         self.args = list(args)
+        if "--data-dir" not in self.args and "--dev" not in self.args:
+            # Never the user's own data dir; and each agent its own (it locks it).
+            self.args += ["--data-dir", tempfile.mkdtemp(prefix="waypost-agent-")]
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.proc: subprocess.Popen[str] | None = None
         self.http_url = ""

@@ -36,8 +36,18 @@ class AgentConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             return self.store
         if self.dev:
             return "memory://"
-        data_dir = Path(self.data_dir or platformdirs.user_data_dir("waypost"))
+        data_dir = self.data_path()
+        assert data_dir is not None
         return f"sqlite://{(data_dir / 'catalog.db').absolute()}"
+
+    def data_path(self) -> Path | None:
+        """The data dir (node ID, lock, default store): --data-dir, else the
+        user's data dir; none for an agent whose store is in memory."""
+        if self.data_dir:
+            return Path(self.data_dir).absolute()
+        if self.dev or self.store.startswith("memory:"):
+            return None
+        return Path(platformdirs.user_data_dir("waypost"))
 
     def display_store(self) -> str:
         """The store URL with any user:password@ removed, for logs and banners."""

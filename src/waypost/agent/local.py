@@ -1,18 +1,34 @@
-"""What this agent owns: the instances and checks registered with it.
+"""What this agent owns: its node, and the instances and checks registered with it.
 
-The HTTP handlers call these operations with validated bodies; each one turns
-into a single catalog commit (all or nothing) and tells the health runner
-which checks to start or stop.
+Each operation is one plan of `catalog/writes.py` run through the catalog's
+one write path; the health runner follows the catalog by itself (a check
+that appears on this node starts, one that goes stops), so nothing here
+tells it. Besides the API's operations, the agent keeps what it owns of its
+node true (anti-entropy): at start-up it adopts the instances of its earlier
+names (same node ID), forgets agents that cannot be alive on a store only it
+opens, and writes its node, serfHealth and liveness; every few seconds it
+puts back whatever of those someone changed.
 """
 
 from __future__ import annotations
 
-from .._exceptions import NotFoundError, ValidationError
-from ..api import decode
-from ..catalog import Catalog, Check, Node, Service, codec
+import asyncio
+import contextlib
+import logging
+
+import msgspec
+
+from .._exceptions import StorageError, ValidationError
+from ..catalog import Catalog, Check, Node, writes
+from ..catalog.definitions import CheckRegistration, ServiceRegistration, validate_status
 from ..catalog.model import NODE_MAINT_CHECK_ID, SERF_CHECK_ID, SERVICE_MAINT_PREFIX
+from ..catalog.state import ALIVE_OUTPUT
+from ..catalog.txn import Txn
 from ..health import HealthRunner
-from ..storage import Entry
+
+log = logging.getLogger("waypost.agent")
+
+ANTI_ENTROPY_INTERVAL = 2.0  # seconds between checks of what this agent owns
 
 DEFAULT_REASON = (
     "Maintenance mode is enabled for this {}, but no reason was provided. "
@@ -28,118 +44,102 @@ class LocalAgent:
         self.runner = runner
         self.node = node
         self.enable_scripts = enable_scripts
+        self.serf = Check(
+            node=node.name,
+            check_id=SERF_CHECK_ID,
+            name="Serf Health Status",
+            status="passing",
+            output=ALIVE_OUTPUT,
+        )
+        self._task: asyncio.Task[None] | None = None
 
     @property
     def name(self) -> str:
         return self.node.name
 
+    @property
+    def datacenter(self) -> str:
+        return self.node.datacenter
+
+    # -- what this agent owns of its node --------------------------------
+
     async def join(self) -> None:
-        """Write this agent's node, its liveness key and its serfHealth check."""
-        serf = Check(
-            node=self.name,
-            check_id=SERF_CHECK_ID,
-            name="Serf Health Status",
-            status="passing",
-            output="Agent alive and reachable",
+        """Take over this agent's node at start-up, then keep it (anti-entropy)."""
+        renamed = await self.catalog.write(self._take_over)
+        for old in renamed:
+            log.warning(
+                "node %s has this agent's node ID: its services moved to %s", old, self.name
+            )
+        self._task = asyncio.create_task(self._keep_forever(), name="waypost-anti-entropy")
+
+    def _take_over(self, txn: Txn) -> list[str]:
+        if not self.catalog.storage.shared:
+            writes.forget_other_agents(txn, self.name)
+        renamed = writes.adopt(txn, self.node)
+        writes.join(txn, self.node, self.serf)
+        return renamed
+
+    async def _keep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(ANTI_ENTROPY_INTERVAL)
+            try:
+                await self.keep()
+            except StorageError as exc:
+                log.warning("anti-entropy: could not restore this agent's node: %s", exc)
+
+    async def keep(self) -> None:
+        """Put back this agent's node record, serfHealth and liveness where they differ."""
+        live = self.name not in self.catalog.state.live
+        await self.catalog.write(writes.join, self.node, self.serf, live)
+
+    async def leave(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    # -- the API's operations ----------------------------------------------
+
+    async def register_service(self, reg: ServiceRegistration, replace_checks: bool) -> None:
+        await self.catalog.write(
+            writes.register, self.name, reg, replace_checks, self.enable_scripts
         )
-        live = Entry(codec.live_key(self.name), b"", ephemeral=True)
-        await self.catalog.commit([codec.put(self.node), codec.put(serf), live])
-
-    def _service_checks(self, body: decode.ServiceBody, service: Service) -> list[Check]:
-        bodies = body.all_checks()
-        checks = []
-        for n, check_body in enumerate(bodies, start=1):
-            default_id = f"service:{service.id}" + (f":{n}" if len(bodies) > 1 else "")
-            checks.append(
-                self._check(
-                    check_body,
-                    check_body.checkid or check_body.id or default_id,
-                    check_body.name or f"Service '{service.name}' check",
-                    service,
-                )
-            )
-        return checks
-
-    def _check(
-        self, body: decode.CheckBody, check_id: str, name: str, service: Service | None
-    ) -> Check:
-        owner = (service.id, service.name, service.tags) if service else None
-        check = decode.build_check(body, self.name, check_id, name, owner)
-        if check.type == "script" and not self.enable_scripts:
-            raise ValidationError(
-                "Scripts are disabled on this agent; "
-                "start it with --enable-script-checks to allow them"
-            )
-        return check
-
-    async def register_service(self, body: decode.ServiceBody, replace_checks: bool) -> None:
-        service = decode.build_service(body, self.name)
-        checks = self._service_checks(body, service)
-        if len({c.check_id for c in checks}) != len(checks):
-            raise ValidationError("Two checks of the service have the same CheckID")
-        before = set(self.catalog.state.service_checks.get((self.name, service.id), {}))
-        given = {c.check_id for c, b in zip(checks, body.all_checks(), strict=True) if b.status}
-        await self.catalog.register_service(service, checks, replace_checks, given)
-        self.runner.refresh(before | {c.check_id for c in checks})
 
     async def deregister_service(self, service_id: str) -> None:
-        if not service_id:
-            raise ValidationError("Missing service ID")
-        check_ids = list(self.catalog.state.service_checks.get((self.name, service_id), {}))
-        await self.catalog.deregister_service(self.name, service_id)
-        self.runner.refresh(check_ids)
+        await self.catalog.write(writes.deregister, self.name, service_id)
 
-    async def register_check(self, body: decode.CheckBody) -> None:
-        service = None
-        if body.serviceid:
-            service = self.catalog.state.services.get((self.name, body.serviceid))
-            if service is None:
-                raise ValidationError(f'ServiceID "{body.serviceid}" does not exist')
-        check = self._check(body, body.checkid or body.id or body.name, body.name, service)
-        old = self.catalog.state.checks.get((self.name, check.check_id))
-        if old is not None and body.status == "":
-            check = Catalog._keep_status(check, old)
-        await self.catalog.put(check)
-        self.runner.refresh([check.check_id])
+    async def register_check(self, reg: CheckRegistration) -> None:
+        await self.catalog.write(writes.register_check, self.name, reg, self.enable_scripts)
 
     async def deregister_check(self, check_id: str) -> None:
-        await self.catalog.deregister_check(self.name, check_id)
-        self.runner.refresh([check_id])
+        await self.catalog.write(writes.deregister_check, self.name, check_id)
 
     async def heartbeat(self, check_id: str, status: str, output: str) -> None:
+        validate_status(status, "Invalid check status")
         await self.runner.heartbeat(check_id, status, output)
 
     async def service_maintenance(self, service_id: str, enable: bool, reason: str) -> None:
-        service = self.catalog.state.services.get((self.name, service_id))
-        if service is None:
-            raise NotFoundError(f'Unknown service ID "{service_id}"')
-        check = Check(
-            node=self.name,
-            check_id=SERVICE_MAINT_PREFIX + service_id,
-            name="Service Maintenance Mode",
-            status="critical",
-            notes=reason or DEFAULT_REASON.format("service"),
-            service_id=service.id,
-            service_name=service.name,
-            service_tags=service.tags,
-            type="maintenance",
+        if not service_id:
+            raise ValidationError("Missing service ID")
+        check = self._maintenance_check(
+            SERVICE_MAINT_PREFIX + service_id, "Service Maintenance Mode", reason, "service"
         )
-        await self._maintenance(check, enable)
+        check = msgspec.structs.replace(check, service_id=service_id)
+        await self.catalog.write(writes.service_maintenance, check, enable)
 
     async def node_maintenance(self, enable: bool, reason: str) -> None:
-        check = Check(
+        check = self._maintenance_check(
+            NODE_MAINT_CHECK_ID, "Node Maintenance Mode", reason, "node"
+        )
+        await self.catalog.write(writes.node_maintenance, check, enable)
+
+    def _maintenance_check(self, check_id: str, name: str, reason: str, what: str) -> Check:
+        """Maintenance is a critical check of its own: present while enabled."""
+        return Check(
             node=self.name,
-            check_id=NODE_MAINT_CHECK_ID,
-            name="Node Maintenance Mode",
+            check_id=check_id,
+            name=name,
             status="critical",
-            notes=reason or DEFAULT_REASON.format("node"),
+            notes=reason or DEFAULT_REASON.format(what),
             type="maintenance",
         )
-        await self._maintenance(check, enable)
-
-    async def _maintenance(self, check: Check, enable: bool) -> None:
-        """Maintenance is a critical check of its own: present while enabled."""
-        if enable:
-            await self.catalog.put(check)
-        elif (self.name, check.check_id) in self.catalog.state.checks:
-            await self.catalog.deregister_check(self.name, check.check_id)

@@ -29,6 +29,7 @@ from ..catalog.model import SERF_CHECK_ID
 from ..health import HealthRunner
 from ..storage import open_storage
 from .config import AgentConfig, split_address
+from .datadir import node_id
 from .local import LocalAgent
 
 log = logging.getLogger("waypost.agent")
@@ -49,8 +50,7 @@ class Agent:
         self.catalog = Catalog(self.storage)
         node = Node(
             name=config.node_name(),
-            # Consul's node IDs are UUIDs; derive one from the name so it is stable.
-            id=str(uuid.uuid5(uuid.NAMESPACE_DNS, f"{config.datacenter}.{config.node_name()}")),
+            id=_node_id(config),
             address=config.advertise,
             datacenter=config.datacenter,
         )
@@ -114,6 +114,7 @@ class Agent:
             self.catalog.watches.close()  # blocking queries answer now, so uvicorn can drain
             self._http.should_exit = True
             await self._http_task
+        await self.local.leave()
         await self.runner.stop()
         await self.catalog.close()
         self._stopped.set()
@@ -175,6 +176,15 @@ class Agent:
         if self._dns is not None:
             stats["dns"] = self._dns.statistics()
         return stats
+
+
+def _node_id(config: AgentConfig) -> str:
+    """The ID kept in the data dir; without one (an in-memory store), derived
+    from the name, which is then the only identity the agent has."""
+    data_dir = config.data_path()
+    if data_dir is None:
+        return str(uuid.uuid5(uuid.NAMESPACE_DNS, f"{config.datacenter}.{config.node_name()}"))
+    return node_id(data_dir)
 
 
 def _raise_file_limit() -> None:

@@ -15,7 +15,14 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from .._exceptions import NotFoundError, ValidationError
-from ..catalog import Check, Node, Service, codec
+from ..catalog import Service, writes
+from ..catalog.definitions import (
+    CatalogDeregistration,
+    CatalogRegistration,
+    CheckRegistration,
+    CheckUpdate,
+    ServiceRegistration,
+)
 from ..catalog.model import STATUSES
 from ..catalog.watch import CHECKS, NODES, SERVICES, Topic, node_topic, service_topic
 from . import decode, encode
@@ -269,9 +276,9 @@ class ConsulApi:
     # -- agent writes ------------------------------------------------------
 
     async def service_register(self, req: Request, _: str) -> Response:
-        body = decode.decode_service(await req.body())
+        reg = decode.decode(await req.body(), ServiceRegistration)
         replace = req.arg("replace-existing-checks").lower() in ("true", "1")
-        await self.local.register_service(body, replace)
+        await self.local.register_service(reg, replace)
         return empty()
 
     async def service_deregister(self, req: Request, service_id: str) -> Response:
@@ -279,8 +286,6 @@ class ConsulApi:
         return empty()
 
     async def service_maintenance(self, req: Request, service_id: str) -> Response:
-        if not service_id:
-            raise ValidationError("Missing service ID")
         await self.local.service_maintenance(service_id, _enable_flag(req), req.arg("reason"))
         return empty()
 
@@ -289,7 +294,7 @@ class ConsulApi:
         return empty()
 
     async def check_register(self, req: Request, _: str) -> Response:
-        await self.local.register_check(decode.decode_check(await req.body()))
+        await self.local.register_check(decode.decode(await req.body(), CheckRegistration))
         return empty()
 
     async def check_deregister(self, req: Request, check_id: str) -> Response:
@@ -309,67 +314,20 @@ class ConsulApi:
         return empty()
 
     async def check_update(self, req: Request, check_id: str) -> Response:
-        body = decode.decode_update(await req.body())
-        await self.local.heartbeat(check_id, body.status, body.output)
+        update = decode.decode(await req.body(), CheckUpdate)
+        await self.local.heartbeat(check_id, update.status, update.output)
         return empty()
 
     # -- catalog writes (third-party registration) --------------------------
 
     async def catalog_register(self, req: Request, _: str) -> Response:
-        body = decode.decode_catalog_register(await req.body())
-        entries = []
-        if not body.skipnodeupdate or body.node not in self.state.nodes:
-            node = Node(
-                name=body.node,
-                id=body.id,
-                address=body.address,
-                datacenter=body.datacenter or self.agent.config.datacenter,
-                tagged_addresses=body.taggedaddresses,
-                meta=body.nodemeta,
-            )
-            entries.append(codec.put(node))
-        service = None
-        if body.service is not None:
-            service = decode.build_service(body.service, body.node)
-            entries.append(codec.put(service))
-        for check_body in body.all_checks():
-            entries.append(codec.put(self._catalog_check(body.node, check_body, service)))
-        await self.catalog.commit(entries)
+        reg = decode.decode(await req.body(), CatalogRegistration)
+        await self.catalog.write(writes.catalog_register, reg, self.agent.config.datacenter)
         return json_bytes(_TRUE)
 
-    def _catalog_check(self, node: str, body: decode.CheckBody, service: Service | None) -> Check:
-        status = body.status or "critical"
-        decode.validate_status(status, "Invalid check status")
-        if not body.name and not body.checkid:
-            raise ValidationError("Check must have a Name or CheckID")
-        service_id = body.serviceid or ""
-        owner = service if service is not None and service.id == service_id else None
-        if service_id and owner is None:
-            owner = self.state.services.get((node, service_id))
-            if owner is None:
-                raise ValidationError(
-                    f'Check\'s ServiceID "{service_id}" is not registered on node "{node}"'
-                )
-        return Check(
-            node=node,
-            check_id=body.checkid or body.id or body.name,
-            name=body.name or body.checkid,
-            status=status,  # type: ignore[arg-type]
-            notes=body.notes,
-            output=body.output,
-            service_id=service_id,
-            service_name=owner.name if owner else "",
-            service_tags=owner.tags if owner else (),
-        )
-
     async def catalog_deregister(self, req: Request, _: str) -> Response:
-        body = decode.decode_catalog_deregister(await req.body())
-        if body.serviceid:
-            await self.catalog.deregister_service(body.node, body.serviceid)
-        elif body.checkid:
-            await self.catalog.deregister_check(body.node, body.checkid)
-        else:
-            await self.catalog.deregister_node(body.node)
+        reg = decode.decode(await req.body(), CatalogDeregistration)
+        await self.catalog.write(writes.catalog_deregister, reg)
         return json_bytes(_TRUE)
 
 

@@ -1,8 +1,9 @@
 """The catalog: the state store, its watches and its storage, behind one object.
 
-Writes are validated by the caller (the API layer), turned into storage
-entries here and committed as one batch; the backend applies them to the state
-once durable. Reads go straight to `catalog.state`. `block()` is the one
+Every write is a plan (writes.py) run by `write()`: validated against the
+state, committed with conditions on what it read, re-run on a conflict; the
+backend applies the batch to the state once durable. Reads go straight to
+`catalog.state`. `block()` is the one
 blocking-query loop every read shares (HTTP long-polls, the UI, DNS caches).
 """
 
@@ -10,17 +11,20 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Collection, Iterable
+from typing import Concatenate, ParamSpec, TypeVar
 
-import msgspec
-
-from .._exceptions import NotFoundError
+from .._exceptions import Conflict, StorageError
 from ..storage import Entry, Storage
-from . import codec
+from . import codec, writes
 from .model import Check, Node, Service
 from .state import State
+from .txn import Txn
 from .watch import Topic, Watches
 
-ChangeListener = Callable[[set[Topic]], None]
+ChangeListener = Callable[[set[Topic], list[Entry]], None]
+P = ParamSpec("P")
+T = TypeVar("T")
+MAX_ATTEMPTS = 20  # a plan re-run this often is starved by a hot key; say so rather than spin
 
 
 class Catalog:
@@ -30,6 +34,7 @@ class Catalog:
         self.watches = Watches()
         self._listeners: list[ChangeListener] = []
         self.parked = 0  # blocking queries waiting right now
+        self.conflicts = 0  # plans re-run because a concurrent write changed what they read
 
     async def open(self) -> None:
         await self.storage.open(self._apply)
@@ -39,14 +44,17 @@ class Catalog:
         await self.storage.close()
 
     def subscribe(self, listener: ChangeListener) -> None:
-        """Call `listener(topics)` after every applied change (DNS cache, metrics)."""
+        """Call `listener(topics, entries)` after every applied change (DNS cache,
+        the health runner following its node's checks)."""
         self._listeners.append(listener)
 
     def _apply(self, index: int, entries: list[Entry], snapshot: bool = False) -> None:
-        topics = self.state.apply(index, entries, snapshot)
+        self._notify(self.state.apply(index, entries, snapshot), entries)
+
+    def _notify(self, topics: set[Topic], entries: list[Entry]) -> None:
         self.watches.notify(topics)
         for listener in self._listeners:
-            listener(topics)
+            listener(topics, entries)
 
     # -- blocking queries --------------------------------------------------
 
@@ -66,7 +74,12 @@ class Catalog:
         deadline = loop.time() + wait
         self.parked += 1
         try:
-            while self.state.index_of(topics) <= min_index and not self.watches.closed:
+            version = self.state.version  # a hold() changes answers without a new index
+            while (
+                self.state.index_of(topics) <= min_index
+                and self.state.version == version
+                and not self.watches.closed
+            ):
                 remaining = deadline - loop.time()
                 if remaining <= 0 or (abandon is not None and abandon.done()):
                     return
@@ -76,10 +89,45 @@ class Catalog:
 
     # -- writes ------------------------------------------------------------
 
+    async def write(
+        self, plan: Callable[Concatenate[Txn, P], T], *args: P.args, **kw: P.kwargs
+    ) -> T:
+        """Run `plan(txn, ...)` on the current state and commit what it staged,
+        on condition that nothing it read has changed meanwhile; on a Conflict,
+        run it again on the newer state. This is the one write path (txn.py).
+
+        Raises:
+            ValidationError, NotFoundError: the plan refused.
+            StorageError: the store failed, or the conflicts did not stop.
+        """
+        result, _ = await self.write_at(plan, *args, **kw)
+        return result
+
+    async def write_at(
+        self, plan: Callable[Concatenate[Txn, P], T], *args: P.args, **kw: P.kwargs
+    ) -> tuple[T, int]:
+        """`write()`, returning the plan's result and the commit's index (0: none)."""
+        for _ in range(MAX_ATTEMPTS):
+            txn = Txn(self.state)
+            result = plan(txn, *args, **kw)
+            if not txn.ops:
+                return result, 0
+            try:
+                ops, conditions = list(txn.ops.values()), list(txn.conditions.values())
+                return result, await self.storage.commit(ops, conditions)
+            except Conflict:
+                self.conflicts += 1
+        raise StorageError(
+            f"the write kept conflicting with concurrent writes ({MAX_ATTEMPTS} attempts); "
+            "nothing was written: try again"
+        )
+
     async def commit(self, entries: list[Entry]) -> int:
+        """Write raw entries without conditions: for tests and benchmarks that seed data."""
         return await self.storage.commit(entries)
 
     async def put(self, *records: Node | Service | Check) -> int:
+        """Store records as they are, unvalidated: for tests and benchmarks."""
         return await self.commit([codec.put(r) for r in records])
 
     async def register_service(
@@ -89,61 +137,20 @@ class Catalog:
         replace_checks: bool = False,
         status_given: Collection[str] = (),
     ) -> int:
-        """Store an instance with its checks in one batch.
-
-        Existing checks keep their status unless the body gave one (their IDs
-        are in `status_given`); with `replace_checks`, the instance's checks not
-        named again are removed.
-        """
-        entries = [codec.put(service)]
-        existing = self.state.service_checks.get((service.node, service.id), {})
-        for check in checks:
-            old = None if check.check_id in status_given else existing.get(check.check_id)
-            entries.append(codec.put(self._keep_status(check, old)))
-        if replace_checks:
-            named = {c.check_id for c in checks}
-            entries += [
-                codec.delete(codec.check_key(service.node, cid))
-                for cid in existing
-                if cid not in named
-            ]
-        return await self.commit(entries)
-
-    @staticmethod
-    def _keep_status(check: Check, old: Check | None) -> Check:
-        """A re-registered check keeps its last status unless a status is given
-        (Consul does the same: re-registering must not flap a healthy instance)."""
-        if old is None or check.status != "critical":
-            return check
-        return msgspec.structs.replace(check, status=old.status, output=old.output)
+        """Store an instance with its checks (writes.put_instance); returns the index."""
+        plan = writes.put_instance
+        return (await self.write_at(plan, service, checks, replace_checks, set(status_given)))[1]
 
     async def deregister_service(self, node: str, service_id: str) -> int:
         """Remove an instance and its checks. Raises NotFoundError if unknown."""
-        if (node, service_id) not in self.state.services:
-            raise NotFoundError(f'Unknown service ID "{service_id}"')
-        entries = [codec.delete(codec.service_key(node, service_id))]
-        for check_id in self.state.service_checks.get((node, service_id), {}):
-            entries.append(codec.delete(codec.check_key(node, check_id)))
-        return await self.commit(entries)
+        return (await self.write_at(writes.deregister, node, service_id))[1]
 
     async def deregister_check(self, node: str, check_id: str) -> int:
-        if (node, check_id) not in self.state.checks:
-            raise NotFoundError(f'Unknown check ID "{check_id}"')
-        return await self.commit([codec.delete(codec.check_key(node, check_id))])
+        return (await self.write_at(writes.deregister_check, node, check_id))[1]
 
     async def deregister_node(self, node: str) -> int:
         """Remove a node with all its instances and checks."""
-        if node not in self.state.nodes:
-            raise NotFoundError(f'Unknown node "{node}"')
-        entries = [codec.delete(codec.node_key(node))]
-        entries += [
-            codec.delete(codec.service_key(node, sid))
-            for sid in self.state.node_services.get(node, {})
-        ]
-        entries += [
-            codec.delete(codec.check_key(n, cid)) for (n, cid) in self.state.checks if n == node
-        ]
-        return await self.commit(entries)
+        return (await self.write_at(writes.deregister_node, node))[1]
 
     async def update_check(self, node: str, check_id: str, status: str, output: str) -> bool:
         """Record a check result. A status change is committed; an output-only
@@ -152,17 +159,25 @@ class Catalog:
         Raises:
             NotFoundError: the check does not exist (it may have just been removed).
         """
-        check = self.state.checks.get((node, check_id))
-        if check is None:
-            raise NotFoundError(f'Unknown check ID "{check_id}"')
-        if check.status == status:
-            return self.state.set_output(node, check_id, output)
-        await self.put(msgspec.structs.replace(check, status=status, output=output))
-        return True
+        if await self.write(writes.set_status, node, check_id, status, output):
+            return True
+        return self.state.set_output(node, check_id, output)
+
+    # -- results that could not be stored ---------------------------------
+
+    def hold(self, node: str, check_id: str, output: str) -> None:
+        """Show a check critical here until `release()` (State.hold): its result
+        could not be stored. Wakes blocking queries and drops DNS answers."""
+        self._notify(self.state.hold(node, check_id, output), [])
+
+    def release(self, node: str, check_id: str) -> None:
+        self._notify(self.state.release(node, check_id), [])
 
     def statistics(self) -> dict[str, float]:
         return {
             **self.state.statistics(),
+            "write_conflicts": self.conflicts,
+            "held_checks": len(self.state.held),
             **self.watches.statistics(),
             "parked_queries": self.parked,
         }

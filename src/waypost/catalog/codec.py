@@ -24,7 +24,7 @@ _DECODERS: Final[dict[str, msgspec.msgpack.Decoder[Any]]] = {
 }
 
 
-def _esc(part: str) -> str:
+def esc(part: str) -> str:
     return part.replace("%", "%25").replace("/", "%2F") if "%" in part or "/" in part else part
 
 
@@ -33,20 +33,25 @@ def _unesc(part: str) -> str:
 
 
 def node_key(node: str) -> str:
-    return f"n/{_esc(node)}"
+    return f"n/{esc(node)}"
 
 
 def service_key(node: str, service_id: str) -> str:
-    return f"s/{_esc(node)}/{_esc(service_id)}"
+    return f"s/{esc(node)}/{esc(service_id)}"
 
 
 def check_key(node: str, check_id: str) -> str:
-    return f"c/{_esc(node)}/{_esc(check_id)}"
+    return f"c/{esc(node)}/{esc(check_id)}"
 
 
 def live_key(node: str) -> str:
     """The key whose presence says a node's agent is alive (leased in etcd)."""
-    return f"l/{_esc(node)}"
+    return f"l/{esc(node)}"
+
+
+def live(node: str) -> Entry:
+    """The liveness entry of a node: valueless, and ephemeral (on the agent's lease)."""
+    return Entry(live_key(node), b"", ephemeral=True)
 
 
 def key_of(record: Record) -> str:

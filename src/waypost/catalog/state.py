@@ -40,6 +40,11 @@ class State:
         self.live: set[str] = set()  # nodes whose agent holds its liveness key
         self.topic_index: dict[Topic, int] = {}
         self.base_index = 1
+        # Checks shown critical because their agent could not store a result
+        # (see hold()): key -> the output shown, and the stored record behind it.
+        self.held: dict[tuple[str, str], str] = {}
+        self._stored: dict[tuple[str, str], Check] = {}
+        self.version = 0  # moves with every change that has no index of its own (holds)
 
     # -- writes ------------------------------------------------------------
 
@@ -121,6 +126,10 @@ class State:
         else:
             if record.check_id == SERF_CHECK_ID and not record.service_id:
                 record = self._with_liveness(record)
+            held = self.held.get((record.node, record.check_id))
+            if held is not None:
+                self._stored[(record.node, record.check_id)] = record
+                record = msgspec.structs.replace(record, status="critical", output=held)
             self.checks[(record.node, record.check_id)] = record
             self._check_table(record).setdefault(self._check_owner(record), {})[record.check_id] = (
                 record
@@ -140,6 +149,7 @@ class State:
             touched.update((SERVICES, service_topic(record.name), node_topic(record.node)))
         else:
             self.checks.pop((record.node, record.check_id), None)
+            self._stored.pop((record.node, record.check_id), None)
             _discard(self._check_table(record), self._check_owner(record), record.check_id)
             self._touch_check(record, touched)
 
@@ -181,13 +191,49 @@ class State:
         them the same way): they would cost a durable write and wake every
         watcher for no change in health. The next status change persists them.
         """
-        check = self.checks.get((node, check_id))
+        key = (node, check_id)
+        check = self.stored_check(node, check_id)
         if check is None or check.output == output:
             return False
         updated = msgspec.structs.replace(check, output=output)
-        self.checks[(node, check_id)] = updated
+        if key in self.held:
+            self._stored[key] = updated
+            return True
+        self.checks[key] = updated
         self._check_table(updated)[self._check_owner(updated)][check_id] = updated
         return True
+
+    # -- results this agent could not store --------------------------------
+
+    def hold(self, node: str, check_id: str, output: str) -> set[Topic]:
+        """Show a check as critical, with `output`, until `release()`.
+
+        The agent that runs a check calls this when the store refused its
+        result (disk full, etcd unreachable): its own answers (HTTP, DNS, the
+        UI) must not go on calling the instance healthy meanwhile. Writers
+        still see the stored record (`stored_check`). Returns the topics to wake.
+        """
+        self.held[(node, check_id)] = output
+        return self._reinsert(node, check_id)
+
+    def release(self, node: str, check_id: str) -> set[Topic]:
+        """Show the stored record again (the result was stored, or superseded)."""
+        if self.held.pop((node, check_id), None) is None:
+            return set()
+        return self._reinsert(node, check_id)
+
+    def _reinsert(self, node: str, check_id: str) -> set[Topic]:
+        self.version += 1
+        check = self._stored.pop((node, check_id), None) or self.checks.get((node, check_id))
+        touched: set[Topic] = set()
+        if check is not None:
+            self._remove(check, touched)
+            self._insert(check, touched)
+        return touched
+
+    def stored_check(self, node: str, check_id: str) -> Check | None:
+        """A check as the store has it, whether or not it is held."""
+        return self._stored.get((node, check_id)) or self.checks.get((node, check_id))
 
     # -- reads -------------------------------------------------------------
 

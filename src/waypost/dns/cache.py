@@ -198,8 +198,9 @@ class AnswerCache:
         if hit is not None:
             del self._raw_order[hit[0].positive][raw]
 
-    def invalidate(self, topics: Iterable[Topic]) -> None:
-        """The catalog changed these topics: drop every entry read from them."""
+    def invalidate(self, topics: Iterable[Topic], entries: object = None) -> None:
+        """The catalog changed these topics: drop every entry read from them.
+        (A catalog listener: `entries`, the changed keys, are not needed here.)"""
         for topic in topics:
             for key in self._by_topic.pop(topic, ()):
                 self.invalidations += 1

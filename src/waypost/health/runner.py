@@ -14,10 +14,11 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from .._exceptions import NotFoundError, StorageError, ValidationError
-from ..catalog import Catalog, Check, CheckDefinition
+from ..catalog import Catalog, Check, CheckDefinition, codec
+from ..storage import Entry
 from .clock import Clock, SystemClock
 from .probes import PROBES, Probe
 from .thresholds import Thresholds
@@ -25,6 +26,8 @@ from .thresholds import Thresholds
 log = logging.getLogger("waypost.health")
 
 TTL_EXPIRED = "TTL expired"
+RETRY_START = 0.1  # first retry of a result the store refused, in seconds
+RETRY_MAX = 0.5  # so every agent sees the result within about a second of the store's return
 
 
 class HealthRunner:
@@ -50,13 +53,25 @@ class HealthRunner:
         self._ttl_deadline: dict[str, float] = {}
         self._critical_since: dict[str, float] = {}
         self._reapable: dict[str, float] = {}  # check ID -> its DeregisterCriticalServiceAfter
+        self._unstored: set[str] = set()  # checks whose last result the store refused
         self._reaper: asyncio.Task[None] | None = None
+        self._prefix = codec.check_key(node, "")  # c/<node>/: the keys of this node's checks
         self.runs = 0
+        self.unstored = 0  # results the store refused (each retried until stored)
 
     async def start(self) -> None:
-        """Resume every check this agent owns (after a restart too) and the reaper."""
+        """Resume every check this agent owns (after a restart too), follow the
+        catalog from now on, and start the reaper."""
         self.refresh(cid for (node, cid) in self.catalog.state.checks if node == self.node)
+        self.catalog.subscribe(self._follow)
         self._reaper = asyncio.create_task(self._reap_forever(), name="waypost-reaper")
+
+    def _follow(self, topics: object, entries: list[Entry]) -> None:
+        """Whoever changed a check of this node (an API call, a rename, a
+        re-list), its task starts, restarts or stops to match."""
+        changed = [codec.split_key(e.key)[1][1] for e in entries if e.key.startswith(self._prefix)]
+        if changed:
+            self.refresh(changed)
 
     async def stop(self) -> None:
         tasks = [task for _, task in self._tasks.values()]
@@ -118,15 +133,56 @@ class HealthRunner:
                 return
             await self.clock.sleep(defn.interval)
 
-    async def _report(self, check_id: str, status: str, output: str) -> bool:
-        """Hand a result to the catalog; False once the check no longer exists."""
-        try:
-            await self.catalog.update_check(self.node, check_id, status, output)
-        except NotFoundError:
-            return False
-        except StorageError as exc:
-            log.warning("check %s: could not record status %s: %s", check_id, status, exc)
-        return True
+    async def _report(
+        self,
+        check_id: str,
+        status: str,
+        output: str,
+        superseded: Callable[[], bool] = lambda: False,
+    ) -> bool:
+        """Hand a result to the catalog and retry until it is stored (or
+        `superseded()`); False once the check no longer exists.
+
+        Health never fails open: while the store refuses the result (disk
+        full, etcd unreachable), this agent shows the check critical (a hold)
+        so its own HTTP, DNS and UI answers stop sending traffic there; the
+        hold goes once the result is stored.
+        """
+        delay = RETRY_START
+        while True:
+            try:
+                await self.catalog.update_check(self.node, check_id, status, output)
+            except NotFoundError:
+                self.catalog.release(self.node, check_id)
+                return False
+            except StorageError as exc:
+                self._refused(check_id, status, output, exc)
+                await self.clock.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX)
+                if superseded():
+                    return True  # the newer result (a heartbeat) decides about the hold
+                continue
+            self._stored(check_id, status)
+            return True
+
+    def _stored(self, check_id: str, status: str) -> None:
+        if check_id in self._unstored:
+            log.warning("check %s: status %s is stored now", check_id, status)
+            self._unstored.discard(check_id)
+        self.catalog.release(self.node, check_id)
+
+    def _refused(self, check_id: str, status: str, output: str, exc: StorageError) -> None:
+        if check_id not in self._unstored:
+            self._unstored.add(check_id)
+            self.unstored += 1
+            log.warning(
+                "check %s: could not store status %s (%s); showing it critical and retrying",
+                check_id,
+                status,
+                exc,
+            )
+        note = f"{status}: {output}" if output else status
+        self.catalog.hold(self.node, check_id, f"{note} (not stored yet: {exc}; shown as critical)")
 
     # -- TTL checks --------------------------------------------------------
 
@@ -136,8 +192,13 @@ class HealthRunner:
             if remaining > 0:
                 await self.clock.sleep(remaining)
                 continue
-            await self._report(check_id, "critical", TTL_EXPIRED)
+            await self._report(check_id, "critical", TTL_EXPIRED, lambda: self._ttl_moved(check_id))
+            if self._ttl_moved(check_id):
+                continue  # a heartbeat came while the expiry was being stored
             return  # the next heartbeat starts a new timer
+
+    def _ttl_moved(self, check_id: str) -> bool:
+        return self._ttl_deadline.get(check_id, 0.0) > self.clock.now()
 
     async def heartbeat(self, check_id: str, status: str, output: str) -> None:
         """A TTL check's pass/warn/fail/update: record it and restart the timer.
@@ -154,7 +215,12 @@ class HealthRunner:
         # The deadline moves first: the TTL task must not expire the check while
         # this heartbeat's own write is being committed.
         self._ttl_deadline[check_id] = self.clock.now() + check.definition.ttl
-        await self.catalog.update_check(self.node, check_id, status, output)
+        try:
+            await self.catalog.update_check(self.node, check_id, status, output)
+        except StorageError as exc:
+            self._refused(check_id, status, output, exc)  # until a result is stored
+            raise
+        self._stored(check_id, status)
         running = self._tasks.get(check_id)
         if running is None or running[1].done():
             coro = self._run_ttl(check_id, check.definition.ttl)
@@ -193,4 +259,9 @@ class HealthRunner:
         return sorted(doomed)
 
     def statistics(self) -> dict[str, float]:
-        return {"running_checks": len(self._tasks), "check_runs": self.runs}
+        return {
+            "running_checks": len(self._tasks),
+            "check_runs": self.runs,
+            "unstored_results": self.unstored,
+            "results_waiting_for_store": len(self._unstored),
+        }

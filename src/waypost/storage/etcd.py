@@ -51,7 +51,7 @@ import heapq
 import itertools
 import logging
 import time
-from collections.abc import Awaitable, Coroutine, Iterable
+from collections.abc import Awaitable, Coroutine, Iterable, Sequence
 from typing import Any, Final
 
 import grpc.aio  # type: ignore[import-untyped]
@@ -61,7 +61,7 @@ from .._exceptions import StorageError, StoreUnavailable
 from ._etcd_batch import GroupCommitter
 from ._etcd_config import EtcdConfig, parse_url
 from ._etcd_session import Endpoint, LeaseNotFound, Session, describe
-from .base import ApplyFn, Entry, Storage, StoreHealth
+from .base import ApplyFn, Condition, Entry, Storage, StoreHealth
 
 log = logging.getLogger("waypost.storage.etcd")
 
@@ -130,7 +130,8 @@ class EtcdStorage(Storage):
             await self.close()
             raise self._session.unavailable("watch") from None
 
-    async def commit(self, ops: list[Entry]) -> int:
+    async def commit(self, ops: list[Entry], conditions: Sequence[Condition] = ()) -> int:
+        # TEMPORARY until conditions land: ignored here.
         """Write `ops` as one etcd Txn and return its revision once the mirror has it.
 
         Raises:

@@ -17,10 +17,11 @@ import contextlib
 import queue
 import sqlite3
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 from .._exceptions import ConfigError, StorageError
-from .base import ApplyFn, Entry, Storage
+from .base import ApplyFn, Condition, Entry, Storage
 
 MAX_BATCH = 512
 
@@ -89,7 +90,8 @@ class SqliteStorage(Storage):
         )
         self._thread.start()
 
-    async def commit(self, ops: list[Entry]) -> int:
+    async def commit(self, ops: list[Entry], conditions: Sequence[Condition] = ()) -> int:
+        # TEMPORARY until the conditions land in the writer: ignored here.
         if self._thread is None or self._closing:
             raise StorageError("the sqlite store is closed")
         pending = _Pending(ops, asyncio.get_running_loop())
