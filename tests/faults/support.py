@@ -85,9 +85,11 @@ def members_cli(agent: AgentProcess) -> str:
     return done.stdout
 
 
-def eventually(probe: Any, timeout: float, failure: str) -> Any:
-    """until(probe) with a failure message that says what did not happen."""
+def eventually(probe: Any, timeout: float, failure: str | Any) -> Any:
+    """until(probe) with a failure message that says what did not happen;
+    `failure` may be a callable, to describe the state at the deadline."""
     try:
         return until(probe, timeout=timeout)
-    except AssertionError as exc:
-        raise AssertionError(f"{failure} ({exc})") from None
+    except AssertionError:
+        message = failure() if callable(failure) else failure
+        raise AssertionError(f"{message} (still so after {timeout:.1f}s)") from None

@@ -116,9 +116,12 @@ def test_ttl_expiry_on_a_full_disk_fails_closed_and_is_stored_once_space_is_back
             eventually(
                 lambda: passing_ids(http, "web") == [],
                 left(),
-                f"web-1 is still listed by /v1/health/service/web?passing {NOTICE:g}s after "
-                f"the disk filled (TTL {TTL:g}s): the expiry could not be stored and the "
-                "agent failed open",
+                lambda: (
+                    f"web-1 is still listed by /v1/health/service/web?passing {NOTICE:g}s "
+                    f"after the disk filled (TTL {TTL:g}s; web-ttl reads "
+                    f"{check_status(http, 'web-ttl')!r}): the expiry could not be stored and the "
+                    "agent failed open"
+                ),
             )
             eventually(
                 lambda: dns_answers(agent, "web.service.consul", "A") == [],
@@ -133,8 +136,10 @@ def test_ttl_expiry_on_a_full_disk_fails_closed_and_is_stored_once_space_is_back
             eventually(
                 lambda: check_status(http, "web-ttl") == "critical",
                 left(),
-                "/v1/agent/checks does not show web-ttl critical after its TTL expired on a "
-                "full disk",
+                lambda: (
+                    f"/v1/agent/checks shows web-ttl {check_status(http, 'web-ttl')!r}, "
+                    "not critical, after its TTL expired on a full disk"
+                ),
             )
 
             filler.unlink()
