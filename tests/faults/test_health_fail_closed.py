@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from ..agentproc import AgentProcess
@@ -71,12 +72,12 @@ def fill(mnt: Path) -> Path:
     return path
 
 
-def passing_ids(http, name: str) -> list[str]:  # type: ignore[no-untyped-def]
+def passing_ids(http: httpx.Client, name: str) -> list[str]:
     rows = ok(http.get(f"/v1/health/service/{name}", params={"passing": "1"}), "?passing").json()
     return [row["Service"]["ID"] for row in rows]
 
 
-def check_status(http, check_id: str) -> str | None:  # type: ignore[no-untyped-def]
+def check_status(http: httpx.Client, check_id: str) -> str | None:
     checks = ok(http.get("/v1/agent/checks"), "GET /v1/agent/checks").json()
     return checks[check_id]["Status"] if check_id in checks else None
 
