@@ -43,7 +43,7 @@ class ConsulApi:
         self.catalog = agent.catalog
         self.state = agent.catalog.state
         self.local = agent.local
-        self._cache: dict[tuple[str, object], tuple[int, bytes]] = {}
+        self._cache: dict[tuple[str, object], tuple[int, int, bytes]] = {}
         self.rng = random.Random()
 
     def routes(self, r: Router) -> None:
@@ -100,15 +100,16 @@ class ConsulApi:
             await self.catalog.block(topics, min_index, jittered, req.connection_lost)
         index = self.state.index_of(topics)
         key = (req.path, _query_key(req))
+        version = self.state.version  # moves when a hold changes answers without an index
         hit = self._cache.get(key) if cache else None
-        if hit is not None and hit[0] == index:
-            body = hit[1]
+        if hit is not None and hit[0] == index and hit[1] == version:
+            body = hit[2]
         else:
             body = _ENCODER.encode(produce())
             if cache:
                 if len(self._cache) >= CACHE_LIMIT:
                     self._cache.clear()
-                self._cache[key] = (index, body)
+                self._cache[key] = (index, version, body)
         return json_bytes(body, self._read_headers(index))
 
     def _blocking_params(self, req: Request) -> tuple[int, float]:

@@ -15,7 +15,14 @@ from urllib.parse import parse_qs
 
 import msgspec
 
-from .._exceptions import NotFoundError, StorageError, StoreUnavailable, ValidationError
+from .._exceptions import (
+    NotFoundError,
+    OutcomeUnknown,
+    StorageError,
+    StoreBusy,
+    StoreUnavailable,
+    ValidationError,
+)
 
 log = logging.getLogger("waypost.api")
 
@@ -151,6 +158,10 @@ def error_response(exc: Exception) -> Response:
         return text(400, str(exc))
     if isinstance(exc, NotFoundError):
         return text(404, str(exc))
+    if isinstance(exc, OutcomeUnknown):
+        return text(503, f"the outcome is unknown: {exc}")
+    if isinstance(exc, StoreBusy):
+        return text(503, f"store busy: {exc}")
     if isinstance(exc, StoreUnavailable):
         return text(503, f"store unavailable: {exc}")
     if isinstance(exc, StorageError):
