@@ -236,6 +236,49 @@ class State:
         return self._stored.get((node, check_id)) or self.checks.get((node, check_id))
 
     # -- reads -------------------------------------------------------------
+    # Named queries: code outside catalog/ reads through these, never the dicts.
+
+    def node(self, name: str) -> Node | None:
+        return self.nodes.get(name)
+
+    def all_nodes(self) -> list[Node]:
+        """Every node, sorted by name."""
+        return [self.nodes[name] for name in sorted(self.nodes)]
+
+    def instance(self, node: str, service_id: str) -> Service | None:
+        return self.services.get((node, service_id))
+
+    def all_instances(self) -> Iterable[Service]:
+        return self.services.values()
+
+    def services_on(self, node: str) -> dict[str, Service]:
+        """The instances on a node, by service ID (do not modify)."""
+        return self.node_services.get(node, {})
+
+    def service_names(self) -> Iterable[str]:
+        return self.by_name.keys()
+
+    def has_service(self, name: str) -> bool:
+        return name in self.by_name
+
+    def check(self, node: str, check_id: str) -> Check | None:
+        """A check as this agent answers with it (critical while held)."""
+        return self.checks.get((node, check_id))
+
+    def check_ids_on(self, node: str) -> list[str]:
+        """Every check ID on a node: node-level ones and its instances'."""
+        return [check_id for (n, check_id) in self.checks if n == node]
+
+    def check_ids_of(self, node: str, service_id: str) -> list[str]:
+        return list(self.service_checks.get((node, service_id), {}))
+
+    def is_live(self, node: str) -> bool:
+        """Whether the node's agent holds its liveness key."""
+        return node in self.live
+
+    def agents(self) -> list[Node]:
+        """Nodes that belong to a waypost agent (they have serfHealth), by name."""
+        return [n for n in self.all_nodes() if (n.name, SERF_CHECK_ID) in self.checks]
 
     def index_of(self, topics: Iterable[Topic]) -> int:
         """The index a read over `topics` reports: never below 1, never moving

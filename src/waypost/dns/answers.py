@@ -86,15 +86,14 @@ class Answerer:
 
     def _service_names(self, name: str) -> list[str]:
         """Registered names matching `name` case-insensitively (exact first)."""
-        by_name = self.state.by_name
-        if name in by_name:
+        if self.state.has_service(name):
             return [name]
-        return [n for n in by_name if n.lower() == name]
+        return [n for n in self.state.service_names() if n.lower() == name]
 
     def _healthy(self, name: str, tag: str) -> list[tuple[Service, int]]:
         """Instances DNS may return, with their SRV weight for their status."""
         result = []
-        for service in self.state.by_name.get(name, {}).values():
+        for service in self.state.instances(name):
             if tag and not any(t.lower() == tag for t in service.tags):
                 continue
             status = self.state.aggregate_status(service)
@@ -107,7 +106,7 @@ class Answerer:
     def _address_of(self, service: Service) -> str:
         if service.address:
             return service.address
-        node = self.state.nodes.get(service.node)
+        node = self.state.node(service.node)
         return node.address if node is not None else ""
 
     def _instance_addresses(
@@ -131,7 +130,7 @@ class Answerer:
     def _target(self, service: Service, domain: names.Domain) -> tuple[bytes, tuple[bytes, ...]]:
         """Consul's SRV targets: the node's name when the instance uses the node's
         address, `<hexip>.addr` for an IP of its own, else the host name as is."""
-        node = self.state.nodes.get(service.node)
+        node = self.state.node(service.node)
         dc = self.settings.datacenter
         if not service.address or (node is not None and service.address == node.address):
             name = _safe_name(f"{service.node}.node.{dc}.{domain.text}")
@@ -179,10 +178,10 @@ class Answerer:
         return RecordSet(wire.NOERROR, tuple(answers), extra=extra, topics=topics)
 
     def _find_node(self, name: str) -> Node | None:
-        nodes = self.state.nodes
-        if name in nodes:
-            return nodes[name]
-        return next((n for key, n in nodes.items() if key.lower() == name), None)
+        node = self.state.node(name)
+        if node is not None:
+            return node
+        return next((n for n in self.state.all_nodes() if n.name.lower() == name), None)
 
     def _addr(self, lookup: Lookup, qtype: int) -> RecordSet:
         rtype, rdata = wire.address_rdata(lookup.address) or (0, b"")
@@ -231,9 +230,9 @@ class Answerer:
         if index != self._reverse_at:
             table: dict[str, list[str]] = {}
             dc = self.settings.datacenter
-            for node in self.state.nodes.values():
+            for node in self.state.all_nodes():
                 table.setdefault(_canonical(node.address), []).append(f"{node.name}.node.{dc}.")
-            for service in self.state.services.values():
+            for service in self.state.all_instances():
                 if service.address:
                     names_ = table.setdefault(_canonical(service.address), [])
                     names_.append(f"{service.name}.service.{dc}.")

@@ -62,7 +62,7 @@ class HealthRunner:
     async def start(self) -> None:
         """Resume every check this agent owns (after a restart too), follow the
         catalog from now on, and start the reaper."""
-        self.refresh(cid for (node, cid) in self.catalog.state.checks if node == self.node)
+        self.refresh(self.catalog.state.check_ids_on(self.node))
         self.catalog.subscribe(self._follow)
         self._reaper = asyncio.create_task(self._reap_forever(), name="waypost-reaper")
 
@@ -85,7 +85,7 @@ class HealthRunner:
     def refresh(self, check_ids: Iterable[str]) -> None:
         """Start, restart or stop the named checks to match the catalog."""
         for check_id in check_ids:
-            check = self.catalog.state.checks.get((self.node, check_id))
+            check = self.catalog.state.check(self.node, check_id)
             defn = check.definition if check is not None else None
             running = self._tasks.get(check_id)
             if running is not None and running[0] == defn and not running[1].done():
@@ -207,7 +207,7 @@ class HealthRunner:
             NotFoundError: no such check on this agent.
             ValidationError: the check is not a TTL check.
         """
-        check = self.catalog.state.checks.get((self.node, check_id))
+        check = self.catalog.state.check(self.node, check_id)
         if check is None:
             raise NotFoundError(f'Unknown check ID "{check_id}"')
         if check.definition is None or not check.definition.ttl:
@@ -240,7 +240,7 @@ class HealthRunner:
         now = self.clock.now()
         doomed: set[str] = set()
         for check_id, after in list(self._reapable.items()):
-            check = self.catalog.state.checks.get((self.node, check_id))
+            check = self.catalog.state.check(self.node, check_id)
             if check is None or check.status != "critical":
                 self._critical_since.pop(check_id, None)
                 continue
@@ -251,7 +251,7 @@ class HealthRunner:
             log.info(
                 "deregistering %s: critical longer than DeregisterCriticalServiceAfter", service_id
             )
-            check_ids = list(self.catalog.state.service_checks.get((self.node, service_id), {}))
+            check_ids = self.catalog.state.check_ids_of(self.node, service_id)
             with contextlib.suppress(NotFoundError):
                 await self.catalog.deregister_service(self.node, service_id)
             for check_id in check_ids:
