@@ -10,6 +10,8 @@ import re
 import sqlite3
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
@@ -281,6 +283,37 @@ async def test_sqlite_commit_deadline_queued_is_not_written_taken_is_unknown(
     await store.close()
 
 
+async def test_sqlite_writer_skips_a_commit_past_its_deadline_even_if_its_caller_is_late(
+    tmp_path: Path, mirror: Mirror, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer itself never writes a commit past its deadline, even when the
+    caller's loop is too busy to notice the deadline first."""
+    monkeypatch.setattr(sqlite_backend, "COMMIT_TIMEOUT", 0.2, raising=False)
+    url = sqlite_url(tmp_path)
+    store = open_storage(url)
+    await store.open(mirror)
+    side = sqlite3.connect(
+        sqlite_backend.path_from_url(url), isolation_level=None, timeout=0, check_same_thread=False
+    )
+    side.execute("BEGIN IMMEDIATE")  # the writer will be stuck on the gate commit
+    gate = asyncio.ensure_future(store.commit([Entry("gate", b"")]))
+    await asyncio.sleep(0)
+    await until(lambda: store.statistics()["queued"] == 0)
+    late = asyncio.ensure_future(store.commit([Entry("late", b"")]))
+    await asyncio.sleep(0)  # queued
+    release = threading.Timer(0.3, side.execute, ("ROLLBACK",))
+    release.start()
+    time.sleep(0.6)  # the loop is blocked past the deadline; the writer is freed meanwhile
+    release.join()
+    side.close()
+    with pytest.raises(StoreUnavailable, match="not written"):
+        await late
+    await asyncio.gather(gate, return_exceptions=True)
+    await store.commit([Entry("after", b"")])
+    assert set(mirror.keys) == {"gate", "after"}
+    await store.close()
+
+
 async def test_sqlite_writer_survives_an_unexpected_exception(
     tmp_path: Path, mirror: Mirror, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -395,8 +428,9 @@ async def test_sqlite_store_is_locked_against_a_second_agent(tmp_path: Path) -> 
     ):
         await open_storage(url).open(Mirror())  # a second store in this process too
     await store.close()
-    await store.open(Mirror())  # close() released it
-    await store.close()
+    third = open_storage(url)
+    await third.open(Mirror())  # close() released it
+    await third.close()
 
 
 @pytest.fixture
