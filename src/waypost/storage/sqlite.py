@@ -151,6 +151,8 @@ class SqliteStorage(Storage):
         self._failed_batches = 0
 
     async def open(self, apply: ApplyFn) -> None:
+        if self._thread is not None:
+            raise StorageError(f"the sqlite store {self.path} is already open")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -190,7 +192,8 @@ class SqliteStorage(Storage):
 
     async def commit(self, ops: list[Entry], conditions: Sequence[Condition] = ()) -> int:
         timeout = COMMIT_TIMEOUT
-        pending = _Pending(ops, conditions, asyncio.get_running_loop(), time.monotonic() + timeout)
+        loop = asyncio.get_running_loop()
+        pending = _Pending(ops, conditions, loop, time.monotonic() + timeout)
         with self._wakeup:
             if self._thread is None or self._closing:
                 raise StorageError(f"the sqlite store {self.path} is closed")
@@ -206,29 +209,33 @@ class SqliteStorage(Storage):
             if len(self._queue) > 2 * MAX_QUEUED:  # mostly expired: drop them
                 self._queue = collections.deque(p for p in self._queue if p.state == _QUEUED)
             self._wakeup.notify()
+        # A plain timer on the future, not wait_for(): this runs once per
+        # commit on the loop, which group commit makes the bottleneck. An
+        # answer that comes after the deadline is dropped (its apply is not).
+        timer = loop.call_later(timeout, self._expire, pending, timeout)
         try:
-            return await asyncio.wait_for(asyncio.shield(pending.future), timeout)
-        except TimeoutError:
-            raise self._expire(pending, timeout) from None
+            return await pending.future
         finally:
-            # Nobody reads the future any more: a late answer is dropped (its
-            # apply still happens) instead of being logged as never retrieved.
-            pending.future.cancel()
+            timer.cancel()
 
-    def _expire(self, pending: _Pending, timeout: float) -> StorageError:
-        """The caller's deadline passed: the error that says what became of the commit."""
+    def _expire(self, pending: _Pending, timeout: float) -> None:
+        """On the loop, at the commit's deadline: fail it, saying what became of it."""
         with self._wakeup:
             if pending.state == _QUEUED:
                 pending.state = _EXPIRED
                 self._waiting -= 1
             taken = pending.state == _TAKEN
         if taken:
-            return OutcomeUnknown(
-                f"the sqlite store {self.path} took this commit but did not finish writing it "
-                f"within {timeout:g}s (is the disk hung?): it may or may not be stored; "
-                "re-read before retrying"
+            _fail(
+                pending.future,
+                OutcomeUnknown(
+                    f"the sqlite store {self.path} took this commit but did not finish writing "
+                    f"it within {timeout:g}s (is the disk hung?): it may or may not be stored; "
+                    "re-read before retrying"
+                ),
             )
-        return _not_started(self.path, timeout)
+        else:
+            _fail(pending.future, _not_started(self.path, timeout))
 
     async def close(self) -> None:
         thread = self._thread
@@ -366,7 +373,7 @@ class SqliteStorage(Storage):
     def _abandon(self, conn: sqlite3.Connection, batch: list[_Pending], error: Exception) -> None:
         """Roll back a failed batch and fail every commit of it."""
         self._failed_batches += 1
-        log.warning("%s", error)
+        log.error("%s", error)
         if conn.in_transaction:
             try:
                 conn.execute("ROLLBACK")
