@@ -17,8 +17,8 @@ at the first newer key (range form), a few microseconds against the fsync
 that the batch shares. A commit whose condition fails writes nothing and gets
 no index; the rest of the batch goes on. Its Conflict travels back to the loop
 in the same ordered stream as the batch's applies, so it reaches the caller
-only after every earlier commit has been applied. A batch of conflicts only
-writes nothing and costs no fsync.
+only after every earlier commit has been applied. A batch of nothing but
+conflicts writes nothing and costs no fsync.
 
 Supervision: the writer thread is the only way to the disk, so nothing may
 kill it. Any exception while writing a batch rolls the transaction back and
@@ -39,11 +39,15 @@ deadline is never written (the writer skips it) and fails with
 StoreUnavailable: a definite "not written", safe to retry. A commit the writer
 already took (say it is stuck in fsync on a hung disk) may still land, so its
 caller gets OutcomeUnknown; if it does land it is still applied to the catalog,
-so the catalog never misses a stored write.
+so the catalog never misses a stored write. The deadline is a timer on the
+loop (one per commit, cancelled when the answer comes), and the writer checks
+it again when it takes a commit, in case the loop is too busy to fire it.
 
 Lock: two agents on one file would each see only their own writes and hand
 out the same indexes, so `open()` takes an exclusive lock on `<path>.lock`
-(see waypost._lockfile) and `close()` drops it.
+(see waypost._lockfile; a second agent is told the pid holding it, and the
+kernel drops it if the holder dies) and `close()` drops it. A close() whose
+writer is stuck in the kernel keeps the lock until the process exits.
 """
 
 from __future__ import annotations
@@ -152,7 +156,9 @@ class SqliteStorage(Storage):
 
     async def open(self, apply: ApplyFn) -> None:
         if self._thread is not None:
-            raise StorageError(f"the sqlite store {self.path} is already open")
+            raise StorageError(
+                f"the sqlite store {self.path} is already open (or its writer is stuck)"
+            )
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -193,7 +199,7 @@ class SqliteStorage(Storage):
     async def commit(self, ops: list[Entry], conditions: Sequence[Condition] = ()) -> int:
         timeout = COMMIT_TIMEOUT
         loop = asyncio.get_running_loop()
-        pending = _Pending(ops, conditions, loop, time.monotonic() + timeout)
+        pending = _Pending(ops, tuple(conditions), loop, time.monotonic() + timeout)
         with self._wakeup:
             if self._thread is None or self._closing:
                 raise StorageError(f"the sqlite store {self.path} is closed")
@@ -279,6 +285,9 @@ class SqliteStorage(Storage):
                         self._write_batch(conn, batch)
                     except Exception as exc:  # a bug: never let it stop the writer
                         log.exception("the sqlite store %s: writing a batch failed", self.path)
+                        if conn.in_transaction:
+                            with contextlib.suppress(sqlite3.Error):
+                                conn.execute("ROLLBACK")
                         error = StorageError(
                             f"the sqlite store {self.path} failed on this commit "
                             f"({type(exc).__name__}: {exc})"
