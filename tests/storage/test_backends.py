@@ -363,6 +363,15 @@ async def test_sqlite_error_on_commit_itself_is_an_unknown_outcome(
     await store.close()
 
 
+async def test_sqlite_refuses_commits_from_another_event_loop(tmp_path: Path) -> None:
+    """apply() runs on the loop that opened the store, where the catalog lives."""
+    store = open_storage(sqlite_url(tmp_path))
+    await store.open(Mirror())
+    with pytest.raises(StorageError, match="another event loop"):
+        await asyncio.to_thread(asyncio.run, store.commit([Entry("k", b"")]))
+    await store.close()
+
+
 class FailingMirror(Mirror):
     def __call__(self, index: int, entries: list[Entry], snapshot: bool = False) -> None:
         if any(e.key == "poison" for e in entries):

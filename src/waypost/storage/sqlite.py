@@ -5,8 +5,9 @@ into a queue; the writer takes everything waiting (up to `MAX_BATCH` commits),
 writes it in one transaction and fsyncs once (WAL, synchronous=FULL). That is
 group commit: fifty concurrent registrations cost one fsync, not fifty, and
 each still gets its own index. Only after the transaction is on disk does the
-writer hand the batch back to the loop, where the catalog applies it and the
-callers are answered, in index order.
+writer hand the batch back to the loop (one wake-up per batch), where the
+catalog applies it and the callers are answered, in index order. A store
+serves the one event loop that opened it, the catalog's.
 
 Conditions are checked by the writer, inside the batch's transaction, just
 before each commit's own writes: so they see the stored state including every
@@ -39,9 +40,10 @@ deadline is never written (the writer skips it) and fails with
 StoreUnavailable: a definite "not written", safe to retry. A commit the writer
 already took (say it is stuck in fsync on a hung disk) may still land, so its
 caller gets OutcomeUnknown; if it does land it is still applied to the catalog,
-so the catalog never misses a stored write. The deadline is a timer on the
-loop (one per commit, cancelled when the answer comes), and the writer checks
-it again when it takes a commit, in case the loop is too busy to fire it.
+so the catalog never misses a stored write. Deadlines are watched on the loop
+by one timer for the oldest unanswered commit (a timer per commit cost about a
+tenth of group commit's rate), and the writer checks a commit's deadline again
+when it takes it, in case the loop is too busy to fire that timer in time.
 
 Lock: two agents on one file would each see only their own writes and hand
 out the same indexes, so `open()` takes an exclusive lock on `<path>.lock`
@@ -60,9 +62,8 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from .._exceptions import (
     ConfigError,
@@ -113,19 +114,20 @@ _QUEUED, _TAKEN, _EXPIRED = 0, 1, 2
 
 
 class _Pending:
-    __slots__ = ("conditions", "deadline", "future", "loop", "ops", "state")
+    __slots__ = ("conditions", "deadline", "future", "loop", "ops", "state", "timeout")
 
     def __init__(
         self,
         ops: list[Entry],
         conditions: Sequence[Condition],
         loop: asyncio.AbstractEventLoop,
-        deadline: float,
+        timeout: float,
     ) -> None:
         self.ops = ops
         self.conditions = conditions
         self.loop = loop
-        self.deadline = deadline
+        self.timeout = timeout
+        self.deadline = time.monotonic() + timeout
         self.state = _QUEUED
         self.future: asyncio.Future[int] = loop.create_future()
 
@@ -153,6 +155,12 @@ class SqliteStorage(Storage):
         self._transactions = 0
         self._conflicts = 0
         self._failed_batches = 0
+        # Deadlines, on the loop that opened the store: its unanswered commits
+        # in queue order (so in deadline order) and one timer for the oldest.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._outstanding: collections.deque[_Pending] = collections.deque()
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._writer_exited = False
 
     async def open(self, apply: ApplyFn) -> None:
         if self._thread is not None:
@@ -187,6 +195,12 @@ class SqliteStorage(Storage):
             self._lockfile.release()
             raise
         self._apply = apply
+        self._loop = asyncio.get_running_loop()
+        self._outstanding.clear()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        self._writer_exited = False
         with self._wakeup:
             self._queue.clear()
             self._waiting = 0
@@ -197,13 +211,14 @@ class SqliteStorage(Storage):
         self._thread.start()
 
     async def commit(self, ops: list[Entry], conditions: Sequence[Condition] = ()) -> int:
-        timeout = COMMIT_TIMEOUT
         loop = asyncio.get_running_loop()
-        pending = _Pending(ops, tuple(conditions), loop, time.monotonic() + timeout)
+        pending = _Pending(ops, tuple(conditions), loop, COMMIT_TIMEOUT)
         with self._wakeup:
             if self._thread is None or self._closing:
                 raise StorageError(f"the sqlite store {self.path} is closed")
-            if not self._thread.is_alive():  # cannot happen; if it does, say so at once
+            if loop is not self._loop:  # apply() must run where the catalog lives
+                raise StorageError(f"the sqlite store {self.path} was opened on another event loop")
+            if self._writer_exited:  # cannot happen; if it does, say so at once
                 raise StorageError(f"the sqlite store {self.path} has no writer: restart the agent")
             if self._waiting >= MAX_QUEUED:
                 raise StoreBusy(
@@ -215,17 +230,39 @@ class SqliteStorage(Storage):
             if len(self._queue) > 2 * MAX_QUEUED:  # mostly expired: drop them
                 self._queue = collections.deque(p for p in self._queue if p.state == _QUEUED)
             self._wakeup.notify()
-        # A plain timer on the future, not wait_for(): this runs once per
-        # commit on the loop, which group commit makes the bottleneck. An
-        # answer that comes after the deadline is dropped (its apply is not).
-        timer = loop.call_later(timeout, self._expire, pending, timeout)
-        try:
-            return await pending.future
-        finally:
-            timer.cancel()
+        self._track(pending)
+        return await pending.future  # an answer after the deadline is dropped (not its apply)
 
-    def _expire(self, pending: _Pending, timeout: float) -> None:
+    def _track(self, pending: _Pending) -> None:
+        """Watch a new commit's deadline. One timer for the oldest, not one per
+        commit: the loop is what limits group commit, and a timer per commit
+        cost about a tenth of its rate. Commits share one timeout, so queue
+        order is deadline order."""
+        outstanding = self._outstanding
+        while outstanding and outstanding[0].future.done():
+            outstanding.popleft()
+        outstanding.append(pending)
+        if self._sweeper is None:
+            self._sweeper = pending.loop.call_later(pending.timeout, self._sweep)
+
+    def _sweep(self) -> None:
+        """On the loop: expire every commit past its deadline; wake again for the next."""
+        self._sweeper = None
+        outstanding = self._outstanding
+        now = time.monotonic()
+        while outstanding:
+            pending = outstanding[0]
+            if not pending.future.done():
+                if pending.deadline > now:
+                    delay = pending.deadline - now
+                    self._sweeper = pending.loop.call_later(delay, self._sweep)
+                    return
+                self._expire(pending)
+            outstanding.popleft()
+
+    def _expire(self, pending: _Pending) -> None:
         """On the loop, at the commit's deadline: fail it, saying what became of it."""
+        timeout = pending.timeout
         with self._wakeup:
             if pending.state == _QUEUED:
                 pending.state = _EXPIRED
@@ -263,6 +300,10 @@ class SqliteStorage(Storage):
             return
         self._thread = None
         self._lockfile.release()
+        if self._sweeper is not None and all(p.future.done() for p in self._outstanding):
+            self._sweeper.cancel()  # every commit is answered: nothing left to time
+            self._sweeper = None
+            self._outstanding.clear()
 
     def statistics(self) -> dict[str, float]:
         return {
@@ -277,6 +318,12 @@ class SqliteStorage(Storage):
     # -- writer thread -----------------------------------------------------
 
     def _writer(self, conn: sqlite3.Connection) -> None:
+        try:
+            self._write_until_closed(conn)
+        finally:
+            self._writer_exited = True
+
+    def _write_until_closed(self, conn: sqlite3.Connection) -> None:
         with contextlib.closing(conn):
             while True:
                 batch, stop = self._take()
@@ -292,8 +339,7 @@ class SqliteStorage(Storage):
                             f"the sqlite store {self.path} failed on this commit "
                             f"({type(exc).__name__}: {exc})"
                         )
-                        for pending in batch:
-                            _post(pending, _fail, pending.future, error)
+                        self._post([(pending, error) for pending in batch])
                 if stop:
                     return
 
@@ -317,13 +363,14 @@ class SqliteStorage(Storage):
                     pending.state = _TAKEN
                     batch.append(pending)
             stop = self._closing and not self._queue
-        for pending in late:
-            _post(pending, _fail, pending.future, _not_started(self.path, COMMIT_TIMEOUT))
+        if late:
+            self._post([(p, _not_started(self.path, p.timeout)) for p in late])
         return batch, stop
 
     def _write_batch(self, conn: sqlite3.Connection, batch: list[_Pending]) -> None:
-        outcomes: list[int | Conflict] = []
+        outcomes: list[int | StorageError] = []  # an index, or the Conflict
         index = self._index
+        first_index = index + 1
         try:
             conn.execute("BEGIN IMMEDIATE")
             for pending in batch:
@@ -359,13 +406,10 @@ class SqliteStorage(Storage):
                 return
             self._index = index
             self._transactions += 1
-        for pending, outcome in zip(batch, outcomes, strict=True):
-            if isinstance(outcome, Conflict):
-                self._conflicts += 1
-                _post(pending, _fail, pending.future, outcome)
-            else:
-                self._commits += 1
-                _post(pending, self._deliver, pending, outcome)
+        written = index - first_index + 1
+        self._commits += written
+        self._conflicts += len(batch) - written
+        self._post(list(zip(batch, outcomes, strict=True)))
 
     @staticmethod
     def _write_ops(conn: sqlite3.Connection, index: int, ops: list[Entry]) -> None:
@@ -379,7 +423,9 @@ class SqliteStorage(Storage):
     def _end_transaction(conn: sqlite3.Connection) -> None:
         conn.execute("COMMIT")
 
-    def _abandon(self, conn: sqlite3.Connection, batch: list[_Pending], error: Exception) -> None:
+    def _abandon(
+        self, conn: sqlite3.Connection, batch: list[_Pending], error: StorageError
+    ) -> None:
         """Roll back a failed batch and fail every commit of it."""
         self._failed_batches += 1
         log.error("%s", error)
@@ -388,8 +434,7 @@ class SqliteStorage(Storage):
                 conn.execute("ROLLBACK")
             except sqlite3.Error:
                 log.exception("the sqlite store %s: rolling back a failed batch failed", self.path)
-        for pending in batch:
-            _post(pending, _fail, pending.future, error)
+        self._post([(pending, error) for pending in batch])
 
     def _not_written(self, exc: Exception, commits: int) -> StorageError:
         if _disk_full(exc):
@@ -403,8 +448,24 @@ class SqliteStorage(Storage):
             "was written"
         )
 
+    def _post(self, answers: list[tuple[_Pending, int | StorageError]]) -> None:
+        """From the writer: answer commits on their loop, in this order. One
+        wake-up of the loop per batch, not one per commit."""
+        try:
+            answers[0][0].loop.call_soon_threadsafe(self._answer, answers)
+        except RuntimeError:  # the loop is closed: nobody is waiting for the answers
+            log.debug("the sqlite store %s: answers dropped, the loop is closed", self.path)
+
+    def _answer(self, answers: list[tuple[_Pending, int | StorageError]]) -> None:
+        """On the loop: an index is applied to the catalog, then returned; an error raised."""
+        for pending, outcome in answers:
+            if isinstance(outcome, int):
+                self._deliver(pending, outcome)
+            else:
+                _fail(pending.future, outcome)
+
     def _deliver(self, pending: _Pending, index: int) -> None:
-        """On the loop: apply the durable batch to the catalog, then answer the caller."""
+        """On the loop: apply a durable commit to the catalog, then answer the caller."""
         try:
             if self._apply is not None:
                 self._apply(index, pending.ops)
@@ -463,14 +524,6 @@ def _not_started(path: Path, timeout: float) -> StoreUnavailable:
         f"the sqlite store {path} did not get to this commit within {timeout:g}s (the disk "
         "is slow or stuck): not written, safe to retry"
     )
-
-
-def _post(pending: _Pending, callback: Callable[..., Any], *args: Any) -> None:
-    """From the writer: run `callback` on the commit's loop, in order with the others."""
-    try:
-        pending.loop.call_soon_threadsafe(callback, *args)
-    except RuntimeError:  # the loop is closed: nobody is waiting for the answer
-        log.debug("the sqlite store: dropped an answer for a closed event loop")
 
 
 def _fail(future: asyncio.Future[int], exc: Exception) -> None:
