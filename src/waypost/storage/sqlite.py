@@ -5,25 +5,85 @@ into a queue; the writer takes everything waiting (up to `MAX_BATCH` commits),
 writes it in one transaction and fsyncs once (WAL, synchronous=FULL). That is
 group commit: fifty concurrent registrations cost one fsync, not fifty, and
 each still gets its own index. Only after the transaction is on disk does the
-writer hand the batch back to the loop, where the catalog applies it and the
-callers are answered, in index order. A failed transaction is rolled back and
-every caller in it gets a StorageError; nothing of it reaches the catalog.
+writer hand the batch back to the loop (one wake-up per batch), where the
+catalog applies it and the callers are answered, in index order. A store
+serves the one event loop that opened it, the catalog's.
+
+Conditions are checked by the writer, inside the batch's transaction, just
+before each commit's own writes: so they see the stored state including every
+earlier commit of the batch, in commit order, and nothing can change between
+check and write (this agent is the only writer: see the lock below). Each is
+one lookup on the primary key (exact form) or one range scan of it that stops
+at the first newer key (range form), a few microseconds against the fsync
+that the batch shares. A commit whose condition fails writes nothing and gets
+no index; the rest of the batch goes on. Its Conflict travels back to the loop
+in the same ordered stream as the batch's applies, so it reaches the caller
+only after every earlier commit has been applied. A batch of nothing but
+conflicts writes nothing and costs no fsync.
+
+Supervision: the writer thread is the only way to the disk, so nothing may
+kill it. Any exception while writing a batch rolls the transaction back and
+fails exactly that batch's commits with StorageError; the writer goes on with
+the next batch. A full disk says so. An error from COMMIT itself (say a failed
+fsync) is different: the WAL frames may already be on disk, and a restart
+would replay them, so those callers get OutcomeUnknown, and the batch's
+indexes are skipped so they can never name two different writes. If the
+catalog's `apply` raises on a durable write, the error is logged with its
+traceback and that caller gets a StorageError saying the write is stored but
+the catalog missed it (restart the agent to reload); later commits go on.
+
+Bounded queue and deadlines: a stuck or slow disk must not turn into unbounded
+memory and callers that wait forever. At most `MAX_QUEUED` commits wait; one
+more fails at once with StoreBusy. Every commit has a deadline,
+`COMMIT_TIMEOUT` seconds from being queued. A commit still queued at its
+deadline is never written (the writer skips it) and fails with
+StoreUnavailable: a definite "not written", safe to retry. A commit the writer
+already took (say it is stuck in fsync on a hung disk) may still land, so its
+caller gets OutcomeUnknown; if it does land it is still applied to the catalog,
+so the catalog never misses a stored write. Deadlines are watched on the loop
+by one timer for the oldest unanswered commit (a timer per commit cost about a
+tenth of group commit's rate), and the writer checks a commit's deadline again
+when it takes it, in case the loop is too busy to fire that timer in time.
+
+Lock: two agents on one file would each see only their own writes and hand
+out the same indexes, so `open()` takes an exclusive lock on `<path>.lock`
+(see waypost._lockfile; a second agent is told the pid holding it, and the
+kernel drops it if the holder dies) and `close()` drops it. A close() whose
+writer is stuck in the kernel keeps the lock until the process exits.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
-import queue
+import errno
+import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from .._exceptions import ConfigError, StorageError
+from .._exceptions import (
+    ConfigError,
+    Conflict,
+    OutcomeUnknown,
+    StorageError,
+    StoreBusy,
+    StoreUnavailable,
+)
+from .._lockfile import LockFile
 from .base import ApplyFn, Condition, Entry, Storage
 
+log = logging.getLogger("waypost.storage")
+
+#: Most commits written in one transaction.
 MAX_BATCH = 512
+#: Most commits waiting for the writer; one more fails at once with StoreBusy.
+MAX_QUEUED = 10_000
+#: Seconds a commit may take from being queued to being answered.
+COMMIT_TIMEOUT = 10.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS kv (
@@ -39,14 +99,36 @@ _UPSERT = (
     "INSERT INTO kv (key, value, create_index, modify_index) VALUES (?, ?, ?, ?) "
     "ON CONFLICT(key) DO UPDATE SET value = excluded.value, modify_index = excluded.modify_index"
 )
+_SET_INDEX = (
+    "INSERT INTO meta (name, value) VALUES ('index', ?) "
+    "ON CONFLICT(name) DO UPDATE SET value = excluded.value"
+)
+_MODIFY_INDEX = "SELECT modify_index FROM kv WHERE key = ?"
+_NEWER_IN_RANGE = (
+    "SELECT key, modify_index FROM kv WHERE key >= ? AND key < ? AND modify_index > ? LIMIT 1"
+)
+
+# A commit's state, changed only under the queue's lock: the writer takes a
+# queued commit, or its deadline expires it; whichever comes first decides.
+_QUEUED, _TAKEN, _EXPIRED = 0, 1, 2
 
 
 class _Pending:
-    __slots__ = ("future", "loop", "ops")
+    __slots__ = ("conditions", "deadline", "future", "loop", "ops", "state", "timeout")
 
-    def __init__(self, ops: list[Entry], loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        ops: list[Entry],
+        conditions: Sequence[Condition],
+        loop: asyncio.AbstractEventLoop,
+        timeout: float,
+    ) -> None:
         self.ops = ops
+        self.conditions = conditions
         self.loop = loop
+        self.timeout = timeout
+        self.deadline = time.monotonic() + timeout
+        self.state = _QUEUED
         self.future: asyncio.Future[int] = loop.create_future()
 
 
@@ -61,108 +143,273 @@ def path_from_url(url: str) -> Path:
 class SqliteStorage(Storage):
     def __init__(self, url: str) -> None:
         self.path = path_from_url(url)
-        self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
+        self._lockfile = LockFile(Path(f"{self.path}.lock"), f"the sqlite store {self.path}")
+        self._wakeup = threading.Condition(threading.Lock())  # guards the four below
+        self._queue: collections.deque[_Pending] = collections.deque()
+        self._waiting = 0  # commits in _queue still _QUEUED (expired ones linger)
+        self._closing = False
         self._thread: threading.Thread | None = None
         self._apply: ApplyFn | None = None
-        self._index = 0
+        self._index = 0  # the writer's, once it runs
         self._commits = 0
         self._transactions = 0
-        self._closing = False
+        self._conflicts = 0
+        self._failed_batches = 0
+        # Deadlines, on the loop that opened the store: its unanswered commits
+        # in queue order (so in deadline order) and one timer for the oldest.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._outstanding: collections.deque[_Pending] = collections.deque()
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._writer_exited = False
 
     async def open(self, apply: ApplyFn) -> None:
+        if self._thread is not None:
+            raise StorageError(
+                f"the sqlite store {self.path} is already open (or its writer is stuck)"
+            )
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-            conn.executescript(_SCHEMA)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            rows = conn.execute("SELECT key, value, create_index, modify_index FROM kv").fetchall()
-            row = conn.execute("SELECT value FROM meta WHERE name = 'index'").fetchone()
-        except (sqlite3.Error, OSError) as exc:
+        except OSError as exc:
             raise ConfigError(f"cannot open the sqlite store at {self.path}: {exc}") from exc
-        self._index = row[0] if row else 0
-        # Applied even when empty: the index must survive a restart of a store
-        # whose last commits only deleted keys.
-        apply(self._index, [Entry(k, bytes(v), c, m) for k, v, c, m in rows])
+        self._lockfile.acquire()
+        conn: sqlite3.Connection | None = None
+        try:
+            try:
+                conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+                conn.executescript(_SCHEMA)
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=FULL")
+                rows = conn.execute(
+                    "SELECT key, value, create_index, modify_index FROM kv"
+                ).fetchall()
+                row = conn.execute("SELECT value FROM meta WHERE name = 'index'").fetchone()
+            except (sqlite3.Error, OSError) as exc:
+                raise ConfigError(f"cannot open the sqlite store at {self.path}: {exc}") from exc
+            self._index = row[0] if row else 0
+            # Applied even when empty: the index must survive a restart of a
+            # store whose last commits only deleted keys.
+            apply(self._index, [Entry(k, bytes(v), c, m) for k, v, c, m in rows])
+        except BaseException:
+            if conn is not None:
+                conn.close()
+            self._lockfile.release()
+            raise
         self._apply = apply
+        self._loop = asyncio.get_running_loop()
+        self._outstanding.clear()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        self._writer_exited = False
+        with self._wakeup:
+            self._queue.clear()
+            self._waiting = 0
+            self._closing = False
         self._thread = threading.Thread(
             target=self._writer, args=(conn,), name="waypost-sqlite-writer", daemon=True
         )
         self._thread.start()
 
     async def commit(self, ops: list[Entry], conditions: Sequence[Condition] = ()) -> int:
-        # TEMPORARY until the conditions land in the writer: ignored here.
-        if self._thread is None or self._closing:
-            raise StorageError("the sqlite store is closed")
-        pending = _Pending(ops, asyncio.get_running_loop())
-        self._queue.put(pending)
-        return await pending.future
+        loop = asyncio.get_running_loop()
+        pending = _Pending(ops, tuple(conditions), loop, COMMIT_TIMEOUT)
+        with self._wakeup:
+            if self._thread is None or self._closing:
+                raise StorageError(f"the sqlite store {self.path} is closed")
+            if loop is not self._loop:  # apply() must run where the catalog lives
+                raise StorageError(f"the sqlite store {self.path} was opened on another event loop")
+            if self._writer_exited:  # cannot happen; if it does, say so at once
+                raise StorageError(f"the sqlite store {self.path} has no writer: restart the agent")
+            if self._waiting >= MAX_QUEUED:
+                raise StoreBusy(
+                    f"the sqlite store {self.path} already has {self._waiting} commits waiting "
+                    "to be written: this one was not queued (the disk is slow or stuck)"
+                )
+            self._queue.append(pending)
+            self._waiting += 1
+            if len(self._queue) > 2 * MAX_QUEUED:  # mostly expired: drop them
+                self._queue = collections.deque(p for p in self._queue if p.state == _QUEUED)
+            self._wakeup.notify()
+        self._track(pending)
+        return await pending.future  # an answer after the deadline is dropped (not its apply)
+
+    def _track(self, pending: _Pending) -> None:
+        """Watch a new commit's deadline. One timer for the oldest, not one per
+        commit: the loop is what limits group commit, and a timer per commit
+        cost about a tenth of its rate. Commits share one timeout, so queue
+        order is deadline order."""
+        outstanding = self._outstanding
+        while outstanding and outstanding[0].future.done():
+            outstanding.popleft()
+        outstanding.append(pending)
+        if self._sweeper is None:
+            self._sweeper = pending.loop.call_later(pending.timeout, self._sweep)
+
+    def _sweep(self) -> None:
+        """On the loop: expire every commit past its deadline; wake again for the next."""
+        self._sweeper = None
+        outstanding = self._outstanding
+        now = time.monotonic()
+        while outstanding:
+            pending = outstanding[0]
+            if not pending.future.done():
+                if pending.deadline > now:
+                    delay = pending.deadline - now
+                    self._sweeper = pending.loop.call_later(delay, self._sweep)
+                    return
+                self._expire(pending)
+            outstanding.popleft()
+
+    def _expire(self, pending: _Pending) -> None:
+        """On the loop, at the commit's deadline: fail it, saying what became of it."""
+        timeout = pending.timeout
+        with self._wakeup:
+            if pending.state == _QUEUED:
+                pending.state = _EXPIRED
+                self._waiting -= 1
+            taken = pending.state == _TAKEN
+        if taken:
+            _fail(
+                pending.future,
+                OutcomeUnknown(
+                    f"the sqlite store {self.path} took this commit but did not finish writing "
+                    f"it within {timeout:g}s (is the disk hung?): it may or may not be stored; "
+                    "re-read before retrying"
+                ),
+            )
+        else:
+            _fail(pending.future, _not_started(self.path, timeout))
 
     async def close(self) -> None:
-        if self._thread is None:
+        thread = self._thread
+        if thread is None:
             return
-        self._closing = True  # commits from now on are refused, not queued behind the stop
-        self._queue.put(None)
-        await asyncio.to_thread(self._thread.join)
+        with self._wakeup:
+            self._closing = True  # commits from now on are refused; queued ones are written
+            self._wakeup.notify()
+        # Every queued commit is written or expired within COMMIT_TIMEOUT; a
+        # writer still busy after that is stuck in the kernel.
+        await asyncio.to_thread(thread.join, COMMIT_TIMEOUT + 1)
+        if thread.is_alive():
+            log.error(
+                "the sqlite store %s: the writer is stuck (a hung disk?); its lock on %s "
+                "stays held until this process exits",
+                self.path,
+                self._lockfile.path,
+            )
+            return
         self._thread = None
+        self._lockfile.release()
+        if self._sweeper is not None and all(p.future.done() for p in self._outstanding):
+            self._sweeper.cancel()  # every commit is answered: nothing left to time
+            self._sweeper = None
+            self._outstanding.clear()
 
     def statistics(self) -> dict[str, float]:
         return {
             "commits": self._commits,
             "transactions": self._transactions,
             "index": self._index,
+            "queued": self._waiting,
+            "conflicts": self._conflicts,
+            "failed_batches": self._failed_batches,
         }
 
     # -- writer thread -----------------------------------------------------
 
     def _writer(self, conn: sqlite3.Connection) -> None:
+        try:
+            self._write_until_closed(conn)
+        finally:
+            self._writer_exited = True
+
+    def _write_until_closed(self, conn: sqlite3.Connection) -> None:
         with contextlib.closing(conn):
             while True:
-                first = self._queue.get()
-                if first is None:
-                    return
-                batch = [first]
-                stop = self._drain(batch)
-                self._write_batch(conn, batch)
+                batch, stop = self._take()
+                if batch:
+                    try:
+                        self._write_batch(conn, batch)
+                    except Exception as exc:  # a bug: never let it stop the writer
+                        log.exception("the sqlite store %s: writing a batch failed", self.path)
+                        if conn.in_transaction:
+                            with contextlib.suppress(sqlite3.Error):
+                                conn.execute("ROLLBACK")
+                        error = StorageError(
+                            f"the sqlite store {self.path} failed on this commit "
+                            f"({type(exc).__name__}: {exc})"
+                        )
+                        self._post([(pending, error) for pending in batch])
                 if stop:
                     return
 
-    def _drain(self, batch: list[_Pending]) -> bool:
-        """Add whatever else is waiting to `batch`; True if close() was asked."""
-        while len(batch) < MAX_BATCH:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                return False
-            if item is None:
-                return True
-            batch.append(item)
-        return False
+    def _take(self) -> tuple[list[_Pending], bool]:
+        """Wait for commits; take up to MAX_BATCH of them. True once closed and drained."""
+        batch: list[_Pending] = []
+        late: list[_Pending] = []
+        with self._wakeup:
+            while not self._queue and not self._closing:
+                self._wakeup.wait()
+            now = time.monotonic()
+            while self._queue and len(batch) < MAX_BATCH:
+                pending = self._queue.popleft()
+                if pending.state != _QUEUED:
+                    continue  # expired by its caller
+                self._waiting -= 1
+                if now >= pending.deadline:
+                    pending.state = _EXPIRED
+                    late.append(pending)
+                else:
+                    pending.state = _TAKEN
+                    batch.append(pending)
+            stop = self._closing and not self._queue
+        if late:
+            self._post([(p, _not_started(self.path, p.timeout)) for p in late])
+        return batch, stop
 
     def _write_batch(self, conn: sqlite3.Connection, batch: list[_Pending]) -> None:
-        first_index = self._index + 1
+        outcomes: list[int | StorageError] = []  # an index, or the Conflict
+        index = self._index
+        first_index = index + 1
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for offset, pending in enumerate(batch):
-                self._write_ops(conn, first_index + offset, pending.ops)
-            last = first_index + len(batch) - 1
-            conn.execute(
-                "INSERT INTO meta (name, value) VALUES ('index', ?) "
-                "ON CONFLICT(name) DO UPDATE SET value = excluded.value",
-                (last,),
-            )
-            conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
             for pending in batch:
-                pending.loop.call_soon_threadsafe(_fail, pending.future, exc)
+                conflict = _violated(conn, pending.conditions)
+                if conflict is not None:
+                    outcomes.append(conflict)
+                    continue
+                index += 1
+                self._write_ops(conn, index, pending.ops)
+                outcomes.append(index)
+            if index == self._index:  # conflicts only: nothing to make durable
+                conn.execute("ROLLBACK")
+            else:
+                conn.execute(_SET_INDEX, (index,))
+        except Exception as exc:
+            self._abandon(conn, batch, self._not_written(exc, len(batch)))
             return
-        self._index = last
-        self._transactions += 1
-        self._commits += len(batch)
-        for offset, pending in enumerate(batch):
-            pending.loop.call_soon_threadsafe(self._deliver, pending, first_index + offset)
+        if index != self._index:
+            try:
+                self._end_transaction(conn)
+            except Exception as exc:
+                if _disk_full(exc):  # no complete commit frame: nothing stored
+                    error: StorageError = self._not_written(exc, len(batch))
+                else:
+                    # The batch may be on disk: never hand its indexes out again.
+                    self._index = index
+                    error = OutcomeUnknown(
+                        f"the sqlite store {self.path} failed to commit "
+                        f"({type(exc).__name__}: {exc}): this commit may or may not be "
+                        "stored; re-read before retrying"
+                    )
+                self._abandon(conn, batch, error)
+                return
+            self._index = index
+            self._transactions += 1
+        written = index - first_index + 1
+        self._commits += written
+        self._conflicts += len(batch) - written
+        self._post(list(zip(batch, outcomes, strict=True)))
 
     @staticmethod
     def _write_ops(conn: sqlite3.Connection, index: int, ops: list[Entry]) -> None:
@@ -172,14 +419,113 @@ class SqliteStorage(Storage):
             else:
                 conn.execute(_UPSERT, (op.key, op.value, index, index))
 
+    @staticmethod
+    def _end_transaction(conn: sqlite3.Connection) -> None:
+        conn.execute("COMMIT")
+
+    def _abandon(
+        self, conn: sqlite3.Connection, batch: list[_Pending], error: StorageError
+    ) -> None:
+        """Roll back a failed batch and fail every commit of it."""
+        self._failed_batches += 1
+        log.error("%s", error)
+        if conn.in_transaction:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                log.exception("the sqlite store %s: rolling back a failed batch failed", self.path)
+        self._post([(pending, error) for pending in batch])
+
+    def _not_written(self, exc: Exception, commits: int) -> StorageError:
+        if _disk_full(exc):
+            return StorageError(
+                f"the disk holding the sqlite store {self.path} is full: nothing of this "
+                "commit was written; free some space and retry"
+            )
+        return StorageError(
+            f"the sqlite store {self.path} could not write a batch of {commits} commit(s) "
+            f"({type(exc).__name__}: {exc}): it was rolled back, nothing of this commit "
+            "was written"
+        )
+
+    def _post(self, answers: list[tuple[_Pending, int | StorageError]]) -> None:
+        """From the writer: answer commits on their loop, in this order. One
+        wake-up of the loop per batch, not one per commit."""
+        try:
+            answers[0][0].loop.call_soon_threadsafe(self._answer, answers)
+        except RuntimeError:  # the loop is closed: nobody is waiting for the answers
+            log.debug("the sqlite store %s: answers dropped, the loop is closed", self.path)
+
+    def _answer(self, answers: list[tuple[_Pending, int | StorageError]]) -> None:
+        """On the loop: an index is applied to the catalog, then returned; an error raised."""
+        for pending, outcome in answers:
+            if isinstance(outcome, int):
+                self._deliver(pending, outcome)
+            else:
+                _fail(pending.future, outcome)
+
     def _deliver(self, pending: _Pending, index: int) -> None:
-        """On the loop: apply the durable batch to the catalog, then answer the caller."""
-        if self._apply is not None:
-            self._apply(index, pending.ops)
+        """On the loop: apply a durable commit to the catalog, then answer the caller."""
+        try:
+            if self._apply is not None:
+                self._apply(index, pending.ops)
+        except Exception as exc:
+            log.exception(
+                "the sqlite store %s stored a commit at index %d that the catalog could not "
+                "apply; restart the agent to reload the catalog from the store",
+                self.path,
+                index,
+            )
+            _fail(
+                pending.future,
+                StorageError(
+                    f"the write is stored at index {index} but could not be applied to the "
+                    f"catalog ({type(exc).__name__}: {exc}): restart the agent to reload it"
+                ),
+            )
+            return
         if not pending.future.done():
             pending.future.set_result(index)
 
 
+def _violated(conn: sqlite3.Connection, conditions: Sequence[Condition]) -> Conflict | None:
+    """The first condition that does not hold against the stored state, as a Conflict."""
+    for condition in conditions:
+        if not condition.range_end:
+            row = conn.execute(_MODIFY_INDEX, (condition.key,)).fetchone()
+            found = row[0] if row else 0
+            if found != condition.index:
+                now = f"modified at index {found}" if found else "absent"
+                wanted = f"index {condition.index}" if condition.index else "it absent"
+                return Conflict(
+                    f"{condition.key} changed since it was read: {now}, expected {wanted}"
+                )
+        else:
+            row = conn.execute(
+                _NEWER_IN_RANGE, (condition.key, condition.range_end, condition.index)
+            ).fetchone()
+            if row is not None:
+                return Conflict(
+                    f"{row[0]} (under {condition.key}) changed since it was read at index "
+                    f"{condition.index}: modified at index {row[1]}"
+                )
+    return None
+
+
+def _disk_full(exc: Exception) -> bool:
+    if isinstance(exc, sqlite3.Error):
+        code = getattr(exc, "sqlite_errorcode", None)
+        return code is not None and code & 0xFF == sqlite3.SQLITE_FULL
+    return isinstance(exc, OSError) and exc.errno == errno.ENOSPC
+
+
+def _not_started(path: Path, timeout: float) -> StoreUnavailable:
+    return StoreUnavailable(
+        f"the sqlite store {path} did not get to this commit within {timeout:g}s (the disk "
+        "is slow or stuck): not written, safe to retry"
+    )
+
+
 def _fail(future: asyncio.Future[int], exc: Exception) -> None:
     if not future.done():
-        future.set_exception(StorageError(f"the sqlite store could not write: {exc}"))
+        future.set_exception(exc)
