@@ -1,4 +1,4 @@
-"""The agent's data directory: its stable node ID (and, with sqlite, its store).
+"""The agent's data directory: its stable node ID, its lock (and, with sqlite, its store).
 
 The node ID is what identifies this agent across restarts, whatever its node
 name: the default name is the host name, which changes with every container.
@@ -16,6 +16,7 @@ from pathlib import Path
 from .._exceptions import ConfigError
 
 NODE_ID_FILE = "node-id"
+LOCK_FILE = "waypost.lock"  # held by the running agent (_lockfile.py)
 
 
 def node_id(data_dir: Path) -> str:

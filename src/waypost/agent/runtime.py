@@ -22,6 +22,7 @@ import uvicorn
 
 from .. import __version__
 from .._exceptions import ConfigError
+from .._lockfile import LockFile
 from ..api.app import AgentApp
 from ..api.protocol import guarded_protocol
 from ..catalog import Catalog, Node
@@ -29,7 +30,7 @@ from ..catalog.model import SERF_CHECK_ID
 from ..health import HealthRunner
 from ..storage import open_storage
 from .config import AgentConfig, split_address
-from .datadir import node_id
+from .datadir import LOCK_FILE, node_id
 from .local import LocalAgent
 
 log = logging.getLogger("waypost.agent")
@@ -45,7 +46,9 @@ class _Server(uvicorn.Server):
 
 class Agent:
     def __init__(self, config: AgentConfig) -> None:
+        """Raises ConfigError for an unusable setting, or a data dir another agent holds."""
         self.config = config
+        self._lock = _lock_data_dir(config)  # first: nothing else may touch the dir before
         self.storage = open_storage(config.store_url())
         self.catalog = Catalog(self.storage)
         node = Node(
@@ -117,6 +120,8 @@ class Agent:
         await self.local.leave()
         await self.runner.stop()
         await self.catalog.close()
+        if self._lock is not None:
+            self._lock.release()
         self._stopped.set()
 
     async def run(self) -> None:
@@ -176,6 +181,21 @@ class Agent:
         if self._dns is not None:
             stats["dns"] = self._dns.statistics()
         return stats
+
+
+def _lock_data_dir(config: AgentConfig) -> LockFile | None:
+    """One agent per data dir, as Consul and etcd do: a second one would
+    reuse the node ID and, on sqlite, the store."""
+    data_dir = config.data_path()
+    if data_dir is None:
+        return None
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the data dir {data_dir}: {exc.strerror}") from exc
+    lock = LockFile(data_dir / LOCK_FILE, f"the data dir {data_dir}")
+    lock.acquire()
+    return lock
 
 
 def _node_id(config: AgentConfig) -> str:
