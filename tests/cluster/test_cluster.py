@@ -157,3 +157,29 @@ def test_etcd_down_serves_stale_reads_refuses_writes_then_recovers(
     until(lambda: len(health(b, "db").json()) == 2)
     assert health(b, "db").headers["X-Consul-LastContact"] == "0"
     assert health(b, "db", consistent="").status_code == 200
+
+
+def ttl_check_status(agent: AgentProcess, name: str) -> list[str]:
+    rows = health(agent, name).json()
+    return [c["Status"] for row in rows for c in row["Checks"] if c["CheckID"] != "serfHealth"]
+
+
+def test_a_ttl_expiry_during_an_etcd_outage_fails_closed_then_reaches_every_agent(
+    start_agent: AgentFactory, cluster: EtcdCluster
+) -> None:
+    a, b = start_agent("node-a"), start_agent("node-b")
+    body = {"Name": "pay", "ID": "pay-1", "Port": 3000, "Check": {"CheckID": "pay-ttl", "TTL": "2s"}}
+    assert httpx.put(f"{a.http_url}/v1/agent/service/register", json=body).status_code == 200
+    assert httpx.put(f"{a.http_url}/v1/agent/check/pass/pay-ttl").status_code == 200
+    until(lambda: health(b, "pay", passing="").json())
+    cluster.kill_all()
+    # The expiry cannot be stored: agent A must stop answering pay-1 as healthy at once.
+    until(lambda: health(a, "pay", passing="").json() == [] or None, timeout=10)
+    assert ttl_check_status(a, "pay") == ["critical"]
+    cluster.heal()
+    healed = time.monotonic()
+    until(lambda: ttl_check_status(b, "pay") == ["critical"] or None, timeout=30)
+    # etcd's own recovery (a leader election, the agents' reconnects) comes first;
+    # the stored status follows within the runner's retry interval.
+    assert time.monotonic() - healed < 15, "the held status took too long to reach agent B"
+    assert health(b, "pay", passing="").json() == []
