@@ -21,6 +21,7 @@ from typing import Any
 import uvicorn
 
 from .. import __version__
+from .._address import split_address
 from .._exceptions import ConfigError
 from .._lockfile import LockFile
 from ..api.app import AgentApp
@@ -29,7 +30,7 @@ from ..catalog import Catalog, Node
 from ..catalog.model import SERF_CHECK_ID
 from ..health import HealthRunner
 from ..storage import open_storage
-from .config import AgentConfig, split_address
+from .config import AgentConfig
 from .datadir import LOCK_FILE, node_id
 from .local import LocalAgent
 

@@ -11,9 +11,10 @@ from typing import Any
 
 import httpx
 
+from .._address import split_address
 from .._exceptions import ConfigError, WaypostError
 from ..agent import AgentConfig
-from ..agent.config import load_config_file, split_address
+from ..agent.config import load_config_file
 
 LOG_LEVELS = ("trace", "debug", "info", "warn", "warning", "error")
 
