@@ -47,8 +47,8 @@ import logging
 import socket
 from typing import TYPE_CHECKING, Any, Final
 
+from .. import _duration
 from .._exceptions import ConfigError, ValidationError
-from ..api.decode import parse_duration
 from . import names, wire
 from .answers import Answerer, Settings
 from .cache import AnswerCache, Entry, response_flags
@@ -350,7 +350,7 @@ def _udp_socket(host: str, port: int) -> socket.socket:
 
 def _ttl(text: str, flag: str) -> int:
     try:
-        seconds = parse_duration(text, flag)
+        seconds = _duration.parse(text, flag)
     except ValidationError as exc:
         raise ConfigError(str(exc)) from exc
     if seconds < 0:
