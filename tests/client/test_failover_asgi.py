@@ -14,8 +14,9 @@ from typing import Any
 import httpx
 
 from waypost import AsyncDiscovery, AsyncServiceClient, HttpCheck, Registration
+from waypost.cli.demo import _service, run_demo
+from waypost.cli.demo_apps import payment_app
 from waypost.client import lifespan, with_registration
-from waypost.client._demo import _service, payment_app, run_demo
 
 _names = itertools.count()
 

@@ -1,4 +1,4 @@
-"""`waypost agent | services | members`: flags in, tables out."""
+"""`waypost agent | services | members | demo`: flags in, tables out."""
 
 from __future__ import annotations
 
@@ -245,7 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "members":
             return show_members(args.http_addr)
         if args.command == "demo":
-            from ..client._demo import run_demo
+            from .demo import run_demo
 
             return run_demo(
                 agent=args.agent,
