@@ -88,15 +88,20 @@ async def test_deregister_critical_service_after() -> None:
 
 
 async def test_recovery_resets_the_reap_timer() -> None:
+    """Critical for 7 of the 10 s allowed, passing again, then critical anew: the
+    next reaping is 10 s after the new critical spell began, not the first one."""
     catalog, clock, runner = await setup(
         CheckDefinition(ttl=5, deregister_critical_after=10), "passing"
     )
-    await clock.advance(12)  # critical since the TTL ran out at 5
-    await runner.heartbeat("c1", "passing", "")
-    await clock.advance(4)
-    await runner.heartbeat("c1", "passing", "")
-    await clock.advance(4.5)
-    assert ("n1", "web-1") in catalog.state.services
+    await clock.advance(12)  # critical since the TTL ran out at t=5
+    assert status(catalog) == "critical"
+    await runner.heartbeat("c1", "passing", "")  # TTL runs out again at t=17
+    await clock.advance(4)  # t=16: the reaper sees it passing
+    await clock.advance(5)  # t=21: critical since 17, 16 s after the first spell began
+    assert ("n1", "web-1") in catalog.state.services, "reaped on the first spell's timer"
+    assert status(catalog) == "critical"
+    await clock.advance(7)  # t=28: critical for 11 s
+    assert ("n1", "web-1") not in catalog.state.services
     await runner.stop()
 
 
