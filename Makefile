@@ -1,4 +1,4 @@
-# Two commands on a fresh machine: `make run` and `make test`.
+# Two commands on a fresh machine: `make run` and `make test` (ruff, mypy, then pytest).
 # Each creates .venv, installs what is missing (Python packages, and for the
 # tests the system tools: etcd, dig, haproxy, dnsperf, dnsmasq, Node.js deps).
 
@@ -30,7 +30,8 @@ run: setup
 dev: setup
 	$(BIN)/waypost agent --dev --http $(HTTP) --dns $(DNS)
 
-test: setup system-deps
+# Lint and types first (cheap, before the system tools): CI runs `make test`, so it enforces them.
+test: setup lint typecheck system-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: setup

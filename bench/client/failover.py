@@ -21,8 +21,8 @@ from typing import Any
 import httpx
 
 import waypost
+from waypost.cli.demo import _service, _start_agent, _wait_passing
 from waypost.client import RetryPolicy
-from waypost.client._demo import _service, _start_agent, _wait_passing
 
 
 async def load(

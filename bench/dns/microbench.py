@@ -22,22 +22,21 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 
-from waypost.agent import AgentConfig
-from waypost.agent.runtime import Agent
-from waypost.catalog import Node, Service
-from waypost.dns.server import Responder
+from waypost.catalog import Catalog, Node, Service
+from waypost.dns.server import DnsConfig, Responder
+from waypost.storage import open_storage
 
 
 async def make_responder() -> Responder:
-    agent = Agent(AgentConfig(dev=True, node="bench"))
-    await agent.catalog.open()
-    await agent.catalog.put(Node(name="bench", address="127.0.0.1"))
+    catalog = Catalog(open_storage("memory://"))
+    await catalog.open()
+    await catalog.put(Node(name="bench", address="127.0.0.1"))
     services = [
         Service(node="bench", id=f"b{i}", name="bench", address=f"10.1.0.{i}", port=8000 + i)
         for i in range(1, 11)
     ]
-    await agent.catalog.put(*services)
-    return Responder(agent)
+    await catalog.put(*services)
+    return Responder(catalog.state, DnsConfig())
 
 
 def per_call_us(fn: object, number: int) -> float:

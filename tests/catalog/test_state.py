@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
-from waypost.catalog import codec
-from waypost.catalog.watch import service_topic
+import pytest
+
+from waypost.catalog import Check, Node, Service, codec
+from waypost.catalog.watch import CHECKS, NODES, SERVICES, Topic, service_topic
 from waypost.storage import Entry
 
 from ..helpers import check, node, open_catalog, service
@@ -91,14 +94,28 @@ async def test_output_only_change_is_memory_only() -> None:
     assert catalog.state.index > index
 
 
-async def test_a_read_over_several_topics_wakes_when_any_one_changes() -> None:
-    from waypost.catalog.watch import CHECKS, NODES, SERVICES
-
+@pytest.mark.parametrize(
+    ("changed", "write"),
+    [
+        (CHECKS, lambda: check("c1", "a1", "a", status="passing")),
+        (NODES, lambda: node("n2")),
+        (SERVICES, lambda: service("b1", "b")),
+    ],
+    ids=["checks", "nodes", "services"],
+)
+async def test_a_read_over_several_topics_wakes_when_any_one_changes(
+    changed: Topic, write: Callable[[], Node | Service | Check]
+) -> None:
     catalog = await open_catalog()
     await catalog.put(node(), service("a1", "a"), check("c1", "a1", "a", status="critical"))
     topics = (SERVICES, CHECKS, NODES)
     index = catalog.state.index_of(topics)
     waiter = asyncio.create_task(catalog.block(topics, index, 5))
     await asyncio.sleep(0.01)
-    await catalog.put(check("c1", "a1", "a", status="passing"))  # CHECKS only
+    assert not waiter.done(), "block() returned before anything changed"
+    before = {t: catalog.state.index_of([t]) for t in topics}
+    await catalog.put(write())
+    moved = {t for t in topics if catalog.state.index_of([t]) > before[t]}
+    assert moved == {changed}  # the write touched one of the read's topics only
     await asyncio.wait_for(waiter, 1)
+    assert catalog.state.index_of(topics) > index

@@ -12,10 +12,12 @@ from collections import Counter
 from typing import Any
 
 import httpx
+import pytest
 
 from waypost import AsyncDiscovery, AsyncServiceClient, HttpCheck, Registration
+from waypost.cli.demo import _service, run_demo
+from waypost.cli.demo_apps import payment_app
 from waypost.client import lifespan, with_registration
-from waypost.client._demo import _service, payment_app, run_demo
 
 _names = itertools.count()
 
@@ -135,4 +137,40 @@ async def test_with_registration_app_that_ignores_lifespan(agent: Any) -> None:
     await app({"type": "lifespan"}, receive, send)
     assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
     assert registered_while_running == [True]
+    assert reg.id not in httpx.get(f"{agent.http_url}/v1/agent/services").json()
+
+
+@pytest.mark.parametrize("then_raise", [True, False], ids=["raises", "returns"])
+async def test_with_registration_app_whose_startup_fails(agent: Any, then_raise: bool) -> None:
+    """startup.failed is the app's answer: nothing is registered and no
+    startup.complete follows it, whether the app then raises or returns."""
+
+    async def failing(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "lifespan.startup.failed", "message": "no database"})
+        if then_raise:
+            raise RuntimeError("no database")
+
+    svc = name()
+    reg = Registration(svc, port=4303, agent=agent.http_url, id=f"{svc}-1")
+    app = with_registration(failing, reg)
+    messages = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
+    sent: list[str] = []
+    registered: list[bool] = []
+
+    async def receive() -> Any:
+        services = httpx.get(f"{agent.http_url}/v1/agent/services").json()
+        registered.append(reg.id in services)
+        return messages.pop(0)
+
+    async def send(message: Any) -> None:
+        sent.append(message["type"])
+
+    if then_raise:
+        with pytest.raises(RuntimeError, match="no database"):
+            await app({"type": "lifespan"}, receive, send)
+    else:
+        await app({"type": "lifespan"}, receive, send)
+    assert sent == ["lifespan.startup.failed"]
+    assert True not in registered
     assert reg.id not in httpx.get(f"{agent.http_url}/v1/agent/services").json()

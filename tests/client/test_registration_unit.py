@@ -38,7 +38,7 @@ def test_payload_is_consul_pascal_case() -> None:
             "HTTP": "http://10.1.2.3:3000/health",
             "Interval": "10s",
             "Timeout": "2s",
-            "DeregisterCriticalServiceAfter": "60s",
+            "DeregisterCriticalServiceAfter": "1m0s",
         },
     }
 

@@ -88,15 +88,38 @@ async def test_deregister_critical_service_after() -> None:
 
 
 async def test_recovery_resets_the_reap_timer() -> None:
+    """An interval check critical for 20 of the 25 s allowed, passing once, then
+    critical again: it is reaped 25 s after the second spell began, not on the
+    first one's timer. (Its task runs throughout, so only the reaper can reset.)"""
+    probe = ScriptedProbe("critical", "critical", "passing", "critical")
+    defn = CheckDefinition(tcp="127.0.0.1:1", interval=10, deregister_critical_after=25)
+    catalog, clock, runner = await setup(defn, "passing", probe=probe)
+    for runs, expected in ((1, "critical"), (2, "critical"), (3, "passing"), (4, "critical")):
+        await clock.advance(10)  # one run per interval, the first somewhere in the first
+        assert ("n1", "web-1") in catalog.state.services, "reaped on the first spell's timer"
+        assert (runner.runs, status(catalog)) == (runs, expected)
+    await clock.advance(10)  # at most 20 s into the second spell
+    assert ("n1", "web-1") in catalog.state.services
+    await clock.advance(20)  # more than 25 s into it
+    assert ("n1", "web-1") not in catalog.state.services
+    await runner.stop()
+
+
+async def test_a_heartbeat_recovery_resets_the_reap_timer() -> None:
+    """The same for a TTL check: critical for 7 of the 10 s allowed, a
+    heartbeat, then critical anew; reaped 10 s after the second spell began."""
     catalog, clock, runner = await setup(
         CheckDefinition(ttl=5, deregister_critical_after=10), "passing"
     )
-    await clock.advance(12)  # critical since the TTL ran out at 5
-    await runner.heartbeat("c1", "passing", "")
-    await clock.advance(4)
-    await runner.heartbeat("c1", "passing", "")
-    await clock.advance(4.5)
-    assert ("n1", "web-1") in catalog.state.services
+    await clock.advance(12)  # critical since the TTL ran out at t=5
+    assert status(catalog) == "critical"
+    await runner.heartbeat("c1", "passing", "")  # TTL runs out again at t=17
+    await clock.advance(4)  # t=16: passing
+    await clock.advance(5)  # t=21: critical since 17, 16 s after the first spell began
+    assert ("n1", "web-1") in catalog.state.services, "reaped on the first spell's timer"
+    assert status(catalog) == "critical"
+    await clock.advance(7)  # t=28: critical for 11 s
+    assert ("n1", "web-1") not in catalog.state.services
     await runner.stop()
 
 

@@ -31,6 +31,8 @@ def test_defaults_and_endpoint_list() -> None:
         ("lease_ttl=1m", "lease_ttl", 60),
         ("timeout=1500ms", "timeout", 1.5),
         ("timeout=2", "timeout", 2.0),
+        ("timeout=1m30s", "timeout", 90.0),
+        ("lease_ttl=1m30s", "lease_ttl", 90),
     ],
 )
 def test_options(query: str, field: str, expected: object) -> None:
@@ -61,6 +63,8 @@ def test_password_file(tmp_path: Path) -> None:
         ("etcd://h?bogus=1", "unknown option"),
         ("etcd://h?lease_ttl=1s", "minimum of 2s"),
         ("etcd://h?timeout=soon", "not a duration"),
+        ("etcd://h?timeout=0", "not a duration"),
+        ("etcd://h?timeout=-5s", "not a duration"),
         ("etcd://h?ca=/nonexistent/ca.pem", "cannot read the etcd ca file"),
         ("etcd://app@h", "has no password"),
     ],

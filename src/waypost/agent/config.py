@@ -80,14 +80,3 @@ def load_config_file(path: str) -> dict[str, object]:
     except msgspec.ValidationError as exc:
         raise ConfigError(f"config file {path}: {exc}") from exc
     return settings
-
-
-def split_address(value: str, flag: str) -> tuple[str, int]:
-    """`127.0.0.1:8500` or `[::1]:8500` -> (host, port). Raises ConfigError."""
-    host, sep, port = value.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(
-            f"{flag} {value!r}: expected ADDRESS:PORT, e.g. 127.0.0.1:8500 (port 0 picks one)"
-        )
-    return host, int(port)

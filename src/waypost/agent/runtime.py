@@ -1,5 +1,10 @@
 """The agent process: storage, catalog, health runner, HTTP API and DNS, wired and run.
 
+This is the one place that wires: every adapter gets only what it uses (the
+catalog, the local agent's operations, a statistics callable, its settings),
+and no module imports this one but the `waypost.agent` package that exports it
+(tests/test_layering.py checks).
+
 `Agent.start()` opens the store (replaying what it holds), writes this agent's
 node and liveness, resumes the checks it owns and binds its listeners; only
 then does it report the addresses it serves on. `stop()` undoes it in reverse.
@@ -21,15 +26,19 @@ from typing import Any
 import uvicorn
 
 from .. import __version__
+from .._address import split_address
 from .._exceptions import ConfigError
 from .._lockfile import LockFile
 from ..api.app import AgentApp
+from ..api.consul import ConsulApi
+from ..api.metrics import Metrics
 from ..api.protocol import guarded_protocol
 from ..catalog import Catalog, Node
 from ..catalog.model import SERF_CHECK_ID
 from ..health import HealthRunner
 from ..storage import open_storage
-from .config import AgentConfig, split_address
+from ..ui import mount as mount_ui
+from .config import AgentConfig
 from .datadir import LOCK_FILE, node_id
 from .local import LocalAgent
 
@@ -83,7 +92,7 @@ class Agent:
         sock = _listen(host, port)
         self.http_address = sock.getsockname()[:2]
         config = uvicorn.Config(
-            AgentApp(self),
+            self._app(),
             loop="none",
             http=guarded_protocol(self.config.http_read_timeout),
             lifespan="off",
@@ -103,11 +112,26 @@ class Agent:
                 self._http_task.result()  # surfaces the bind or startup error
             await asyncio.sleep(0.01)
 
+    def _app(self) -> AgentApp:
+        consul = ConsulApi(self.catalog, self.local, self, self.storage)
+        return AgentApp(consul, Metrics(self.statistics), mounts=[mount_ui])
+
     async def _start_dns(self) -> None:
-        from ..dns import DnsServer  # imported here: the DNS layer is optional to load
+        from ..dns import DnsConfig, DnsServer  # imported here: the DNS layer is optional to load
 
         host, port = split_address(self.config.dns, "--dns")
-        self._dns = await DnsServer.start(self, host, port)
+        c = self.config
+        settings = DnsConfig(
+            datacenter=c.datacenter,
+            advertise=c.advertise,
+            domain=c.domain,
+            alt_domain=c.alt_domain,
+            only_passing=c.dns_only_passing,
+            service_ttl=dict(c.dns_service_ttl),
+            node_ttl=c.dns_node_ttl,
+            recursors=tuple(c.recursors),
+        )
+        self._dns = await DnsServer.start(self.catalog, settings, host, port)
         self.dns_address = self._dns.address
 
     async def stop(self) -> None:
@@ -134,7 +158,11 @@ class Agent:
         log.info("shutting down")
         await self.stop()
 
-    # -- what /v1/agent/self, /members and /metrics report -------------------
+    # -- what /v1/agent/self, /members and /metrics report (api.ports.AgentInfo)
+
+    @property
+    def datacenter(self) -> str:
+        return self.config.datacenter
 
     def leader_address(self) -> str:
         return f"{self.config.advertise}:8300"

@@ -1,33 +1,41 @@
-"""The agent's ASGI application: Consul's /v1 API, /metrics and the web UI."""
+"""The agent's ASGI application: Consul's /v1 API, /metrics and the web UI.
+
+It serves what it is given: the runtime builds the API and the metrics and
+names the other route sets to mount beside them (the web UI), so this module
+depends on none of them but the API it owns.
+"""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
 
 from . import http
 from .consul import ConsulApi
 from .metrics import Metrics
 
-if TYPE_CHECKING:
-    from ..agent.runtime import Agent
-
+Mount = Callable[[http.Router], None]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 class AgentApp:
-    """ASGI entry point. Errors become the status codes of `http.error_response`."""
+    """ASGI entry point. Errors become the status codes of `http.error_response`.
 
-    def __init__(self, agent: Agent) -> None:
+    Args:
+        consul: Consul's /v1 API.
+        metrics: /metrics, which also times every request answered here.
+        mounts: Each adds its routes beside the API (`ui.mount`: the web UI).
+    """
+
+    def __init__(self, consul: ConsulApi, metrics: Metrics, mounts: Iterable[Mount] = ()) -> None:
         self.router = http.Router()
-        ConsulApi(agent).routes(self.router)
-        self.metrics = Metrics(agent)
+        consul.routes(self.router)
+        self.metrics = metrics
         self.router.add("GET", "/metrics", self.metrics.handle)
-        from ..ui import mount  # the UI is optional to read, not to serve
-
-        mount(self.router, agent)
+        for mount in mounts:
+            mount(self.router)
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":

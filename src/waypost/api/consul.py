@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 
 from .._exceptions import NotFoundError, ValidationError
-from ..catalog import Service, writes
+from ..catalog import Catalog, Service, writes
 from ..catalog.definitions import (
     CatalogDeregistration,
     CatalogRegistration,
@@ -27,9 +27,7 @@ from ..catalog.model import STATUSES
 from ..catalog.watch import CHECKS, NODES, SERVICES, Topic, node_topic, service_topic
 from . import decode, encode
 from .http import Request, Response, Router, empty, json, json_bytes
-
-if TYPE_CHECKING:
-    from ..agent.runtime import Agent
+from .ports import AgentInfo, LocalAgentOps, StoreStatus
 
 DEFAULT_WAIT = 300.0
 CACHE_LIMIT = 4096
@@ -38,11 +36,14 @@ _TRUE = b"true"
 
 
 class ConsulApi:
-    def __init__(self, agent: Agent) -> None:
-        self.agent = agent
-        self.catalog = agent.catalog
-        self.state = agent.catalog.state
-        self.local = agent.local
+    def __init__(
+        self, catalog: Catalog, local: LocalAgentOps, info: AgentInfo, store: StoreStatus
+    ) -> None:
+        self.catalog = catalog
+        self.state = catalog.state
+        self.local = local
+        self.info = info
+        self.store = store
         self._cache: dict[tuple[str, object], tuple[int, int, bytes]] = {}
         self.rng = random.Random()
 
@@ -94,7 +95,7 @@ class ConsulApi:
     ) -> Response:
         min_index, wait = self._blocking_params(req)
         if req.has("consistent"):
-            await self.agent.storage.confirm()
+            await self.store.confirm()
         if min_index:
             jittered = wait + self.rng.uniform(0, wait / 16)
             await self.catalog.block(topics, min_index, jittered, req.connection_lost)
@@ -120,7 +121,7 @@ class ConsulApi:
         return index, wait
 
     def _read_headers(self, index: int) -> list[tuple[bytes, bytes]]:
-        health = self.agent.storage.health()
+        health = self.store.health()
         return [
             (b"x-consul-index", str(index).encode()),
             (b"x-consul-knownleader", b"true" if health.known_leader else b"false"),
@@ -133,7 +134,7 @@ class ConsulApi:
         return self.state.node_services.get(self.local.name, {})
 
     async def agent_services(self, req: Request, _: str) -> Response:
-        dc = self.agent.config.datacenter
+        dc = self.info.datacenter
         return await self._read(
             req,
             (node_topic(self.local.name),),
@@ -148,7 +149,7 @@ class ConsulApi:
             req,
             (node_topic(self.local.name),),
             lambda: encode.service(
-                self._own_services().get(service_id, service), self.agent.config.datacenter
+                self._own_services().get(service_id, service), self.info.datacenter
             ),
         )
 
@@ -164,10 +165,10 @@ class ConsulApi:
         )
 
     async def agent_self(self, req: Request, _: str) -> Response:
-        return json(self.agent.describe_self())
+        return json(self.info.describe_self())
 
     async def agent_members(self, req: Request, _: str) -> Response:
-        return json(self.agent.members())
+        return json(self.info.members())
 
     # -- catalog reads -----------------------------------------------------
 
@@ -204,7 +205,7 @@ class ConsulApi:
         return await self._read(req, (node_topic(name),), produce)
 
     async def datacenters(self, req: Request, _: str) -> Response:
-        return json([self.agent.config.datacenter])
+        return json([self.info.datacenter])
 
     # -- health reads ------------------------------------------------------
 
@@ -269,10 +270,10 @@ class ConsulApi:
         return rows
 
     async def status_leader(self, req: Request, _: str) -> Response:
-        return json(self.agent.leader_address())
+        return json(self.info.leader_address())
 
     async def status_peers(self, req: Request, _: str) -> Response:
-        return json([self.agent.leader_address()])
+        return json([self.info.leader_address()])
 
     # -- agent writes ------------------------------------------------------
 
@@ -323,7 +324,7 @@ class ConsulApi:
 
     async def catalog_register(self, req: Request, _: str) -> Response:
         reg = decode.decode(await req.body(), CatalogRegistration)
-        await self.catalog.write(writes.catalog_register, reg, self.agent.config.datacenter)
+        await self.catalog.write(writes.catalog_register, reg, self.info.datacenter)
         return json_bytes(_TRUE)
 
     async def catalog_deregister(self, req: Request, _: str) -> Response:

@@ -7,20 +7,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from .. import _duration
 from ..catalog.model import Check, CheckDefinition, Node, Service
 
 JSON = dict[str, Any]
 
 
 def _go_duration(seconds: float) -> str:
-    if not seconds:
-        return ""
-    if seconds >= 1 and float(seconds).is_integer():
-        minutes, secs = divmod(int(seconds), 60)
-        hours, minutes = divmod(minutes, 60)
-        text = (f"{hours}h" if hours else "") + (f"{minutes}m" if hours or minutes else "")
-        return f"{text}{secs}s"
-    return f"{seconds * 1000:g}ms"
+    """Go's spelling of a duration ("1m30s"); "" when unset, as Consul shows it."""
+    return _duration.format(seconds) if seconds else ""
 
 
 def node(n: Node) -> JSON:

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -11,20 +10,18 @@ from prometheus_client.registry import Collector
 
 from .http import Request, Response
 
-if TYPE_CHECKING:
-    from ..agent.runtime import Agent
-
+Statistics = Callable[[], Mapping[str, Mapping[str, float]]]
 CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 
 
 class _Statistics(Collector):
     """Reads statistics() of the catalog, store and health runner at scrape time."""
 
-    def __init__(self, agent: Agent) -> None:
-        self.agent = agent
+    def __init__(self, statistics: Statistics) -> None:
+        self.statistics = statistics
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        for component, stats in self.agent.statistics().items():
+        for component, stats in self.statistics().items():
             for name, value in sorted(stats.items()):
                 yield GaugeMetricFamily(
                     f"waypost_{component}_{name}", f"{component} statistic {name}", value=value
@@ -48,7 +45,10 @@ class _RequestCounts(Collector):
 
 
 class Metrics:
-    def __init__(self, agent: Agent) -> None:
+    """Request counts and latency, plus `statistics()`: {component: {name: value}},
+    read at every scrape (the runtime passes its components' statistics)."""
+
+    def __init__(self, statistics: Statistics) -> None:
         self.registry = CollectorRegistry()
         self.latency = Histogram(
             "waypost_http_request_seconds",
@@ -58,7 +58,7 @@ class Metrics:
         )
         self._requests = _RequestCounts()
         self.registry.register(self._requests)
-        self.registry.register(_Statistics(agent))
+        self.registry.register(_Statistics(statistics))
 
     def observe(self, method: str, status: int, seconds: float) -> None:
         counts = self._requests.counts

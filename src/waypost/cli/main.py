@@ -1,4 +1,4 @@
-"""`waypost agent | services | members`: flags in, tables out."""
+"""`waypost agent | services | members | demo`: flags in, tables out."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ from typing import Any
 
 import httpx
 
+from .._address import split_address
 from .._exceptions import ConfigError, WaypostError
 from ..agent import AgentConfig
-from ..agent.config import load_config_file, split_address
+from ..agent.config import load_config_file
 
 LOG_LEVELS = ("trace", "debug", "info", "warn", "warning", "error")
 
@@ -244,7 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "members":
             return show_members(args.http_addr)
         if args.command == "demo":
-            from ..client._demo import run_demo
+            from .demo import run_demo
 
             return run_demo(
                 agent=args.agent,

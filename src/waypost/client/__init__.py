@@ -9,6 +9,7 @@ Layers, each usable alone (see docs/client.md):
 
 from __future__ import annotations
 
+from .._clock import Clock, FakeClock, MonotonicClock
 from ._asgi import RegisteredApp, lifespan, with_registration
 from ._balancers import (
     P2C,
@@ -26,7 +27,7 @@ from ._breaker import BreakerPolicy, BreakerState, CircuitBreaker
 from ._cache import CacheEntry, InstanceCache
 from ._checks import HttpCheck, TcpCheck, TtlCheck
 from ._discovery import AsyncDiscovery, Discovery
-from ._instance import Clock, FakeClock, Instance, MonotonicClock
+from ._instance import Instance
 from ._outlier import OutlierDetector, OutlierPolicy
 from ._policy import ClientOptions, HedgePolicy, RetryPolicy
 from ._registration import Registration

@@ -7,9 +7,10 @@ Two ways in:
 
 `with_registration` wraps the app's own lifespan: the service is registered
 only after the app reports `lifespan.startup.complete` (so it receives traffic
-only once ready) and deregistered as soon as shutdown begins (so traffic
-drains away before the app tears down). It also answers `GET /health` itself
-(200, or 503 when the `healthy` callback says so) unless the app should.
+only once ready; an app that reports `startup.failed` is never registered) and
+deregistered as soon as shutdown begins (so traffic drains away before the app
+tears down). It also answers `GET /health` itself (200, or 503 when the
+`healthy` callback says so) unless the app should.
 Signals are left to the server (uvicorn, hypercorn), which runs the lifespan
 shutdown on SIGTERM; the registration is therefore created with
 `handle_signals=False` semantics here.
@@ -105,7 +106,7 @@ class RegisteredApp:
         await send({"type": "http.response.body", "body": body})
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
-        started = False
+        answered = False  # the app sent startup.complete or startup.failed
 
         async def recv() -> Message:
             message = await receive()
@@ -114,18 +115,20 @@ class RegisteredApp:
             return message
 
         async def snd(message: Message) -> None:
-            nonlocal started
+            nonlocal answered
             if message["type"] == "lifespan.startup.complete":
-                started = True
+                answered = True
                 message = await self._enter(message)
+            elif message["type"] == "lifespan.startup.failed":
+                answered = True  # its failure is the answer: never register, never complete
             await send(message)
 
         try:
             await self.app(scope, recv, snd)
         except Exception:
-            if started:
+            if answered:
                 raise
-        if not started:  # the app has no lifespan support (it raised or returned)
+        if not answered:  # the app has no lifespan support (it raised or returned)
             await self._own_lifespan(receive, send)
 
     async def _own_lifespan(self, receive: Receive, send: Send) -> None:

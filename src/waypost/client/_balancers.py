@@ -31,8 +31,9 @@ import random
 from collections.abc import Callable, Collection, Sequence
 from typing import Any, ClassVar
 
+from .._clock import MONOTONIC, Clock
 from .._exceptions import NoHealthyInstances
-from ._instance import MONOTONIC, Clock, Instance
+from ._instance import Instance
 
 Key = str | bytes | None
 

@@ -25,7 +25,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from ._instance import MONOTONIC, Clock
+from .._clock import MONOTONIC, Clock
 
 
 class BreakerState(enum.Enum):

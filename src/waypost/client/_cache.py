@@ -24,7 +24,8 @@ from typing import Any
 import msgspec
 from prometheus_client import Counter
 
-from ._instance import MONOTONIC, Clock, Instance
+from .._clock import MONOTONIC, Clock
+from ._instance import Instance
 
 log = logging.getLogger("waypost.client")
 

@@ -2,40 +2,38 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any
 
+from .. import _duration
+from .._exceptions import ValidationError
+
 Duration = str | float
 
-_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
-_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
-
-def seconds(value: Duration) -> float:
-    """Seconds in a duration given as a number or a Go string ("10s", "1m30s").
+def seconds(value: Duration, field: str = "duration") -> float:
+    """Seconds in a duration given as a number of seconds or a Go string ("1m30s").
 
     Raises:
-        ValueError: The string is not a duration.
+        ValueError: The string is not a Go duration (the grammar of waypost._duration).
     """
     if isinstance(value, int | float):
         return float(value)
-    parts = _PART.findall(value.strip())
-    if not parts or "".join(n + u for n, u in parts) != value.strip():
-        raise ValueError(f'invalid duration {value!r} (expected e.g. "10s", "1m30s" or 2.5)')
-    return sum(float(n) * _UNITS[u] for n, u in parts)
+    try:
+        return _duration.parse(value, field)
+    except ValidationError as exc:
+        raise ValueError(str(exc)) from exc
 
 
-def go_duration(value: Duration) -> str:
-    """A duration as Consul expects it ("10s", "250ms")."""
-    total = seconds(value)
-    return f"{total:g}s" if total >= 1 else f"{total * 1000:g}ms"
+def go_duration(value: Duration, field: str = "duration") -> str:
+    """A duration as Consul expects it ("10s", "1m30s", "250ms")."""
+    return _duration.format(seconds(value, field))
 
 
 def _common(deregister_after: Duration | None) -> dict[str, Any]:
     if deregister_after is None:
         return {}
-    return {"DeregisterCriticalServiceAfter": go_duration(deregister_after)}
+    return {"DeregisterCriticalServiceAfter": go_duration(deregister_after, "deregister_after")}
 
 
 @dataclass(frozen=True)
@@ -61,11 +59,11 @@ class HttpCheck:
         host = f"[{address}]" if ":" in address else address
         body: dict[str, Any] = {
             "HTTP": f"http://{host}:{port}{self.path}",
-            "Interval": go_duration(self.interval),
+            "Interval": go_duration(self.interval, "interval"),
             **_common(self.deregister_after),
         }
         if self.timeout is not None:
-            body["Timeout"] = go_duration(self.timeout)
+            body["Timeout"] = go_duration(self.timeout, "timeout")
         if self.method:
             body["Method"] = self.method
         return body
@@ -90,11 +88,11 @@ class TcpCheck:
         host = f"[{address}]" if ":" in address else address
         body: dict[str, Any] = {
             "TCP": f"{host}:{port}",
-            "Interval": go_duration(self.interval),
+            "Interval": go_duration(self.interval, "interval"),
             **_common(self.deregister_after),
         }
         if self.timeout is not None:
-            body["Timeout"] = go_duration(self.timeout)
+            body["Timeout"] = go_duration(self.timeout, "timeout")
         return body
 
 
@@ -114,12 +112,12 @@ class TtlCheck:
 
     def definition(self, address: str, port: int) -> dict[str, Any]:
         """The Consul `Check` object."""
-        return {"TTL": go_duration(self.ttl), **_common(self.deregister_after)}
+        return {"TTL": go_duration(self.ttl, "ttl"), **_common(self.deregister_after)}
 
     @property
     def heartbeat_every(self) -> float:
         """Seconds between heartbeats."""
-        return seconds(self.ttl) / 3
+        return seconds(self.ttl, "ttl") / 3
 
 
 Check = HttpCheck | TcpCheck | TtlCheck

@@ -32,9 +32,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from .._clock import Clock
 from .._exceptions import RegistryUnavailable
 from ._cache import CacheEntry, InstanceCache
-from ._instance import Clock, Instance
+from ._instance import Instance
 from ._sources import Source, source_from_url
 
 log = logging.getLogger("waypost.client")

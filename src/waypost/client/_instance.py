@@ -1,4 +1,4 @@
-"""The client's view of one service instance, and the clock seam.
+"""The client's view of one service instance.
 
 `Instance` is what every discovery source produces and every balancer picks.
 It is immutable and hashable; balancers key their per-instance state on `id`.
@@ -6,10 +6,8 @@ It is immutable and hashable; balancers key their per-instance state on `id`.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,35 +48,3 @@ class Instance:
         """The base URL `http://address:port` (IPv6 addresses bracketed)."""
         host = f"[{self.address}]" if ":" in self.address else self.address
         return f"http://{host}:{self.port}"
-
-
-class Clock(Protocol):
-    """A monotonic time source in seconds; injectable so tests need no sleep()."""
-
-    def now(self) -> float: ...
-
-
-class MonotonicClock:
-    """The real clock: `time.monotonic()`."""
-
-    def now(self) -> float:
-        return time.monotonic()
-
-
-class FakeClock:
-    """A clock that only moves when told to, for deterministic tests."""
-
-    def __init__(self, start: float = 1000.0) -> None:
-        self._now = start
-
-    def now(self) -> float:
-        return self._now
-
-    def advance(self, seconds: float) -> None:
-        """Move time forward by `seconds` (must not be negative)."""
-        if seconds < 0:
-            raise ValueError("a clock cannot go backwards")
-        self._now += seconds
-
-
-MONOTONIC = MonotonicClock()

@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from ._instance import MONOTONIC, Clock
+from .._clock import MONOTONIC, Clock
 
 
 @dataclass(frozen=True)

@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from .._clock import Clock
 from ._balancers import Balancer, make_balancer
 from ._breaker import BreakerPolicy
 from ._cache import CacheEntry
-from ._instance import Clock, Instance
+from ._instance import Instance
 from ._outlier import OutlierPolicy
 from ._retry import FAILURE_STATUS, IDEMPOTENT_METHODS, RETRYABLE_STATUS, RetryBudget
 from ._router import DEFAULT_BREAKER, DEFAULT_OUTLIER, Router

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from typing import Any, Final
 
-from ._instance import MONOTONIC, Clock
+from .._clock import MONOTONIC, Clock
 
 IDEMPOTENT_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 RETRYABLE_STATUS: Final = frozenset({502, 503, 504})

@@ -24,10 +24,11 @@ import random
 from collections.abc import Collection, Sequence
 from typing import Any
 
+from .._clock import MONOTONIC, Clock
 from .._exceptions import CircuitOpen
 from ._balancers import Balancer, Key, make_balancer
 from ._breaker import BreakerPolicy, BreakerState, CircuitBreaker
-from ._instance import MONOTONIC, Clock, Instance
+from ._instance import Instance
 from ._outlier import OutlierDetector, OutlierPolicy
 
 DEFAULT_BREAKER = BreakerPolicy()

@@ -1,5 +1,5 @@
 """The agent's DNS interface: Consul-style names answered from the catalog."""
 
-from .server import DnsServer
+from .server import DnsConfig, DnsServer
 
-__all__ = ["DnsServer"]
+__all__ = ["DnsConfig", "DnsServer"]

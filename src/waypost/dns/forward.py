@@ -19,8 +19,8 @@ import dns.exception
 import dns.flags
 import dns.message
 
+from .._address import split_address
 from .._exceptions import ConfigError
-from ..agent.config import split_address
 from . import wire
 
 log = logging.getLogger("waypost.dns")

@@ -45,17 +45,18 @@ import asyncio
 import errno
 import logging
 import socket
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
 
+from .. import _duration
 from .._exceptions import ConfigError, ValidationError
-from ..api.decode import parse_duration
+from ..catalog import Catalog
+from ..catalog.state import State
 from . import names, wire
 from .answers import Answerer, Settings
 from .cache import AnswerCache, Entry, response_flags
 from .forward import Forwarder
-
-if TYPE_CHECKING:
-    from ..agent.runtime import Agent
 
 log = logging.getLogger("waypost.dns")
 
@@ -66,11 +67,35 @@ _REFUSED_TYPES: Final = frozenset({251, 252, 253, 254})  # IXFR, AXFR, MAILB, MA
 _FORWARD: Final = object()
 
 
+@dataclass(frozen=True)
+class DnsConfig:
+    """The DNS settings as the flags give them; checked when a Responder is built.
+
+    Attributes:
+        datacenter: The datacenter names answer for (`web.service.dc1.consul`).
+        advertise: The agent's address: the domain's name server (NS glue).
+        domain: The DNS domain answered (`consul.`).
+        alt_domain: A second domain answered the same way ("" for none).
+        only_passing: Leave warning instances out too.
+        service_ttl: Go-duration TTL by service name; `*` for the rest.
+        node_ttl: Go-duration TTL of node records.
+        recursors: `ADDR[:PORT]` to forward other names to (none: REFUSED).
+    """
+
+    datacenter: str = "dc1"
+    advertise: str = "127.0.0.1"
+    domain: str = "consul."
+    alt_domain: str = ""
+    only_passing: bool = False
+    service_ttl: Mapping[str, str] = field(default_factory=dict)
+    node_ttl: str = "0s"
+    recursors: Sequence[str] = ()
+
+
 class Responder:
     """Packets in, packets out: everything except the sockets."""
 
-    def __init__(self, agent: Agent) -> None:
-        config = agent.config
+    def __init__(self, state: State, config: DnsConfig) -> None:
         domains = [config.domain] + ([config.alt_domain] if config.alt_domain else [])
         self.domains = tuple(names.make_domain(d) for d in domains)
         self.datacenter = config.datacenter
@@ -78,11 +103,11 @@ class Responder:
         settings = Settings(
             datacenter=config.datacenter,
             advertise=config.advertise,
-            only_passing=config.dns_only_passing,
-            service_ttl=_service_ttls(config.dns_service_ttl),
-            node_ttl=_ttl(config.dns_node_ttl, "--dns-node-ttl"),
+            only_passing=config.only_passing,
+            service_ttl=_service_ttls(config.service_ttl),
+            node_ttl=_ttl(config.node_ttl, "--dns-node-ttl"),
         )
-        self.answerer = Answerer(agent.catalog.state, settings)
+        self.answerer = Answerer(state, settings)
         self.cache = AnswerCache()
         self.stats: dict[str, int] = dict.fromkeys(
             (
@@ -268,23 +293,23 @@ class _TcpProtocol(asyncio.Protocol):
 class DnsServer:
     """UDP and TCP listeners on one port, answering from the agent's catalog."""
 
-    def __init__(self, agent: Agent) -> None:
-        self.responder = Responder(agent)
+    def __init__(self, catalog: Catalog, config: DnsConfig) -> None:
+        self.responder = Responder(catalog.state, config)
         self.tcp_connections: set[_TcpProtocol] = set()
         self.address: tuple[str, int] = ("", 0)
         self._udp: asyncio.DatagramTransport | None = None
         self._udp_protocol: _UdpProtocol | None = None
         self._tcp: asyncio.Server | None = None
-        agent.catalog.subscribe(self.responder.cache.invalidate)
+        catalog.subscribe(self.responder.cache.invalidate)
 
     @classmethod
-    async def start(cls, agent: Agent, host: str, port: int) -> DnsServer:
+    async def start(cls, catalog: Catalog, config: DnsConfig, host: str, port: int) -> DnsServer:
         """Bind UDP and TCP on `host:port` (port 0: one free port for both).
 
         Raises:
             ConfigError: the address cannot be bound, or a DNS setting is invalid.
         """
-        server = cls(agent)
+        server = cls(catalog, config)
         for _ in range(20):
             try:
                 await server._bind(host, port)
@@ -350,7 +375,7 @@ def _udp_socket(host: str, port: int) -> socket.socket:
 
 def _ttl(text: str, flag: str) -> int:
     try:
-        seconds = parse_duration(text, flag)
+        seconds = _duration.parse(text, flag)
     except ValidationError as exc:
         raise ConfigError(str(exc)) from exc
     if seconds < 0:
@@ -358,7 +383,7 @@ def _ttl(text: str, flag: str) -> int:
     return int(seconds)
 
 
-def _service_ttls(table: dict[str, str]) -> Any:
+def _service_ttls(table: Mapping[str, str]) -> Any:
     """A function from service name to TTL: exact name, then `*`, then 0."""
     ttls = {name: _ttl(value, f"--dns-service-ttl {name}") for name, value in table.items()}
     wildcard = ttls.pop("*", 0)

@@ -1,6 +1,6 @@
-"""Health checking: probes, flap thresholds, the runner and its clocks."""
+"""Health checking: probes, flap thresholds, the runner (and the clock it runs on)."""
 
-from .clock import Clock, FakeClock, SystemClock
+from .._clock import Clock, FakeClock, SystemClock
 from .runner import HealthRunner
 
 __all__ = ["Clock", "FakeClock", "HealthRunner", "SystemClock"]

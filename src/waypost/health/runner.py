@@ -16,10 +16,10 @@ import logging
 import random
 from collections.abc import Callable, Iterable, Mapping
 
+from .._clock import Clock, SystemClock
 from .._exceptions import NotFoundError, StorageError, ValidationError
 from ..catalog import Catalog, Check, CheckDefinition, codec
 from ..storage import Entry
-from .clock import Clock, SystemClock
 from .probes import PROBES, Probe
 from .thresholds import Thresholds
 

@@ -11,12 +11,12 @@ info, or `user=` with `password_file=` so that no secret shows in a process list
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from .._exceptions import ConfigError
+from .. import _duration
+from .._exceptions import ConfigError, ValidationError
 
 DEFAULT_PORT = 2379
 DEFAULT_PREFIX = "/waypost/"
@@ -24,8 +24,6 @@ DEFAULT_LEASE_TTL = 10
 DEFAULT_TIMEOUT = 5.0
 
 _KNOWN = {"prefix", "lease_ttl", "timeout", "ca", "cert", "key", "user", "password_file"}
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m)?$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, None: 1.0}
 
 
 @dataclass(frozen=True)
@@ -79,17 +77,19 @@ def parse_url(url: str) -> EtcdConfig:
 
 
 def parse_duration(text: str, name: str) -> float:
-    """`"10s"`, `"500ms"`, `"1m"` or a bare number of seconds, as seconds.
+    """A positive Go duration ("10s", "1m30s", "500ms") or a bare number of seconds.
 
     Raises:
         ConfigError: the text is not a positive duration.
     """
-    match = _DURATION.match(text.strip())
-    if match is None or float(match.group(1)) <= 0:
-        raise ConfigError(
-            f"etcd store option {name}={text!r} is not a duration such as 10s or 500ms"
-        )
-    return float(match.group(1)) * _UNITS[match.group(2)]
+    message = f"etcd store option {name}={text!r} is not a duration such as 10s or 500ms"
+    try:
+        seconds = _duration.parse(text, name, unitless="s")
+    except ValidationError as exc:
+        raise ConfigError(message) from exc
+    if seconds <= 0:
+        raise ConfigError(message)
+    return seconds
 
 
 def _query(url: str, raw: str) -> dict[str, str]:

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 from importlib.resources import files
-from typing import TYPE_CHECKING
 
 from ..api.http import Request, Response, Router
 
-if TYPE_CHECKING:
-    from ..agent.runtime import Agent
 
-
-def mount(router: Router, agent: Agent) -> None:
+def mount(router: Router) -> None:
+    """Serve the page at /ui/ (and redirect / to it); it needs nothing but the API."""
     page = files(__package__).joinpath("index.html").read_bytes()
 
     async def index(req: Request, _: str) -> Response:

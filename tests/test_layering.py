@@ -1,0 +1,293 @@
+"""The package layering, checked on the source: every import of every module.
+
+    cli -> agent -> {api, dns, ui, health} -> catalog -> storage
+
+A package may import only the packages below it (`ui` may also use the API's
+small http layer, `waypost.api.http`, to serve its page). `client` is a
+library of its own: it imports none of the agent's packages, and only `cli`
+(the demo) and the `waypost` facade import it. Nobody but `cli` imports
+`waypost.agent`, and only the `waypost.agent` package itself imports
+`agent/runtime.py`, the one place that wires the others together. Top-level
+private modules (`_exceptions`, `_duration`, `_clock`, `_address`...) may be
+imported by anyone and import no package. No two packages import each other,
+directly or around a loop.
+
+Imports are read with `ast`, so those inside functions and under
+`if TYPE_CHECKING:` count too, relative imports are resolved, and
+`importlib.import_module("waypost....")` with a literal name counts as well.
+A new package must be added to the table below before anything may import it.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1] / "src" / "waypost"
+
+LAYERS = (("cli",), ("agent",), ("api", "dns", "ui", "health"), ("catalog",), ("storage",))
+RANK = {pkg: len(LAYERS) - n for n, layer in enumerate(LAYERS) for pkg in layer}
+SIDEWAYS = {"ui": {"waypost.api.http"}}  # modules a package may use across its own layer
+FACADE = "waypost"  # the package's __init__: the public names and __version__
+FACADE_USERS = {"cli", "agent"}  # __version__
+CLIENT = "client"
+CLIENT_USERS = {"cli", FACADE}  # the demo runs client apps; the facade re-exports the client
+RUNTIME = "waypost.agent.runtime"
+RUNTIME_USERS = {"waypost.agent"}
+
+
+@dataclass(frozen=True)
+class Import:
+    importer: str
+    target: str
+    path: str
+    line: int
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}: {self.importer} imports {self.target}"
+
+
+def find_modules(root: Path) -> dict[str, Path]:
+    """Every module under `root`, by dotted name (a package by its own name)."""
+    found = {}
+    for path in sorted(root.rglob("*.py")):
+        parts = [root.name, *path.relative_to(root).with_suffix("").parts]
+        if parts[-1] == "__init__":
+            parts.pop()
+        found[".".join(parts)] = path
+    return found
+
+
+def imports_of(
+    name: str, source: str, known: Iterable[str], path: str = "", package: bool = False
+) -> list[Import]:
+    """The waypost modules that module `name` imports, wherever the import is."""
+    known = set(known)
+    here = name.split(".") if package else name.split(".")[:-1]
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        targets: list[str] = []
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = here[: len(here) - node.level + 1] if node.level else []
+            module = ".".join([*base, *([node.module] if node.module else [])])
+            targets = [
+                f"{module}.{a.name}" if f"{module}.{a.name}" in known else module
+                for a in node.names
+            ]
+        elif _is_import_module_call(node):
+            targets = [node.args[0].value]  # type: ignore[attr-defined]
+        for target in targets:
+            if target == "waypost" or target.startswith("waypost."):
+                found.append(Import(name, _known_prefix(target, known), path, node.lineno))  # type: ignore[attr-defined]
+    return found
+
+
+def _is_import_module_call(node: ast.AST) -> bool:
+    if not isinstance(node, ast.Call) or not node.args:
+        return False
+    func = node.func
+    called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+    first = node.args[0]
+    return (
+        called == "import_module"
+        and isinstance(first, ast.Constant)
+        and isinstance(first.value, str)
+    )
+
+
+def _known_prefix(target: str, known: set[str]) -> str:
+    parts = target.split(".")
+    while len(parts) > 1 and ".".join(parts) not in known:
+        parts.pop()
+    return ".".join(parts)
+
+
+def component(module: str) -> str:
+    """`waypost.api.consul` -> `api`; `waypost._clock` -> `_clock`; `waypost` -> `waypost`."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else FACADE
+
+
+def is_private(comp: str) -> bool:
+    return comp.startswith("_")
+
+
+def violation(imp: Import) -> str | None:
+    """Why `imp` breaks the layering, or None."""
+    src, dst = component(imp.importer), component(imp.target)
+    if is_private(src):
+        return None if is_private(dst) else f"a top-level private module imports no package ({dst})"
+    if is_private(dst) or src == dst:
+        return None
+    if imp.target == RUNTIME and imp.importer not in RUNTIME_USERS:
+        return "only the waypost.agent package imports the runtime: take what you need as arguments"
+    if dst == FACADE:
+        return None if src in FACADE_USERS else f"only {sorted(FACADE_USERS)} import the facade"
+    if src == FACADE:
+        return None if dst == CLIENT else "the facade re-exports the client only"
+    if src == CLIENT or dst == CLIENT:
+        return _client_rule(src, dst)
+    if dst == "agent" and src != "cli":
+        return "only cli imports waypost.agent: the runtime hands the others what they need"
+    for name in (src, dst):
+        if name not in RANK:
+            return f"package {name!r} is not in tests/test_layering.py's LAYERS: add it"
+    if RANK[dst] < RANK[src] or imp.target in SIDEWAYS.get(src, ()):
+        return None
+    below = sorted(p for p, r in RANK.items() if r < RANK[src]) or ["no package"]
+    return f"{src} may import only {', '.join(below)} (and the private modules), not {dst}"
+
+
+def _client_rule(src: str, dst: str) -> str | None:
+    if src == CLIENT:
+        return f"the client library imports none of the agent's packages ({dst})"
+    return None if src in CLIENT_USERS else f"only {sorted(CLIENT_USERS)} import the client"
+
+
+def package_cycles(imports: Iterable[Import]) -> list[list[Import]]:
+    """Each set of packages that import each other, as the imports that close the loop."""
+    edges: dict[tuple[str, str], Import] = {}
+    for imp in imports:
+        src, dst = component(imp.importer), component(imp.target)
+        if src != dst:
+            edges.setdefault((src, dst), imp)
+    graph: dict[str, set[str]] = {}
+    for src, dst in edges:
+        graph.setdefault(src, set()).add(dst)
+    return [
+        [edges[(a, b)] for a in group for b in group if (a, b) in edges]
+        for group in _strongly_connected(graph)
+        if len(group) > 1
+    ]
+
+
+def _strongly_connected(graph: dict[str, set[str]]) -> Iterator[list[str]]:
+    """Tarjan's algorithm; the graph is a dozen packages, so recursion is fine."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    groups: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            group = []
+            while not group or group[-1] != node:
+                group.append(stack.pop())
+            groups.append(sorted(group))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    yield from groups
+
+
+def all_imports() -> list[Import]:
+    modules = find_modules(ROOT)
+    found = []
+    for name, path in modules.items():
+        rel = str(path.relative_to(ROOT.parents[1]))
+        found += imports_of(name, path.read_text(), modules, rel, path.name == "__init__.py")
+    return found
+
+
+def broken(imports: Iterable[Import]) -> list[str]:
+    return [f"{imp}: {why}" for imp in imports if (why := violation(imp)) is not None]
+
+
+# -- the checks -------------------------------------------------------------
+
+
+def test_every_import_respects_the_layers() -> None:
+    imports = all_imports()
+    assert len({imp.importer for imp in imports}) > 40, "the scan found too few modules"
+    problems = broken(imports)
+    assert not problems, "layering broken:\n  " + "\n  ".join(problems)
+
+
+def test_no_import_cycles_between_packages() -> None:
+    loops = package_cycles(all_imports())
+    assert not loops, "packages import each other:\n" + "\n".join(
+        "  " + "; ".join(str(imp) for imp in loop) for loop in loops
+    )
+
+
+def test_only_the_agent_package_imports_the_runtime() -> None:
+    imports = [imp for imp in all_imports() if imp.target == RUNTIME]
+    assert {imp.importer for imp in imports} == RUNTIME_USERS, [str(imp) for imp in imports]
+
+
+# -- the checker itself: each rule, broken on purpose ------------------------
+
+KNOWN = {
+    "waypost",
+    "waypost._clock",
+    "waypost._exceptions",
+    "waypost.agent",
+    "waypost.agent.config",
+    "waypost.agent.runtime",
+    "waypost.api",
+    "waypost.api.http",
+    "waypost.api.consul",
+    "waypost.catalog",
+    "waypost.client",
+    "waypost.dns",
+    "waypost.dns.forward",
+    "waypost.ui",
+}
+
+
+def check(name: str, source: str, package: bool = False) -> list[str]:
+    return broken(imports_of(name, source, KNOWN, name.replace(".", "/") + ".py", package))
+
+
+def test_checker_sees_imports_in_functions_and_under_type_checking() -> None:
+    source = (
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n"
+        "    from ..agent.runtime import Agent\n"
+        "def f():\n"
+        "    from ..agent import config\n"
+    )
+    problems = check("waypost.dns.forward", source)
+    assert len(problems) == 2, problems
+    assert problems[0].startswith("waypost/dns/forward.py:3: waypost.dns.forward imports ")
+    assert "waypost.agent.runtime" in problems[0]
+    assert "dns may not import" not in problems[0]  # the runtime rule names itself
+    assert "waypost/dns/forward.py:5" in problems[1] and "waypost.agent.config" in problems[1]
+
+
+def test_checker_rules() -> None:
+    assert check("waypost.api.consul", "from ..dns import forward") != []  # same layer
+    assert check("waypost.api.consul", "from ..catalog import Check") == []  # below
+    assert check("waypost.catalog", "from ..api import http", package=True) != []  # above
+    assert check("waypost.ui", "from ..api.http import Router", package=True) == []  # sideways
+    assert check("waypost.ui", "from ..api.consul import ConsulApi", package=True) != []
+    assert check("waypost.client", "from ..catalog import Node", package=True) != []
+    assert check("waypost.api.consul", "from ..client import Instance") != []
+    assert check("waypost._clock", "import waypost.catalog") != []
+    assert check("waypost._clock", "from ._exceptions import X") == []
+    assert check("waypost.dns.forward", "from .. import _clock") == []
+    assert check(
+        "waypost.dns.forward", "import importlib\nimportlib.import_module('waypost.agent')"
+    )
+    assert check("waypost.mesh.xds", "from ..catalog import Node") != []  # not in the table
+    assert check("waypost.agent", "from .runtime import Agent", package=True) == []
+
+
+def test_checker_finds_a_cycle() -> None:
+    imports = imports_of("waypost.api.consul", "from ..ui import mount", KNOWN)
+    imports += imports_of("waypost.ui", "from ..api.http import Router", KNOWN, package=True)
+    loops = package_cycles(imports)
+    assert len(loops) == 1 and {component(i.importer) for i in loops[0]} == {"api", "ui"}
