@@ -75,9 +75,7 @@ class Condition(msgspec.Struct, frozen=True):
         if not self.range_end:
             return modify_index_of.get(self.key, 0) == self.index
         return all(
-            m <= self.index
-            for k, m in modify_index_of.items()
-            if self.key <= k < self.range_end
+            m <= self.index for k, m in modify_index_of.items() if self.key <= k < self.range_end
         )
 
 
