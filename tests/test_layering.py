@@ -291,3 +291,28 @@ def test_checker_finds_a_cycle() -> None:
     imports += imports_of("waypost.ui", "from ..api.http import Router", KNOWN, package=True)
     loops = package_cycles(imports)
     assert len(loops) == 1 and {component(i.importer) for i in loops[0]} == {"api", "ui"}
+
+
+# The state's tables are the catalog's business: everyone else asks it named
+# questions (State.node(), .instances(), .services_on(), .agents()...).
+def table_reads(root: Path) -> list[str]:
+    """`<x>.state.<table>` anywhere outside catalog/: the reads that must be named queries."""
+    tables = {"nodes", "services", "checks", "by_name", "node_services", "node_checks"}
+    tables |= {"service_checks", "live", "topic_index"}
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        if path.relative_to(root).parts[0] == "catalog":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if (
+                isinstance(node, ast.Attribute)
+                and node.attr in tables
+                and isinstance(node.value, ast.Attribute)
+                and node.value.attr == "state"
+            ):
+                found.append(f"{path.relative_to(root)}:{node.lineno}: .state.{node.attr}")
+    return found
+
+
+def test_reads_outside_the_catalog_use_named_queries() -> None:
+    assert table_reads(ROOT) == []

@@ -89,7 +89,7 @@ class LocalAgent:
 
     async def keep(self) -> None:
         """Put back this agent's node record, serfHealth and liveness where they differ."""
-        live = self.name not in self.catalog.state.live
+        live = not self.catalog.state.is_live(self.name)
         await self.catalog.write(writes.join, self.node, self.serf, live)
 
     async def leave(self) -> None:

@@ -34,7 +34,6 @@ from ..api.consul import ConsulApi
 from ..api.metrics import Metrics
 from ..api.protocol import guarded_protocol
 from ..catalog import Catalog, Node
-from ..catalog.model import SERF_CHECK_ID
 from ..health import HealthRunner
 from ..storage import open_storage
 from ..ui import mount as mount_ui
@@ -194,10 +193,9 @@ class Agent:
                 "Addr": node.address,
                 "Port": 8301,
                 "Tags": {"dc": node.datacenter, "role": "node"},
-                "Status": 1 if name in state.live else 4,
+                "Status": 1 if state.is_live(node.name) else 4,
             }
-            for name, node in sorted(state.nodes.items())
-            if (name, SERF_CHECK_ID) in state.checks
+            for node in state.agents()
         ]
 
     def statistics(self) -> dict[str, dict[str, float]]:

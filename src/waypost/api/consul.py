@@ -131,7 +131,7 @@ class ConsulApi:
     # -- agent reads -------------------------------------------------------
 
     def _own_services(self) -> dict[str, Service]:
-        return self.state.node_services.get(self.local.name, {})
+        return self.state.services_on(self.local.name)
 
     async def agent_services(self, req: Request, _: str) -> Response:
         dc = self.info.datacenter
@@ -181,22 +181,22 @@ class ConsulApi:
             req,
             (service_topic(name),),
             lambda: [
-                encode.catalog_service(self.state.nodes.get(s.node), s)
+                encode.catalog_service(self.state.node(s.node), s)
                 for s in sorted(self.state.instances(name, tags), key=lambda s: (s.node, s.id))
             ],
         )
 
     async def catalog_nodes(self, req: Request, _: str) -> Response:
         return await self._read(
-            req, (NODES,), lambda: [encode.node(n) for _, n in sorted(self.state.nodes.items())]
+            req, (NODES,), lambda: [encode.node(n) for n in self.state.all_nodes()]
         )
 
     async def catalog_node(self, req: Request, name: str) -> Response:
         def produce() -> Any:
-            node = self.state.nodes.get(name)
+            node = self.state.node(name)
             if node is None:
                 return None
-            services = self.state.node_services.get(name, {})
+            services = self.state.services_on(name)
             return {
                 "Node": encode.node(node),
                 "Services": {sid: encode.service(s) for sid, s in sorted(services.items())},
