@@ -340,6 +340,31 @@ async def test_sqlite_writer_survives_an_unexpected_exception(
     await again.close()
 
 
+async def test_sqlite_a_bad_commit_fails_alone_not_the_batch_it_was_in(
+    tmp_path: Path, mirror: Mirror, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = sqlite_url(tmp_path)
+    store = open_storage(url)
+    await store.open(mirror)
+    real = sqlite_backend.SqliteStorage._write_ops
+
+    def write_ops(conn: sqlite3.Connection, index: int, ops: list[Entry]) -> None:
+        real(conn, index, ops)
+        if any(op.key == "bad" for op in ops):
+            raise RuntimeError("injected failure")
+
+    monkeypatch.setattr(sqlite_backend.SqliteStorage, "_write_ops", staticmethod(write_ops))
+    async with stalled(store, url):
+        commits = [store.commit([Entry(key, b"")]) for key in ("ok1", "bad", "ok2")]
+        futures = [asyncio.ensure_future(c) for c in commits]
+        await asyncio.sleep(0.05)  # all three queued behind the gate: one batch
+    ok1, bad, ok2 = await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True), 5)
+    assert isinstance(bad, StorageError) and "injected failure" in str(bad)
+    assert isinstance(ok1, int) and isinstance(ok2, int) and ok1 < ok2
+    assert {"ok1", "ok2"} <= set(mirror.keys) and "bad" not in mirror.keys
+    await store.close()
+
+
 async def test_sqlite_error_on_commit_itself_is_an_unknown_outcome(
     tmp_path: Path, mirror: Mirror, monkeypatch: pytest.MonkeyPatch
 ) -> None:

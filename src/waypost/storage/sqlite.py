@@ -22,15 +22,17 @@ only after every earlier commit has been applied. A batch of nothing but
 conflicts writes nothing and costs no fsync.
 
 Supervision: the writer thread is the only way to the disk, so nothing may
-kill it. Any exception while writing a batch rolls the transaction back and
-fails exactly that batch's commits with StorageError; the writer goes on with
-the next batch. A full disk says so. An error from COMMIT itself (say a failed
-fsync) is different: the WAL frames may already be on disk, and a restart
-would replay them, so those callers get OutcomeUnknown, and the batch's
-indexes are skipped so they can never name two different writes. If the
-catalog's `apply` raises on a durable write, the error is logged with its
-traceback and that caller gets a StorageError saying the write is stored but
-the catalog missed it (restart the agent to reload); later commits go on.
+kill it. Any exception while writing a batch rolls the transaction back; the
+batch's commits are then written one by one, so only the commit that fails
+gets the StorageError (a full disk fails them all at once: each would fail);
+the writer goes on with the next batch. A full disk says so. An error from
+COMMIT itself (say a failed fsync) is different: the WAL frames may already be
+on disk, and a restart would replay them, so those callers get OutcomeUnknown,
+and the batch's indexes are skipped so they can never name two different
+writes. If the catalog's `apply` raises on a durable write, the error is
+logged with its traceback and that caller gets a StorageError saying the write
+is stored but the catalog missed it (restart the agent to reload); later
+commits go on.
 
 Bounded queue and deadlines: a stuck or slow disk must not turn into unbounded
 memory and callers that wait forever. At most `MAX_QUEUED` commits wait; one
@@ -386,6 +388,11 @@ class SqliteStorage(Storage):
             else:
                 conn.execute(_SET_INDEX, (index,))
         except Exception as exc:
+            if len(batch) > 1 and not _disk_full(exc):
+                self._rollback(conn)
+                for pending in batch:  # alone, so only the commit that fails is failed
+                    self._write_batch(conn, [pending])
+                return
             self._abandon(conn, batch, self._not_written(exc, len(batch)))
             return
         if index != self._index:
@@ -429,12 +436,15 @@ class SqliteStorage(Storage):
         """Roll back a failed batch and fail every commit of it."""
         self._failed_batches += 1
         log.error("%s", error)
+        self._rollback(conn)
+        self._post([(pending, error) for pending in batch])
+
+    def _rollback(self, conn: sqlite3.Connection) -> None:
         if conn.in_transaction:
             try:
                 conn.execute("ROLLBACK")
             except sqlite3.Error:
                 log.exception("the sqlite store %s: rolling back a failed batch failed", self.path)
-        self._post([(pending, error) for pending in batch])
 
     def _not_written(self, exc: Exception, commits: int) -> StorageError:
         if _disk_full(exc):
