@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from waypost import NotFoundError, ValidationError
+from waypost import ConfigError, NotFoundError, ValidationError
 from waypost.catalog import Catalog, Node, writes
 from waypost.catalog.definitions import (
     CatalogDeregistration,
@@ -173,7 +173,7 @@ async def test_adopt_moves_a_renamed_agents_instances_and_checks() -> None:
     new = Node(name="new", id=old.id, address="127.0.0.1")
 
     def start(txn: Txn) -> list[str]:
-        renamed = writes.adopt(txn, new)
+        renamed = writes.adopt(txn, new, others_alive=False)
         writes.join(txn, new, check(SERF_CHECK_ID, node_name="new"))
         return renamed
 
@@ -182,6 +182,17 @@ async def test_adopt_moves_a_renamed_agents_instances_and_checks() -> None:
     assert ("new", "w1") in cat.state.services
     assert cat.state.checks[("new", "t")].service_id == "w1"
     assert not any(n == "old" for n, _ in cat.state.checks)
+
+
+async def test_adopt_refuses_a_live_agent_with_the_same_node_id_on_a_shared_store() -> None:
+    cat = Catalog(open_storage("memory://"))
+    await cat.open()
+    other = Node(name="other", id="7a0c1c2e-0000-4000-8000-000000000002", address="127.0.0.1")
+    await cat.write(writes.join, other, check(SERF_CHECK_ID, node_name="other"))
+    copy = Node(name="copy", id=other.id, address="127.0.0.1")
+    with pytest.raises(ConfigError, match='node "other" is alive and has this agent'):
+        await cat.write(writes.adopt, copy, True)
+    assert ("other", SERF_CHECK_ID) in cat.state.checks  # nothing taken from it
 
 
 async def test_a_held_check_shows_critical_but_writers_see_the_stored_one() -> None:

@@ -73,9 +73,10 @@ class LocalAgent:
         self._task = asyncio.create_task(self._keep_forever(), name="waypost-anti-entropy")
 
     def _take_over(self, txn: Txn) -> list[str]:
-        if not self.catalog.storage.shared:
+        shared = self.catalog.storage.shared
+        if not shared:
             writes.forget_other_agents(txn, self.name)
-        renamed = writes.adopt(txn, self.node)
+        renamed = writes.adopt(txn, self.node, others_alive=shared)
         writes.join(txn, self.node, self.serf)
         return renamed
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import msgspec
 
-from .._exceptions import NotFoundError, ValidationError
+from .._exceptions import ConfigError, NotFoundError, ValidationError
 from . import codec
 from .definitions import (
     CatalogDeregistration,
@@ -173,12 +173,27 @@ def join(txn: Txn, node: Node, serf: Check, live: bool = True) -> None:
         txn.stage(codec.live(node.name))
 
 
-def adopt(txn: Txn, node: Node) -> list[str]:
+def adopt(txn: Txn, node: Node, others_alive: bool) -> list[str]:
     """Move the instances and checks of nodes with this agent's node ID but
     another name (the agent was renamed) to its node, and drop those nodes.
-    Returns the old names."""
+    Returns the old names.
+
+    With `others_alive` (a shared store), a node with this ID whose agent is
+    alive is another agent started from a copy of this data dir: refused,
+    as Consul refuses a duplicate node ID, rather than taking its services.
+
+    Raises:
+        ConfigError: another live agent has this node ID.
+    """
     old_names = [n.name for n in txn.state.nodes.values() if n.id == node.id != ""]
     old_names = [name for name in old_names if name != node.name]
+    for name in old_names:
+        if others_alive and txn.state.is_live(name):
+            raise ConfigError(
+                f'node "{name}" is alive and has this agent\'s node ID {node.id}: was the data '
+                "dir copied from it? Give this agent a data dir of its own (delete its node-id "
+                "file to get a new ID)"
+            )
     for name in old_names:
         for service in txn.state.node_services.get(name, {}).values():
             txn.put(msgspec.structs.replace(service, node=node.name))
