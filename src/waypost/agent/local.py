@@ -90,8 +90,7 @@ class LocalAgent:
 
     async def keep(self) -> None:
         """Put back this agent's node record, serfHealth and liveness where they differ."""
-        live = not self.catalog.state.is_live(self.name)
-        await self.catalog.write(writes.join, self.node, self.serf, live)
+        await self.catalog.write(writes.join, self.node, self.serf, starting=False)
 
     async def leave(self) -> None:
         if self._task is not None:

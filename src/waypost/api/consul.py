@@ -44,7 +44,7 @@ class ConsulApi:
         self.local = local
         self.info = info
         self.store = store
-        self._cache: dict[tuple[str, object], tuple[int, int, bytes]] = {}
+        self._cache: dict[tuple[str, object], tuple[int, bytes]] = {}
         self.rng = random.Random()
 
     def routes(self, r: Router) -> None:
@@ -101,16 +101,15 @@ class ConsulApi:
             await self.catalog.block(topics, min_index, jittered, req.connection_lost)
         index = self.state.index_of(topics)
         key = (req.path, _query_key(req))
-        version = self.state.version  # moves when a hold changes answers without an index
         hit = self._cache.get(key) if cache else None
-        if hit is not None and hit[0] == index and hit[1] == version:
-            body = hit[2]
+        if hit is not None and hit[0] == index:
+            body = hit[1]
         else:
             body = _ENCODER.encode(produce())
             if cache:
                 if len(self._cache) >= CACHE_LIMIT:
                     self._cache.clear()
-                self._cache[key] = (index, version, body)
+                self._cache[key] = (index, body)
         return json_bytes(body, self._read_headers(index))
 
     def _blocking_params(self, req: Request) -> tuple[int, float]:

@@ -74,12 +74,7 @@ class Catalog:
         deadline = loop.time() + wait
         self.parked += 1
         try:
-            version = self.state.version  # a hold() changes answers without a new index
-            while (
-                self.state.index_of(topics) <= min_index
-                and self.state.version == version
-                and not self.watches.closed
-            ):
+            while self.state.index_of(topics) <= min_index and not self.watches.closed:
                 remaining = deadline - loop.time()
                 if remaining <= 0 or (abandon is not None and abandon.done()):
                     return

@@ -1,7 +1,8 @@
 """Records to storage entries and back.
 
-Keys are `l/<node>` (liveness, valueless), `n/<node>`, `s/<node>/<service-id>`
-and `c/<node>/<check-id>`. In each part `%` and `/` are escaped (`%25`, `%2F`),
+Keys are `l/<node>` (liveness, valueless), `n/<node>`, `s/<node>/<service-id>`,
+`c/<node>/<check-id>` and `g/<node>/<service-id>` (the instance's check-set
+guard, valueless: see txn.py). In each part `%` and `/` are escaped (`%25`, `%2F`),
 so that IDs holding `/` stay one part; nothing else needs it, and two string
 replacements are far cheaper than urllib's quoting on the write path.
 Values are msgpack.
@@ -47,6 +48,15 @@ def check_key(node: str, check_id: str) -> str:
 def live_key(node: str) -> str:
     """The key whose presence says a node's agent is alive (leased in etcd)."""
     return f"l/{esc(node)}"
+
+
+def guard_key(node: str, service_id: str) -> str:
+    """A valueless key rewritten whenever an instance's set of checks changes (txn.py)."""
+    return f"g/{esc(node)}/{esc(service_id)}"
+
+
+def guard(node: str, service_id: str) -> Entry:
+    return Entry(guard_key(node, service_id), b"")
 
 
 def live(node: str) -> Entry:

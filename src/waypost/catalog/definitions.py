@@ -105,8 +105,7 @@ class CheckUpdate(msgspec.Struct):
 
 def validate_service(reg: ServiceRegistration, field: str = "") -> None:
     """A service definition's own rules. Raises ValidationError."""
-    reg.name = reg.name or reg.service
-    if not reg.name:
+    if not (reg.name or reg.service):
         raise ValidationError(
             "Must provide service name with ID" if field else "Missing service name"
         )
@@ -140,10 +139,11 @@ def validate_status(status: str, prefix: str) -> None:
 
 def build_service(body: ServiceRegistration, node: str) -> Service:
     """A Service record from a validated body (agent or catalog registration)."""
+    name = body.name or body.service  # the catalog endpoint's spelling of Name
     return Service(
         node=node,
-        id=body.id or body.name,
-        name=body.name,
+        id=body.id or name,
+        name=name,
         tags=tuple(body.tags),
         address=body.address,
         port=body.port,

@@ -37,14 +37,16 @@ class State:
         self.node_services: dict[str, dict[str, Service]] = {}
         self.node_checks: dict[str, dict[str, Check]] = {}  # node-level checks only
         self.service_checks: dict[ServiceKey, dict[str, Check]] = {}
-        self.live: set[str] = set()  # nodes whose agent holds its liveness key
+        self.live: dict[str, int] = {}  # node -> modify index of its agent's liveness key
+        # Modify index of each instance's check-set guard key (see txn.py): it
+        # moves whenever a check joins or leaves the instance.
+        self.guards: dict[ServiceKey, int] = {}
         self.topic_index: dict[Topic, int] = {}
         self.base_index = 1
         # Checks shown critical because their agent could not store a result
         # (see hold()): key -> the output shown, and the stored record behind it.
         self.held: dict[tuple[str, str], str] = {}
         self._stored: dict[tuple[str, str], Check] = {}
-        self.version = 0  # moves with every change that has no index of its own (holds)
 
     # -- writes ------------------------------------------------------------
 
@@ -62,18 +64,28 @@ class State:
             except (msgspec.DecodeError, KeyError, ValueError, IndexError) as exc:
                 log.error("skipping unreadable stored entry %r: %s", entry.key, exc)
         self.index = max(self.index, index)
-        for topic in touched:
-            self.topic_index[topic] = index
+        self._advance(touched, index)
         return touched
 
+    def _advance(self, topics: set[Topic], index: int) -> None:
+        """Move the topics' index to `index`, or one past where a hold put it:
+        a topic's index never stands still across a change, nor goes back."""
+        topic_index = self.topic_index
+        for topic in topics:
+            old = topic_index.get(topic, 0)
+            topic_index[topic] = index if index > old else old + 1
+
     def _apply_one(self, index: int, entry: Entry, touched: set[Topic]) -> None:
-        if entry.key.startswith("l/"):
-            self._apply_live(codec.split_key(entry.key)[1][0], entry.value is not None, touched)
+        kind = entry.key[0]
+        if kind in "lg" and entry.key[1] == "/":
+            self._apply_marker(kind, index, entry, touched)
             return
         if entry.value is None:
             old = self._lookup(entry.key)
             if old is not None:
                 self._remove(old, touched)
+                if isinstance(old, Check):  # gone for good: nothing left to hold
+                    self.held.pop((old.node, old.check_id), None)
             return
         record = codec.decode(entry.key, entry.value)
         old = self._lookup(entry.key)
@@ -91,14 +103,27 @@ class State:
         present += [codec.service_key(*k) for k in self.services]
         present += [codec.check_key(*k) for k in self.checks]
         present += [codec.live_key(n) for n in self.live]
+        present += [codec.guard_key(*k) for k in self.guards]
         return [codec.delete(k) for k in present if k not in keep]
 
-    def _apply_live(self, node: str, alive: bool, touched: set[Topic]) -> None:
-        """A liveness key came or went: the node's serfHealth check follows it."""
-        if alive:
-            self.live.add(node)
+    def _apply_marker(self, kind: str, index: int, entry: Entry, touched: set[Topic]) -> None:
+        """Valueless keys that hold no record: a liveness key, a check-set guard."""
+        parts = codec.split_key(entry.key)[1]
+        modified = entry.modify_index or index
+        if kind == "g":
+            if entry.value is None:
+                self.guards.pop((parts[0], parts[1]), None)
+            else:
+                self.guards[(parts[0], parts[1])] = modified
+            return
+        if entry.value is None:
+            self.live.pop(parts[0], None)
         else:
-            self.live.discard(node)
+            self.live[parts[0]] = modified
+        self._apply_live(parts[0], touched)
+
+    def _apply_live(self, node: str, touched: set[Topic]) -> None:
+        """A liveness key came or went: the node's serfHealth check follows it."""
         check = self.checks.get((node, SERF_CHECK_ID))
         if check is not None:
             self._remove(check, touched)
@@ -211,7 +236,11 @@ class State:
         The agent that runs a check calls this when the store refused its
         result (disk full, etcd unreachable): its own answers (HTTP, DNS, the
         UI) must not go on calling the instance healthy meanwhile. Writers
-        still see the stored record (`stored_check`). Returns the topics to wake.
+        still see the stored record (`stored_check`). The topics it touches
+        move one index past where they were (and the next commit one past
+        that), so blocking queries and answer caches see the hold like any
+        change; an index may then run ahead of the store's by the number of
+        holds. Returns the topics to wake.
         """
         self.held[(node, check_id)] = output
         return self._reinsert(node, check_id)
@@ -223,12 +252,14 @@ class State:
         return self._reinsert(node, check_id)
 
     def _reinsert(self, node: str, check_id: str) -> set[Topic]:
-        self.version += 1
+        """Show the check as it is held (or stored) now; the topics it touches
+        get a new index so that every reader, blocking ones included, sees it."""
         check = self._stored.pop((node, check_id), None) or self.checks.get((node, check_id))
         touched: set[Topic] = set()
         if check is not None:
             self._remove(check, touched)
             self._insert(check, touched)
+        self._advance(touched, 0)
         return touched
 
     def stored_check(self, node: str, check_id: str) -> Check | None:
@@ -275,6 +306,13 @@ class State:
     def is_live(self, node: str) -> bool:
         """Whether the node's agent holds its liveness key."""
         return node in self.live
+
+    def instances_of(self, name: str) -> Iterable[Service]:
+        """The instances of a service, unsorted and uncopied (the DNS hot path)."""
+        return self.by_name.get(name, {}).values()
+
+    def node_names(self) -> Iterable[str]:
+        return self.nodes.keys()
 
     def agents(self) -> list[Node]:
         """Nodes that belong to a waypost agent (they have serfHealth), by name."""

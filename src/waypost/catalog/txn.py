@@ -13,11 +13,14 @@ syncs): validation can no longer race the commit.
 
 Sets of records need one more rule. "The checks of service X" is not one key,
 so a plan that relies on that set (deregistering X must delete every check of
-X) reads the service record, and every change to the set (a check added to or
-removed from X) re-puts the service record. A concurrent change to the set
-therefore moves X's modify index and breaks the other plan's condition. For a
-whole node (rare: catalog deregistration of a node) the plan guards the node's
-key ranges instead: nothing under them may have changed since the state's index.
+X) reads X's *guard*, a valueless key `g/<node>/<X>` that every change to the
+set (a check added to or removed from X) rewrites. A concurrent change to the
+set therefore moves the guard's modify index and breaks the other plan's
+condition, while X's own record and ModifyIndex stay as Consul keeps them. For
+a whole node (rare: catalog deregistration of a node) the plan guards the
+node's key ranges instead: nothing under them may have changed since the
+state's index. Liveness keys are read the same way (`live()`), so a decision
+that an agent is gone cannot race that agent's return.
 """
 
 from __future__ import annotations
@@ -56,14 +59,32 @@ class Txn:
         return self._read(codec.check_key(node, check_id), self.state.stored_check(node, check_id))
 
     def service_checks(self, service: Service) -> list[Check]:
-        """The checks of an instance that was read through this Txn (its own
-        condition guards the set); each check's condition guards its status."""
-        own = self.state.service_checks.get((service.node, service.id), {})
-        return [c for cid in list(own) if (c := self.check(service.node, cid)) is not None]
+        """The checks of an instance (its guard's condition guards the set;
+        each check's condition guards its status)."""
+        return [
+            c
+            for cid in self.check_ids_of(service)
+            if (c := self.check(service.node, cid)) is not None
+        ]
+
+    def check_ids_of(self, service: Service) -> list[str]:
+        """The IDs of an instance's checks, guarded as a set only (for removing them)."""
+        key = codec.guard_key(service.node, service.id)
+        if key not in self.conditions and key not in self.ops:
+            index = self.state.guards.get((service.node, service.id), 0)
+            self.conditions[key] = Condition(key, index)
+        return self.state.check_ids_of(service.node, service.id)
+
+    def live(self, name: str) -> bool:
+        """Whether a node's agent holds its liveness key (recorded as a condition)."""
+        key = codec.live_key(name)
+        if key not in self.conditions:
+            self.conditions[key] = Condition(key, self.state.live.get(name, 0))
+        return name in self.state.live
 
     def whole_node(self, name: str) -> None:
         """Guard every service and check of a node: none may change before the commit."""
-        for kind in ("s", "c"):
+        for kind in ("s", "c", "g"):
             start = f"{kind}/{codec.esc(name)}/"
             self.conditions[start] = Condition(start, self.state.index, prefix_end(start))
 
@@ -89,6 +110,5 @@ class Txn:
         self.ops[entry.key] = entry
 
     def touch(self, service: Service) -> None:
-        """Re-put an instance unchanged: its set of checks changed (see above)."""
-        if codec.service_key(service.node, service.id) not in self._staged:
-            self.put(service)
+        """Rewrite an instance's guard: its set of checks changed (see above)."""
+        self.stage(codec.guard(service.node, service.id))

@@ -67,10 +67,12 @@ def put_instance(
         previous = None if check.check_id in status_given else existing.get(check.check_id)
         _move_from_other_owner(txn, check)
         txn.put(keep_status(check, previous))
-    if replace_checks:
-        named = {c.check_id for c in checks}
-        for check_id in existing.keys() - named:
-            txn.delete(codec.check_key(service.node, check_id))
+    named = {c.check_id for c in checks}
+    dropped = existing.keys() - named if replace_checks else set()
+    for check_id in dropped:
+        txn.delete(codec.check_key(service.node, check_id))
+    if dropped or not named <= existing.keys():
+        txn.touch(service)  # the set of checks changed
 
 
 def keep_status(check: Check, old: Check | None) -> Check:
@@ -87,11 +89,12 @@ def deregister(txn: Txn, node: str, service_id: str) -> None:
     service = txn.service(node, service_id)
     if service is None:
         raise NotFoundError(f'Unknown service ID "{service_id}"')
-    txn.delete(codec.service_key(node, service_id))
-    # The instance's own condition guards this set (txn.py): no per-check
-    # condition, so a status update racing the removal cannot make it retry.
-    for check_id in txn.state.service_checks.get((node, service_id), {}):
+    # The guard's condition covers the set (txn.py): no per-check condition, so
+    # a status update racing the removal does not make it run again.
+    for check_id in txn.check_ids_of(service):
         txn.delete(codec.check_key(node, check_id))
+    txn.delete(codec.service_key(node, service_id))
+    txn.delete(codec.guard_key(node, service_id))
 
 
 def register_check(txn: Txn, node: str, reg: CheckRegistration, allow_scripts: bool) -> None:
@@ -162,14 +165,15 @@ def node_maintenance(txn: Txn, check: Check, enable: bool) -> None:
         deregister_check(txn, check.node, check.check_id)
 
 
-def join(txn: Txn, node: Node, serf: Check, live: bool = True) -> None:
+def join(txn: Txn, node: Node, serf: Check, starting: bool = True) -> None:
     """Write what an agent owns of its node (the record, serfHealth, its liveness
-    key) where the catalog differs: at start-up, and by anti-entropy later."""
+    key) where the catalog differs: at start-up (the liveness key always: on
+    etcd it must hang on this run's lease), and by anti-entropy later."""
     if not _same(txn.node(node.name), node):
         txn.put(node)
     if not _same(txn.check(node.name, SERF_CHECK_ID), serf, ignore=("status", "output")):
         txn.put(serf)
-    if live:
+    if starting or not txn.live(node.name):
         txn.stage(codec.live(node.name))
 
 
@@ -188,14 +192,14 @@ def adopt(txn: Txn, node: Node, others_alive: bool) -> list[str]:
     old_names = [n.name for n in txn.state.nodes.values() if n.id == node.id != ""]
     old_names = [name for name in old_names if name != node.name]
     for name in old_names:
-        if others_alive and txn.state.is_live(name):
+        if others_alive and txn.live(name):
             raise ConfigError(
                 f'node "{name}" is alive and has this agent\'s node ID {node.id}: was the data '
                 "dir copied from it? Give this agent a data dir of its own (delete its node-id "
                 "file to get a new ID)"
             )
     for name in old_names:
-        for service in txn.state.node_services.get(name, {}).values():
+        for service in txn.state.services_on(name).values():
             txn.put(msgspec.structs.replace(service, node=node.name))
         for check in txn.state.checks_on_node(name):
             if check.check_id != SERF_CHECK_ID:
@@ -207,7 +211,7 @@ def adopt(txn: Txn, node: Node, others_alive: bool) -> list[str]:
 def forget_other_agents(txn: Txn, own: str) -> None:
     """On a store only this agent opens, every other agent is dead: its
     liveness keys are left over from an earlier run (another --node)."""
-    for name in txn.state.live - {own}:
+    for name in txn.state.live.keys() - {own}:
         txn.delete(codec.live_key(name))
 
 
@@ -283,8 +287,9 @@ def deregister_node(txn: Txn, name: str) -> None:
     txn.whole_node(name)
     txn.delete(codec.node_key(name))
     txn.delete(codec.live_key(name))
-    for service_id in txn.state.node_services.get(name, {}):
+    for service_id in txn.state.services_on(name):
         txn.delete(codec.service_key(name, service_id))
+        txn.delete(codec.guard_key(name, service_id))
     for check in txn.state.checks_on_node(name):
         txn.delete(codec.check_key(name, check.check_id))
 
@@ -297,7 +302,7 @@ def _refuse_agent_node(txn: Txn, node: str, what: str, allow_failed: bool = Fals
     undone, or would point DNS elsewhere for every service on it."""
     if txn.check(node, SERF_CHECK_ID) is None:
         return
-    if allow_failed and node not in txn.state.live:
+    if allow_failed and not txn.live(node):
         return  # its agent is gone: cleaning up after it is allowed
     raise ValidationError(
         f'Node "{node}" belongs to the waypost agent running there; the catalog API cannot '

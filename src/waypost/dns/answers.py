@@ -93,7 +93,7 @@ class Answerer:
     def _healthy(self, name: str, tag: str) -> list[tuple[Service, int]]:
         """Instances DNS may return, with their SRV weight for their status."""
         result = []
-        for service in self.state.instances(name):
+        for service in self.state.instances_of(name):
             if tag and not any(t.lower() == tag for t in service.tags):
                 continue
             status = self.state.aggregate_status(service)
@@ -181,7 +181,8 @@ class Answerer:
         node = self.state.node(name)
         if node is not None:
             return node
-        return next((n for n in self.state.all_nodes() if n.name.lower() == name), None)
+        found = next((n for n in self.state.node_names() if n.lower() == name), None)
+        return None if found is None else self.state.node(found)
 
     def _addr(self, lookup: Lookup, qtype: int) -> RecordSet:
         rtype, rdata = wire.address_rdata(lookup.address) or (0, b"")

@@ -58,6 +58,7 @@ class HealthRunner:
         self._prefix = codec.check_key(node, "")  # c/<node>/: the keys of this node's checks
         self.runs = 0
         self.unstored = 0  # results the store refused (each retried until stored)
+        self._stopped = False
 
     async def start(self) -> None:
         """Resume every check this agent owns (after a restart too), follow the
@@ -69,11 +70,14 @@ class HealthRunner:
     def _follow(self, topics: object, entries: list[Entry]) -> None:
         """Whoever changed a check of this node (an API call, a rename, a
         re-list), its task starts, restarts or stops to match."""
+        if self._stopped:
+            return  # commits still landing during shutdown start nothing
         changed = [codec.split_key(e.key)[1][1] for e in entries if e.key.startswith(self._prefix)]
         if changed:
             self.refresh(changed)
 
     async def stop(self) -> None:
+        self._stopped = True
         tasks = [task for _, task in self._tasks.values()]
         if self._reaper is not None:
             tasks.append(self._reaper)
@@ -85,7 +89,8 @@ class HealthRunner:
     def refresh(self, check_ids: Iterable[str]) -> None:
         """Start, restart or stop the named checks to match the catalog."""
         for check_id in check_ids:
-            check = self.catalog.state.check(self.node, check_id)
+            # As stored: a held check must not restart from the critical it is shown as.
+            check = self.catalog.state.stored_check(self.node, check_id)
             defn = check.definition if check is not None else None
             running = self._tasks.get(check_id)
             if running is not None and running[0] == defn and not running[1].done():
@@ -101,6 +106,9 @@ class HealthRunner:
         self._ttl_deadline.pop(check_id, None)
         self._critical_since.pop(check_id, None)
         self._reapable.pop(check_id, None)
+        if check_id in self._unstored:  # its retry loop is gone with its task
+            self._unstored.discard(check_id)
+            self.catalog.release(self.node, check_id)
 
     def _launch(self, check: Check, defn: CheckDefinition) -> None:
         if defn.deregister_critical_after and check.service_id:
@@ -176,7 +184,7 @@ class HealthRunner:
             self._unstored.add(check_id)
             self.unstored += 1
             log.warning(
-                "check %s: could not store status %s (%s); showing it critical and retrying",
+                "check %s: could not store status %s (%s); shown critical until a result is stored",
                 check_id,
                 status,
                 exc,
@@ -240,8 +248,10 @@ class HealthRunner:
         now = self.clock.now()
         doomed: set[str] = set()
         for check_id, after in list(self._reapable.items()):
-            check = self.catalog.state.check(self.node, check_id)
-            if check is None or check.status != "critical":
+            # Judged on what is stored, never on a hold: a result that could
+            # not be stored says nothing about how long the instance was critical.
+            check = self.catalog.state.stored_check(self.node, check_id)
+            if check is None or check.status != "critical" or check_id in self._unstored:
                 self._critical_since.pop(check_id, None)
                 continue
             since = self._critical_since.setdefault(check_id, now)
