@@ -136,3 +136,32 @@ async def test_a_stopped_runner_starts_nothing_for_later_commits() -> None:
     await runner.stop()
     await catalog.put(check("t2", "web-1", definition=CheckDefinition(ttl=5)))
     assert runner.statistics()["running_checks"] == 0
+
+
+async def test_an_instance_recovering_while_the_store_is_down_is_not_reaped_on_its_old_status() -> None:
+    defn = CheckDefinition(interval=1, tcp="127.0.0.1:1", deregister_critical_after=5)
+    store, catalog, clock, runner = await setup(defn, status="critical")
+
+    async def passing(_: CheckDefinition) -> tuple[str, str]:
+        return "passing", "fine again"
+
+    runner.probes = {"tcp": passing}
+    store.refuse = True
+    await clock.advance(30)  # stored critical for 30 s, but its real result is passing
+    store.refuse = False
+    assert await runner.reap() == []  # the reaper may run before the result is stored
+    await clock.advance(2)
+    assert ("n1", "web-1") in catalog.state.services
+    assert stored(catalog) == "passing"
+    await runner.stop()
+
+
+async def test_a_deleted_check_drops_its_hold_in_the_state() -> None:
+    catalog = Catalog(open_storage("memory://"))
+    await catalog.open()
+    await catalog.put(node(), service("web-1"), check("t", "web-1", status="passing"))
+    catalog.hold("n1", "t", "not stored")
+    await catalog.write(writes.deregister, "n1", "web-1")
+    assert catalog.state.held == {}
+    await catalog.put(check("t", "", status="passing"))  # the same ID again, node-level
+    assert shown(catalog) == "passing"
