@@ -222,23 +222,23 @@ class Session:
                 code, details = exc.code(), exc.details() or ""
                 if self.token_refused(exc):
                     await self.reauthenticate(endpoint)  # refused before it was applied
-                    continue
-                if code == grpc.StatusCode.NOT_FOUND and "lease not found" in details:
+                elif code == grpc.StatusCode.NOT_FOUND and "lease not found" in details:
                     raise LeaseNotFound(details, maybe_applied=maybe_sent) from exc
-                if code not in TRANSIENT:
+                elif code not in TRANSIENT:
                     if maybe_sent and code not in _SHAPE_CODES:
                         raise self._lost(what, exc, maybe_sent=True, refused=True) from exc
                     raise StorageError(f"etcd refused the {what}: {_hint(details)}") from exc
-                self.failed(endpoint)
-                lowered = details.lower()
-                if any(hint in lowered for hint in _REFUSED_HINTS):
-                    refused.add(endpoint.index)
-                    if len(refused) == len(self._endpoints) and not maybe_sent:
-                        raise self.unavailable(what, exc) from exc
-                elif not any(hint in lowered for hint in _UNPROPOSED_HINTS):
-                    # It may have been applied: from now on keep trying until the
-                    # deadline, to learn the outcome (the request is idempotent).
-                    maybe_sent = True
+                else:
+                    self.failed(endpoint)
+                    lowered = details.lower()
+                    if any(hint in lowered for hint in _REFUSED_HINTS):
+                        refused.add(endpoint.index)
+                        if len(refused) == len(self._endpoints) and not maybe_sent:
+                            raise self.unavailable(what, exc) from exc
+                    elif not any(hint in lowered for hint in _UNPROPOSED_HINTS):
+                        # It may have been applied: from now on keep trying until the
+                        # deadline, to learn the outcome (the request is idempotent).
+                        maybe_sent = True
                 self.retries += 1
                 await asyncio.sleep(min(delay, max(deadline - loop.time(), 0)))
                 delay = min(delay * 2, 0.5)

@@ -705,7 +705,8 @@ class EtcdStorage(Storage):
                 if response.events:
                     self._on_events(response.events)
         except asyncio.CancelledError:
-            if not self._watch_abandoned:
+            task = asyncio.current_task()
+            if not self._watch_abandoned or (task is not None and task.cancelling()):
                 raise
             raise _StreamEnded("the member stopped answering other calls") from None
         finally:
