@@ -198,18 +198,21 @@ async def test_merged_commits_are_not_failed_by_one_that_conflicts(
     stores: Stores, mirror: Mirror
 ) -> None:
     store = await stores.open(mirror)
-    base = await store.commit([put("n/guard")])
-    await store.commit([put("n/guard", b"moved")])
+    base = await store.commit([put("n/guard"), put("n/guard2")])
+    await store.commit([put("n/guard", b"moved"), put("n/guard2", b"moved")])
+    stale = [Condition("n/guard", base), Condition("n/guard2", base)]  # both fail
     results = await asyncio.gather(
         *(store.commit([put(f"s/ok/{i}")]) for i in range(20)),
-        store.commit([put("s/bad/x")], [Condition("n/guard", base)]),
+        store.commit([put("s/bad/x")], stale),
         *(store.commit([put(f"s/ok/{i}")], [Condition(f"s/ok/{i}", 0)]) for i in range(20, 40)),
+        store.commit([put("s/bad/y")], [Condition("s/ok/0", 0)]),  # s/ok/0 exists by then
         return_exceptions=True,
     )
-    assert isinstance(results[20], Conflict)
-    assert all(isinstance(r, int) for i, r in enumerate(results) if i != 20), results
-    assert store.statistics()["txns"] < 41  # they were merged
-    assert {f"s/ok/{i}" for i in range(40)} <= set(mirror.keys) and "s/bad/x" not in mirror.keys
+    assert isinstance(results[20], Conflict) and isinstance(results[41], Conflict)
+    assert all(isinstance(r, int) for i, r in enumerate(results) if i not in (20, 41)), results
+    assert store.statistics()["txns"] < 42  # they were merged
+    assert {f"s/ok/{i}" for i in range(40)} <= set(mirror.keys)
+    assert "s/bad/x" not in mirror.keys and "s/bad/y" not in mirror.keys
 
 
 # -- ambiguous failures --------------------------------------------------------

@@ -58,7 +58,9 @@ are applied one at a time and the ones that still fail are skipped (logged),
 so one bad entry cannot stop the mirror or fail the commits merged with it;
 the commit that wrote it gets a StorageError saying so.
 If the watch breaks (member killed, no leader) it is re-created on another
-member from the last applied revision + 1, so nothing is skipped or repeated.
+member from the last applied revision + 1, so nothing is skipped or repeated;
+so is a watch on a member that other calls find failing (a hung member keeps
+its stream open but silent).
 If that revision was compacted meanwhile, the agent lists again and applies
 a snapshot: keys deleted in the gap disappear, nothing is lost.
 
@@ -495,11 +497,11 @@ class EtcdStorage(Storage):
                         f"etcd slot key {slot.key!r} keeps changing under this agent"
                     )
                 continue
-            reads = iter(response.responses[1:])
-            failures = [
-                next((why for s in commit_spans if (why := s.failure(next(reads)))), None)
-                for commit_spans in spans
-            ]
+            reads = iter(response.responses[1:])  # one per span, in order: consume them all
+            failures = []
+            for commit_spans in spans:
+                reasons = [span.failure(next(reads)) for span in commit_spans]
+                failures.append(next((why for why in reasons if why), None))
             return _Attempt(response.header.revision, False, failures)
 
     def _txn_request(
