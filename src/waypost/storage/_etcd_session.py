@@ -3,10 +3,20 @@
 One channel per configured endpoint, opened lazily; every call goes to the
 "current" endpoint and a transport failure moves the current pointer to the
 next one, so a dead member costs one failed attempt, not every later call.
-`request()` retries transient failures (member gone, no leader, leader
-changed) until the caller's deadline, but gives up at once when every
-endpoint refused the connection: with nothing listening there is nothing to
-wait for, and the caller wants a fast, clear StoreUnavailable.
+`request()` is for reads (and lease grants): it retries transient failures
+(member gone, no leader, leader changed) until the caller's deadline, but
+gives up at once when every endpoint refused the connection: with nothing
+listening there is nothing to wait for, and the caller wants a fast, clear
+StoreUnavailable.
+
+`write()` is for Txns that the caller has made idempotent (etcd.py: the slot
+nonce). It retries the same way, but keeps track of whether any attempt may
+have reached etcd: a connection refused, "no leader" (the member checked
+before proposing, because writes send `hasleader`) and "too many requests"
+are answers from before the request was proposed; a timeout, a cancelled
+call, a connection lost mid-call, "request timed out" or "leader changed" are
+not. When the deadline passes it raises OutcomeUnknown if some attempt may
+have been applied, StoreUnavailable if none can have been.
 
 The protobuf stubs come from aetcd (generated for etcd's v3 API, current
 with protobuf); aetcd's own Client is not used because it speaks to one
@@ -24,7 +34,7 @@ import grpc  # type: ignore[import-untyped]
 import grpc.aio  # type: ignore[import-untyped]
 from aetcd import rpc  # type: ignore[import-untyped]
 
-from .._exceptions import StorageError, StoreUnavailable
+from .._exceptions import OutcomeUnknown, StorageError, StoreUnavailable
 from ._etcd_config import EtcdConfig
 
 T = TypeVar("T")
@@ -44,12 +54,26 @@ _CHANNEL_OPTIONS: Final = (
     ("grpc.http2.max_pings_without_data", 0),
 )
 _REFUSED_HINTS: Final = ("connection refused", "failed to connect", "connect failed")
+#: etcd's own UNAVAILABLE answers that come before the request is proposed to raft
+_UNPROPOSED_HINTS: Final = ("etcdserver: no leader", "etcdserver: too many requests")
+#: etcd refusals about the request itself: an earlier copy of it was refused too
+_SHAPE_CODES: Final = frozenset(
+    {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED}
+)
 _TLS_HINTS: Final = ("handshake failed", "ssl_error", "tsi_", "certificate_verify")
 _CONNECT_PREFIX: Final = "failed to connect to all addresses; last error: "
 
 
 class LeaseNotFound(Exception):
-    """etcd no longer knows the lease a put named (it expired)."""
+    """etcd no longer knows the lease a put named (it expired).
+
+    `maybe_applied`: an earlier attempt of the same write got no answer, so it
+    may have been applied while the lease still existed.
+    """
+
+    def __init__(self, details: str, maybe_applied: bool = False) -> None:
+        super().__init__(details)
+        self.maybe_applied = maybe_applied
 
 
 class Endpoint:
@@ -80,6 +104,7 @@ class Session:
         self._auth_lock = asyncio.Lock()
         self.last_contact = time.monotonic()
         self.retries = 0
+        self.on_failed: list[Callable[[Endpoint], None]] = []
 
     # -- endpoints ---------------------------------------------------------
 
@@ -92,9 +117,12 @@ class Session:
         return endpoint
 
     def failed(self, endpoint: Endpoint) -> None:
-        """`endpoint` did not answer: later calls try the next member."""
+        """`endpoint` did not answer: later calls try the next member, and the
+        `on_failed` listeners hear of it (a stream on that member may hang)."""
         if endpoint.index == self._current:
             self._current = (self._current + 1) % len(self._endpoints)
+        for listener in self.on_failed:
+            listener(endpoint)
 
     def contact(self) -> None:
         """Record that etcd answered (for StoreHealth.last_contact_ms)."""
@@ -161,6 +189,84 @@ class Session:
                 continue
             self.contact()
             return result
+
+    async def write(self, what: str, call: Call[T], deadline: float) -> T:
+        """Send an idempotent write until etcd answers it or `deadline` passes.
+
+        The caller guarantees that sending the request again after an attempt
+        that may have been applied changes nothing (etcd.py's slot nonce);
+        this method only decides which error the caller gets.
+
+        Raises:
+            OutcomeUnknown: the deadline passed and some attempt may have been applied.
+            StoreUnavailable: no attempt can have been applied (refused, no leader).
+            StorageError: etcd refused the request; nothing of it was applied.
+            LeaseNotFound: a put named a lease etcd no longer has.
+        """
+        loop = asyncio.get_running_loop()
+        refused: set[int] = set()
+        delay = 0.05
+        maybe_sent = False
+        last: grpc.aio.AioRpcError | None = None
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise self._lost(what, last, maybe_sent)
+            endpoint = self.current()
+            try:
+                if self.config.user and self._token is None:
+                    await self.authenticate(endpoint)
+                result = await call(endpoint, max(0.01, min(remaining, ATTEMPT_TIMEOUT)))
+            except grpc.aio.AioRpcError as exc:
+                last = exc
+                code, details = exc.code(), exc.details() or ""
+                if self.token_refused(exc):
+                    await self.reauthenticate(endpoint)  # refused before it was applied
+                elif code == grpc.StatusCode.NOT_FOUND and "lease not found" in details:
+                    raise LeaseNotFound(details, maybe_applied=maybe_sent) from exc
+                elif code not in TRANSIENT:
+                    if maybe_sent and code not in _SHAPE_CODES:
+                        raise self._lost(what, exc, maybe_sent=True, refused=True) from exc
+                    raise StorageError(f"etcd refused the {what}: {_hint(details)}") from exc
+                else:
+                    self.failed(endpoint)
+                    lowered = details.lower()
+                    if any(hint in lowered for hint in _REFUSED_HINTS):
+                        refused.add(endpoint.index)
+                        if len(refused) == len(self._endpoints) and not maybe_sent:
+                            raise self.unavailable(what, exc) from exc
+                    elif not any(hint in lowered for hint in _UNPROPOSED_HINTS):
+                        # It may have been applied: from now on keep trying until the
+                        # deadline, to learn the outcome (the request is idempotent).
+                        maybe_sent = True
+                self.retries += 1
+                await asyncio.sleep(min(delay, max(deadline - loop.time(), 0)))
+                delay = min(delay * 2, 0.5)
+                continue
+            self.contact()
+            return result
+
+    def _lost(
+        self,
+        what: str,
+        exc: grpc.aio.AioRpcError | None,
+        maybe_sent: bool,
+        refused: bool = False,
+    ) -> StoreUnavailable:
+        """The error for a write that got no usable answer before its deadline."""
+        if not maybe_sent:
+            return self.unavailable(what, exc)
+        reason = f" (last error: {describe(exc)})" if exc is not None else ""
+        ending = (
+            "etcd then refused the retry"
+            if refused
+            else f"no answer came within the {self.config.timeout:g}s timeout"
+        )
+        return OutcomeUnknown(
+            f"outcome unknown: the {what} was sent to etcd at {self.config.display} but "
+            f"{ending}{reason}; it may or may not have been applied, and it was not retried "
+            "blindly. Read the state again before retrying."
+        )
 
     async def _handle(
         self, what: str, endpoint: Endpoint, exc: grpc.aio.AioRpcError, refused: set[int]
