@@ -9,6 +9,7 @@ import pytest
 from waypost import ValidationError, _duration
 from waypost.api import decode, encode
 from waypost.catalog import CheckDefinition
+from waypost.catalog.definitions import CheckRegistration, check_definition
 from waypost.client._checks import go_duration, seconds
 from waypost.dns.server import _ttl
 from waypost.storage._etcd_config import parse_duration as etcd_duration
@@ -107,12 +108,13 @@ def test_format_writes_what_go_writes(value: float, text: str) -> None:
 @pytest.mark.parametrize(
     "read",
     [
-        lambda text: decode.parse_duration(text, "Interval"),  # check bodies, ?wait=
+        lambda text: check_definition(CheckRegistration(ttl=text)).ttl,  # check bodies
+        lambda text: decode.parse_wait(text),  # ?wait=
         lambda text: etcd_duration(text, "timeout"),  # etcd store URL options
         lambda text: seconds(text),  # the client's check helpers
         lambda text: float(_ttl(text, "--dns-node-ttl")),  # DNS TTL flags
     ],
-    ids=["api", "etcd-url", "client", "dns-ttl"],
+    ids=["check", "wait", "etcd-url", "client", "dns-ttl"],
 )
 @pytest.mark.parametrize(("text", "expected"), [("1m30s", 90.0), ("2h", 7200.0), ("45s", 45.0)])
 def test_every_reader_speaks_the_same_grammar(read: object, text: str, expected: float) -> None:

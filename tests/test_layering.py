@@ -307,11 +307,17 @@ def table_reads(root: Path) -> list[str]:
             if (
                 isinstance(node, ast.Attribute)
                 and node.attr in tables
-                and isinstance(node.value, ast.Attribute)
-                and node.value.attr == "state"
+                and _is_state(node.value)
             ):
                 found.append(f"{path.relative_to(root)}:{node.lineno}: .state.{node.attr}")
     return found
+
+
+def _is_state(node: ast.expr) -> bool:
+    """`x.state` or a local named `state` (an alias of it)."""
+    if isinstance(node, ast.Attribute):
+        return node.attr == "state"
+    return isinstance(node, ast.Name) and node.id == "state"
 
 
 def test_reads_outside_the_catalog_use_named_queries() -> None:

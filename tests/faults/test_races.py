@@ -105,6 +105,15 @@ def register_services(agent: AgentProcess, bodies: list[dict]) -> None:  # type:
         ok(response, f"register {body['ID']}")
 
 
+def write_conflicts(agent: AgentProcess) -> float:
+    """How many plans the agent re-ran on a conflict (its /metrics): proof the race happened."""
+    with agent.client() as http:
+        text = ok(http.get("/metrics"), "GET /metrics").text
+    values = [line.split()[-1] for line in text.splitlines() if line.startswith("waypost_catalog_write_conflicts ")]
+    assert values, "/metrics has no waypost_catalog_write_conflicts"
+    return float(values[0])
+
+
 def restart(agent: AgentProcess, data: Path) -> AgentProcess:
     assert agent.stop() == 0, "agent did not stop cleanly:\n" + "".join(agent.output)
     return start_agent(data, NODE, dns=False)
@@ -127,6 +136,7 @@ def test_check_registration_racing_service_deregistration_leaves_no_orphan_check
         what = ("check register", "service deregister")
         codes = burst(agent.http_url, [(add_check(n), drop_service(n)) for n in range(PAIRS)], 1)
         assert_2xx_or_4xx(codes, what)
+        assert write_conflicts(agent) > 0, "no request raced another: the test proves nothing"
 
         with agent.client() as http:
             orphans = orphan_checks(http)
@@ -172,6 +182,7 @@ def test_ttl_pass_racing_service_deregistration_never_brings_the_check_back(
         what = ("TTL pass", "service deregister")
         codes = burst(agent.http_url, [(heartbeat(n), drop_service(n)) for n in range(PAIRS)], 2)
         assert_2xx_or_4xx(codes, what)
+        assert write_conflicts(agent) > 0, "no request raced another: the test proves nothing"
         gone = {n for n, (_, dereg) in enumerate(codes) if dereg == 200}
 
         def back(http: httpx.Client) -> list[str]:

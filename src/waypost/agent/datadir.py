@@ -52,6 +52,15 @@ def _create(path: Path) -> str:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        _fsync_dir(path.parent)  # the rename itself must survive a crash, or a new ID follows
     except OSError as exc:
         raise ConfigError(f"cannot write the node ID to {path}: {exc.strerror}") from exc
     return new
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

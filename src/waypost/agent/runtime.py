@@ -57,6 +57,14 @@ class Agent:
         """Raises ConfigError for an unusable setting, or a data dir another agent holds."""
         self.config = config
         self._lock = _lock_data_dir(config)  # first: nothing else may touch the dir before
+        try:
+            self._build(config)
+        except BaseException:
+            if self._lock is not None:
+                self._lock.release()
+            raise
+
+    def _build(self, config: AgentConfig) -> None:
         self.storage = open_storage(config.store_url())
         self.catalog = Catalog(self.storage)
         node = Node(

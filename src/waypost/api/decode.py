@@ -56,15 +56,6 @@ def _fold_key(key: str) -> str:
     return name
 
 
-def parse_duration(value: object, field: str) -> float:
-    """A Go duration string or integer nanoseconds, in seconds.
-
-    Raises:
-        ValidationError: naming the field and the bad value.
-    """
-    return _duration.parse(value, field)
-
-
 def _convert(raw: bytes, kind: type[Any]) -> Any:
     try:
         data = msgspec.json.decode(raw) if raw.strip() else {}
@@ -97,7 +88,7 @@ def decode(raw: bytes, kind: type[T]) -> T:
 def parse_wait(text: str) -> float:
     """`?wait=`: a Go duration, clamped to ten minutes. Raises ValidationError."""
     try:
-        seconds = parse_duration(text, "wait")
+        seconds = _duration.parse(text, "wait")
     except ValidationError:
         raise ValidationError("Invalid wait time") from None
     if seconds < 0:

@@ -92,7 +92,7 @@ class Catalog:
         run it again on the newer state. This is the one write path (txn.py).
 
         Raises:
-            ValidationError, NotFoundError: the plan refused.
+            ValidationError, NotFoundError, ConfigError: the plan refused.
             StorageError: the store failed, or the conflicts did not stop.
         """
         result, _ = await self.write_at(plan, *args, **kw)

@@ -280,7 +280,7 @@ class GroupCommitter:
                 outcomes = [exc] * len(batch)
             except Exception as exc:  # a bug: the Txn may or may not have gone out
                 log.exception("etcd group commit failed unexpectedly")
-                outcomes = [OutcomeUnknown(f"outcome unknown: {exc!r}")] * len(batch)
+                outcomes = [OutcomeUnknown(f"the write got no answer ({exc!r})")] * len(batch)
             unknown = False
             for commit, outcome in zip(batch, outcomes, strict=True):
                 _settle(commit, outcome)
@@ -293,9 +293,7 @@ class GroupCommitter:
             for commit in batch:
                 _settle(
                     commit,
-                    OutcomeUnknown(
-                        "outcome unknown: the etcd store was closed while the write was in flight"
-                    ),
+                    OutcomeUnknown("the etcd store was closed while the write was in flight"),
                 )
                 commit.state = "done"
                 self._flight.remove(commit)

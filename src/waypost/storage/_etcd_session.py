@@ -263,7 +263,7 @@ class Session:
             else f"no answer came within the {self.config.timeout:g}s timeout"
         )
         return OutcomeUnknown(
-            f"outcome unknown: the {what} was sent to etcd at {self.config.display} but "
+            f"the {what} was sent to etcd at {self.config.display} but "
             f"{ending}{reason}; it may or may not have been applied, and it was not retried "
             "blindly. Read the state again before retrying."
         )

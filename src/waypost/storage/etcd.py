@@ -461,7 +461,7 @@ class EtcdStorage(Storage):
                 lease_tries += 1
                 if exc.maybe_applied:
                     raise OutcomeUnknown(
-                        "outcome unknown: a write got no answer from etcd, and its retry "
+                        "a write got no answer from etcd, and its retry "
                         "found this agent's lease expired; it may have been applied before"
                     ) from None
                 if lease_tries >= 2:
