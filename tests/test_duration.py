@@ -109,12 +109,11 @@ def test_format_writes_what_go_writes(value: float, text: str) -> None:
     "read",
     [
         lambda text: check_definition(CheckRegistration(ttl=text)).ttl,  # check bodies
-        lambda text: decode.parse_wait(text) if text != "2h" else 7200.0,  # ?wait= (max 10m)
         lambda text: etcd_duration(text, "timeout"),  # etcd store URL options
         lambda text: seconds(text),  # the client's check helpers
         lambda text: float(_ttl(text, "--dns-node-ttl")),  # DNS TTL flags
     ],
-    ids=["check", "wait", "etcd-url", "client", "dns-ttl"],
+    ids=["check", "etcd-url", "client", "dns-ttl"],
 )
 @pytest.mark.parametrize(("text", "expected"), [("1m30s", 90.0), ("2h", 7200.0), ("45s", 45.0)])
 def test_every_reader_speaks_the_same_grammar(read: object, text: str, expected: float) -> None:
@@ -127,3 +126,8 @@ def test_every_writer_speaks_the_same_grammar() -> None:
     assert definition["Interval"] == ""  # unset, as Consul shows it
     assert go_duration(90) == "1m30s"
     assert go_duration("1.5s") == "1.5s"
+
+
+def test_wait_speaks_the_grammar_and_is_clamped_to_ten_minutes() -> None:
+    assert decode.parse_wait("1m30s") == 90.0
+    assert decode.parse_wait("2h") == 600.0
