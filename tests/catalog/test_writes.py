@@ -233,3 +233,17 @@ async def test_not_found_and_validation_errors_write_nothing() -> None:
     with pytest.raises(ValidationError, match='ServiceID "nope" does not exist'):
         await cat.write(writes.register_check, "n1", ttl_check("c", "nope"), False)
     assert cat.storage.statistics()["commits"] == 1
+
+
+async def test_checks_joining_and_leaving_an_instance_leave_its_modify_index_alone() -> None:
+    """As in Consul, an instance's ModifyIndex moves only when the instance changes
+    (its check set is guarded by a key of its own)."""
+    cat = Catalog(open_storage("memory://"))
+    await cat.open()
+    await cat.put(node())
+    await cat.write(writes.register, "n1", ServiceRegistration(name="web", id="w1"), False, False)
+    before = cat.state.instance("n1", "w1").modify_index  # type: ignore[union-attr]
+    await cat.write(writes.register_check, "n1", ttl_check("extra", "w1"), False)
+    await cat.write(writes.deregister_check, "n1", "extra")
+    assert cat.state.instance("n1", "w1").modify_index == before  # type: ignore[union-attr]
+    assert cat.state.guards[("n1", "w1")] > before  # the set's guard moved instead
