@@ -31,8 +31,10 @@ from .._exceptions import ConfigError
 from .._lockfile import LockFile
 from ..api.app import AgentApp
 from ..api.consul import ConsulApi
+from ..api.kv import KvApi
 from ..api.metrics import Metrics
 from ..api.protocol import guarded_protocol
+from ..api.session import SessionApi
 from ..catalog import Catalog, Node
 from ..health import HealthRunner
 from ..storage import open_storage
@@ -40,6 +42,7 @@ from ..ui import mount as mount_ui
 from .config import AgentConfig
 from .datadir import LOCK_FILE, node_id
 from .local import LocalAgent
+from .sessions import SessionRunner
 
 log = logging.getLogger("waypost.agent")
 
@@ -77,6 +80,8 @@ class Agent:
             self.catalog, node.name, enable_scripts=config.enable_script_checks
         )
         self.local = LocalAgent(self.catalog, self.runner, node, config.enable_script_checks)
+        self.session_ttl_min = config.session_ttl_min_seconds()
+        self.sessions = SessionRunner(self.catalog, node.name)
         self.started_at = time.time()
         self.http_address: tuple[str, int] | None = None
         self.dns_address: tuple[str, int] | None = None
@@ -90,6 +95,7 @@ class Agent:
         await self.catalog.open()
         await self.local.join()
         await self.runner.start()
+        await self.sessions.start()
         await self._start_http()
         if self.config.dns != "off":
             await self._start_dns()
@@ -121,7 +127,10 @@ class Agent:
 
     def _app(self) -> AgentApp:
         consul = ConsulApi(self.catalog, self.local, self, self.storage)
-        return AgentApp(consul, Metrics(self.statistics), mounts=[mount_ui])
+        kv = KvApi(consul, self.catalog)
+        sessions = SessionApi(consul, self.catalog, self.session_ttl_min)
+        mounts = [kv.routes, sessions.routes, mount_ui]
+        return AgentApp(consul, Metrics(self.statistics), mounts=mounts)
 
     async def _start_dns(self) -> None:
         from ..dns import DnsConfig, DnsServer  # imported here: the DNS layer is optional to load
@@ -149,6 +158,7 @@ class Agent:
             self._http.should_exit = True
             await self._http_task
         await self.local.leave()
+        await self.sessions.stop()
         await self.runner.stop()
         await self.catalog.close()
         if self._lock is not None:
@@ -185,6 +195,7 @@ class Agent:
                 "Server": True,
                 "Revision": "waypost",
                 "Version": __version__,
+                "SessionTTLMin": round(self.session_ttl_min * 1e9),
             },
             "Member": own[0] if own else {},
             "Meta": {"waypost-store": self.config.store_url().split("://")[0]},
@@ -211,6 +222,7 @@ class Agent:
             "catalog": self.catalog.statistics(),
             "store": self.storage.statistics(),
             "health": self.runner.statistics(),
+            "sessions": self.sessions.statistics(),
         }
         if self._dns is not None:
             stats["dns"] = self._dns.statistics()

@@ -93,13 +93,7 @@ class ConsulApi:
         produce: Callable[[], Any],
         cache: bool = True,
     ) -> Response:
-        min_index, wait = self._blocking_params(req)
-        if req.has("consistent"):
-            await self.store.confirm()
-        if min_index:
-            jittered = wait + self.rng.uniform(0, wait / 16)
-            await self.catalog.block(topics, min_index, jittered, req.connection_lost)
-        index = self.state.index_of(topics)
+        index = await self.block(req, topics)
         key = (req.path, _query_key(req))
         hit = self._cache.get(key) if cache else None
         if hit is not None and hit[0] == index:
@@ -111,6 +105,20 @@ class ConsulApi:
                     self._cache.clear()
                 self._cache[key] = (index, body)
         return json_bytes(body, self._read_headers(index))
+
+    async def block(self, req: Request, topics: tuple[Topic, ...]) -> int:
+        """Hold a read until its topics pass `?index` (or `?wait` runs out);
+        return the index to report. Every blocking read goes through here."""
+        min_index, wait = self._blocking_params(req)
+        if req.has("consistent"):
+            await self.store.confirm()
+        if min_index:
+            jittered = wait + self.rng.uniform(0, wait / 16)
+            await self.catalog.block(topics, min_index, jittered, req.connection_lost)
+        return self.state.index_of(topics)
+
+    def read_headers(self, index: int) -> list[tuple[bytes, bytes]]:
+        return self._read_headers(index)
 
     def _blocking_params(self, req: Request) -> tuple[int, float]:
         if req.has("stale") and req.has("consistent"):

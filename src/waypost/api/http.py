@@ -18,6 +18,7 @@ import msgspec
 from .._exceptions import (
     NotFoundError,
     OutcomeUnknown,
+    RefusedError,
     StorageError,
     StoreBusy,
     StoreUnavailable,
@@ -64,8 +65,8 @@ class Request:
     def has(self, name: str) -> bool:
         return name in self.query
 
-    async def body(self) -> bytes:
-        """The whole body, at most MAX_BODY bytes.
+    async def body(self, limit: int = MAX_BODY) -> bytes:
+        """The whole body, at most `limit` bytes (413 past it).
 
         How long a client may take to send it is bounded by the connection's
         read deadline (api/protocol.py), which closes a stalled connection.
@@ -78,8 +79,8 @@ class Request:
                 raise HttpError(408, "the client closed the connection before its body arrived")
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > MAX_BODY:
-                raise HttpError(413, f"Request body too large: the limit is {MAX_BODY} bytes")
+            if size > limit:
+                raise HttpError(413, f"Request body too large: the limit is {limit} bytes")
             chunks.append(chunk)
             if not message.get("more_body"):
                 return b"".join(chunks)
@@ -158,6 +159,8 @@ def error_response(exc: Exception) -> Response:
         return text(400, str(exc))
     if isinstance(exc, NotFoundError):
         return text(404, str(exc))
+    if isinstance(exc, RefusedError):
+        return text(500, str(exc))
     if isinstance(exc, OutcomeUnknown):
         return text(503, f"the outcome is unknown: {exc}")
     if isinstance(exc, StoreBusy):
