@@ -25,10 +25,10 @@ from typing import Any
 
 import uvicorn
 
-from .. import __version__
 from .._address import split_address
 from .._exceptions import ConfigError
 from .._lockfile import LockFile
+from ..api.agent import AgentEndpoints, LogStream
 from ..api.app import AgentApp
 from ..api.consul import ConsulApi
 from ..api.kv import KvApi
@@ -39,6 +39,7 @@ from ..catalog import Catalog, Node
 from ..health import HealthRunner
 from ..storage import open_storage
 from ..ui import mount as mount_ui
+from . import describe
 from .config import AgentConfig
 from .datadir import LOCK_FILE, node_id
 from .local import LocalAgent
@@ -89,9 +90,12 @@ class Agent:
         self._http_task: asyncio.Task[None] | None = None
         self._dns: Any = None
         self._stopped = asyncio.Event()
+        self._leave = asyncio.Event()
+        self.logs = LogStream()  # /v1/agent/monitor
 
     async def start(self) -> None:
         _raise_file_limit()
+        logging.getLogger("waypost").addHandler(self.logs)
         await self.catalog.open()
         await self.local.join()
         await self.runner.start()
@@ -129,8 +133,10 @@ class Agent:
         consul = ConsulApi(self.catalog, self.local, self, self.storage)
         kv = KvApi(consul, self.catalog)
         sessions = SessionApi(consul, self.catalog, self.session_ttl_min)
-        mounts = [kv.routes, sessions.routes, mount_ui]
-        return AgentApp(consul, Metrics(self.statistics), mounts=mounts)
+        metrics = Metrics(self.statistics)
+        agent = AgentEndpoints(self, metrics, self.logs)
+        mounts = [kv.routes, sessions.routes, agent.routes, mount_ui]
+        return AgentApp(consul, metrics, mounts=mounts)
 
     async def _start_dns(self) -> None:
         from ..dns import DnsConfig, DnsServer  # imported here: the DNS layer is optional to load
@@ -163,6 +169,7 @@ class Agent:
         await self.catalog.close()
         if self._lock is not None:
             self._lock.release()
+        logging.getLogger("waypost").removeHandler(self.logs)
         self._stopped.set()
 
     async def run(self) -> None:
@@ -171,7 +178,10 @@ class Agent:
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
+        waiters = [asyncio.create_task(stop.wait()), asyncio.create_task(self._leave.wait())]
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        for waiter in waiters:
+            waiter.cancel()
         log.info("shutting down")
         await self.stop()
 
@@ -185,37 +195,25 @@ class Agent:
         return f"{self.config.advertise}:8300"
 
     def describe_self(self) -> dict[str, Any]:
-        own = [m for m in self.members() if m["Name"] == self.local.name]
-        return {
-            "Config": {
-                "Datacenter": self.config.datacenter,
-                "PrimaryDatacenter": self.config.datacenter,
-                "NodeName": self.local.name,
-                "NodeID": self.local.node.id,
-                "Server": True,
-                "Revision": "waypost",
-                "Version": __version__,
-                "SessionTTLMin": round(self.session_ttl_min * 1e9),
-            },
-            "Member": own[0] if own else {},
-            "Meta": {"waypost-store": self.config.store_url().split("://")[0]},
-            "Stats": {k: {n: str(v) for n, v in s.items()} for k, s in self.statistics().items()},
-        }
+        return describe.self_description(
+            self.config,
+            self.local.node.id,
+            self.catalog.state,
+            self.statistics(),
+            self.session_ttl_min,
+        )
 
-    def members(self) -> list[dict[str, Any]]:
-        """Agents' nodes (those with a serfHealth check): alive (Status 1) while
-        their liveness key exists, failed (4) otherwise."""
-        state = self.catalog.state
-        return [
-            {
-                "Name": node.name,
-                "Addr": node.address,
-                "Port": 8301,
-                "Tags": {"dc": node.datacenter, "role": "node"},
-                "Status": 1 if state.is_live(node.name) else 4,
-            }
-            for node in state.agents()
-        ]
+    def members(self, wan: bool = False) -> list[dict[str, Any]]:
+        return describe.members(self.config, self.catalog.state, wan)
+
+    async def leave(self) -> None:
+        """`/v1/agent/leave`: shut down as on SIGTERM, once the answer is out."""
+        log.info("leave requested through the API: shutting down")
+        asyncio.get_running_loop().call_later(0.1, self._leave.set)
+
+    async def reload(self) -> None:
+        """`/v1/agent/reload`: every setting of waypost is read at start-up."""
+        log.info("reload requested: waypost has no setting it can reload; restart to change one")
 
     def statistics(self) -> dict[str, dict[str, float]]:
         stats = {

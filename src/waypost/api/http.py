@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -95,6 +95,17 @@ class Response:
         self.headers = headers
 
 
+class Streaming(Response):
+    """A response whose body is sent as it comes (`/v1/agent/monitor`), until
+    the iterator ends; no Content-Length."""
+
+    __slots__ = ("chunks",)
+
+    def __init__(self, chunks: AsyncIterator[bytes], headers: list[tuple[bytes, bytes]]) -> None:
+        super().__init__(200, b"", headers)
+        self.chunks = chunks
+
+
 def text(status: int, message: str) -> Response:
     return Response(status, message.encode(), [(b"content-type", b"text/plain; charset=utf-8")])
 
@@ -175,6 +186,20 @@ def error_response(exc: Exception) -> Response:
 
 async def send(send_fn: Callable[[dict[str, Any]], Awaitable[None]], response: Response) -> None:
     headers = response.headers
+    if isinstance(response, Streaming):
+        await _stream(send_fn, response)
+        return
     headers.append((b"content-length", str(len(response.body)).encode()))
     await send_fn({"type": "http.response.start", "status": response.status, "headers": headers})
     await send_fn({"type": "http.response.body", "body": response.body})
+
+
+async def _stream(
+    send_fn: Callable[[dict[str, Any]], Awaitable[None]], response: Streaming
+) -> None:
+    await send_fn({"type": "http.response.start", "status": 200, "headers": response.headers})
+    try:
+        async for chunk in response.chunks:
+            await send_fn({"type": "http.response.body", "body": chunk, "more_body": True})
+    finally:
+        await send_fn({"type": "http.response.body", "body": b""})
