@@ -123,7 +123,7 @@ class KvApi:
                 "Results": None,
                 "Errors": [{"OpIndex": e.op_index, "What": e.what} for e in outcome.errors],
             }
-            return Response(409, _ENCODER.encode(body), _JSON_TYPE)
+            return Response(409, _ENCODER.encode(body), [(b"content-type", b"application/json")])
         headers = [(b"x-consul-index", str(index or self.catalog.state.index).encode())]
         return json({"Results": self._results(outcome) or None, "Errors": None}, headers)
 
@@ -139,7 +139,6 @@ class KvApi:
         return results
 
 
-_JSON_TYPE = [(b"content-type", b"application/json")]
 
 
 async def _value(req: Request) -> bytes:
