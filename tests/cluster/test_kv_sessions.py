@@ -16,10 +16,8 @@ pytestmark = pytest.mark.etcd
 
 
 def _clients(start_agent: AgentFactory) -> tuple[AgentProcess, consul.Consul, consul.Consul]:
-    """Two agents, once each sees both nodes' serfHealth passing: a session
-    needs its checks passing, and on main an agent that starts on etcd still
-    drops the others' liveness keys until their anti-entropy puts them back
-    (the storage branch marks etcd as shared, which ends it)."""
+    """Two agents, once each sees both nodes' serfHealth passing (a session
+    is refused while one of its checks is critical)."""
     a, b = start_agent("node-a"), start_agent("node-b")
     ca = consul.Consul(host="127.0.0.1", port=a.http_port)
     cb = consul.Consul(host="127.0.0.1", port=b.http_port)
