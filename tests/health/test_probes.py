@@ -173,7 +173,7 @@ class _Redirects:
                 self.end_headers()
                 self.wfile.write(b"ok")
 
-            do_GET = do_POST = _answer  # noqa: N815
+            do_GET = do_POST = _answer
 
             def log_message(self, *args: object) -> None:
                 pass
