@@ -62,8 +62,8 @@ def main() -> None:
     ):
         s = sorted(values)
         line(
-            f"{name}: median {median(s):.2f} ms, p90 {percentile(s, 0.9):.2f} ms, "
-            f"p99 {percentile(s, 0.99):.2f} ms, max {s[-1]:.2f} ms"
+            f"{name}: median {median(s):.2f} ms, p90 {percentile(s, 90):.2f} ms, "
+            f"p99 {percentile(s, 99):.2f} ms, max {s[-1]:.2f} ms"
         )
 
 

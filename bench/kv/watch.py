@@ -77,8 +77,8 @@ async def etcd_rounds(base: str, rounds: int) -> list[float]:
 def summary(name: str, values: list[float]) -> str:
     s = sorted(values)
     return (
-        f"{name}: median {median(s):.2f} ms, p90 {percentile(s, 0.9):.2f} ms, "
-        f"p99 {percentile(s, 0.99):.2f} ms, max {s[-1]:.2f} ms ({len(s)} wake-ups)"
+        f"{name}: median {median(s):.2f} ms, p90 {percentile(s, 90):.2f} ms, "
+        f"p99 {percentile(s, 99):.2f} ms, max {s[-1]:.2f} ms ({len(s)} wake-ups)"
     )
 
 
