@@ -139,8 +139,6 @@ class KvApi:
         return results
 
 
-
-
 async def _value(req: Request) -> bytes:
     """The body, refused past Consul's 512 KB before it is all read."""
     try:
