@@ -107,7 +107,7 @@ class SessionApi:
             service_checks=[c.id for c in body.servicechecks],
             lock_delay=_lock_delay(body.lockdelay),
             behavior=body.behavior or "release",
-            ttl=decode.parse_duration(body.ttl, "TTL") if body.ttl else 0.0,
+            ttl=_duration.parse(body.ttl, "TTL") if body.ttl else 0.0,
         )
 
     async def destroy(self, req: Request, session_id: str) -> Response:
@@ -193,7 +193,7 @@ def _lock_delay(value: str | int | float) -> float:
     if value == "":
         return 15.0
     if isinstance(value, str):
-        return decode.parse_duration(value, "LockDelay")
+        return _duration.parse(value, "LockDelay")
     if value < LOCK_DELAY_SECONDS_BELOW:
         return float(value)
     return value / 1e9
