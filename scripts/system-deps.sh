@@ -5,6 +5,7 @@
 #   haproxy                                    server-side discovery through DNS
 #   node + npm, the npm `consul` package       a second, non-Python Consul client
 #   chromium + npm `playwright-core`           the web UI in a real browser
+#   patroni + python3-consul, postgresql       Patroni using waypost as its Consul (KV, sessions)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
@@ -17,6 +18,9 @@ command -v haproxy >/dev/null || need+=(haproxy)
 command -v node >/dev/null || need+=(nodejs)
 command -v npm >/dev/null || need+=(npm)
 command -v chromium >/dev/null || need+=(chromium)
+[ -x /usr/bin/patroni ] || need+=(patroni)
+/usr/bin/python3 -c "import consul" 2>/dev/null || need+=(python3-consul)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing system packages: ${need[*]}"
   scripts/apt-install.sh "${need[@]}"

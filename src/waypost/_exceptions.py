@@ -4,6 +4,8 @@
     ├── ConfigError             a flag or config file that cannot be used
     ├── ValidationError         a request that is malformed or invalid (HTTP 400)
     ├── NotFoundError           an unknown service, check or node ID (HTTP 404)
+    ├── RefusedError            a well-formed request the state refuses (HTTP 500, as
+    │                           Consul answers "invalid session", "No path to datacenter")
     ├── StorageError            the store could not make a write durable (HTTP 500)
     │   ├── Conflict            a write's conditions no longer held; nothing was written
     │   └── StoreUnavailable    the store cannot be reached at all (HTTP 503)
@@ -36,6 +38,11 @@ class ValidationError(WaypostError):
 
 class NotFoundError(WaypostError):
     """An ID that names nothing the catalog holds."""
+
+
+class RefusedError(WaypostError):
+    """A well-formed request that the state refuses, where Consul's servers
+    answer 500 with the reason (clients such as Patroni match on its text)."""
 
 
 class StorageError(WaypostError):

@@ -279,7 +279,7 @@ def test_nonexistent_service_has_stable_index(http: httpx.Client, unique: str) -
         (
             "/v1/agent/check/register",
             {"Name": "c", "TTL": "1s", "ServiceID": "ghost"},
-            400,
+            404,
             'ServiceID "ghost" does not exist',
         ),
         ("/v1/catalog/register", {"Address": "1.2.3.4"}, 400, "Must provide node"),

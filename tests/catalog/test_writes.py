@@ -230,7 +230,7 @@ async def test_not_found_and_validation_errors_write_nothing() -> None:
     await cat.put(node())
     with pytest.raises(NotFoundError):
         await cat.write(writes.deregister, "n1", "nope")
-    with pytest.raises(ValidationError, match='ServiceID "nope" does not exist'):
+    with pytest.raises(NotFoundError, match='ServiceID "nope" does not exist'):
         await cat.write(writes.register_check, "n1", ttl_check("c", "nope"), False)
     assert cat.storage.statistics()["commits"] == 1
 

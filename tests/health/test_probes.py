@@ -148,3 +148,53 @@ async def test_https_check_with_self_signed_cert(tmp_path) -> None:
             CheckDefinition(http=url, interval=1, timeout=5, tls_skip_verify=True)
         )
         assert status == "passing", output
+
+
+class _Redirects:
+    """/ok answers 200; /to-ok redirects there (302, relative); /loop to itself;
+    /see-other answers a POST with 303 to /ok, which must then be fetched with GET."""
+
+    def __enter__(self) -> _Redirects:
+        import http.server
+        import threading
+
+        seen: list[tuple[str, str]] = []
+        self.seen = seen
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                seen.append((self.command, self.path))
+                where = {"/to-ok": "/ok", "/loop": "/loop", "/see-other": "/ok"}.get(self.path)
+                code = 303 if self.path == "/see-other" else 302
+                self.send_response(code if where else 200)
+                if where:
+                    self.send_header("Location", where)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            do_GET = do_POST = _answer
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+async def test_http_checks_follow_redirects_as_consul_does() -> None:
+    with _Redirects() as server:
+        status, output = await http_probe(CheckDefinition(http=f"{server.url}/to-ok", interval=1))
+        assert status == "passing", output
+        assert f"HTTP GET {server.url}/to-ok: 200 OK" in output
+        defn = CheckDefinition(http=f"{server.url}/see-other", interval=1, method="POST", body="x")
+        assert (await http_probe(defn))[0] == "passing"
+        assert server.seen[-2:] == [("POST", "/see-other"), ("GET", "/ok")]
+        status, output = await http_probe(CheckDefinition(http=f"{server.url}/loop", interval=1))
+        assert status == "critical" and "stopped after 10 redirects" in output

@@ -8,7 +8,8 @@ from pathlib import Path
 import msgspec
 import platformdirs
 
-from .._exceptions import ConfigError
+from .. import _duration
+from .._exceptions import ConfigError, ValidationError
 
 
 class AgentConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -29,6 +30,17 @@ class AgentConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     dns_service_ttl: dict[str, str] = {}
     dns_node_ttl: str = "0s"
     recursors: list[str] = []
+    session_ttl_min: str = "10s"  # Consul's: the shortest session TTL accepted
+
+    def session_ttl_min_seconds(self) -> float:
+        """Raises ConfigError for a value that is not a positive Go duration."""
+        try:
+            seconds = _duration.parse(self.session_ttl_min, "session_ttl_min")
+        except ValidationError as exc:
+            raise ConfigError(str(exc)) from exc
+        if seconds <= 0:
+            raise ConfigError("session_ttl_min must be a positive duration, such as 10s")
+        return seconds
 
     def store_url(self) -> str:
         """--store, else memory for --dev, else sqlite in the data dir."""

@@ -25,21 +25,25 @@ from typing import Any
 
 import uvicorn
 
-from .. import __version__
 from .._address import split_address
 from .._exceptions import ConfigError
 from .._lockfile import LockFile
+from ..api.agent import AgentEndpoints, LogStream
 from ..api.app import AgentApp
 from ..api.consul import ConsulApi
+from ..api.kv import KvApi
 from ..api.metrics import Metrics
 from ..api.protocol import guarded_protocol
+from ..api.session import SessionApi
 from ..catalog import Catalog, Node
 from ..health import HealthRunner
 from ..storage import open_storage
 from ..ui import mount as mount_ui
+from . import describe
 from .config import AgentConfig
 from .datadir import LOCK_FILE, node_id
 from .local import LocalAgent
+from .sessions import SessionRunner
 
 log = logging.getLogger("waypost.agent")
 
@@ -77,6 +81,8 @@ class Agent:
             self.catalog, node.name, enable_scripts=config.enable_script_checks
         )
         self.local = LocalAgent(self.catalog, self.runner, node, config.enable_script_checks)
+        self.session_ttl_min = config.session_ttl_min_seconds()
+        self.sessions = SessionRunner(self.catalog, node.name)
         self.started_at = time.time()
         self.http_address: tuple[str, int] | None = None
         self.dns_address: tuple[str, int] | None = None
@@ -84,12 +90,16 @@ class Agent:
         self._http_task: asyncio.Task[None] | None = None
         self._dns: Any = None
         self._stopped = asyncio.Event()
+        self._leave = asyncio.Event()
+        self.logs = LogStream()  # /v1/agent/monitor
 
     async def start(self) -> None:
         _raise_file_limit()
+        logging.getLogger("waypost").addHandler(self.logs)
         await self.catalog.open()
         await self.local.join()
         await self.runner.start()
+        await self.sessions.start()
         await self._start_http()
         if self.config.dns != "off":
             await self._start_dns()
@@ -121,7 +131,12 @@ class Agent:
 
     def _app(self) -> AgentApp:
         consul = ConsulApi(self.catalog, self.local, self, self.storage)
-        return AgentApp(consul, Metrics(self.statistics), mounts=[mount_ui])
+        kv = KvApi(consul, self.catalog)
+        sessions = SessionApi(consul, self.catalog, self.session_ttl_min)
+        metrics = Metrics(self.statistics)
+        agent = AgentEndpoints(self, metrics, self.logs)
+        mounts = [kv.routes, sessions.routes, agent.routes, mount_ui]
+        return AgentApp(consul, metrics, mounts=mounts)
 
     async def _start_dns(self) -> None:
         from ..dns import DnsConfig, DnsServer  # imported here: the DNS layer is optional to load
@@ -149,10 +164,12 @@ class Agent:
             self._http.should_exit = True
             await self._http_task
         await self.local.leave()
+        await self.sessions.stop()
         await self.runner.stop()
         await self.catalog.close()
         if self._lock is not None:
             self._lock.release()
+        logging.getLogger("waypost").removeHandler(self.logs)
         self._stopped.set()
 
     async def run(self) -> None:
@@ -161,7 +178,10 @@ class Agent:
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
+        waiters = [asyncio.create_task(stop.wait()), asyncio.create_task(self._leave.wait())]
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        for waiter in waiters:
+            waiter.cancel()
         log.info("shutting down")
         await self.stop()
 
@@ -175,42 +195,32 @@ class Agent:
         return f"{self.config.advertise}:8300"
 
     def describe_self(self) -> dict[str, Any]:
-        own = [m for m in self.members() if m["Name"] == self.local.name]
-        return {
-            "Config": {
-                "Datacenter": self.config.datacenter,
-                "PrimaryDatacenter": self.config.datacenter,
-                "NodeName": self.local.name,
-                "NodeID": self.local.node.id,
-                "Server": True,
-                "Revision": "waypost",
-                "Version": __version__,
-            },
-            "Member": own[0] if own else {},
-            "Meta": {"waypost-store": self.config.store_url().split("://")[0]},
-            "Stats": {k: {n: str(v) for n, v in s.items()} for k, s in self.statistics().items()},
-        }
+        return describe.self_description(
+            self.config,
+            self.local.node.id,
+            self.catalog.state,
+            self.statistics(),
+            self.session_ttl_min,
+        )
 
-    def members(self) -> list[dict[str, Any]]:
-        """Agents' nodes (those with a serfHealth check): alive (Status 1) while
-        their liveness key exists, failed (4) otherwise."""
-        state = self.catalog.state
-        return [
-            {
-                "Name": node.name,
-                "Addr": node.address,
-                "Port": 8301,
-                "Tags": {"dc": node.datacenter, "role": "node"},
-                "Status": 1 if state.is_live(node.name) else 4,
-            }
-            for node in state.agents()
-        ]
+    def members(self, wan: bool = False) -> list[dict[str, Any]]:
+        return describe.members(self.config, self.catalog.state, wan)
+
+    async def leave(self) -> None:
+        """`/v1/agent/leave`: shut down as on SIGTERM, once the answer is out."""
+        log.info("leave requested through the API: shutting down")
+        asyncio.get_running_loop().call_later(0.1, self._leave.set)
+
+    async def reload(self) -> None:
+        """`/v1/agent/reload`: every setting of waypost is read at start-up."""
+        log.info("reload requested: waypost has no setting it can reload; restart to change one")
 
     def statistics(self) -> dict[str, dict[str, float]]:
         stats = {
             "catalog": self.catalog.statistics(),
             "store": self.storage.statistics(),
             "health": self.runner.statistics(),
+            "sessions": self.sessions.statistics(),
         }
         if self._dns is not None:
             stats["dns"] = self._dns.statistics()

@@ -31,6 +31,7 @@ class AgentApp:
 
     def __init__(self, consul: ConsulApi, metrics: Metrics, mounts: Iterable[Mount] = ()) -> None:
         self.router = http.Router()
+        self.consul = consul
         consul.routes(self.router)
         self.metrics = metrics
         self.router.add("GET", "/metrics", self.metrics.handle)
@@ -47,6 +48,8 @@ class AgentApp:
         request = http.Request(scope, receive)
         try:
             handler, rest = self.router.match(request.method, request.path)
+            if request.query:
+                self.consul.check_datacenter(request)  # ?dc=dc2: 500, nothing done
             response = await handler(request, rest)
         except Exception as exc:  # every error becomes an answer, never a dropped connection
             response = http.error_response(exc)

@@ -14,7 +14,7 @@ from typing import Any
 
 import msgspec
 
-from .._exceptions import NotFoundError, ValidationError
+from .._exceptions import NotFoundError, RefusedError, ValidationError
 from ..catalog import Catalog, Service, writes
 from ..catalog.definitions import (
     CatalogDeregistration,
@@ -23,7 +23,7 @@ from ..catalog.definitions import (
     CheckUpdate,
     ServiceRegistration,
 )
-from ..catalog.model import STATUSES
+from ..catalog.model import CONSUL_SERVICE_ID, SERF_CHECK_ID, STATUSES
 from ..catalog.watch import CHECKS, NODES, SERVICES, Topic, node_topic, service_topic
 from . import decode, encode
 from .http import Request, Response, Router, empty, json, json_bytes
@@ -84,6 +84,14 @@ class ConsulApi:
         }.items():
             r.add("PUT POST", path, handler)
 
+    def check_datacenter(self, req: Request, named: str = "") -> None:
+        """A request for another datacenter (`?dc=`, or a body's Datacenter):
+        Consul answers 500 "No path to datacenter" and writes nothing; waypost
+        serves one datacenter, so it does the same rather than serve it here."""
+        dc = named or req.arg("dc")
+        if dc and dc != self.info.datacenter:
+            raise RefusedError("No path to datacenter")
+
     # -- the blocking read path ------------------------------------------
 
     async def _read(
@@ -93,13 +101,7 @@ class ConsulApi:
         produce: Callable[[], Any],
         cache: bool = True,
     ) -> Response:
-        min_index, wait = self._blocking_params(req)
-        if req.has("consistent"):
-            await self.store.confirm()
-        if min_index:
-            jittered = wait + self.rng.uniform(0, wait / 16)
-            await self.catalog.block(topics, min_index, jittered, req.connection_lost)
-        index = self.state.index_of(topics)
+        index = await self.block(req, topics)
         key = (req.path, _query_key(req))
         hit = self._cache.get(key) if cache else None
         if hit is not None and hit[0] == index:
@@ -111,6 +113,20 @@ class ConsulApi:
                     self._cache.clear()
                 self._cache[key] = (index, body)
         return json_bytes(body, self._read_headers(index))
+
+    async def block(self, req: Request, topics: tuple[Topic, ...]) -> int:
+        """Hold a read until its topics pass `?index` (or `?wait` runs out);
+        return the index to report. Every blocking read goes through here."""
+        min_index, wait = self._blocking_params(req)
+        if req.has("consistent"):
+            await self.store.confirm()
+        if min_index:
+            jittered = wait + self.rng.uniform(0, wait / 16)
+            await self.catalog.block(topics, min_index, jittered, req.connection_lost)
+        return self.state.index_of(topics)
+
+    def read_headers(self, index: int) -> list[tuple[bytes, bytes]]:
+        return self._read_headers(index)
 
     def _blocking_params(self, req: Request) -> tuple[int, float]:
         if req.has("stale") and req.has("consistent"):
@@ -130,14 +146,21 @@ class ConsulApi:
     # -- agent reads -------------------------------------------------------
 
     def _own_services(self) -> dict[str, Service]:
-        return self.state.services_on(self.local.name)
+        """The instances registered with this agent: its node's, less the
+        `consul` service (a server's catalog entry, not an agent service)."""
+        own = self.state.services_on(self.local.name)
+        if CONSUL_SERVICE_ID in own:
+            own = {sid: s for sid, s in own.items() if sid != CONSUL_SERVICE_ID}
+        return own
 
     async def agent_services(self, req: Request, _: str) -> Response:
         dc = self.info.datacenter
         return await self._read(
             req,
             (node_topic(self.local.name),),
-            lambda: {sid: encode.service(s, dc) for sid, s in sorted(self._own_services().items())},
+            lambda: {
+                sid: encode.agent_service(s, dc) for sid, s in sorted(self._own_services().items())
+            },
         )
 
     async def agent_service(self, req: Request, service_id: str) -> Response:
@@ -147,18 +170,21 @@ class ConsulApi:
         return await self._read(
             req,
             (node_topic(self.local.name),),
-            lambda: encode.service(
+            lambda: encode.agent_service(
                 self._own_services().get(service_id, service), self.info.datacenter
             ),
         )
 
     async def agent_checks(self, req: Request, _: str) -> Response:
         # Not cached: it shows check output, which changes without a new index.
+        # serfHealth is left out: in Consul it is a catalog check, not an agent one.
         return await self._read(
             req,
             (node_topic(self.local.name),),
             lambda: {
-                c.check_id: encode.check(c) for c in self.state.checks_on_node(self.local.name)
+                c.check_id: encode.check(c)
+                for c in self.state.checks_on_node(self.local.name)
+                if c.check_id != SERF_CHECK_ID
             },
             cache=False,
         )
@@ -167,7 +193,8 @@ class ConsulApi:
         return json(self.info.describe_self())
 
     async def agent_members(self, req: Request, _: str) -> Response:
-        return json(self.info.members())
+        wan = req.has("wan") and req.arg("wan").lower() not in ("false", "0")
+        return json(self.info.members(wan=wan))
 
     # -- catalog reads -----------------------------------------------------
 
@@ -323,11 +350,13 @@ class ConsulApi:
 
     async def catalog_register(self, req: Request, _: str) -> Response:
         reg = decode.decode(await req.body(), CatalogRegistration)
+        self.check_datacenter(req, reg.datacenter)
         await self.catalog.write(writes.catalog_register, reg, self.info.datacenter)
         return json_bytes(_TRUE)
 
     async def catalog_deregister(self, req: Request, _: str) -> Response:
         reg = decode.decode(await req.body(), CatalogDeregistration)
+        self.check_datacenter(req, reg.datacenter)
         await self.catalog.write(writes.catalog_deregister, reg)
         return json_bytes(_TRUE)
 

@@ -61,6 +61,27 @@ def service(s: Service, datacenter: str = "") -> JSON:
     return out
 
 
+def agent_service(s: Service, datacenter: str) -> JSON:
+    """An instance as `/v1/agent/services` shows it: Consul leaves out the
+    indexes there, and TaggedAddresses and Kind when empty."""
+    out: JSON = {
+        "ID": s.id,
+        "Service": s.name,
+        "Tags": list(s.tags),
+        "Meta": s.meta,
+        "Port": s.port,
+        "Address": s.address,
+    }
+    if s.tagged_addresses:
+        out["TaggedAddresses"] = _tagged(s)
+    out["Weights"] = _weights(s)
+    out["EnableTagOverride"] = s.enable_tag_override
+    out["Datacenter"] = datacenter
+    if s.kind:
+        out["Kind"] = s.kind
+    return out
+
+
 def catalog_service(n: Node | None, s: Service) -> JSON:
     """One row of `/v1/catalog/service/<name>`: node and instance, flattened."""
     return {

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -18,6 +18,7 @@ import msgspec
 from .._exceptions import (
     NotFoundError,
     OutcomeUnknown,
+    RefusedError,
     StorageError,
     StoreBusy,
     StoreUnavailable,
@@ -64,8 +65,8 @@ class Request:
     def has(self, name: str) -> bool:
         return name in self.query
 
-    async def body(self) -> bytes:
-        """The whole body, at most MAX_BODY bytes.
+    async def body(self, limit: int = MAX_BODY) -> bytes:
+        """The whole body, at most `limit` bytes (413 past it).
 
         How long a client may take to send it is bounded by the connection's
         read deadline (api/protocol.py), which closes a stalled connection.
@@ -78,8 +79,8 @@ class Request:
                 raise HttpError(408, "the client closed the connection before its body arrived")
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > MAX_BODY:
-                raise HttpError(413, f"Request body too large: the limit is {MAX_BODY} bytes")
+            if size > limit:
+                raise HttpError(413, f"Request body too large: the limit is {limit} bytes")
             chunks.append(chunk)
             if not message.get("more_body"):
                 return b"".join(chunks)
@@ -92,6 +93,17 @@ class Response:
         self.status = status
         self.body = body
         self.headers = headers
+
+
+class Streaming(Response):
+    """A response whose body is sent as it comes (`/v1/agent/monitor`), until
+    the iterator ends; no Content-Length."""
+
+    __slots__ = ("chunks",)
+
+    def __init__(self, chunks: AsyncIterator[bytes], headers: list[tuple[bytes, bytes]]) -> None:
+        super().__init__(200, b"", headers)
+        self.chunks = chunks
 
 
 def text(status: int, message: str) -> Response:
@@ -158,6 +170,8 @@ def error_response(exc: Exception) -> Response:
         return text(400, str(exc))
     if isinstance(exc, NotFoundError):
         return text(404, str(exc))
+    if isinstance(exc, RefusedError):
+        return text(500, str(exc))
     if isinstance(exc, OutcomeUnknown):
         return text(503, f"the outcome is unknown: {exc}")
     if isinstance(exc, StoreBusy):
@@ -172,6 +186,20 @@ def error_response(exc: Exception) -> Response:
 
 async def send(send_fn: Callable[[dict[str, Any]], Awaitable[None]], response: Response) -> None:
     headers = response.headers
+    if isinstance(response, Streaming):
+        await _stream(send_fn, response)
+        return
     headers.append((b"content-length", str(len(response.body)).encode()))
     await send_fn({"type": "http.response.start", "status": response.status, "headers": headers})
     await send_fn({"type": "http.response.body", "body": response.body})
+
+
+async def _stream(
+    send_fn: Callable[[dict[str, Any]], Awaitable[None]], response: Streaming
+) -> None:
+    await send_fn({"type": "http.response.start", "status": 200, "headers": response.headers})
+    try:
+        async for chunk in response.chunks:
+            await send_fn({"type": "http.response.body", "body": chunk, "more_body": True})
+    finally:
+        await send_fn({"type": "http.response.body", "body": b""})

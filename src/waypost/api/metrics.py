@@ -49,6 +49,7 @@ class Metrics:
     read at every scrape (the runtime passes its components' statistics)."""
 
     def __init__(self, statistics: Statistics) -> None:
+        self.statistics = statistics
         self.registry = CollectorRegistry()
         self.latency = Histogram(
             "waypost_http_request_seconds",

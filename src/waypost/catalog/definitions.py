@@ -94,6 +94,7 @@ class CatalogRegistration(msgspec.Struct):
 
 class CatalogDeregistration(msgspec.Struct):
     node: str = ""
+    datacenter: str = ""
     serviceid: str = ""
     checkid: str = ""
 

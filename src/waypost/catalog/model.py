@@ -15,6 +15,8 @@ Status = Literal["passing", "warning", "critical", "maintenance"]
 STATUSES: Final = ("passing", "warning", "critical", "maintenance")
 
 SERF_CHECK_ID: Final = "serfHealth"
+CONSUL_SERVICE_ID: Final = "consul"  # the service a Consul server registers for itself
+CONSUL_SERVER_PORT: Final = 8300
 NODE_MAINT_CHECK_ID: Final = "_node_maintenance"
 SERVICE_MAINT_PREFIX: Final = "_service_maintenance:"
 

@@ -16,7 +16,9 @@ import msgspec
 
 from ..storage import Entry
 from . import codec
+from .kv import KV_PREFIX, KvTable
 from .model import SERF_CHECK_ID, Check, Node, Record, Service, status_rank
+from .sessions import EVENT_PREFIX, SESSION_PREFIX, EventRing, SessionTable
 from .watch import CHECKS, NODES, SERVICES, Topic, node_topic, service_topic
 
 log = logging.getLogger("waypost.catalog")
@@ -47,6 +49,10 @@ class State:
         # (see hold()): key -> the output shown, and the stored record behind it.
         self.held: dict[tuple[str, str], str] = {}
         self._stored: dict[tuple[str, str], Check] = {}
+        # KV, sessions and events: tables of their own (catalog/kv.py, sessions.py).
+        self.kv = KvTable()
+        self.sessions = SessionTable()
+        self.events = EventRing()
 
     # -- writes ------------------------------------------------------------
 
@@ -56,16 +62,18 @@ class State:
         With `snapshot`, `entries` is the whole store: keys it lacks are removed.
         """
         touched: set[Topic] = set()
+        woken: set[Topic] = set()  # KV topics: their index is computed (kv.py), not recorded
         if snapshot:
             entries = self._deletions_for(entries) + entries
+        self._start_lock_delays(entries)
         for entry in entries:
             try:
-                self._apply_one(index, entry, touched)
+                self._apply_one(index, entry, touched, woken)
             except (msgspec.DecodeError, KeyError, ValueError, IndexError) as exc:
                 log.error("skipping unreadable stored entry %r: %s", entry.key, exc)
         self.index = max(self.index, index)
         self._advance(touched, index)
-        return touched
+        return touched | woken
 
     def _advance(self, topics: set[Topic], index: int) -> None:
         """Move the topics' index to `index`, or one past where a hold put it:
@@ -75,8 +83,26 @@ class State:
             old = topic_index.get(topic, 0)
             topic_index[topic] = index if index > old else old + 1
 
-    def _apply_one(self, index: int, entry: Entry, touched: set[Topic]) -> None:
+    def _start_lock_delays(self, entries: list[Entry]) -> None:
+        """A batch that deletes a session starts the lock delay of the keys it
+        held, before the same batch releases them (whatever their order)."""
+        for entry in entries:
+            if entry.value is None and entry.key.startswith(SESSION_PREFIX):
+                session = self.sessions.get(entry.key[len(SESSION_PREFIX) :])
+                if session is not None:
+                    self.kv.start_lock_delay(session.id, session.lock_delay)
+
+    def _apply_one(self, index: int, entry: Entry, touched: set[Topic], woken: set[Topic]) -> None:
         kind = entry.key[0]
+        if kind == "k" and entry.key.startswith(KV_PREFIX):
+            self.kv.apply(index, entry, woken)
+            return
+        if kind == "x" and entry.key.startswith(SESSION_PREFIX):
+            self.sessions.apply(index, entry, touched)
+            return
+        if kind == "e" and entry.key.startswith(EVENT_PREFIX):
+            self.events.apply(index, entry, touched)
+            return
         if kind in "lg" and entry.key[1] == "/":
             self._apply_marker(kind, index, entry, touched)
             return
@@ -104,6 +130,9 @@ class State:
         present += [codec.check_key(*k) for k in self.checks]
         present += [codec.live_key(n) for n in self.live]
         present += [codec.guard_key(*k) for k in self.guards]
+        present += list(self.kv.storage_keys())
+        present += [f"{SESSION_PREFIX}{sid}" for sid in self.sessions.sessions]
+        present += list(self.events.slots)
         return [codec.delete(k) for k in present if k not in keep]
 
     def _apply_marker(self, kind: str, index: int, entry: Entry, touched: set[Topic]) -> None:
@@ -323,7 +352,13 @@ class State:
         unless one of them changed."""
         best = self.base_index
         for topic in topics:
-            best = max(best, self.topic_index.get(topic, 0))
+            kind = topic[0]
+            if kind == "kv":
+                best = max(best, self.kv.key_index(topic[1]))
+            elif kind == "kvp":
+                best = max(best, self.kv.prefix_index(topic[1]))
+            else:
+                best = max(best, self.topic_index.get(topic, 0))
         return best
 
     def checks_of(self, service: Service) -> list[Check]:
@@ -397,6 +432,8 @@ class State:
             "services": len(self.by_name),
             "instances": len(self.services),
             "checks": len(self.checks),
+            **self.kv.statistics(),
+            **self.sessions.statistics(),
         }
 
 

@@ -28,8 +28,10 @@ from __future__ import annotations
 from typing import TypeVar
 
 from ..storage import Condition, Entry, prefix_end
-from . import codec
+from . import codec, kv
+from .kv import KvEntry
 from .model import Check, Node, Record, Service
+from .sessions import Session, encode_session, session_key
 from .state import State
 
 R = TypeVar("R", Node, Service, Check)
@@ -43,6 +45,8 @@ class Txn:
         self.ops: dict[str, Entry] = {}
         self.conditions: dict[str, Condition] = {}
         self._staged: dict[str, Record | None] = {}  # reads see the plan's own writes
+        self._staged_kv: dict[str, KvEntry | None] = {}
+        self._staged_sessions: dict[str, Session | None] = {}
 
     # -- reads -------------------------------------------------------------
 
@@ -88,6 +92,40 @@ class Txn:
             start = f"{kind}/{codec.esc(name)}/"
             self.conditions[start] = Condition(start, self.state.index, prefix_end(start))
 
+    def kv(self, key: str) -> KvEntry | None:
+        """A KV entry, as this plan has left it so far."""
+        if key in self._staged_kv:
+            return self._staged_kv[key]
+        entry = self.state.kv.get(key)
+        self._guard(kv.storage_key(key), entry.modify_index if entry else 0)
+        return entry
+
+    def kv_under(self, prefix: str) -> list[KvEntry]:
+        """Every entry under `prefix` (this plan's writes included); nothing
+        under it may change before the commit."""
+        start = kv.storage_key(prefix)
+        end = prefix_end(start) if prefix else prefix_end(kv.KV_PREFIX)
+        self.conditions.setdefault(f"range:{start}", Condition(start, self.state.index, end))
+        found = {e.key: e for e in self.state.kv.under(prefix)}
+        for key, staged in self._staged_kv.items():
+            if key.startswith(prefix):
+                if staged is None:
+                    found.pop(key, None)
+                else:
+                    found[key] = staged
+        return [found[k] for k in sorted(found)]
+
+    def session(self, session_id: str) -> Session | None:
+        if session_id in self._staged_sessions:
+            return self._staged_sessions[session_id]
+        session = self.state.sessions.get(session_id)
+        self._guard(session_key(session_id), session.modify_index if session else 0)
+        return session
+
+    def _guard(self, key: str, modify_index: int) -> None:
+        if key not in self.conditions:
+            self.conditions[key] = Condition(key, modify_index)
+
     def _read(self, key: str, record: R | None) -> R | None:
         if key in self._staged:
             return self._staged[key]  # type: ignore[return-value]
@@ -105,6 +143,22 @@ class Txn:
     def delete(self, key: str) -> None:
         self.ops[key] = codec.delete(key)
         self._staged[key] = None
+
+    def put_kv(self, entry: KvEntry) -> None:
+        self.stage(kv.encode(entry))
+        self._staged_kv[entry.key] = entry
+
+    def delete_kv(self, key: str) -> None:
+        self.ops[kv.storage_key(key)] = codec.delete(kv.storage_key(key))
+        self._staged_kv[key] = None
+
+    def put_session(self, session: Session) -> None:
+        self.stage(encode_session(session))
+        self._staged_sessions[session.id] = session
+
+    def delete_session(self, session_id: str) -> None:
+        self.ops[session_key(session_id)] = codec.delete(session_key(session_id))
+        self._staged_sessions[session_id] = None
 
     def stage(self, entry: Entry) -> None:
         self.ops[entry.key] = entry

@@ -30,7 +30,7 @@ from .definitions import (
     validate_service,
     validate_status,
 )
-from .model import SERF_CHECK_ID, Check, Node, Service
+from .model import CONSUL_SERVER_PORT, CONSUL_SERVICE_ID, SERF_CHECK_ID, Check, Node, Service
 from .txn import Txn
 
 # -- the agent's own node ----------------------------------------------------
@@ -104,8 +104,8 @@ def register_check(txn: Txn, node: str, reg: CheckRegistration, allow_scripts: b
     service = None
     if reg.serviceid:
         service = txn.service(node, reg.serviceid)
-        if service is None:
-            raise ValidationError(f'ServiceID "{reg.serviceid}" does not exist')
+        if service is None:  # Consul: 404, as for any unknown ID on the agent
+            raise NotFoundError(f'ServiceID "{reg.serviceid}" does not exist')
     check = _build(reg, node, reg.checkid or reg.id or reg.name, reg.name, service, allow_scripts)
     old = txn.check(node, check.check_id)
     if not reg.status:
@@ -166,13 +166,17 @@ def node_maintenance(txn: Txn, check: Check, enable: bool) -> None:
 
 
 def join(txn: Txn, node: Node, serf: Check, starting: bool = True) -> None:
-    """Write what an agent owns of its node (the record, serfHealth, its liveness
-    key) where the catalog differs: at start-up (the liveness key always: on
-    etcd it must hang on this run's lease), and by anti-entropy later."""
+    """Write what an agent owns of its node (the record, serfHealth, the
+    `consul` service every Consul server registers, its liveness key) where
+    the catalog differs: at start-up (the liveness key always: on etcd it
+    must hang on this run's lease), and by anti-entropy later."""
     if not _same(txn.node(node.name), node):
         txn.put(node)
     if not _same(txn.check(node.name, SERF_CHECK_ID), serf, ignore=("status", "output")):
         txn.put(serf)
+    consul = Service(node=node.name, id=CONSUL_SERVICE_ID, name="consul", port=CONSUL_SERVER_PORT)
+    if not _same(txn.service(node.name, CONSUL_SERVICE_ID), consul):
+        txn.put(consul)
     if starting or not txn.live(node.name):
         txn.stage(codec.live(node.name))
 
@@ -347,7 +351,11 @@ def _build(
     return check
 
 
-def _same(current: Node | Check | None, wanted: Node | Check, ignore: tuple[str, ...] = ()) -> bool:
+def _same(
+    current: Node | Service | Check | None,
+    wanted: Node | Service | Check,
+    ignore: tuple[str, ...] = (),
+) -> bool:
     if current is None:
         return False
     reset = dict.fromkeys(("create_index", "modify_index"), 0)

@@ -88,6 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument(
         "--dns-node-ttl", metavar="DURATION", help="DNS TTL of node records (default 0s)"
     )
+    agent.add_argument(
+        "--session-ttl-min",
+        metavar="DURATION",
+        help="the shortest session TTL accepted (default 10s, as Consul)",
+    )
 
     for name, text in (
         ("services", "list the services a running agent knows"),

@@ -14,14 +14,17 @@ import ssl
 from collections.abc import Awaitable, Callable
 from functools import cache
 from http import HTTPStatus
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import httptools
+import msgspec
 
 from ..catalog.model import CheckDefinition
 
 MAX_OUTPUT = 4096
 DEFAULT_TIMEOUT = 10.0
+MAX_REDIRECTS = 10  # Go's http.Client default, which Consul's HTTP checks use
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 Result = tuple[str, str]  # (status, output)
 Probe = Callable[[CheckDefinition], Awaitable[Result]]
@@ -47,16 +50,23 @@ class _Response(asyncio.Protocol):
     """Collects a status code and up to MAX_OUTPUT bytes of body."""
 
     def __init__(self) -> None:
-        self.done: asyncio.Future[tuple[int, bytes]] = asyncio.get_running_loop().create_future()
+        self.done: asyncio.Future[tuple[int, bytes, str]] = (
+            asyncio.get_running_loop().create_future()
+        )
         self.parser = httptools.HttpResponseParser(self)
         self.body = bytearray()
         self.code = 0
+        self.location = ""
 
     def data_received(self, data: bytes) -> None:
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
             self._fail(ConnectionError(f"malformed HTTP response: {exc}"))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if name.lower() == b"location":
+            self.location = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
         self.code = self.parser.get_status_code()
@@ -77,7 +87,7 @@ class _Response(asyncio.Protocol):
 
     def _finish(self) -> None:
         if not self.done.done():
-            self.done.set_result((self.code, bytes(self.body[:MAX_OUTPUT])))
+            self.done.set_result((self.code, bytes(self.body[:MAX_OUTPUT]), self.location))
 
     def _fail(self, exc: Exception) -> None:
         if not self.done.done():
@@ -102,20 +112,15 @@ def _http_request(defn: CheckDefinition, host: str, target: str) -> bytes:
 
 
 async def http_probe(defn: CheckDefinition) -> Result:
-    url = urlsplit(defn.http)
+    """GET (or the check's method) the URL, following redirects as Go's client
+    does (up to 10; a 301/302/303 turns a POST into a GET), all within the
+    check's one timeout."""
     method = defn.method or "GET"
     where = f"HTTP {method} {defn.http}"
-    if url.scheme not in ("http", "https") or not url.hostname:
-        return "critical", f"{where}: not an http:// or https:// URL"
     timeout = defn.timeout or DEFAULT_TIMEOUT
-    tls = _ssl_context(not defn.tls_skip_verify) if url.scheme == "https" else None
     try:
-        port = url.port or (443 if tls else 80)
-        target = url.path or "/"
-        if url.query:
-            target += "?" + url.query
         async with asyncio.timeout(timeout):
-            code, body = await _exchange(defn, url.hostname, port, url.netloc, target, tls)
+            code, body = await _follow(defn)
     except TimeoutError:
         return "critical", f"{where}: timed out after {timeout:g}s"
     except (OSError, ValueError, ssl.SSLError) as exc:
@@ -125,6 +130,27 @@ async def http_probe(defn: CheckDefinition) -> Result:
     return status_for_http(code), f"{where}: {code} {reason} Output: {text}".strip()
 
 
+async def _follow(defn: CheckDefinition) -> tuple[int, bytes]:
+    for _ in range(MAX_REDIRECTS + 1):
+        url = urlsplit(defn.http)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ValueError(f"not an http:// or https:// URL: {defn.http}")
+        tls = _ssl_context(not defn.tls_skip_verify) if url.scheme == "https" else None
+        port = url.port or (443 if tls else 80)
+        target = (url.path or "/") + (f"?{url.query}" if url.query else "")
+        code, body, location = await _exchange(defn, url.hostname, port, url.netloc, target, tls)
+        if code not in _REDIRECTS or not location:
+            return code, body
+        defn = _redirected(defn, code, urljoin(defn.http, location))
+    raise ValueError(f"stopped after {MAX_REDIRECTS} redirects")
+
+
+def _redirected(defn: CheckDefinition, code: int, url: str) -> CheckDefinition:
+    if code in (301, 302, 303) and (defn.method or "GET") not in ("GET", "HEAD"):
+        return msgspec.structs.replace(defn, http=url, method="GET", body="")
+    return msgspec.structs.replace(defn, http=url)
+
+
 async def _exchange(
     defn: CheckDefinition,
     host: str,
@@ -132,7 +158,7 @@ async def _exchange(
     netloc: str,
     target: str,
     tls: ssl.SSLContext | None,
-) -> tuple[int, bytes]:
+) -> tuple[int, bytes, str]:
     loop = asyncio.get_running_loop()
     transport, protocol = await loop.create_connection(
         _Response, host, port, ssl=tls, server_hostname=host if tls else None

@@ -1,0 +1,139 @@
+"""The rest of `/v1/agent/...` that clients call, and the endpoints not built yet.
+
+`/v1/agent/metrics` answers in Consul's JSON shape (gauges from every
+component's statistics; `?format=prometheus` gives the Prometheus text of
+`/metrics`), `/v1/agent/monitor` streams the agent's log lines, `/leave`
+shuts the agent down, `/reload` says there is nothing to reload. The
+endpoints waypost does not build answer 501 with a message naming what is
+missing, rather than the router's "no endpoint" 404, so a client's error
+says why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any, Final
+
+from .._exceptions import ValidationError
+from .http import HttpError, Request, Response, Router, Streaming, empty, json
+from .metrics import Metrics
+from .ports import AgentInfo
+
+MONITOR_BACKLOG: Final = 1000  # lines a slow monitor client may fall behind before they drop
+LEVELS: Final = {"trace": 5, "debug": 10, "info": 20, "warn": 30, "warning": 30, "error": 40}
+
+NOT_BUILT: Final = {
+    "/v1/operator/": "the operator endpoints (Raft, autopilot, keyring)",
+    "/v1/snapshot": "snapshots",
+    "/v1/peering/": "cluster peering",
+    "/v1/peerings": "cluster peering",
+    "/v1/config/": "config entries",
+    "/v1/config": "config entries",
+    "/v1/query": "prepared queries",
+    "/v1/query/": "prepared queries",
+    "/v1/agent/join/": "gossip join (agents of a cluster share an etcd store instead)",
+    "/v1/agent/force-leave/": "gossip force-leave",
+    "/v1/acl/": "ACLs",
+    "/v1/connect/": "service mesh (Connect)",
+    "/v1/coordinate/": "network coordinates",
+}
+
+
+class LogStream(logging.Handler):
+    """Fans the agent's log records out to `/v1/agent/monitor` clients."""
+
+    def __init__(self) -> None:
+        super().__init__(level=1)
+        self.setFormatter(logging.Formatter("%(asctime)s [%(levelname)s] %(name)s: %(message)s"))
+        self._queues: dict[asyncio.Queue[bytes], int] = {}  # queue -> its lowest level
+        self.dropped = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self._queues:
+            return
+        line = (self.format(record) + "\n").encode()
+        for queue, level in list(self._queues.items()):
+            if record.levelno >= level:
+                try:
+                    queue.put_nowait(line)
+                except asyncio.QueueFull:
+                    self.dropped += 1
+
+    @contextlib.contextmanager
+    def subscribe(self, level: int) -> Iterator[asyncio.Queue[bytes]]:
+        queue: asyncio.Queue[bytes] = asyncio.Queue(MONITOR_BACKLOG)
+        self._queues[queue] = level
+        try:
+            yield queue
+        finally:
+            self._queues.pop(queue, None)
+
+
+class AgentEndpoints:
+    def __init__(self, info: AgentInfo, metrics: Metrics, logs: LogStream) -> None:
+        self.info = info
+        self.metrics = metrics
+        self.logs = logs
+
+    def routes(self, r: Router) -> None:
+        r.add("PUT POST", "/v1/agent/reload", self.reload)
+        r.add("PUT POST", "/v1/agent/leave", self.leave)
+        r.add("GET HEAD", "/v1/agent/metrics", self.agent_metrics)
+        r.add("GET", "/v1/agent/monitor", self.monitor)
+        for path in NOT_BUILT:
+            r.add("GET HEAD PUT POST DELETE", path, self.not_built)
+
+    async def reload(self, req: Request, _: str) -> Response:
+        await self.info.reload()
+        return empty()
+
+    async def leave(self, req: Request, _: str) -> Response:
+        await self.info.leave()
+        return empty()
+
+    async def agent_metrics(self, req: Request, rest: str) -> Response:
+        if req.arg("format") == "prometheus":
+            return await self.metrics.handle(req, rest)
+        gauges = [
+            {"Name": f"waypost.{component}.{name}", "Value": float(value), "Labels": {}}
+            for component, stats in sorted(self.metrics.statistics().items())
+            for name, value in sorted(stats.items())
+        ]
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S +0000 UTC", time.gmtime())
+        return json(
+            {"Timestamp": stamp, "Gauges": gauges, "Points": [], "Counters": [], "Samples": []}
+        )
+
+    async def monitor(self, req: Request, _: str) -> Response:
+        name = (req.arg("loglevel") or "info").lower()
+        if name not in LEVELS:
+            raise ValidationError(
+                f'Unknown log level "{name}": use trace, debug, info, warn or error'
+            )
+        return Streaming(self._lines(req, LEVELS[name]), [(b"content-type", b"text/plain")])
+
+    async def _lines(self, req: Request, level: int) -> AsyncIterator[bytes]:
+        """Log lines until the client goes away (or the agent stops)."""
+        lost = req.connection_lost
+        with self.logs.subscribe(level) as queue:
+            yield b""  # the headers go out at once, before the first line
+            while lost is None or not lost.done():
+                getter: asyncio.Future[bytes] = asyncio.ensure_future(queue.get())
+                waiting: set[asyncio.Future[Any]] = {getter} if lost is None else {getter, lost}
+                done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                if getter not in done:
+                    getter.cancel()
+                    return
+                yield getter.result()
+
+    async def not_built(self, req: Request, _: str) -> Response:
+        what = next(v for k, v in NOT_BUILT.items() if req.path.startswith(k))
+        raise HttpError(
+            501,
+            f"waypost does not implement {what} yet ({req.path}); "
+            "docs/http-api.md lists what is built",
+        )
