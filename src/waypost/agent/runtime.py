@@ -60,7 +60,8 @@ class Agent:
     def __init__(self, config: AgentConfig) -> None:
         """Raises ConfigError for an unusable setting, or a data dir another agent holds."""
         self.config = config
-        self._lock = _lock_data_dir(config)  # first: nothing else may touch the dir before
+        self.storage = open_storage(config.store_url())  # checks the URL; opens nothing yet
+        self._lock = _lock_data_dir(config)  # before anything touches the data dir
         try:
             self._build(config)
         except BaseException:
@@ -69,7 +70,6 @@ class Agent:
             raise
 
     def _build(self, config: AgentConfig) -> None:
-        self.storage = open_storage(config.store_url())
         self.catalog = Catalog(self.storage)
         node = Node(
             name=config.node_name(),
