@@ -26,11 +26,14 @@ class AgentProcess:
         if "--data-dir" not in self.args and "--dev" not in self.args:
             # Never the user's own data dir; and each agent its own (it locks it).
             self.args += ["--data-dir", tempfile.mkdtemp(prefix="waypost-agent-")]
+        if "--grpc" not in self.args:
+            self.args += ["--grpc", "off"]  # never the default 8502; mesh tests pass 127.0.0.1:0
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.proc: subprocess.Popen[str] | None = None
         self.http_url = ""
         self.dns_host = ""
         self.dns_port = 0
+        self.grpc_address = ""  # HOST:PORT of the xDS server, when it runs
         self.output: list[str] = []
         self._reader: threading.Thread | None = None
 
@@ -49,6 +52,8 @@ class AgentProcess:
             self.output.append(line)
             if m := re.match(r"HTTP API: (http://\S+)", line):
                 self.http_url = m.group(1)
+            elif m := re.match(r"gRPC \(xDS\): (\S+)", line):
+                self.grpc_address = m.group(1)
             elif m := re.match(r"DNS: (\S+):(\d+)", line):
                 self.dns_host, self.dns_port = m.group(1).strip("[]"), int(m.group(2))
             if line.startswith("waypost agent running"):

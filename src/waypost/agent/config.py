@@ -31,6 +31,10 @@ class AgentConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     dns_node_ttl: str = "0s"
     recursors: list[str] = []
     session_ttl_min: str = "10s"  # Consul's: the shortest session TTL accepted
+    grpc: str = "127.0.0.1:8502"  # the xDS (ADS) server for Envoy and gRPC; "off" disables
+    leaf_cert_ttl: str = "72h"  # lifetime of the mesh's leaf certificates
+    sidecar_min_port: int = 21000
+    sidecar_max_port: int = 21255
 
     def session_ttl_min_seconds(self) -> float:
         """Raises ConfigError for a value that is not a positive Go duration."""

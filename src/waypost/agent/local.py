@@ -19,7 +19,7 @@ import logging
 import msgspec
 
 from .._exceptions import StorageError, ValidationError
-from ..catalog import Catalog, Check, Node, writes
+from ..catalog import Catalog, Check, Node, sidecar, writes
 from ..catalog.definitions import CheckRegistration, ServiceRegistration, validate_status
 from ..catalog.model import NODE_MAINT_CHECK_ID, SERF_CHECK_ID, SERVICE_MAINT_PREFIX
 from ..catalog.state import ALIVE_OUTPUT
@@ -38,9 +38,15 @@ DEFAULT_REASON = (
 
 class LocalAgent:
     def __init__(
-        self, catalog: Catalog, runner: HealthRunner, node: Node, enable_scripts: bool
+        self,
+        catalog: Catalog,
+        runner: HealthRunner,
+        node: Node,
+        enable_scripts: bool,
+        sidecar_ports: tuple[int, int] = sidecar.DEFAULT_PORTS,
     ) -> None:
         self.catalog = catalog
+        self.sidecar_ports = sidecar_ports
         self.runner = runner
         self.node = node
         self.enable_scripts = enable_scripts
@@ -102,7 +108,7 @@ class LocalAgent:
 
     async def register_service(self, reg: ServiceRegistration, replace_checks: bool) -> None:
         await self.catalog.write(
-            writes.register, self.name, reg, replace_checks, self.enable_scripts
+            writes.register, self.name, reg, replace_checks, self.enable_scripts, self.sidecar_ports
         )
 
     async def deregister_service(self, service_id: str) -> None:

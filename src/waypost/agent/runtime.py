@@ -25,11 +25,13 @@ from typing import Any
 
 import uvicorn
 
+from .. import _duration
 from .._address import split_address
 from .._exceptions import ConfigError
 from .._lockfile import LockFile
 from ..api.agent import AgentEndpoints, LogStream
 from ..api.app import AgentApp
+from ..api.connect import ConnectApi
 from ..api.consul import ConsulApi
 from ..api.kv import KvApi
 from ..api.metrics import Metrics
@@ -80,9 +82,18 @@ class Agent:
         self.runner = HealthRunner(
             self.catalog, node.name, enable_scripts=config.enable_script_checks
         )
-        self.local = LocalAgent(self.catalog, self.runner, node, config.enable_script_checks)
+        self.local = LocalAgent(
+            self.catalog,
+            self.runner,
+            node,
+            config.enable_script_checks,
+            (config.sidecar_min_port, config.sidecar_max_port),
+        )
         self.session_ttl_min = config.session_ttl_min_seconds()
         self.sessions = SessionRunner(self.catalog, node.name)
+        self.leaves: Any = _leaves(self.catalog, config)  # mesh.leaves.Leaves, or None
+        self.xds: Any = None
+        self.grpc_address: tuple[str, int] | None = None
         self.started_at = time.time()
         self.http_address: tuple[str, int] | None = None
         self.dns_address: tuple[str, int] | None = None
@@ -100,9 +111,25 @@ class Agent:
         await self.local.join()
         await self.runner.start()
         await self.sessions.start()
+        if self.leaves is not None:
+            await self.leaves.start()
         await self._start_http()
         if self.config.dns != "off":
             await self._start_dns()
+        if self.leaves is not None and self.config.grpc != "off":
+            await self._start_xds()
+
+    async def _start_xds(self) -> None:
+        from ..mesh.server import XdsServer  # grpcio and Envoy's protos: the mesh extra
+        from ..mesh.snapshot import Translator
+
+        host, port = split_address(self.config.grpc, "--grpc")
+        c = self.config
+        translator = Translator(
+            self.catalog.state, self.leaves, c.datacenter, c.domain, self.local.name
+        )
+        self.xds = XdsServer(self.catalog, translator)
+        self.grpc_address = (host, await self.xds.start(host, port))
 
     async def _start_http(self) -> None:
         host, port = split_address(self.config.http, "--http")
@@ -133,9 +160,10 @@ class Agent:
         consul = ConsulApi(self.catalog, self.local, self, self.storage)
         kv = KvApi(consul, self.catalog)
         sessions = SessionApi(consul, self.catalog, self.session_ttl_min)
+        mesh = ConnectApi(consul, self.leaves)
         metrics = Metrics(self.statistics)
         agent = AgentEndpoints(self, metrics, self.logs)
-        mounts = [kv.routes, sessions.routes, agent.routes, mount_ui]
+        mounts = [kv.routes, sessions.routes, agent.routes, mesh.routes, mount_ui]
         return AgentApp(consul, metrics, mounts=mounts)
 
     async def _start_dns(self) -> None:
@@ -157,6 +185,10 @@ class Agent:
         self.dns_address = self._dns.address
 
     async def stop(self) -> None:
+        if self.xds is not None:
+            await self.xds.stop()
+        if self.leaves is not None:
+            self.leaves.stop()
         if self._dns is not None:
             await self._dns.close()
         if self._http is not None and self._http_task is not None:
@@ -224,7 +256,24 @@ class Agent:
         }
         if self._dns is not None:
             stats["dns"] = self._dns.statistics()
+        if self.leaves is not None:
+            stats["mesh"] = self.leaves.statistics()
+        if self.xds is not None:
+            stats["mesh"].update(self.xds.statistics())
         return stats
+
+
+def _leaves(catalog: Catalog, config: AgentConfig) -> Any:
+    """The mesh's CA and leaf certificates, or None without the mesh extra."""
+    ttl = _duration.parse(config.leaf_cert_ttl, "--leaf-cert-ttl")
+    if ttl < 2:
+        raise ConfigError("--leaf-cert-ttl must be at least 2s")
+    try:
+        from ..mesh.leaves import Leaves  # cryptography: the mesh extra
+    except ImportError as exc:
+        log.warning("service mesh off: %s (pip install 'waypost[mesh]')", exc)
+        return None
+    return Leaves(catalog, config.datacenter, ttl)
 
 
 def _lock_data_dir(config: AgentConfig) -> LockFile | None:

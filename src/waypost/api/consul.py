@@ -128,6 +128,16 @@ class ConsulApi:
     def read_headers(self, index: int) -> list[tuple[bytes, bytes]]:
         return self._read_headers(index)
 
+    async def read(
+        self, req: Request, topics: tuple[Topic, ...], produce: Callable[[], Any]
+    ) -> Response:
+        """The blocking read path, for the API's other route sets (api/connect.py)."""
+        return await self._read(req, topics, produce)
+
+    def blocking_params(self, req: Request) -> tuple[int, float]:
+        """`?index` and `?wait`, validated (ValidationError)."""
+        return self._blocking_params(req)
+
     def _blocking_params(self, req: Request) -> tuple[int, float]:
         if req.has("stale") and req.has("consistent"):
             raise ValidationError("Cannot specify ?stale with ?consistent, conflicting semantics.")

@@ -22,7 +22,8 @@ from .._exceptions import ValidationError
 T = TypeVar("T")
 
 # Maps whose keys belong to the user and are kept as sent.
-_OPAQUE: Final = frozenset({"meta", "nodemeta", "servicemeta", "header"})
+# `config` is a proxy's or upstream's opaque map (`protocol`, `connect_timeout_ms`).
+_OPAQUE: Final = frozenset({"meta", "nodemeta", "servicemeta", "header", "config"})
 MAX_WAIT: Final = 600.0
 _FOLDED: dict[str, str] = {}  # key as sent -> folded key
 

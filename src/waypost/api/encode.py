@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import _duration
-from ..catalog.model import Check, CheckDefinition, Node, Service
+from ..catalog.model import Check, CheckDefinition, Node, Proxy, Service
 
 JSON = dict[str, Any]
 
@@ -56,6 +56,8 @@ def service(s: Service, datacenter: str = "") -> JSON:
     }
     if s.kind:
         out["Kind"] = s.kind
+    if s.proxy is not None:
+        out["Proxy"] = proxy(s.proxy)
     if datacenter:
         out["Datacenter"] = datacenter
     return out
@@ -82,6 +84,29 @@ def agent_service(s: Service, datacenter: str) -> JSON:
     return out
 
 
+def proxy(p: Proxy) -> JSON:
+    """A connect-proxy's `Proxy` block, in Consul's shape."""
+    return {
+        "DestinationServiceName": p.destination_service_name,
+        "DestinationServiceID": p.destination_service_id,
+        "LocalServiceAddress": p.local_service_address,
+        "LocalServicePort": p.local_service_port,
+        "Mode": "",
+        "Config": p.config,
+        "Upstreams": [
+            {
+                "DestinationType": u.destination_type,
+                "DestinationName": u.destination_name,
+                "Datacenter": u.datacenter,
+                "LocalBindAddress": u.local_bind_address,
+                "LocalBindPort": u.local_bind_port,
+                "Config": u.config,
+            }
+            for u in p.upstreams
+        ],
+    }
+
+
 def catalog_service(n: Node | None, s: Service) -> JSON:
     """One row of `/v1/catalog/service/<name>`: node and instance, flattened."""
     return {
@@ -103,6 +128,7 @@ def catalog_service(n: Node | None, s: Service) -> JSON:
         "ServiceMeta": s.meta,
         "ServicePort": s.port,
         "ServiceEnableTagOverride": s.enable_tag_override,
+        "ServiceProxy": proxy(s.proxy) if s.proxy is not None else {},
         "CreateIndex": s.create_index,
         "ModifyIndex": s.modify_index,
     }
@@ -124,6 +150,8 @@ def definition(d: CheckDefinition | None) -> JSON:
         out["Header"] = d.header
     if d.args:
         out["ScriptArgs"] = list(d.args)
+    if d.alias_service:
+        out["AliasService"] = d.alias_service
     if d.tls_skip_verify:
         out["TLSSkipVerify"] = True
     return out

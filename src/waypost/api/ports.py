@@ -7,12 +7,14 @@ it. `agent/runtime.py` hands in the concrete objects:
     LocalAgentOps  the writes this agent owns          agent/local.py LocalAgent
     AgentInfo      /v1/agent/self, /members, /status   agent/runtime.py Agent
     StoreStatus    leader and contact headers, ?consistent reads   the Storage
+    LeafSigner     the mesh's leaf certificates        mesh/leaves.py Leaves
 
 A test (or another runtime) can pass anything with these methods.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any, Protocol
 
 from ..catalog.definitions import CheckRegistration, ServiceRegistration
@@ -68,3 +70,33 @@ class StoreStatus(Protocol):
     def health(self) -> StoreHealth: ...
 
     async def confirm(self) -> None: ...
+
+
+class LeafCert(Protocol):
+    """A signed leaf certificate, as `/v1/agent/connect/ca/leaf/<service>` shows it."""
+
+    @property
+    def service(self) -> str: ...
+    @property
+    def service_uri(self) -> str: ...
+    @property
+    def serial_number(self) -> str: ...
+    @property
+    def cert_pem(self) -> str: ...
+    @property
+    def private_key_pem(self) -> str: ...
+    @property
+    def valid_after(self) -> dt.datetime: ...
+    @property
+    def valid_before(self) -> dt.datetime: ...
+
+
+class LeafSigner(Protocol):
+    """The mesh's certificates: the trust domain, and a leaf per service with its index."""
+
+    @property
+    def trust_domain(self) -> str: ...
+
+    def leaf(self, service: str) -> tuple[LeafCert, int]: ...
+
+    async def wait(self, service: str, min_index: int, timeout: float) -> tuple[LeafCert, int]: ...

@@ -1,8 +1,9 @@
 """Records to storage entries and back.
 
 Keys are `l/<node>` (liveness, valueless), `n/<node>`, `s/<node>/<service-id>`,
-`c/<node>/<check-id>` and `g/<node>/<service-id>` (the instance's check-set
-guard, valueless: see txn.py). In each part `%` and `/` are escaped (`%25`, `%2F`),
+`c/<node>/<check-id>`, `g/<node>/<service-id>` (the instance's check-set
+guard, valueless: see txn.py), and for the mesh `r/<root-id>` (CA roots) and
+`i/<source>/<destination>` (intentions). In each part `%` and `/` are escaped (`%25`, `%2F`),
 so that IDs holding `/` stay one part; nothing else needs it, and two string
 replacements are far cheaper than urllib's quoting on the write path.
 Values are msgpack.
@@ -15,13 +16,15 @@ from typing import Any, Final
 import msgspec
 
 from ..storage import Entry
-from .model import Check, Node, Record, Service
+from .model import CARoot, Check, Intention, Node, Record, Service
 
 _ENCODER: Final = msgspec.msgpack.Encoder()
 _DECODERS: Final[dict[str, msgspec.msgpack.Decoder[Any]]] = {
     "n": msgspec.msgpack.Decoder(Node),
     "s": msgspec.msgpack.Decoder(Service),
     "c": msgspec.msgpack.Decoder(Check),
+    "r": msgspec.msgpack.Decoder(CARoot),
+    "i": msgspec.msgpack.Decoder(Intention),
 }
 
 
@@ -43,6 +46,14 @@ def service_key(node: str, service_id: str) -> str:
 
 def check_key(node: str, check_id: str) -> str:
     return f"c/{esc(node)}/{esc(check_id)}"
+
+
+def root_key(root_id: str) -> str:
+    return f"r/{esc(root_id)}"
+
+
+def intention_key(source: str, destination: str) -> str:
+    return f"i/{esc(source)}/{esc(destination)}"
 
 
 def live_key(node: str) -> str:
@@ -69,6 +80,10 @@ def key_of(record: Record) -> str:
         return node_key(record.name)
     if isinstance(record, Service):
         return service_key(record.node, record.id)
+    if isinstance(record, CARoot):
+        return root_key(record.id)
+    if isinstance(record, Intention):
+        return intention_key(record.source, record.destination)
     return check_key(record.node, record.check_id)
 
 

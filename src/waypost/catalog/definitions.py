@@ -10,11 +10,14 @@ anything is written; what depends on the state happens in `writes.py`.
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 
 from .. import _duration
 from .._exceptions import ValidationError
-from .model import Check, CheckDefinition, Service, ServiceAddress, Weights
+from . import proxyconfig
+from .model import Check, CheckDefinition, Proxy, Service, ServiceAddress, Upstream, Weights
 
 
 class CheckRegistration(msgspec.Struct):
@@ -34,6 +37,7 @@ class CheckRegistration(msgspec.Struct):
     tcp: str = ""
     grpc: str = ""
     grpcusetls: bool = False
+    aliasservice: str = ""
     tlsskipverify: bool = False
     interval: str | int = ""
     timeout: str | int = ""
@@ -55,6 +59,29 @@ class AddressDefinition(msgspec.Struct):
     port: int = 0
 
 
+class UpstreamDefinition(msgspec.Struct):
+    destinationname: str = ""
+    destinationtype: str = "service"
+    datacenter: str = ""
+    localbindaddress: str = ""
+    localbindport: int = 0
+    config: dict[str, Any] = {}
+
+
+class ProxyDefinition(msgspec.Struct):
+    destinationservicename: str = ""
+    destinationserviceid: str = ""
+    localserviceaddress: str = ""
+    localserviceport: int = 0
+    upstreams: list[UpstreamDefinition] = []
+    config: dict[str, Any] = {}
+
+
+class ConnectDefinition(msgspec.Struct):
+    native: bool = False
+    sidecarservice: ServiceRegistration | None = None
+
+
 class ServiceRegistration(msgspec.Struct):
     id: str = ""
     name: str = ""
@@ -67,12 +94,18 @@ class ServiceRegistration(msgspec.Struct):
     taggedaddresses: dict[str, AddressDefinition] = {}
     enabletagoverride: bool = False
     kind: str = ""
+    proxy: ProxyDefinition | None = None
+    connect: ConnectDefinition | None = None
     check: CheckRegistration | None = None
     checks: list[CheckRegistration] = []
 
     def all_checks(self) -> list[CheckRegistration]:
         """`Check` and `Checks` together, in the order given."""
         return ([self.check] if self.check else []) + self.checks
+
+    @property
+    def sidecar(self) -> ServiceRegistration | None:
+        return self.connect.sidecarservice if self.connect else None
 
 
 class CatalogRegistration(msgspec.Struct):
@@ -117,6 +150,39 @@ def validate_service(reg: ServiceRegistration, field: str = "") -> None:
         raise ValidationError("Passing must be greater than 0")
     if reg.weights is not None and reg.weights.warning < 0:
         raise ValidationError("Warning must not be negative")
+    if reg.kind not in KINDS:
+        raise ValidationError(f'Kind "{reg.kind}" is not supported (use "" or "connect-proxy")')
+    if reg.kind == "connect-proxy":
+        validate_proxy(reg.proxy, f"{field}Proxy")
+        if not reg.port:
+            raise ValidationError(f"{field}Port must be set for a connect-proxy")
+
+
+KINDS = ("", "connect-proxy")
+
+
+def validate_proxy(proxy: ProxyDefinition | None, field: str) -> None:
+    """A connect-proxy's Proxy block. Raises ValidationError."""
+    if proxy is None or not proxy.destinationservicename:
+        raise ValidationError(f"{field}.DestinationServiceName must be set for a connect-proxy")
+    validate_port(proxy.localserviceport, f"{field}.LocalServicePort")
+    proxyconfig.parse(proxy.config, field=f"{field}.Config")
+    seen: set[tuple[str, int]] = set()
+    for n, up in enumerate(proxy.upstreams):
+        where = f"{field}.Upstreams[{n}]"
+        if not up.destinationname:
+            raise ValidationError(f"{where}.DestinationName must be set")
+        if up.destinationtype not in ("", "service"):
+            raise ValidationError(
+                f'{where}.DestinationType "{up.destinationtype}" is not supported'
+            )
+        if not 1 <= up.localbindport <= 65535:
+            raise ValidationError(f"{where}.LocalBindPort must be between 1 and 65535")
+        proxyconfig.parse(proxy.config, up.config, field=f"{where}.Config")
+        bind = (up.localbindaddress or "127.0.0.1", up.localbindport)
+        if bind in seen:
+            raise ValidationError(f"{where}: another upstream already binds {bind[0]}:{bind[1]}")
+        seen.add(bind)
 
 
 def validate_catalog(reg: CatalogRegistration) -> None:
@@ -153,6 +219,28 @@ def build_service(body: ServiceRegistration, node: str) -> Service:
         tagged_addresses=_tagged_of(body),
         enable_tag_override=body.enabletagoverride,
         kind=body.kind,
+        proxy=build_proxy(body.proxy) if body.kind == "connect-proxy" and body.proxy else None,
+    )
+
+
+def build_proxy(body: ProxyDefinition) -> Proxy:
+    return Proxy(
+        destination_service_name=body.destinationservicename,
+        destination_service_id=body.destinationserviceid,
+        local_service_address=body.localserviceaddress or "127.0.0.1",
+        local_service_port=body.localserviceport,
+        upstreams=tuple(
+            Upstream(
+                destination_name=u.destinationname,
+                local_bind_port=u.localbindport,
+                local_bind_address=u.localbindaddress or "127.0.0.1",
+                destination_type=u.destinationtype or "service",
+                datacenter=u.datacenter,
+                config=u.config,
+            )
+            for u in body.upstreams
+        ),
+        config=body.config,
     )
 
 
@@ -187,6 +275,7 @@ def check_definition(body: CheckRegistration) -> CheckDefinition:
         grpc=body.grpc,
         grpc_use_tls=body.grpcusetls,
         args=tuple(body.args or body.scriptargs),
+        alias_service=body.aliasservice,
         deregister_critical_after=_duration.parse(
             body.deregistercriticalserviceafter, "DeregisterCriticalServiceAfter"
         ),
@@ -199,7 +288,7 @@ def check_definition(body: CheckRegistration) -> CheckDefinition:
 
 
 def _validate_definition(defn: CheckDefinition) -> None:
-    kinds = [k for k in ("http", "tcp", "grpc") if getattr(defn, k)] + (
+    kinds = [k for k in ("http", "tcp", "grpc", "alias_service") if getattr(defn, k)] + (
         ["args"] if defn.args else []
     )
     if len(kinds) > 1:
@@ -212,9 +301,10 @@ def _validate_definition(defn: CheckDefinition) -> None:
         raise ValidationError(f"A TTL check cannot also have {kinds[0].upper()}")
     if not defn.ttl and not kinds:
         raise ValidationError(
-            "Invalid check: one of TTL, HTTP, TCP, GRPC or Args (with Interval) is required"
+            "Invalid check: one of TTL, HTTP, TCP, GRPC, AliasService or Args (with Interval) "
+            "is required"
         )
-    if kinds and defn.interval <= 0:
+    if kinds and kinds != ["alias_service"] and defn.interval <= 0:
         raise ValidationError("Interval must be > 0 for Script, HTTP, gRPC or TCP checks")
     if defn.http and not defn.http.startswith(("http://", "https://")):
         raise ValidationError(f'HTTP must be an http:// or https:// URL, got "{defn.http}"')

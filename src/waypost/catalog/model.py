@@ -7,7 +7,7 @@ the HTTP layer maps them to Consul's names on the way out.
 
 from __future__ import annotations
 
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 import msgspec
 
@@ -42,6 +42,28 @@ class ServiceAddress(msgspec.Struct, frozen=True):
     port: int = 0
 
 
+class Upstream(msgspec.Struct, frozen=True, omit_defaults=True):
+    """A service a sidecar's app calls through a local port (Consul's `Upstreams[]`)."""
+
+    destination_name: str
+    local_bind_port: int
+    local_bind_address: str = "127.0.0.1"
+    destination_type: str = "service"
+    datacenter: str = ""
+    config: dict[str, Any] = {}
+
+
+class Proxy(msgspec.Struct, frozen=True, omit_defaults=True):
+    """The `Proxy` block of a `connect-proxy` instance: whom it fronts, what it calls."""
+
+    destination_service_name: str
+    destination_service_id: str = ""
+    local_service_address: str = "127.0.0.1"
+    local_service_port: int = 0
+    upstreams: tuple[Upstream, ...] = ()
+    config: dict[str, Any] = {}
+
+
 class Service(msgspec.Struct, frozen=True, omit_defaults=True):
     """One instance of a service, living on a node."""
 
@@ -56,6 +78,8 @@ class Service(msgspec.Struct, frozen=True, omit_defaults=True):
     tagged_addresses: dict[str, ServiceAddress] = {}
     enable_tag_override: bool = False
     kind: str = ""
+    proxy: Proxy | None = None  # set on Kind "connect-proxy"
+    sidecar_of: str = ""  # the parent's ID, for a sidecar registered with it (it goes with it)
     create_index: int = 0
     modify_index: int = 0
 
@@ -75,6 +99,7 @@ class CheckDefinition(msgspec.Struct, frozen=True, omit_defaults=True):
     grpc: str = ""
     grpc_use_tls: bool = False
     args: tuple[str, ...] = ()
+    alias_service: str = ""  # an alias check: the worst status of this instance's checks
     deregister_critical_after: float = 0.0
     success_before_passing: int = 0
     failures_before_warning: int = 0
@@ -88,6 +113,8 @@ class CheckDefinition(msgspec.Struct, frozen=True, omit_defaults=True):
         for kind in ("http", "tcp", "grpc"):
             if getattr(self, kind):
                 return kind
+        if self.alias_service:
+            return "alias"
         return "script" if self.args else ""
 
 
@@ -107,7 +134,45 @@ class Check(msgspec.Struct, frozen=True, omit_defaults=True):
     modify_index: int = 0
 
 
-Record = Node | Service | Check
+class CARoot(msgspec.Struct, frozen=True, omit_defaults=True):
+    """A root of the built-in CA, private key included (shared by every agent
+    on the store, as Consul keeps it in its raft state). Times are RFC 3339."""
+
+    id: str
+    name: str
+    serial_number: int
+    signing_key_id: str
+    trust_domain: str
+    not_before: str
+    not_after: str
+    root_cert: str
+    private_key: str
+    active: bool = True
+    private_key_type: str = "ec"
+    private_key_bits: int = 256
+    create_index: int = 0
+    modify_index: int = 0
+
+
+IntentionAction = Literal["allow", "deny"]
+
+
+class Intention(msgspec.Struct, frozen=True, omit_defaults=True):
+    """Whether `source` may call `destination` (either may be the wildcard `*`)."""
+
+    id: str
+    source: str
+    destination: str
+    action: IntentionAction
+    description: str = ""
+    meta: dict[str, str] = {}
+    created_at: str = ""
+    updated_at: str = ""
+    create_index: int = 0
+    modify_index: int = 0
+
+
+Record = Node | Service | Check | CARoot | Intention
 
 
 def status_rank(status: str) -> int:

@@ -17,9 +17,19 @@ import msgspec
 from ..storage import Entry
 from . import codec
 from .kv import KV_PREFIX, KvTable
-from .model import SERF_CHECK_ID, Check, Node, Record, Service, status_rank
+from .model import SERF_CHECK_ID, CARoot, Check, Intention, Node, Record, Service, status_rank
 from .sessions import EVENT_PREFIX, SESSION_PREFIX, EventRing, SessionTable
-from .watch import CHECKS, NODES, SERVICES, Topic, node_topic, service_topic
+from .watch import (
+    CHECKS,
+    INTENTIONS,
+    NODES,
+    ROOTS,
+    SERVICES,
+    Topic,
+    connect_topic,
+    node_topic,
+    service_topic,
+)
 
 log = logging.getLogger("waypost.catalog")
 
@@ -43,6 +53,9 @@ class State:
         # Modify index of each instance's check-set guard key (see txn.py): it
         # moves whenever a check joins or leaves the instance.
         self.guards: dict[ServiceKey, int] = {}
+        self.proxies_of: dict[str, dict[ServiceKey, Service]] = {}  # destination -> sidecars
+        self.ca_roots: dict[str, CARoot] = {}
+        self.intentions: dict[tuple[str, str], Intention] = {}  # (source, destination)
         self.topic_index: dict[Topic, int] = {}
         self.base_index = 1
         # Checks shown critical because their agent could not store a result
@@ -133,6 +146,8 @@ class State:
         present += list(self.kv.storage_keys())
         present += [f"{SESSION_PREFIX}{sid}" for sid in self.sessions.sessions]
         present += list(self.events.slots)
+        present += [codec.root_key(r) for r in self.ca_roots]
+        present += [codec.intention_key(*k) for k in self.intentions]
         return [codec.delete(k) for k in present if k not in keep]
 
     def _apply_marker(self, kind: str, index: int, entry: Entry, touched: set[Topic]) -> None:
@@ -164,10 +179,16 @@ class State:
             return self.nodes.get(parts[0])
         if kind == "s":
             return self.services.get((parts[0], parts[1]))
+        if kind == "r":
+            return self.ca_roots.get(parts[0])
+        if kind == "i":
+            return self.intentions.get((parts[0], parts[1]))
         return self.checks.get((parts[0], parts[1]))
 
     def _insert(self, record: Record, touched: set[Topic]) -> None:
-        if isinstance(record, Node):
+        if isinstance(record, CARoot | Intention):
+            self._insert_mesh(record, touched)
+        elif isinstance(record, Node):
             self.nodes[record.name] = record
             touched.update((NODES, node_topic(record.name)))
             self._touch_node_services(record.name, touched)
@@ -177,6 +198,10 @@ class State:
             self.by_name.setdefault(record.name, {})[key] = record
             self.node_services.setdefault(record.node, {})[record.id] = record
             touched.update((SERVICES, service_topic(record.name), node_topic(record.node)))
+            if record.proxy is not None:
+                dest = record.proxy.destination_service_name
+                self.proxies_of.setdefault(dest, {})[key] = record
+                touched.add(connect_topic(dest))
         else:
             if record.check_id == SERF_CHECK_ID and not record.service_id:
                 record = self._with_liveness(record)
@@ -191,7 +216,9 @@ class State:
             self._touch_check(record, touched)
 
     def _remove(self, record: Record, touched: set[Topic]) -> None:
-        if isinstance(record, Node):
+        if isinstance(record, CARoot | Intention):
+            self._remove_mesh(record, touched)
+        elif isinstance(record, Node):
             self.nodes.pop(record.name, None)
             touched.update((NODES, node_topic(record.name)))
             self._touch_node_services(record.name, touched)
@@ -201,11 +228,30 @@ class State:
             _discard(self.by_name, record.name, key)
             _discard(self.node_services, record.node, record.id)
             touched.update((SERVICES, service_topic(record.name), node_topic(record.node)))
+            if record.proxy is not None:
+                _discard(self.proxies_of, record.proxy.destination_service_name, key)
+                touched.add(connect_topic(record.proxy.destination_service_name))
         else:
             self.checks.pop((record.node, record.check_id), None)
             self._stored.pop((record.node, record.check_id), None)
             _discard(self._check_table(record), self._check_owner(record), record.check_id)
             self._touch_check(record, touched)
+
+    def _insert_mesh(self, record: CARoot | Intention, touched: set[Topic]) -> None:
+        if isinstance(record, CARoot):
+            self.ca_roots[record.id] = record
+            touched.add(ROOTS)
+        else:
+            self.intentions[(record.source, record.destination)] = record
+            touched.add(INTENTIONS)
+
+    def _remove_mesh(self, record: CARoot | Intention, touched: set[Topic]) -> None:
+        if isinstance(record, CARoot):
+            self.ca_roots.pop(record.id, None)
+            touched.add(ROOTS)
+        else:
+            self.intentions.pop((record.source, record.destination), None)
+            touched.add(INTENTIONS)
 
     def _with_liveness(self, check: Check) -> Check:
         """serfHealth is derived: passing while the node's liveness key exists.
@@ -231,12 +277,16 @@ class State:
         if check.service_id:
             service = self.services.get((check.node, check.service_id))
             touched.add(service_topic(service.name if service else check.service_name))
+            if service is not None and service.proxy is not None:
+                touched.add(connect_topic(service.proxy.destination_service_name))
         else:
             self._touch_node_services(check.node, touched)
 
     def _touch_node_services(self, node: str, touched: set[Topic]) -> None:
         for service in self.node_services.get(node, {}).values():
             touched.add(service_topic(service.name))
+            if service.proxy is not None:
+                touched.add(connect_topic(service.proxy.destination_service_name))
 
     def set_output(self, node: str, check_id: str, output: str) -> bool:
         """Replace a check's output in memory only, without a new index.
@@ -424,6 +474,37 @@ class State:
         for service in self.node_services.get(node, {}).values():
             result.extend(self.service_checks.get((node, service.id), {}).values())
         return result
+
+    # -- the mesh's reads ----------------------------------------------------
+
+    def roots(self) -> list[CARoot]:
+        """The CA's roots, the active one first."""
+        return sorted(self.ca_roots.values(), key=lambda r: (not r.active, r.create_index))
+
+    def active_root(self) -> CARoot | None:
+        return next((r for r in self.ca_roots.values() if r.active), None)
+
+    def all_intentions(self) -> list[Intention]:
+        return list(self.intentions.values())
+
+    def intention(self, source: str, destination: str) -> Intention | None:
+        return self.intentions.get((source, destination))
+
+    def proxies_for(self, name: str) -> list[Service]:
+        """The connect-proxy instances fronting service `name`, by node then ID."""
+        return sorted(self.proxies_of.get(name, {}).values(), key=_instance_order)
+
+    def connect_health(
+        self, name: str, passing: bool = False
+    ) -> list[tuple[Node | None, Service, list[Check]]]:
+        """Rows of `/v1/health/connect/<name>`: its sidecars, as `health()` has them."""
+        rows = []
+        for service in self.proxies_for(name):
+            checks = self.checks_of(service)
+            if passing and any(c.status != "passing" for c in checks):
+                continue
+            rows.append((self.nodes.get(service.node), service, checks))
+        return rows
 
     def statistics(self) -> dict[str, float]:
         return {

@@ -30,11 +30,11 @@ from typing import TypeVar
 from ..storage import Condition, Entry, prefix_end
 from . import codec, kv
 from .kv import KvEntry
-from .model import Check, Node, Record, Service
+from .model import CARoot, Check, Intention, Node, Record, Service
 from .sessions import Session, encode_session, session_key
 from .state import State
 
-R = TypeVar("R", Node, Service, Check)
+R = TypeVar("R", Node, Service, Check, Intention)
 
 
 class Txn:
@@ -86,11 +86,27 @@ class Txn:
             self.conditions[key] = Condition(key, self.state.live.get(name, 0))
         return name in self.state.live
 
+    def intention(self, source: str, destination: str) -> Intention | None:
+        key = codec.intention_key(source, destination)
+        return self._read(key, self.state.intention(source, destination))
+
+    def roots(self) -> list[CARoot]:
+        """The CA's roots, guarded as a set: none may come or change before the commit."""
+        self._guard_range("r/")
+        return self.state.roots()
+
+    def services_on(self, node: str) -> dict[str, Service]:
+        """The instances of a node, guarded as a set (a sidecar port picked among them)."""
+        self._guard_range(f"s/{codec.esc(node)}/")
+        return self.state.services_on(node)
+
+    def _guard_range(self, start: str) -> None:
+        self.conditions[start] = Condition(start, self.state.index, prefix_end(start))
+
     def whole_node(self, name: str) -> None:
         """Guard every service and check of a node: none may change before the commit."""
         for kind in ("s", "c", "g"):
-            start = f"{kind}/{codec.esc(name)}/"
-            self.conditions[start] = Condition(start, self.state.index, prefix_end(start))
+            self._guard_range(f"{kind}/{codec.esc(name)}/")
 
     def kv(self, key: str) -> KvEntry | None:
         """A KV entry, as this plan has left it so far."""

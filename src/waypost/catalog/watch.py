@@ -18,6 +18,8 @@ Topic = tuple[str, str]
 SERVICES: Final[Topic] = ("services", "")
 NODES: Final[Topic] = ("nodes", "")
 CHECKS: Final[Topic] = ("checks", "")
+ROOTS: Final[Topic] = ("connect", "roots")  # the CA's roots
+INTENTIONS: Final[Topic] = ("connect", "intentions")
 
 
 def service_topic(name: str) -> Topic:
@@ -26,6 +28,11 @@ def service_topic(name: str) -> Topic:
 
 def node_topic(name: str) -> Topic:
     return ("node", name)
+
+
+def connect_topic(name: str) -> Topic:
+    """The sidecars that front service `name` (`/v1/health/connect/<name>`, EDS)."""
+    return ("connect", "svc:" + name)
 
 
 class Watches:

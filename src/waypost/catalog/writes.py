@@ -18,7 +18,7 @@ from __future__ import annotations
 import msgspec
 
 from .._exceptions import ConfigError, NotFoundError, ValidationError
-from . import codec
+from . import codec, sidecar
 from .definitions import (
     CatalogDeregistration,
     CatalogRegistration,
@@ -37,14 +37,41 @@ from .txn import Txn
 
 
 def register(
-    txn: Txn, node: str, reg: ServiceRegistration, replace_checks: bool, allow_scripts: bool
+    txn: Txn,
+    node: str,
+    reg: ServiceRegistration,
+    replace_checks: bool,
+    allow_scripts: bool,
+    sidecar_ports: tuple[int, int] = sidecar.DEFAULT_PORTS,
 ) -> None:
-    """`/v1/agent/service/register`: an instance and its checks, in one commit."""
+    """`/v1/agent/service/register`: an instance and its checks, in one commit,
+    with the sidecar its `Connect.SidecarService` asks for (sidecar.py)."""
     validate_service(reg)
     service = build_service(reg, node)
+    _register_one(txn, reg, service, replace_checks, allow_scripts)
+    if reg.sidecar is not None:
+        proxy_id = reg.sidecar.id or sidecar.sidecar_id(service.id)
+        port = sidecar.pick_port(txn.services_on(node), proxy_id, sidecar_ports)
+        proxy_reg = sidecar.expand(reg, service.id, port)
+        proxy = msgspec.structs.replace(build_service(proxy_reg, node), sidecar_of=service.id)
+        _register_one(txn, proxy_reg, proxy, replace_checks, allow_scripts)
+    else:
+        _drop_sidecar(txn, node, service.id)  # registered again without one: it goes
+
+
+def _register_one(
+    txn: Txn, reg: ServiceRegistration, service: Service, replace: bool, allow_scripts: bool
+) -> None:
     checks = _checks_of(reg, service, allow_scripts)
     given = {c.check_id for c, b in zip(checks, reg.all_checks(), strict=True) if b.status}
-    put_instance(txn, service, checks, replace_checks, given)
+    put_instance(txn, service, checks, replace, given)
+
+
+def _drop_sidecar(txn: Txn, node: str, parent_id: str) -> None:
+    """Remove the sidecar registered with `parent_id`, if it has one."""
+    for service in list(txn.state.services_on(node).values()):
+        if service.sidecar_of == parent_id and txn.service(node, service.id) is not None:
+            deregister(txn, node, service.id)
 
 
 def put_instance(
@@ -95,6 +122,8 @@ def deregister(txn: Txn, node: str, service_id: str) -> None:
         txn.delete(codec.check_key(node, check_id))
     txn.delete(codec.service_key(node, service_id))
     txn.delete(codec.guard_key(node, service_id))
+    if not service.sidecar_of:
+        _drop_sidecar(txn, node, service_id)  # Consul removes a sidecar with its parent
 
 
 def register_check(txn: Txn, node: str, reg: CheckRegistration, allow_scripts: bool) -> None:

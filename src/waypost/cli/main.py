@@ -1,4 +1,4 @@
-"""`waypost agent | services | members | demo`: flags in, tables out."""
+"""`waypost agent | services | members | connect | gateway | demo`: flags in, tables out."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from .._address import split_address
 from .._exceptions import ConfigError, WaypostError
 from ..agent import AgentConfig
 from ..agent.config import load_config_file
+from . import connect
 
 LOG_LEVELS = ("trace", "debug", "info", "warn", "warning", "error")
 
@@ -93,6 +94,18 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DURATION",
         help="the shortest session TTL accepted (default 10s, as Consul)",
     )
+    agent.add_argument(
+        "--grpc",
+        metavar="ADDR:PORT",
+        help="xDS server for Envoy and proxyless gRPC (default 127.0.0.1:8502; 'off' disables)",
+    )
+    agent.add_argument(
+        "--leaf-cert-ttl",
+        metavar="DURATION",
+        help="lifetime of mesh leaf certificates (default 72h)",
+    )
+    agent.add_argument("--sidecar-min-port", type=int, metavar="PORT", help="default 21000")
+    agent.add_argument("--sidecar-max-port", type=int, metavar="PORT", help="default 21255")
 
     for name, text in (
         ("services", "list the services a running agent knows"),
@@ -102,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument(
             "--http-addr", default="http://127.0.0.1:8500", metavar="URL", help="the agent to ask"
         )
+
+    connect.add_commands(sub)
 
     demo = sub.add_parser(
         "demo", help="run the order/payment example locally: balancing, then failover"
@@ -145,6 +160,8 @@ def agent_config(args: argparse.Namespace) -> AgentConfig:
     split_address(config.http, "--http")
     if config.dns != "off":
         split_address(config.dns, "--dns")
+    if config.grpc != "off":
+        split_address(config.grpc, "--grpc")
     return config
 
 
@@ -170,6 +187,8 @@ def run_agent(config: AgentConfig) -> int:
         print(f"HTTP API: http://{_hostport(host, port)}")
         if agent.dns_address is not None:
             print(f"DNS: {_hostport(*agent.dns_address)}")
+        if agent.grpc_address is not None:
+            print(f"gRPC (xDS): {_hostport(*agent.grpc_address)}")
         print("waypost agent running")
         sys.stdout.flush()
         await agent.run()
@@ -249,6 +268,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return show_services(args.http_addr)
         if args.command == "members":
             return show_members(args.http_addr)
+        if args.command in ("connect", "gateway"):
+            return connect.run(args)
         if args.command == "demo":
             from .demo import run_demo
 

@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterable, Mapping
 from .._clock import Clock, SystemClock
 from .._exceptions import NotFoundError, StorageError, ValidationError
 from ..catalog import Catalog, Check, CheckDefinition, codec
+from ..catalog.model import status_rank
+from ..catalog.watch import node_topic
 from ..storage import Entry
 from .probes import PROBES, Probe
 from .thresholds import Thresholds
@@ -116,6 +118,8 @@ class HealthRunner:
         if defn.ttl:
             self._ttl_deadline[check.check_id] = self.clock.now() + defn.ttl
             coro = self._run_ttl(check.check_id, defn.ttl)
+        elif defn.alias_service:
+            coro = self._run_alias(check.check_id, defn.alias_service)
         else:
             coro = self._run_interval(check, defn)
         self._tasks[check.check_id] = (defn, asyncio.create_task(coro, name=check.check_id))
@@ -191,6 +195,34 @@ class HealthRunner:
             )
         note = f"{status}: {output}" if output else status
         self.catalog.hold(self.node, check_id, f"{note} (not stored yet: {exc}; shown as critical)")
+
+    # -- alias checks ------------------------------------------------------
+
+    async def _run_alias(self, check_id: str, target: str) -> None:
+        """Mirror the worst status of instance `target`'s checks (a sidecar's
+        "is the app behind me healthy?"). Woken by the catalog's watch on this
+        node, never polled: the sidecar follows its app within the push."""
+        topics = (node_topic(self.node),)
+        while True:
+            seen = self.catalog.state.index_of(topics)  # before reading: no change is missed
+            status, output = self._alias_status(check_id, target)
+            if not await self._report(check_id, status, output):
+                return
+            if self.catalog.watches.closed:
+                return  # shutting down: block() would return at once, forever
+            await self.catalog.block(topics, seen, 3600.0)
+
+    def _alias_status(self, check_id: str, target: str) -> tuple[str, str]:
+        state = self.catalog.state
+        service = state.instance(self.node, target)
+        if service is None:
+            return "critical", f'Service "{target}" could not be found on node "{self.node}"'
+        others = [c for c in state.checks_of(service) if c.check_id != check_id]
+        worst = max((c.status for c in others), key=status_rank, default="passing")
+        if worst == "passing":
+            return "passing", "All checks passing."
+        failing = sorted(c.check_id for c in others if c.status == worst)
+        return worst, f"Aliased checks {worst}: {', '.join(failing)}"
 
     # -- TTL checks --------------------------------------------------------
 

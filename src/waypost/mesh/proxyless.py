@@ -1,0 +1,48 @@
+"""Proxyless gRPC: resources in the form gRPC's own xDS client accepts.
+
+A grpcio channel to `xds:///payment` asks for the Listener named `payment`
+(an API listener: an HTTP connection manager with an inline route and the
+router filter), then for cluster `grpc:payment` (EDS, round robin) and its
+endpoints: the healthy instances, in one weighted locality (gRPC drops
+localities without a weight). No sidecar, no TLS: the channel talks to the
+instances directly, balanced by gRPC itself.
+"""
+
+from __future__ import annotations
+
+from ..catalog.state import State
+from . import resources as r
+
+
+def cluster_name(service: str) -> str:
+    return f"grpc:{service}"
+
+
+def snapshot(state: State, datacenter: str) -> r.Snapshot:
+    """A listener, a cluster and endpoints for every plain service; the
+    client asks only for the names it dials (server.py sends only those)."""
+    snap = r.empty_snapshot()
+    for name in sorted(state.service_names()):
+        instances = [s for s in state.instances(name) if not s.kind]
+        if not instances:
+            continue
+        cluster = cluster_name(name)
+        snap[r.LISTENER][name] = _listener(name, cluster)
+        snap[r.CLUSTER][cluster] = {**r.eds_cluster(cluster, 5000), "lbPolicy": "ROUND_ROBIN"}
+        endpoints = [r.endpoint_of(state, s) for s in instances if r.healthy(state, s)]
+        snap[r.ENDPOINT][cluster] = r.load_assignment(cluster, endpoints, datacenter, weighted=True)
+    return snap
+
+
+def _listener(name: str, cluster: str) -> r.JSON:
+    route = {"match": {"prefix": ""}, "route": {"cluster": cluster}}
+    manager = {
+        "@type": r.HCM,
+        "statPrefix": name,
+        "routeConfig": {
+            "name": name,
+            "virtualHosts": [{"name": name, "domains": ["*"], "routes": [route]}],
+        },
+        "httpFilters": [r.router_filter()],
+    }
+    return {"@type": r.LISTENER, "name": name, "apiListener": {"apiListener": manager}}

@@ -1,0 +1,268 @@
+"""Envoy's Aggregated Discovery Service (state of the world) over grpcio.
+
+One bidirectional stream per proxy. For each resource type the stream
+remembers what the proxy subscribed to, the version and nonce last sent, and
+the version it last accepted. The rules (Envoy's xDS protocol):
+
+- A request whose `response_nonce` is not the last one sent is stale (the
+  proxy had not seen the newer push yet) and is ignored.
+- A request with `error_detail` is a NACK: the proxy rejected that version
+  and keeps its last good config. It is logged with Envoy's own message and
+  the version is *not* sent again, so there is no reject/resend loop; the
+  next change in the catalog produces a new version, which is sent.
+- Otherwise it is an ACK or a new subscription: the current resources are
+  sent if their version differs from the last one sent.
+
+Versions are content hashes over the resources a stream gets, so a catalog
+change that does not touch a proxy's resources sends it nothing. Pushes are
+driven by the catalog's change listener (the same one the DNS cache follows)
+and by leaf renewals: a change marks every stream dirty once per event-loop
+turn, each stream rebuilds (shared per node ID) and sends what changed, in
+the order clusters, endpoints, listeners, routes, secrets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import itertools
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc  # type: ignore[import-untyped]
+from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2  # type: ignore[import-untyped]
+from google.protobuf import any_pb2, json_format  # type: ignore[import-untyped]
+
+from .._exceptions import ConfigError, WaypostError
+from ..catalog import Catalog
+from ..catalog.watch import Topic
+from ..storage import Entry
+from . import _protos
+from . import resources as r
+from .snapshot import Translator
+
+log = logging.getLogger("waypost.mesh")
+
+WILDCARD_TYPES = (r.LISTENER, r.CLUSTER)  # an empty subscription means "all" (SotW)
+_DIRTY = object()
+_EOF = object()
+
+
+@dataclass
+class _Type:
+    names: tuple[str, ...] = ()
+    sent: str | None = None  # version last sent
+    nonce: str = ""
+    accepted: str = ""  # version last ACKed
+
+
+@dataclass(eq=False)  # a stream is itself, hashed by identity (server.streams is a set)
+class _Stream:
+    node_id: str = ""
+    metadata: dict[str, Any] = field(default_factory=dict)
+    types: dict[str, _Type] = field(default_factory=dict)
+    queue: asyncio.Queue[object] = field(default_factory=asyncio.Queue)
+    dirty: bool = False
+
+
+class _Built:
+    """One node's snapshot at one generation, with Any messages and hashes made once."""
+
+    def __init__(self, snap: r.Snapshot) -> None:
+        self.snap = snap
+        self._any: dict[tuple[str, str], any_pb2.Any] = {}
+        self._hash: dict[tuple[str, str], str] = {}
+
+    def digest(self, type_url: str, name: str) -> str:
+        key = (type_url, name)
+        if key not in self._hash:
+            text = json.dumps(self.snap[type_url][name], sort_keys=True)
+            self._hash[key] = hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+        return self._hash[key]
+
+    def message(self, type_url: str, name: str) -> any_pb2.Any:
+        key = (type_url, name)
+        if key not in self._any:
+            self._any[key] = json_format.ParseDict(self.snap[type_url][name], any_pb2.Any())
+        return self._any[key]
+
+
+class XdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignore[misc]
+    def __init__(self, catalog: Catalog, translator: Translator) -> None:
+        _protos.register()
+        self.catalog = catalog
+        self.translator = translator
+        self.streams: set[_Stream] = set()
+        self.generation = 0
+        self._built: dict[str, tuple[int, _Built]] = {}
+        self._last_good: dict[str, _Built] = {}
+        self._scheduled = False
+        self._nonces = itertools.count(1)
+        self._server: grpc.aio.Server | None = None
+        self.pushes = 0
+        self.nacks = 0
+        self.last_push = 0.0
+
+    async def start(self, host: str, port: int) -> int:
+        """Serve on host:port (0 picks one); return the port. Raises ConfigError."""
+        self._server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self, self._server)
+        try:
+            bound = self._server.add_insecure_port(
+                f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            )
+        except RuntimeError as exc:
+            raise ConfigError(f"--grpc: cannot listen on {host}:{port}: {exc}") from exc
+        if not bound:
+            raise ConfigError(f"--grpc: cannot listen on {host}:{port} (in use?)")
+        await self._server.start()
+        self.catalog.subscribe(self._changed)
+        self.translator.leaves.subscribe(self.refresh)
+        return int(bound)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            await self._server.stop(grace=0.5)
+
+    # -- what makes streams push ----------------------------------------------
+
+    def _changed(self, topics: set[Topic], entries: list[Entry]) -> None:
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Mark every stream dirty, once per event-loop turn however many changes came."""
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._mark_dirty)
+
+    def _mark_dirty(self) -> None:
+        self._scheduled = False
+        self.generation += 1
+        for stream in self.streams:
+            if not stream.dirty:
+                stream.dirty = True
+                stream.queue.put_nowait(_DIRTY)
+
+    # -- the stream ---------------------------------------------------------------
+
+    async def StreamAggregatedResources(  # the generated servicer names it
+        self, request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest], context: Any
+    ) -> None:
+        stream = _Stream()
+        self.streams.add(stream)
+        reader = asyncio.create_task(self._read(request_iterator, stream.queue))
+        try:
+            while (item := await stream.queue.get()) is not _EOF:
+                if item is _DIRTY:
+                    stream.dirty = False
+                    for type_url in r.PUSH_ORDER:
+                        if type_url in stream.types:
+                            await self._push(stream, type_url, context)
+                else:
+                    assert isinstance(item, discovery_pb2.DiscoveryRequest)
+                    await self._request(stream, item, context)
+        finally:
+            self.streams.discard(stream)
+            reader.cancel()
+            self._forget(stream)
+
+    @staticmethod
+    async def _read(
+        requests: AsyncIterator[discovery_pb2.DiscoveryRequest], queue: asyncio.Queue[object]
+    ) -> None:
+        try:
+            async for request in requests:
+                queue.put_nowait(request)
+        except (grpc.RpcError, asyncio.CancelledError):
+            pass
+        finally:
+            queue.put_nowait(_EOF)
+
+    async def _request(
+        self, stream: _Stream, req: discovery_pb2.DiscoveryRequest, context: Any
+    ) -> None:
+        if not stream.node_id and req.node.id:
+            stream.node_id = req.node.id
+            stream.metadata = json_format.MessageToDict(req.node.metadata)
+            log.info("xDS stream opened by %s", stream.node_id)
+        state = stream.types.setdefault(req.type_url, _Type())
+        if req.response_nonce and req.response_nonce != state.nonce:
+            return  # an answer to an older push: the newer one is on its way
+        state.names = tuple(sorted(req.resource_names))
+        if req.HasField("error_detail"):
+            self._nacked(stream, req, state)
+            return
+        state.accepted = req.version_info
+        await self._push(stream, req.type_url, context)
+
+    def _nacked(self, stream: _Stream, req: discovery_pb2.DiscoveryRequest, state: _Type) -> None:
+        self.nacks += 1
+        log.warning(
+            "xDS NACK from %s for %s version %s: %s; it keeps version %s, and this one is not "
+            "sent again",
+            stream.node_id,
+            req.type_url.rsplit(".", 1)[-1],
+            state.sent,
+            req.error_detail.message,
+            state.accepted or "(none)",
+        )
+
+    async def _push(self, stream: _Stream, type_url: str, context: Any) -> None:
+        built = self._snapshot(stream)
+        if built is None:
+            return
+        state = stream.types[type_url]
+        names = self._names(built, type_url, state)
+        version = hashlib.blake2b(
+            "|".join(f"{n}={built.digest(type_url, n)}" for n in names).encode(), digest_size=8
+        ).hexdigest()
+        if version == state.sent:
+            return
+        response = discovery_pb2.DiscoveryResponse(
+            version_info=version,
+            type_url=type_url,
+            nonce=str(next(self._nonces)),
+            resources=[built.message(type_url, n) for n in names],
+        )
+        state.sent, state.nonce = version, response.nonce
+        await context.write(response)
+        self.pushes += 1
+        self.last_push = time.time()
+
+    @staticmethod
+    def _names(built: _Built, type_url: str, state: _Type) -> list[str]:
+        have = built.snap.get(type_url, {})
+        if type_url in WILDCARD_TYPES and (not state.names or "*" in state.names):
+            return sorted(have)
+        return [n for n in state.names if n in have]
+
+    def _snapshot(self, stream: _Stream) -> _Built | None:
+        """The stream's node's resources at this generation (built once per
+        node), or its last good ones if they cannot be built now."""
+        cached = self._built.get(stream.node_id)
+        if cached is not None and cached[0] == self.generation:
+            return cached[1]
+        try:
+            built = _Built(self.translator.build(stream.node_id, stream.metadata))
+        except WaypostError as exc:
+            log.warning("xDS: cannot configure %s: %s", stream.node_id or "(no node ID)", exc)
+            return self._last_good.get(stream.node_id)
+        self._built[stream.node_id] = (self.generation, built)
+        self._last_good[stream.node_id] = built
+        return built
+
+    def _forget(self, stream: _Stream) -> None:
+        if not any(s.node_id == stream.node_id for s in self.streams):
+            self._built.pop(stream.node_id, None)
+            self._last_good.pop(stream.node_id, None)
+
+    def statistics(self) -> dict[str, float]:
+        return {
+            "xds_streams": len(self.streams),
+            "xds_pushes": self.pushes,
+            "xds_nacks": self.nacks,
+        }
