@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import socket
 import ssl
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -184,9 +186,9 @@ def _assert_refused(answer: bytes) -> None:
 def test_the_sidecar_presents_the_spiffe_id_of_its_service(mesh: Mesh, web_leaf: tuple[str, str, str]) -> None:
     cert, key, roots = web_leaf
     domain = mesh.api.get("/v1/connect/ca/roots").json()["TrustDomain"]
-    with socket.create_connection(("127.0.0.1", mesh.sidecar["db2"]), timeout=5) as raw:
-        with _client_context(roots, (cert, key)).wrap_socket(raw) as tls:
-            peer = tls.getpeercert()
+    context = _client_context(roots, (cert, key))
+    with socket.create_connection(("127.0.0.1", mesh.sidecar["db2"]), timeout=5) as raw, context.wrap_socket(raw) as tls:
+        peer = tls.getpeercert()
     assert ("URI", f"spiffe://{domain}/ns/default/dc/dc1/svc/db") in peer["subjectAltName"]
 
 
@@ -350,8 +352,6 @@ def test_proxyless_grpc_reaches_only_healthy_servers(mesh: Mesh, monkeypatch: py
         for n, (_, port) in zip(("one", "two"), servers, strict=True):
             mesh.api.put("/v1/agent/service/register", json={
                 "Name": "payment", "ID": f"payment-{n}", "Port": port, "Check": {"TTL": "60s", "Status": "passing"}})
-        import subprocess
-        import sys
         boot = subprocess.run(
             [sys.executable, "-m", "waypost.cli.main", "connect", "grpc-bootstrap", "-grpc-addr", mesh.agent.grpc_address],
             capture_output=True, text=True, check=True,
