@@ -88,7 +88,8 @@ def mesh() -> Iterator[Mesh]:
             envoy.wait_ready()
         # Consul's sidecar TCP check runs every 10 s, first at a random point in it.
         within(15, lambda: len(m.api.get("/v1/health/connect/db", params={"passing": "1"}).json()) == 2, "db sidecars healthy")
-        within(15, lambda: bool(m.api.get("/v1/health/connect/ledger", params={"passing": "1"}).json()), "ledger sidecar healthy")
+        for service in ("ledger", "web"):
+            within(15, lambda s=service: bool(m.api.get(f"/v1/health/connect/{s}", params={"passing": "1"}).json()), f"{service} sidecar healthy")
         within(5, lambda: get(f"http://127.0.0.1:{m.upstream_db}/").status_code == 200, "db reachable through web's sidecar")
         yield m
     finally:
@@ -267,8 +268,16 @@ def _load(url: str, seconds: float, until: Callable[[], bool] = lambda: False) -
     return count, failures
 
 
+def _catalog_index(mesh: Mesh) -> tuple[str, str]:
+    return (
+        mesh.api.get("/v1/health/state/any").headers["x-consul-index"],
+        mesh.api.get("/v1/catalog/services").headers["x-consul-index"],
+    )
+
+
 def test_leaf_rotation_under_load_fails_no_request(mesh: Mesh) -> None:
     db1, web = mesh.envoys["db1"], mesh.envoys["web"]
+    quiet = _catalog_index(mesh)
     before = (db1.cert_serials(), web.cert_serials())
     assert before[0] and before[1]
     count, failures = _load(
@@ -276,6 +285,7 @@ def test_leaf_rotation_under_load_fails_no_request(mesh: Mesh) -> None:
         until=lambda: db1.cert_serials() != before[0] and web.cert_serials() != before[1],
     )
     assert db1.cert_serials() != before[0] and web.cert_serials() != before[1], "no rotation within 12 s"
+    assert _catalog_index(mesh) == quiet  # the renewal itself was pushed: nothing else changed
     after, more_failures = _load(f"http://127.0.0.1:{mesh.upstream_db}/", 1.0)  # on the new certs
     assert count + after > 20 and failures == [] and more_failures == []
     assert db1.proc.poll() is None and web.proc.poll() is None  # rotated in place, no restart

@@ -131,7 +131,10 @@ class XdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
     # -- what makes streams push ----------------------------------------------
 
     def _changed(self, topics: set[Topic], entries: list[Entry]) -> None:
-        self.refresh()
+        # The health runner releases a check's hold after every stored result,
+        # which notifies with no topic at all: nothing changed, rebuild nothing.
+        if topics:
+            self.refresh()
 
     def refresh(self) -> None:
         """Mark every stream dirty, once per event-loop turn however many changes came."""
