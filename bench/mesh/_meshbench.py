@@ -26,16 +26,34 @@ from tests.agentproc import AgentProcess  # noqa: E402
 from tests.mesh.envoyproc import EnvoyProcess  # noqa: E402
 
 __all__ = [
-    "AgentProcess", "EnvoyProcess", "free_port", "haproxy", "header", "line", "median",
-    "mesh_agent", "rss_mb", "wrk",
+    "AgentProcess",
+    "EnvoyProcess",
+    "free_port",
+    "haproxy",
+    "header",
+    "line",
+    "median",
+    "mesh_agent",
+    "rss_mb",
+    "wrk",
 ]
 
 
 @contextlib.contextmanager
 def mesh_agent(*extra: str) -> Iterator[AgentProcess]:
     proc = AgentProcess(
-        "--dev", "--http", "127.0.0.1:0", "--dns", "off", "--grpc", "127.0.0.1:0",
-        "--node", "bench", "--log-level", "warning", *extra,
+        "--dev",
+        "--http",
+        "127.0.0.1:0",
+        "--dns",
+        "off",
+        "--grpc",
+        "127.0.0.1:0",
+        "--node",
+        "bench",
+        "--log-level",
+        "warning",
+        *extra,
     ).start()
     try:
         yield proc
@@ -54,10 +72,14 @@ def haproxy(config: str) -> Iterator[None]:
     with tempfile.NamedTemporaryFile("w", suffix=".cfg") as cfg:
         cfg.write(text)
         cfg.flush()
-        proc = subprocess.Popen(["haproxy", "-f", cfg.name], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            ["haproxy", "-f", cfg.name], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
         time.sleep(0.5)
         if proc.poll() is not None:
-            raise RuntimeError(f"haproxy exited: {proc.stderr.read().decode() if proc.stderr else ''}")
+            raise RuntimeError(
+                f"haproxy exited: {proc.stderr.read().decode() if proc.stderr else ''}"
+            )
         try:
             yield
         finally:
@@ -79,7 +101,9 @@ def wrk(url: str, connections: int, seconds: int, host: str = "") -> dict[str, f
     cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", url]
     if host:
         cmd += ["-H", f"Host: {host}"]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=seconds + 30).stdout
+    out = subprocess.run(
+        cmd, check=True, capture_output=True, text=True, timeout=seconds + 30
+    ).stdout
     errors = 0.0
     if m := re.search(r"Non-2xx or 3xx responses: (\d+)", out):
         errors += float(m.group(1))

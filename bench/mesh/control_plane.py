@@ -22,8 +22,8 @@ import time
 import grpc
 import httpx
 from _meshbench import header, line, mesh_agent, rss_mb
-from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.core.v3 import base_pb2
+from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
 CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
@@ -36,17 +36,38 @@ def register(api: httpx.Client) -> None:
     passing = [{"Name": "ready", "TTL": "1h", "Status": "passing"}]
     add_target(api, 0)
     for i in range(CLIENTS):
-        api.put("/v1/agent/service/register", json={
-            "Name": f"c{i}", "Port": 1, "Connect": {"SidecarService": {"Port": 20000 + i, "Checks": passing, "Proxy": {
-                "Upstreams": [{"DestinationName": "tg", "LocalBindPort": 40000}]}}},
-        }).raise_for_status()
+        api.put(
+            "/v1/agent/service/register",
+            json={
+                "Name": f"c{i}",
+                "Port": 1,
+                "Connect": {
+                    "SidecarService": {
+                        "Port": 20000 + i,
+                        "Checks": passing,
+                        "Proxy": {"Upstreams": [{"DestinationName": "tg", "LocalBindPort": 40000}]},
+                    }
+                },
+            },
+        ).raise_for_status()
 
 
 def add_target(api: httpx.Client, n: int) -> None:
-    api.put("/v1/agent/service/register", json={
-        "Name": "tg", "ID": f"tg{n}", "Port": 30000 + n, "Check": {"TTL": "1h", "Status": "passing"},
-        "Connect": {"SidecarService": {"Port": 31000 + n, "Checks": [{"Name": "r", "TTL": "1h", "Status": "passing"}]}},
-    }).raise_for_status()
+    api.put(
+        "/v1/agent/service/register",
+        json={
+            "Name": "tg",
+            "ID": f"tg{n}",
+            "Port": 30000 + n,
+            "Check": {"TTL": "1h", "Status": "passing"},
+            "Connect": {
+                "SidecarService": {
+                    "Port": 31000 + n,
+                    "Checks": [{"Name": "r", "TTL": "1h", "Status": "passing"}],
+                }
+            },
+        },
+    ).raise_for_status()
 
 
 class Stream:
@@ -62,8 +83,15 @@ class Stream:
             yield await self.queue.get()
 
     def send(self, type_url: str, names: list[str], version: str = "", nonce: str = "") -> None:
-        self.queue.put_nowait(discovery_pb2.DiscoveryRequest(
-            node=self.node, type_url=type_url, resource_names=names, version_info=version, response_nonce=nonce))
+        self.queue.put_nowait(
+            discovery_pb2.DiscoveryRequest(
+                node=self.node,
+                type_url=type_url,
+                resource_names=names,
+                version_info=version,
+                response_nonce=nonce,
+            )
+        )
 
     async def run(self, stub: ads_pb2_grpc.AggregatedDiscoveryServiceStub) -> None:
         call = stub.StreamAggregatedResources(self.requests())
@@ -101,7 +129,10 @@ async def bench(address: str, api: httpx.Client, pid: int, n_streams: int, chang
     line(f"{n_streams} streams subscribed in {time.monotonic() - opened:.1f} s")
     await asyncio.sleep(2)
     after = rss_mb(pid)
-    line(f"agent RSS {before:.0f} MB -> {after:.0f} MB: {(after - before) * 1024 / n_streams:.1f} KB per stream")
+    line(
+        f"agent RSS {before:.0f} MB -> {after:.0f} MB: "
+        f"{(after - before) * 1024 / n_streams:.1f} KB per stream"
+    )
     p99s, p50s, maxes = [], [], []
     for change in range(changes):
         adding = change % 2 == 0
@@ -112,17 +143,25 @@ async def bench(address: str, api: httpx.Client, pid: int, n_streams: int, chang
         if adding:
             await asyncio.to_thread(add_target, api, 1)
         else:
-            await asyncio.to_thread(lambda: api.put("/v1/agent/service/deregister/tg1").raise_for_status())
+            await asyncio.to_thread(
+                lambda: api.put("/v1/agent/service/deregister/tg1").raise_for_status()
+            )
         await wait_all(streams, want)
         lat = sorted((s.at - started) * 1000 for s in streams)
         p50, p99 = statistics.median(lat), lat[int(len(lat) * 0.99) - 1]
         p50s.append(p50)
         p99s.append(p99)
         maxes.append(lat[-1])
-        line(f"change {change + 1} ({'add' if adding else 'remove'}): push latency p50 {p50:.0f} ms  p99 {p99:.0f} ms  max {lat[-1]:.0f} ms")
+        line(
+            f"change {change + 1} ({'add' if adding else 'remove'}): push latency "
+            f"p50 {p50:.0f} ms  p99 {p99:.0f} ms  max {lat[-1]:.0f} ms"
+        )
         await asyncio.sleep(0.5)
-    line(f"median over {changes} changes: p50 {statistics.median(p50s):.0f} ms, p99 {statistics.median(p99s):.0f} ms "
-         f"(spread {min(p99s):.0f}-{max(p99s):.0f}), max {statistics.median(maxes):.0f} ms; goal p99 <= 200 ms")
+    line(
+        f"median over {changes} changes: p50 {statistics.median(p50s):.0f} ms, "
+        f"p99 {statistics.median(p99s):.0f} ms (spread {min(p99s):.0f}-{max(p99s):.0f}), "
+        f"max {statistics.median(maxes):.0f} ms; goal p99 <= 200 ms"
+    )
     for task in tasks:
         task.cancel()
     for c in channels:

@@ -22,16 +22,47 @@ from _meshbench import EnvoyProcess, free_port, haproxy, header, line, median, m
 LOADS = {"moderate": 4, "heavy": 32}  # wrk connections
 
 
-def register(api: httpx.Client, backend: int, sidecar: int, client_sidecar: int, upstream: int) -> None:
+def register(
+    api: httpx.Client, backend: int, sidecar: int, client_sidecar: int, upstream: int
+) -> None:
     passing = [{"Name": "ready", "TTL": "1h", "Status": "passing"}]
-    api.put("/v1/agent/service/register", json={
-        "Name": "bk", "Port": backend, "Check": {"TTL": "1h", "Status": "passing"},
-        "Connect": {"SidecarService": {"Port": sidecar, "Checks": passing, "Proxy": {"Config": {"protocol": "http"}}}},
-    }).raise_for_status()
-    api.put("/v1/agent/service/register", json={
-        "Name": "ld", "Port": 1, "Connect": {"SidecarService": {"Port": client_sidecar, "Checks": passing, "Proxy": {
-            "Upstreams": [{"DestinationName": "bk", "LocalBindPort": upstream, "Config": {"protocol": "http"}}]}}},
-    }).raise_for_status()
+    api.put(
+        "/v1/agent/service/register",
+        json={
+            "Name": "bk",
+            "Port": backend,
+            "Check": {"TTL": "1h", "Status": "passing"},
+            "Connect": {
+                "SidecarService": {
+                    "Port": sidecar,
+                    "Checks": passing,
+                    "Proxy": {"Config": {"protocol": "http"}},
+                }
+            },
+        },
+    ).raise_for_status()
+    api.put(
+        "/v1/agent/service/register",
+        json={
+            "Name": "ld",
+            "Port": 1,
+            "Connect": {
+                "SidecarService": {
+                    "Port": client_sidecar,
+                    "Checks": passing,
+                    "Proxy": {
+                        "Upstreams": [
+                            {
+                                "DestinationName": "bk",
+                                "LocalBindPort": upstream,
+                                "Config": {"protocol": "http"},
+                            }
+                        ]
+                    },
+                }
+            },
+        },
+    ).raise_for_status()
 
 
 def wait_for(url: str, host: str = "") -> None:
@@ -54,7 +85,9 @@ def enforcement(api: httpx.Client, url: str, reps: int) -> list[float]:
         for _ in range(reps):
             client.get(url)
             started = time.monotonic()
-            api.put("/v1/connect/intentions/exact", params=pair, json={"Action": "deny"}).raise_for_status()
+            api.put(
+                "/v1/connect/intentions/exact", params=pair, json={"Action": "deny"}
+            ).raise_for_status()
             while client.get(url).status_code != 403:
                 time.sleep(0.001)
             times.append(time.monotonic() - started)
@@ -71,15 +104,36 @@ def main() -> None:
     args = parser.parse_args()
     header("mesh data plane: direct vs two sidecars vs HAProxy vs the gateway (wrk -t1)")
     backend, peer, sidecar, client_sidecar, upstream, gw = (free_port() for _ in range(6))
-    backend_cfg = f"frontend be\n  bind 127.0.0.1:{backend}\n  http-request return status 200 content-type text/plain string ok\n"
-    peer_cfg = f"frontend fe\n  bind 127.0.0.1:{peer}\n  default_backend b\nbackend b\n  server s1 127.0.0.1:{backend}\n"
+    backend_cfg = (
+        f"frontend be\n  bind 127.0.0.1:{backend}\n"
+        "  http-request return status 200 content-type text/plain string ok\n"
+    )
+    peer_cfg = (
+        f"frontend fe\n  bind 127.0.0.1:{peer}\n  default_backend b\n"
+        f"backend b\n  server s1 127.0.0.1:{backend}\n"
+    )
     with haproxy(backend_cfg + peer_cfg), mesh_agent() as agent, agent.client() as api:
         register(api, backend, sidecar, client_sidecar, upstream)
         envoys = [
-            EnvoyProcess("connect", "envoy", "-sidecar-for", name, http_url=agent.http_url, grpc_address=agent.grpc_address)
+            EnvoyProcess(
+                "connect",
+                "envoy",
+                "-sidecar-for",
+                name,
+                http_url=agent.http_url,
+                grpc_address=agent.grpc_address,
+            )
             for name in ("bk", "ld")
         ]
-        envoys.append(EnvoyProcess("gateway", "--listen", f"127.0.0.1:{gw}", http_url=agent.http_url, grpc_address=agent.grpc_address))
+        envoys.append(
+            EnvoyProcess(
+                "gateway",
+                "--listen",
+                f"127.0.0.1:{gw}",
+                http_url=agent.http_url,
+                grpc_address=agent.grpc_address,
+            )
+        )
         try:
             for envoy in envoys:
                 envoy.wait_ready()
@@ -98,11 +152,17 @@ def main() -> None:
                     for name, (url, host) in paths.items():
                         r = wrk(url, conns, args.seconds, host)
                         results.setdefault((name, load), []).append(r)
-                        line(f"rep {rep + 1} {load:8} {name:20} {r['rps']:8.0f} req/s  p50 {r['p50']:.3f} ms  p99 {r['p99']:.3f} ms  errors {r['errors']:.0f}")
+                        line(
+                            f"rep {rep + 1} {load:8} {name:20} {r['rps']:8.0f} req/s  "
+                            f"p50 {r['p50']:.3f} ms  p99 {r['p99']:.3f} ms  "
+                            f"errors {r['errors']:.0f}"
+                        )
             report(results, args.reps)
             times = enforcement(api, f"http://127.0.0.1:{upstream}/", 5)
-            line(f"intention write -> enforced in Envoy: median {median(times) * 1000:.1f} ms, "
-                 f"max {max(times) * 1000:.1f} ms over {len(times)}")
+            line(
+                f"intention write -> enforced in Envoy: median {median(times) * 1000:.1f} ms, "
+                f"max {max(times) * 1000:.1f} ms over {len(times)}"
+            )
         finally:
             for envoy in envoys:
                 envoy.stop()
@@ -116,15 +176,18 @@ def report(results: dict[tuple[str, str], list[dict[str, float]]], reps: int) ->
         direct = results[("direct", load)]
         d50 = statistics.median(r["p50"] for r in direct)
         d99 = statistics.median(r["p99"] for r in direct)
-        for (name, l), runs in results.items():
-            if l != load:
+        for (name, at), runs in results.items():
+            if at != load:
                 continue
             rps = [r["rps"] for r in runs]
             p50 = statistics.median(r["p50"] for r in runs)
             p99 = statistics.median(r["p99"] for r in runs)
             added = "" if name == "direct" else f"{p50 - d50:+.3f} | {p99 - d99:+.3f}"
-            line(f"| {load} (-c{LOADS[load]}) | {name} | {median(rps):,.0f} ({min(rps):,.0f}-{max(rps):,.0f}) | "
-                 f"{p50:.3f} | {p99:.3f} | {added or '- | -'} |")
+            line(
+                f"| {load} (-c{LOADS[load]}) | {name} | "
+                f"{median(rps):,.0f} ({min(rps):,.0f}-{max(rps):,.0f}) | "
+                f"{p50:.3f} | {p99:.3f} | {added or '- | -'} |"
+            )
 
 
 if __name__ == "__main__":
