@@ -19,7 +19,7 @@ import time
 import httpx
 from _meshbench import EnvoyProcess, free_port, haproxy, header, line, median, mesh_agent, wrk
 
-LOADS = {"moderate": 4, "heavy": 32}  # wrk connections
+LOADS = {"light": 1, "moderate": 4, "heavy": 32}  # wrk connections
 
 
 def register(

@@ -210,7 +210,7 @@ class XdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
             stream.node_id,
             req.type_url.rsplit(".", 1)[-1],
             state.sent,
-            req.error_detail.message,
+            " ".join(req.error_detail.message.split()),  # one line, whatever Envoy sent
             state.accepted or "(none)",
         )
 
