@@ -183,3 +183,22 @@ def test_a_ttl_expiry_during_an_etcd_outage_fails_closed_then_reaches_every_agen
     # the stored status follows within the runner's retry interval.
     assert time.monotonic() - healed < 15, "the held status took too long to reach agent B"
     assert health(b, "pay", passing="").json() == []
+
+
+def test_agents_on_one_store_share_one_ca_and_the_intentions(start_agent: AgentFactory) -> None:
+    """The CA's root is a catalog record: the second agent finds it instead of making one;
+    a leaf signed by either verifies against the other's roots; intentions go everywhere."""
+    from cryptography import x509
+
+    a, b = start_agent("ca-a"), start_agent("ca-b")
+    roots_a = httpx.get(f"{a.http_url}/v1/connect/ca/roots", timeout=30).json()
+    roots_b = httpx.get(f"{b.http_url}/v1/connect/ca/roots", timeout=30).json()
+    assert roots_a == roots_b and len(roots_a["Roots"]) == 1
+    root = x509.load_pem_x509_certificate(roots_a["Roots"][0]["RootCert"].encode())
+    leaf = httpx.get(f"{b.http_url}/v1/agent/connect/ca/leaf/web", timeout=30).json()
+    x509.load_pem_x509_certificate(leaf["CertPEM"].encode()).verify_directly_issued_by(root)
+    assert leaf["ServiceURI"].startswith(f"spiffe://{roots_a['TrustDomain']}/")
+    pair = {"source": "web", "destination": "db"}
+    put = httpx.put(f"{a.http_url}/v1/connect/intentions/exact", params=pair, json={"Action": "deny"}, timeout=30)
+    assert put.json() is True
+    until(lambda: httpx.get(f"{b.http_url}/v1/connect/intentions/check", params=pair, timeout=30).json() == {"Allowed": False}, timeout=5)

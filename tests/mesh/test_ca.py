@@ -91,3 +91,22 @@ async def test_a_blocking_leaf_wait_times_out_with_the_same_leaf() -> None:
     assert asyncio.get_running_loop().time() - started >= 0.19
     leaves.stop()
     await catalog.close()
+
+
+async def test_two_agents_starting_at_once_agree_on_one_root(tmp_path: Path) -> None:
+    """Both plans read "no root" on the same state (the store yields before each
+    commit); the roots' range condition makes the second re-plan and adopt the first."""
+    from waypost.catalog import Catalog
+    from waypost.storage import open_storage
+
+    from ..catalog.test_writes import Yielding
+
+    catalog = Catalog(Yielding(open_storage(f"sqlite:///{tmp_path}/c.db")))
+    await catalog.open()
+    first, second = await asyncio.gather(
+        catalog.write(connect.init_ca, ca.new_root("one.consul", NOW)),
+        catalog.write(connect.init_ca, ca.new_root("two.consul", NOW)),
+    )
+    assert first.id == second.id and len(catalog.state.roots()) == 1
+    assert catalog.conflicts == 1
+    await catalog.close()

@@ -179,3 +179,28 @@ def test_intention_endpoints(api: httpx.Client, mesh_agent: AgentProcess) -> Non
     assert api.put(exact, params=pair, json={"Action": "perhaps"}).status_code == 400
     assert api.put(exact, params={"source": "web"}, json={"Action": "deny"}).status_code == 400
     assert api.get("/v1/connect/intentions/match", params={"by": "nobody", "name": "x"}).status_code == 400
+
+
+def test_py_consul_drives_the_mesh_api_unchanged(mesh_agent: AgentProcess) -> None:
+    """py-consul (a client no one here wrote): sidecar registration, CA, intentions."""
+    import consul
+
+    c = consul.Consul(host="127.0.0.1", port=mesh_agent.http_port)
+    c.agent.service.register("orders", service_id="orders-1", port=5000, connect={"sidecar_service": {"port": 5001}})
+    index, rows = c.health.connect("orders")
+    assert [r["Service"]["ID"] for r in rows] == ["orders-1-sidecar-proxy"] and int(index) > 0
+    assert c.catalog.connect("orders")[1][0]["ServiceProxy"]["DestinationServiceID"] == "orders-1"
+    roots = c.agent.connect.ca.roots()
+    assert roots == c.connect.ca.roots() and roots["Roots"][0]["Active"]
+    leaf = c.agent.connect.ca.leaf("orders")
+    assert leaf["ServiceURI"].endswith("/svc/orders")
+    assert c.connect.intentions.upsert("orders", "payments", action="deny", description="not yet") is True
+    assert c.connect.intentions.read("orders", "payments")["Description"] == "not yet"
+    assert c.connect.intentions.check("orders", "payments") is False
+    assert [i["SourceName"] for i in c.connect.intentions.match("source", "orders")["orders"]] == ["orders"]
+    verdict = c.agent.connect.authorize("payments", leaf["ServiceURI"], leaf["SerialNumber"])
+    assert verdict["Authorized"] is False and "orders => payments" in verdict["Reason"]
+    assert c.connect.intentions.delete("orders", "payments") is True
+    assert c.connect.intentions.check("orders", "payments") is True
+    c.agent.service.deregister("orders-1")
+    assert c.health.connect("orders")[1] == []
