@@ -51,7 +51,7 @@ def register(
     _register_one(txn, reg, service, replace_checks, allow_scripts)
     if reg.sidecar is not None:
         proxy_id = reg.sidecar.id or sidecar.sidecar_id(service.id)
-        port = sidecar.pick_port(txn.services_on(node), proxy_id, sidecar_ports)
+        port = reg.sidecar.port or sidecar.pick_port(txn.services_on(node), proxy_id, sidecar_ports)
         proxy_reg = sidecar.expand(reg, service.id, port)
         proxy = msgspec.structs.replace(build_service(proxy_reg, node), sidecar_of=service.id)
         _register_one(txn, proxy_reg, proxy, replace_checks, allow_scripts)
