@@ -190,10 +190,12 @@ def test_agents_on_one_store_share_one_ca_and_the_intentions(start_agent: AgentF
     a leaf signed by either verifies against the other's roots; intentions go everywhere."""
     from cryptography import x509
 
-    a, b = start_agent("ca-a"), start_agent("ca-b")
+    a = start_agent("ca-a")
     roots_a = httpx.get(f"{a.http_url}/v1/connect/ca/roots", timeout=30).json()
+    b = start_agent("ca-b")  # finds A's root: it does not make (or put) one of its own
     roots_b = httpx.get(f"{b.http_url}/v1/connect/ca/roots", timeout=30).json()
     assert roots_a == roots_b and len(roots_a["Roots"]) == 1
+    assert httpx.get(f"{a.http_url}/v1/connect/ca/roots", timeout=30).json() == roots_a
     root = x509.load_pem_x509_certificate(roots_a["Roots"][0]["RootCert"].encode())
     leaf = httpx.get(f"{b.http_url}/v1/agent/connect/ca/leaf/web", timeout=30).json()
     x509.load_pem_x509_certificate(leaf["CertPEM"].encode()).verify_directly_issued_by(root)
