@@ -81,6 +81,8 @@ def agent_service(s: Service, datacenter: str) -> JSON:
     out["Datacenter"] = datacenter
     if s.kind:
         out["Kind"] = s.kind
+    if s.proxy is not None:
+        out["Proxy"] = proxy(s.proxy)
     return out
 
 
