@@ -166,7 +166,10 @@ class Catalog:
         self._notify(self.state.hold(node, check_id, output), [])
 
     def release(self, node: str, check_id: str) -> None:
-        self._notify(self.state.release(node, check_id), [])
+        """Show the stored record again; a no-op (no listener called) if not held."""
+        topics = self.state.release(node, check_id)
+        if topics:
+            self._notify(topics, [])
 
     def statistics(self) -> dict[str, float]:
         return {
