@@ -83,8 +83,17 @@ class EnvoyProcess:
         os.unlink(self.log.name)
 
 
+# Python's http.server, with its output buffered so that each response leaves in
+# one write: a kill -9 then lands before a response (a reset the sidecar retries)
+# or after it, never between the headers and the body (which no proxy can retry).
+_SERVE = (
+    "import http.server as h, sys; h.SimpleHTTPRequestHandler.wbufsize = -1; "
+    "h.test(HandlerClass=h.SimpleHTTPRequestHandler, port=int(sys.argv[1]), bind='127.0.0.1')"
+)
+
+
 class App:
-    """`python -m http.server` serving one file that names the app."""
+    """Python's `http.server` serving one file that names the app."""
 
     def __init__(self, name: str, port: int = 0) -> None:
         self.name = name
@@ -95,8 +104,8 @@ class App:
 
     def start(self) -> App:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "http.server", str(self.port), "--bind", "127.0.0.1", "--directory", self.dir],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [sys.executable, "-c", _SERVE, str(self.port)],
+            cwd=self.dir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:

@@ -71,8 +71,14 @@ def test_leader_election_and_failover_after_kill_9(
     first.start()
     with httpx.Client(base_url=waypost.http_url, timeout=5) as http:
         _wait(lambda: first.role() in ("master", "primary"), BOOTSTRAP_TIMEOUT, "no leader", cluster)
-        holder, session = _leader_key(http, cluster.scope)
-        assert holder == first.name and session
+        # Patroni may report its role a loop before its leader key is readable.
+        holder, session = _wait(
+            lambda: (key := _leader_key(http, cluster.scope))[0] == first.name and key,
+            BOOTSTRAP_TIMEOUT,
+            "no leader key naming the leader",
+            cluster,
+        )
+        assert session
         (info,) = http.get(f"/v1/session/info/{session}").json()
         assert info["Behavior"] == "delete" and info["TTL"] == "3s"
         second.start()
