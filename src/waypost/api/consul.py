@@ -65,7 +65,6 @@ class ConsulApi:
             "/v1/health/node/": self.health_node,
             "/v1/status/leader": self.status_leader,
             "/v1/status/peers": self.status_peers,
-            "/v1/internal/ui/services": self.ui_services,
         }.items():
             r.add("GET HEAD", path, handler)
         for path, handler in {
@@ -93,6 +92,16 @@ class ConsulApi:
             raise RefusedError("No path to datacenter")
 
     # -- the blocking read path ------------------------------------------
+
+    async def read(
+        self,
+        req: Request,
+        topics: tuple[Topic, ...],
+        produce: Callable[[], Any],
+        cache: bool = True,
+    ) -> Response:
+        """The blocking read path, for reads beside the API (the UI's, internal_ui.py)."""
+        return await self._read(req, topics, produce, cache)
 
     async def _read(
         self,
@@ -274,36 +283,6 @@ class ConsulApi:
             (node_topic(name),),
             lambda: [encode.check(c) for c in self.state.checks_on_node(name)],
         )
-
-    async def ui_services(self, req: Request, _: str) -> Response:
-        """One summary row per service, for the web UI: a single blocking query
-        covers every service (a browser allows only a few open long-polls)."""
-        return await self._read(req, (SERVICES, CHECKS, NODES), self._service_summaries)
-
-    def _service_summaries(self) -> list[dict[str, Any]]:
-        rows = []
-        for name, tags in self.state.service_tags().items():
-            instances = self.state.instances(name)
-            statuses = [self.state.aggregate_status(s) for s in instances]
-            checks = [c.status for s in instances for c in self.state.checks_of(s)]
-            rows.append(
-                {
-                    "Name": name,
-                    "Tags": tags,
-                    "InstanceCount": len(instances),
-                    "InstancesPassing": statuses.count("passing"),
-                    "InstancesWarning": statuses.count("warning"),
-                    "InstancesCritical": len(statuses)
-                    - statuses.count("passing")
-                    - statuses.count("warning"),
-                    "ChecksPassing": checks.count("passing"),
-                    "ChecksWarning": checks.count("warning"),
-                    "ChecksCritical": len(checks)
-                    - checks.count("passing")
-                    - checks.count("warning"),
-                }
-            )
-        return rows
 
     async def status_leader(self, req: Request, _: str) -> Response:
         return json(self.info.leader_address())
