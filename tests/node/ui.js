@@ -3,7 +3,7 @@
 // Usage: node ui.js SCENARIO AGENT_URL [ARGS...]; prints one JSON line of
 // what the page showed (the pytest wrapper, tests/ui/test_ui_browser.py,
 // asserts on it). Scenarios:
-//   views SERVICE [SHOTS_DIR]  every view on a service the wrapper registered
+//   views SERVICE DECOY [SHOTS_DIR]  every view on the services the wrapper registered
 //   empty                      a fresh agent: the empty state
 //   restart                    the agent restarts under the page; the wrapper
 //                              drives it through stdin/stdout lines
@@ -86,7 +86,7 @@ async function tabTo(page, selector, max = 40) {
 }
 
 async function views(browser, out, errors) {
-  const [name, shots] = args;
+  const [name, decoy, shots] = args;
   const page = await newPage(browser, errors);
   const row = page.locator(`tr.service[data-name="${name}"]`);
   const cells = async () => texts(row.locator("th, td"));
@@ -107,7 +107,11 @@ async function views(browser, out, errors) {
   await page.keyboard.type(name);
   await waitFor(page, () => document.querySelectorAll("tr.service").length >= 1 && location.search.includes("filter="));
   out.filtered = await texts(page.locator("tr.service th"));
-  out.filterUrl = new URL(page.url()).search;
+  await page.fill("#filter", `tag-${name}`); // a tag matches too
+  await waitFor(page, () => document.querySelectorAll("tr.service").length === 1);
+  out.filteredByTag = await texts(page.locator("tr.service th"));
+  await page.fill("#filter", name);
+  out.filterUrl = await page.evaluate(() => location.search);
   await page.reload();
   await row.waitFor({ timeout: WAIT_MS });
   out.filterAfterReload = [await page.locator("#filter").inputValue(), await texts(page.locator("tr.service th"))];
@@ -122,9 +126,11 @@ async function views(browser, out, errors) {
   await sortButton.focus();
   await page.keyboard.press("Enter");
   await page.keyboard.press("Enter");
-  out.sortState = [await page.locator('th:has(button[data-sort="instances"])').getAttribute("aria-sort"), new URL(page.url()).search];
+  out.sortState = [await page.locator(`th:has(button[data-sort="instances"])`).getAttribute("aria-sort"), await page.evaluate(() => location.search)];
   const counts = await page.evaluate(() => [...document.querySelectorAll("tr.service td:nth-child(3)")].map((t) => Number(t.textContent)));
   out.sortedDescending = counts.every((c, i) => i === 0 || counts[i - 1] >= c);
+  const order = await page.locator("tr.service").evaluateAll((rows) => rows.map((r) => r.dataset.name));
+  out.sortedOrder = order.filter((n) => n === name || n === decoy);
 
   // -- keyboard to the service's page; deep link survives a reload -------------
   await page.goto(`${base}/ui/services`);
@@ -143,6 +149,8 @@ async function views(browser, out, errors) {
   out.fieldNames = await texts(instance.locator("dl.fields dt"));
   out.checks = await instance.locator("tr.check").evaluateAll((rows) => rows.map((r) => [...r.children].map((c) => c.textContent.trim())));
   out.tagsHtml = await instance.locator("dl.fields dd").nth(2).innerHTML();
+  out.instanceStatuses = await page.locator("section.instance").evaluateAll((els) => els.map((e) => e.dataset.status));
+  out.maintenanceReason = await texts(page.locator(`section.instance[data-id="${name}-3"] .maintenance-reason`));
 
   // -- the timeline follows live ----------------------------------------------
   await put(`/v1/agent/check/fail/service:${name}-2?note=connection%20refused`);
@@ -169,12 +177,14 @@ async function views(browser, out, errors) {
   out.node = { status: await node.getAttribute("data-status"), checks: await texts(node.locator(".node-checks li")) };
   out.nodeServices = await node.locator("tr.node-service").evaluateAll((rows) => rows.map((r) => r.dataset.id));
   out.nodesA11y = await a11y(page);
+  out.externalNode = await texts(page.locator(`section.node[data-node^="ext-"] p.muted`));
   if (shots) await page.screenshot({ path: `${shots}/ui-nodes.png` });
   await node.locator("h2 a").click();
   await page.waitForURL("**/ui/nodes/test-node", { timeout: WAIT_MS });
   await page.reload();
   await node.waitFor({ timeout: WAIT_MS });
   out.oneNode = [await page.locator("h1").innerText(), await page.locator("section.node").count()];
+  out.nodeCount = await page.evaluate(() => fetch("/v1/internal/ui/nodes").then((r) => r.json()).then((n) => n.length));
 
   // -- an address the UI does not have ---------------------------------------------
   await page.goto(`${base}/ui/nowhere`);

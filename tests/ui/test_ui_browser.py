@@ -56,7 +56,7 @@ def register(http: httpx.Client, body: dict[str, Any]) -> None:
     assert http.put("/v1/agent/service/register", json=body).status_code == 200
 
 
-def seed(http: httpx.Client, name: str) -> None:
+def seed(http: httpx.Client, name: str, unique: str) -> None:
     """Three instances: one passing with every field set, one critical, one in maintenance."""
     register(
         http,
@@ -64,7 +64,7 @@ def seed(http: httpx.Client, name: str) -> None:
             "Name": name,
             "ID": f"{name}-1",
             "Port": 3001,
-            "Tags": ["blue", "<i>x</i>"],
+            "Tags": ["blue", "<i>x</i>", f"tag-{name}"],
             "Meta": {"version": "2.1"},
             "Weights": {"Passing": 3, "Warning": 1},
             "Check": {
@@ -89,6 +89,19 @@ def seed(http: httpx.Client, name: str) -> None:
         f"/v1/agent/service/maintenance/{name}-3",
         params={"enable": "true", "reason": "deploying v2"},
     )
+    # Another service and a node without an agent, so that filters have something to leave out.
+    decoy = {
+        "Name": f"decoy-{unique}",
+        "ID": f"decoy-{unique}-1",
+        "Check": {"TTL": "5m", "Status": "passing"},
+    }
+    register(http, decoy)
+    ext = {
+        "Node": f"ext-{unique}",
+        "Address": "127.0.0.9",
+        "Service": {"Service": f"ext-{unique}", "Port": 5432},
+    }
+    assert http.put("/v1/catalog/register", json=ext).status_code == 200
 
 
 def assert_accessible(report: dict[str, Any]) -> None:
@@ -101,25 +114,40 @@ def assert_accessible(report: dict[str, Any]) -> None:
 
 def test_every_view(agent: AgentProcess, unique: str, tmp_path: Path) -> None:
     name = f"ui-{unique}"
-    with agent.client() as http:
-        seed(http, name)
+    decoy = f"decoy-{unique}"
     shots = os.environ.get("WAYPOST_UI_SHOTS", "")
-    seen = run_ui("views", agent.http_url, name, *([shots] if shots else []))
+    with agent.client() as http:
+        seed(http, name, unique)
+        try:
+            seen = run_ui("views", agent.http_url, name, decoy, *([shots] if shots else []))
+        finally:  # other tests list the nodes of the shared agent
+            http.put("/v1/catalog/deregister", json={"Node": f"ext-{unique}"})
 
     # The list, and its live update (the TTL check passed through the API).
     assert "test-node" in seen["brand"]
-    assert seen["before"] == [name, "critical", "3", "1", "0", "1", "1", "<i>x</i>blue"]
-    assert seen["after"] == [name, "maintenance", "3", "2", "0", "0", "1", "<i>x</i>blue"]
+    assert seen["before"] == [name, "critical", "3", "1", "0", "1", "1", f"<i>x</i>bluetag-{name}"]
+    assert seen["after"] == [
+        name,
+        "maintenance",
+        "3",
+        "2",
+        "0",
+        "0",
+        "1",
+        f"<i>x</i>bluetag-{name}",
+    ]
     assert_accessible(seen["listA11y"])
     # Filter typed from the keyboard, kept in the URL and across a reload.
     assert seen["tabsToFilter"] <= 6
     assert seen["filtered"] == [name]
+    assert seen["filteredByTag"] == [name]
     assert seen["filterUrl"] == f"?filter={name}"
     assert seen["filterAfterReload"] == [name, [name]]
     assert seen["noMatch"] == f"No service matches “{name}” and status critical. Clear the filters"
     assert seen["afterClear"] == ["", ""] and seen["focusAfterClear"] == "filter"
     assert seen["sortState"] == ["descending", "?sort=instances&order=desc"]
     assert seen["sortedDescending"]
+    assert seen["sortedOrder"] == [name, decoy]  # 3 instances before 1
 
     # The service's page, reached by keyboard, and the same after a reload.
     assert seen["detailPath"] == f"/ui/services/{name}"
@@ -130,11 +158,13 @@ def test_every_view(agent: AgentProcess, unique: str, tmp_path: Path) -> None:
     assert seen["fields"] == [
         "127.0.0.1:3001",
         "test-node",
-        "blue<i>x</i>",
+        f"blue<i>x</i>tag-{name}",
         "version = 2.1",
         "passing 3, warning 1",
     ]
     assert "&lt;i&gt;x&lt;/i&gt;" in seen["tagsHtml"]  # markup in a tag is shown, never run
+    assert seen["instanceStatuses"] == ["passing", "passing", "maintenance"]
+    assert seen["maintenanceReason"] == ["deploying v2"]
     assert seen["checks"] == [
         ["Serf Health Status (node)", "agent", "passing", "Agent alive and reachable", ""],
         ["heartbeat", "ttl", "passing", "none", "beats every 10s"],
@@ -161,6 +191,9 @@ def test_every_view(agent: AgentProcess, unique: str, tmp_path: Path) -> None:
     assert {f"{name}-1", f"{name}-2", f"{name}-3"} <= set(seen["nodeServices"])
     assert_accessible(seen["nodesA11y"])
     assert seen["oneNode"] == ["test-node", 1]
+    assert seen["nodeCount"] >= 2
+    assert seen["externalNode"][0] == "address 127.0.0.9 · datacenter dc1"
+    assert seen["externalNode"][1].startswith("No node-level checks")
     assert seen["notFound"] == "Not found"
 
 
