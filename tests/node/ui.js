@@ -3,7 +3,8 @@
 // Usage: node ui.js SCENARIO AGENT_URL [ARGS...]; prints one JSON line of
 // what the page showed (the pytest wrapper, tests/ui/test_ui_browser.py,
 // asserts on it). Scenarios:
-//   views SERVICE DECOY [SHOTS_DIR]  every view on the services the wrapper registered
+//   views SERVICE DECOY        every view on the services the wrapper registered
+//   screenshots SERVICE NODE INSTANCE DIR   the main views as PNGs (scripts/ui-screenshots.py)
 //   empty                      a fresh agent: the empty state
 //   restart                    the agent restarts under the page; the wrapper
 //                              drives it through stdin/stdout lines
@@ -86,7 +87,7 @@ async function tabTo(page, selector, max = 40) {
 }
 
 async function views(browser, out, errors) {
-  const [name, decoy, shots] = args;
+  const [name, decoy] = args;
   const page = await newPage(browser, errors);
   const row = page.locator(`tr.service[data-name="${name}"]`);
   const cells = async () => texts(row.locator("th, td"));
@@ -100,7 +101,6 @@ async function views(browser, out, errors) {
   await waitFor(page, (n) => document.querySelector(`tr.service[data-name="${n}"] td:nth-child(4)`)?.textContent === "2", name);
   out.after = await cells();
   out.listA11y = await a11y(page);
-  if (shots) await page.screenshot({ path: `${shots}/ui-services.png` });
 
   // -- filter, status, sort: by keyboard, kept in the URL -----------------------
   out.tabsToFilter = await tabTo(page, "#filter");
@@ -160,7 +160,6 @@ async function views(browser, out, errors) {
   out.eventOutputs = await texts(page.locator("#events li .output"));
   out.strips = await page.locator(".strip").evaluateAll((els) => els.map((e) => e.getAttribute("aria-label")));
   out.detailA11y = await a11y(page);
-  if (shots) await page.screenshot({ path: `${shots}/ui-service.png`, fullPage: true });
 
   // -- one instance: its own timeline ----------------------------------------------
   await page.locator(`section.instance[data-id="${name}-2"] h3 a`).click();
@@ -178,7 +177,6 @@ async function views(browser, out, errors) {
   out.nodeServices = await node.locator("tr.node-service").evaluateAll((rows) => rows.map((r) => r.dataset.id));
   out.nodesA11y = await a11y(page);
   out.externalNode = await texts(page.locator(`section.node[data-node^="ext-"] p.muted`));
-  if (shots) await page.screenshot({ path: `${shots}/ui-nodes.png` });
   await node.locator("h2 a").click();
   await page.waitForURL("**/ui/nodes/test-node", { timeout: WAIT_MS });
   await page.reload();
@@ -189,6 +187,25 @@ async function views(browser, out, errors) {
   // -- an address the UI does not have ---------------------------------------------
   await page.goto(`${base}/ui/nowhere`);
   out.notFound = await page.locator("h1").innerText();
+}
+
+async function screenshots(browser, out, errors) {
+  const [name, node, instance, dir] = args;
+  const page = await newPage(browser, errors);
+  const shoot = async (path, ready, file, fullPage = false) => {
+    await page.goto(`${base}${path}`);
+    await page.locator(ready).first().waitFor({ timeout: WAIT_MS });
+    await waitFor(page, () => document.querySelector("#connection").dataset.state === "live");
+    await page.screenshot({ path: `${dir}/${file}`, fullPage });
+    return file;
+  };
+  out.files = [
+    await shoot("/ui/services", "tr.service", "ui-services.png"),
+    await shoot(`/ui/services/${encodeURIComponent(name)}`, "#events li", "ui-service.png"),
+    await shoot(`/ui/services/${encodeURIComponent(name)}/instances/${encodeURIComponent(node)}/${encodeURIComponent(instance)}`,
+      "#events li", "ui-instance.png", true),
+    await shoot("/ui/nodes", "section.node", "ui-nodes.png"),
+  ];
 }
 
 async function empty(browser, out, errors) {
@@ -229,7 +246,7 @@ async function restart(browser, out, errors) {
 }
 
 async function main() {
-  const run = { views, empty, restart }[scenario];
+  const run = { views, empty, restart, screenshots }[scenario];
   if (!run) throw new Error(`unknown scenario ${scenario}`);
   const browser = await launch();
   const out = { errors: [] };

@@ -11,7 +11,6 @@ and contrast, and recovery after the agent restarts under the page.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -112,14 +111,13 @@ def assert_accessible(report: dict[str, Any]) -> None:
     assert len(report["contrast"]) > 10  # the check did look at the page
 
 
-def test_every_view(agent: AgentProcess, unique: str, tmp_path: Path) -> None:
+def test_every_view(agent: AgentProcess, unique: str) -> None:
     name = f"ui-{unique}"
     decoy = f"decoy-{unique}"
-    shots = os.environ.get("WAYPOST_UI_SHOTS", "")
     with agent.client() as http:
         seed(http, name, unique)
         try:
-            seen = run_ui("views", agent.http_url, name, decoy, *([shots] if shots else []))
+            seen = run_ui("views", agent.http_url, name, decoy)
         finally:  # other tests list the nodes of the shared agent
             http.put("/v1/catalog/deregister", json={"Node": f"ext-{unique}"})
 
@@ -209,7 +207,7 @@ def test_empty_catalog_says_what_to_do() -> None:
     assert_accessible(seen["a11y"])
 
 
-def test_the_page_recovers_when_the_agent_restarts(tmp_path: Path) -> None:
+def test_the_page_recovers_when_the_agent_restarts() -> None:
     """The restarted agent (an in-memory store) comes back with a lower index than
     the page holds; the page must say it is stale meanwhile and resume by itself."""
     first = AgentProcess("--dev", "--http", "127.0.0.1:0", "--dns", "off").start()
