@@ -177,3 +177,37 @@ def test_ui_paths(http: httpx.Client) -> None:
     assert http.get("/ui/assets/nope.js").status_code == 404
     cached = http.get("/ui/assets/app.js", headers={"If-None-Match": js.headers["etag"]})
     assert (cached.status_code, cached.content) == (304, b"")
+
+
+async def test_summary_rows_follow_changes_holds_and_removals() -> None:
+    """The summary reuses rows of unchanged services: whatever changes a row
+    (its index, a hold without an index, a removal) must still show."""
+    from waypost.api.internal_ui import UiEndpoints
+    from waypost.catalog import writes
+    from waypost.catalog.definitions import CheckRegistration, ServiceRegistration
+
+    from ..helpers import open_catalog
+
+    catalog = await open_catalog()
+    ui = UiEndpoints(None, catalog, None)  # type: ignore[arg-type]  # only the builder runs
+
+    async def reg(sid: str, tags: list[str]) -> None:
+        check = CheckRegistration(name="alive", ttl="1m", status="passing")
+        body = ServiceRegistration(name="web", id=sid, tags=tags, check=check)
+        await catalog.write(writes.register, "n1", body, False, False)
+
+    def row() -> tuple[list[str], int, int]:
+        (only,) = ui._summaries()
+        return only["Tags"], only["InstancesPassing"], only["InstancesCritical"]
+
+    await reg("web-1", ["a"])
+    assert row() == (["a"], 1, 0)
+    await reg("web-1", ["b"])
+    assert row() == (["b"], 1, 0)
+    catalog.hold("n1", "service:web-1", "the store refused the result")
+    assert row() == (["b"], 0, 1)
+    catalog.release("n1", "service:web-1")
+    assert row() == (["b"], 1, 0)
+    await catalog.deregister_service("n1", "web-1")
+    assert ui._summaries() == []
+    await catalog.close()
