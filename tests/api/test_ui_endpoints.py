@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import datetime
 import time
 
 import httpx
@@ -49,6 +50,14 @@ def test_timeline_records_transitions_with_output(http: httpx.Client, unique: st
     assert {e["ServiceID"] for e in events} == {f"{unique}-1"}
     assert all(e["Node"] == "test-node" and e["Time"].endswith("Z") for e in events)
     assert events[1]["CheckID"] == f"service:{unique}-1" and events[1]["CheckType"] == "ttl"
+
+
+def test_timeline_says_since_when_it_records(http: httpx.Client, unique: str) -> None:
+    r = http.get(f"/v1/internal/ui/timeline/{unique}")
+    start = datetime.datetime.fromisoformat(r.headers["x-waypost-timeline-start"])
+    now = datetime.datetime.now(datetime.UTC)
+    assert datetime.timedelta(0) < now - start < datetime.timedelta(hours=1)  # the agent's start
+    assert "x-waypost-timeline-start" in http.get("/v1/internal/ui/timeline").headers
 
 
 def test_timeline_filters_by_instance_and_seq(http: httpx.Client, unique: str) -> None:

@@ -175,6 +175,8 @@ def test_every_view(agent: AgentProcess, unique: str) -> None:
     assert seen["events"].count("registered, passing") == 2
     assert "registered, critical" in seen["events"]
     assert len(seen["strips"]) == 3 and seen["strips"][1].startswith(f"{name}-2, last hour: ")
+    # The agent started minutes ago: the strip does not claim the hour before.
+    assert "not recorded" in seen["strips"][1] and "critical" in seen["strips"][1]
     assert_accessible(seen["detailA11y"])
 
     # One instance, and its own timeline only.

@@ -125,7 +125,8 @@ class UiEndpoints:
             return [transition(t) for t in self.timeline.events(name, instance, node, after)]
 
         # Not cached: events also leave by age, without a new index.
-        return await self.api.read(req, (service_topic(name),), produce, cache=False)
+        answer = await self.api.read(req, (service_topic(name),), produce, cache=False)
+        return self._with_start(answer)
 
     async def timeline_all(self, req: Request, _: str) -> Response:
         """`/v1/internal/ui/timeline[?after=SEQ][&limit=N]`: every service's, newest last."""
@@ -137,15 +138,22 @@ class UiEndpoints:
                 return []
             return [transition(t) for t in self.timeline.all_events(after, limit)]
 
-        return await self.api.read(req, (SERVICES, CHECKS, NODES), produce, cache=False)
+        answer = await self.api.read(req, (SERVICES, CHECKS, NODES), produce, cache=False)
+        return self._with_start(answer)
+
+    def _with_start(self, answer: Response) -> Response:
+        """Since when the agent has been recording (it starts empty): before
+        that time the timeline knows nothing, and a UI must not pretend it does."""
+        if self.timeline is not None:
+            answer.headers.append((b"x-waypost-timeline-start", _rfc3339(self.timeline.started)))
+        return answer
 
 
 def transition(t: Transition) -> JSON:
     """A timeline event in the API's PascalCase, with its time in RFC 3339 (UTC)."""
-    when = datetime.datetime.fromtimestamp(t.time, datetime.UTC)
     return {
         "Seq": t.seq,
-        "Time": when.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "Time": _rfc3339(t.time).decode(),
         "Index": t.index,
         "Kind": t.kind,
         "Service": t.service,
@@ -159,6 +167,11 @@ def transition(t: Transition) -> JSON:
         "To": t.after,
         "Output": t.output,
     }
+
+
+def _rfc3339(unix: float) -> bytes:
+    when = datetime.datetime.fromtimestamp(unix, datetime.UTC)
+    return when.isoformat(timespec="milliseconds").replace("+00:00", "Z").encode()
 
 
 def _node_status(checks: list[Check]) -> str:

@@ -104,6 +104,7 @@ class Timeline:
     ) -> None:
         self._state = state
         self._wall = wall
+        self.started = wall()  # nothing before this is known
         self.retention = retention
         self.per_service = per_service
         self.total = total

@@ -102,7 +102,7 @@ async function fetchOnce(path, params, index, signal) {
     const next = Number(r.headers.get("X-Consul-Index"));
     if (!Number.isInteger(next) || next < 1) throw new Error("the answer had no X-Consul-Index");
     const knownLeader = r.headers.get("X-Consul-KnownLeader") !== "false";
-    return { data: await r.json(), next, knownLeader };
+    return { data: await r.json(), next, knownLeader, headers: r.headers };
   } catch (err) {
     if (err.name === "AbortError" && !signal.aborted) throw new Error("no answer in time");
     throw err;
@@ -112,7 +112,7 @@ async function fetchOnce(path, params, index, signal) {
   }
 }
 
-// Calls onData(data) with every answer until `signal` aborts.
+// Calls onData(data, headers) with every answer until `signal` aborts.
 export function poll(path, params, onData, { signal, connection }) {
   run(path, params, onData, signal, connection).finally(() => connection.forget(path));
 }
@@ -123,13 +123,13 @@ async function run(path, params, onData, signal, connection) {
   while (!signal.aborted) {
     const started = Date.now();
     try {
-      const { data, next, knownLeader } = await fetchOnce(path, params, index, signal);
+      const { data, next, knownLeader, headers } = await fetchOnce(path, params, index, signal);
       if (signal.aborted) return;
       const unchanged = next === index;
       index = next; // lower than before: a reset, and this answer is the new truth
       delay = RETRY_MIN_MS;
       connection.ok(path, knownLeader);
-      onData(data);
+      onData(data, headers);
       // A read that does not block would otherwise spin: never more than once a second.
       if (unchanged && Date.now() - started < 100) await sleep(1000, signal);
     } catch (err) {

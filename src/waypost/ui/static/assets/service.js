@@ -88,11 +88,15 @@ function layout(main, { title, crumbs }) {
 
 // Health and timeline polls for one service, drawn together whenever either moves.
 function follow(name, timelineParams, ctx, draw) {
-  const data = { health: null, events: null };
-  const redraw = () => data.health !== null && draw(data.health, data.events || []);
+  const data = { health: null, events: null, since: 0 };
+  const redraw = () => data.health !== null && draw(data.health, data.events || [], data.since);
   const path = encodeURIComponent(name);
   poll(`/v1/health/service/${path}`, {}, (d) => { data.health = d; redraw(); }, ctx);
-  poll(`/v1/internal/ui/timeline/${path}`, timelineParams, (d) => { data.events = d; redraw(); }, ctx);
+  poll(`/v1/internal/ui/timeline/${path}`, timelineParams, (d, headers) => {
+    data.events = d;
+    data.since = Date.parse(headers.get("X-Waypost-Timeline-Start") || "") || 0;
+    redraw();
+  }, ctx);
   // The strips' "now" moves even when nothing happens.
   const timer = setInterval(redraw, 30000);
   ctx.signal.addEventListener("abort", () => clearInterval(timer), { once: true });
@@ -104,12 +108,12 @@ export function serviceView(main, route, ctx) {
   const name = route.name;
   document.title = `${name} · services · waypost`;
   const parts = layout(main, { title: name, crumbs: [link("/ui/services", "Services"), " › ", name] });
-  follow(name, {}, ctx, (health, events) => {
+  follow(name, {}, ctx, (health, events, since) => {
     parts.summary.textContent = health.length ? counts(health) : "No instance of this service is registered now.";
     replace(parts.instances, health.length ? health.map((e) => instanceCard(e, "h3"))
       : h("p", { class: "empty" }, `No instance of “${name}” is registered. If it was deregistered or reaped, the timeline below says when. `,
         link("/ui/services", "Back to the services"), "."));
-    replace(parts.timeline, strips(health.map(asInstance), events), eventList(events, { withInstance: true }));
+    replace(parts.timeline, strips(health.map(asInstance), events, since), eventList(events, { withInstance: true }));
   });
 }
 
@@ -118,11 +122,11 @@ export function instanceView(main, route, ctx) {
   document.title = `${id} · ${name} · waypost`;
   const crumbs = [link("/ui/services", "Services"), " › ", link(servicePath(name), name), " › ", id];
   const parts = layout(main, { title: id, crumbs });
-  follow(name, { instance: id, node }, ctx, (health, events) => {
+  follow(name, { instance: id, node }, ctx, (health, events, since) => {
     const mine = health.filter((e) => e.Service.ID === id && e.Node.Node === node);
     parts.summary.textContent = mine.length ? `Instance of ${name} on node ${node}` : `Not registered now (on node ${node})`;
     replace(parts.instances, mine.length ? mine.map((e) => instanceCard(e, "h3"))
       : h("p", { class: "empty" }, `Instance “${id}” of ${name} is not registered on node ${node}. The timeline says what happened to it.`));
-    replace(parts.timeline, strips(mine.map(asInstance), events), eventList(events, { withInstance: false }));
+    replace(parts.timeline, strips(mine.map(asInstance), events, since), eventList(events, { withInstance: false }));
   });
 }

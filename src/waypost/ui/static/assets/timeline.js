@@ -38,14 +38,20 @@ export function eventList(events, { withInstance }) {
   }));
 }
 
-// Segments of one instance's status over [start, now]: before its first event
-// the timeline knows nothing (grey), unless that event is its registration.
-function segments(events, current, start, now) {
+// Segments of one instance's status over [start, now]. Before the agent began
+// recording (`since`) nothing is known (grey); after it, an instance with no
+// event kept its current status, one whose first event is its registration
+// did not exist before it, and any other first event leaves the time before
+// it unknown (the status it moved from is the check's, not the instance's).
+function segments(events, current, start, now, since) {
   const out = [];
-  let at = start;
-  let status = events.length && events[0].Kind === "registered" ? "absent" : (events.length ? "unknown" : current);
+  const known = Math.min(now, Math.max(start, since));
+  if (known > start) out.push({ status: "unknown", from: start, to: known });
+  let at = known;
+  let status = current;
+  if (events.length) status = events[0].Kind === "registered" ? "absent" : "unknown";
   for (const e of events) {
-    const t = Math.max(start, Date.parse(e.Time));
+    const t = Math.max(known, Date.parse(e.Time));
     if (t > at) out.push({ status, from: at, to: t });
     at = t;
     status = e.Status || "absent";
@@ -66,8 +72,9 @@ function summary(id, segs) {
   return `${id}, last hour: ${parts.join(", ") || "not registered"}`;
 }
 
-// instances: [{id, node, status}] currently registered; events: oldest first.
-export function strips(instances, events, now = Date.now()) {
+// instances: [{id, node, status}] currently registered; events: oldest first;
+// since: when the agent began recording (ms since the epoch).
+export function strips(instances, events, since, now = Date.now()) {
   const start = now - HOUR_MS;
   const keys = new Map();
   for (const i of instances) keys.set(`${i.node}/${i.id}`, { ...i, events: [] });
@@ -77,7 +84,7 @@ export function strips(instances, events, now = Date.now()) {
     keys.get(key).events.push(e);
   }
   const rows = [...keys.values()].map((i) => {
-    const segs = segments(i.events, i.status, start, now);
+    const segs = segments(i.events, i.status, start, now, since);
     return h("div", { class: "strip-row" },
       h("span", { class: "strip-label" }, i.id),
       h("div", { class: "strip", role: "img", "aria-label": summary(i.id, segs), dataset: { instance: i.id } },
