@@ -270,3 +270,16 @@ async def test_a_blocking_query_from_another_history_answers_at_once(catalog: Ca
     ahead = catalog.state.index + 1000
     await asyncio.wait_for(catalog.block([("svc", "web")], ahead, wait=30), timeout=2)
     assert catalog.parked == 0
+
+
+async def test_a_removal_is_judged_whatever_the_order_of_its_batch(
+    catalog: Catalog, timeline: Timeline
+) -> None:
+    """The checks of a removed instance may come before it in a batch: the
+    reaper's verdict must still see since when they were critical."""
+    await register(catalog, "web-1", ttl("passing", reap="30s"))
+    await set_status(catalog, "service:web-1", "critical", "down")  # critical just now
+    service = catalog.state.instance("n1", "web-1")
+    own = catalog.state.check("n1", "service:web-1")
+    timeline.record(catalog.state.index + 1, [Change(own, None), Change(service, None)])
+    assert timeline.events("web")[-1].kind == "deregistered"

@@ -124,6 +124,9 @@ class Timeline:
         for change in changes:
             for event in self._events_of(change, batch, index, now):
                 self._append(event)
+        for old, new in changes:  # after the removals read them, whatever the batch's order
+            if isinstance(old, Check) or isinstance(new, Check):
+                self._track_critical(old, new, now)
         self._expire(now)
 
     def _events_of(
@@ -133,7 +136,6 @@ class Timeline:
         if isinstance(old, Service) or isinstance(new, Service):
             return self._instance_events(old, new, batch, index, now)
         if isinstance(old, Check) or isinstance(new, Check):
-            self._track_critical(old, new, now)
             return self._check_events(old, new, batch, index, now)
         return ()
 
@@ -227,7 +229,7 @@ class Timeline:
             after = _reap_after(check)
             if not after or check.status != "critical":
                 continue
-            since = self._critical_since.pop((check.node, check.check_id), None)
+            since = self._critical_since.get((check.node, check.check_id))
             if since is None or now - since >= after * 0.9:  # the reaper runs on its own tick
                 return f"{check.name}: critical longer than DeregisterCriticalServiceAfter"
         return ""
