@@ -70,7 +70,7 @@ function counts(entries) {
   return `${entries.length} instance${entries.length === 1 ? "" : "s"}${parts.length ? `: ${parts.join(", ")}` : ""}`;
 }
 
-function layout(main, { title, crumbs }) {
+function layout(main, { title, crumbs, heading = "Instances" }) {
   const parts = {
     summary: h("p", { id: "summary", class: "muted" }, "loading…"),
     instances: h("div", { id: "instances" }),
@@ -80,7 +80,7 @@ function layout(main, { title, crumbs }) {
     h("nav", { "aria-label": "Breadcrumb", class: "crumbs" }, crumbs),
     h("h1", { tabindex: "-1" }, title),
     parts.summary,
-    h("section", { "aria-labelledby": "instances-h" }, h("h2", { id: "instances-h" }, "Instances"), parts.instances),
+    h("section", { "aria-labelledby": "instances-h" }, h("h2", { id: "instances-h" }, heading), parts.instances),
     h("section", { "aria-labelledby": "timeline-h" },
       h("h2", { id: "timeline-h" }, "Health timeline, last hour"), parts.timeline));
   return parts;
@@ -121,7 +121,7 @@ export function instanceView(main, route, ctx) {
   const { name, node, id } = route;
   document.title = `${id} · ${name} · waypost`;
   const crumbs = [link("/ui/services", "Services"), " › ", link(servicePath(name), name), " › ", id];
-  const parts = layout(main, { title: id, crumbs });
+  const parts = layout(main, { title: id, crumbs, heading: "Instance" });
   follow(name, { instance: id, node }, ctx, (health, events, since) => {
     const mine = health.filter((e) => e.Service.ID === id && e.Node.Node === node);
     parts.summary.textContent = mine.length ? `Instance of ${name} on node ${node}` : `Not registered now (on node ${node})`;
