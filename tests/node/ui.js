@@ -214,6 +214,7 @@ async function empty(browser, out, errors) {
   await page.locator("#empty").waitFor({ timeout: WAIT_MS });
   out.path = new URL(page.url()).pathname;
   out.empty = (await page.locator("#empty").innerText()).trim();
+  out.emptyRows = await page.locator("tr.service").evaluateAll((rows) => rows.map((r) => r.dataset.name));
   out.a11y = await a11y(page);
 }
 

@@ -205,6 +205,7 @@ def test_empty_catalog_says_what_to_do() -> None:
         fresh.stop()
     assert seen["path"] == "/ui/services"  # /ui redirected to /ui/, shown as the services list
     assert seen["empty"].startswith("No services registered yet")
+    assert seen["emptyRows"] == ["consul"]  # the agent's own, still listed
     assert "/v1/agent/service/register" in seen["empty"]
     assert_accessible(seen["a11y"])
 
@@ -230,7 +231,8 @@ def test_the_page_recovers_when_the_agent_restarts() -> None:
     )
     assert ui.stdin is not None and ui.stdout is not None
     try:
-        assert json.loads(ui.stdout.readline()) == {"step": "loaded", "rows": 1}
+        # "before" and the agent's own "consul" service
+        assert json.loads(ui.stdout.readline()) == {"step": "loaded", "rows": 2}
         first.stop()
         ui.stdin.write("stopped\n")
         ui.stdin.flush()
@@ -252,7 +254,7 @@ def test_the_page_recovers_when_the_agent_restarts() -> None:
     assert seen["errors"] == []
     assert seen["staleText"].startswith("Stale: the agent is unreachable since ")
     assert "showing data from" in seen["staleText"]
-    assert seen["rowsWhileStale"] == 1  # the last data stays on screen, marked stale
+    assert seen["rowsWhileStale"] == 2  # the last data stays on screen, marked stale
     assert seen["recoveredMs"] < 5000
     assert seen["liveText"].startswith("Live")
     assert seen["followedAfterRestartMs"] < 8000

@@ -35,7 +35,7 @@ class UiEndpoints:
         self.api = api
         self.state = catalog.state
         self.timeline = timeline
-        self._rows: dict[str, tuple[int, int, JSON]] = {}  # service -> (index, version, row)
+        self._rows: dict[str, tuple[int, JSON]] = {}  # service -> (its index, its row)
 
     def routes(self, r: Router) -> None:
         r.add("GET HEAD", "/v1/internal/ui/services", self.services)
@@ -51,17 +51,16 @@ class UiEndpoints:
 
     def _summaries(self) -> list[JSON]:
         """Every service's row; a row is rebuilt only when its service's index
-        (or a hold) moved, so one change among 1,000 services costs one row."""
-        version = self.state.version
-        rows: dict[str, tuple[int, int, JSON]] = {}
+        moved (holds move it too), so one change among 1,000 services costs one row."""
+        rows: dict[str, tuple[int, JSON]] = {}
         for name in sorted(self.state.service_names()):
             index = self.state.index_of((service_topic(name),))
             cached = self._rows.get(name)
-            if cached is None or cached[0] != index or cached[1] != version:
-                cached = (index, version, self._summary(name))
+            if cached is None or cached[0] != index:
+                cached = (index, self._summary(name))
             rows[name] = cached
         self._rows = rows  # services that went are dropped with it
-        return [row for _, _, row in rows.values()]
+        return [row for _, row in rows.values()]
 
     def _summary(self, name: str) -> JSON:
         instances = self.state.instances(name)

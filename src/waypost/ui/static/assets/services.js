@@ -73,6 +73,7 @@ function row(s) {
 function emptyCatalog() {
   return h("div", { class: "empty", id: "empty" },
     h("h2", {}, "No services registered yet"),
+    h("p", {}, "(Besides ", h("code", {}, "consul"), ", the agents' own service, which Consul clients expect.)"),
     h("p", {}, "Register an instance with this agent and it shows up here at once, with its health:"),
     h("pre", {}, h("code", {}, `curl -X PUT ${location.origin}/v1/agent/service/register -d '{
   "Name": "web", "ID": "web-1", "Port": 8080,
@@ -109,7 +110,9 @@ export function servicesView(main, _route, { signal, connection }) {
     const shown = sorted(services.filter((s) => matches(s, view)), view);
     count.textContent = `${shown.length} of ${services.length} services`;
     replace(body, shown.map(row));
-    if (!services.length) replace(holder, emptyCatalog());
+    // Every agent registers its own `consul` service (as Consul servers do): a
+    // catalog with nothing else is empty to the operator, and says what to do.
+    if (services.every((s) => s.Name === "consul")) replace(holder, emptyCatalog(), services.length ? table : null);
     else if (!shown.length) replace(holder, noMatch(view, () => {
       view.filter = ""; view.status = ""; filter.value = ""; status.value = ""; render(); filter.focus();
     }));
