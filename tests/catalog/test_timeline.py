@@ -283,3 +283,17 @@ async def test_a_removal_is_judged_whatever_the_order_of_its_batch(
     own = catalog.state.check("n1", "service:web-1")
     timeline.record(catalog.state.index + 1, [Change(own, None), Change(service, None)])
     assert timeline.events("web")[-1].kind == "deregistered"
+
+
+async def test_an_index_a_hold_moved_past_the_store_still_blocks(catalog: Catalog) -> None:
+    """A hold moves its topics one index past the store's: that index was
+    reported, so a query on it must wait, not answer at once in a loop."""
+    await register(catalog, "web-1", ttl("passing"))
+    catalog.hold("n1", "service:web-1", "the store refused the result")
+    topics = [("svc", "web")]
+    held = catalog.state.index_of(topics)
+    assert held > catalog.state.index
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await catalog.block(topics, held, wait=0.3)
+    assert loop.time() - started >= 0.25
