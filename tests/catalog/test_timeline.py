@@ -297,3 +297,12 @@ async def test_an_index_a_hold_moved_past_the_store_still_blocks(catalog: Catalo
     started = loop.time()
     await catalog.block(topics, held, wait=0.3)
     assert loop.time() - started >= 0.25
+
+
+async def test_a_failing_record_listener_stops_nothing(catalog: Catalog) -> None:
+    def broken(_index: int, _changes: list[Change]) -> None:
+        raise RuntimeError("a bug in a listener")
+
+    catalog.subscribe_records(broken)
+    await register(catalog, "web-1", ttl("passing"))  # acknowledged and applied all the same
+    assert catalog.state.instance("n1", "web-1") is not None

@@ -10,6 +10,7 @@ blocking-query loop every read shares (HTTP long-polls, the UI, DNS caches).
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Collection, Iterable
 from typing import Concatenate, ParamSpec, TypeVar
 
@@ -23,6 +24,7 @@ from .watch import Topic, Watches
 
 ChangeListener = Callable[[set[Topic], list[Entry]], None]
 RecordListener = Callable[[int, list[Change]], None]
+log = logging.getLogger("waypost.catalog")
 P = ParamSpec("P")
 T = TypeVar("T")
 MAX_ATTEMPTS = 20  # a plan re-run this often is starved by a hot key; say so rather than spin
@@ -65,7 +67,10 @@ class Catalog:
         changes: list[Change] = []
         topics = self.state.apply(index, entries, snapshot, changes)
         for listener in self._record_listeners:  # before the wake-up: readers see them
-            listener(index, changes)
+            try:
+                listener(index, changes)
+            except Exception:  # a history is an extra: it must never stop the catalog
+                log.exception("a record listener failed on the change at index %d", index)
         self._notify(topics, entries)
 
     def _notify(self, topics: set[Topic], entries: list[Entry]) -> None:
