@@ -93,16 +93,6 @@ class ConsulApi:
 
     # -- the blocking read path ------------------------------------------
 
-    async def read(
-        self,
-        req: Request,
-        topics: tuple[Topic, ...],
-        produce: Callable[[], Any],
-        cache: bool = True,
-    ) -> Response:
-        """The blocking read path, for reads beside the API (the UI's, internal_ui.py)."""
-        return await self._read(req, topics, produce, cache)
-
     async def _read(
         self,
         req: Request,
@@ -138,10 +128,15 @@ class ConsulApi:
         return self._read_headers(index)
 
     async def read(
-        self, req: Request, topics: tuple[Topic, ...], produce: Callable[[], Any]
+        self,
+        req: Request,
+        topics: tuple[Topic, ...],
+        produce: Callable[[], Any],
+        cache: bool = True,
     ) -> Response:
-        """The blocking read path, for the API's other route sets (api/connect.py)."""
-        return await self._read(req, topics, produce)
+        """The blocking read path, for the API's other route sets (api/connect.py,
+        api/internal_ui.py); `cache=False` for answers that change without an index."""
+        return await self._read(req, topics, produce, cache)
 
     def blocking_params(self, req: Request) -> tuple[int, float]:
         """`?index` and `?wait`, validated (ValidationError)."""
