@@ -8,7 +8,8 @@
 //
 // Reserved for later issues: a token prompt when ACLs are on (see
 // requestHeaders in live.js and the 403 handling in views) and an
-// intentions view once the mesh lands (a route and a nav link here).
+// intentions view for the mesh (its API is at /v1/connect/intentions; a
+// route and a nav link here).
 
 import { Connection, requestHeaders } from "./live.js";
 import { servicesView } from "./services.js";
