@@ -7,7 +7,8 @@
 // open in a new tab, and the router only takes over plain same-page clicks.
 //
 // Reserved for later issues: a token prompt when ACLs are on (see
-// requestHeaders in live.js and the 403 handling in views) and an
+// requestHeaders in live.js; a 403 shows today as a stale page with its
+// message) and an
 // intentions view for the mesh (its API is at /v1/connect/intentions; a
 // route and a nav link here).
 
