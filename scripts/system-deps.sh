@@ -6,6 +6,7 @@
 #   node + npm, the npm `consul` package       a second, non-Python Consul client
 #   chromium + npm `playwright-core`           the web UI in a real browser
 #   patroni + python3-consul, postgresql       Patroni using waypost as its Consul (KV, sessions)
+#   firefox-esr                                the web UI in Firefox too (Marionette)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
@@ -21,6 +22,7 @@ command -v chromium >/dev/null || need+=(chromium)
 [ -x /usr/bin/patroni ] || need+=(patroni)
 /usr/bin/python3 -c "import consul" 2>/dev/null || need+=(python3-consul)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+command -v firefox-esr >/dev/null || need+=(firefox-esr)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing system packages: ${need[*]}"
   scripts/apt-install.sh "${need[@]}"

@@ -33,11 +33,13 @@ from ..api.agent import AgentEndpoints, LogStream
 from ..api.app import AgentApp
 from ..api.connect import ConnectApi
 from ..api.consul import ConsulApi
+from ..api.internal_ui import UiEndpoints
 from ..api.kv import KvApi
 from ..api.metrics import Metrics
 from ..api.protocol import guarded_protocol
 from ..api.session import SessionApi
 from ..catalog import Catalog, Node
+from ..catalog.timeline import Timeline
 from ..health import HealthRunner
 from ..storage import open_storage
 from ..ui import mount as mount_ui
@@ -73,6 +75,8 @@ class Agent:
 
     def _build(self, config: AgentConfig) -> None:
         self.catalog = Catalog(self.storage)
+        self.timeline = Timeline(self.catalog.state)
+        self.catalog.subscribe_records(self.timeline.record)
         node = Node(
             name=config.node_name(),
             id=_node_id(config),
@@ -163,7 +167,8 @@ class Agent:
         mesh = ConnectApi(consul, self.leaves)
         metrics = Metrics(self.statistics)
         agent = AgentEndpoints(self, metrics, self.logs)
-        mounts = [kv.routes, sessions.routes, agent.routes, mesh.routes, mount_ui]
+        ui_reads = UiEndpoints(consul, self.catalog, self.timeline)
+        mounts = [kv.routes, sessions.routes, agent.routes, mesh.routes, ui_reads.routes, mount_ui]
         return AgentApp(consul, metrics, mounts=mounts)
 
     async def _start_dns(self) -> None:
@@ -250,6 +255,7 @@ class Agent:
     def statistics(self) -> dict[str, dict[str, float]]:
         stats = {
             "catalog": self.catalog.statistics(),
+            "timeline": self.timeline.statistics(),
             "store": self.storage.statistics(),
             "health": self.runner.statistics(),
             "sessions": self.sessions.statistics(),

@@ -65,7 +65,6 @@ class ConsulApi:
             "/v1/health/node/": self.health_node,
             "/v1/status/leader": self.status_leader,
             "/v1/status/peers": self.status_peers,
-            "/v1/internal/ui/services": self.ui_services,
         }.items():
             r.add("GET HEAD", path, handler)
         for path, handler in {
@@ -129,10 +128,15 @@ class ConsulApi:
         return self._read_headers(index)
 
     async def read(
-        self, req: Request, topics: tuple[Topic, ...], produce: Callable[[], Any]
+        self,
+        req: Request,
+        topics: tuple[Topic, ...],
+        produce: Callable[[], Any],
+        cache: bool = True,
     ) -> Response:
-        """The blocking read path, for the API's other route sets (api/connect.py)."""
-        return await self._read(req, topics, produce)
+        """The blocking read path, for the API's other route sets (api/connect.py,
+        api/internal_ui.py); `cache=False` for answers that change without an index."""
+        return await self._read(req, topics, produce, cache)
 
     def blocking_params(self, req: Request) -> tuple[int, float]:
         """`?index` and `?wait`, validated (ValidationError)."""
@@ -274,36 +278,6 @@ class ConsulApi:
             (node_topic(name),),
             lambda: [encode.check(c) for c in self.state.checks_on_node(name)],
         )
-
-    async def ui_services(self, req: Request, _: str) -> Response:
-        """One summary row per service, for the web UI: a single blocking query
-        covers every service (a browser allows only a few open long-polls)."""
-        return await self._read(req, (SERVICES, CHECKS, NODES), self._service_summaries)
-
-    def _service_summaries(self) -> list[dict[str, Any]]:
-        rows = []
-        for name, tags in self.state.service_tags().items():
-            instances = self.state.instances(name)
-            statuses = [self.state.aggregate_status(s) for s in instances]
-            checks = [c.status for s in instances for c in self.state.checks_of(s)]
-            rows.append(
-                {
-                    "Name": name,
-                    "Tags": tags,
-                    "InstanceCount": len(instances),
-                    "InstancesPassing": statuses.count("passing"),
-                    "InstancesWarning": statuses.count("warning"),
-                    "InstancesCritical": len(statuses)
-                    - statuses.count("passing")
-                    - statuses.count("warning"),
-                    "ChecksPassing": checks.count("passing"),
-                    "ChecksWarning": checks.count("warning"),
-                    "ChecksCritical": len(checks)
-                    - checks.count("passing")
-                    - checks.count("warning"),
-                }
-            )
-        return rows
 
     async def status_leader(self, req: Request, _: str) -> Response:
         return json(self.info.leader_address())

@@ -10,6 +10,7 @@ blocking-query loop every read shares (HTTP long-polls, the UI, DNS caches).
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Collection, Iterable
 from typing import Concatenate, ParamSpec, TypeVar
 
@@ -17,11 +18,13 @@ from .._exceptions import Conflict, StorageError
 from ..storage import Entry, Storage
 from . import codec, writes
 from .model import Check, Node, Service
-from .state import State
+from .state import Change, State
 from .txn import Txn
 from .watch import Topic, Watches
 
 ChangeListener = Callable[[set[Topic], list[Entry]], None]
+RecordListener = Callable[[int, list[Change]], None]
+log = logging.getLogger("waypost.catalog")
 P = ParamSpec("P")
 T = TypeVar("T")
 MAX_ATTEMPTS = 20  # a plan re-run this often is starved by a hot key; say so rather than spin
@@ -33,12 +36,15 @@ class Catalog:
         self.state = State()
         self.watches = Watches()
         self._listeners: list[ChangeListener] = []
+        self._record_listeners: list[RecordListener] = []
+        self._opened = False
         self.parked = 0  # blocking queries waiting right now
         self.conflicts = 0  # plans re-run because a concurrent write changed what they read
 
     async def open(self) -> None:
         await self.storage.open(self._apply)
         self.state.base_index = max(1, self.state.index)
+        self._opened = True
 
     async def close(self) -> None:
         await self.storage.close()
@@ -48,8 +54,24 @@ class Catalog:
         the health runner following its node's checks)."""
         self._listeners.append(listener)
 
+    def subscribe_records(self, listener: RecordListener) -> None:
+        """Call `listener(index, changes)` after every change applied once the
+        catalog is open (not the replay at start-up): each record of the batch
+        as it was and as it is (state.Change). The health timeline uses it."""
+        self._record_listeners.append(listener)
+
     def _apply(self, index: int, entries: list[Entry], snapshot: bool = False) -> None:
-        self._notify(self.state.apply(index, entries, snapshot), entries)
+        if not (self._opened and self._record_listeners):
+            self._notify(self.state.apply(index, entries, snapshot), entries)
+            return
+        changes: list[Change] = []
+        topics = self.state.apply(index, entries, snapshot, changes)
+        for listener in self._record_listeners:  # before the wake-up: readers see them
+            try:
+                listener(index, changes)
+            except Exception:  # a history is an extra: it must never stop the catalog
+                log.exception("a record listener failed on the change at index %d", index)
+        self._notify(topics, entries)
 
     def _notify(self, topics: set[Topic], entries: list[Entry]) -> None:
         self.watches.notify(topics)
@@ -66,8 +88,14 @@ class Catalog:
         abandon: asyncio.Future[None] | None = None,
     ) -> None:
         """Return once the index over `topics` passes `min_index`, after `wait`
-        seconds, or as soon as `abandon` resolves (the client went away)."""
-        if min_index <= 0:
+        seconds, or as soon as `abandon` resolves (the client went away).
+
+        An index above any this catalog can have reported comes from another
+        history (the agent restarted on an older store, or the store was
+        restored): the answer is at once, with the lower index, so the client
+        resets (as Consul's docs tell clients to) instead of waiting out its
+        `wait` on data it will never see move."""
+        if min_index <= 0 or min_index > self.state.highest_index():
             return
         topics = tuple(topics)
         loop = asyncio.get_running_loop()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from typing import NamedTuple
 
 import msgspec
 
@@ -35,6 +36,16 @@ log = logging.getLogger("waypost.catalog")
 
 ServiceKey = tuple[str, str]  # (node, service id)
 
+
+class Change(NamedTuple):
+    """One record as it was before an applied entry and as it is after (None:
+    absent), both as stored: a held check shows its stored status here, and
+    serfHealth its derived one. A liveness key reports the serfHealth it moved."""
+
+    old: Record | None
+    new: Record | None
+
+
 ALIVE_OUTPUT = "Agent alive and reachable"
 DEAD_OUTPUT = "Agent not live or unreachable"
 
@@ -58,6 +69,7 @@ class State:
         self.intentions: dict[tuple[str, str], Intention] = {}  # (source, destination)
         self.topic_index: dict[Topic, int] = {}
         self.base_index = 1
+        self._highest = 0  # the highest topic index so far (holds may run it past `index`)
         # Checks shown critical because their agent could not store a result
         # (see hold()): key -> the output shown, and the stored record behind it.
         self.held: dict[tuple[str, str], str] = {}
@@ -69,10 +81,18 @@ class State:
 
     # -- writes ------------------------------------------------------------
 
-    def apply(self, index: int, entries: list[Entry], snapshot: bool = False) -> set[Topic]:
+    def apply(
+        self,
+        index: int,
+        entries: list[Entry],
+        snapshot: bool = False,
+        changes: list[Change] | None = None,
+    ) -> set[Topic]:
         """Apply a committed batch at `index`; return the topics it changed.
 
         With `snapshot`, `entries` is the whole store: keys it lacks are removed.
+        With `changes`, each entry's record before and after is appended to it
+        (the health timeline needs the old status; only its listeners pay for it).
         """
         touched: set[Topic] = set()
         woken: set[Topic] = set()  # KV topics: their index is computed (kv.py), not recorded
@@ -80,10 +100,14 @@ class State:
             entries = self._deletions_for(entries) + entries
         self._start_lock_delays(entries)
         for entry in entries:
-            try:
-                self._apply_one(index, entry, touched, woken)
-            except (msgspec.DecodeError, KeyError, ValueError, IndexError) as exc:
-                log.error("skipping unreadable stored entry %r: %s", entry.key, exc)
+            if changes is None or not (key := _record_key(entry.key)):
+                self._apply_safely(index, entry, touched, woken)
+                continue
+            old = self._stored_view(key)
+            self._apply_safely(index, entry, touched, woken)
+            new = self._stored_view(key)
+            if old is not None or new is not None:
+                changes.append(Change(old, new))
         self.index = max(self.index, index)
         self._advance(touched, index)
         return touched | woken
@@ -94,7 +118,8 @@ class State:
         topic_index = self.topic_index
         for topic in topics:
             old = topic_index.get(topic, 0)
-            topic_index[topic] = index if index > old else old + 1
+            topic_index[topic] = new = index if index > old else old + 1
+            self._highest = max(self._highest, new)
 
     def _start_lock_delays(self, entries: list[Entry]) -> None:
         """A batch that deletes a session starts the lock delay of the keys it
@@ -104,6 +129,14 @@ class State:
                 session = self.sessions.get(entry.key[len(SESSION_PREFIX) :])
                 if session is not None:
                     self.kv.start_lock_delay(session.id, session.lock_delay)
+
+    def _apply_safely(
+        self, index: int, entry: Entry, touched: set[Topic], woken: set[Topic]
+    ) -> None:
+        try:
+            self._apply_one(index, entry, touched, woken)
+        except (msgspec.DecodeError, KeyError, ValueError, IndexError) as exc:
+            log.error("skipping unreadable stored entry %r: %s", entry.key, exc)
 
     def _apply_one(self, index: int, entry: Entry, touched: set[Topic], woken: set[Topic]) -> None:
         kind = entry.key[0]
@@ -172,6 +205,13 @@ class State:
         if check is not None:
             self._remove(check, touched)
             self._insert(check, touched)
+
+    def _stored_view(self, key: str) -> Record | None:
+        """The record under a storage key as stored (a held check unheld)."""
+        record = self._lookup(key)
+        if isinstance(record, Check):
+            return self._stored.get((record.node, record.check_id), record)
+        return record
 
     def _lookup(self, key: str) -> Record | None:
         kind, parts = codec.split_key(key)
@@ -397,6 +437,10 @@ class State:
         """Nodes that belong to a waypost agent (they have serfHealth), by name."""
         return [n for n in self.all_nodes() if (n.name, SERF_CHECK_ID) in self.checks]
 
+    def highest_index(self) -> int:
+        """No read has reported an index above this one (in this history)."""
+        return max(self.index, self.base_index, self._highest)
+
     def index_of(self, topics: Iterable[Topic]) -> int:
         """The index a read over `topics` reports: never below 1, never moving
         unless one of them changed."""
@@ -443,6 +487,18 @@ class State:
         """The worst status among an instance's checks; passing when it has none."""
         worst = "passing"
         for check in self.checks_of(service):
+            if status_rank(check.status) > status_rank(worst):
+                worst = check.status
+        return worst
+
+    def instance_status(self, service: Service) -> str:
+        """The status an operator reads for an instance: "maintenance" while a
+        maintenance check is on (its own or its node's), else the worst check."""
+        checks = self.checks_of(service)
+        if any(c.type == "maintenance" for c in checks):
+            return "maintenance"
+        worst = "passing"
+        for check in checks:
             if status_rank(check.status) > status_rank(worst):
                 worst = check.status
         return worst
@@ -516,6 +572,17 @@ class State:
             **self.kv.statistics(),
             **self.sessions.statistics(),
         }
+
+
+def _record_key(key: str) -> str:
+    """The node, instance or check an entry changes ("" for none: KV, sessions,
+    events, check-set guards); a liveness key moves its node's serfHealth."""
+    kind = key[:2]
+    if kind in ("n/", "s/", "c/"):
+        return key
+    if kind == "l/":
+        return codec.check_key(codec.split_key(key)[1][0], SERF_CHECK_ID)
+    return ""
 
 
 def _instance_order(service: Service) -> tuple[str, str]:
