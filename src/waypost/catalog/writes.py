@@ -56,7 +56,7 @@ def register(
         proxy = msgspec.structs.replace(build_service(proxy_reg, node), sidecar_of=service.id)
         _register_one(txn, proxy_reg, proxy, replace_checks, allow_scripts)
     else:
-        _drop_sidecar(txn, node, service.id)  # registered again without one: it goes
+        _drop_sidecar(txn, node, service)  # registered again without one: it goes
 
 
 def _register_one(
@@ -67,11 +67,17 @@ def _register_one(
     put_instance(txn, service, checks, replace, given)
 
 
-def _drop_sidecar(txn: Txn, node: str, parent_id: str) -> None:
-    """Remove the sidecar registered with `parent_id`, if it has one."""
-    for service in list(txn.state.services_on(node).values()):
-        if service.sidecar_of == parent_id and txn.service(node, service.id) is not None:
-            deregister(txn, node, service.id)
+def _drop_sidecar(txn: Txn, node: str, parent: Service) -> None:
+    """Remove the sidecar registered with `parent`, if it has one. Looked up
+    among the proxies of its name (and of its name before this write), not
+    among every instance of the node: registration is the hot path."""
+    before = txn.state.instance(node, parent.id)
+    names = {parent.name} | ({before.name} if before is not None else set())
+    for name in names:
+        for proxy in txn.state.proxies_for(name):
+            mine = proxy.node == node and proxy.sidecar_of == parent.id
+            if mine and txn.service(node, proxy.id) is not None:
+                deregister(txn, node, proxy.id)
 
 
 def put_instance(
@@ -123,7 +129,7 @@ def deregister(txn: Txn, node: str, service_id: str) -> None:
     txn.delete(codec.service_key(node, service_id))
     txn.delete(codec.guard_key(node, service_id))
     if not service.sidecar_of:
-        _drop_sidecar(txn, node, service_id)  # Consul removes a sidecar with its parent
+        _drop_sidecar(txn, node, service)  # Consul removes a sidecar with its parent
 
 
 def register_check(txn: Txn, node: str, reg: CheckRegistration, allow_scripts: bool) -> None:
