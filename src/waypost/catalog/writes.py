@@ -62,7 +62,7 @@ def register(
 def _register_one(
     txn: Txn, reg: ServiceRegistration, service: Service, replace: bool, allow_scripts: bool
 ) -> None:
-    checks = _checks_of(reg, service, allow_scripts)
+    checks = _checks_of(reg, service, allow_scripts) if reg.check or reg.checks else []
     given = {c.check_id for c, b in zip(checks, reg.all_checks(), strict=True) if b.status}
     put_instance(txn, service, checks, replace, given)
 
@@ -91,16 +91,18 @@ def put_instance(
     unless a status was given (re-registering must not flap a healthy
     instance: Consul does the same); with `replace_checks`, the instance's
     checks not named again are removed."""
-    if len({c.check_id for c in checks}) != len(checks):
+    named = {c.check_id for c in checks}
+    if len(named) != len(checks):
         raise ValidationError("Two checks of the service have the same CheckID")
     old = txn.service(service.node, service.id)
     existing = {c.check_id: c for c in txn.service_checks(old)} if old else {}
     txn.put(service)
+    if not checks and not existing:
+        return  # the common case: nothing about checks to keep, drop or guard
     for check in checks:
         previous = None if check.check_id in status_given else existing.get(check.check_id)
         _move_from_other_owner(txn, check)
         txn.put(keep_status(check, previous))
-    named = {c.check_id for c in checks}
     dropped = existing.keys() - named if replace_checks else set()
     for check_id in dropped:
         txn.delete(codec.check_key(service.node, check_id))

@@ -146,10 +146,11 @@ class SqliteStorage(Storage):
     def __init__(self, url: str) -> None:
         self.path = path_from_url(url)
         self._lockfile = LockFile(Path(f"{self.path}.lock"), f"the sqlite store {self.path}")
-        self._wakeup = threading.Condition(threading.Lock())  # guards the four below
+        self._wakeup = threading.Condition(threading.Lock())  # guards the five below
         self._queue: collections.deque[_Pending] = collections.deque()
         self._waiting = 0  # commits in _queue still _QUEUED (expired ones linger)
         self._closing = False
+        self._writer_idle = False  # waiting on _wakeup: only then is a notify needed
         self._thread: threading.Thread | None = None
         self._apply: ApplyFn | None = None
         self._index = 0  # the writer's, once it runs
@@ -231,7 +232,8 @@ class SqliteStorage(Storage):
             self._waiting += 1
             if len(self._queue) > 2 * MAX_QUEUED:  # mostly expired: drop them
                 self._queue = collections.deque(p for p in self._queue if p.state == _QUEUED)
-            self._wakeup.notify()
+            if self._writer_idle:  # a busy writer takes it when it next looks
+                self._wakeup.notify()
         self._track(pending)
         return await pending.future  # an answer after the deadline is dropped (not its apply)
 
@@ -351,7 +353,9 @@ class SqliteStorage(Storage):
         late: list[_Pending] = []
         with self._wakeup:
             while not self._queue and not self._closing:
+                self._writer_idle = True
                 self._wakeup.wait()
+                self._writer_idle = False
             now = time.monotonic()
             while self._queue and len(batch) < MAX_BATCH:
                 pending = self._queue.popleft()
