@@ -8,6 +8,7 @@ stands still, so a hot `?passing` read costs one dict lookup.
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Callable
 from typing import Any
@@ -29,6 +30,8 @@ from . import decode, encode, filter_fields
 from .filter import Predicate, compile_filter
 from .http import Request, Response, Router, empty, json, json_bytes
 from .ports import AgentInfo, LocalAgentOps, StoreStatus
+
+log = logging.getLogger("waypost.api")
 
 DEFAULT_WAIT = 300.0
 CACHE_LIMIT = 4096
@@ -398,12 +401,18 @@ class ConsulApi:
         reg = decode.decode(await req.body(), CatalogRegistration)
         self.check_datacenter(req, reg.datacenter)
         await self.catalog.write(writes.catalog_register, reg, self.info.datacenter)
+        service = (
+            (reg.service.id or reg.service.name or reg.service.service) if reg.service else "-"
+        )
+        log.info("catalog registered: node=%s service=%s", reg.node, service)
         return json_bytes(_TRUE)
 
     async def catalog_deregister(self, req: Request, _: str) -> Response:
         reg = decode.decode(await req.body(), CatalogDeregistration)
         self.check_datacenter(req, reg.datacenter)
         await self.catalog.write(writes.catalog_deregister, reg)
+        what = f"service={reg.serviceid}" if reg.serviceid else f"check={reg.checkid or '-'}"
+        log.info("catalog deregistered: node=%s %s", reg.node, what)
         return json_bytes(_TRUE)
 
 

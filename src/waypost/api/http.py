@@ -170,6 +170,8 @@ def error_response(exc: Exception) -> Response:
         return text(400, str(exc))
     if isinstance(exc, NotFoundError):
         return text(404, str(exc))
+    if isinstance(exc, StorageError):
+        log.warning("store refused a write: error=%s", exc)
     if isinstance(exc, RefusedError):
         return text(500, str(exc))
     if isinstance(exc, OutcomeUnknown):
