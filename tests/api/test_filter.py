@@ -149,6 +149,7 @@ def _sample_records() -> dict[str, tuple[filter_fields.Record, dict[str, Any]]]:
     return {
         "node": (filter_fields.NODE, encode.node(node)),
         "service": (filter_fields.SERVICE, encode.service(service, "dc1")),
+        "agent service": (filter_fields.AGENT_SERVICE, encode.agent_service(service, "dc1")),
         "check": (filter_fields.CHECK, encode.check(check)),
         "health": (filter_fields.HEALTH_ROW, encode.health_row(node, service, [check])),
         "catalog": (filter_fields.CATALOG_SERVICE, encode.catalog_service(node, service)),
@@ -200,6 +201,8 @@ def _seed(http: httpx.Client) -> None:
         ("redis3", 1234, ["primary", "qa"], {"env": "qa"}),
     ):
         body = {"ID": sid, "Name": "redis", "Tags": tags, "Meta": meta, "Port": port}
+        if sid == "redis3":
+            body["Check"] = {"TTL": "10m", "Status": "passing"}
         http.put("/v1/agent/service/register", json=body).raise_for_status()
     for node, address, node_meta, tags, env in (
         ("node-1", "198.18.0.1", {"agent": "true", "arch": "i386", "os": "darwin"}, ["tag"], "qa"),
@@ -259,7 +262,7 @@ def test_documented_health_node_example(fresh: httpx.Client) -> None:
         (
             "/v1/catalog/services",
             'Node == "agent-1"',
-            {"redis": ["primary", "production", "qa", "secondary"]},
+            {"consul": [], "redis": ["primary", "production", "qa", "secondary"]},
         ),
         ("/v1/catalog/node/node-1", 'Service == "web"', ["web"]),
         (
@@ -270,7 +273,8 @@ def test_documented_health_node_example(fresh: httpx.Client) -> None:
         ("/v1/health/service/redis", 'Service.Tags contains "qa"', ["redis3"]),
         ("/v1/health/checks/web", "Status == warning", ["svc-web-health"]),
         ("/v1/health/state/any", 'Node == "node-1" and ServiceID is empty', ["node-health"]),
-        ("/v1/agent/checks", "Status == passing", ["serfHealth"]),
+        ("/v1/agent/checks", "Status == passing", ["service:redis3"]),
+        ("/v1/agent/checks", 'ServiceName == "web"', []),  # a catalog node's check, not this agent's
     ],
 )
 def test_every_filterable_endpoint(

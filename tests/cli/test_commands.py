@@ -41,7 +41,7 @@ def empty() -> Iterator[AgentProcess]:
 
 def test_services_on_an_empty_catalog_says_so(empty: AgentProcess) -> None:
     result = waypost("services", "--http-addr", empty.http_url)
-    assert (result.returncode, result.stdout) == (0, "no services registered\n")
+    assert (result.returncode, result.stdout) == (0, "no services registered (only the agents' own `consul`)\n")
 
 
 def test_services_table_with_names_that_need_encoding(empty: AgentProcess) -> None:

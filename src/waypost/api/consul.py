@@ -173,7 +173,7 @@ class ConsulApi:
 
     async def agent_services(self, req: Request, _: str) -> Response:
         dc = self.info.datacenter
-        keep = _selection(req, filter_fields.SERVICE) or _everything
+        keep = _selection(req, filter_fields.AGENT_SERVICE) or _everything
         return await self._read(
             req,
             (node_topic(self.local.name),),

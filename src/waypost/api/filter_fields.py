@@ -73,6 +73,11 @@ SERVICE: Final = Record(
     **_INDEXES,
 )
 
+# `/v1/agent/services` leaves out the indexes (encode.agent_service).
+AGENT_SERVICE: Final = Record(
+    "AgentService", **{k: v for k, v in SERVICE.fields.items() if k not in _INDEXES}
+)
+
 _DEFINITION = Record(
     "Definition",
     Interval=STRING,

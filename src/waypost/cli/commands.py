@@ -41,8 +41,10 @@ def worst(checks: list[dict[str, Any]]) -> str:
 
 def services(agent: AgentClient, out: TextIO) -> int:
     names = agent.get("/v1/catalog/services")
-    if not names:
-        out.write("no services registered\n")
+    if not set(names) - {"consul"}:  # an agent lists itself as `consul`, as Consul's servers do
+        out.write(
+            "no services registered" + (" (only the agents' own `consul`)" if names else "") + "\n"
+        )
         return 0
     rows = []
     for name, tags in names.items():
