@@ -163,3 +163,42 @@ def test_watch_redraws_on_every_change(empty: AgentProcess) -> None:
         assert watcher.wait(10) == 0
     finally:
         watcher.kill()
+
+
+def test_events_from_an_agent_without_a_timeline_says_so(empty: AgentProcess) -> None:
+    result = waypost("events", "--http-addr", empty.http_url)
+    if result.returncode == 0:  # this agent records a timeline (the web UI's)
+        assert result.stdout.strip()
+        return
+    assert result.returncode == 2
+    assert "this agent keeps no events" in result.stderr, result.stderr
+
+
+def test_watch_rides_out_an_agent_restart() -> None:
+    port = free_port()
+    first = AgentProcess("--dev", "--http", f"127.0.0.1:{port}", "--dns", "off").start()
+    with first.client() as http:
+        http.put("/v1/agent/service/register", json={"Name": "shop", "ID": "shop-1", "Port": 80})
+    cmd = [sys.executable, "-m", "waypost.cli.main", "watch", "--http-addr", f"127.0.0.1:{port}", "--count", "2", "shop"]
+    watcher = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert watcher.stdout is not None
+    second = None
+    try:
+        assert "shop: 1 instance(s)" in watcher.stdout.readline()
+        assert first.stop() == 0
+        until(lambda: "retrying in 2s" in watcher.stdout.readline(), timeout=30)  # type: ignore[union-attr]
+        second = AgentProcess("--dev", "--http", f"127.0.0.1:{port}", "--dns", "off").start()
+        rest = watcher.communicate(timeout=30)[0]
+        assert "shop: 0 instance(s)" in rest and "no instances of 'shop' registered" in rest
+    finally:
+        watcher.kill()
+        if second is not None:
+            second.stop()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

@@ -88,12 +88,18 @@ class LocalAgent:
         return renamed
 
     async def _keep_forever(self) -> None:
+        failing = False
         while True:
             await asyncio.sleep(ANTI_ENTROPY_INTERVAL)
             try:
                 await self.keep()
             except StorageError as exc:
-                log.warning("anti-entropy: could not restore this agent's node: %s", exc)
+                log.warning("anti-entropy: could not restore this agent's node: error=%s", exc)
+                failing = True
+                continue
+            if failing:
+                log.warning("anti-entropy: the store takes writes again: node=%s", self.name)
+                failing = False
 
     async def keep(self) -> None:
         """Put back this agent's node record, serfHealth and liveness where they differ."""
