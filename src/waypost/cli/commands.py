@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .._exceptions import ConfigError
+from .._logfmt import quote
 from ..catalog.model import status_rank
 from .client import AgentClient, AgentError, segment
 
@@ -279,15 +280,13 @@ def events(agent: AgentClient, service: str | None, follow: bool, out: TextIO) -
 
 
 def format_event(row: dict[str, Any]) -> str:
-    change = (
-        f"{row.get('From') or '-'} -> {row.get('To') or '-'}"
-        if row.get("From") or row.get("To")
-        else row.get("Status", "")
-    )
+    """`TIME  KIND  SERVICE/ID node=N [check=C] FROM -> TO [output="..."]`, one line."""
+    before, after = row.get("From") or "", row.get("To") or row.get("Status") or ""
+    change = f"{before} -> {after}" if before else after
     check = f" check={row['CheckID']}" if row.get("CheckID") else ""
     output = " ".join(str(row.get("Output") or "").split())
     instance = f"{row.get('Service', '')}/{row.get('ServiceID', '')}"
     return (
         f"{row.get('Time', '')}  {row.get('Kind', ''):<12} {instance} node={row.get('Node', '')}"
-        f"{check} {change}" + (f" output={output!r}" if output else "")
+        f"{check} {change}" + (f" output={quote(output)}" if output else "")
     )
