@@ -252,12 +252,13 @@ EVENTS_PATH = "/v1/internal/ui/timeline"
 
 def events(agent: AgentClient, service: str | None, follow: bool, out: TextIO) -> int:
     """Print the agent's recorded transitions, oldest first; with `follow`, keep
-    printing new ones as they happen (blocking queries, like `tail -f`)."""
+    printing new ones as they happen (blocking queries, like `tail -f`), across
+    agent restarts (an index lower than before: the timeline started over)."""
     path = EVENTS_PATH + (f"/{segment(service)}" if service else "")
-    after, index = 0, 0
+    after = index = seen = 0
     while True:
         try:
-            rows, index = agent.get_indexed(
+            rows, new_index = agent.get_indexed(
                 path, timeout=400, after=after, index=index, wait=WATCH_WAIT
             )
         except AgentError as exc:
@@ -266,8 +267,13 @@ def events(agent: AgentClient, service: str | None, follow: bool, out: TextIO) -
             if not follow:
                 raise
             out.write(f"{exc}; retrying in {RETRY_DELAY:.0f}s\n")
+            out.flush()
             time.sleep(RETRY_DELAY)
-            index = 0
+            index = 0  # answer at once when it is back, to see whether it restarted
+            continue
+        if new_index < seen:
+            out.write("--- the agent restarted: its events start over ---\n")
+            after = index = seen = 0
             continue
         for row in rows:
             out.write(format_event(row) + "\n")
@@ -277,6 +283,7 @@ def events(agent: AgentClient, service: str | None, follow: bool, out: TextIO) -
             if not rows and after == 0:
                 out.write("no events recorded" + (f" for {service}" if service else "") + "\n")
             return 0
+        index = seen = new_index
 
 
 def format_event(row: dict[str, Any]) -> str:
