@@ -116,6 +116,8 @@ def main() -> None:
     wrk = f"wrk -t{args.threads} -c{args.connections}"
     header(f"GET /v1/health/service/{SERVICE}?passing, filtered or not, {wrk}")
     rates: dict[str, list[float]] = {"plain": [], "filter": [], "nodemeta": []}
+    # Agent CPU per request: steadier than req/s when others load the machine.
+    costs: dict[str, list[float]] = {"plain": [], "filter": [], "nodemeta": []}
     with agent("sqlite") as proc:
         urls = setup(proc.http_url)
         for url in urls.values():
@@ -127,12 +129,19 @@ def main() -> None:
                 rate, p99 = run_wrk(urls[name], args.threads, args.connections, args.duration)
                 cpu = (cpu_seconds(proc.proc.pid) - cpu0) / args.duration * 100  # type: ignore[union-attr]
                 rates[name].append(rate)
-                line(f"rep {rep + 1} {name:8s}: {rate:8.0f} req/s  p99 {p99}  agent CPU {cpu:.0f}%")
+                costs[name].append(cpu / 100 / rate * 1e6)
+                line(
+                    f"rep {rep + 1} {name:8s}: {rate:8.0f} req/s  p99 {p99}  agent CPU {cpu:.0f}%"
+                    f"  {costs[name][-1]:.0f} us CPU/request"
+                )
     base = median(rates["plain"])
     for name, values in rates.items():
         spread = " ".join(f"{v:.0f}" for v in values)
         ratio = median(values) / base
         line(f"median {name:8s}: {median(values):8.0f} req/s ({ratio:.2f}x plain; reps {spread})")
+    for name, values in costs.items():
+        spread = " ".join(f"{v:.0f}" for v in values)
+        line(f"median {name:8s}: {median(values):5.1f} us agent CPU per request (reps {spread})")
     for name, micros in cold_costs().items():
         line(f"cold: {name}: {micros:.1f} us")
 
