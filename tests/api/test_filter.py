@@ -347,3 +347,17 @@ def test_a_filtered_read_blocks_and_wakes_like_any_other(fresh: httpx.Client) ->
     assert int(woken.headers["x-consul-index"]) > int(index)
     assert [row["Service"]["ID"] for row in woken.json()] == ["redis3", "redis4"]
     fresh.put("/v1/agent/service/deregister/redis4").raise_for_status()
+
+
+def test_py_consul_filter_and_node_meta(fresh: httpx.Client) -> None:
+    """py-consul's own parameters, unchanged: agent.services(filter_expr=...),
+    catalog.nodes(node_meta=...), health.service(node_meta=...)."""
+    import consul
+
+    port = int(str(fresh.base_url).rsplit(":", 1)[1].rstrip("/"))
+    c = consul.Consul(host="127.0.0.1", port=port)
+    assert list(c.agent.services(filter_expr='"qa" in Tags')) == ["redis3"]
+    _, nodes = c.catalog.nodes(node_meta={"arch": "i386", "os": "freebsd"})
+    assert [n["Node"] for n in nodes] == ["node-4"]
+    _, entries = c.health.service("api-internal", node_meta={"os": "linux"})
+    assert [e["Node"]["Node"] for e in entries] == ["node-2"]
