@@ -64,3 +64,31 @@ def test_debug_adds_the_access_log_and_json_lines_parse() -> None:
     assert access[0]["@level"] == "debug"
     assert re.match(r"request: method=GET url=/v1/health/service/web\?passing=1 status=200 "
                     r"duration=[\d.]+ms from=127\.0\.0\.1$", access[0]["@message"])
+
+
+def test_monitor_streams_the_same_lines_as_the_log(agent: AgentProcess, unique: str) -> None:
+    """`/v1/agent/monitor` (what `consul monitor` reads) shows the agent's own layout."""
+    import threading
+    import time
+
+    import httpx
+
+    lines: list[str] = []
+
+    def read() -> None:
+        with httpx.stream("GET", f"{agent.http_url}/v1/agent/monitor?loglevel=info", timeout=10) as r:
+            for line in r.iter_lines():
+                if unique in line:
+                    lines.append(line)
+                    return
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    time.sleep(0.3)
+    httpx.put(f"{agent.http_url}/v1/agent/service/register", json={"Name": unique, "Port": 1})
+    reader.join(10)
+    assert re.fullmatch(
+        rf"\d{{4}}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{{3}}Z \[INFO\]  waypost\.agent: registered service: "
+        rf"id={unique} name={unique} address=127\.0\.0\.1:1 checks=none",
+        lines[0],
+    ), lines

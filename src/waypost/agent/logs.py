@@ -1,52 +1,16 @@
-"""The agent's log lines: Consul's layout, greppable, or JSON for log shippers.
+"""Where the agent logs: stderr, in Consul's layout or as JSON lines (`--log-json`).
 
-    2026-12-01T10:00:00.123Z [INFO]  waypost.agent: registered service: id=payment-1 ...
-    {"@timestamp": "...", "@level": "info", "@module": "waypost.agent", "@message": "..."}
-
-Both carry the same message; the JSON keys are the ones Consul's `-log-json`
-writes, so a shipper configured for Consul reads waypost's logs unchanged.
-Messages put their facts as `key=value` pairs after a colon (`check=... status=...`).
+The layouts themselves are `_logfmt.py`'s, shared with `/v1/agent/monitor`.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-import time
 
-import msgspec
+from .._logfmt import ConsulFormatter, JsonFormatter
 
 _LEVELS = {"trace": "DEBUG", "warn": "WARNING"}
-_SHORT = {"WARNING": "WARN", "CRITICAL": "ERROR"}
-_ENCODER = msgspec.json.Encoder()
-
-
-def _timestamp(record: logging.LogRecord) -> str:
-    seconds = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-    return f"{seconds}.{int(record.msecs):03d}Z"
-
-
-class ConsulFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        level = _SHORT.get(record.levelname, record.levelname)
-        line = f"{_timestamp(record)} [{level}] {' ' * (5 - len(level))}{record.name}: "
-        line += record.getMessage()
-        if record.exc_info:
-            line += "\n" + self.formatException(record.exc_info)
-        return line
-
-
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "@timestamp": _timestamp(record),
-            "@level": _SHORT.get(record.levelname, record.levelname).lower(),
-            "@module": record.name,
-            "@message": record.getMessage(),
-        }
-        if record.exc_info:
-            entry["error"] = self.formatException(record.exc_info)
-        return _ENCODER.encode(entry).decode()
 
 
 def setup(level: str, json: bool = False) -> None:
