@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -165,11 +166,36 @@ def test_watch_redraws_on_every_change(empty: AgentProcess) -> None:
         watcher.kill()
 
 
-def test_events_from_an_agent_without_a_timeline_says_so(empty: AgentProcess) -> None:
-    result = waypost("events", "--http-addr", empty.http_url)
-    if result.returncode == 0:  # this agent records a timeline (the web UI's)
-        assert result.stdout.strip()
-        return
+def test_events_lists_and_follows_the_timeline(empty: AgentProcess) -> None:
+    """`waypost events` reads the agent's timeline (/v1/internal/ui/timeline):
+    what happened, oldest first; `-f` prints new events as they happen."""
+    with empty.client() as http:
+        body = {"Name": "beat", "ID": "beat-1", "Check": {"TTL": "1m", "Status": "passing"}}
+        http.put("/v1/agent/service/register", json=body).raise_for_status()
+        http.put("/v1/agent/check/fail/service:beat-1?note=disk%20full").raise_for_status()
+        listed = waypost("events", "--http-addr", empty.http_url, "beat")
+        assert listed.returncode == 0, listed.stderr
+        lines = listed.stdout.splitlines()
+        assert re.search(r"registered\s+beat/beat-1 node=cli-node passing$", lines[0]), lines
+        assert lines[1].endswith(
+            'check        beat/beat-1 node=cli-node check=service:beat-1 passing -> critical output="disk full"'
+        ), lines
+        cmd = [sys.executable, "-m", "waypost.cli.main", "events", "-f", "--http-addr", empty.http_url, "beat"]
+        follower = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        assert follower.stdout is not None
+        try:
+            for _ in lines:  # what was there already comes first
+                follower.stdout.readline()
+            http.put("/v1/agent/service/maintenance/beat-1?enable=true&reason=deploy").raise_for_status()
+            assert 'maintenance output="deploy"' in follower.stdout.readline()
+        finally:
+            follower.kill()
+    assert waypost("events", "--http-addr", empty.http_url, "nothing-here").stdout == "no events recorded for nothing-here\n"
+
+
+def test_events_from_something_without_a_timeline_says_so() -> None:
+    with HealthServer(status=404, body=b"not found") as server:
+        result = waypost("events", "--http-addr", f"127.0.0.1:{server.port}")
     assert result.returncode == 2
     assert "this agent keeps no events" in result.stderr, result.stderr
 
