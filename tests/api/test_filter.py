@@ -13,7 +13,16 @@ import pytest
 from waypost._exceptions import ValidationError
 from waypost.api import encode, filter_fields
 from waypost.api.filter import compile_filter
-from waypost.catalog.model import Check, CheckDefinition, Node, Service, ServiceAddress, Weights
+from waypost.catalog.model import (
+    Check,
+    CheckDefinition,
+    Node,
+    Proxy,
+    Service,
+    ServiceAddress,
+    Upstream,
+    Weights,
+)
 
 from ..agentproc import AgentProcess
 
@@ -135,6 +144,7 @@ def _sample_records() -> dict[str, tuple[filter_fields.Record, dict[str, Any]]]:
         weights=Weights(2, 1),
         tagged_addresses={"lan": ServiceAddress("a", 1)},
         kind="k",
+        proxy=Proxy("web", upstreams=(Upstream("db", 5432),)),
     )
     check = Check(
         node="n",

@@ -46,6 +46,28 @@ _INDEXES = {"CreateIndex": NUMBER, "ModifyIndex": NUMBER}
 _WEIGHTS = Record("Weights", Passing=NUMBER, Warning=NUMBER)
 _SERVICE_ADDRESSES = MapOf(Record("ServiceAddress", Address=STRING, Port=NUMBER))
 
+# A connect-proxy's block (the mesh). `Config` holds any JSON; its values
+# compare as strings here.
+_UPSTREAM = Record(
+    "Upstream",
+    DestinationType=STRING,
+    DestinationName=STRING,
+    Datacenter=STRING,
+    LocalBindAddress=STRING,
+    LocalBindPort=NUMBER,
+    Config=_META,
+)
+_PROXY = Record(
+    "Proxy",
+    DestinationServiceName=STRING,
+    DestinationServiceID=STRING,
+    LocalServiceAddress=STRING,
+    LocalServicePort=NUMBER,
+    Mode=STRING,
+    Config=_META,
+    Upstreams=ListOf(_UPSTREAM),
+)
+
 NODE: Final = Record(
     "Node",
     ID=STRING,
@@ -70,6 +92,7 @@ SERVICE: Final = Record(
     EnableTagOverride=BOOL,
     Kind=STRING,
     Datacenter=STRING,
+    Proxy=_PROXY,
     **_INDEXES,
 )
 
@@ -132,5 +155,6 @@ CATALOG_SERVICE: Final = Record(
     ServiceMeta=_META,
     ServicePort=NUMBER,
     ServiceEnableTagOverride=BOOL,
+    ServiceProxy=_PROXY,
     **_INDEXES,
 )
