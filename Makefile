@@ -25,9 +25,11 @@ system-deps:
 	@scripts/system-deps.sh
 
 run: setup
+	@echo "the waypost command is $(BIN)/waypost: in another terminal, '. $(BIN)/activate' puts it on the PATH"
 	$(BIN)/waypost agent --data-dir $(DATA) --http $(HTTP) --dns $(DNS)
 
 dev: setup
+	@echo "the waypost command is $(BIN)/waypost: in another terminal, '. $(BIN)/activate' puts it on the PATH"
 	$(BIN)/waypost agent --dev --http $(HTTP) --dns $(DNS)
 
 # Lint and types first (cheap, before the system tools): CI runs `make test`, so it enforces them.

@@ -7,6 +7,8 @@
 #   chromium + npm `playwright-core`           the web UI in a real browser
 #   patroni + python3-consul, postgresql       Patroni using waypost as its Consul (KV, sessions)
 #   firefox-esr                                the web UI in Firefox too (Marionette)
+#   dockerd, docker-compose, debootstrap       the Docker Compose example, end to end
+#   victoria-metrics                           a real consul_sd_configs consumer
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
@@ -23,6 +25,10 @@ command -v chromium >/dev/null || need+=(chromium)
 /usr/bin/python3 -c "import consul" 2>/dev/null || need+=(python3-consul)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 command -v firefox-esr >/dev/null || need+=(firefox-esr)
+command -v dockerd >/dev/null || need+=(docker.io)
+command -v docker-compose >/dev/null || need+=(docker-compose)
+command -v debootstrap >/dev/null || need+=(debootstrap)
+command -v victoria-metrics >/dev/null || need+=(victoria-metrics)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing system packages: ${need[*]}"
   scripts/apt-install.sh "${need[@]}"

@@ -1,4 +1,4 @@
-"""The command line: flags, config file, clear errors, read commands."""
+"""`waypost agent`: flags, config file, the same checks for both, clear errors."""
 
 from __future__ import annotations
 
@@ -23,29 +23,60 @@ def waypost(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--http", "nonsense"], "expected ADDRESS:PORT"),
+        (["--http", "nonsense"], "--http 'nonsense': expected ADDRESS:PORT"),
         (["--http", "127.0.0.1:99999"], "expected ADDRESS:PORT"),
         (["--store", "mongodb://x"], "unknown store URL"),
         (["--config-file", "/no/such/file.toml"], "cannot read config file"),
+        (["--node", "a b"], "--node 'a b': a node name is letters, digits and dashes"),
+        (["--advertise", "notanip"], "--advertise 'notanip': expected an IP address"),
+        (["--advertise", "0.0.0.0"], "others cannot reach 0.0.0.0"),
+        (["--domain", ""], "--domain '': expected a DNS domain"),
+        (["--datacenter", "East 1"], "--datacenter 'East 1': a datacenter is lowercase"),
+        (["--dns-node-ttl", "5x"], "--dns-node-ttl '5x': expected a duration"),
+        (["--dns-service-ttl", "web=-1s"], "a TTL cannot be negative"),
+        (["--recursor", "resolver"], "'resolver' is not IP[:PORT]"),
+        (["--log-level", "loud"], "invalid choice: 'loud'"),
     ],
 )
 def test_bad_flags_exit_2_with_a_message(args: list[str], message: str) -> None:
-    result = waypost("agent", "--dns", "off", *args)
+    result = waypost("agent", "--dev", "--dns", "off", *args)
     assert result.returncode == 2
-    assert message in result.stderr
+    assert message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
 
 
-def test_bad_config_files(tmp_path: Path) -> None:
-    for text, message in (
-        ("http = ", "not valid TOML"),
-        ('colour = "blue"', "unknown field"),
-        ("dev = 3", "Expected `bool`"),
-    ):
-        path = tmp_path / "c.toml"
-        path.write_text(text)
-        result = waypost("agent", "--config-file", str(path))
-        assert result.returncode == 2, result.stderr
-        assert message in result.stderr
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("http = ", "is not valid TOML"),
+        ('htpp = "127.0.0.1:1"', "unknown setting 'htpp' in FILE (did you mean 'http'?)"),
+        ('colour = "blue"', "unknown setting 'colour' in FILE (settings: http, dns,"),
+        ("dev = 3", "setting 'dev' in FILE: Expected `bool`, got `int`"),
+        ('log_level = "loud"', "setting 'log_level' in FILE: 'loud': expected one of trace, debug"),
+        ('node = "a b"', "setting 'node' in FILE: 'a b': a node name is letters"),
+        ('advertise = "notanip"', "setting 'advertise' in FILE: 'notanip': expected an IP address"),
+        ('domain = ""', "setting 'domain' in FILE: '': expected a DNS domain"),
+        ('http = "nonsense"', "setting 'http' in FILE: 'nonsense': expected ADDRESS:PORT"),
+        ("http_read_timeout = 0", "setting 'http_read_timeout' in FILE: 0.0: must be more than 0"),
+        ("[dns_service_ttl]\nweb = \"soon\"", "setting 'dns_service_ttl' in FILE:"),
+        ('recursors = ["x"]', "'x' is not IP[:PORT]"),
+    ],
+)
+def test_bad_config_files(tmp_path: Path, text: str, message: str) -> None:
+    """Config files get the same checks as flags, and messages that name the setting."""
+    path = tmp_path / "agent.toml"
+    path.write_text(text)
+    result = waypost("agent", "--config-file", str(path))
+    assert result.returncode == 2, result.stderr
+    assert message.replace("FILE", str(path)) in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_version() -> None:
+    from waypost import __version__
+
+    result = waypost("--version")
+    assert (result.returncode, result.stdout.strip()) == (0, f"waypost {__version__}")
 
 
 def test_port_in_use_is_a_clear_error(agent: AgentProcess) -> None:
@@ -71,39 +102,9 @@ def test_config_file_then_flags(tmp_path: Path) -> None:
         assert agent.stop() == 0
 
 
-def test_services_and_members_tables(agent: AgentProcess, unique: str) -> None:
-    with agent.client() as http:
-        http.put(
-            "/v1/agent/service/register",
-            json={"Name": unique, "ID": f"{unique}-1", "Check": {"TTL": "1m", "Status": "passing"}},
-        )
-    out = waypost("services", "--http-addr", agent.http_url).stdout
-    line = next(row for row in out.splitlines() if row.startswith(unique + " "))
-    assert line.split() == [unique, "1", "1", "0", "0"]
-    members = waypost("members", "--http-addr", agent.http_url).stdout
-    assert "test-node" in members and "alive" in members
-
-
-def test_read_command_against_no_agent() -> None:
-    result = waypost("services", "--http-addr", "http://127.0.0.1:1")
-    assert result.returncode == 2
-    assert "cannot reach the agent" in result.stderr
-
-
 def test_banner_never_prints_store_credentials() -> None:
     from waypost.agent import AgentConfig
 
     config = AgentConfig(store="etcds://admin:s3cret@127.0.0.11:2379,127.0.0.12:2379?ca=/ca.pem")
     assert "s3cret" not in config.display_store()
     assert config.display_store() == "etcds://***@127.0.0.11:2379,127.0.0.12:2379?ca=/ca.pem"
-
-
-def test_demo_spreads_orders_then_survives_a_sigkill() -> None:
-    result = waypost("demo", "--seconds", "4", "--rate", "10", timeout=90)
-    assert result.returncode == 0, result.stdout + result.stderr
-    lines = result.stdout.splitlines()
-    before = next(line for line in lines if line.startswith("t= 1s"))
-    assert all(f"payment-{k}" in before for k in (1, 2, 3))  # spread across all three
-    kill = lines.index("--- SIGKILL payment-3 ---")
-    assert all("payment-3" not in line for line in lines[kill + 2 :])  # gone after the kill
-    assert lines[-1] == "40 orders, 0 failed"

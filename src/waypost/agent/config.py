@@ -1,15 +1,38 @@
-"""The agent's settings: defaults, then a TOML config file, then flags."""
+"""The agent's settings: defaults, then a TOML config file, then flags.
+
+A setting is checked the same way wherever it comes from (`validate`); only
+the name in the message differs: `--node 'a b': ...` for a flag,
+`setting 'node' in agent.toml: ...` for the file.
+"""
 
 from __future__ import annotations
 
+import difflib
+import ipaddress
+import re
 import socket
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import platformdirs
 
 from .. import _duration
+from .._address import split_address
 from .._exceptions import ConfigError, ValidationError
+
+LOG_LEVELS = ("trace", "debug", "info", "warn", "warning", "error")
+# Consul's rules: a node name must be a DNS label to be found as <node>.node.consul,
+# a datacenter lowercase letters, digits, - and _.
+_NODE_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+_DATACENTER = re.compile(r"[a-z0-9_-]{1,64}")
+_DOMAIN = re.compile(
+    r"(?:[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.)*"
+    r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.?"
+)
+
+Namer = Callable[[str], str]
 
 
 class AgentConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -22,6 +45,7 @@ class AgentConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     datacenter: str = "dc1"
     advertise: str = "127.0.0.1"
     log_level: str = "info"
+    log_json: bool = False
     http_read_timeout: float = 10.0  # seconds a client has to send a whole request
     enable_script_checks: bool = False
     domain: str = "consul."
@@ -78,10 +102,11 @@ class AgentConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 def load_config_file(path: str) -> dict[str, object]:
-    """Read a TOML config file into flag-named settings.
+    """Read a TOML config file into flag-named settings, each checked as its flag is.
 
     Raises:
-        ConfigError: the file is missing, not TOML, or has an unknown or mistyped key.
+        ConfigError: the file is missing or not TOML, or a setting is unknown,
+            of the wrong type or invalid; the message names the setting and the file.
     """
     try:
         raw = Path(path).read_bytes()
@@ -89,10 +114,148 @@ def load_config_file(path: str) -> dict[str, object]:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
     try:
         data = msgspec.toml.decode(raw)
-        settings = {str(k).replace("-", "_"): v for k, v in data.items()}
-        msgspec.convert(settings, AgentConfig)  # validate names and types now
     except msgspec.DecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
-    except msgspec.ValidationError as exc:
-        raise ConfigError(f"config file {path}: {exc}") from exc
+    settings = {str(k).replace("-", "_"): v for k, v in data.items()}
+    fields = {f.name: f.type for f in msgspec.structs.fields(AgentConfig)}
+    for key, value in settings.items():
+        if key not in fields:
+            raise ConfigError(f"unknown setting '{key}' in {path}{_did_you_mean(key, fields)}")
+        try:
+            settings[key] = msgspec.convert(value, fields[key])
+        except msgspec.ValidationError as exc:
+            raise ConfigError(f"setting '{key}' in {path}: {exc}") from exc
+    validate(settings, lambda key: f"setting '{key}' in {path}:")
     return settings
+
+
+def flag_name(key: str) -> str:
+    """The flag that sets `key`: `dns_node_ttl` -> `--dns-node-ttl`."""
+    return "--recursor" if key == "recursors" else "--" + key.replace("_", "-")
+
+
+def validate(settings: dict[str, Any], name: Namer) -> None:
+    """Check the values that types alone do not (`name(key)` starts each message).
+
+    Raises:
+        ConfigError: naming the setting, the value and what would be valid.
+    """
+    for key, value in settings.items():
+        check = _CHECKS.get(key)
+        if check is not None and value is not None:
+            check(value, f"{name(key)} {value!r}")
+
+
+def _did_you_mean(key: str, known: dict[str, object]) -> str:
+    close = difflib.get_close_matches(key, list(known), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else f" (settings: {', '.join(known)})"
+
+
+def _address(value: str, what: str) -> None:
+    try:
+        split_address(value, what)
+    except ConfigError:
+        raise ConfigError(f"{what}: expected ADDRESS:PORT, e.g. 127.0.0.1:8500") from None
+
+
+def _dns_address(value: str, what: str) -> None:
+    if value != "off":
+        _address(value, what)
+
+
+def _node(value: str, what: str) -> None:
+    if not _NODE_NAME.fullmatch(value):
+        raise ConfigError(
+            f"{what}: a node name is letters, digits and dashes (at most 63), "
+            "so that it can be looked up as <node>.node.consul"
+        )
+
+
+def _datacenter(value: str, what: str) -> None:
+    if not _DATACENTER.fullmatch(value):
+        raise ConfigError(f"{what}: a datacenter is lowercase letters, digits, - and _")
+
+
+def _advertise(value: str, what: str) -> None:
+    try:
+        address = ipaddress.ip_address(value)
+    except ValueError:
+        raise ConfigError(f"{what}: expected an IP address, e.g. 10.0.0.5") from None
+    if address.is_unspecified:
+        raise ConfigError(f"{what}: others cannot reach {value}: give this host's address")
+
+
+def _domain(value: str, what: str, required: bool = True) -> None:
+    if not value and not required:
+        return
+    if not value or not _DOMAIN.fullmatch(value):
+        raise ConfigError(f"{what}: expected a DNS domain, e.g. consul.")
+
+
+def _log_level(value: str, what: str) -> None:
+    if value not in LOG_LEVELS:
+        raise ConfigError(f"{what}: expected one of {', '.join(LOG_LEVELS)}")
+
+
+def _ttl(value: str, what: str) -> None:
+    try:
+        seconds = _duration.parse(value, what)
+    except ValidationError:
+        raise ConfigError(f"{what}: expected a duration, e.g. 10s or 1m") from None
+    if seconds < 0:
+        raise ConfigError(f"{what}: a TTL cannot be negative")
+
+
+def _positive_duration(value: str, what: str) -> None:
+    try:
+        seconds = _duration.parse(value, what)
+    except ValidationError:
+        raise ConfigError(f"{what}: expected a duration, e.g. 10s") from None
+    if seconds <= 0:
+        raise ConfigError(f"{what}: must be more than 0s")
+
+
+def _ttls(value: dict[str, str], what: str) -> None:
+    for service, ttl in value.items():
+        _ttl(ttl, f"{what} ({service})")
+
+
+def _port(value: int, what: str) -> None:
+    if not 1 <= value <= 65535:
+        raise ConfigError(f"{what}: expected a port, 1 to 65535")
+
+
+def _positive(value: float, what: str) -> None:
+    if value <= 0:
+        raise ConfigError(f"{what}: must be more than 0")
+
+
+def _recursors(value: list[str], what: str) -> None:
+    for recursor in value:
+        bare = ":" not in recursor.strip("[]") or recursor.endswith("]")  # port 53
+        try:
+            host = recursor if bare else split_address(recursor, what)[0]
+            ipaddress.ip_address(host.strip("[]"))
+        except (ValueError, ConfigError):
+            raise ConfigError(f"{what}: {recursor!r} is not IP[:PORT], e.g. 127.0.0.1:53") from None
+
+
+_CHECKS: dict[str, Callable[[Any, str], None]] = {
+    "http": _address,
+    "dns": _dns_address,
+    "node": _node,
+    "datacenter": _datacenter,
+    "advertise": _advertise,
+    "domain": _domain,
+    "alt_domain": lambda v, what: _domain(v, what, required=False),
+    "log_level": _log_level,
+    "dns_node_ttl": _ttl,
+    "dns_service_ttl": _ttls,
+    "http_read_timeout": _positive,
+    "recursors": _recursors,
+    "session_ttl_min": _positive_duration,
+    "grpc": _dns_address,  # "off" or ADDRESS:PORT, like --dns
+    "leaf_cert_ttl": _positive_duration,
+    "sidecar_min_port": _port,
+    "sidecar_max_port": _port,
+}

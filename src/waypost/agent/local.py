@@ -19,6 +19,7 @@ import logging
 import msgspec
 
 from .._exceptions import StorageError, ValidationError
+from .._logfmt import quote
 from ..catalog import Catalog, Check, Node, sidecar, writes
 from ..catalog.definitions import CheckRegistration, ServiceRegistration, validate_status
 from ..catalog.model import NODE_MAINT_CHECK_ID, SERF_CHECK_ID, SERVICE_MAINT_PREFIX
@@ -87,12 +88,18 @@ class LocalAgent:
         return renamed
 
     async def _keep_forever(self) -> None:
+        failing = False
         while True:
             await asyncio.sleep(ANTI_ENTROPY_INTERVAL)
             try:
                 await self.keep()
             except StorageError as exc:
-                log.warning("anti-entropy: could not restore this agent's node: %s", exc)
+                log.warning("anti-entropy: could not restore this agent's node: error=%s", exc)
+                failing = True
+                continue
+            if failing:
+                log.warning("anti-entropy: the store takes writes again: node=%s", self.name)
+                failing = False
 
     async def keep(self) -> None:
         """Put back this agent's node record, serfHealth and liveness where they differ."""
@@ -110,15 +117,44 @@ class LocalAgent:
         await self.catalog.write(
             writes.register, self.name, reg, replace_checks, self.enable_scripts, self.sidecar_ports
         )
+        service_id = reg.id or reg.name or reg.service
+        log.info(
+            "registered service: id=%s name=%s address=%s:%d checks=%s",
+            service_id,
+            reg.name or reg.service,
+            reg.address or self.node.address,
+            reg.port,
+            self._describe_checks(service_id) or "none",
+        )
+
+    def _describe_checks(self, service_id: str) -> str:
+        """`service:web-1(http, critical)`: what an operator needs to see at registration."""
+        described = []
+        for check_id in self.catalog.state.check_ids_of(self.name, service_id):
+            check = self.catalog.state.check(self.name, check_id)
+            if check is not None:
+                described.append(f"{check_id}({check.type or 'manual'}, {check.status})")
+        return ",".join(described)
 
     async def deregister_service(self, service_id: str) -> None:
         await self.catalog.write(writes.deregister, self.name, service_id)
+        log.info("deregistered service: id=%s", service_id)
 
     async def register_check(self, reg: CheckRegistration) -> None:
         await self.catalog.write(writes.register_check, self.name, reg, self.enable_scripts)
+        check_id = reg.checkid or reg.id or reg.name
+        check = self.catalog.state.check(self.name, check_id)
+        log.info(
+            "registered check: check=%s service=%s type=%s status=%s",
+            check_id,
+            reg.serviceid or "-",
+            check.type if check else "?",
+            check.status if check else "?",
+        )
 
     async def deregister_check(self, check_id: str) -> None:
         await self.catalog.write(writes.deregister_check, self.name, check_id)
+        log.info("deregistered check: check=%s", check_id)
 
     async def heartbeat(self, check_id: str, status: str, output: str) -> None:
         validate_status(status, "Invalid check status")
@@ -132,12 +168,20 @@ class LocalAgent:
         )
         check = msgspec.structs.replace(check, service_id=service_id)
         await self.catalog.write(writes.service_maintenance, check, enable)
+        if enable:
+            log.info("service maintenance on: id=%s reason=%s", service_id, quote(check.notes))
+        else:
+            log.info("service maintenance off: id=%s", service_id)
 
     async def node_maintenance(self, enable: bool, reason: str) -> None:
         check = self._maintenance_check(
             NODE_MAINT_CHECK_ID, "Node Maintenance Mode", reason, "node"
         )
         await self.catalog.write(writes.node_maintenance, check, enable)
+        if enable:
+            log.info("node maintenance on: node=%s reason=%s", self.name, quote(check.notes))
+        else:
+            log.info("node maintenance off: node=%s", self.name)
 
     def _maintenance_check(self, check_id: str, name: str, reason: str, what: str) -> Check:
         """Maintenance is a critical check of its own: present while enabled."""

@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any, Final
 
 from .._exceptions import ValidationError
+from .._logfmt import ConsulFormatter
 from .http import HttpError, Request, Response, Router, Streaming, empty, json
 from .metrics import Metrics
 from .ports import AgentInfo
@@ -48,7 +49,7 @@ class LogStream(logging.Handler):
 
     def __init__(self) -> None:
         super().__init__(level=1)
-        self.setFormatter(logging.Formatter("%(asctime)s [%(levelname)s] %(name)s: %(message)s"))
+        self.setFormatter(ConsulFormatter())  # the layout of the agent's own log
         self._queues: dict[asyncio.Queue[bytes], int] = {}  # queue -> its lowest level
         self.dropped = 0
 

@@ -7,6 +7,7 @@ depends on none of them but the API it owns.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
@@ -14,6 +15,8 @@ from typing import Any
 from . import http
 from .consul import ConsulApi
 from .metrics import Metrics
+
+access_log = logging.getLogger("waypost.http")
 
 Mount = Callable[[http.Router], None]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -55,8 +58,27 @@ class AgentApp:
             response = http.error_response(exc)
         if request.method == "HEAD":
             response.body = b""
-        self.metrics.observe(request.method, response.status, time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        self.metrics.observe(request.method, response.status, elapsed)
+        if access_log.isEnabledFor(logging.DEBUG):  # one check per request when off
+            _log_access(scope, request, response, elapsed)
         await http.send(send, response)
+
+
+def _log_access(
+    scope: dict[str, Any], request: http.Request, response: http.Response, elapsed: float
+) -> None:
+    query = scope.get("query_string", b"").decode("latin-1")
+    client = scope.get("client") or ("-", 0)
+    access_log.debug(
+        "request: method=%s url=%s%s status=%d duration=%.1fms from=%s",
+        request.method,
+        request.path,
+        f"?{query}" if query else "",
+        response.status,
+        elapsed * 1000,
+        client[0],
+    )
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:

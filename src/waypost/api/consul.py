@@ -8,6 +8,7 @@ stands still, so a hot `?passing` read costs one dict lookup.
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Callable
 from typing import Any
@@ -25,9 +26,12 @@ from ..catalog.definitions import (
 )
 from ..catalog.model import CONSUL_SERVICE_ID, SERF_CHECK_ID, STATUSES
 from ..catalog.watch import CHECKS, NODES, SERVICES, Topic, node_topic, service_topic
-from . import decode, encode
+from . import decode, encode, filter_fields
+from .filter import Predicate, compile_filter
 from .http import Request, Response, Router, empty, json, json_bytes
 from .ports import AgentInfo, LocalAgentOps, StoreStatus
+
+log = logging.getLogger("waypost.api")
 
 DEFAULT_WAIT = 300.0
 CACHE_LIMIT = 4096
@@ -169,11 +173,14 @@ class ConsulApi:
 
     async def agent_services(self, req: Request, _: str) -> Response:
         dc = self.info.datacenter
+        keep = _selection(req, filter_fields.AGENT_SERVICE) or _everything
         return await self._read(
             req,
             (node_topic(self.local.name),),
             lambda: {
-                sid: encode.agent_service(s, dc) for sid, s in sorted(self._own_services().items())
+                sid: row
+                for sid, s in sorted(self._own_services().items())
+                if keep(row := encode.agent_service(s, dc))
             },
         )
 
@@ -192,13 +199,14 @@ class ConsulApi:
     async def agent_checks(self, req: Request, _: str) -> Response:
         # Not cached: it shows check output, which changes without a new index.
         # serfHealth is left out: in Consul it is a catalog check, not an agent one.
+        keep = _selection(req, filter_fields.CHECK) or _everything
         return await self._read(
             req,
             (node_topic(self.local.name),),
             lambda: {
-                c.check_id: encode.check(c)
+                c.check_id: row
                 for c in self.state.checks_on_node(self.local.name)
-                if c.check_id != SERF_CHECK_ID
+                if c.check_id != SERF_CHECK_ID and keep(row := encode.check(c))
             },
             cache=False,
         )
@@ -213,22 +221,38 @@ class ConsulApi:
     # -- catalog reads -----------------------------------------------------
 
     async def catalog_services(self, req: Request, _: str) -> Response:
-        return await self._read(req, (SERVICES,), self.state.service_tags)
+        keep = _selection(req, filter_fields.CATALOG_SERVICE, "NodeMeta")
+        if keep is None:
+            return await self._read(req, (SERVICES,), self.state.service_tags)
+        # Filtered: select instances (Consul's ServiceNode rows), then list names and tags.
+        topics = (SERVICES, NODES) if req.has("node-meta") else (SERVICES,)
+        return await self._read(req, topics, lambda: _names_and_tags(self._catalog_rows(keep)))
+
+    def _catalog_rows(self, keep: Predicate) -> list[dict[str, Any]]:
+        rows = (
+            encode.catalog_service(self.state.node(s.node), s) for s in self.state.all_instances()
+        )
+        return [row for row in rows if keep(row)]
 
     async def catalog_service(self, req: Request, name: str) -> Response:
         tags = req.query.get("tag", [])
+        keep = _selection(req, filter_fields.CATALOG_SERVICE, "NodeMeta") or _everything
         return await self._read(
             req,
             (service_topic(name),),
             lambda: [
-                encode.catalog_service(self.state.node(s.node), s)
+                row
                 for s in sorted(self.state.instances(name, tags), key=lambda s: (s.node, s.id))
+                if keep(row := encode.catalog_service(self.state.node(s.node), s))
             ],
         )
 
     async def catalog_nodes(self, req: Request, _: str) -> Response:
+        keep = _selection(req, filter_fields.NODE, "Meta") or _everything
         return await self._read(
-            req, (NODES,), lambda: [encode.node(n) for n in self.state.all_nodes()]
+            req,
+            (NODES,),
+            lambda: [row for n in self.state.all_nodes() if keep(row := encode.node(n))],
         )
 
     async def catalog_node(self, req: Request, name: str) -> Response:
@@ -239,8 +263,15 @@ class ConsulApi:
             services = self.state.services_on(name)
             return {
                 "Node": encode.node(node),
-                "Services": {sid: encode.service(s) for sid, s in sorted(services.items())},
+                "Services": {
+                    sid: row
+                    for sid, s in sorted(services.items())
+                    if keep(row := encode.service(s))
+                },
             }
+
+        # Consul filters the node's services here, not the node.
+        keep = _selection(req, filter_fields.SERVICE) or _everything
 
         return await self._read(req, (node_topic(name),), produce)
 
@@ -252,31 +283,65 @@ class ConsulApi:
     async def health_service(self, req: Request, name: str) -> Response:
         passing = req.has("passing") and req.arg("passing").lower() not in ("false", "0")
         tags = req.query.get("tag", [])
+        keep = _selection(req, filter_fields.HEALTH_ROW, "Node.Meta")
+        if keep is None:  # the hot path: nothing to test per row
+            return await self._read(
+                req,
+                (service_topic(name),),
+                lambda: [encode.health_row(*row) for row in self.state.health(name, tags, passing)],
+            )
         return await self._read(
             req,
             (service_topic(name),),
-            lambda: [encode.health_row(*row) for row in self.state.health(name, tags, passing)],
+            lambda: [
+                encoded
+                for row in self.state.health(name, tags, passing)
+                if keep(encoded := encode.health_row(*row))
+            ],
         )
 
     async def health_checks(self, req: Request, name: str) -> Response:
+        keep = self._check_selection(req)
         return await self._read(
             req,
             (service_topic(name),),
-            lambda: [encode.check(c) for c in self.state.checks_for_service(name)],
+            lambda: [
+                row for c in self.state.checks_for_service(name) if keep(row := encode.check(c))
+            ],
         )
+
+    def _check_selection(self, req: Request) -> Predicate:
+        """`?filter=` over checks and `?node-meta=` over the checks' nodes."""
+        by_filter = _selection(req, filter_fields.CHECK) or _everything
+        wanted = _node_meta(req)
+        if not wanted:
+            return by_filter
+
+        def keep(row: dict[str, Any]) -> bool:
+            node = self.state.node(row["Node"])
+            meta = node.meta if node is not None else {}
+            return all(meta.get(k) == v for k, v in wanted) and by_filter(row)
+
+        return keep
 
     async def health_state(self, req: Request, state: str) -> Response:
         if state != "any" and state not in STATUSES[:3]:
             raise ValidationError(f'Invalid state "{state}": use any, passing, warning or critical')
+        keep = self._check_selection(req)
         return await self._read(
-            req, (CHECKS,), lambda: [encode.check(c) for c in self.state.checks_in_state(state)]
+            req,
+            (CHECKS, NODES) if req.has("node-meta") else (CHECKS,),
+            lambda: [
+                row for c in self.state.checks_in_state(state) if keep(row := encode.check(c))
+            ],
         )
 
     async def health_node(self, req: Request, name: str) -> Response:
+        keep = _selection(req, filter_fields.CHECK) or _everything
         return await self._read(
             req,
             (node_topic(name),),
-            lambda: [encode.check(c) for c in self.state.checks_on_node(name)],
+            lambda: [row for c in self.state.checks_on_node(name) if keep(row := encode.check(c))],
         )
 
     async def status_leader(self, req: Request, _: str) -> Response:
@@ -336,12 +401,18 @@ class ConsulApi:
         reg = decode.decode(await req.body(), CatalogRegistration)
         self.check_datacenter(req, reg.datacenter)
         await self.catalog.write(writes.catalog_register, reg, self.info.datacenter)
+        service = (
+            (reg.service.id or reg.service.name or reg.service.service) if reg.service else "-"
+        )
+        log.info("catalog registered: node=%s service=%s", reg.node, service)
         return json_bytes(_TRUE)
 
     async def catalog_deregister(self, req: Request, _: str) -> Response:
         reg = decode.decode(await req.body(), CatalogDeregistration)
         self.check_datacenter(req, reg.datacenter)
         await self.catalog.write(writes.catalog_deregister, reg)
+        what = f"service={reg.serviceid}" if reg.serviceid else f"check={reg.checkid or '-'}"
+        log.info("catalog deregistered: node=%s %s", reg.node, what)
         return json_bytes(_TRUE)
 
 
@@ -352,6 +423,50 @@ def _enable_flag(req: Request) -> bool:
     if value not in ("true", "false"):
         raise ValidationError(f'Invalid value for enable: "{value}" (use true or false)')
     return value == "true"
+
+
+def _everything(_: Any) -> bool:
+    return True
+
+
+def _selection(req: Request, shape: filter_fields.Record, node_meta: str = "") -> Predicate | None:
+    """The rows a read keeps: `?filter=` compiled for `shape` (a 400 now, before
+    any waiting, if it is invalid) and, where the endpoint takes it,
+    `?node-meta=key:value` (repeatable) on the field path `node_meta` names.
+    None when the request asks for neither: the read skips the test per row."""
+    expression = req.arg("filter")
+    by_filter = compile_filter(expression, shape) if expression else None
+    wanted = _node_meta(req) if node_meta else []
+    if not wanted:
+        return by_filter
+    path = node_meta.split(".")
+
+    def keep(row: dict[str, Any]) -> bool:
+        meta = row
+        for part in path:
+            meta = meta.get(part) or {}
+        return all(meta.get(k) == v for k, v in wanted) and (by_filter is None or by_filter(row))
+
+    return keep
+
+
+def _node_meta(req: Request) -> list[tuple[str, str]]:
+    """`?node-meta=rack:r1&node-meta=os:linux`: every pair must match (Consul's rule)."""
+    pairs = []
+    for item in req.query.get("node-meta", []):
+        key, _, value = item.partition(":")
+        if not key:
+            raise ValidationError(f'Invalid node-meta "{item}": expected key:value')
+        pairs.append((key, value))
+    return pairs
+
+
+def _names_and_tags(rows: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """`/v1/catalog/services` from instance rows: each name with the union of its tags."""
+    found: dict[str, set[str]] = {}
+    for row in rows:
+        found.setdefault(row["ServiceName"], set()).update(row["ServiceTags"])
+    return {name: sorted(found[name]) for name in sorted(found)}
 
 
 def _query_key(req: Request) -> tuple[tuple[str, tuple[str, ...]], ...]:

@@ -59,17 +59,22 @@ def payment_app(name: str) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
 
 
 def order_app(
-    agent: str, balancer: str = "round_robin"
+    agent: str, balancer: str = "round_robin", payment: str = "payment"
 ) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
-    """The order service: `GET /order` pays through whichever payment instance."""
+    """The order service: `GET /order` pays through whichever instance of
+    `payment`; `GET /stats` shows its client's breakers and retries."""
     state: dict[str, Any] = {}
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await _order_lifespan(agent, balancer, state, receive, send)
+            await _order_lifespan(agent, balancer, payment, state, receive, send)
             return
         await _drain(receive)
         client: AsyncServiceClient = state["client"]
+        if scope["path"] == "/stats":
+            stats = client.waypost_transport.statistics().get(payment, {})
+            await _json(send, 200, json.loads(json.dumps(stats, default=str)))
+            return
         try:
             response = await client.get("/api/payments", timeout=2.0)
             await _json(send, 200, {"order": "ok", "paid_by": response.json()["instance"]})
@@ -80,11 +85,11 @@ def order_app(
 
 
 async def _order_lifespan(
-    agent: str, balancer: str, state: dict[str, Any], receive: Receive, send: Send
+    agent: str, balancer: str, payment: str, state: dict[str, Any], receive: Receive, send: Send
 ) -> None:
     await receive()
     discovery = AsyncDiscovery(agent)
-    state["client"] = AsyncServiceClient("payment", discovery=discovery, balancer=balancer)
+    state["client"] = AsyncServiceClient(payment, discovery=discovery, balancer=balancer)
     await send({"type": "lifespan.startup.complete"})
     await receive()
     await state["client"].aclose()
@@ -107,13 +112,14 @@ def serve(
     port: int = 0,
     balancer: str = "round_robin",
     service: str | None = None,
+    payment: str = "payment",
 ) -> None:
     """Serve one demo service (blocking); prints `PORT <n>` once bound."""
     import uvicorn
 
     sock = _bind(host, port)
     bound = sock.getsockname()[1]
-    inner = payment_app(name) if role == "payment" else order_app(agent, balancer)
+    inner = payment_app(name) if role == "payment" else order_app(agent, balancer, payment)
     registration = Registration(
         service or role,
         port=bound,
@@ -137,10 +143,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--balancer", default="round_robin")
     parser.add_argument("--service", default=None, help="service name to register as")
+    parser.add_argument("--payment", default="payment", help="the payment service's name (order)")
     args = parser.parse_args(argv)
     agent = args.agent or "http://127.0.0.1:8500"
     name = args.name or args.role
-    serve(args.role, agent, name, port=args.port, balancer=args.balancer, service=args.service)
+    serve(
+        args.role,
+        agent,
+        name,
+        port=args.port,
+        balancer=args.balancer,
+        service=args.service,
+        payment=args.payment,
+    )
 
 
 if __name__ == "__main__":

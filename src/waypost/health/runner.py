@@ -17,7 +17,9 @@ import random
 from collections.abc import Callable, Iterable, Mapping
 
 from .._clock import Clock, SystemClock
+from .._duration import format as go_duration
 from .._exceptions import NotFoundError, StorageError, ValidationError
+from .._logfmt import quote
 from ..catalog import Catalog, Check, CheckDefinition, codec
 from ..catalog.model import status_rank
 from ..catalog.watch import node_topic
@@ -113,6 +115,14 @@ class HealthRunner:
             self.catalog.release(self.node, check_id)
 
     def _launch(self, check: Check, defn: CheckDefinition) -> None:
+        log.debug(
+            "check started: check=%s service=%s type=%s every=%s status=%s",
+            check.check_id,
+            check.service_id or "-",
+            defn.kind,
+            go_duration(defn.ttl or defn.interval),
+            check.status,
+        )
         if defn.deregister_critical_after and check.service_id:
             self._reapable[check.check_id] = defn.deregister_critical_after
         if defn.ttl:
@@ -135,14 +145,21 @@ class HealthRunner:
             defn.failures_before_critical,
         )
         await self.clock.sleep(self.rng.uniform(0, defn.interval))
+        first = True
         while True:
             if defn.kind == "script" and not self.enable_scripts:
                 status, output = "critical", "script checks are disabled on this agent"
             else:
                 status, output = await probe(defn)
             self.runs += 1
-            if not await self._report(check.check_id, thresholds.feed(status), output):
+            if status != "passing" and log.isEnabledFor(logging.DEBUG):
+                log.debug("check failed: check=%s output=%s", check.check_id, quote(output))
+            # The first result is logged even if the status stays (a check starts
+            # critical): a registration whose check never passes says why at once.
+            reported = thresholds.feed(status)
+            if not await self._report(check.check_id, reported, output, announce=first):
                 return
+            first = False
             await self.clock.sleep(defn.interval)
 
     async def _report(
@@ -151,6 +168,7 @@ class HealthRunner:
         status: str,
         output: str,
         superseded: Callable[[], bool] = lambda: False,
+        announce: bool = False,
     ) -> bool:
         """Hand a result to the catalog and retry until it is stored (or
         `superseded()`); False once the check no longer exists.
@@ -161,6 +179,7 @@ class HealthRunner:
         hold goes once the result is stored.
         """
         delay = RETRY_START
+        before = self._status_of(check_id)
         while True:
             try:
                 await self.catalog.update_check(self.node, check_id, status, output)
@@ -175,7 +194,33 @@ class HealthRunner:
                     return True  # the newer result (a heartbeat) decides about the hold
                 continue
             self._stored(check_id, status)
+            self._transition(check_id, before, status, output, first=announce)
             return True
+
+    def _status_of(self, check_id: str) -> str | None:
+        check = self.catalog.state.stored_check(self.node, check_id)
+        return check.status if check is not None else None
+
+    def _transition(
+        self, check_id: str, before: str | None, status: str, output: str, first: bool = False
+    ) -> None:
+        """One line per status change, with the output that explains it (Consul's
+        "Check is now critical"): the answer to "why is my service not in DNS?".
+        A check's `first` result is logged whatever it is."""
+        if before == status and not first:
+            return
+        check = self.catalog.state.check(self.node, check_id)
+        level = logging.INFO if status == "passing" else logging.WARNING
+        log.log(
+            level,
+            "check is %s%s: check=%s service=%s was=%s output=%s",
+            "now " if before != status else "still ",
+            status,
+            check_id,
+            check.service_id if check is not None and check.service_id else "-",
+            before or "-",
+            quote(output),
+        )
 
     def _stored(self, check_id: str, status: str) -> None:
         if check_id in self._unstored:
@@ -232,6 +277,7 @@ class HealthRunner:
             if remaining > 0:
                 await self.clock.sleep(remaining)
                 continue
+            log.warning("check TTL expired: check=%s ttl=%s", check_id, go_duration(ttl))
             await self._report(check_id, "critical", TTL_EXPIRED, lambda: self._ttl_moved(check_id))
             if self._ttl_moved(check_id):
                 continue  # a heartbeat came while the expiry was being stored
@@ -255,12 +301,14 @@ class HealthRunner:
         # The deadline moves first: the TTL task must not expire the check while
         # this heartbeat's own write is being committed.
         self._ttl_deadline[check_id] = self.clock.now() + check.definition.ttl
+        before = self._status_of(check_id)
         try:
             await self.catalog.update_check(self.node, check_id, status, output)
         except StorageError as exc:
             self._refused(check_id, status, output, exc)  # until a result is stored
             raise
         self._stored(check_id, status)
+        self._transition(check_id, before, status, output)
         running = self._tasks.get(check_id)
         if running is None or running[1].done():
             coro = self._run_ttl(check_id, check.definition.ttl)
@@ -278,7 +326,7 @@ class HealthRunner:
         """Deregister instances critical for longer than their
         DeregisterCriticalServiceAfter; return the removed service IDs."""
         now = self.clock.now()
-        doomed: set[str] = set()
+        doomed: dict[str, tuple[str, float]] = {}
         for check_id, after in list(self._reapable.items()):
             # Judged on what is stored, never on a hold: a result that could
             # not be stored says nothing about how long the instance was critical.
@@ -288,16 +336,21 @@ class HealthRunner:
                 continue
             since = self._critical_since.setdefault(check_id, now)
             if now - since >= after:
-                doomed.add(check.service_id)
-        for service_id in sorted(doomed):
-            log.info(
-                "deregistering %s: critical longer than DeregisterCriticalServiceAfter", service_id
+                doomed.setdefault(check.service_id, (check_id, after))
+        for service_id, (check_id, after) in sorted(doomed.items()):
+            log.warning(
+                "reaping service: id=%s check=%s critical for %s "
+                "(DeregisterCriticalServiceAfter %s)",
+                service_id,
+                check_id,
+                go_duration(round(now - self._critical_since.get(check_id, now))),
+                go_duration(after),
             )
             check_ids = self.catalog.state.check_ids_of(self.node, service_id)
             with contextlib.suppress(NotFoundError):
                 await self.catalog.deregister_service(self.node, service_id)
-            for check_id in check_ids:
-                self._cancel(check_id)
+            for owned in check_ids:
+                self._cancel(owned)
         return sorted(doomed)
 
     def statistics(self) -> dict[str, float]:
