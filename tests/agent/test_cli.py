@@ -39,7 +39,7 @@ def waypost(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]
     ],
 )
 def test_bad_flags_exit_2_with_a_message(args: list[str], message: str) -> None:
-    result = waypost("agent", "--dev", "--dns", "off", *args)
+    result = waypost("agent", "--dev", "--dns", "off", "--grpc", "off", *args)
     assert result.returncode == 2
     assert message in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
@@ -66,7 +66,7 @@ def test_bad_config_files(tmp_path: Path, text: str, message: str) -> None:
     """Config files get the same checks as flags, and messages that name the setting."""
     path = tmp_path / "agent.toml"
     path.write_text(text)
-    result = waypost("agent", "--config-file", str(path))
+    result = waypost("agent", "--grpc", "off", "--config-file", str(path))
     assert result.returncode == 2, result.stderr
     assert message.replace("FILE", str(path)) in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
@@ -80,7 +80,7 @@ def test_version() -> None:
 
 
 def test_port_in_use_is_a_clear_error(agent: AgentProcess) -> None:
-    result = waypost("agent", "--dev", "--dns", "off", "--http", f"127.0.0.1:{agent.http_port}")
+    result = waypost("agent", "--dev", "--dns", "off", "--grpc", "off", "--http", f"127.0.0.1:{agent.http_port}")
     assert result.returncode == 2
     assert "cannot listen on" in result.stderr
 

@@ -40,7 +40,7 @@ def own_ids(http: httpx.Client) -> set[str]:
 def start_second(data: Path, env: dict[str, str]) -> tuple[int | None, str]:
     """Start another agent on `data`; (exit code or None if it is serving, its output)."""
     cmd = [sys.executable, "-m", "waypost.cli.main", "agent", "--data-dir", str(data)]
-    cmd += ["--http", "127.0.0.1:0", "--dns", "off", "--node", "n1"]
+    cmd += ["--http", "127.0.0.1:0", "--dns", "off", "--grpc", "off", "--node", "n1"]
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
     )
