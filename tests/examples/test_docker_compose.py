@@ -67,7 +67,7 @@ def test_compose_example_end_to_end(docker: str, tmp_path: Path) -> None:
         "WAYPOST_BASE_IMAGE": docker,
         "WAYPOST_PIP_ARGS": "--no-index --find-links /src/wheelhouse waypost",
         "WAYPOST_HTTP_PORT": str(free_port()),
-        "COMPOSE_PROJECT_NAME": "waypost-e2e",
+        "COMPOSE_PROJECT_NAME": f"waypost-e2e-{os.getpid()}",  # never another run's containers
     }
     up, logs, kill, logs_after, down = readme_commands()
 

@@ -146,7 +146,8 @@ class SqliteStorage(Storage):
     def __init__(self, url: str) -> None:
         self.path = path_from_url(url)
         self._lockfile = LockFile(Path(f"{self.path}.lock"), f"the sqlite store {self.path}")
-        self._wakeup = threading.Condition(threading.Lock())  # guards the five below
+        self._lock = threading.Lock()  # guards the five below (taken bare on the hot path)
+        self._wakeup = threading.Condition(self._lock)
         self._queue: collections.deque[_Pending] = collections.deque()
         self._waiting = 0  # commits in _queue still _QUEUED (expired ones linger)
         self._closing = False
@@ -216,7 +217,7 @@ class SqliteStorage(Storage):
     async def commit(self, ops: list[Entry], conditions: Sequence[Condition] = ()) -> int:
         loop = asyncio.get_running_loop()
         pending = _Pending(ops, tuple(conditions), loop, COMMIT_TIMEOUT)
-        with self._wakeup:
+        with self._lock:
             if self._thread is None or self._closing:
                 raise StorageError(f"the sqlite store {self.path} is closed")
             if loop is not self._loop:  # apply() must run where the catalog lives
