@@ -11,6 +11,8 @@
     │   └── StoreUnavailable    the store cannot be reached at all (HTTP 503)
     │       ├── StoreBusy       too many writes are queued; this one was not queued
     │       └── OutcomeUnknown  the write was sent but its outcome is unknown
+    ├── KubernetesError         the Kubernetes API refused a request or cannot be reached
+    │   └── ResourceGone        410: a resourceVersion or continue token is too old (relist)
     └── ClientError             raised by the client library
         ├── RegistryUnavailable the registry cannot be reached and nothing is cached
         ├── NoHealthyInstances  a service has no instance a request may go to
@@ -69,6 +71,28 @@ class StoreBusy(StoreUnavailable):
 class OutcomeUnknown(StoreUnavailable):
     """The write reached the store but its answer was lost: it may or may not
     have been applied. It is never retried blindly; the caller must re-read."""
+
+
+class KubernetesError(WaypostError):
+    """The Kubernetes API answered with an error, or could not be reached.
+
+    `code` is the HTTP status (0 when no answer came), `reason` the Status
+    object's reason (`Forbidden`, `TooManyRequests`...), `retry_after` the
+    server's Retry-After in seconds, if it sent one.
+    """
+
+    def __init__(
+        self, message: str, *, code: int = 0, reason: str = "", retry_after: float | None = None
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+class ResourceGone(KubernetesError):
+    """410 Gone: the watch's resourceVersion (or a list's continue token) is
+    older than the history the API server keeps; the caller must list again."""
 
 
 class ClientError(WaypostError):

@@ -173,6 +173,7 @@ def _encode(instance: Instance) -> dict[str, Any]:
         "meta": dict(instance.meta),
         "weight": instance.weight,
         "service": instance.service,
+        "health": instance.health,
     }
 
 
@@ -185,4 +186,5 @@ def _decode(item: dict[str, Any]) -> Instance:
         meta=dict(item.get("meta", {})),
         weight=int(item.get("weight", 1)),
         service=item.get("service", ""),
+        health=item.get("health", "passing"),
     )

@@ -22,6 +22,8 @@ class Instance:
         meta: Registry metadata (treat as read-only).
         weight: Relative weight for weighted balancing (>= 1).
         service: Name of the service this instance belongs to.
+        health: `passing`, or `draining` (Kubernetes: serving but terminating):
+            routers send it no new requests; those in flight finish.
     """
 
     id: str
@@ -31,6 +33,12 @@ class Instance:
     meta: Mapping[str, str] = field(default_factory=dict, hash=False)
     weight: int = 1
     service: str = ""
+    health: str = "passing"
+
+    @property
+    def draining(self) -> bool:
+        """True while the instance finishes its requests but takes no new ones."""
+        return self.health == "draining"
 
     @property
     def zone(self) -> str | None:

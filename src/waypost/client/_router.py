@@ -84,7 +84,12 @@ class Router:
         return self.balancer.instances
 
     def update(self, instances: Sequence[Instance]) -> None:
-        """Replace the instance list (state of instances that remain is kept)."""
+        """Replace the instance list (state of instances that remain is kept).
+
+        Draining instances get no new requests: they leave the balancer, and
+        requests already sent to them finish (their reports are ignored).
+        """
+        instances = [i for i in instances if not i.draining]
         self.balancer.update(instances)
         ids = [i.id for i in instances]
         if self.breaker_policy is not None:

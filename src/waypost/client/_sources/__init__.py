@@ -7,6 +7,7 @@ scheme, with their implementation imported only when used:
     http://host:port / https://...   Consul HTTP API (waypost agent or Consul)
     dns://host:port                  DNS SRV, falling back to A
     static://10.0.0.5:3000,...       a fixed list (tests, local development)
+    k8s://?namespace=NS&port=NAME    Kubernetes EndpointSlices (list + watch)
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ _SCHEMES = {
     "https": "waypost.client._sources._agent:AgentSource",
     "dns": "waypost.client._sources._dns:DnsSource",
     "static": "waypost.client._sources._static:StaticSource",
+    "k8s": "waypost.client._sources._k8s:K8sSource",
 }
 
 
@@ -28,16 +30,17 @@ def source_from_url(url: str) -> Source:
     """Build the source a URL names.
 
     Args:
-        url: `http://host:port`, `dns://host:port` or `static://h:p,h:p`.
+        url: `http://host:port`, `dns://host:port`, `static://h:p,h:p` or `k8s://`.
 
     Raises:
-        ValueError: The scheme is not one of http, https, dns, static.
+        ValueError: The scheme is not one of http, https, dns, static, k8s.
+        ConfigError: `k8s://` finds no usable Kubernetes configuration.
     """
     scheme = urlsplit(url).scheme
     target = _SCHEMES.get(scheme)
     if target is None:
         raise ValueError(
-            f"discovery URL {url!r} has no known scheme; use http://, dns:// or static://"
+            f"discovery URL {url!r} has no known scheme; use http://, dns://, static:// or k8s://"
         )
     module_name, _, class_name = target.partition(":")
     cls = getattr(importlib.import_module(module_name), class_name)

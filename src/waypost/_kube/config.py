@@ -1,0 +1,291 @@
+"""Where the Kubernetes API is and how to authenticate: in-cluster or kubeconfig.
+
+The order client-go uses (`rest.InClusterConfig`, `clientcmd`):
+
+1. An explicit kubeconfig path (`kubeconfig=` / `--kubeconfig`) wins.
+2. Inside a pod (`KUBERNETES_SERVICE_HOST` and `KUBERNETES_SERVICE_PORT` set, the
+   service-account token present): `https://$HOST:$PORT`, the token, `ca.crt`
+   and `namespace` under `/var/run/secrets/kubernetes.io/serviceaccount/`.
+3. Otherwise `$KUBECONFIG` (a `:`-separated list, merged: the first file to set
+   a name wins, as kubectl does), else `~/.kube/config`; the current context
+   unless one is named.
+
+Tokens are re-read from their file: service-account tokens are time-bound (1 h
+by default) and the kubelet rotates the file, so a token read once at start
+stops working. `TokenSource` re-reads it every minute (client-go's period) and
+at once after a 401. Client certificates given inline (`client-certificate-data`)
+are written to a private temporary directory, since Python's ssl module loads
+certificate chains only from files.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import ssl
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .._exceptions import ConfigError
+
+SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+TOKEN_REREAD_PERIOD = 60.0  # client-go's cachingTokenSource re-reads every minute
+
+
+class TokenSource:
+    """A bearer token, from a fixed string or re-read from a file.
+
+    Args:
+        token: A fixed token (kubeconfig `token:`).
+        path: A token file (in-cluster, or kubeconfig `tokenFile:`).
+        period: Seconds after which the file is read again.
+        now: Monotonic time source.
+    """
+
+    def __init__(
+        self,
+        token: str | None = None,
+        path: str | None = None,
+        *,
+        period: float = TOKEN_REREAD_PERIOD,
+        now: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.path = path
+        self.period = period
+        self._now = now
+        self._token = token
+        self._read_at = float("-inf")
+        self.reads = 0
+
+    def get(self) -> str | None:
+        """The token to send now (the file is re-read when the period passed)."""
+        if self.path is not None and self._now() - self._read_at >= self.period:
+            self.refresh()
+        return self._token
+
+    def refresh(self) -> None:
+        """Read the token file again (after a 401: the token may have rotated).
+
+        Raises:
+            ConfigError: The file cannot be read.
+        """
+        if self.path is None:
+            return
+        try:
+            self._token = Path(self.path).read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot read the Kubernetes token file {self.path}: {exc}") from exc
+        self._read_at = self._now()
+        self.reads += 1
+
+
+@dataclass
+class KubeConfig:
+    """How to reach one API server.
+
+    Attributes:
+        server: Base URL, `https://host:port`.
+        namespace: The default namespace (the pod's, or the context's).
+        token: The bearer token source, if any.
+        ca_file: CA bundle to verify the server with (None: system CAs).
+        insecure: Skip TLS verification (kubeconfig `insecure-skip-tls-verify`).
+        client_cert: (certificate file, key file) for client-certificate auth.
+        source: Where this came from, for messages.
+    """
+
+    server: str
+    namespace: str = "default"
+    token: TokenSource | None = None
+    ca_file: str | None = None
+    insecure: bool = False
+    client_cert: tuple[str, str] | None = None
+    source: str = ""
+    _ssl: ssl.SSLContext | None = field(default=None, repr=False)
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """The TLS context for this server (built once)."""
+        if self._ssl is None:
+            ctx = ssl.create_default_context(cafile=self.ca_file)
+            if self.insecure:
+                ctx.check_hostname = False
+                ctx.verify_mode = ssl.CERT_NONE
+            if self.client_cert is not None:
+                ctx.load_cert_chain(*self.client_cert)
+            self._ssl = ctx
+        return self._ssl
+
+    def identity(self) -> tuple[str, str]:
+        """What makes two configs the same connection (for sharing watches)."""
+        return (self.server, self.source)
+
+
+def load_config(
+    kubeconfig: str | None = None,
+    context: str | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    service_account_dir: Path = SERVICE_ACCOUNT_DIR,
+) -> KubeConfig:
+    """Find the API server: explicit kubeconfig, in-cluster, $KUBECONFIG, ~/.kube/config.
+
+    Args:
+        kubeconfig: A kubeconfig file to use (skips the in-cluster check).
+        context: The context to use instead of the current one.
+        environ: Environment (tests pass their own).
+        service_account_dir: Where the pod's service-account files are.
+
+    Raises:
+        ConfigError: Nothing usable was found, or a file is malformed.
+    """
+    env = os.environ if environ is None else environ
+    if kubeconfig:
+        return from_kubeconfig([kubeconfig], context)
+    if env.get("KUBERNETES_SERVICE_HOST") and (service_account_dir / "token").exists():
+        return in_cluster(env, service_account_dir)
+    paths = [p for p in env.get("KUBECONFIG", "").split(os.pathsep) if p]
+    if not paths:
+        default = Path(env.get("HOME", str(Path.home()))) / ".kube" / "config"
+        if not default.exists():
+            raise ConfigError(
+                "no Kubernetes configuration: not in a pod (KUBERNETES_SERVICE_HOST unset or "
+                f"no token in {service_account_dir}), $KUBECONFIG unset and {default} missing"
+            )
+        paths = [str(default)]
+    return from_kubeconfig(paths, context)
+
+
+def in_cluster(env: Mapping[str, str], sa_dir: Path = SERVICE_ACCOUNT_DIR) -> KubeConfig:
+    """The pod's own configuration (client-go's `rest.InClusterConfig`).
+
+    Raises:
+        ConfigError: A variable or file is missing.
+    """
+    host, port = env.get("KUBERNETES_SERVICE_HOST", ""), env.get("KUBERNETES_SERVICE_PORT", "")
+    if not host or not port:
+        raise ConfigError("in a pod, KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT must be set")
+    host = f"[{host}]" if ":" in host else host
+    namespace_file = sa_dir / "namespace"
+    namespace = namespace_file.read_text().strip() if namespace_file.exists() else "default"
+    ca = sa_dir / "ca.crt"
+    token = TokenSource(path=str(sa_dir / "token"))
+    token.refresh()  # fail now, clearly, if it cannot be read
+    return KubeConfig(
+        server=f"https://{host}:{port}",
+        namespace=namespace or "default",
+        token=token,
+        ca_file=str(ca) if ca.exists() else None,
+        source="in-cluster",
+    )
+
+
+def from_kubeconfig(paths: list[str], context: str | None = None) -> KubeConfig:
+    """Read kubeconfig files (merged, first wins) and resolve one context.
+
+    Raises:
+        ConfigError: A file is unreadable or not a kubeconfig, or the context,
+            cluster or user it names does not exist.
+    """
+    merged: dict[str, dict[str, Any]] = {"clusters": {}, "contexts": {}, "users": {}}
+    current = ""
+    for path in paths:
+        doc = _read_yaml(path)
+        current = current or str(doc.get("current-context") or "")
+        for section in merged:
+            for entry in doc.get(section) or []:
+                if isinstance(entry, dict) and "name" in entry:
+                    merged[section].setdefault(str(entry["name"]), {**entry, "_file": path})
+    name = context or current
+    where = ", ".join(paths)
+    if not name:
+        raise ConfigError(f"kubeconfig {where} has no current-context; name one with context=")
+    ctx = _lookup(merged, "contexts", name, where).get("context") or {}
+    cluster_entry = _lookup(merged, "clusters", str(ctx.get("cluster", "")), where)
+    cluster = cluster_entry.get("cluster") or {}
+    user_name = str(ctx.get("user", ""))
+    user_entry = _lookup(merged, "users", user_name, where) if user_name else {}
+    server = str(cluster.get("server") or "")
+    if not server.startswith(("https://", "http://")):
+        raise ConfigError(f"kubeconfig {where}: cluster of context {name!r} has no server URL")
+    return KubeConfig(
+        server=server.rstrip("/"),
+        namespace=str(ctx.get("namespace") or "default"),
+        token=_token(user_entry.get("user") or {}, user_entry.get("_file", "")),
+        ca_file=_file_or_data(cluster, "certificate-authority", cluster_entry["_file"]),
+        insecure=bool(cluster.get("insecure-skip-tls-verify", False)),
+        client_cert=_client_cert(user_entry.get("user") or {}, user_entry.get("_file", "")),
+        source=f"kubeconfig {where} context {name}",
+    )
+
+
+def _read_yaml(path: str) -> dict[str, Any]:
+    try:
+        import yaml
+    except ImportError as exc:  # pragma: no cover - the extra is missing
+        raise ConfigError(
+            "reading a kubeconfig needs PyYAML: pip install 'waypost[kubernetes]'"
+        ) from exc
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read kubeconfig {path}: {exc}") from exc
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"kubeconfig {path} is not valid YAML: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise ConfigError(f"kubeconfig {path} is not a mapping (apiVersion: v1, kind: Config)")
+    return doc
+
+
+def _lookup(merged: dict[str, dict[str, Any]], section: str, name: str, where: str) -> Any:
+    entry = merged[section].get(name)
+    if entry is None:
+        known = ", ".join(sorted(merged[section])) or "none"
+        raise ConfigError(f"kubeconfig {where} has no {section[:-1]} {name!r} (known: {known})")
+    return entry
+
+
+def _relative(path: str, kubeconfig_file: str) -> str:
+    """Paths in a kubeconfig are relative to the file that holds them."""
+    return str(Path(kubeconfig_file).parent / path) if kubeconfig_file else path
+
+
+def _file_or_data(section: dict[str, Any], key: str, kubeconfig_file: str) -> str | None:
+    if section.get(f"{key}-data"):
+        return _private_file(key, base64.b64decode(section[f"{key}-data"]))
+    if section.get(key):
+        return _relative(str(section[key]), kubeconfig_file)
+    return None
+
+
+def _token(user: dict[str, Any], kubeconfig_file: str) -> TokenSource | None:
+    if user.get("tokenFile"):
+        source = TokenSource(path=_relative(str(user["tokenFile"]), kubeconfig_file))
+        source.refresh()
+        return source
+    if user.get("token"):
+        return TokenSource(token=str(user["token"]))
+    return None
+
+
+def _client_cert(user: dict[str, Any], kubeconfig_file: str) -> tuple[str, str] | None:
+    cert = _file_or_data(user, "client-certificate", kubeconfig_file)
+    key = _file_or_data(user, "client-key", kubeconfig_file)
+    return (cert, key) if cert and key else None
+
+
+_PRIVATE_DIR: str | None = None
+
+
+def _private_file(name: str, data: bytes) -> str:
+    global _PRIVATE_DIR
+    if _PRIVATE_DIR is None:
+        _PRIVATE_DIR = tempfile.mkdtemp(prefix="waypost-kube-")  # mode 0700
+    fd, path = tempfile.mkstemp(prefix=name + "-", dir=_PRIVATE_DIR)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    return path
