@@ -133,7 +133,7 @@ class FakeKubeApi:
     """The fake API server. `start()` it, then use `url`, `kubeconfig()`, `put()`..."""
 
     def __init__(self, *, bookmark_interval: float = 1.0, tls: bool = True) -> None:
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()
         self.rv = 1
         self.objects: dict[tuple[str, str, str, str], Obj] = {}
         self.history: list[Change] = []

@@ -128,7 +128,7 @@ def load_config(
     context: str | None = None,
     *,
     environ: Mapping[str, str] | None = None,
-    service_account_dir: Path = SERVICE_ACCOUNT_DIR,
+    service_account_dir: Path | None = None,
 ) -> KubeConfig:
     """Find the API server: explicit kubeconfig, in-cluster, $KUBECONFIG, ~/.kube/config.
 
@@ -136,12 +136,14 @@ def load_config(
         kubeconfig: A kubeconfig file to use (skips the in-cluster check).
         context: The context to use instead of the current one.
         environ: Environment (tests pass their own).
-        service_account_dir: Where the pod's service-account files are.
+        service_account_dir: Where the pod's service-account files are
+            (default `SERVICE_ACCOUNT_DIR`).
 
     Raises:
         ConfigError: Nothing usable was found, or a file is malformed.
     """
     env = os.environ if environ is None else environ
+    service_account_dir = service_account_dir or SERVICE_ACCOUNT_DIR
     if kubeconfig:
         return from_kubeconfig([kubeconfig], context)
     if env.get("KUBERNETES_SERVICE_HOST") and (service_account_dir / "token").exists():
@@ -158,12 +160,13 @@ def load_config(
     return from_kubeconfig(paths, context)
 
 
-def in_cluster(env: Mapping[str, str], sa_dir: Path = SERVICE_ACCOUNT_DIR) -> KubeConfig:
+def in_cluster(env: Mapping[str, str], sa_dir: Path | None = None) -> KubeConfig:
     """The pod's own configuration (client-go's `rest.InClusterConfig`).
 
     Raises:
         ConfigError: A variable or file is missing.
     """
+    sa_dir = sa_dir or SERVICE_ACCOUNT_DIR
     host, port = env.get("KUBERNETES_SERVICE_HOST", ""), env.get("KUBERNETES_SERVICE_PORT", "")
     if not host or not port:
         raise ConfigError("in a pod, KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT must be set")
