@@ -13,6 +13,15 @@ SERVFAIL mean the registry is unreachable.
 
 `dns://127.0.0.1:8600?domain=consul&port=80`: `port` is the default port for the
 A fallback.
+
+**Without a host** (`dns://`, `dns://?port=http`) the source resolves names the
+way a pod does: the system resolver (`/etc/resolv.conf`: its nameservers,
+`search` domains and `ndots`), names relative to the search list. So inside
+Kubernetes `instances("payment-headless")` reads the A/AAAA records of
+`payment-headless.<ns>.svc.cluster.local` (a headless Service: every ready pod
+IP), and with `port=<name>` the SRV records `_<name>._tcp.payment-headless...`
+(port and pod target). `port=<number>` is the port for A/AAAA answers. With
+`domain=` as well, Consul-style names are used through the system resolver.
 """
 
 from __future__ import annotations
@@ -63,50 +72,79 @@ class DnsSource:
     """Reads instances from DNS.
 
     Args:
-        host: DNS server address.
+        host: DNS server address; None: the system resolver, names as a pod
+            resolves them (search domains), Kubernetes-style unless `domain` is given.
         port: DNS server port.
         domain: The registry's domain (`consul`).
         default_port: Port for instances found through A records only.
         timeout: Seconds for one lookup, retries included.
         rng: Random source for RFC 2782 ordering.
+        port_name: Kubernetes naming: SRV `_<port_name>._tcp.<service>`.
+        resolv_conf: The system resolver's configuration file.
     """
 
     blocking = False
 
     def __init__(
         self,
-        host: str,
+        host: str | None,
         port: int = 53,
         *,
-        domain: str = "consul",
+        domain: str | None = None,
         default_port: int = 80,
         timeout: float = 2.0,
         rng: random.Random | None = None,
+        port_name: str | None = None,
+        resolv_conf: str = "/etc/resolv.conf",
     ) -> None:
-        self.url = f"dns://{host}:{port}"
-        self.domain = domain.strip(".")
+        self.kubernetes_names = host is None and domain is None
+        self.url = f"dns://{host}:{port}" if host is not None else "dns://"
+        self.domain = (domain or "consul").strip(".")
         self.default_port = default_port
+        self.port_name = port_name
         self.rng = rng or random.Random()
-        self._async = dns.asyncresolver.Resolver(configure=False)
-        self._sync = dns.resolver.Resolver(configure=False)
+        if host is None:
+            self._async = dns.asyncresolver.Resolver(filename=resolv_conf)
+            self._sync = dns.resolver.Resolver(filename=resolv_conf)
+        else:
+            self._async = dns.asyncresolver.Resolver(configure=False)
+            self._sync = dns.resolver.Resolver(configure=False)
         for resolver in (self._async, self._sync):
-            resolver.nameservers = [host]
-            resolver.port = port
+            if host is not None:
+                resolver.nameservers = [host]
+                resolver.port = port
+            resolver.use_search_by_default = host is None
             resolver.lifetime = timeout
             resolver.timeout = timeout / 2
 
     @classmethod
     def from_url(cls, url: str) -> DnsSource:
+        """Parse `dns://host:port?domain=consul&port=80`, or `dns://?port=NAME` (system resolver).
+
+        Raises:
+            ValueError: `port=` is not a number where a port name cannot be used.
+        """
         parts = urlsplit(url)
         query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        port = query.get("port", "80")
+        named = not port.isdigit()
+        if named and (parts.hostname or "domain" in query):
+            raise ValueError(
+                f"discovery URL {url!r}: port={port!r} must be a number (a port name "
+                "selects Kubernetes SRV records, which need dns:// without a host or domain)"
+            )
         return cls(
-            parts.hostname or "127.0.0.1",
+            parts.hostname,
             parts.port or 53,
-            domain=query.get("domain", "consul"),
-            default_port=int(query.get("port", "80")),
+            domain=query.get("domain"),
+            default_port=80 if named else int(port),
+            port_name=port if named else None,
         )
 
     def _names(self, service: str, tag: str | None) -> tuple[str, str]:
+        if self.kubernetes_names:  # relative: the resolver's search list applies
+            srv = f"_{self.port_name}._tcp.{service}" if self.port_name else ""
+            return srv, service
         if tag:
             d = self.domain
             return f"_{service}._{tag}.service.{d}.", f"{tag}.{service}.service.{d}."
@@ -116,36 +154,44 @@ class DnsSource:
         self, service: str, *, index: int = 0, wait: float = 0.0, tag: str | None = None
     ) -> Answer:
         srv_name, a_name = self._names(service, tag)
-        try:
-            srv = await self._async.resolve(srv_name, "SRV")
-            return Answer(0, await self._from_srv(service, srv))
-        except _EMPTY:
-            pass
-        except dns.exception.DNSException as exc:
-            raise self._unreachable(service, exc) from exc
-        return Answer(0, self._from_a(service, await self._lookup_a(service, a_name)))
+        if srv_name:
+            try:
+                srv = await self._async.resolve(srv_name, "SRV")
+                return Answer(0, await self._from_srv(service, srv))
+            except _EMPTY:
+                pass
+            except dns.exception.DNSException as exc:
+                raise self._unreachable(service, exc) from exc
+        found = await self._lookup_a(service, a_name)
+        if self.kubernetes_names:
+            found += await self._lookup_a(service, a_name, "AAAA")
+        return Answer(0, self._from_a(service, found))
 
     def fetch_sync(
         self, service: str, *, index: int = 0, wait: float = 0.0, tag: str | None = None
     ) -> Answer:
         srv_name, a_name = self._names(service, tag)
-        try:
-            srv = self._sync.resolve(srv_name, "SRV")
-            return Answer(0, self._from_srv_sync(service, srv))
-        except _EMPTY:
-            pass
-        except dns.exception.DNSException as exc:
-            raise self._unreachable(service, exc) from exc
-        try:
-            return Answer(0, self._from_a(service, list(self._sync.resolve(a_name, "A"))))
-        except _EMPTY:
-            return Answer(0, ())
-        except dns.exception.DNSException as exc:
-            raise self._unreachable(service, exc) from exc
+        if srv_name:
+            try:
+                srv = self._sync.resolve(srv_name, "SRV")
+                return Answer(0, self._from_srv_sync(service, srv))
+            except _EMPTY:
+                pass
+            except dns.exception.DNSException as exc:
+                raise self._unreachable(service, exc) from exc
+        found: list[Any] = []
+        for rdtype in ("A", "AAAA") if self.kubernetes_names else ("A",):
+            try:
+                found += list(self._sync.resolve(a_name, rdtype))
+            except _EMPTY:
+                pass
+            except dns.exception.DNSException as exc:
+                raise self._unreachable(service, exc) from exc
+        return Answer(0, self._from_a(service, found))
 
-    async def _lookup_a(self, service: str, name: str) -> list[Any]:
+    async def _lookup_a(self, service: str, name: str, rdtype: str = "A") -> list[Any]:
         try:
-            return list(await self._async.resolve(name, "A"))
+            return list(await self._async.resolve(name, rdtype))
         except _EMPTY:
             return []
         except dns.exception.DNSException as exc:
