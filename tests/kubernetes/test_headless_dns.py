@@ -37,8 +37,8 @@ def _free_loopback_53() -> str:
 
 @pytest.fixture
 def cluster_dns(tmp_path: Path) -> Iterator[Path]:
-    """dnsmasq with a headless Service's records, authoritative for cluster.local as
-    CoreDNS is (NXDOMAIN for unknown names); the resolv.conf of a pod in `default`."""
+    """dnsmasq with a headless Service's records, answering NXDOMAIN for unknown
+    names as CoreDNS and its upstream would (`--local`); the resolv.conf of a pod in `default`."""
     if not Path(DNSMASQ).exists():
         pytest.skip("dnsmasq is not installed (scripts/system-deps.sh installs it)")
     address = _free_loopback_53()
@@ -56,7 +56,7 @@ def cluster_dns(tmp_path: Path) -> Iterator[Path]:
     proc = subprocess.Popen(
         [DNSMASQ, "--keep-in-foreground", "--no-resolv", "--no-hosts", f"--addn-hosts={hosts}",
          f"--listen-address={address}", "--bind-interfaces", "--port=53", "--user=root",
-         "--local=/cluster.local/", *srv],
+         "--local=/cluster.local/", "--local=/#/", *srv],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )
     resolv = tmp_path / "resolv.conf"
