@@ -13,6 +13,7 @@
     │       └── OutcomeUnknown  the write was sent but its outcome is unknown
     ├── KubernetesError         the Kubernetes API refused a request or cannot be reached
     │   └── ResourceGone        410: a resourceVersion or continue token is too old (relist)
+    ├── AgentWriteError         k8s-sync: the agent refused a write or cannot be reached
     └── ClientError             raised by the client library
         ├── RegistryUnavailable the registry cannot be reached and nothing is cached
         ├── NoHealthyInstances  a service has no instance a request may go to
@@ -93,6 +94,17 @@ class KubernetesError(WaypostError):
 class ResourceGone(KubernetesError):
     """410 Gone: the watch's resourceVersion (or a list's continue token) is
     older than the history the API server keeps; the caller must list again."""
+
+
+class AgentWriteError(WaypostError):
+    """`waypost k8s-sync` could not write to (or read from) the agent's HTTP API.
+
+    `code` is the HTTP status (0: no answer); a 4xx will not succeed as it is.
+    """
+
+    def __init__(self, message: str, *, code: int = 0) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class ClientError(WaypostError):

@@ -4,6 +4,7 @@
     waypost services | members   read a running agent (cli/commands.py)
     waypost register | deregister | watch | events
     waypost connect | gateway    Envoy for the mesh (cli/connect.py)
+    waypost k8s-sync             Kubernetes <-> registry (cli/k8s_sync.py)
     waypost demo                 the order/payment scenario (cli/demo.py)
 
 Every command that talks to an agent takes `--http-addr` (Consul's name; also
@@ -19,7 +20,7 @@ from collections.abc import Sequence
 
 from .. import __version__
 from .._exceptions import WaypostError
-from . import commands, connect
+from . import commands, connect, k8s_sync
 from .agent import add_agent_parser, agent_config, run_agent
 from .client import ADDR_ENV, TOKEN_ENV, AgentClient
 
@@ -43,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     events.add_argument("service", metavar="SERVICE", nargs="?", help="only this service")
     events.add_argument("-f", "--follow", action="store_true", help="keep printing new events")
     connect.add_commands(sub)
+    k8s_sync.add_parser(sub)
     _demo_parser(sub)
     return parser
 
@@ -168,6 +170,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_demo(args)
         if args.command in ("connect", "gateway"):
             return connect.run(args)
+        if args.command == "k8s-sync":
+            return k8s_sync.run(args)
         return _run_client(args)
     except WaypostError as exc:
         print(f"waypost: error: {exc}", file=sys.stderr)
