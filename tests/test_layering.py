@@ -1,11 +1,16 @@
 """The package layering, checked on the source: every import of every module.
 
     cli -> agent -> {api, dns, ui, health, mesh} -> catalog -> storage
+    cli -> kubernetes                                   client: on its own
 
 A package may import only the packages below it (`ui` may also use the API's
 small http layer, `waypost.api.http`, to serve its page). `client` is a
 library of its own: it imports none of the agent's packages, and only `cli`
-(the demo) and the `waypost` facade import it. Nobody but `cli` imports
+(the demo) and the `waypost` facade import it. `kubernetes` (`waypost
+k8s-sync`) is a process of its own beside the agent that talks to it only
+over HTTP, as a third-party writer: it imports no other package (the
+Kubernetes API code it shares with the client's `k8s://` source is the private
+package `_kube`), and only `cli` imports it. Nobody but `cli` imports
 `waypost.agent`, and only the `waypost.agent` package itself imports
 `agent/runtime.py`, the one place that wires the others together. Top-level
 private modules (`_exceptions`, `_duration`, `_clock`, `_address`...) may be
@@ -45,6 +50,12 @@ FACADE = "waypost"  # the package's __init__: the public names and __version__
 FACADE_USERS = {"cli", "agent"}  # __version__
 CLIENT = "client"
 CLIENT_USERS = {"cli", FACADE}  # the demo runs client apps; the facade re-exports the client
+# Packages outside the layers: they import only the private modules, and only these import them.
+STANDALONE = {
+    CLIENT: CLIENT_USERS,
+    # k8s-sync reaches the agent over its HTTP API (a third-party writer): no agent package
+    "kubernetes": {"cli"},
+}
 RUNTIME = "waypost.agent.runtime"
 RUNTIME_USERS = {"waypost.agent"}
 
@@ -155,8 +166,8 @@ def violation(imp: Import) -> str | None:
         return None if src in FACADE_USERS else f"only {sorted(FACADE_USERS)} import the facade"
     if src == FACADE:
         return None if dst == CLIENT else "the facade re-exports the client only"
-    if src == CLIENT or dst == CLIENT:
-        return _client_rule(src, dst)
+    if src in STANDALONE or dst in STANDALONE:
+        return _standalone_rule(src, dst)
     if dst == "agent" and src != "cli":
         return "only cli imports waypost.agent: the runtime hands the others what they need"
     for name in (src, dst):
@@ -168,10 +179,13 @@ def violation(imp: Import) -> str | None:
     return f"{src} may import only {', '.join(below)} (and the private modules), not {dst}"
 
 
-def _client_rule(src: str, dst: str) -> str | None:
+def _standalone_rule(src: str, dst: str) -> str | None:
     if src == CLIENT:
         return f"the client library imports none of the agent's packages ({dst})"
-    return None if src in CLIENT_USERS else f"only {sorted(CLIENT_USERS)} import the client"
+    if src in STANDALONE:
+        return f"{src} imports no other package, only the private modules ({dst})"
+    users = STANDALONE[dst]
+    return None if src in users else f"only {sorted(users)} import {dst}"
 
 
 def package_cycles(imports: Iterable[Import]) -> list[list[Import]]:
@@ -260,6 +274,8 @@ KNOWN = {
     "waypost",
     "waypost._clock",
     "waypost._exceptions",
+    "waypost._kube",
+    "waypost._kube.api",
     "waypost.agent",
     "waypost.agent.config",
     "waypost.agent.runtime",
@@ -268,6 +284,7 @@ KNOWN = {
     "waypost.api.consul",
     "waypost.catalog",
     "waypost.client",
+    "waypost.kubernetes",
     "waypost.dns",
     "waypost.dns.forward",
     "waypost.ui",
@@ -302,13 +319,18 @@ def test_checker_rules() -> None:
     assert check("waypost.ui", "from ..api.consul import ConsulApi", package=True) != []
     assert check("waypost.client", "from ..catalog import Node", package=True) != []
     assert check("waypost.api.consul", "from ..client import Instance") != []
+    assert check("waypost.kubernetes.sync", "from ..catalog import Node") != []
+    assert check("waypost.kubernetes.sync", "from .._kube.api import ApiClient") == []
+    assert check("waypost.client.x", "from ..kubernetes import sync") != []
+    assert check("waypost.agent", "from ..kubernetes import sync", package=True) != []
+    assert check("waypost.cli.main", "from ..kubernetes import sync") == []
     assert check("waypost._clock", "import waypost.catalog") != []
     assert check("waypost._clock", "from ._exceptions import X") == []
     assert check("waypost.dns.forward", "from .. import _clock") == []
     assert check(
         "waypost.dns.forward", "import importlib\nimportlib.import_module('waypost.agent')"
     )
-    assert check("waypost.kubernetes.sync", "from ..catalog import Node") != []  # not in the table
+    assert check("waypost.proxy.sidecar", "from ..catalog import Node") != []  # not in the table
     assert check("waypost.agent", "from .runtime import Agent", package=True) == []
 
 

@@ -38,7 +38,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -309,7 +309,9 @@ class FakeKubeApi:
 
     def _state_at(self, group: str, resource: str, rv: int) -> dict[tuple[str, str], Obj]:
         """The collection as it was at `rv`: the current state, changes after rv undone."""
-        state = {(ns, n): o for (g, r, ns, n), o in self.objects.items() if (g, r) == (group, resource)}
+        state = {
+            (ns, n): o for (g, r, ns, n), o in self.objects.items() if (g, r) == (group, resource)
+        }
         for change in reversed(self.history):
             if change.rv <= rv:
                 break
@@ -325,7 +327,11 @@ class FakeKubeApi:
 
     def _take_fault(self, verb: str, resource: str) -> Fault | None:
         for fault in self.faults:
-            if fault.remaining > 0 and fault.verb in (None, verb) and fault.resource in (None, resource):
+            if (
+                fault.remaining > 0
+                and fault.verb in (None, verb)
+                and fault.resource in (None, resource)
+            ):
                 fault.remaining -= 1
                 return fault
         return None
@@ -364,8 +370,14 @@ class FakeKubeApi:
         return _json(401, status(401, "Unauthorized", "Unauthorized"))
 
     def _handle(
-        self, verb: str, group: str, resource: str, ns: str | None, name: str | None,
-        query: dict[str, str], body: Obj | None,
+        self,
+        verb: str,
+        group: str,
+        resource: str,
+        ns: str | None,
+        name: str | None,
+        query: dict[str, str],
+        body: Obj | None,
     ) -> web.Response:
         namespaced = RESOURCES[(group, resource)][2]
         ns_key = (ns or "default") if namespaced else ""
@@ -385,7 +397,9 @@ class FakeKubeApi:
             return _json(200, gone)
         return self._write(verb, group, resource, ns_key, body)
 
-    def _write(self, verb: str, group: str, resource: str, ns: str, body: Obj | None) -> web.Response:
+    def _write(
+        self, verb: str, group: str, resource: str, ns: str, body: Obj | None
+    ) -> web.Response:
         kind = RESOURCES[(group, resource)][0]
         if not isinstance(body, dict) or body.get("kind", kind) != kind:
             return _json(400, status(400, "BadRequest", f"body is not a {kind}"))
@@ -407,7 +421,9 @@ class FakeKubeApi:
         meta.pop("resourceVersion", None)
         return _json(201 if verb == "create" else 200, self._store(body))
 
-    def _list(self, group: str, resource: str, ns: str | None, query: dict[str, str]) -> web.Response:
+    def _list(
+        self, group: str, resource: str, ns: str | None, query: dict[str, str]
+    ) -> web.Response:
         kind, api_version, _ = RESOURCES[(group, resource)]
         selector = parse_selector(query.get("labelSelector", ""))
         limit = int(query.get("limit") or 0)
@@ -416,8 +432,15 @@ class FakeKubeApi:
             token = json.loads(base64.b64decode(query["continue"]))
             snapshot, start = int(token["rv"]), token["start"]
             if snapshot < self.compacted:
-                return _json(410, status(410, "Expired", "The provided continue parameter is too old "
-                                         "to display a consistent list result."))
+                return _json(
+                    410,
+                    status(
+                        410,
+                        "Expired",
+                        "The provided continue parameter is too old "
+                        "to display a consistent list result.",
+                    ),
+                )
         state = self._state_at(group, resource, snapshot)
         keys = sorted(k for k, o in state.items() if ns in (None, k[0]) and matches(o, selector))
         keys = [k for k in keys if f"{k[0]}/{k[1]}" > start]
@@ -425,10 +448,17 @@ class FakeKubeApi:
         meta: Obj = {"resourceVersion": str(snapshot)}
         if limit and len(keys) > limit:
             last = f"{page[-1][0]}/{page[-1][1]}"
-            meta["continue"] = base64.b64encode(json.dumps({"rv": snapshot, "start": last}).encode()).decode()
+            meta["continue"] = base64.b64encode(
+                json.dumps({"rv": snapshot, "start": last}).encode()
+            ).decode()
             meta["remainingItemCount"] = len(keys) - limit
-        items = [{k: v for k, v in state[k].items() if k not in ("kind", "apiVersion")} for k in page]
-        return _json(200, {"kind": f"{kind}List", "apiVersion": api_version, "metadata": meta, "items": items})
+        items = [
+            {k: v for k, v in state[k].items() if k not in ("kind", "apiVersion")} for k in page
+        ]
+        return _json(
+            200,
+            {"kind": f"{kind}List", "apiVersion": api_version, "metadata": meta, "items": items},
+        )
 
     async def _watch(
         self, request: web.Request, group: str, resource: str, ns: str | None, query: dict[str, str]
@@ -441,7 +471,9 @@ class FakeKubeApi:
         with self.lock:
             since = int(raw_rv) if raw_rv not in ("", "0") else None
             if since is not None and since < self.compacted - 1:
-                gone = status(410, "Expired", f"too old resource version: {since} ({self.compacted})")
+                gone = status(
+                    410, "Expired", f"too old resource version: {since} ({self.compacted})"
+                )
                 if self.gone_as == "status":
                     return _json(410, gone)
                 backlog: list[Obj] = [{"type": "ERROR", "object": gone}]
@@ -498,18 +530,30 @@ class FakeKubeApi:
         return []
 
     async def _stream(
-        self, response: web.StreamResponse, watcher: _Watcher, kind: str, api_version: str,
-        timeout: float, bookmarks: bool,
+        self,
+        response: web.StreamResponse,
+        watcher: _Watcher,
+        kind: str,
+        api_version: str,
+        timeout: float,
+        bookmarks: bool,
     ) -> None:
         deadline = time.monotonic() + timeout
         while (left := deadline - time.monotonic()) > 0:
             try:
-                change = await asyncio.wait_for(watcher.queue.get(), min(left, self.bookmark_interval))
+                change = await asyncio.wait_for(
+                    watcher.queue.get(), min(left, self.bookmark_interval)
+                )
             except TimeoutError:
                 if bookmarks and time.monotonic() < deadline:
-                    mark = {"kind": kind, "apiVersion": api_version,
-                            "metadata": {"resourceVersion": str(watcher.rv)}}
-                    await response.write(json.dumps({"type": "BOOKMARK", "object": mark}).encode() + b"\n")
+                    mark = {
+                        "kind": kind,
+                        "apiVersion": api_version,
+                        "metadata": {"resourceVersion": str(watcher.rv)},
+                    }
+                    await response.write(
+                        json.dumps({"type": "BOOKMARK", "object": mark}).encode() + b"\n"
+                    )
                 continue
             if change is None:
                 return
@@ -523,7 +567,9 @@ def _verb(method: str, name: str | None, query: dict[str, str]) -> str:
         if query.get("watch") in ("1", "true"):
             return "watch"
         return "get" if name else "list"
-    return {"POST": "create", "PUT": "update", "DELETE": "delete", "PATCH": "patch"}.get(method, method)
+    return {"POST": "create", "PUT": "update", "DELETE": "delete", "PATCH": "patch"}.get(
+        method, method
+    )
 
 
 async def _body(request: web.Request) -> Obj | None:
@@ -537,4 +583,6 @@ async def _body(request: web.Request) -> Obj | None:
 
 
 def _json(code: int, body: Obj, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(status=code, text=json.dumps(body), content_type="application/json", headers=headers)
+    return web.Response(
+        status=code, text=json.dumps(body), content_type="application/json", headers=headers
+    )

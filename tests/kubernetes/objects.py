@@ -19,7 +19,8 @@ def ep(
 ) -> Obj:
     """One endpoint; conditions left out when None (the API's defaults apply)."""
     conditions = {
-        k: v for k, v in (("ready", ready), ("serving", serving), ("terminating", terminating))
+        k: v
+        for k, v in (("ready", ready), ("serving", serving), ("terminating", terminating))
         if v is not None
     }
     endpoint: Obj = {"addresses": [ip], "conditions": conditions, "nodeName": node, "zone": zone}
@@ -89,4 +90,9 @@ def node(name: str, *, internal: str, external: str | None = None) -> Obj:
     addresses = [{"type": "InternalIP", "address": internal}]
     if external:
         addresses.append({"type": "ExternalIP", "address": external})
-    return {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}, "status": {"addresses": addresses}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": name},
+        "status": {"addresses": addresses},
+    }

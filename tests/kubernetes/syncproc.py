@@ -14,10 +14,22 @@ FAST_LEASE = ["--lease-duration", "2", "--renew-deadline", "1.5", "--retry-perio
 
 
 class SyncProcess:
-    def __init__(self, kubeconfig: Path, agent_url: str, *args: str, identity: str = "sync-a") -> None:
+    def __init__(
+        self, kubeconfig: Path, agent_url: str, *args: str, identity: str = "sync-a"
+    ) -> None:
         self.cmd = [
-            sys.executable, "-m", "waypost.cli.main", "k8s-sync", "--kubeconfig", str(kubeconfig),
-            "--agent", agent_url, "--identity", identity, *FAST_LEASE, *args,
+            sys.executable,
+            "-m",
+            "waypost.cli.main",
+            "k8s-sync",
+            "--kubeconfig",
+            str(kubeconfig),
+            "--agent",
+            agent_url,
+            "--identity",
+            identity,
+            *FAST_LEASE,
+            *args,
         ]
         self.identity = identity
         self.proc: subprocess.Popen[str] | None = None
@@ -43,7 +55,9 @@ class SyncProcess:
         deadline = time.monotonic() + timeout
         while not any(text in line for line in self.output):
             if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"k8s-sync exited ({self.proc.returncode}):\n{''.join(self.output)}")
+                raise RuntimeError(
+                    f"k8s-sync exited ({self.proc.returncode}):\n{''.join(self.output)}"
+                )
             if time.monotonic() > deadline:
                 raise AssertionError(f"k8s-sync never printed {text!r}:\n{''.join(self.output)}")
             time.sleep(0.02)

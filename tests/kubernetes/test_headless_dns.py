@@ -54,10 +54,22 @@ def cluster_dns(tmp_path: Path) -> Iterator[Path]:
         for n in (1, 2, 3)
     ]
     proc = subprocess.Popen(
-        [DNSMASQ, "--keep-in-foreground", "--no-resolv", "--no-hosts", f"--addn-hosts={hosts}",
-         f"--listen-address={address}", "--bind-interfaces", "--port=53", "--user=root",
-         "--local=/cluster.local/", "--local=/#/", *srv],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        [
+            DNSMASQ,
+            "--keep-in-foreground",
+            "--no-resolv",
+            "--no-hosts",
+            f"--addn-hosts={hosts}",
+            f"--listen-address={address}",
+            "--bind-interfaces",
+            "--port=53",
+            "--user=root",
+            "--local=/cluster.local/",
+            "--local=/#/",
+            *srv,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     resolv = tmp_path / "resolv.conf"
     resolv.write_text(
@@ -65,8 +77,12 @@ def cluster_dns(tmp_path: Path) -> Iterator[Path]:
     )
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        probe = subprocess.run(["dig", f"@{address}", "+short", f"payment-headless.{ZONE}"],
-                               capture_output=True, text=True, check=False)
+        probe = subprocess.run(
+            ["dig", f"@{address}", "+short", f"payment-headless.{ZONE}"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if probe.stdout.strip():
             break
         time.sleep(0.1)
@@ -78,7 +94,12 @@ def cluster_dns(tmp_path: Path) -> Iterator[Path]:
 def test_a_and_aaaa_records_of_a_headless_service_via_search_domains(cluster_dns: Path) -> None:
     with waypost.Discovery(DnsSource(None, default_port=3000, resolv_conf=str(cluster_dns))) as d:
         found = d.instances("payment-headless")  # relative: the search list finds it
-    assert sorted(i.address for i in found) == ["127.0.10.1", "127.0.10.2", "127.0.10.3", "fd00::10:1"]
+    assert sorted(i.address for i in found) == [
+        "127.0.10.1",
+        "127.0.10.2",
+        "127.0.10.3",
+        "fd00::10:1",
+    ]
     assert {i.port for i in found} == {3000}
 
 
@@ -86,7 +107,9 @@ async def test_srv_records_name_the_port(cluster_dns: Path) -> None:
     source = DnsSource(None, port_name="http", resolv_conf=str(cluster_dns))
     async with waypost.AsyncDiscovery(source) as d:
         found = await d.instances("payment-headless")
-    assert sorted((i.address, i.port) for i in found) == [(f"127.0.10.{n}", 8080) for n in (1, 2, 3)]
+    assert sorted((i.address, i.port) for i in found) == [
+        (f"127.0.10.{n}", 8080) for n in (1, 2, 3)
+    ]
 
 
 async def test_other_namespace_by_name(cluster_dns: Path) -> None:
@@ -104,6 +127,9 @@ def test_url_without_a_host_means_the_system_resolver() -> None:
     assert source._names("payment", None) == ("_http._tcp.payment", "payment")
     consul = source_from_url("dns://127.0.0.1:8600?port=80")
     assert isinstance(consul, DnsSource) and not consul.kubernetes_names
-    assert consul._names("payment", None) == ("_payment._tcp.service.consul.", "payment.service.consul.")
+    assert consul._names("payment", None) == (
+        "_payment._tcp.service.consul.",
+        "payment.service.consul.",
+    )
     with pytest.raises(ValueError, match="must be a number"):
         source_from_url("dns://127.0.0.1:8600?port=http")

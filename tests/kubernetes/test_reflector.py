@@ -33,7 +33,9 @@ class Recorder:
 
 
 @contextlib.asynccontextmanager
-async def running(kube: FakeKubeApi, **options: object) -> AsyncIterator[tuple[Reflector, Recorder]]:
+async def running(
+    kube: FakeKubeApi, **options: object
+) -> AsyncIterator[tuple[Reflector, Recorder]]:
     client = ApiClient(load_config(str(kube.kubeconfig())))
     recorder = Recorder()
     reflector = Reflector(client, PATH, recorder, rng=random.Random(7), **options)  # type: ignore[arg-type]
@@ -63,7 +65,7 @@ def queries(kube: FakeKubeApi, verb: str) -> list[dict[str, str]]:
 async def test_lists_in_pages_then_watches_from_the_list_version(kube: FakeKubeApi) -> None:
     for n in range(5):
         kube.put(endpoint_slice(f"s{n}", "payment", [ep(f"10.0.0.{n}")]))
-    async with running(kube, page_size=2) as (reflector, recorder):
+    async with running(kube, page_size=2) as (_, recorder):
         assert sorted(name for _, name in recorder.events) == [f"s{n}" for n in range(5)]
         await until(lambda: queries(kube, "watch"))
     lists = queries(kube, "list")
@@ -110,7 +112,9 @@ async def test_bookmarks_move_the_version_and_a_timed_out_watch_resumes(kube: Fa
 
 
 @pytest.mark.parametrize("gone_as", ["status", "event"])
-async def test_410_relists_and_reports_what_was_deleted_in_the_gap(kube: FakeKubeApi, gone_as: str) -> None:
+async def test_410_relists_and_reports_what_was_deleted_in_the_gap(
+    kube: FakeKubeApi, gone_as: str
+) -> None:
     kube.gone_as = gone_as
     kube.put(endpoint_slice("s0", "payment", [ep("10.0.0.1")]))
     kube.put(endpoint_slice("s1", "payment", [ep("10.0.0.2")]))
@@ -120,7 +124,9 @@ async def test_410_relists_and_reports_what_was_deleted_in_the_gap(kube: FakeKub
             kube.delete("EndpointSlice", "default", "s1")
             kube.put(endpoint_slice("s2", "payment", [ep("10.0.0.3")]))
             kube.compact()
-        await until(lambda: ("DELETED", "s1") in recorder.events and ("ADDED", "s2") in recorder.events)
+        await until(
+            lambda: ("DELETED", "s1") in recorder.events and ("ADDED", "s2") in recorder.events
+        )
         assert reflector.stats.relists_gone == 1
         assert sorted(reflector.store.objects) == ["default/s0", "default/s2"]
     assert len(queries(kube, "list")) == 2
@@ -139,7 +145,9 @@ async def test_error_event_other_than_410_backs_off_and_relists(kube: FakeKubeAp
 async def test_a_watch_that_closes_at_once_counts_as_a_failure(kube: FakeKubeApi) -> None:
     kube.put(endpoint_slice("s0", "payment", [ep("10.0.0.1")]))
     kube.bookmark_interval = 60
-    async with running(kube, min_watch_timeout=0.1, backoff=Backoff(random.Random(1), initial=0.3)) as (reflector, _):
+    async with running(
+        kube, min_watch_timeout=0.1, backoff=Backoff(random.Random(1), initial=0.3)
+    ) as (reflector, _):
         await until(lambda: reflector.stats.failures >= 1)  # timeoutSeconds=0: closes at once
         assert len(queries(kube, "list")) == 1
 
@@ -165,6 +173,12 @@ def test_store_replace_reports_deletions_additions_and_modifications() -> None:
             {"metadata": {"namespace": "a", "name": "y", "resourceVersion": "3"}},
         ]
     )
-    assert [(k, o["metadata"]["name"]) for k, o, _ in changes] == [("MODIFIED", "x"), ("ADDED", "y")]
+    assert [(k, o["metadata"]["name"]) for k, o, _ in changes] == [
+        ("MODIFIED", "x"),
+        ("ADDED", "y"),
+    ]
     changes = store.replace([])
-    assert sorted((k, o["metadata"]["name"]) for k, o, _ in changes) == [("DELETED", "x"), ("DELETED", "y")]
+    assert sorted((k, o["metadata"]["name"]) for k, o, _ in changes) == [
+        ("DELETED", "x"),
+        ("DELETED", "y"),
+    ]

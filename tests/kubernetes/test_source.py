@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -17,7 +18,9 @@ from .objects import endpoint_slice, ep
 
 
 def url(kube: FakeKubeApi, **options: str) -> str:
-    query = "&".join(f"{k}={v}" for k, v in {"kubeconfig": str(kube.kubeconfig()), **options}.items())
+    query = "&".join(
+        f"{k}={v}" for k, v in {"kubeconfig": str(kube.kubeconfig()), **options}.items()
+    )
     return f"k8s://?{query}"
 
 
@@ -61,12 +64,20 @@ async def test_ready_unready_and_terminating_endpoints(kube: FakeKubeApi) -> Non
         latest = await next_change(changes)
         assert summary(latest) == [("10.0.0.1", 8080, "draining")]
         # terminating and no longer serving: gone
-        kube.put(endpoint_slice("pay-1", "payment", [ep("10.0.0.1", ready=False, serving=False, terminating=True)]))
+        kube.put(
+            endpoint_slice(
+                "pay-1", "payment", [ep("10.0.0.1", ready=False, serving=False, terminating=True)]
+            )
+        )
         assert await next_change(changes) == []
 
 
 async def test_instances_carry_pod_node_and_zone(kube: FakeKubeApi) -> None:
-    kube.put(endpoint_slice("pay-1", "payment", [ep("10.0.0.1", pod="payment-7f-x", node="n3", zone="eu-1b")]))
+    kube.put(
+        endpoint_slice(
+            "pay-1", "payment", [ep("10.0.0.1", pod="payment-7f-x", node="n3", zone="eu-1b")]
+        )
+    )
     async with waypost.AsyncDiscovery(url(kube), share=False) as discovery:
         [instance] = await discovery.instances("payment")
     assert instance.meta["pod"] == "payment-7f-x"
@@ -100,7 +111,13 @@ async def test_slices_split_and_merge_with_duplicates(kube: FakeKubeApi) -> None
         kube.put(endpoint_slice("pay-b", "payment", [ep("10.0.0.3"), ep("10.0.0.4")]))
         # merging back: one slice holds all; a duplicate that is unready in one
         # slice and ready in the other counts as ready
-        kube.put(endpoint_slice("pay-a", "payment", [ep(f"10.0.0.{n}") for n in (1, 2, 3)] + [ep("10.0.0.4", ready=False)]))
+        kube.put(
+            endpoint_slice(
+                "pay-a",
+                "payment",
+                [ep(f"10.0.0.{n}") for n in (1, 2, 3)] + [ep("10.0.0.4", ready=False)],
+            )
+        )
         kube.delete("EndpointSlice", "default", "pay-b")
         await asyncio.sleep(0.3)
         assert summary(await discovery.instances("payment")) == [
@@ -146,7 +163,9 @@ async def _count(discovery: waypost.AsyncDiscovery, service: str, n: int) -> boo
 
 async def test_namespaces(kube: FakeKubeApi) -> None:
     kube.put(endpoint_slice("pay-1", "payment", [ep("10.0.0.1")]))
-    kube.put(endpoint_slice("pay-1", "payment", [ep("10.9.0.1"), ep("10.9.0.2")], namespace="other"))
+    kube.put(
+        endpoint_slice("pay-1", "payment", [ep("10.9.0.1"), ep("10.9.0.2")], namespace="other")
+    )
     async with waypost.AsyncDiscovery(url(kube), share=False) as discovery:
         assert [i.address for i in await discovery.instances("payment")] == ["10.0.0.1"]
         other = await discovery.instances("payment.other")
@@ -189,7 +208,7 @@ async def test_backs_off_on_429_and_5xx_then_recovers(kube: FakeKubeApi) -> None
         kube.put(endpoint_slice("pay-1", "payment", [ep("10.0.0.1"), ep("10.0.0.2")]))
         assert len(await next_change(changes)) == 2
     watches = [t for t, verb, _, _ in kube.log if verb == "watch"]
-    gaps = [b - a for a, b in zip(watches, watches[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(watches)]
     assert len(watches) >= 4
     assert gaps[-3] >= 0.0 and gaps[-2] >= 0.8 and gaps[-1] >= 0.8, gaps  # backed off twice
     assert kube.requests[("list", "discovery.k8s.io", "endpointslices")] == 1  # no relist
@@ -212,7 +231,9 @@ async def test_token_rotation_reread_after_401(kube: FakeKubeApi, tmp_path: Path
     assert ("list", "discovery.k8s.io", "endpointslices") in kube.requests
 
 
-async def test_in_cluster_configuration(kube: FakeKubeApi, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_in_cluster_configuration(
+    kube: FakeKubeApi, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from waypost._kube import config as kube_config
     from waypost.client._sources._k8s import K8sSource
 
@@ -236,7 +257,9 @@ async def test_in_cluster_configuration(kube: FakeKubeApi, tmp_path: Path, monke
 async def test_router_sends_nothing_new_to_draining_instances(kube: FakeKubeApi) -> None:
     kube.put(
         endpoint_slice(
-            "pay-1", "payment", [ep("10.0.0.1"), ep("10.0.0.2", ready=False, serving=True, terminating=True)]
+            "pay-1",
+            "payment",
+            [ep("10.0.0.1"), ep("10.0.0.2", ready=False, serving=True, terminating=True)],
         )
     )
     async with waypost.AsyncDiscovery(url(kube), share=False) as discovery:
@@ -248,7 +271,9 @@ async def test_router_sends_nothing_new_to_draining_instances(kube: FakeKubeApi)
     router.report(inflight, True, 0.01)  # a request that was in flight still reports fine
 
 
-async def test_malformed_slice_is_skipped_and_the_rest_kept(kube: FakeKubeApi, caplog: pytest.LogCaptureFixture) -> None:
+async def test_malformed_slice_is_skipped_and_the_rest_kept(
+    kube: FakeKubeApi, caplog: pytest.LogCaptureFixture
+) -> None:
     bad = endpoint_slice("pay-bad", "payment", [ep("10.0.0.9")])
     bad["endpoints"] = [{"conditions": {}}]  # no addresses: invalid
     kube.put(bad)
@@ -263,7 +288,9 @@ async def test_unreachable_api_is_a_registry_error(tmp_path: Path) -> None:
     kubeconfig = api.kubeconfig(token="wrong")
     api.tokens = {"right"}
     try:
-        async with waypost.AsyncDiscovery(f"k8s://?kubeconfig={kubeconfig}", share=False, first_answer_timeout=8) as d:
+        async with waypost.AsyncDiscovery(
+            f"k8s://?kubeconfig={kubeconfig}", share=False, first_answer_timeout=8
+        ) as d:
             with pytest.raises(waypost.RegistryUnavailable, match="401"):
                 await d.instances("payment")
     finally:
@@ -271,7 +298,7 @@ async def test_unreachable_api_is_a_registry_error(tmp_path: Path) -> None:
 
 
 def test_bad_urls_fail_clearly(kube: FakeKubeApi, tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="unknown option.*namspace"):
+    with pytest.raises(ValueError, match=r"unknown option.*namspace"):
         waypost.AsyncDiscovery(url(kube, namspace="x"))
     with pytest.raises(waypost.ConfigError, match="no context 'nope'"):
         waypost.AsyncDiscovery(url(kube, context="nope"))
@@ -289,7 +316,9 @@ def test_sync_discovery(kube: FakeKubeApi) -> None:
         assert [i.address for i in discovery.instances("payment")] == ["10.0.0.1"]
         changes = discovery.watch("payment")
         assert len(next(changes)) == 1
-        timer = threading.Timer(0.3, kube.put, [endpoint_slice("pay-1", "payment", [ep("10.0.0.1"), ep("10.0.0.2")])])
+        timer = threading.Timer(
+            0.3, kube.put, [endpoint_slice("pay-1", "payment", [ep("10.0.0.1"), ep("10.0.0.2")])]
+        )
         timer.start()
         assert len(next(changes)) == 2
         timer.join()

@@ -22,7 +22,9 @@ StartSync = Callable[..., SyncProcess]
 @pytest.fixture
 def agent() -> Iterator[AgentProcess]:
     """A fresh agent per test: the sync owns node k8s-sync and removes what it did not write."""
-    proc = AgentProcess("--dev", "--http", "127.0.0.1:0", "--dns", "127.0.0.1:0", "--node", "agent-1").start()
+    proc = AgentProcess(
+        "--dev", "--http", "127.0.0.1:0", "--dns", "127.0.0.1:0", "--node", "agent-1"
+    ).start()
     yield proc
     proc.stop()
 
@@ -32,7 +34,9 @@ def start_sync(kube: FakeKubeApi, agent: AgentProcess) -> Iterator[StartSync]:
     started: list[SyncProcess] = []
 
     def start(*args: str, identity: str = "sync-a") -> SyncProcess:
-        proc = SyncProcess(kube.kubeconfig(), agent.http_url, "--resync", "2", *args, identity=identity)
+        proc = SyncProcess(
+            kube.kubeconfig(), agent.http_url, "--resync", "2", *args, identity=identity
+        )
         started.append(proc.start())
         return proc
 
@@ -43,7 +47,9 @@ def start_sync(kube: FakeKubeApi, agent: AgentProcess) -> Iterator[StartSync]:
 
 def health(agent: AgentProcess, name: str, passing: bool = False) -> list[dict[str, Any]]:
     with agent.client() as http:
-        rows = http.get(f"/v1/health/service/{name}", params={"passing": "1"} if passing else {}).json()
+        rows = http.get(
+            f"/v1/health/service/{name}", params={"passing": "1"} if passing else {}
+        ).json()
     return rows  # type: ignore[no-any-return]
 
 
@@ -65,17 +71,27 @@ def dns_addresses(agent: AgentProcess, name: str) -> list[str]:
         return []
 
 
-def test_endpoints_become_instances_that_follow_readiness(kube: FakeKubeApi, agent: AgentProcess, start_sync: StartSync) -> None:
+def test_endpoints_become_instances_that_follow_readiness(
+    kube: FakeKubeApi, agent: AgentProcess, start_sync: StartSync
+) -> None:
     kube.put(service("payment", ports=[("http", 80)]))
-    kube.put(endpoint_slice("payment-a", "payment", [
-        ep("127.0.1.1", pod="payment-0", node="n1", zone="z1"),
-        ep("127.0.1.2", ready=False),
-        ep("127.0.1.3", ready=False, serving=True, terminating=True),
-    ]))
+    kube.put(
+        endpoint_slice(
+            "payment-a",
+            "payment",
+            [
+                ep("127.0.1.1", pod="payment-0", node="n1", zone="z1"),
+                ep("127.0.1.2", ready=False),
+                ep("127.0.1.3", ready=False, serving=True, terminating=True),
+            ],
+        )
+    )
     start_sync()
     until(lambda: len(health(agent, "payment")) == 3)
     assert statuses(agent, "payment") == {
-        "127.0.1.1:8080": "passing", "127.0.1.2:8080": "critical", "127.0.1.3:8080": "warning",
+        "127.0.1.1:8080": "passing",
+        "127.0.1.2:8080": "critical",
+        "127.0.1.3:8080": "warning",
     }
     row = next(r for r in health(agent, "payment") if r["Service"]["Address"] == "127.0.1.1")
     assert row["Node"]["Node"] == "k8s-sync"
@@ -85,20 +101,39 @@ def test_endpoints_become_instances_that_follow_readiness(kube: FakeKubeApi, age
     assert meta["external-k8s-node-name"] == "n1" and meta["external-k8s-topology-zone"] == "z1"
     assert dns_addresses(agent, "payment") == ["127.0.1.1", "127.0.1.3"]  # warning is still in DNS
     # a readiness change reaches HTTP and DNS
-    kube.put(endpoint_slice("payment-a", "payment", [ep("127.0.1.1", ready=False), ep("127.0.1.2")]))
-    until(lambda: statuses(agent, "payment") == {"127.0.1.1:8080": "critical", "127.0.1.2:8080": "passing"})
-    assert [r["Service"]["Address"] for r in health(agent, "payment", passing=True)] == ["127.0.1.2"]
+    kube.put(
+        endpoint_slice("payment-a", "payment", [ep("127.0.1.1", ready=False), ep("127.0.1.2")])
+    )
+    until(
+        lambda: (
+            statuses(agent, "payment")
+            == {"127.0.1.1:8080": "critical", "127.0.1.2:8080": "passing"}
+        )
+    )
+    assert [r["Service"]["Address"] for r in health(agent, "payment", passing=True)] == [
+        "127.0.1.2"
+    ]
     assert dns_addresses(agent, "payment") == ["127.0.1.2"]
 
 
-def test_annotations_rename_tag_meta_port_and_opt_out(kube: FakeKubeApi, agent: AgentProcess, start_sync: StartSync) -> None:
-    kube.put(service("pay", ports=[("admin", 81), ("http", 80)], annotations={
-        "consul.hashicorp.com/service-name": "payments",
-        "consul.hashicorp.com/service-tags": "v2, blue",
-        "consul.hashicorp.com/service-meta-team": "billing",
-        "consul.hashicorp.com/service-port": "http",
-    }))
-    kube.put(endpoint_slice("pay-a", "pay", [ep("127.0.2.1")], ports=[("admin", 9000), ("http", 8080)]))
+def test_annotations_rename_tag_meta_port_and_opt_out(
+    kube: FakeKubeApi, agent: AgentProcess, start_sync: StartSync
+) -> None:
+    kube.put(
+        service(
+            "pay",
+            ports=[("admin", 81), ("http", 80)],
+            annotations={
+                "consul.hashicorp.com/service-name": "payments",
+                "consul.hashicorp.com/service-tags": "v2, blue",
+                "consul.hashicorp.com/service-meta-team": "billing",
+                "consul.hashicorp.com/service-port": "http",
+            },
+        )
+    )
+    kube.put(
+        endpoint_slice("pay-a", "pay", [ep("127.0.2.1")], ports=[("admin", 9000), ("http", 8080)])
+    )
     kube.put(service("hidden", annotations={"consul.hashicorp.com/service-sync": "false"}))
     kube.put(endpoint_slice("hidden-a", "hidden", [ep("127.0.2.9")]))
     start_sync()
@@ -116,7 +151,9 @@ def test_annotations_rename_tag_meta_port_and_opt_out(kube: FakeKubeApi, agent: 
     until(lambda: health(agent, "payments") == [])
 
 
-def test_headless_nodeport_and_loadbalancer_services(kube: FakeKubeApi, agent: AgentProcess, start_sync: StartSync) -> None:
+def test_headless_nodeport_and_loadbalancer_services(
+    kube: FakeKubeApi, agent: AgentProcess, start_sync: StartSync
+) -> None:
     kube.put(service("db", headless=True))
     kube.put(endpoint_slice("db-a", "db", [ep("127.0.3.1"), ep("127.0.3.2")], ports=[("pg", 5432)]))
     kube.put(node("n1", internal="127.0.4.1", external="127.0.4.101"))
@@ -126,17 +163,36 @@ def test_headless_nodeport_and_loadbalancer_services(kube: FakeKubeApi, agent: A
     assert web is not None
     web["spec"]["ports"][0]["nodePort"] = 30080
     kube.put(web)
-    kube.put(endpoint_slice("web-a", "web", [ep("127.0.5.1", node="n1"), ep("127.0.5.2", node="n2")]))
-    kube.put({**service("edge", type_="LoadBalancer", ports=[("https", 443)]),
-              "status": {"loadBalancer": {"ingress": [{"ip": "127.0.6.1"}, {"hostname": "lb.example"}]}}})
+    kube.put(
+        endpoint_slice("web-a", "web", [ep("127.0.5.1", node="n1"), ep("127.0.5.2", node="n2")])
+    )
+    kube.put(
+        {
+            **service("edge", type_="LoadBalancer", ports=[("https", 443)]),
+            "status": {
+                "loadBalancer": {"ingress": [{"ip": "127.0.6.1"}, {"hostname": "lb.example"}]}
+            },
+        }
+    )
     start_sync()
-    until(lambda: len(health(agent, "db")) == 2 and len(health(agent, "web")) == 2 and health(agent, "edge"))
+    until(
+        lambda: (
+            len(health(agent, "db")) == 2
+            and len(health(agent, "web")) == 2
+            and health(agent, "edge")
+        )
+    )
     assert statuses(agent, "db") == {"127.0.3.1:5432": "passing", "127.0.3.2:5432": "passing"}
     assert statuses(agent, "web") == {"127.0.4.101:30080": "passing", "127.0.4.2:30080": "passing"}
-    assert sorted(r["Service"]["Address"] for r in health(agent, "edge")) == ["127.0.6.1", "lb.example"]
+    assert sorted(r["Service"]["Address"] for r in health(agent, "edge")) == [
+        "127.0.6.1",
+        "lb.example",
+    ]
 
 
-def test_deleted_service_and_endpoint_leave_the_registry(kube: FakeKubeApi, agent: AgentProcess, start_sync: StartSync) -> None:
+def test_deleted_service_and_endpoint_leave_the_registry(
+    kube: FakeKubeApi, agent: AgentProcess, start_sync: StartSync
+) -> None:
     kube.put(service("a"))
     kube.put(endpoint_slice("a-1", "a", [ep("127.0.7.1"), ep("127.0.7.2")]))
     kube.put(service("b"))
@@ -150,7 +206,9 @@ def test_deleted_service_and_endpoint_leave_the_registry(kube: FakeKubeApi, agen
     until(lambda: health(agent, "b") == [])
 
 
-def test_only_the_chosen_namespaces(kube: FakeKubeApi, agent: AgentProcess, start_sync: StartSync) -> None:
+def test_only_the_chosen_namespaces(
+    kube: FakeKubeApi, agent: AgentProcess, start_sync: StartSync
+) -> None:
     for ns in ("shop", "ops"):
         kube.put(service(f"{ns}-svc", namespace=ns))
         kube.put(endpoint_slice(f"{ns}-1", f"{ns}-svc", [ep("127.0.8.1")], namespace=ns))
@@ -164,15 +222,23 @@ def test_only_the_chosen_namespaces(kube: FakeKubeApi, agent: AgentProcess, star
     assert all(p.endswith(("services", "endpointslices", "nodes")) for p in paths)
 
 
-def test_registry_services_become_external_name_services(kube: FakeKubeApi, agent: AgentProcess, start_sync: StartSync) -> None:
+def test_registry_services_become_external_name_services(
+    kube: FakeKubeApi, agent: AgentProcess, start_sync: StartSync
+) -> None:
     kube.put(service("billing", labels={"team": "own"}))  # someone else's: never overwritten
     kube.put(service("from-k8s"))
     kube.put(endpoint_slice("from-k8s-1", "from-k8s", [ep("127.0.9.1")]))
     with agent.client() as http:
         for name in ("billing", "Ledger_v2", "mail"):
-            http.put("/v1/agent/service/register", json={"Name": name, "Port": 25}).raise_for_status()
+            http.put(
+                "/v1/agent/service/register", json={"Name": name, "Port": 25}
+            ).raise_for_status()
     start_sync("--to-k8s", "--k8s-namespace", "default")
-    until(lambda: kube.get("Service", "default", "mail") and kube.get("Service", "default", "ledger-v2"))
+    until(
+        lambda: (
+            kube.get("Service", "default", "mail") and kube.get("Service", "default", "ledger-v2")
+        )
+    )
     mail = kube.get("Service", "default", "mail")
     assert mail is not None
     assert mail["spec"] == {"type": "ExternalName", "externalName": "mail.service.consul"}
@@ -181,14 +247,20 @@ def test_registry_services_become_external_name_services(kube: FakeKubeApi, agen
     assert billing is not None and billing["metadata"]["labels"] == {"team": "own"}
     assert "externalName" not in billing["spec"]
     assert kube.get("Service", "default", "from-k8s") is not None  # not turned into ExternalName
-    assert all(o["spec"].get("externalName") != "from-k8s.service.consul" for o in kube.list("Service"))
-    assert health(agent, "mail")[0]["Node"]["Node"] == "agent-1"  # not synced back into the registry
+    assert all(
+        o["spec"].get("externalName") != "from-k8s.service.consul" for o in kube.list("Service")
+    )
+    assert (
+        health(agent, "mail")[0]["Node"]["Node"] == "agent-1"
+    )  # not synced back into the registry
     # a burst of registrations is one debounced pass
     before = len([1 for _, v, _, _ in kube.log if v == "create"])
     with agent.client() as http:
         started = time.monotonic()
         for n in range(5):
-            http.put("/v1/agent/service/register", json={"Name": f"burst{n}", "Port": 1}).raise_for_status()
+            http.put(
+                "/v1/agent/service/register", json={"Name": f"burst{n}", "Port": 1}
+            ).raise_for_status()
             time.sleep(0.1)
         last = time.monotonic()
     until(lambda: all(kube.get("Service", "default", f"burst{n}") for n in range(5)))
@@ -203,7 +275,9 @@ def test_registry_services_become_external_name_services(kube: FakeKubeApi, agen
     until(lambda: kube.get("Service", "default", "burst0") is not None)
 
 
-def test_two_replicas_one_leader_and_handover_after_kill_9(kube: FakeKubeApi, agent: AgentProcess, start_sync: StartSync) -> None:
+def test_two_replicas_one_leader_and_handover_after_kill_9(
+    kube: FakeKubeApi, agent: AgentProcess, start_sync: StartSync
+) -> None:
     kube.put(service("payment"))
     kube.put(endpoint_slice("payment-a", "payment", [ep("127.0.10.1")]))
     a = start_sync(identity="sync-a")
@@ -225,7 +299,9 @@ def test_two_replicas_one_leader_and_handover_after_kill_9(kube: FakeKubeApi, ag
     assert lease["spec"]["leaseTransitions"] == 1
 
 
-def test_clean_exit_releases_the_lease_at_once(kube: FakeKubeApi, agent: AgentProcess, start_sync: StartSync) -> None:
+def test_clean_exit_releases_the_lease_at_once(
+    kube: FakeKubeApi, agent: AgentProcess, start_sync: StartSync
+) -> None:
     a = start_sync(identity="sync-a")
     a.wait_for("leading as sync-a")
     b = start_sync(identity="sync-b")
@@ -235,10 +311,14 @@ def test_clean_exit_releases_the_lease_at_once(kube: FakeKubeApi, agent: AgentPr
     assert time.monotonic() - stopped < 1.5  # no need to wait for the lease to run out
 
 
-def test_kill_9_mid_stream_then_restart_leaves_nothing_duplicated_or_stale(kube: FakeKubeApi, agent: AgentProcess, start_sync: StartSync) -> None:
+def test_kill_9_mid_stream_then_restart_leaves_nothing_duplicated_or_stale(
+    kube: FakeKubeApi, agent: AgentProcess, start_sync: StartSync
+) -> None:
     for n in range(40):
         kube.put(service(f"svc{n}"))
-        kube.put(endpoint_slice(f"svc{n}-a", f"svc{n}", [ep(f"127.1.{n}.{k}") for k in range(1, 6)]))
+        kube.put(
+            endpoint_slice(f"svc{n}-a", f"svc{n}", [ep(f"127.1.{n}.{k}") for k in range(1, 6)])
+        )
     first = start_sync()
     until(lambda: health(agent, "svc3"), timeout=30)
     first.kill()  # mid-stream: the first full sync may not have finished
@@ -246,12 +326,16 @@ def test_kill_9_mid_stream_then_restart_leaves_nothing_duplicated_or_stale(kube:
         kube.delete("Service", "default", f"svc{n}")
         kube.delete("EndpointSlice", "default", f"svc{n}-a")
     for n in range(1, 40, 4):
-        kube.put(endpoint_slice(f"svc{n}-a", f"svc{n}", [ep(f"127.1.{n}.{k}") for k in range(3, 8)]))
+        kube.put(
+            endpoint_slice(f"svc{n}-a", f"svc{n}", [ep(f"127.1.{n}.{k}") for k in range(3, 8)])
+        )
     start_sync(identity="sync-a")  # the same replica, restarted
     with agent.client() as http:
+
         def settled() -> bool:
             node = http.get("/v1/catalog/node/k8s-sync").json()
             return len(node["Services"]) == 30 * 5
+
         until(settled, timeout=30)
         node = http.get("/v1/catalog/node/k8s-sync").json()
     by_service: dict[str, list[str]] = {}
@@ -264,7 +348,9 @@ def test_kill_9_mid_stream_then_restart_leaves_nothing_duplicated_or_stale(kube:
         assert sorted(addresses) == sorted(f"127.1.{n}.{k}" for k in want), name
 
 
-def test_the_sync_uses_only_the_permissions_its_rbac_grants(kube: FakeKubeApi, agent: AgentProcess, start_sync: StartSync) -> None:
+def test_the_sync_uses_only_the_permissions_its_rbac_grants(
+    kube: FakeKubeApi, agent: AgentProcess, start_sync: StartSync
+) -> None:
     from waypost.kubernetes.permissions import PERMISSIONS
 
     kube.put(service("payment"))
@@ -280,4 +366,8 @@ def test_the_sync_uses_only_the_permissions_its_rbac_grants(kube: FakeKubeApi, a
     granted = {(g, r, v) for g, r, verbs, _ in PERMISSIONS for v in verbs}
     used = {(g, r, v) for (v, g, r) in kube.requests}
     assert used <= granted, used - granted
-    assert {("", "services", "create"), ("", "services", "delete"), ("coordination.k8s.io", "leases", "update")} <= used
+    assert {
+        ("", "services", "create"),
+        ("", "services", "delete"),
+        ("coordination.k8s.io", "leases", "update"),
+    } <= used

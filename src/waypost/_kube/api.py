@@ -121,7 +121,12 @@ class ApiClient:
         self._http = httpx.AsyncClient(limits=limits, **_client_args(config, timeout))
 
     async def request(
-        self, method: str, path: str, *, params: dict[str, str] | None = None, body: Obj | None = None
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, str] | None = None,
+        body: Obj | None = None,
     ) -> Obj:
         """One request; the decoded JSON answer.
 
@@ -213,7 +218,9 @@ class SyncApiClient:
         raise AssertionError("unreachable")
 
     @contextmanager
-    def watch(self, path: str, params: dict[str, str], read_timeout: float) -> Iterator[Iterator[Obj]]:
+    def watch(
+        self, path: str, params: dict[str, str], read_timeout: float
+    ) -> Iterator[Iterator[Obj]]:
         what = f"watch {path}"
         timeout = httpx.Timeout(10.0, read=read_timeout)
         for attempt in (1, 2):
@@ -250,7 +257,9 @@ def _json(response: httpx.Response, what: str) -> Obj:
     try:
         doc = response.json()
     except ValueError as exc:
-        raise KubernetesError(f"Kubernetes API: {what} answered with a body that is not JSON") from exc
+        raise KubernetesError(
+            f"Kubernetes API: {what} answered with a body that is not JSON"
+        ) from exc
     if not isinstance(doc, dict):
         raise KubernetesError(f"Kubernetes API: {what} answered with JSON that is not an object")
     return doc

@@ -169,7 +169,9 @@ def in_cluster(env: Mapping[str, str], sa_dir: Path | None = None) -> KubeConfig
     sa_dir = sa_dir or SERVICE_ACCOUNT_DIR
     host, port = env.get("KUBERNETES_SERVICE_HOST", ""), env.get("KUBERNETES_SERVICE_PORT", "")
     if not host or not port:
-        raise ConfigError("in a pod, KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT must be set")
+        raise ConfigError(
+            "in a pod, KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT must be set"
+        )
     host = f"[{host}]" if ":" in host else host
     namespace_file = sa_dir / "namespace"
     namespace = namespace_file.read_text().strip() if namespace_file.exists() else "default"

@@ -66,9 +66,9 @@ class Store:
         """Take a fresh list; the changes it implies, deletions included."""
         fresh = {key_of(o): o for o in items}
         changes: list[tuple[str, Obj, Obj | None]] = []
-        for key, old in self.objects.items():
+        for key, held in self.objects.items():
             if key not in fresh:
-                changes.append(("DELETED", old, old))
+                changes.append(("DELETED", held, held))
         for key, obj in fresh.items():
             old = self.objects.get(key)
             if old is None:
@@ -178,7 +178,7 @@ class Reflector:
         """List and watch until cancelled; never returns otherwise."""
         while True:
             try:
-                version = await self.list()
+                version = await self.list_all()
                 await self._watch_from(version)
             except ResourceGone as exc:
                 self.stats.relists_gone += 1
@@ -186,7 +186,7 @@ class Reflector:
             except KubernetesError as exc:
                 await self._failed(exc)
 
-    async def list(self) -> str:
+    async def list_all(self) -> str:
         """List the whole collection, apply it to the store; its resourceVersion."""
         items, version = await self._list_pages()
         self.stats.lists += 1

@@ -18,20 +18,38 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "on node k8s-sync. With --to-k8s, registry services become ExternalName Services. "
         "Replicas elect a leader on a coordination.k8s.io Lease; only the leader writes.",
     )
-    cmd.add_argument("--kubeconfig", metavar="PATH", help="default: in-cluster, $KUBECONFIG, ~/.kube/config")
-    cmd.add_argument("--context", metavar="NAME", help="kubeconfig context (default: the current one)")
-    cmd.add_argument("--agent", metavar="URL", help="default: $CONSUL_HTTP_ADDR, else http://127.0.0.1:8500")
-    cmd.add_argument("--namespaces", metavar="A,B", type=_names, help="only these namespaces (default: all)")
+    cmd.add_argument(
+        "--kubeconfig", metavar="PATH", help="default: in-cluster, $KUBECONFIG, ~/.kube/config"
+    )
+    cmd.add_argument(
+        "--context", metavar="NAME", help="kubeconfig context (default: the current one)"
+    )
+    cmd.add_argument(
+        "--agent", metavar="URL", help="default: $CONSUL_HTTP_ADDR, else http://127.0.0.1:8500"
+    )
+    cmd.add_argument(
+        "--namespaces", metavar="A,B", type=_names, help="only these namespaces (default: all)"
+    )
     cmd.add_argument("--to-k8s", action="store_true", help="also registry -> Kubernetes")
-    cmd.add_argument("--k8s-namespace", metavar="NS", help="where --to-k8s puts Services (default: ours)")
-    cmd.add_argument("--consul-domain", default="consul", metavar="DOMAIN", help="registry DNS domain")
-    cmd.add_argument("--lease-namespace", metavar="NS", help="the Lease's namespace (default: ours)")
+    cmd.add_argument(
+        "--k8s-namespace", metavar="NS", help="where --to-k8s puts Services (default: ours)"
+    )
+    cmd.add_argument(
+        "--consul-domain", default="consul", metavar="DOMAIN", help="registry DNS domain"
+    )
+    cmd.add_argument(
+        "--lease-namespace", metavar="NS", help="the Lease's namespace (default: ours)"
+    )
     cmd.add_argument("--lease-name", default="waypost-k8s-sync", metavar="NAME")
     cmd.add_argument("--lease-duration", type=float, default=15.0, metavar="S")
     cmd.add_argument("--renew-deadline", type=float, default=10.0, metavar="S")
     cmd.add_argument("--retry-period", type=float, default=2.0, metavar="S")
-    cmd.add_argument("--resync", type=float, default=30.0, metavar="S", help="full reconcile period")
-    cmd.add_argument("--identity", metavar="ID", help="leader election identity (default: $POD_NAME)")
+    cmd.add_argument(
+        "--resync", type=float, default=30.0, metavar="S", help="full reconcile period"
+    )
+    cmd.add_argument(
+        "--identity", metavar="ID", help="leader election identity (default: $POD_NAME)"
+    )
     cmd.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
 
 

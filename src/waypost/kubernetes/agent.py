@@ -18,6 +18,7 @@ from .._exceptions import AgentWriteError as AgentError
 from .._exceptions import ConfigError
 from .registrations import NODE, Registration, from_agent
 
+
 def agent_url(explicit: str | None, environ: dict[str, str] | None = None) -> str:
     """--agent, else $CONSUL_HTTP_ADDR (scheme optional), else the local agent."""
     env = os.environ if environ is None else environ
@@ -62,7 +63,9 @@ class AgentClient:
         """Every instance on node `k8s-sync` with its readiness check, by ID."""
         node = await self._get(f"/v1/catalog/node/{quote(NODE)}")
         services: dict[str, Any] = (node or {}).get("Services") or {}
-        checks = {c.get("ServiceID"): c for c in await self._get(f"/v1/health/node/{quote(NODE)}") or []}
+        checks = {
+            c.get("ServiceID"): c for c in await self._get(f"/v1/health/node/{quote(NODE)}") or []
+        }
         return {sid: from_agent(s, checks.get(sid)) for sid, s in services.items()}
 
     async def services(self, index: int, wait: float) -> tuple[int, dict[str, list[str]]]:

@@ -110,7 +110,9 @@ class LeaderElector:
                 if await self.try_acquire_or_renew():
                     renewed = self._now()
                 elif self._now() - renewed > self.renew_deadline:
-                    log.warning("lost the lease %s (no renew for %.1fs)", self.name, self.renew_deadline)
+                    log.warning(
+                        "lost the lease %s (no renew for %.1fs)", self.name, self.renew_deadline
+                    )
                     break
         finally:
             self.leading = False
@@ -129,7 +131,9 @@ class LeaderElector:
             spec = lease.get("spec") or {}
             holder = str(spec.get("holderIdentity") or "")
             self._observe(holder, str(spec.get("renewTime") or ""))
-            expired = self._observed_at + float(spec.get("leaseDurationSeconds") or 0) <= self._now()
+            expired = (
+                self._observed_at + float(spec.get("leaseDurationSeconds") or 0) <= self._now()
+            )
             if holder and holder != self.identity and not expired:
                 return False
             await self.client.request("PUT", f"{self.path}/{self.name}", body=self._lease(lease))
@@ -161,12 +165,18 @@ class LeaderElector:
             leaseDurationSeconds=max(1, round(self.lease_duration)),
             renewTime=now,
             acquireTime=spec.get("acquireTime") if ours else now,
-            leaseTransitions=int(spec.get("leaseTransitions") or 0) + (0 if ours or current is None else 1),
+            leaseTransitions=int(spec.get("leaseTransitions") or 0)
+            + (0 if ours or current is None else 1),
         )
         meta: Obj = {"name": self.name}
         if current is not None:
             meta["resourceVersion"] = current["metadata"]["resourceVersion"]
-        return {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": meta, "spec": spec}
+        return {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": meta,
+            "spec": spec,
+        }
 
     async def _release(self) -> None:
         lease = await self._get()

@@ -115,14 +115,15 @@ def should_sync(svc: Obj) -> bool:
         return False
     log.warning(
         "Service %s/%s: %sservice-sync=%r is not true or false; syncing it (the default)",
-        meta.get("namespace"), meta.get("name"), ANNOTATION, raw,
+        meta.get("namespace"),
+        meta.get("name"),
+        ANNOTATION,
+        raw,
     )
     return True
 
 
-def registrations(
-    svc: Obj, slices: Iterable[Obj], nodes: Mapping[str, Obj]
-) -> list[Registration]:
+def registrations(svc: Obj, slices: Iterable[Obj], nodes: Mapping[str, Obj]) -> list[Registration]:
     """The instances one Service stands for (empty when it is not synced)."""
     if not should_sync(svc):
         return []
@@ -185,14 +186,19 @@ class _Base:
         return self.make(address, port, "passing", {})
 
 
-def _pods(base: _Base, spec: Obj, port_choice: str | None, slices: Iterable[Obj]) -> list[Registration]:
+def _pods(
+    base: _Base, spec: Obj, port_choice: str | None, slices: Iterable[Obj]
+) -> list[Registration]:
     """ClusterIP (headless included): each pod endpoint, on the endpoint port."""
     wanted = _target_port_name(spec, port_choice)
     found = []
     for ep in endpoints_of(slices, wanted):
         port = int(port_choice) if port_choice and port_choice.isdigit() else ep.port
-        extra = {"external-k8s-node-name": ep.node, "external-k8s-topology-zone": ep.zone,
-                 "external-k8s-pod": ep.pod}
+        extra = {
+            "external-k8s-node-name": ep.node,
+            "external-k8s-topology-zone": ep.zone,
+            "external-k8s-pod": ep.pod,
+        }
         found.append(base.make(ep.address, port, STATUS.get(ep.state, "critical"), extra))
     return found
 
@@ -226,7 +232,9 @@ def _service_port(spec: Obj, choice: str | None, node_port: bool) -> int:
     if choice and choice.isdigit():
         return int(choice)
     ports = spec.get("ports") or []
-    chosen = next((p for p in ports if choice and p.get("name") == choice), ports[0] if ports else {})
+    chosen = next(
+        (p for p in ports if choice and p.get("name") == choice), ports[0] if ports else {}
+    )
     if node_port and chosen.get("nodePort"):
         return int(chosen["nodePort"])
     return int(chosen.get("port") or 0)

@@ -67,9 +67,15 @@ class Sync:
         self.agent = AgentClient(agent_url(options.agent), os.environ.get("CONSUL_HTTP_TOKEN"))
         namespaces = set(options.namespaces) if options.namespaces else None
         self.to_registry = ToRegistry(self.agent, namespaces, options.resync)
-        self.reflectors = self._reflectors(options.namespaces or [None])
+        scopes: list[str | None] = [*options.namespaces] if options.namespaces else [None]
+        self.reflectors = self._reflectors(scopes)
         self.to_k8s = (
-            ToKubernetes(self.agent, self.kube, options.k8s_namespace or config.namespace, options.consul_domain)
+            ToKubernetes(
+                self.agent,
+                self.kube,
+                options.k8s_namespace or config.namespace,
+                options.consul_domain,
+            )
             if options.to_k8s
             else None
         )
@@ -86,7 +92,9 @@ class Sync:
     def _reflectors(self, namespaces: list[str | None]) -> list[Reflector]:
         found = []
         for ns in namespaces:
-            found.append(self._reflector(collection(CORE, "services", ns), self.to_registry.services_handler))
+            found.append(
+                self._reflector(collection(CORE, "services", ns), self.to_registry.services_handler)
+            )
             found.append(
                 self._reflector(
                     collection(SLICES, "endpointslices", ns),
@@ -114,7 +122,9 @@ class Sync:
         if self.to_k8s is not None:
             reflectors.append(self.to_k8s.reflector)
         tasks = [asyncio.create_task(r.run(), name=f"reflector {r.path}") for r in reflectors]
-        print(f"waypost k8s-sync running: {self.kube.config.server} -> {self.agent.url}", flush=True)
+        print(
+            f"waypost k8s-sync running: {self.kube.config.server} -> {self.agent.url}", flush=True
+        )
         try:
             await self.elector.run(self.lead)
         finally:

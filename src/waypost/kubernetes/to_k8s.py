@@ -76,7 +76,9 @@ class ToKubernetes:
         domain: The registry's DNS domain (`consul`).
     """
 
-    def __init__(self, agent: AgentClient, client: ApiClient, namespace: str, domain: str = "consul") -> None:
+    def __init__(
+        self, agent: AgentClient, client: ApiClient, namespace: str, domain: str = "consul"
+    ) -> None:
         self.agent = agent
         self.client = client
         self.namespace = namespace
@@ -153,8 +155,11 @@ class ToKubernetes:
             body = external_service(k8s_name, target, self.namespace, self.domain)
             current = held.get(k8s_name)
             if current is not None and not ours(current):
-                self._warn(k8s_name, f"not overwriting Service {self.namespace}/{k8s_name}: "
-                                     "it was not made by waypost k8s-sync")
+                self._warn(
+                    k8s_name,
+                    f"not overwriting Service {self.namespace}/{k8s_name}: "
+                    "it was not made by waypost k8s-sync",
+                )
                 continue
             await self._upsert(body, current)
         for k8s_name, obj in held.items():

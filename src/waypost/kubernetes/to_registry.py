@@ -24,6 +24,7 @@ with the Service's name and not retried until the Service changes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -122,10 +123,8 @@ class ToRegistry:
         await self._reconcile_until_done()
         next_full = time.monotonic() + self.resync
         while True:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), max(0.0, next_full - time.monotonic()))
-            except TimeoutError:
-                pass
             self.wake.clear()
             if time.monotonic() >= next_full:
                 await self._reconcile_until_done()
@@ -156,12 +155,19 @@ class ToRegistry:
         self.reconciles += 1
         if self.first_sync_at is None:
             self.first_sync_at = time.monotonic()
-        log.info("full sync: %d instances, %d written, %d removed", len(everything), len(puts), len(removals))
+        log.info(
+            "full sync: %d instances, %d written, %d removed",
+            len(everything),
+            len(puts),
+            len(removals),
+        )
         return ok
 
     def _keys(self) -> set[str]:
         keys = set(self.services) | set(self.slices)
-        return {k for k in keys if self.namespaces is None or k.partition("/")[0] in self.namespaces}
+        return {
+            k for k in keys if self.namespaces is None or k.partition("/")[0] in self.namespaces
+        }
 
     async def _apply(self, keys: set[str]) -> bool:
         """Write the differences of the dirty Services; False if something failed."""
@@ -197,7 +203,10 @@ class ToRegistry:
                         log.warning("%s failed: %s", what, exc)
 
         await asyncio.gather(
-            *(one(self.agent.register(r), f"registering {r.name} {r.address}:{r.port}") for r in puts),
+            *(
+                one(self.agent.register(r), f"registering {r.name} {r.address}:{r.port}")
+                for r in puts
+            ),
             *(one(self.agent.deregister(sid), f"removing {sid}") for sid in removals),
         )
         return not failed

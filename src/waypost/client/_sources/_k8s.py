@@ -29,6 +29,7 @@ watches them from the list's resourceVersion until the first change.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import time
 import weakref
@@ -107,10 +108,8 @@ class NamespaceWatch:
         entry = self.services.setdefault(service, _ServiceSlices())
         if self.version(service) > index:
             return
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(entry.changed.wait(), wait)
-        except TimeoutError:
-            pass
 
     def slices(self, service: str) -> list[Obj]:
         entry = self.services.get(service)
@@ -156,7 +155,11 @@ class K8sSource:
     blocking = True
 
     def __init__(
-        self, config: KubeConfig | None = None, *, namespace: str | None = None, port: str | None = None
+        self,
+        config: KubeConfig | None = None,
+        *,
+        namespace: str | None = None,
+        port: str | None = None,
     ) -> None:
         self.config = config or load_config()
         self.namespace = namespace or self.config.namespace
@@ -210,7 +213,9 @@ class K8sSource:
             await watch.wait_change(name, index, wait)
         if tag:  # Kubernetes endpoints carry no tags
             return Answer(watch.version(name), ())
-        return Answer(watch.version(name), self.instances_of(service, namespace, watch.slices(name)))
+        return Answer(
+            watch.version(name), self.instances_of(service, namespace, watch.slices(name))
+        )
 
     def _get_shared(self) -> _Shared:
         if self._shared is None:
