@@ -1,6 +1,7 @@
 """The order service: calls `payment` through discovery, balanced and resilient.
 
     python examples/order.py --agent http://127.0.0.1:8500
+    python order.py --discovery 'k8s://?port=http'     # in a pod: EndpointSlices
 
 Every second it places a few orders and prints which payment instance took
 each one. Kill a payment instance (even with SIGKILL) and watch the traffic
@@ -42,7 +43,12 @@ async def main(agent: str, per_second: int) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
-    parser.add_argument("--agent", default=os.environ.get("WAYPOST_AGENT", "http://127.0.0.1:8500"))
+    parser.add_argument(
+        "--agent",
+        "--discovery",
+        default=os.environ.get("WAYPOST_AGENT", "http://127.0.0.1:8500"),
+        help="any discovery URL: http://agent:8500, dns://..., k8s://?port=http",
+    )
     parser.add_argument("--rate", type=int, default=10)
     args = parser.parse_args()
     asyncio.run(main(args.agent, args.rate))

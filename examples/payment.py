@@ -32,13 +32,25 @@ async def app(scope: dict, receive, send) -> None:  # type: ignore[no-untyped-de
     await send({"type": "http.response.body", "body": body.encode()})
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser()
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=3000)
     parser.add_argument("--agent", default=os.environ.get("WAYPOST_AGENT", "http://127.0.0.1:8500"))
     parser.add_argument("--advertise", default=os.environ.get("ADVERTISE_ADDRESS"))
-    args = parser.parse_args()
+    parser.add_argument(
+        "--no-register",
+        action="store_true",
+        help="do not register (on Kubernetes, waypost k8s-sync registers the pods)",
+    )
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
+    if args.no_register:  # every path answers 200, /health included
+        uvicorn.run(app, host=args.host, port=args.port)
+        return
     registration = waypost.Registration(
         "payment",
         port=args.port,
