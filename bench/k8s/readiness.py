@@ -1,0 +1,165 @@
+"""A readiness change: from the fake API server's watch event to where callers see it.
+
+One Service, 10 endpoints; endpoint 1 flips between ready and unready, one flip
+at a time, `--flips` times. For each flip, from the moment the fake API server
+is told (`put()`, which sends the watch event) until:
+
+- HTTP: a blocking query `GET /v1/health/service/payment?passing` on the agent
+  (fed by a real `waypost k8s-sync` process) returns the new set;
+- DNS: the agent's `payment.service.consul` A answer has the new set (polled
+  every 0.5 ms from the flip on; the polling adds up to that much);
+- client: the `k8s://` source in this process yields the new list and the
+  Router holds it (what the balancer picks from next).
+
+Goals: HTTP and DNS p99 <= 100 ms, client p99 <= 10 ms. No peer runs here:
+consul-k8s (the only other catalog sync) polls every 30 s by design.
+
+Usage: .venv/bin/python bench/k8s/readiness.py [--flips 200] [--reps 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import dns.resolver
+import httpx
+from _k8s import FakeKubeApi, SyncProcess, agent_common, endpoint_slice, ep, service
+
+import waypost
+from waypost.client import Router
+
+ADDRESSES = [f"127.0.30.{n}" for n in range(1, 11)]
+
+
+def slice_with(ready_first: bool) -> dict[str, object]:
+    eps = [ep(a, ready=(ready_first if n == 0 else True)) for n, a in enumerate(ADDRESSES)]
+    return endpoint_slice("payment-a", "payment", eps)
+
+
+class Observers:
+    """The latest set each observer holds, and when it changed."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, tuple[frozenset[str], float]] = {}
+        self.changed = asyncio.Event()
+
+    def saw(self, who: str, addresses: frozenset[str]) -> None:
+        if self.seen.get(who, (None, 0.0))[0] != addresses:
+            self.seen[who] = (addresses, time.perf_counter())
+            self.changed.set()
+
+
+async def http_watch(agent_url: str, obs: Observers) -> None:
+    index = 0
+    async with httpx.AsyncClient(base_url=agent_url, timeout=30) as http:
+        while True:
+            params = {"passing": "1", **({"index": str(index), "wait": "10s"} if index else {})}
+            response = await http.get("/v1/health/service/payment", params=params)
+            index = int(response.headers["X-Consul-Index"])
+            obs.saw("http", frozenset(r["Service"]["Address"] for r in response.json()))
+
+
+async def client_watch(url: str, obs: Observers) -> None:
+    router = Router("payment", "round_robin")
+    async with waypost.AsyncDiscovery(url, share=False, min_interval=0) as discovery:
+        async for instances in discovery.watch("payment"):
+            router.update(instances)
+            obs.saw("client", frozenset(i.address for i in router.instances))
+
+
+def dns_wait(host: str, port: int, want: frozenset[str], deadline: float) -> float | None:
+    resolver = dns.resolver.Resolver(configure=False)
+    resolver.nameservers, resolver.port, resolver.lifetime = [host], port, 1.0
+    while time.perf_counter() < deadline:
+        try:
+            got = frozenset(r.address for r in resolver.resolve("payment.service.consul", "A"))
+        except dns.exception.DNSException:
+            got = frozenset()
+        if got == want:
+            return time.perf_counter()
+        time.sleep(0.0005)
+    return None
+
+
+async def run(flips: int, tmp: Path) -> dict[str, list[float]]:
+    api = FakeKubeApi(bookmark_interval=30).start(tmp)
+    api.put(service("payment"))
+    api.put(slice_with(True))
+    results: dict[str, list[float]] = {"http": [], "dns": [], "client": []}
+    try:
+        with agent_common.agent("sqlite", "--dns", "127.0.0.1:0") as agent:
+            sync = SyncProcess(api.kubeconfig(), agent.http_url).start()
+            try:
+                sync.wait_for("full sync:")
+                obs = Observers()
+                tasks = [
+                    asyncio.create_task(http_watch(agent.http_url, obs)),
+                    asyncio.create_task(client_watch(f"k8s://?kubeconfig={api.kubeconfig()}", obs)),
+                ]
+                everyone = frozenset(ADDRESSES)
+                while any(obs.seen.get(w, (None,))[0] != everyone for w in ("http", "client")):
+                    await asyncio.wait_for(obs.changed.wait(), 10)
+                    obs.changed.clear()
+                for flip in range(flips):
+                    ready = flip % 2 == 1
+                    want = everyone if ready else everyone - {ADDRESSES[0]}
+                    await asyncio.sleep(0.05)
+                    started = time.perf_counter()
+                    api.put(slice_with(ready))
+                    dns_done = await asyncio.to_thread(
+                        dns_wait, agent.dns_host, agent.dns_port, want, started + 2.0
+                    )
+                    deadline = started + 2.0
+                    while any(obs.seen[w][0] != want for w in ("http", "client")):
+                        left = deadline - time.perf_counter()
+                        if left <= 0:
+                            raise RuntimeError(f"flip {flip}: not seen everywhere in 2 s: {obs.seen}")
+                        obs.changed.clear()
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(obs.changed.wait(), left)
+                    for who in ("http", "client"):
+                        results[who].append((obs.seen[who][1] - started) * 1000)
+                    if dns_done is None:
+                        raise RuntimeError(f"flip {flip}: DNS did not change within 2 s")
+                    results["dns"].append((dns_done - started) * 1000)
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+            finally:
+                sync.stop()
+    finally:
+        api.stop()
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--flips", type=int, default=200)
+    parser.add_argument("--reps", type=int, default=3)
+    args = parser.parse_args()
+    print(agent_common.machine())
+    per_rep: dict[str, list[tuple[float, float]]] = {"http": [], "dns": [], "client": []}
+    for rep in range(args.reps):
+        with tempfile.TemporaryDirectory(prefix="waypost-bench-k8s-") as tmp:
+            results = asyncio.run(run(args.flips, Path(tmp)))
+        for who, values in results.items():
+            values.sort()
+            p50, p99 = agent_common.percentile(values, 50), agent_common.percentile(values, 99)
+            per_rep[who].append((p50, p99))
+            print(f"run {rep + 1} {who}: p50 {p50:.2f} ms, p99 {p99:.2f} ms (max {values[-1]:.2f})", flush=True)
+    for who, reps in per_rep.items():
+        p50 = statistics.median(r[0] for r in reps)
+        p99 = statistics.median(r[1] for r in reps)
+        spread = ", ".join(f"{r[1]:.1f}" for r in reps)
+        print(f"{who}: p50 {p50:.2f} ms, p99 {p99:.2f} ms (p99 of each run: {spread})", flush=True)
+
+
+if __name__ == "__main__":
+    main()
