@@ -16,12 +16,19 @@ for path in (ROOT, ROOT / "bench" / "agent"):
         sys.path.insert(0, str(path))
 
 import _common as agent_common  # noqa: E402  (bench/agent/_common.py: processes, /proc, machine)
-
 from tests.kubernetes.fakeapi import FakeKubeApi  # noqa: E402
 from tests.kubernetes.objects import endpoint_slice, ep, service  # noqa: E402
 from tests.kubernetes.syncproc import SyncProcess  # noqa: E402
 
-__all__ = ["FakeKubeApi", "SyncProcess", "agent_common", "endpoint_slice", "ep", "populate", "service"]
+__all__ = [
+    "FakeKubeApi",
+    "SyncProcess",
+    "agent_common",
+    "endpoint_slice",
+    "ep",
+    "populate",
+    "service",
+]
 
 
 def address(n: int) -> str:

@@ -64,13 +64,18 @@ def main() -> None:
         for rep in range(args.reps):
             run = one_run(services, per_service)
             runs.append(run)
-            print(f"{services}x{per_service} run {rep + 1}: " + ", ".join(f"{k} {v:.1f}" for k, v in run.items()), flush=True)
+            print(
+                f"{services}x{per_service} run {rep + 1}: "
+                + ", ".join(f"{k} {v:.1f}" for k, v in run.items()),
+                flush=True,
+            )
         med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
         spread = f"{min(r['seconds'] for r in runs):.1f}-{max(r['seconds'] for r in runs):.1f}"
+        rss = f"sync RSS {med['sync_rss']:.0f} MB, agent RSS {med['agent_rss_before']:.0f}"
         print(
-            f"{services} Services x {per_service} endpoints: first full sync {med['seconds']:.1f} s "
-            f"(runs {spread} s; {med['per_second']:.0f} instances/s), sync RSS {med['sync_rss']:.0f} MB, "
-            f"agent RSS {med['agent_rss_before']:.0f} -> {med['agent_rss']:.0f} MB",
+            f"{services} Services x {per_service} endpoints: first full sync "
+            f"{med['seconds']:.1f} s (runs {spread} s; {med['per_second']:.0f} instances/s), "
+            f"{rss} -> {med['agent_rss']:.0f} MB",
             flush=True,
         )
 

@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import statistics
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -120,7 +119,9 @@ async def run(flips: int, tmp: Path) -> dict[str, list[float]]:
                     while any(obs.seen[w][0] != want for w in ("http", "client")):
                         left = deadline - time.perf_counter()
                         if left <= 0:
-                            raise RuntimeError(f"flip {flip}: not seen everywhere in 2 s: {obs.seen}")
+                            raise RuntimeError(
+                                f"flip {flip}: not seen everywhere in 2 s: {obs.seen}"
+                            )
                         obs.changed.clear()
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(obs.changed.wait(), left)
@@ -153,7 +154,10 @@ def main() -> None:
             values.sort()
             p50, p99 = agent_common.percentile(values, 50), agent_common.percentile(values, 99)
             per_rep[who].append((p50, p99))
-            print(f"run {rep + 1} {who}: p50 {p50:.2f} ms, p99 {p99:.2f} ms (max {values[-1]:.2f})", flush=True)
+            print(
+                f"run {rep + 1} {who}: p50 {p50:.2f} ms, p99 {p99:.2f} ms (max {values[-1]:.2f})",
+                flush=True,
+            )
     for who, reps in per_rep.items():
         p50 = statistics.median(r[0] for r in reps)
         p99 = statistics.median(r[1] for r in reps)

@@ -136,10 +136,11 @@ async def test_410_relists_and_reports_what_was_deleted_in_the_gap(
 async def test_error_event_other_than_410_backs_off_and_relists(kube: FakeKubeApi) -> None:
     kube.put(endpoint_slice("s0", "payment", [ep("10.0.0.1")]))
     async with running(kube, backoff=Backoff(random.Random(1), initial=0.05)) as (reflector, _):
+        await until(lambda: reflector.stats.bookmarks >= 1)
         kube.fail(403, times=1, verb="watch")
         kube.close_watches()
         await until(lambda: len(queries(kube, "list")) == 2)
-        assert reflector.stats.failures == 1
+        assert reflector.stats.failures == 1 and "403" in reflector.stats.last_error
 
 
 async def test_a_watch_that_closes_at_once_counts_as_a_failure(kube: FakeKubeApi) -> None:

@@ -12,6 +12,7 @@ import pytest
 
 import waypost
 from waypost.client import Router
+from waypost.client._sources._k8s import K8sSource
 
 from .fakeapi import FakeKubeApi
 from .objects import endpoint_slice, ep
@@ -157,6 +158,19 @@ async def test_service_deleted_while_the_watch_was_down(kube: FakeKubeApi, gone_
     assert kube.requests[("list", "discovery.k8s.io", "endpointslices")] >= 2
 
 
+async def watch_settled(discovery: waypost.AsyncDiscovery, namespace: str = "default") -> None:
+    """Until the namespace's watch has had a bookmark: closing it then is not "closed at once"."""
+    source = discovery.source
+    assert isinstance(source, K8sSource) and source._shared is not None
+    reflector = source._shared.watches[namespace].reflector
+    seen = reflector.stats.bookmarks
+
+    async def bookmarked() -> bool:
+        return reflector.stats.bookmarks > seen
+
+    await eventually(bookmarked)
+
+
 async def _count(discovery: waypost.AsyncDiscovery, service: str, n: int) -> bool:
     return len(await discovery.instances(service)) == n
 
@@ -201,6 +215,7 @@ async def test_backs_off_on_429_and_5xx_then_recovers(kube: FakeKubeApi) -> None
     async with waypost.AsyncDiscovery(url(kube), share=False) as discovery:
         changes = discovery.watch("payment").__aiter__()
         await next_change(changes)
+        await watch_settled(discovery)
         kube.fail(429, times=1, verb="watch", retry_after=1)
         kube.fail(503, times=1, verb="watch")
         kube.close_watches()
@@ -214,6 +229,22 @@ async def test_backs_off_on_429_and_5xx_then_recovers(kube: FakeKubeApi) -> None
     assert kube.requests[("list", "discovery.k8s.io", "endpointslices")] == 1  # no relist
 
 
+async def test_api_outage_serves_the_last_list_marked_stale(kube: FakeKubeApi) -> None:
+    kube.put(endpoint_slice("pay-1", "payment", [ep("10.0.0.1")]))
+    async with waypost.AsyncDiscovery(url(kube), share=False, max_backoff=0.2) as discovery:
+        await discovery.instances("payment")
+        await watch_settled(discovery)
+        kube.fail(503, times=1, verb="watch")
+        kube.close_watches()
+        await eventually(lambda: _stale(discovery, True))
+        assert [i.address for i in await discovery.instances("payment")] == ["10.0.0.1"]
+        await eventually(lambda: _stale(discovery, False))
+
+
+async def _stale(discovery: waypost.AsyncDiscovery, stale: bool) -> bool:
+    return (await discovery.entry("payment")).stale is stale
+
+
 async def test_token_rotation_reread_after_401(kube: FakeKubeApi, tmp_path: Path) -> None:
     token_file = tmp_path / "token"
     token_file.write_text("token-1\n")
@@ -222,6 +253,7 @@ async def test_token_rotation_reread_after_401(kube: FakeKubeApi, tmp_path: Path
     async with waypost.AsyncDiscovery(f"k8s://?kubeconfig={kubeconfig}", share=False) as discovery:
         changes = discovery.watch("payment").__aiter__()
         await next_change(changes)
+        await watch_settled(discovery)
         token_file.write_text("token-2\n")  # the kubelet rotated the projected token
         kube.tokens = {"token-2"}  # and the old one expired
         kube.close_watches()

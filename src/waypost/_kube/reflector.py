@@ -173,6 +173,7 @@ class Reflector:
         self.store = Store()
         self.stats = ReflectorStats()
         self.synced = asyncio.Event()
+        self.healthy = False  # the last list or watch open succeeded, no failure since
 
     async def run(self) -> None:
         """List and watch until cancelled; never returns otherwise."""
@@ -193,6 +194,7 @@ class Reflector:
         for kind, obj, old in self.store.replace(items):
             self.handler.on_event(kind, obj, old)
         self.stats.resource_version = version
+        self.healthy = True
         self.synced.set()
         self.handler.on_synced()
         return version
@@ -244,6 +246,7 @@ class Reflector:
         )
         self.stats.watches += 1
         async with self.client.watch(self.path, params, read_timeout=timeout + 30) as events:
+            self.healthy = True
             async for event in events:
                 version = self._handle(event, version)
         return version
@@ -266,6 +269,7 @@ class Reflector:
         return version
 
     async def _failed(self, exc: KubernetesError) -> None:
+        self.healthy = False
         self.stats.failures += 1
         self.stats.last_error = str(exc)
         delay = self.backoff.next(exc.retry_after)

@@ -16,8 +16,8 @@ it is what cleans up after a sync that was killed mid-stream: IDs are
 deterministic, so a restarted sync updates its own instances and removes only
 what is stale, never duplicates.
 
-Writes go out concurrently (bounded); one that fails leaves its Service dirty
-and is retried after a pause; one the agent refuses as invalid (4xx) is logged
+Writes go out concurrently (one writer per agent connection, 16); one that
+fails leaves its Service dirty and is retried after a pause; one the agent refuses as invalid (4xx) is logged
 with the Service's name and not retried until the Service changes.
 """
 
@@ -40,7 +40,6 @@ log = logging.getLogger("waypost.kubernetes")
 
 Obj = dict[str, Any]
 RESYNC = 30.0
-CONCURRENCY = 64
 RETRY_PAUSE = 1.0
 
 
@@ -187,28 +186,32 @@ class ToRegistry:
         return ok
 
     async def _write(self, puts: list[Registration], removals: list[str]) -> bool:
-        gate = asyncio.Semaphore(CONCURRENCY)
+        """Send the writes on the agent client's lanes, one writer per lane."""
+        work: list[Registration | str] = [*puts, *removals]
         failed = False
 
-        async def one(action: Awaitable[None], what: str) -> None:
+        async def writer(lane: int) -> None:
             nonlocal failed
-            async with gate:
+            while work:
+                item = work.pop()
                 try:
-                    await action
+                    if isinstance(item, Registration):
+                        await self.agent.register(item, lane)
+                    else:
+                        await self.agent.deregister(item, lane)
                 except AgentWriteError as exc:
+                    what = (
+                        f"registering {item.name} {item.address}:{item.port}"
+                        if isinstance(item, Registration)
+                        else f"removing {item}"
+                    )
                     if 400 <= exc.code < 500:
                         log.error("the agent refused %s: %s", what, exc)
                     else:
                         failed = True
                         log.warning("%s failed: %s", what, exc)
 
-        await asyncio.gather(
-            *(
-                one(self.agent.register(r), f"registering {r.name} {r.address}:{r.port}")
-                for r in puts
-            ),
-            *(one(self.agent.deregister(sid), f"removing {sid}") for sid in removals),
-        )
+        await asyncio.gather(*(writer(lane) for lane in range(min(self.agent.lanes, len(work)))))
         return not failed
 
 

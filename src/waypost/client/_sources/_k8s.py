@@ -19,6 +19,10 @@ service asked for late is answered at once from the store. Slices of other
 services in the namespace cost a little bandwidth; that is the trade. The
 watch is `_kube/reflector.py`: client-go's reflector semantics exactly.
 
+While the API server cannot be reached (the reflector is backing off), reads
+raise `RegistryUnavailable`, so the discovery cache keeps serving the last
+list marked stale; the reflector's own store is not emptied either.
+
 Blocking: the index handed out is a per-process counter that moves whenever a
 slice of that service changes, so `fetch(index=N)` returns as soon as the
 watch delivers a change. The sync `fetch_sync` (no event loop, so nothing to
@@ -105,11 +109,19 @@ class NamespaceWatch:
             raise _unavailable(service, why) from None
 
     async def wait_change(self, service: str, index: int, wait: float) -> None:
+        """Until the service's slices change past `index`, the watch fails, or `wait` s.
+
+        The health is looked at every second, so an outage is reported (and the
+        cache marked stale) within a second rather than at the end of the wait.
+        """
         entry = self.services.setdefault(service, _ServiceSlices())
-        if self.version(service) > index:
-            return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(entry.changed.wait(), wait)
+        deadline = time.monotonic() + wait
+        while self.version(service) <= index and self.reflector.healthy:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(entry.changed.wait(), min(left, 1.0))
 
     def slices(self, service: str) -> list[Obj]:
         entry = self.services.get(service)
@@ -169,6 +181,7 @@ class K8sSource:
         self._sync: SyncApiClient | None = None
         self._sync_state: dict[str, tuple[int, tuple[Instance, ...]]] = {}
         self._sync_counter = itertools.count(1)
+        self._failing: set[str] = set()  # services whose last read raised
 
     @classmethod
     def from_url(cls, url: str) -> K8sSource:
@@ -209,8 +222,15 @@ class K8sSource:
         namespace, name = self.split(service)
         watch = self._get_shared().watch(namespace)
         await watch.wait_synced(service)
-        if index > 0:
+        recovering = service in self._failing  # answer at once: the cache is stale
+        self._failing.add(service)
+        if not watch.reflector.healthy:  # the cache serves what it has, marked stale
+            raise _unavailable(service, watch.reflector.stats.last_error)
+        if index > 0 and not recovering:
             await watch.wait_change(name, index, wait)
+            if not watch.reflector.healthy:
+                raise _unavailable(service, watch.reflector.stats.last_error)
+        self._failing.discard(service)
         if tag:  # Kubernetes endpoints carry no tags
             return Answer(watch.version(name), ())
         return Answer(
