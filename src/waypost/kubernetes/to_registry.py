@@ -16,9 +16,10 @@ it is what cleans up after a sync that was killed mid-stream: IDs are
 deterministic, so a restarted sync updates its own instances and removes only
 what is stale, never duplicates.
 
-Writes go out concurrently (one writer per agent connection, 16); one that
-fails leaves its Service dirty and is retried after a pause; one the agent refuses as invalid (4xx) is logged
-with the Service's name and not retried until the Service changes.
+Writes go out concurrently (one writer per agent connection, 16). One that
+fails leaves its Service dirty and is retried after a pause; one the agent
+refuses as invalid (4xx) is logged with the Service's name and not retried
+until the Service changes.
 """
 
 from __future__ import annotations
