@@ -143,6 +143,7 @@ class FakeKubeApi:
         self.faults: list[Fault] = []
         self.bookmark_interval = bookmark_interval
         self.requests: Counter[tuple[str, str, str]] = Counter()
+        self.scopes: Counter[tuple[str, str, str | None]] = Counter()  # (verb, resource, namespace)
         self.log: list[tuple[float, str, str, dict[str, str]]] = []
         self.tls = tls
         self._watchers: set[_Watcher] = set()
@@ -348,6 +349,7 @@ class FakeKubeApi:
         self.log.append((time.monotonic(), verb, resource, query))
         with self.lock:
             self.requests[(verb, group, resource)] += 1
+            self.scopes[(verb, resource, ns)] += 1
             denied = self._auth(request)
             fault = None if denied else self._take_fault(verb, resource)
         if denied is not None:

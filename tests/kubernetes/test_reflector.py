@@ -15,7 +15,7 @@ from waypost._kube.config import load_config
 from waypost._kube.reflector import Backoff, Reflector, Store
 
 from .fakeapi import FakeKubeApi
-from .objects import endpoint_slice, ep
+from .objects import endpoint_slice, ep, service
 
 PATH = collection(SLICES, "endpointslices", "default")
 
@@ -99,14 +99,16 @@ async def test_expired_continue_token_restarts_the_list_without_a_limit(kube: Fa
 async def test_bookmarks_move_the_version_and_a_timed_out_watch_resumes(kube: FakeKubeApi) -> None:
     kube.put(endpoint_slice("s0", "payment", [ep("10.0.0.1")]))
     async with running(kube) as (reflector, recorder):
-        kube.put(endpoint_slice("other", "order", [ep("10.0.1.1")]))  # another service's change
-        await until(lambda: reflector.stats.bookmarks >= 1 and len(recorder.events) == 2)
-        seen = reflector.stats.resource_version
+        listed = reflector.stats.resource_version
+        kube.put(service("unrelated"))  # moves the version; this watch gets no event for it
+        moved = str(kube.rv)
+        await until(lambda: reflector.stats.resource_version == moved)  # a BOOKMARK carried it
+        assert recorder.events == [("ADDED", "s0")] and moved != listed
         kube.close_watches()  # the watch ends normally (its timeout)
         await until(lambda: len(queries(kube, "watch")) >= 2)
-        assert queries(kube, "watch")[1]["resourceVersion"] == seen
+        assert queries(kube, "watch")[1]["resourceVersion"] == moved
         kube.put(endpoint_slice("s0", "payment", [ep("10.0.0.2")]))
-        await until(lambda: len(recorder.events) == 3)
+        await until(lambda: len(recorder.events) == 2)
     assert len(queries(kube, "list")) == 1  # never relisted
     assert recorder.events[-1] == ("MODIFIED", "s0")
 

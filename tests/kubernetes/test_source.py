@@ -344,13 +344,15 @@ def test_sync_discovery(kube: FakeKubeApi) -> None:
     import threading
 
     kube.put(endpoint_slice("pay-1", "payment", [ep("10.0.0.1")]))
-    with waypost.Discovery(url(kube), wait=5) as discovery:
+    with waypost.Discovery(url(kube), wait=30) as discovery:
         assert [i.address for i in discovery.instances("payment")] == ["10.0.0.1"]
         changes = discovery.watch("payment")
         assert len(next(changes)) == 1
+        started = time.monotonic()
         timer = threading.Timer(
             0.3, kube.put, [endpoint_slice("pay-1", "payment", [ep("10.0.0.1"), ep("10.0.0.2")])]
         )
         timer.start()
         assert len(next(changes)) == 2
+        assert time.monotonic() - started < 10  # the watch woke it, not the 30 s wait
         timer.join()
