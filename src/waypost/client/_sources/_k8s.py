@@ -100,13 +100,15 @@ class NamespaceWatch:
         return entry.version if entry is not None and entry.version else self.base
 
     async def wait_synced(self, service: str) -> None:
-        if self.reflector.synced.is_set():
-            return
-        try:
-            await asyncio.wait_for(self.reflector.synced.wait(), FIRST_SYNC_TIMEOUT)
-        except TimeoutError:
-            why = self.reflector.stats.last_error or f"no list within {FIRST_SYNC_TIMEOUT}s"
-            raise _unavailable(service, why) from None
+        """Until the first list is in; raises at the first failure (or after 5 s)."""
+        deadline = time.monotonic() + FIRST_SYNC_TIMEOUT
+        reflector = self.reflector
+        while not reflector.synced.is_set():
+            if reflector.stats.failures or time.monotonic() > deadline:
+                why = reflector.stats.last_error or f"no list within {FIRST_SYNC_TIMEOUT}s"
+                raise _unavailable(service, why)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(reflector.synced.wait(), 0.05)
 
     async def wait_change(self, service: str, index: int, wait: float) -> None:
         """Until the service's slices change past `index`, the watch fails, or `wait` s.
