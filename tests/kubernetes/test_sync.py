@@ -10,6 +10,8 @@ from typing import Any
 import dns.resolver
 import pytest
 
+import waypost
+
 from tests.agentproc import AgentProcess
 from tests.wait import until
 
@@ -228,6 +230,34 @@ def test_nothing_is_removed_before_the_first_full_sync_and_the_reconcile_repairs
         http.put("/v1/catalog/deregister", json=body).raise_for_status()
     assert len(health(agent, "payment")) == 1
     until(lambda: len(health(agent, "payment")) == 2, timeout=10)
+
+
+def test_a_malformed_service_is_reported_and_breaks_nothing(kube: FakeKubeApi, agent: AgentProcess, start_sync: StartSync) -> None:
+    bad = service("bad")
+    bad["metadata"]["annotations"] = ["not", "a", "mapping"]
+    kube.put(bad)
+    kube.put(endpoint_slice("bad-a", "bad", [ep("127.0.13.1")]))
+    kube.put(service("good"))
+    kube.put(endpoint_slice("good-a", "good", [ep("127.0.13.2")]))
+    sync = start_sync()
+    until(lambda: health(agent, "good"))
+    kube.put(endpoint_slice("good-a", "good", [ep("127.0.13.2"), ep("127.0.13.3")]))
+    until(lambda: len(health(agent, "good")) == 2)  # still writing after the bad one
+    assert health(agent, "bad") == []
+    assert any("Service default/bad cannot be synced" in line for line in sync.output)
+    assert not any("giving up the lease" in line for line in sync.output)
+
+
+def test_agent_address_and_token_from_the_environment() -> None:
+    from waypost.kubernetes.agent import AgentClient, agent_url
+
+    assert agent_url(None, {}) == "http://127.0.0.1:8500"
+    assert agent_url(None, {"CONSUL_HTTP_ADDR": "10.0.0.1:8500"}) == "http://10.0.0.1:8500"
+    assert agent_url("https://agent:8501/", {"CONSUL_HTTP_ADDR": "x:1"}) == "https://agent:8501"
+    with pytest.raises(waypost.ConfigError, match="not an http"):
+        agent_url("ftp://agent", {})
+    client = AgentClient("http://127.0.0.1:1", token="secret")
+    assert all(c.headers["X-Consul-Token"] == "secret" for c in (client._http, *client._lanes))
 
 
 def test_only_the_chosen_namespaces(

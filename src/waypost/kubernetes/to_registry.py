@@ -109,10 +109,16 @@ class ToRegistry:
             self.wake.set()
 
     def desired(self, key: str) -> dict[str, Registration]:
+        """The instances Service `key` stands for. A Service that cannot be read
+        (a malformed object) keeps what was written for it, with a warning."""
         svc = self.services.get(key)
         if svc is None:
             return {}
-        found = registrations(svc, self.slices.get(key, {}).values(), self.nodes)
+        try:
+            found = registrations(svc, self.slices.get(key, {}).values(), self.nodes)
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+            log.warning("Service %s cannot be synced as it is (%r); keeping its instances", key, exc)
+            return dict(self.written.get(key, {}))
         return {r.service_id: r for r in found}
 
     # -- the writer -----------------------------------------------------------
