@@ -11,7 +11,6 @@ import dns.resolver
 import pytest
 
 import waypost
-
 from tests.agentproc import AgentProcess
 from tests.wait import until
 

@@ -117,7 +117,9 @@ class ToRegistry:
         try:
             found = registrations(svc, self.slices.get(key, {}).values(), self.nodes)
         except (AttributeError, KeyError, TypeError, ValueError) as exc:
-            log.warning("Service %s cannot be synced as it is (%r); keeping its instances", key, exc)
+            log.warning(
+                "Service %s cannot be synced as it is (%r); keeping its instances", key, exc
+            )
             return dict(self.written.get(key, {}))
         return {r.service_id: r for r in found}
 
