@@ -174,6 +174,7 @@ class Reflector:
         self.stats = ReflectorStats()
         self.synced = asyncio.Event()
         self.healthy = False  # the last list or watch open succeeded, no failure since
+        self.failing = asyncio.Event()  # set while not healthy after a failure: wakes readers
 
     async def run(self) -> None:
         """List and watch until cancelled; never returns otherwise."""
@@ -194,7 +195,7 @@ class Reflector:
         for kind, obj, old in self.store.replace(items):
             self.handler.on_event(kind, obj, old)
         self.stats.resource_version = version
-        self.healthy = True
+        self._healthy()
         self.synced.set()
         self.handler.on_synced()
         return version
@@ -246,7 +247,7 @@ class Reflector:
         )
         self.stats.watches += 1
         async with self.client.watch(self.path, params, read_timeout=timeout + 30) as events:
-            self.healthy = True
+            self._healthy()
             async for event in events:
                 version = self._handle(event, version)
         return version
@@ -268,8 +269,13 @@ class Reflector:
         self.handler.on_event(kind, obj, old)
         return version
 
+    def _healthy(self) -> None:
+        self.healthy = True
+        self.failing.clear()
+
     async def _failed(self, exc: KubernetesError) -> None:
         self.healthy = False
+        self.failing.set()
         self.stats.failures += 1
         self.stats.last_error = str(exc)
         delay = self.backoff.next(exc.retry_after)

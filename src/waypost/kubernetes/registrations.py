@@ -158,7 +158,7 @@ def registrations(svc: Obj, slices: Iterable[Obj], nodes: Mapping[str, Obj]) -> 
         return [base.fixed(a, port) for a in addresses if a]
     if kind == "NodePort":
         return _node_port(base, spec, port_choice, slices, nodes)
-    return _pods(base, spec, port_choice, slices)
+    return _pods(base, port_choice, slices)
 
 
 @dataclass(frozen=True)
@@ -190,7 +190,7 @@ def _pods(
     base: _Base, spec: Obj, port_choice: str | None, slices: Iterable[Obj]
 ) -> list[Registration]:
     """ClusterIP (headless included): each pod endpoint, on the endpoint port."""
-    wanted = _target_port_name(spec, port_choice)
+    wanted = _port_name(port_choice)
     found = []
     for ep in endpoints_of(slices, wanted):
         port = int(port_choice) if port_choice and port_choice.isdigit() else ep.port
@@ -240,7 +240,7 @@ def _service_port(spec: Obj, choice: str | None, node_port: bool) -> int:
     return int(chosen.get("port") or 0)
 
 
-def _target_port_name(spec: Obj, choice: str | None) -> str | None:
+def _port_name(choice: str | None) -> str | None:
     """The slice port to read: slices name their ports after the Service's ports."""
     if not choice or choice.isdigit():
         return None

@@ -111,19 +111,19 @@ class NamespaceWatch:
                 await asyncio.wait_for(reflector.synced.wait(), 0.05)
 
     async def wait_change(self, service: str, index: int, wait: float) -> None:
-        """Until the service's slices change past `index`, the watch fails, or `wait` s.
-
-        The health is looked at every second, so an outage is reported (and the
-        cache marked stale) within a second rather than at the end of the wait.
-        """
+        """Until the service's slices change past `index`, the watch fails, or `wait` s."""
         entry = self.services.setdefault(service, _ServiceSlices())
-        deadline = time.monotonic() + wait
-        while self.version(service) <= index and self.reflector.healthy:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(entry.changed.wait(), min(left, 1.0))
+        if self.version(service) > index or not self.reflector.healthy:
+            return
+        waits = {
+            asyncio.ensure_future(entry.changed.wait()),
+            asyncio.ensure_future(self.reflector.failing.wait()),
+        }
+        try:
+            await asyncio.wait(waits, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for pending in waits:
+                pending.cancel()
 
     def slices(self, service: str) -> list[Obj]:
         entry = self.services.get(service)
