@@ -186,9 +186,7 @@ class _Base:
         return self.make(address, port, "passing", {})
 
 
-def _pods(
-    base: _Base, spec: Obj, port_choice: str | None, slices: Iterable[Obj]
-) -> list[Registration]:
+def _pods(base: _Base, port_choice: str | None, slices: Iterable[Obj]) -> list[Registration]:
     """ClusterIP (headless included): each pod endpoint, on the endpoint port."""
     wanted = _port_name(port_choice)
     found = []
