@@ -181,12 +181,21 @@ class ToKubernetes:
         await self._call("PUT", f"{self.path}/{body['metadata']['name']}", body)
 
     async def _call(self, method: str, path: str, body: Obj | None) -> None:
+        """One write; its result goes into the store at once, so a pass that runs
+        before the watch reports it does not write it again."""
         try:
-            await self.client.request(method, path, body=body)
+            answer = await self.client.request(method, path, body=body)
         except KubernetesError as exc:
             if exc.code in (404, 409):  # raced with someone: the next event repairs it
                 self.kube_changed.set()
             log.warning("registry -> Kubernetes: %s", exc)
+            return
+        name = (body or {}).get("metadata", {}).get("name") or path.rsplit("/", 1)[-1]
+        key = f"{self.namespace}/{name}"
+        if method == "DELETE":
+            self.reflector.store.objects.pop(key, None)
+        elif answer.get("kind") == "Service":
+            self.reflector.store.objects[key] = answer
 
     def _warn(self, key: str, message: str) -> None:
         if key not in self._warned:
