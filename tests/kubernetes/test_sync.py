@@ -257,6 +257,12 @@ def test_agent_address_and_token_from_the_environment() -> None:
         agent_url("ftp://agent", {})
     client = AgentClient("http://127.0.0.1:1", token="secret")
     assert all(c.headers["X-Consul-Token"] == "secret" for c in (client._http, *client._lanes))
+    from waypost.cli import k8s_sync
+    from waypost.cli.main import build_parser
+
+    args = build_parser().parse_args(["k8s-sync", "--http-addr", "a:1", "--token", "t"])
+    options = k8s_sync.options(args)
+    assert (options.agent, options.token) == ("a:1", "t")
 
 
 def test_only_the_chosen_namespaces(

@@ -67,6 +67,7 @@ def options(args: argparse.Namespace) -> SyncOptions:
         kubeconfig=args.kubeconfig,
         context=args.context,
         agent=args.agent,
+        token=args.token,
         namespaces=args.namespaces,
         to_k8s=args.to_k8s,
         k8s_namespace=args.k8s_namespace,

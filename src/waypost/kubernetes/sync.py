@@ -39,6 +39,7 @@ class SyncOptions:
     kubeconfig: str | None = None
     context: str | None = None
     agent: str | None = None
+    token: str | None = None  # default: $CONSUL_HTTP_TOKEN
     namespaces: list[str] | None = None
     to_k8s: bool = False
     k8s_namespace: str | None = None
@@ -64,7 +65,8 @@ class Sync:
         self.options = options
         config = load_config(options.kubeconfig, options.context)
         self.kube = ApiClient(config)
-        self.agent = AgentClient(agent_url(options.agent), os.environ.get("CONSUL_HTTP_TOKEN"))
+        token = options.token or os.environ.get("CONSUL_HTTP_TOKEN")
+        self.agent = AgentClient(agent_url(options.agent), token)
         namespaces = set(options.namespaces) if options.namespaces else None
         self.to_registry = ToRegistry(self.agent, namespaces, options.resync)
         scopes: list[str | None] = [*options.namespaces] if options.namespaces else [None]
