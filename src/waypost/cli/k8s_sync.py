@@ -25,8 +25,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--context", metavar="NAME", help="kubeconfig context (default: the current one)"
     )
     cmd.add_argument(
-        "--agent", metavar="URL", help="default: $CONSUL_HTTP_ADDR, else http://127.0.0.1:8500"
+        "--agent",
+        "--http-addr",
+        dest="agent",
+        metavar="URL",
+        help="default: $CONSUL_HTTP_ADDR, else http://127.0.0.1:8500",
     )
+    cmd.add_argument("--token", help="ACL token for the agent (default: $CONSUL_HTTP_TOKEN)")
     cmd.add_argument(
         "--namespaces", metavar="A,B", type=_names, help="only these namespaces (default: all)"
     )
