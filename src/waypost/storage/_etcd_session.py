@@ -26,6 +26,7 @@ endpoint only, without TLS and without per-call deadlines.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, TypeVar
@@ -36,6 +37,8 @@ from aetcd import rpc  # type: ignore[import-untyped]
 
 from .._exceptions import OutcomeUnknown, StorageError, StoreUnavailable
 from ._etcd_config import EtcdConfig
+
+log = logging.getLogger("waypost.storage.etcd")
 
 T = TypeVar("T")
 
@@ -285,6 +288,15 @@ class Session:
             refused.add(endpoint.index)
             if len(refused) == len(self._endpoints):
                 raise self.unavailable(what, exc) from exc
+
+    async def stream_failed(self, what: str, endpoint: Endpoint, exc: grpc.aio.AioRpcError) -> None:
+        """A stream (watch, keep-alive) on `endpoint` broke: get a new token if
+        etcd refused ours, otherwise move later calls to the next member."""
+        log.warning("etcd %s on %s failed: %s", what, endpoint.address, describe(exc))
+        if self.token_refused(exc):
+            await self.reauthenticate(endpoint)
+            return
+        self.failed(endpoint)
 
     def token_refused(self, exc: grpc.aio.AioRpcError) -> bool:
         """etcd refused the token (expired, or issued before a change to users or roles).

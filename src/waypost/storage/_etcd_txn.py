@@ -1,0 +1,341 @@
+"""The etcd backend's write path: one Txn per batch, conditions as compares,
+idempotent retries through per-slot nonces, fences after an unknown outcome.
+
+Conditions. Each Condition is a Txn compare on mod_revision: the exact form
+`mod_revision(key) == index` (etcd compares an absent key as revision 0), the
+range form `mod_revision < index + 1` over [key, range_end), which etcd holds
+for every key in the range and, for an empty range, against revision 0 (so it
+holds). Ranges skip the internal keys. When a compare fails, the failure
+branch reads what each compare looked at, so a merged Txn knows which of its
+commits conflicted (those get Conflict, the others are sent again), and it
+rewrites `_rev`: the failed Txn thus has a revision under the prefix, and
+Conflict is raised only once the mirror has applied it, so the caller's
+re-read sees the change that conflicted.
+
+Idempotent writes. A Txn whose answer is lost (timeout, connection cut after
+the request went out, "request timed out") may or may not have been applied,
+and sending it again blindly could apply it twice, after another agent's
+acknowledged write, undoing it. So every Txn also carries a nonce: the group
+committer sends at most one Txn per slot (4 slots), each slot owns the key
+`<prefix>_txn/<agent>/<slot>` (on the agent's lease, so it vanishes with the
+agent), and each Txn compares that key with the nonce of the slot's last
+Txn and writes a fresh one. A retry of the same Txn then either applies once
+or fails the compare and finds its own nonce in the failure branch's read:
+it was applied, at that key's mod_revision, and that is the answer. Only
+reads (Range, Status) are retried without such a guard. When the deadline
+passes with no answer the commit fails with OutcomeUnknown; a commit that
+cannot have reached etcd (every member refused the connection, no leader,
+still queued) fails with StoreUnavailable, and etcd's own refusal with
+StorageError. After OutcomeUnknown the slot keeps the commit's keys blocked
+and sends empty Txns on it ("fences") until one succeeds: from then on the
+lost Txn can never apply (its compare names the old nonce), or the fence
+found that it did. A later commit to the same keys cannot overtake it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import uuid
+from collections.abc import Iterable
+from typing import Any, Final
+
+from aetcd import rpc  # type: ignore[import-untyped]
+
+from .._exceptions import OutcomeUnknown, StorageError, StoreUnavailable
+from ._etcd_batch import Commit, Outcome
+from ._etcd_common import BACKOFF_MAX, BACKOFF_START, Context
+from ._etcd_lease import Lease
+from ._etcd_session import LeaseNotFound
+from .base import Condition, Entry
+
+log = logging.getLogger("waypost.storage.etcd")
+
+MAX_INFLIGHT: Final = 4
+_SLOT_MOVES: Final = 3  # a slot key found changed more often than this is an error
+
+
+class Conflicted(Exception):
+    """A commit's condition failed in the Txn that got `revision`."""
+
+    def __init__(self, revision: int, message: str) -> None:
+        super().__init__(message)
+        self.revision = revision
+        self.message = message
+
+
+class _Slot:
+    """One in-flight Txn's idempotency key and the nonce etcd holds in it."""
+
+    def __init__(self, key: bytes) -> None:
+        self.key = key
+        self.nonce: bytes | None = None  # what etcd holds now (None: the key is absent)
+        self._counter = itertools.count(1)
+
+    def fresh(self) -> bytes:
+        return b"%d" % next(self._counter)
+
+    def guard(self) -> rpc.Compare:
+        """The compare that holds only while etcd still has this slot's last nonce."""
+        if self.nonce is None:
+            return rpc.Compare(
+                key=self.key, target=rpc.Compare.VERSION, result=rpc.Compare.EQUAL, version=0
+            )
+        return rpc.Compare(
+            key=self.key, target=rpc.Compare.VALUE, result=rpc.Compare.EQUAL, value=self.nonce
+        )
+
+
+class _Span:
+    """One compare of a condition, over [key, range_end) or one key."""
+
+    __slots__ = ("condition", "end", "start")
+
+    def __init__(self, condition: Condition, start: bytes, end: bytes) -> None:
+        self.condition = condition
+        self.start = start
+        self.end = end  # b"" for the exact form
+
+    def compare(self) -> rpc.Compare:
+        if not self.end:
+            return rpc.Compare(
+                key=self.start,
+                target=rpc.Compare.MOD,
+                result=rpc.Compare.EQUAL,
+                mod_revision=self.condition.index,
+            )
+        return rpc.Compare(
+            key=self.start,
+            range_end=self.end,
+            target=rpc.Compare.MOD,
+            result=rpc.Compare.LESS,
+            mod_revision=self.condition.index + 1,
+        )
+
+    def read(self) -> rpc.RequestOp:
+        """The failure-branch read that tells whether this compare held."""
+        if not self.end:
+            request = rpc.RangeRequest(key=self.start, keys_only=True)
+        else:
+            request = rpc.RangeRequest(
+                key=self.start,
+                range_end=self.end,
+                limit=1,
+                sort_order=rpc.RangeRequest.DESCEND,
+                sort_target=rpc.RangeRequest.MOD,
+                keys_only=True,
+            )
+        return rpc.RequestOp(request_range=request)
+
+    def failure(self, response: Any) -> str | None:
+        """Why this compare failed, judged from its read, or None if it held."""
+        kvs = response.response_range.kvs
+        seen = kvs[0].mod_revision if kvs else 0
+        condition = self.condition
+        if not self.end:
+            if seen == condition.index:
+                return None
+            return (
+                f"{condition.key} changed since it was read: its modify index is {seen}, "
+                f"the write expected {condition.index}"
+            )
+        if seen <= condition.index:
+            return None
+        return (
+            f"keys in [{condition.key}, {condition.range_end}) changed after index "
+            f"{condition.index} (at {seen})"
+        )
+
+
+class _Attempt:
+    """What one Txn did: applied at `revision`, or refused by the listed failures."""
+
+    __slots__ = ("applied", "failures", "revision")
+
+    def __init__(self, revision: int, applied: bool, failures: list[str | None]) -> None:
+        self.revision = revision
+        self.applied = applied
+        self.failures = failures  # per commit: why a condition failed, or None
+
+
+class Writer:
+    """Sends the group committer's batches as Txns, one slot per Txn in flight."""
+
+    def __init__(self, ctx: Context, lease: Lease) -> None:
+        self._ctx = ctx
+        self._session = ctx.session
+        self._keys = ctx.keys
+        self._lease = lease
+        agent = uuid.uuid4().hex[:16]
+        self._slots = [_Slot(ctx.keys.slot(agent, i)) for i in range(MAX_INFLIGHT)]
+
+    def compares(self, conditions: Iterable[Condition]) -> int:
+        """How many compares `conditions` add to a Txn."""
+        return sum(len(self._spans(c)) for c in conditions)
+
+    async def send(self, slot_no: int, batch: list[Commit], deadline: float) -> list[Outcome]:
+        """Write one (possibly merged) batch on a slot; the batcher calls this.
+
+        Commits whose conditions failed get Conflicted, the others are sent
+        again without them; if etcd refuses a merged batch (too large, too
+        many ops), each commit is sent alone, so one bad commit never fails
+        the innocent ones merged with it.
+        """
+        slot = self._slots[slot_no]
+        outcomes: dict[int, Outcome] = {}
+        pending = list(range(len(batch)))
+        while pending:
+            commits = [batch[i] for i in pending]
+            try:
+                attempt = await self._attempt(slot, commits, deadline)
+            except StoreUnavailable as exc:
+                self._ctx.healthy = False
+                outcomes.update(dict.fromkeys(pending, exc))
+                break
+            except StorageError as exc:
+                if len(pending) == 1:
+                    outcomes[pending[0]] = exc
+                else:
+                    for i in pending:
+                        (outcomes[i],) = await self.send(slot_no, [batch[i]], deadline)
+                break
+            if attempt.applied:
+                outcomes.update(dict.fromkeys(pending, attempt.revision))
+                break
+            conflicted = [i for i, why in zip(pending, attempt.failures, strict=True) if why]
+            if not conflicted:  # cannot happen: the compares and the reads saw one state
+                error = StorageError("etcd refused a compare that every read says holds")
+                outcomes.update(dict.fromkeys(pending, error))
+                break
+            for i, why in zip(pending, attempt.failures, strict=True):
+                if why:
+                    outcomes[i] = Conflicted(attempt.revision, why)
+            pending = [i for i in pending if i not in conflicted]
+        for i, commit in enumerate(batch):
+            if isinstance(outcomes[i], int | OutcomeUnknown):
+                self._lease.remember(commit.ops)  # what the caller meant, for lease re-puts
+        return [outcomes[i] for i in range(len(batch))]
+
+    async def fence(self, slot_no: int) -> None:
+        """Settle a slot whose last Txn's outcome is unknown: write a fresh nonce on it.
+
+        Once that succeeds the lost Txn can never be applied (it compares the old
+        nonce), or the fence found that it was. Until then the batcher keeps the
+        lost commits' keys blocked. Tried with backoff while the store is open.
+        """
+        slot = self._slots[slot_no]
+        backoff = BACKOFF_START
+        while not self._ctx.closed:
+            self._ctx.stats["fences"] += 1
+            try:
+                await self._attempt(slot, [], self._ctx.deadline())
+                return
+            except StorageError as exc:
+                log.warning(
+                    "etcd: could not settle a write with an unknown outcome yet (%s); "
+                    "writes to its keys wait",
+                    exc,
+                )
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, BACKOFF_MAX)
+
+    async def _attempt(self, slot: _Slot, commits: list[Commit], deadline: float) -> _Attempt:
+        """Send one Txn for `commits` on `slot` until etcd answers it or the deadline passes.
+
+        Raises:
+            OutcomeUnknown, StoreUnavailable, StorageError: see Session.write.
+        """
+        nonce = slot.fresh()
+        lease_tries = moves = 0
+        while True:
+            lease = self._lease.id
+            request, spans = self._txn_request(slot, nonce, commits, lease)
+            call = self._session.unary("kv", "Txn", request)
+            try:
+                response = await self._session.write("write", call, deadline)
+            except LeaseNotFound as exc:
+                await self._lease.renew(deadline, lost=lease)
+                lease_tries += 1
+                if exc.maybe_applied:
+                    raise OutcomeUnknown(
+                        "a write got no answer from etcd, and its retry "
+                        "found this agent's lease expired; it may have been applied before"
+                    ) from None
+                if lease_tries >= 2:
+                    raise StorageError(
+                        "etcd keeps refusing this agent's lease; the write was not made"
+                    ) from None
+                continue
+            if response.succeeded:
+                slot.nonce = nonce
+                revision: int = response.header.revision
+                return _Attempt(revision, True, [])
+            held = response.responses[0].response_range.kvs
+            current = held[0].value if held else None
+            if current == nonce:  # an earlier try of this very Txn was applied
+                slot.nonce = nonce
+                applied_at: int = held[0].mod_revision
+                return _Attempt(applied_at, True, [])
+            if current != slot.nonce:
+                # The slot key moved: a Txn whose outcome was unknown was applied
+                # after all, or the lease that held the key expired. Nothing of
+                # this Txn was applied; send it again against what etcd holds.
+                log.info(
+                    "etcd slot %s held %r, not %r: an earlier write with an unknown outcome "
+                    "was applied, or the lease expired",
+                    slot.key.decode(errors="replace"),
+                    current,
+                    slot.nonce,
+                )
+                slot.nonce = current
+                moves += 1
+                if moves > _SLOT_MOVES:
+                    raise StorageError(
+                        f"etcd slot key {slot.key!r} keeps changing under this agent"
+                    )
+                continue
+            reads = iter(response.responses[1:])  # one per span, in order: consume them all
+            failures = []
+            for commit_spans in spans:
+                reasons = [span.failure(next(reads)) for span in commit_spans]
+                failures.append(next((why for why in reasons if why), None))
+            return _Attempt(response.header.revision, False, failures)
+
+    def _txn_request(
+        self, slot: _Slot, nonce: bytes, commits: Iterable[Commit], lease: int
+    ) -> tuple[rpc.TxnRequest, list[list[_Span]]]:
+        """The Txn: compare the slot's nonce and every condition; on success write the
+        ops, `_rev` and the new nonce; on failure read the slot and every compared key,
+        and write `_rev` (so the failure has a revision the mirror will see)."""
+        compare = [slot.guard()]
+        success: list[rpc.RequestOp] = []
+        failure = [rpc.RequestOp(request_range=rpc.RangeRequest(key=slot.key))]
+        spans: list[list[_Span]] = []
+        for commit in commits:
+            commit_spans = [s for c in commit.conditions for s in self._spans(c)]
+            spans.append(commit_spans)
+            compare += [s.compare() for s in commit_spans]
+            failure += [s.read() for s in commit_spans]
+            success += [self._request_op(op, lease) for op in commit.ops]
+        meta = rpc.RequestOp(request_put=rpc.PutRequest(key=self._keys.meta, value=b""))
+        mark = rpc.RequestOp(request_put=rpc.PutRequest(key=slot.key, value=nonce, lease=lease))
+        success += [meta, mark]
+        failure.append(meta)
+        return rpc.TxnRequest(compare=compare, success=success, failure=failure), spans
+
+    def _spans(self, condition: Condition) -> list[_Span]:
+        """A condition's compares: one for a key, one per piece of a range that
+        remains once the internal keys (and anything outside the prefix) are cut out."""
+        start = self._keys.of(condition.key)
+        if not condition.range_end:
+            return [_Span(condition, start, b"")]
+        pieces = self._keys.cut(start, self._keys.of(condition.range_end))
+        return [_Span(condition, a, b) for a, b in pieces]
+
+    def _request_op(self, op: Entry, lease: int) -> rpc.RequestOp:
+        key = self._keys.of(op.key)
+        if op.value is None:
+            return rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=key))
+        put = rpc.PutRequest(key=key, value=op.value, lease=lease if op.ephemeral else 0)
+        return rpc.RequestOp(request_put=put)
