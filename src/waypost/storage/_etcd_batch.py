@@ -2,7 +2,7 @@
 
 Every commit, of any size, goes through one bounded queue. Up to
 `max_inflight` Txns are in flight at once, each on a "slot" of its own (the
-backend keys its idempotency nonce by slot, see etcd.py). When a slot is free
+backend keys its idempotency nonce by slot, see _etcd_txn.py). When a slot is free
 the batcher scans the queue in order and takes every commit that may go now,
 up to `max_ops` operations and `max_ops` compares; a commit of `max_ops` or
 more goes alone. At low load a commit goes out alone at once, so batching adds
@@ -22,15 +22,27 @@ Bounds. At most `max_queued` commits wait; one more fails at once with
 StoreBusy. Each commit's deadline counts from the moment it is queued: one
 still waiting at its deadline fails with StoreUnavailable, and it was never
 sent. A Txn is sent with the earliest deadline of the commits it carries.
+
+Cost. This bookkeeping runs for every commit, so it is kept to set operations
+done in C: a commit's keys are frozensets made once; the keys in flight are
+plain sets (no two commits in flight write one key, since the second would
+depend on the first, so removing a commit's writes cannot drop another's)
+and a count per read key (several commits in flight may read one key); range
+conditions, rare, are a list. Deadlines need no timer per commit: commits
+join the queue in deadline order (each deadline is `timeout` after queueing),
+and taking commits out of the middle keeps that order, so the head's deadline
+is the earliest and one timer at the head expires whatever is due. A commit
+whose deadline is earlier than one already queued (not made by this
+backend's callers, but allowed) gets a timer of its own.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import TypeVar
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 from .._exceptions import OutcomeUnknown, StorageError, StoreBusy, StoreUnavailable
 from .base import Condition, Entry
@@ -40,7 +52,6 @@ log = logging.getLogger("waypost.storage.etcd")
 MAX_QUEUED = 10_000
 MAX_SCAN = 256  # queued commits looked at per Txn, to bound the cost of ordering
 
-_K = TypeVar("_K")
 Outcome = int | BaseException
 Send = Callable[[int, "list[Commit]", float], Awaitable[list[Outcome]]]
 Fence = Callable[[int], Awaitable[None]]
@@ -58,6 +69,7 @@ class Commit:
         "ranges",
         "reads",
         "refresh",
+        "spans",
         "state",
         "timer",
         "writes",
@@ -69,65 +81,108 @@ class Commit:
         conditions: Sequence[Condition],
         deadline: float,
         *,
-        compares: int | None = None,
+        spans: Sequence[Any] | None = None,
         refresh: Callable[[], list[Entry]] | None = None,
     ) -> None:
         self.ops = ops
         self.conditions = tuple(conditions)
         self.deadline = deadline
-        #: compares this commit adds to a Txn (a range condition may need several)
-        self.compares = len(self.conditions) if compares is None else compares
+        #: the backend's compares for the conditions, made once (a range
+        #: condition may need several); the batcher only counts them
+        self.spans = tuple(spans) if spans is not None else ()
+        self.compares = len(self.spans) if spans is not None else len(self.conditions)
         #: called when the commit is taken into a Txn, to build its ops from
         #: the state at that moment (the lease re-put uses it)
         self.refresh = refresh
-        self.writes = frozenset(op.key for op in ops)
-        self.reads = frozenset(c.key for c in self.conditions if not c.range_end)
-        self.ranges = tuple((c.key, c.range_end) for c in self.conditions if c.range_end)
+        self.writes = frozenset([op.key for op in ops])
+        self.reads = frozenset([c.key for c in self.conditions if not c.range_end])
+        self.ranges = tuple([(c.key, c.range_end) for c in self.conditions if c.range_end])
         self.future: asyncio.Future[int] | None = None
-        self.timer: asyncio.TimerHandle | None = None
+        self.timer: asyncio.TimerHandle | None = None  # only for an out-of-order deadline
         self.state = "new"  # -> queued -> sent -> done
 
 
 class _Footprint:
-    """The keys a set of commits writes, reads and guards, to test dependence."""
+    """The keys a set of commits writes, reads and guards, to test dependence.
+
+    Commits are only added: the footprint of the commits scanned before
+    another one while a Txn is being filled."""
+
+    __slots__ = ("ranges", "reads", "writes")
 
     def __init__(self) -> None:
-        self.writes: Counter[str] = Counter()
-        self.reads: Counter[str] = Counter()
-        self.ranges: Counter[tuple[str, str]] = Counter()
+        self.writes: set[str] = set()
+        self.reads: set[str] = set()
+        self.ranges: list[tuple[str, str]] = []
 
     def add(self, commit: Commit) -> None:
         self.writes.update(commit.writes)
         self.reads.update(commit.reads)
-        self.ranges.update(commit.ranges)
-
-    def remove(self, commit: Commit) -> None:
-        _discount(self.writes, commit.writes)
-        _discount(self.reads, commit.reads)
-        _discount(self.ranges, commit.ranges)
+        if commit.ranges:
+            self.ranges += commit.ranges
 
     def blocks(self, commit: Commit) -> bool:
         """True when `commit` depends on any commit of this footprint."""
-        writes, reads = self.writes, self.reads
-        if any(k in writes or k in reads for k in commit.writes):
-            return True
-        if any(k in writes for k in commit.reads):
-            return True
-        if self.ranges and _any_in(commit.writes, self.ranges):
-            return True
-        return bool(commit.ranges and writes and _any_in(writes, commit.ranges))
+        return _depends(commit, self.writes, self.reads, self.ranges)
 
 
-def _discount(counter: Counter[_K], keys: Iterable[_K]) -> None:
-    for key in keys:
-        counter[key] -= 1
-        if counter[key] <= 0:
-            del counter[key]
+class _Flight:
+    """The footprint of the commits in flight: commits leave it when their Txn ends."""
+
+    __slots__ = ("ranges", "reads", "writes")
+
+    def __init__(self) -> None:
+        self.writes: set[str] = set()  # no two commits in flight write one key
+        self.reads: dict[str, int] = {}  # key -> commits in flight that read it
+        self.ranges: list[tuple[str, str]] = []
+
+    def add(self, commit: Commit) -> None:
+        assert self.writes.isdisjoint(commit.writes), "two commits in flight write one key"
+        self.writes.update(commit.writes)
+        reads = self.reads
+        for key in commit.reads:
+            reads[key] = reads.get(key, 0) + 1
+        if commit.ranges:
+            self.ranges += commit.ranges
+
+    def remove(self, commit: Commit) -> None:
+        self.writes.difference_update(commit.writes)
+        reads = self.reads
+        for key in commit.reads:
+            left = reads[key] - 1
+            if left:
+                reads[key] = left
+            else:
+                del reads[key]
+        for piece in commit.ranges:
+            self.ranges.remove(piece)
+
+    def blocks(self, commit: Commit) -> bool:
+        """True when `commit` depends on any commit in flight."""
+        return _depends(commit, self.writes, self.reads.keys(), self.ranges)
 
 
-def _any_in(keys: Iterable[str], ranges: Iterable[tuple[str, str]]) -> bool:
-    spans = list(ranges)
-    return any(start <= key < end for key in keys for start, end in spans)
+def _depends(
+    commit: Commit,
+    writes: set[str],
+    reads: set[str] | Any,
+    ranges: list[tuple[str, str]],
+) -> bool:
+    """Whether `commit` depends on commits that write `writes`, read `reads`
+    and guard `ranges`: it writes what they write or read, reads what they
+    write, writes into a range they guard, or guards a range they write into."""
+    mine = commit.writes
+    if not writes.isdisjoint(mine) or not reads.isdisjoint(mine):
+        return True
+    if commit.reads and not writes.isdisjoint(commit.reads):
+        return True
+    if ranges and _any_in(mine, ranges):
+        return True
+    return bool(commit.ranges and writes and _any_in(writes, commit.ranges))
+
+
+def _any_in(keys: frozenset[str] | set[str], ranges: Sequence[tuple[str, str]]) -> bool:
+    return any(start <= key < end for key in keys for start, end in ranges)
 
 
 class GroupCommitter:
@@ -143,9 +198,11 @@ class GroupCommitter:
         self._fence = fence
         self._max_ops = max_ops
         self.max_queued = max_queued
-        self._queue: deque[Commit] = deque()
+        self._queue: deque[Commit] = deque()  # in the order of submit(), so of deadlines
         self._waiting = 0  # commits queued and not yet settled
-        self._flight = _Footprint()
+        self._last_deadline = float("-inf")  # of the last commit queued
+        self._timer: asyncio.TimerHandle | None = None  # expires the head of the queue
+        self._flight = _Flight()
         self._free_slots = list(range(max_inflight - 1, -1, -1))
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
@@ -178,41 +235,71 @@ class GroupCommitter:
         commit.future = future
         commit.state = "queued"
         self._waiting += 1
-        future.add_done_callback(lambda _: self._left_queue(commit))
-        commit.timer = loop.call_at(commit.deadline, self._expire, commit)
+        self._arm(loop, commit)
         self._queue.append(commit)
         self._kick()
-        return await future
+        try:
+            return await future
+        except asyncio.CancelledError:
+            self._left_queue(commit)  # the caller gave up (a settled commit is left as is)
+            raise
 
     async def close(self) -> None:
         """Fail what is queued and stop the Txns in flight."""
         self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
         while self._queue:
-            _settle(self._queue.popleft(), StorageError("the etcd store was closed"))
+            self._fail(self._queue.popleft(), StorageError("the etcd store was closed"))
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     # -- queue ---------------------------------------------------------------
 
+    def _arm(self, loop: asyncio.AbstractEventLoop, commit: Commit) -> None:
+        """Make sure `commit` expires at its deadline if it is still queued then."""
+        if commit.deadline < self._last_deadline:
+            commit.timer = loop.call_at(commit.deadline, self._expire, commit)
+            return
+        self._last_deadline = commit.deadline
+        if self._timer is None:
+            self._timer = loop.call_at(commit.deadline, self._expire_due)
+
+    def _expire_due(self) -> None:
+        """The head timer: expire the queued commits whose deadline passed, and
+        arm the timer again for the new head."""
+        self._timer = None
+        loop = asyncio.get_running_loop()
+        now, queue = loop.time(), self._queue
+        while queue and (queue[0].state != "queued" or queue[0].deadline <= now):
+            self._expire(queue.popleft())
+        if queue and not self._closed:
+            self._timer = loop.call_at(queue[0].deadline, self._expire_due)
+
     def _left_queue(self, commit: Commit) -> None:
-        """A queued commit's future is done (settled, expired or its caller cancelled)."""
+        """A queued commit is settled without being sent (expired, closed, cancelled)."""
         if commit.state == "queued":
             self._waiting -= 1
             commit.state = "done"
         if commit.timer is not None:
             commit.timer.cancel()
 
-    def _expire(self, commit: Commit) -> None:
+    def _fail(self, commit: Commit, error: BaseException) -> None:
+        """Settle a commit that was never sent (no-op if it was sent or settled)."""
         if commit.state == "queued":
-            _settle(
-                commit,
-                StoreUnavailable(
-                    "the write waited in this agent's queue until its deadline without being "
-                    "sent to etcd (etcd is slow, or an earlier write to the same keys is still "
-                    "in flight); it was not made"
-                ),
-            )
+            _settle(commit, error)
+            self._left_queue(commit)
+
+    def _expire(self, commit: Commit) -> None:
+        self._fail(
+            commit,
+            StoreUnavailable(
+                "the write waited in this agent's queue until its deadline without being "
+                "sent to etcd (etcd is slow, or an earlier write to the same keys is still "
+                "in flight); it was not made"
+            ),
+        )
 
     def _kick(self) -> None:
         while self._queue and self._free_slots and not self._closed:
@@ -230,14 +317,15 @@ class GroupCommitter:
         """The queued commits that may go together now, in queue order."""
         now = asyncio.get_running_loop().time()
         batch: list[Commit] = []
-        taken = _Footprint()
-        skipped = _Footprint()
+        earlier = _Footprint()  # every commit scanned so far, taken or not
+        flight = self._flight
         ops = compares = scanned = 0
         index = 0
         queue = self._queue
         while index < len(queue) and scanned < MAX_SCAN:
             commit = queue[index]
             if commit.state != "queued" or commit.future is None or commit.future.done():
+                self._left_queue(commit)
                 del queue[index]
                 continue
             if commit.deadline <= now:
@@ -245,8 +333,8 @@ class GroupCommitter:
                 del queue[index]
                 continue
             scanned += 1
-            if self._flight.blocks(commit) or skipped.blocks(commit) or taken.blocks(commit):
-                skipped.add(commit)  # later commits on its keys must wait for it too
+            if flight.blocks(commit) or earlier.blocks(commit):
+                earlier.add(commit)  # later commits on its keys must wait for it too
                 index += 1
                 continue
             if batch and (
@@ -254,19 +342,23 @@ class GroupCommitter:
             ):
                 break  # does not fit: it goes first next time, nothing overtakes it
             del queue[index]
-            commit.state = "sent"
-            self._waiting -= 1
-            if commit.timer is not None:
-                commit.timer.cancel()
-            if commit.refresh is not None:
-                commit.ops = commit.refresh()
+            self._send_off(commit)
             batch.append(commit)
-            taken.add(commit)
+            earlier.add(commit)
             ops += len(commit.ops)
             compares += commit.compares
             if ops >= self._max_ops or compares >= self._max_ops:
                 break
         return batch
+
+    def _send_off(self, commit: Commit) -> None:
+        """`commit` leaves the queue for a Txn."""
+        commit.state = "sent"
+        self._waiting -= 1
+        if commit.timer is not None:
+            commit.timer.cancel()
+        if commit.refresh is not None:
+            commit.ops = commit.refresh()
 
     # -- flight --------------------------------------------------------------
 

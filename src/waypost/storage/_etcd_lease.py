@@ -57,11 +57,12 @@ class Lease:
 
     def remember(self, ops: Iterable[Entry]) -> None:
         """Track which keys hang on the lease, to put them again if it is lost."""
+        held = self._ephemeral
         for op in ops:
-            if op.value is not None and op.ephemeral:
-                self._ephemeral[op.key] = op.value
+            if op.ephemeral and op.value is not None:
+                held[op.key] = op.value
             else:
-                self._ephemeral.pop(op.key, None)
+                held.pop(op.key, None)
 
     async def renew(self, deadline: float, lost: int) -> None:
         """Replace an expired lease and start putting the keys that hung on it again."""

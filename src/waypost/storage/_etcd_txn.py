@@ -5,12 +5,18 @@ Conditions. Each Condition is a Txn compare on mod_revision: the exact form
 `mod_revision(key) == index` (etcd compares an absent key as revision 0), the
 range form `mod_revision < index + 1` over [key, range_end), which etcd holds
 for every key in the range and, for an empty range, against revision 0 (so it
-holds). Ranges skip the internal keys. When a compare fails, the failure
-branch reads what each compare looked at, so a merged Txn knows which of its
-commits conflicted (those get Conflict, the others are sent again), and it
-rewrites `_rev`: the failed Txn thus has a revision under the prefix, and
-Conflict is raised only once the mirror has applied it, so the caller's
-re-read sees the change that conflicted.
+holds). Ranges skip the internal keys. A refused Txn's failure branch only
+reads the slot key (see below) and rewrites `_rev`: the failed Txn thus has a
+revision R under the prefix, and Conflict is raised only once the mirror has
+applied R, so the caller's re-read sees the change that conflicted. Which
+commits of a merged Txn conflicted is then judged by a read-only Txn that
+reads what each compare looked at *as of R* (etcd keeps every revision until
+compaction), so it sees exactly the state the compares saw; those commits get
+Conflict, the others are sent again. Reading only when a compare failed keeps
+those reads out of every Txn (their bytes were proposed through raft and
+written to every member's log, for nothing, on every commit). Should R be
+compacted before the reads run, the refused commits are simply sent again:
+their conditions are evaluated anew, atomically, by the next Txn.
 
 Idempotent writes. A Txn whose answer is lost (timeout, connection cut after
 the request went out, "request timed out") may or may not have been applied,
@@ -22,14 +28,15 @@ agent), and each Txn compares that key with the nonce of the slot's last
 Txn and writes a fresh one. A retry of the same Txn then either applies once
 or fails the compare and finds its own nonce in the failure branch's read:
 it was applied, at that key's mod_revision, and that is the answer. Only
-reads (Range, Status) are retried without such a guard. When the deadline
-passes with no answer the commit fails with OutcomeUnknown; a commit that
-cannot have reached etcd (every member refused the connection, no leader,
-still queued) fails with StoreUnavailable, and etcd's own refusal with
-StorageError. After OutcomeUnknown the slot keeps the commit's keys blocked
-and sends empty Txns on it ("fences") until one succeeds: from then on the
-lost Txn can never apply (its compare names the old nonce), or the fence
-found that it did. A later commit to the same keys cannot overtake it.
+reads (Range, Status, the read-only Txn above) are retried without such a
+guard. When the deadline passes with no answer the commit fails with
+OutcomeUnknown; a commit that cannot have reached etcd (every member refused
+the connection, no leader, still queued) fails with StoreUnavailable, and
+etcd's own refusal with StorageError. After OutcomeUnknown the slot keeps the
+commit's keys blocked and sends empty Txns on it ("fences") until one
+succeeds: from then on the lost Txn can never apply (its compare names the old
+nonce), or the fence found that it did. A later commit to the same keys
+cannot overtake it.
 """
 
 from __future__ import annotations
@@ -38,9 +45,10 @@ import asyncio
 import itertools
 import logging
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
+import grpc  # type: ignore[import-untyped]
 from aetcd import rpc  # type: ignore[import-untyped]
 
 from .._exceptions import OutcomeUnknown, StorageError, StoreUnavailable
@@ -54,6 +62,8 @@ log = logging.getLogger("waypost.storage.etcd")
 
 MAX_INFLIGHT: Final = 4
 _SLOT_MOVES: Final = 3  # a slot key found changed more often than this is an error
+_REJUDGES: Final = 3  # refused Txns whose revision was compacted before they were judged
+_MAYBE_WRITTEN: Final = (int, OutcomeUnknown)  # outcomes after which a commit's ops may be in etcd
 
 
 class Conflicted(Exception):
@@ -113,14 +123,15 @@ class _Span:
             mod_revision=self.condition.index + 1,
         )
 
-    def read(self) -> rpc.RequestOp:
-        """The failure-branch read that tells whether this compare held."""
+    def read(self, revision: int) -> rpc.RequestOp:
+        """The read, as of `revision`, that tells whether this compare held there."""
         if not self.end:
-            request = rpc.RangeRequest(key=self.start, keys_only=True)
+            request = rpc.RangeRequest(key=self.start, revision=revision, keys_only=True)
         else:
             request = rpc.RangeRequest(
                 key=self.start,
                 range_end=self.end,
+                revision=revision,
                 limit=1,
                 sort_order=rpc.RangeRequest.DESCEND,
                 sort_target=rpc.RangeRequest.MOD,
@@ -149,11 +160,12 @@ class _Span:
 
 
 class _Attempt:
-    """What one Txn did: applied at `revision`, or refused by the listed failures."""
+    """What one Txn did: applied at `revision`, or refused by the listed failures
+    (None: refused, but what its compares saw was compacted before it was judged)."""
 
     __slots__ = ("applied", "failures", "revision")
 
-    def __init__(self, revision: int, applied: bool, failures: list[str | None]) -> None:
+    def __init__(self, revision: int, applied: bool, failures: list[str | None] | None) -> None:
         self.revision = revision
         self.applied = applied
         self.failures = failures  # per commit: why a condition failed, or None
@@ -170,9 +182,9 @@ class Writer:
         agent = uuid.uuid4().hex[:16]
         self._slots = [_Slot(ctx.keys.slot(agent, i)) for i in range(MAX_INFLIGHT)]
 
-    def compares(self, conditions: Iterable[Condition]) -> int:
-        """How many compares `conditions` add to a Txn."""
-        return sum(len(self._spans(c)) for c in conditions)
+    def spans(self, conditions: Iterable[Condition]) -> list[_Span]:
+        """The compares `conditions` add to a Txn (made once per commit)."""
+        return [span for c in conditions for span in self._spans(c)]
 
     async def send(self, slot_no: int, batch: list[Commit], deadline: float) -> list[Outcome]:
         """Write one (possibly merged) batch on a slot; the batcher calls this.
@@ -182,40 +194,76 @@ class Writer:
         many ops), each commit is sent alone, so one bad commit never fails
         the innocent ones merged with it.
         """
-        slot = self._slots[slot_no]
         outcomes: dict[int, Outcome] = {}
         pending = list(range(len(batch)))
+        rejudges = 0
         while pending:
-            commits = [batch[i] for i in pending]
-            try:
-                attempt = await self._attempt(slot, commits, deadline)
-            except StoreUnavailable as exc:
-                self._ctx.healthy = False
-                outcomes.update(dict.fromkeys(pending, exc))
+            attempt = await self._send_pending(slot_no, batch, pending, deadline, outcomes)
+            if attempt is None or attempt.applied:
                 break
-            except StorageError as exc:
-                if len(pending) == 1:
-                    outcomes[pending[0]] = exc
-                else:
-                    for i in pending:
-                        (outcomes[i],) = await self.send(slot_no, [batch[i]], deadline)
-                break
-            if attempt.applied:
-                outcomes.update(dict.fromkeys(pending, attempt.revision))
-                break
-            conflicted = [i for i, why in zip(pending, attempt.failures, strict=True) if why]
-            if not conflicted:  # cannot happen: the compares and the reads saw one state
-                error = StorageError("etcd refused a compare that every read says holds")
-                outcomes.update(dict.fromkeys(pending, error))
-                break
-            for i, why in zip(pending, attempt.failures, strict=True):
-                if why:
-                    outcomes[i] = Conflicted(attempt.revision, why)
-            pending = [i for i in pending if i not in conflicted]
-        for i, commit in enumerate(batch):
-            if isinstance(outcomes[i], int | OutcomeUnknown):
-                self._lease.remember(commit.ops)  # what the caller meant, for lease re-puts
-        return [outcomes[i] for i in range(len(batch))]
+            if attempt.failures is None:  # compacted before it was judged: send it again
+                rejudges += 1
+                if rejudges > _REJUDGES:
+                    error = StorageError(
+                        "etcd compacts its history faster than a write's "
+                        "conditions can be checked; it was not made"
+                    )
+                    outcomes.update(dict.fromkeys(pending, error))
+                    break
+                continue
+            pending = self._conflicts(pending, attempt, outcomes)
+        results = [outcomes[i] for i in range(len(batch))]
+        remember = self._lease.remember
+        for commit, outcome in zip(batch, results, strict=True):
+            if isinstance(outcome, _MAYBE_WRITTEN):
+                remember(commit.ops)  # what the caller meant, for lease re-puts
+        return results
+
+    async def _send_pending(
+        self,
+        slot_no: int,
+        batch: list[Commit],
+        pending: list[int],
+        deadline: float,
+        outcomes: dict[int, Outcome],
+    ) -> _Attempt | None:
+        """One Txn for the pending commits of `batch`. Applied, it settles them
+        all; refused, it is returned for judging; an error settles them all too
+        (None), each sent alone first if etcd refused them together."""
+        try:
+            attempt = await self._attempt(
+                self._slots[slot_no], [batch[i] for i in pending], deadline
+            )
+        except StoreUnavailable as exc:
+            self._ctx.healthy = False
+            outcomes.update(dict.fromkeys(pending, exc))
+            return None
+        except StorageError as exc:
+            if len(pending) == 1:
+                outcomes[pending[0]] = exc
+            else:
+                for i in pending:
+                    (outcomes[i],) = await self.send(slot_no, [batch[i]], deadline)
+            return None
+        if attempt.applied:
+            outcomes.update(dict.fromkeys(pending, attempt.revision))
+        return attempt
+
+    @staticmethod
+    def _conflicts(
+        pending: list[int], attempt: _Attempt, outcomes: dict[int, Outcome]
+    ) -> list[int]:
+        """Give the commits whose condition failed their Conflicted; return the others."""
+        assert attempt.failures is not None
+        judged = list(zip(pending, attempt.failures, strict=True))
+        if not any(why for _, why in judged):  # cannot happen: the compares and reads saw one state
+            error = StorageError("etcd refused a compare that every read says holds")
+            outcomes.update(dict.fromkeys(pending, error))
+            return []
+        for i, why in judged:
+            if why:
+                outcomes[i] = Conflicted(attempt.revision, why)
+        return [i for i, why in judged if not why]
 
     async def fence(self, slot_no: int) -> None:
         """Settle a slot whose last Txn's outcome is unknown: write a fresh nonce on it.
@@ -250,7 +298,7 @@ class Writer:
         lease_tries = moves = 0
         while True:
             lease = self._lease.id
-            request, spans = self._txn_request(slot, nonce, commits, lease)
+            request = self._txn_request(slot, nonce, commits, lease)
             call = self._session.unary("kv", "Txn", request)
             try:
                 response = await self._session.write("write", call, deadline)
@@ -295,34 +343,59 @@ class Writer:
                         f"etcd slot key {slot.key!r} keeps changing under this agent"
                     )
                 continue
-            reads = iter(response.responses[1:])  # one per span, in order: consume them all
-            failures = []
-            for commit_spans in spans:
-                reasons = [span.failure(next(reads)) for span in commit_spans]
-                failures.append(next((why for why in reasons if why), None))
-            return _Attempt(response.header.revision, False, failures)
+            refused_at: int = response.header.revision
+            return _Attempt(refused_at, False, await self._judge(commits, refused_at, deadline))
+
+    async def _judge(
+        self, commits: Sequence[Commit], revision: int, deadline: float
+    ) -> list[str | None] | None:
+        """Why each commit's conditions failed in the Txn refused at `revision`
+        (None for a commit whose conditions held), read as of that revision;
+        None if etcd compacted it meanwhile.
+
+        Raises:
+            StoreUnavailable, StorageError: the reads could not be made.
+        """
+        spans = [span for commit in commits for span in commit.spans]
+        if not spans:
+            return [None] * len(commits)
+        request = rpc.TxnRequest(success=[span.read(revision) for span in spans])
+        call = self._session.unary("kv", "Txn", request)
+        try:
+            response = await self._session.request("conflict check", call, deadline)
+        except StorageError as exc:
+            cause = exc.__cause__
+            if (
+                isinstance(cause, grpc.aio.AioRpcError)
+                and cause.code() == grpc.StatusCode.OUT_OF_RANGE
+            ):
+                return None  # "required revision has been compacted"
+            raise
+        reads = iter(response.responses)  # one per span, in order: consume them all
+        failures: list[str | None] = []
+        for commit in commits:
+            reasons = [span.failure(next(reads)) for span in commit.spans]
+            failures.append(next((why for why in reasons if why), None))
+        return failures
 
     def _txn_request(
         self, slot: _Slot, nonce: bytes, commits: Iterable[Commit], lease: int
-    ) -> tuple[rpc.TxnRequest, list[list[_Span]]]:
+    ) -> rpc.TxnRequest:
         """The Txn: compare the slot's nonce and every condition; on success write the
-        ops, `_rev` and the new nonce; on failure read the slot and every compared key,
-        and write `_rev` (so the failure has a revision the mirror will see)."""
+        ops, `_rev` and the new nonce; on failure read the slot and write `_rev` (so
+        the failure has a revision the mirror will see)."""
         compare = [slot.guard()]
         success: list[rpc.RequestOp] = []
-        failure = [rpc.RequestOp(request_range=rpc.RangeRequest(key=slot.key))]
-        spans: list[list[_Span]] = []
+        request_op = self._request_op
         for commit in commits:
-            commit_spans = [s for c in commit.conditions for s in self._spans(c)]
-            spans.append(commit_spans)
-            compare += [s.compare() for s in commit_spans]
-            failure += [s.read() for s in commit_spans]
-            success += [self._request_op(op, lease) for op in commit.ops]
+            if commit.spans:
+                compare += [span.compare() for span in commit.spans]
+            success += [request_op(op, lease) for op in commit.ops]
         meta = rpc.RequestOp(request_put=rpc.PutRequest(key=self._keys.meta, value=b""))
         mark = rpc.RequestOp(request_put=rpc.PutRequest(key=slot.key, value=nonce, lease=lease))
         success += [meta, mark]
-        failure.append(meta)
-        return rpc.TxnRequest(compare=compare, success=success, failure=failure), spans
+        failure = [rpc.RequestOp(request_range=rpc.RangeRequest(key=slot.key)), meta]
+        return rpc.TxnRequest(compare=compare, success=success, failure=failure)
 
     def _spans(self, condition: Condition) -> list[_Span]:
         """A condition's compares: one for a key, one per piece of a range that

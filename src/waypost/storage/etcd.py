@@ -120,12 +120,10 @@ class EtcdStorage(Storage):
             raise StorageError("the etcd store is not open")
         deadline = self._ctx.deadline()
         ops = list({op.key: op for op in ops}.values())  # etcd rejects a key twice in one Txn
-        compares = self._writer.compares(conditions)
+        spans = self._writer.spans(conditions)
         stats = self._ctx.stats
         try:
-            revision = await self._batcher.submit(
-                Commit(ops, conditions, deadline, compares=compares)
-            )
+            revision = await self._batcher.submit(Commit(ops, conditions, deadline, spans=spans))
         except Conflicted as conflict:
             stats["conflicts"] += 1
             await self._mirror.caught_up(
