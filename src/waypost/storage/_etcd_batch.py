@@ -53,6 +53,7 @@ MAX_QUEUED = 10_000
 MAX_SCAN = 256  # queued commits looked at per Txn, to bound the cost of ordering
 
 Outcome = int | BaseException
+_NO_KEYS: frozenset[str] = frozenset()
 Send = Callable[[int, "list[Commit]", float], Awaitable[list[Outcome]]]
 Fence = Callable[[int], Awaitable[None]]
 
@@ -95,8 +96,11 @@ class Commit:
         #: the state at that moment (the lease re-put uses it)
         self.refresh = refresh
         self.writes = frozenset([op.key for op in ops])
-        self.reads = frozenset([c.key for c in self.conditions if not c.range_end])
-        self.ranges = tuple([(c.key, c.range_end) for c in self.conditions if c.range_end])
+        if self.conditions:
+            self.reads = frozenset([c.key for c in self.conditions if not c.range_end])
+            self.ranges = tuple([(c.key, c.range_end) for c in self.conditions if c.range_end])
+        else:
+            self.reads, self.ranges = _NO_KEYS, ()
         self.future: asyncio.Future[int] | None = None
         self.timer: asyncio.TimerHandle | None = None  # only for an out-of-order deadline
         self.state = "new"  # -> queued -> sent -> done
@@ -117,68 +121,56 @@ class _Footprint:
 
     def add(self, commit: Commit) -> None:
         self.writes.update(commit.writes)
-        self.reads.update(commit.reads)
+        if commit.reads:
+            self.reads.update(commit.reads)
         if commit.ranges:
             self.ranges += commit.ranges
 
     def blocks(self, commit: Commit) -> bool:
-        """True when `commit` depends on any commit of this footprint."""
-        return _depends(commit, self.writes, self.reads, self.ranges)
+        """True when `commit` depends on any commit of this footprint: it writes
+        what they write or read, reads what they write, writes into a range
+        they guard, or guards a range they write into."""
+        writes, mine = self.writes, commit.writes
+        if not writes.isdisjoint(mine) or not self.reads.isdisjoint(mine):
+            return True
+        if commit.reads and not writes.isdisjoint(commit.reads):
+            return True
+        if self.ranges and _any_in(mine, self.ranges):
+            return True
+        return bool(commit.ranges and writes and _any_in(writes, commit.ranges))
 
 
-class _Flight:
-    """The footprint of the commits in flight: commits leave it when their Txn ends."""
+class _Flight(_Footprint):
+    """The footprint of the commits in flight: they leave it when their Txn ends."""
 
-    __slots__ = ("ranges", "reads", "writes")
+    __slots__ = ("_readers",)
 
     def __init__(self) -> None:
-        self.writes: set[str] = set()  # no two commits in flight write one key
-        self.reads: dict[str, int] = {}  # key -> commits in flight that read it
-        self.ranges: list[tuple[str, str]] = []
+        super().__init__()
+        self._readers: dict[str, int] = {}  # key -> commits in flight that read it
 
-    def add(self, commit: Commit) -> None:
-        assert self.writes.isdisjoint(commit.writes), "two commits in flight write one key"
-        self.writes.update(commit.writes)
-        reads = self.reads
-        for key in commit.reads:
-            reads[key] = reads.get(key, 0) + 1
-        if commit.ranges:
-            self.ranges += commit.ranges
+    def add_all(self, batch: list[Commit]) -> None:
+        writes, readers = self.writes, self._readers
+        for commit in batch:
+            assert writes.isdisjoint(commit.writes), "two commits in flight write one key"
+            writes.update(commit.writes)
+            for key in commit.reads:
+                readers[key] = readers.get(key, 0) + 1
+                self.reads.add(key)
+            if commit.ranges:
+                self.ranges += commit.ranges
 
-    def remove(self, commit: Commit) -> None:
-        self.writes.difference_update(commit.writes)
-        reads = self.reads
-        for key in commit.reads:
-            left = reads[key] - 1
-            if left:
-                reads[key] = left
-            else:
-                del reads[key]
-        for piece in commit.ranges:
-            self.ranges.remove(piece)
-
-    def blocks(self, commit: Commit) -> bool:
-        """True when `commit` depends on any commit in flight."""
-        return _depends(commit, self.writes, self.reads.keys(), self.ranges)
-
-
-def _depends(
-    commit: Commit,
-    writes: set[str],
-    reads: set[str] | Any,
-    ranges: list[tuple[str, str]],
-) -> bool:
-    """Whether `commit` depends on commits that write `writes`, read `reads`
-    and guard `ranges`: it writes what they write or read, reads what they
-    write, writes into a range they guard, or guards a range they write into."""
-    mine = commit.writes
-    if not writes.isdisjoint(mine) or not reads.isdisjoint(mine):
-        return True
-    if commit.reads and not writes.isdisjoint(commit.reads):
-        return True
-    if ranges and _any_in(mine, ranges):
-        return True
-    return bool(commit.ranges and writes and _any_in(writes, commit.ranges))
+    def remove_all(self, batch: list[Commit]) -> None:
+        writes, readers = self.writes, self._readers
+        for commit in batch:
+            writes.difference_update(commit.writes)
+            for key in commit.reads:
+                readers[key] -= 1
+                if not readers[key]:
+                    del readers[key]
+                    self.reads.discard(key)
+            for piece in commit.ranges:
+                self.ranges.remove(piece)
 
 
 def _any_in(keys: frozenset[str] | set[str], ranges: Sequence[tuple[str, str]]) -> bool:
@@ -307,8 +299,7 @@ class GroupCommitter:
             if not batch:
                 return
             slot = self._free_slots.pop()
-            for commit in batch:
-                self._flight.add(commit)
+            self._flight.add_all(batch)
             task = asyncio.get_running_loop().create_task(self._flush(slot, batch))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -342,7 +333,12 @@ class GroupCommitter:
             ):
                 break  # does not fit: it goes first next time, nothing overtakes it
             del queue[index]
-            self._send_off(commit)
+            commit.state = "sent"
+            self._waiting -= 1
+            if commit.timer is not None:
+                commit.timer.cancel()
+            if commit.refresh is not None:
+                commit.ops = commit.refresh()
             batch.append(commit)
             earlier.add(commit)
             ops += len(commit.ops)
@@ -350,15 +346,6 @@ class GroupCommitter:
             if ops >= self._max_ops or compares >= self._max_ops:
                 break
         return batch
-
-    def _send_off(self, commit: Commit) -> None:
-        """`commit` leaves the queue for a Txn."""
-        commit.state = "sent"
-        self._waiting -= 1
-        if commit.timer is not None:
-            commit.timer.cancel()
-        if commit.refresh is not None:
-            commit.ops = commit.refresh()
 
     # -- flight --------------------------------------------------------------
 
@@ -373,25 +360,37 @@ class GroupCommitter:
             except Exception as exc:  # a bug: the Txn may or may not have gone out
                 log.exception("etcd group commit failed unexpectedly")
                 outcomes = [OutcomeUnknown(f"the write got no answer ({exc!r})")] * len(batch)
-            unknown = False
-            for commit, outcome in zip(batch, outcomes, strict=True):
-                _settle(commit, outcome)
-                unknown = unknown or isinstance(outcome, OutcomeUnknown)
-            if unknown:
+            if _settle_all(batch, outcomes):
                 # The Txn may still be applied later; keep its keys and slot
                 # until the backend has made sure it either did or never will.
                 await self._fence(slot)
         finally:
             for commit in batch:
-                _settle(
-                    commit,
-                    OutcomeUnknown("the etcd store was closed while the write was in flight"),
-                )
+                if commit.future is not None and not commit.future.done():
+                    _settle(
+                        commit,
+                        OutcomeUnknown("the etcd store was closed while the write was in flight"),
+                    )
                 commit.state = "done"
-                self._flight.remove(commit)
+            self._flight.remove_all(batch)
             self._free_slots.append(slot)
             if not self._closed:
                 asyncio.get_running_loop().call_soon(self._kick)
+
+
+def _settle_all(batch: list[Commit], outcomes: list[Outcome]) -> bool:
+    """Settle each commit with its outcome; True if any outcome is unknown
+    (whether or not its caller still waits: the slot must be fenced)."""
+    unknown = False
+    for commit, outcome in zip(batch, outcomes, strict=True):
+        if type(outcome) is int:
+            future = commit.future
+            if future is not None and not future.done():
+                future.set_result(outcome)
+            continue
+        _settle(commit, outcome)
+        unknown = unknown or isinstance(outcome, OutcomeUnknown)
+    return unknown
 
 
 def _settle(commit: Commit, outcome: Outcome) -> None:

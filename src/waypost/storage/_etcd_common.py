@@ -92,7 +92,7 @@ class Keys:
     def entry(self, kv: Any, deleted: bool = False) -> Entry | None:
         """The catalog entry of an etcd key-value (None for an internal key)."""
         key = kv.key[len(self.prefix) :].decode("utf-8", "replace")
-        if key == META_KEY or key.startswith(SLOT_DIR):
+        if key[:1] == "_" and (key == META_KEY or key.startswith(SLOT_DIR)):
             return None
         if deleted:
             return Entry(key, None, 0, kv.mod_revision)

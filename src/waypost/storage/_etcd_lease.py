@@ -55,14 +55,16 @@ class Lease:
         await self._grant(deadline)
         self._reput_lease = self.id
 
-    def remember(self, ops: Iterable[Entry]) -> None:
-        """Track which keys hang on the lease, to put them again if it is lost."""
+    def remember(self, commits: Iterable[Commit]) -> None:
+        """Track which keys hang on the lease, to put them again if it is lost:
+        the ops of `commits`, which may have been written, in order."""
         held = self._ephemeral
-        for op in ops:
-            if op.ephemeral and op.value is not None:
-                held[op.key] = op.value
-            else:
-                held.pop(op.key, None)
+        for commit in commits:
+            for op in commit.ops:
+                if op.ephemeral and op.value is not None:
+                    held[op.key] = op.value
+                else:
+                    held.pop(op.key, None)
 
     async def renew(self, deadline: float, lost: int) -> None:
         """Replace an expired lease and start putting the keys that hung on it again."""

@@ -84,10 +84,10 @@ class Mirror:
             return False
         return True
 
-    def skipped(self, revision: int, keys: Iterable[str]) -> bool:
-        """Whether apply() had to skip any of `keys` at `revision`."""
+    def skipped(self, revision: int, ops: Iterable[Entry]) -> bool:
+        """Whether apply() had to skip any key of `ops` at `revision`."""
         skipped = self._skipped.get(revision)
-        return skipped is not None and any(key in skipped for key in keys)
+        return skipped is not None and any(op.key in skipped for op in ops)
 
     # -- waiting for a revision ----------------------------------------------
 

@@ -213,10 +213,14 @@ class Writer:
                 continue
             pending = self._conflicts(pending, attempt, outcomes)
         results = [outcomes[i] for i in range(len(batch))]
-        remember = self._lease.remember
-        for commit, outcome in zip(batch, results, strict=True):
-            if isinstance(outcome, _MAYBE_WRITTEN):
-                remember(commit.ops)  # what the caller meant, for lease re-puts
+        # what the callers meant, for lease re-puts
+        self._lease.remember(
+            [
+                c
+                for c, outcome in zip(batch, results, strict=True)
+                if isinstance(outcome, _MAYBE_WRITTEN)
+            ]
+        )
         return results
 
     async def _send_pending(
@@ -385,12 +389,9 @@ class Writer:
         ops, `_rev` and the new nonce; on failure read the slot and write `_rev` (so
         the failure has a revision the mirror will see)."""
         compare = [slot.guard()]
-        success: list[rpc.RequestOp] = []
+        compare += [span.compare() for commit in commits for span in commit.spans]
         request_op = self._request_op
-        for commit in commits:
-            if commit.spans:
-                compare += [span.compare() for span in commit.spans]
-            success += [request_op(op, lease) for op in commit.ops]
+        success = [request_op(op, lease) for commit in commits for op in commit.ops]
         meta = rpc.RequestOp(request_put=rpc.PutRequest(key=self._keys.meta, value=b""))
         mark = rpc.RequestOp(request_put=rpc.PutRequest(key=slot.key, value=nonce, lease=lease))
         success += [meta, mark]

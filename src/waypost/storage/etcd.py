@@ -120,7 +120,7 @@ class EtcdStorage(Storage):
             raise StorageError("the etcd store is not open")
         deadline = self._ctx.deadline()
         ops = list({op.key: op for op in ops}.values())  # etcd rejects a key twice in one Txn
-        spans = self._writer.spans(conditions)
+        spans = self._writer.spans(conditions) if conditions else None
         stats = self._ctx.stats
         try:
             revision = await self._batcher.submit(Commit(ops, conditions, deadline, spans=spans))
@@ -135,7 +135,7 @@ class EtcdStorage(Storage):
             raise
         stats["commits"] += 1
         await self._mirror.caught_up(revision, deadline + self.config.timeout, "write")
-        if self._mirror.skipped(revision, (op.key for op in ops)):
+        if self._mirror.skipped(revision, ops):
             raise StorageError(
                 f"the write was made in etcd (revision {revision}) but this agent could not "
                 "apply it to its copy of the catalog (see the log); other agents have it"
