@@ -41,14 +41,20 @@ def cluster() -> Iterator[etcd_cluster.EtcdCluster]:
 
 
 @contextlib.contextmanager
-def agents(etcd: etcd_cluster.EtcdCluster, *nodes: str) -> Iterator[list[AgentProcess]]:
-    """One `waypost agent --store etcd://...` per node name, sharing a fresh prefix."""
+def agents(
+    etcd: etcd_cluster.EtcdCluster, *nodes: str, src: str | None = None
+) -> Iterator[list[AgentProcess]]:
+    """One `waypost agent --store etcd://...` per node name, sharing a fresh prefix.
+
+    The agents run this tree's waypost package, or with `src` that of another
+    checkout's `src/` (PYTHONPATH, so never whatever the virtualenv installed)."""
     url = etcd.url(f"/bench-{uuid.uuid4().hex[:8]}/")
+    env = {"PYTHONPATH": str(Path(src).resolve() if src else ROOT / "src")}
     procs: list[AgentProcess] = []
     try:
         for node in nodes:
             args = ["--store", url, "--node", node, "--http", "127.0.0.1:0", "--dns", "off"]
-            procs.append(AgentProcess(*args, "--log-level", "warning").start())
+            procs.append(AgentProcess(*args, "--log-level", "warning", env=env).start())
         yield procs
     finally:
         for proc in procs:
@@ -62,6 +68,16 @@ def percentile(sorted_values: list[float], q: float) -> float:
 
 
 median = statistics.median
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """utime + stime of the processes `pids` so far (from /proc), in seconds."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / ticks
 
 
 def machine() -> str:

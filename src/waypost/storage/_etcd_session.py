@@ -9,7 +9,7 @@ gives up at once when every endpoint refused the connection: with nothing
 listening there is nothing to wait for, and the caller wants a fast, clear
 StoreUnavailable.
 
-`write()` is for Txns that the caller has made idempotent (etcd.py: the slot
+`write()` is for Txns that the caller has made idempotent (_etcd_txn.py: the slot
 nonce). It retries the same way, but keeps track of whether any attempt may
 have reached etcd: a connection refused, "no leader" (the member checked
 before proposing, because writes send `hasleader`) and "too many requests"
@@ -197,7 +197,7 @@ class Session:
         """Send an idempotent write until etcd answers it or `deadline` passes.
 
         The caller guarantees that sending the request again after an attempt
-        that may have been applied changes nothing (etcd.py's slot nonce);
+        that may have been applied changes nothing (_etcd_txn.py's slot nonce);
         this method only decides which error the caller gets.
 
         Raises:
