@@ -50,6 +50,76 @@ class _ApplyFailed(Exception):
     """`apply()` raised for a revision; the watch starts again from it."""
 
 
+class _Waiters:
+    """Commits waiting until the mirror applies their revision.
+
+    Every commit waits here, so this is kept cheap: a heap by revision that
+    `wake()` pops in order, and one timer, at the earliest deadline of those
+    waiting, instead of an `asyncio.wait_for` (two futures and a timer) per
+    commit. When it fires it fails the waiters that are due and is armed again
+    for the earliest deadline left; waiters are few (those whose revision the
+    watch has not delivered yet), so that scan is short.
+    """
+
+    def __init__(self, mirror: Mirror) -> None:
+        self._mirror = mirror
+        self._heap: list[tuple[int, int, float, str, asyncio.Future[None]]] = []
+        self._seq = itertools.count()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = float("inf")
+
+    async def wait(self, revision: int, deadline: float, what: str) -> None:
+        """Raises: StoreUnavailable once `deadline` (loop time) passes."""
+        loop = asyncio.get_running_loop()
+        deadline = max(deadline, loop.time() + 0.01)
+        future: asyncio.Future[None] = loop.create_future()
+        heapq.heappush(self._heap, (revision, next(self._seq), deadline, what, future))
+        if deadline < self._timer_at:
+            self._arm(loop, deadline)
+        await future
+
+    def wake(self, revision: int) -> None:
+        """The mirror has applied `revision`: release everyone waiting for it or less."""
+        heap = self._heap
+        while heap and heap[0][0] <= revision:
+            future = heapq.heappop(heap)[4]
+            if not future.done():
+                future.set_result(None)
+
+    def fail(self, exc: Exception) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer, self._timer_at = None, float("inf")
+        while self._heap:
+            future = heapq.heappop(self._heap)[4]
+            if not future.done():
+                future.set_exception(exc)
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer, self._timer_at = loop.call_at(when, self._expire), when
+
+    def _expire(self) -> None:
+        """Fail the waiters whose deadline passed; arm again for the next one."""
+        self._timer, self._timer_at = None, float("inf")
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for revision, _, deadline, what, future in self._heap:
+            if deadline <= now and not future.done():
+                future.set_exception(self._late(revision, what))
+        self._heap = [w for w in self._heap if not w[4].done()]  # a cancelled caller too
+        heapq.heapify(self._heap)
+        if self._heap:
+            self._arm(loop, min(w[2] for w in self._heap))
+
+    def _late(self, revision: int, what: str) -> StoreUnavailable:
+        return StoreUnavailable(
+            f"the {what} reached etcd (revision {revision}) but this agent's watch has not "
+            f"delivered it yet (at {self._mirror.revision}); it will show once the watch catches up"
+        )
+
+
 class Mirror:
     """This agent's copy of the prefix, fed by one watch (see the module docstring)."""
 
@@ -62,8 +132,7 @@ class Mirror:
         self.revision = 0  # last revision applied
         self._failing: tuple[int, int] = (0, 0)  # (revision, failures) of apply()
         self._skipped: dict[int, set[str]] = {}  # revision -> keys apply() could not take
-        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
-        self._seq = itertools.count()
+        self._waiters = _Waiters(self)
         self.watching = False  # the watch stream is established
         self._watch_ready = asyncio.Event()
         self._watch_call: tuple[Endpoint, Any] | None = None  # the live watch stream
@@ -97,30 +166,14 @@ class Mirror:
         Raises:
             StoreUnavailable: the watch did not deliver it before `deadline`.
         """
-        if self.revision >= revision:
-            return
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._waiters, (revision, next(self._seq), future))
-        remaining = deadline - asyncio.get_running_loop().time()
-        try:
-            await asyncio.wait_for(future, max(remaining, 0.01))
-        except TimeoutError:
-            raise StoreUnavailable(
-                f"the {what} reached etcd (revision {revision}) but this agent's watch has not "
-                f"delivered it yet (at {self.revision}); it will show once the watch catches up"
-            ) from None
+        if self.revision < revision:
+            await self._waiters.wait(revision, deadline, what)
 
     def _wake(self) -> None:
-        while self._waiters and self._waiters[0][0] <= self.revision:
-            future = heapq.heappop(self._waiters)[2]
-            if not future.done():
-                future.set_result(None)
+        self._waiters.wake(self.revision)
 
     def fail_waiters(self, exc: Exception) -> None:
-        while self._waiters:
-            future = heapq.heappop(self._waiters)[2]
-            if not future.done():
-                future.set_exception(exc)
+        self._waiters.fail(exc)
 
     # -- list ------------------------------------------------------------------
 
