@@ -294,20 +294,28 @@ class Mirror:
         Raises:
             _ApplyFailed: apply() raised for a revision (not yet retried enough).
         """
+        entry_of, delete = self._keys.entry, rpc.Event.DELETE
+        revision = 0  # the revision being gathered
+        entries: list[Entry] = []
         try:
-            for revision, group in itertools.groupby(events, key=lambda e: e.kv.mod_revision):
-                if revision <= self.revision:
-                    continue
-                entries = [
-                    entry
-                    for event in group
-                    if (entry := self._keys.entry(event.kv, deleted=event.type == rpc.Event.DELETE))
-                ]
-                if entries:
-                    self._apply_revision(revision, entries)
-                self.revision = revision
+            for event in events:  # a revision's events are consecutive
+                kv = event.kv
+                if kv.mod_revision != revision:
+                    self._applied(revision, entries)
+                    revision, entries = kv.mod_revision, []
+                if revision > self.revision and (entry := entry_of(kv, event.type == delete)):
+                    entries.append(entry)
+            self._applied(revision, entries)
         finally:
             self._wake()
+
+    def _applied(self, revision: int, entries: list[Entry]) -> None:
+        """Apply one revision's entries (none: internal keys only) and move past it."""
+        if revision <= self.revision:
+            return  # seen already (a watch re-created from an older revision)
+        if entries:
+            self._apply_revision(revision, entries)
+        self.revision = revision
 
     def _apply_revision(self, revision: int, entries: list[Entry]) -> None:
         assert self._apply is not None

@@ -119,7 +119,8 @@ class EtcdStorage(Storage):
         if self._ctx.closed or not self._opened:
             raise StorageError("the etcd store is not open")
         deadline = self._ctx.deadline()
-        ops = list({op.key: op for op in ops}.values())  # etcd rejects a key twice in one Txn
+        # etcd rejects a key twice in one Txn
+        ops = list({op.key: op for op in ops}.values()) if len(ops) > 1 else list(ops)
         spans = self._writer.spans(conditions) if conditions else None
         stats = self._ctx.stats
         try:
