@@ -75,10 +75,11 @@ async def test_every_queued_commit_expires_at_its_own_deadline_whatever_the_orde
     with pytest.raises(StoreUnavailable, match="without being sent") as info:
         await asyncio.wait_for(early, 5)
     assert not isinstance(info.value, OutcomeUnknown)
-    assert 0.15 < time.monotonic() - started < 0.5
-    assert not any(task.done() for task in many)
+    assert time.monotonic() - started > 0.15  # not before its deadline
+    assert not any(task.done() for task in many)  # and before theirs (no wall-clock bound:
+    # the machine is shared)
     results = await asyncio.wait_for(asyncio.gather(*many, return_exceptions=True), 5)
-    assert 0.55 < time.monotonic() - started < 1.2
+    assert time.monotonic() - started > 0.55
     assert all(isinstance(r, StoreUnavailable) for r in results), {type(r) for r in results}
     assert committer.waiting == 0
     held.released.set()

@@ -47,13 +47,13 @@ async def test_each_waiter_fails_at_its_own_deadline_whatever_the_order_they_cam
     queue.wake(6)
     await asyncio.wait_for(served, 1)
     with pytest.raises(StoreUnavailable, match=r"consistent read reached etcd \(revision 11\)"):
-        await asyncio.wait_for(fast, 2)
-    assert 0.15 < time.monotonic() - started < 0.5
-    assert not slow.done()
+        await asyncio.wait_for(fast, 5)
+    assert time.monotonic() - started > 0.15  # not before its deadline
+    assert not slow.done()  # and on its own timer, not the later one's
     mirror.revision = 7
     with pytest.raises(StoreUnavailable, match=r"has not delivered it yet \(at 7\)"):
-        await asyncio.wait_for(slow, 2)
-    assert 0.55 < time.monotonic() - started < 1.0
+        await asyncio.wait_for(slow, 5)
+    assert time.monotonic() - started > 0.55
     queue.wake(11)  # late: nothing left to release, nothing raises
 
 
@@ -66,7 +66,7 @@ async def test_a_caller_that_gives_up_is_dropped_and_close_fails_the_rest() -> N
     gone.cancel()
     # the timer fires at the cancelled one's deadline first, and must go on to the next
     with pytest.raises(StoreUnavailable):
-        await asyncio.wait_for(left, 2)
+        await asyncio.wait_for(left, 5)
     assert gone.cancelled() and not kept.done()
     queue.fail(StorageError("the etcd store was closed"))
     with pytest.raises(StorageError, match="closed"):
