@@ -54,11 +54,20 @@ def agents(
     try:
         for node in nodes:
             args = ["--store", url, "--node", node, "--http", "127.0.0.1:0", "--dns", "off"]
-            procs.append(AgentProcess(*args, "--log-level", "warning", env=env).start())
+            proc = AgentProcess(*args, "--log-level", "warning", env=env)
+            if src and not _has_flag(src, "--grpc"):  # a tree from before the xDS server
+                at = proc.args.index("--grpc")
+                del proc.args[at : at + 2]
+            procs.append(proc.start())
         yield procs
     finally:
         for proc in procs:
             proc.stop()
+
+
+def _has_flag(src: str, flag: str) -> bool:
+    """Whether the agent of another checkout's `src/` knows a command-line flag."""
+    return f'"{flag}"' in (Path(src) / "waypost" / "cli" / "main.py").read_text()
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
