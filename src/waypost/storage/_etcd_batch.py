@@ -126,6 +126,15 @@ class _Footprint:
         if commit.ranges:
             self.ranges += commit.ranges
 
+    def copy(self) -> _Footprint:
+        other = _Footprint()
+        other.writes, other.reads, other.ranges = (
+            set(self.writes),
+            set(self.reads),
+            list(self.ranges),
+        )
+        return other
+
     def blocks(self, commit: Commit) -> bool:
         """True when `commit` depends on any commit of this footprint: it writes
         what they write or read, reads what they write, writes into a range
@@ -308,14 +317,17 @@ class GroupCommitter:
         """The queued commits that may go together now, in queue order."""
         now = asyncio.get_running_loop().time()
         batch: list[Commit] = []
-        earlier = _Footprint()  # every commit scanned so far, taken or not
-        flight = self._flight
+        # what a commit may depend on: the commits in flight and every commit
+        # scanned before it, taken or not (one footprint, one test per commit)
+        earlier = self._flight.copy()
+        max_ops = self._max_ops
         ops = compares = scanned = 0
         index = 0
         queue = self._queue
         while index < len(queue) and scanned < MAX_SCAN:
             commit = queue[index]
-            if commit.state != "queued" or commit.future is None or commit.future.done():
+            future = commit.future
+            if commit.state != "queued" or future is None or future.done():
                 self._left_queue(commit)
                 del queue[index]
                 continue
@@ -324,13 +336,11 @@ class GroupCommitter:
                 del queue[index]
                 continue
             scanned += 1
-            if flight.blocks(commit) or earlier.blocks(commit):
+            if earlier.blocks(commit):
                 earlier.add(commit)  # later commits on its keys must wait for it too
                 index += 1
                 continue
-            if batch and (
-                ops + len(commit.ops) > self._max_ops or compares + commit.compares > self._max_ops
-            ):
+            if batch and (ops + len(commit.ops) > max_ops or compares + commit.compares > max_ops):
                 break  # does not fit: it goes first next time, nothing overtakes it
             del queue[index]
             commit.state = "sent"
@@ -343,7 +353,7 @@ class GroupCommitter:
             earlier.add(commit)
             ops += len(commit.ops)
             compares += commit.compares
-            if ops >= self._max_ops or compares >= self._max_ops:
+            if ops >= max_ops or compares >= max_ops:
                 break
         return batch
 
