@@ -114,6 +114,15 @@ class Pair:
         return [a / r for a, r in zip(self.rates, raw_rates, strict=True)]
 
 
+def paired(mine: Pair, other: Pair) -> str:
+    """The agents' CPU per registration of two trees, as ratios rep by rep."""
+    ratios = sorted(a / b for a, b in zip(mine.cpu_us, other.cpu_us, strict=True))
+    return (
+        f"agents' CPU per registration, paired by rep: median **{median(ratios):.2f}** "
+        f"(reps {' '.join(f'{r:.2f}' for r in ratios)})"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=3000)
@@ -150,6 +159,7 @@ def main() -> None:
         f"(runs {' '.join(f'{r:.0f}' for r in raw_rates)}), ratio "
         f"**{median(pairs[0].agent_ratio(raw_rates)):.2f}** (target >= 0.5).  \n"
         + "  \n".join(pair.summary(raw_rates) for pair in pairs)
+        + "".join(f"  \n{pairs[0].name} / {p.name}, {paired(pairs[0], p)}" for p in pairs[1:])
         + f"  \nCommand: `{command}`  \nMachine: {machine()}"
     )
     print(result)
