@@ -66,8 +66,9 @@ def agents(
 
 
 def _has_flag(src: str, flag: str) -> bool:
-    """Whether the agent of another checkout's `src/` knows a command-line flag."""
-    return f'"{flag}"' in (Path(src) / "waypost" / "cli" / "main.py").read_text()
+    """Whether the agent of another checkout's `src/` knows a command-line flag
+    (looked for anywhere in its package: when unsure, assume it does)."""
+    return any(f'"{flag}"' in path.read_text() for path in (Path(src) / "waypost").rglob("*.py"))
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
