@@ -28,7 +28,9 @@ done in C: a commit's keys are frozensets made once; the keys in flight are
 plain sets (no two commits in flight write one key, since the second would
 depend on the first, so removing a commit's writes cannot drop another's)
 and a count per read key (several commits in flight may read one key); range
-conditions, rare, are a list. Deadlines need no timer per commit: commits
+conditions, rare, are a list. A scan starts from a copy of the flight's
+footprint and adds every commit it passes, so each queued commit is tested
+once against everything it may depend on. Deadlines need no timer per commit: commits
 join the queue in deadline order (each deadline is `timeout` after queueing),
 and taking commits out of the middle keeps that order, so the head's deadline
 is the earliest and one timer at the head expires whatever is due. A commit
