@@ -6,6 +6,11 @@
     ├── NotFoundError           an unknown service, check or node ID (HTTP 404)
     ├── RefusedError            a well-formed request the state refuses (HTTP 500, as
     │                           Consul answers "invalid session", "No path to datacenter")
+    ├── AccessDenied            ACLs refused the request (HTTP 403)
+    │   ├── PermissionDenied    the token lacks a permission the request needs
+    │   └── AclNotFound         the token sent is unknown or expired
+    ├── AclDisabled             an ACL endpoint on an agent without ACLs (HTTP 401)
+    ├── TooManyConnections      a client holds too many connections (HTTP 429)
     ├── StorageError            the store could not make a write durable (HTTP 500)
     │   ├── Conflict            a write's conditions no longer held; nothing was written
     │   └── StoreUnavailable    the store cannot be reached at all (HTTP 503)
@@ -46,6 +51,32 @@ class NotFoundError(WaypostError):
 class RefusedError(WaypostError):
     """A well-formed request that the state refuses, where Consul's servers
     answer 500 with the reason (clients such as Patroni match on its text)."""
+
+
+class AccessDenied(WaypostError):
+    """ACLs refused the request; the message says what was missing."""
+
+
+class PermissionDenied(AccessDenied):
+    """The request's token lacks a permission (Consul's "Permission denied: ...")."""
+
+
+class AclNotFound(AccessDenied):
+    """The token sent is unknown to the ACL system, or has expired."""
+
+    def __init__(self, message: str = "ACL not found") -> None:
+        super().__init__(message)
+
+
+class AclDisabled(WaypostError):
+    """An ACL endpoint was called on an agent that runs without ACLs."""
+
+    def __init__(self, message: str = "ACL support disabled") -> None:
+        super().__init__(message)
+
+
+class TooManyConnections(WaypostError):
+    """A client already holds as many connections as one client may."""
 
 
 class StorageError(WaypostError):

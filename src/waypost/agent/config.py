@@ -3,12 +3,18 @@
 A setting is checked the same way wherever it comes from (`validate`); only
 the name in the message differs: `--node 'a b': ...` for a flag,
 `setting 'node' in agent.toml: ...` for the file.
+
+Secrets (ACL tokens) never come from a flag, where `ps` would show them: from
+the file (`[acl.tokens] initial_management = "..."`, or `..._file = PATH` to
+read them from a file of their own), or from the environment
+(`WAYPOST_ACL_TOKEN_INITIAL_MANAGEMENT`, `_AGENT`, `_DEFAULT`), which wins.
 """
 
 from __future__ import annotations
 
 import difflib
 import ipaddress
+import os
 import re
 import socket
 from collections.abc import Callable
@@ -35,8 +41,39 @@ _DOMAIN = re.compile(
 Namer = Callable[[str], str]
 
 
+class AclTokens(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    initial_management: str = ""  # created at start-up as a management token
+    agent: str = ""  # accepted for Consul's configs; the agent's own writes need none
+    default: str = ""  # for requests that send no token, and for DNS
+    initial_management_file: str = ""
+    agent_file: str = ""
+    default_file: str = ""
+
+    def resolved(self) -> AclTokens:
+        """Each token from its environment variable, else its file, else the value."""
+        values = {}
+        for name in ("initial_management", "agent", "default"):
+            env = os.environ.get(f"WAYPOST_ACL_TOKEN_{name.upper()}", "")
+            path = getattr(self, f"{name}_file")
+            values[name] = env or (_read_secret(path) if path else getattr(self, name))
+        return AclTokens(**values)
+
+
+class AclSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    enabled: bool = False
+    default_policy: str = "allow"
+    tokens: AclTokens = AclTokens()
+
+
 class AgentConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    http: str = "127.0.0.1:8500"
+    http: str = "127.0.0.1:8500"  # "off": no plain HTTP listener (with --https)
+    https: str = ""
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_ca_file: str = ""
+    tls_verify_incoming: bool = False
+    http_max_conns_per_client: int = 200  # Consul's default; 0: no limit
+    acl: AclSettings = AclSettings()
     dns: str = "127.0.0.1:8600"
     data_dir: str = ""
     store: str = ""
@@ -59,6 +96,10 @@ class AgentConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     leaf_cert_ttl: str = "72h"  # lifetime of the mesh's leaf certificates
     sidecar_min_port: int = 21000
     sidecar_max_port: int = 21255
+    dns_udp_max_size: int = 1232  # bytes (the DNS flag day size), whatever EDNS asks
+    dns_udp_answer_limit: int = 0  # records in a UDP answer (Consul's udp_answer_limit); 0: all
+    dns_a_record_limit: int = 0  # A/AAAA records in any answer (Consul's a_record_limit); 0: all
+    dns_tcp_max_conns_per_client: int = 32  # 0: no limit
 
     def session_ttl_min_seconds(self) -> float:
         """Raises ConfigError for a value that is not a positive Go duration."""
@@ -69,6 +110,24 @@ class AgentConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         if seconds <= 0:
             raise ConfigError("session_ttl_min must be a positive duration, such as 10s")
         return seconds
+
+    def check_security(self) -> None:
+        """Raise ConfigError for security settings that cannot work together."""
+        if self.acl.default_policy not in ("allow", "deny"):
+            raise ConfigError(
+                f'acl default_policy "{self.acl.default_policy}": use "allow" or "deny"'
+            )
+        if self.http == "off" and not self.https:
+            raise ConfigError("--http off needs --https: the agent would serve no API")
+        if self.https and not (self.tls_cert_file and self.tls_key_file):
+            raise ConfigError("--https needs --tls-cert-file and --tls-key-file")
+        if self.tls_verify_incoming and not self.tls_ca_file:
+            raise ConfigError("--tls-verify-incoming needs --tls-ca-file to verify clients with")
+        for name in ("http_max_conns_per_client", "dns_tcp_max_conns_per_client"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be 0 (no limit) or more")
+        if self.dns_udp_max_size < 512:
+            raise ConfigError("dns_udp_max_size must be at least 512 bytes")
 
     def store_url(self) -> str:
         """--store, else memory for --dev, else sqlite in the data dir."""
@@ -258,4 +317,12 @@ _CHECKS: dict[str, Callable[[Any, str], None]] = {
     "leaf_cert_ttl": _positive_duration,
     "sidecar_min_port": _port,
     "sidecar_max_port": _port,
+    "https": _address,
 }
+
+
+def _read_secret(path: str) -> str:
+    try:
+        return Path(path).read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the secret file {path}: {exc.strerror}") from exc

@@ -29,14 +29,15 @@ from .. import _duration
 from .._address import split_address
 from .._exceptions import ConfigError
 from .._lockfile import LockFile
+from ..api.acl import AclApi
 from ..api.agent import AgentEndpoints, LogStream
-from ..api.app import AgentApp
+from ..api.app import AgentApp, Mount
 from ..api.connect import ConnectApi
 from ..api.consul import ConsulApi
 from ..api.internal_ui import UiEndpoints
 from ..api.kv import KvApi
 from ..api.metrics import Metrics
-from ..api.protocol import guarded_protocol
+from ..api.protocol import ConnectionLimiter, guarded_protocol
 from ..api.session import SessionApi
 from ..catalog import Catalog, Node
 from ..catalog.timeline import Timeline
@@ -47,6 +48,7 @@ from . import describe
 from .config import AgentConfig
 from .datadir import LOCK_FILE, node_id
 from .local import LocalAgent
+from .security import Security, https_options, reload_certificates
 from .sessions import SessionRunner
 
 log = logging.getLogger("waypost.agent")
@@ -98,11 +100,14 @@ class Agent:
         self.leaves: Any = _leaves(self.catalog, config)  # mesh.leaves.Leaves, or None
         self.xds: Any = None
         self.grpc_address: tuple[str, int] | None = None
+        self.security = Security(config, self.catalog, node.name)
+        self.limiter = ConnectionLimiter(config.http_max_conns_per_client)
         self.started_at = time.time()
         self.http_address: tuple[str, int] | None = None
+        self.https_address: tuple[str, int] | None = None
         self.dns_address: tuple[str, int] | None = None
-        self._http: _Server | None = None
-        self._http_task: asyncio.Task[None] | None = None
+        self._servers: list[tuple[_Server, asyncio.Task[None]]] = []
+        self._https: _Server | None = None
         self._dns: Any = None
         self._stopped = asyncio.Event()
         self._leave = asyncio.Event()
@@ -112,6 +117,7 @@ class Agent:
         _raise_file_limit()
         logging.getLogger("waypost").addHandler(self.logs)
         await self.catalog.open()
+        await self.security.start()
         await self.local.join()
         await self.runner.start()
         await self.sessions.start()
@@ -136,13 +142,24 @@ class Agent:
         self.grpc_address = (host, await self.xds.start(host, port))
 
     async def _start_http(self) -> None:
-        host, port = split_address(self.config.http, "--http")
+        app = self._app()
+        if self.config.http != "off":
+            server, self.http_address = await self._serve(app, self.config.http, "--http", {})
+        if self.config.https:
+            tls = https_options(self.config)
+            server, self.https_address = await self._serve(app, self.config.https, "--https", tls)
+            self._https = server
+
+    async def _serve(
+        self, app: AgentApp, address: str, flag: str, tls: dict[str, Any]
+    ) -> tuple[_Server, tuple[str, int]]:
+        host, port = split_address(address, flag)
         sock = _listen(host, port)
-        self.http_address = sock.getsockname()[:2]
+        bound = sock.getsockname()[:2]
         config = uvicorn.Config(
-            self._app(),
+            app,
             loop="none",
-            http=guarded_protocol(self.config.http_read_timeout),
+            http=guarded_protocol(self.config.http_read_timeout, self.limiter),
             lifespan="off",
             access_log=False,
             proxy_headers=False,  # not behind a proxy; the middleware costs every request
@@ -152,13 +169,16 @@ class Agent:
             limit_concurrency=50_000,
             backlog=4096,
             timeout_graceful_shutdown=10,
+            **tls,
         )
-        self._http = _Server(config)
-        self._http_task = asyncio.create_task(self._http.serve(sockets=[sock]), name="waypost-http")
-        while not self._http.started:
-            if self._http_task.done():
-                self._http_task.result()  # surfaces the bind or startup error
+        server = _Server(config)
+        task = asyncio.create_task(server.serve(sockets=[sock]), name=f"waypost{flag[1:]}")
+        self._servers.append((server, task))
+        while not server.started:
+            if task.done():
+                task.result()  # surfaces the bind or startup error
             await asyncio.sleep(0.01)
+        return server, bound
 
     def _app(self) -> AgentApp:
         consul = ConsulApi(self.catalog, self.local, self, self.storage)
@@ -168,8 +188,16 @@ class Agent:
         metrics = Metrics(self.statistics)
         agent = AgentEndpoints(self, metrics, self.logs)
         ui_reads = UiEndpoints(consul, self.catalog, self.timeline)
-        mounts = [kv.routes, sessions.routes, agent.routes, mesh.routes, ui_reads.routes, mount_ui]
-        return AgentApp(consul, metrics, mounts=mounts)
+        acl = AclApi(self.catalog, consul.read, self.security.enabled)
+        mounts: list[Mount] = [kv.routes, sessions.routes, agent.routes, mesh.routes]
+        mounts += [ui_reads.routes, acl.routes, mount_ui]
+        return AgentApp(consul, metrics, mounts=mounts, guard=self.security.guard)
+
+    def reload_tls(self) -> bool:
+        """SIGHUP (and /v1/agent/reload): load the HTTPS certificate and key again."""
+        if self._https is None:
+            return False
+        return reload_certificates(self._https.config.ssl, self.config)
 
     async def _start_dns(self) -> None:
         from ..dns import DnsConfig, DnsServer  # imported here: the DNS layer is optional to load
@@ -185,6 +213,11 @@ class Agent:
             service_ttl=dict(c.dns_service_ttl),
             node_ttl=c.dns_node_ttl,
             recursors=tuple(c.recursors),
+            udp_max_size=c.dns_udp_max_size,
+            udp_answer_limit=c.dns_udp_answer_limit,
+            a_record_limit=c.dns_a_record_limit,
+            tcp_max_per_client=c.dns_tcp_max_conns_per_client,
+            allow=self.security.dns_allow(),
         )
         self._dns = await DnsServer.start(self.catalog, settings, host, port)
         self.dns_address = self._dns.address
@@ -196,10 +229,12 @@ class Agent:
             self.leaves.stop()
         if self._dns is not None:
             await self._dns.close()
-        if self._http is not None and self._http_task is not None:
+        if self._servers:
             self.catalog.watches.close()  # blocking queries answer now, so uvicorn can drain
-            self._http.should_exit = True
-            await self._http_task
+            for server, _ in self._servers:
+                server.should_exit = True
+            for _, task in self._servers:
+                await task
         await self.local.leave()
         await self.sessions.stop()
         await self.runner.stop()
@@ -215,6 +250,7 @@ class Agent:
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload_tls)
         waiters = [asyncio.create_task(stop.wait()), asyncio.create_task(self._leave.wait())]
         await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         for waiter in waiters:
@@ -249,8 +285,12 @@ class Agent:
         asyncio.get_running_loop().call_later(0.1, self._leave.set)
 
     async def reload(self) -> None:
-        """`/v1/agent/reload`: every setting of waypost is read at start-up."""
-        log.info("reload requested: waypost has no setting it can reload; restart to change one")
+        """`/v1/agent/reload`: the HTTPS certificate is reloaded (as on SIGHUP);
+        every other setting of waypost is read at start-up."""
+        if not self.reload_tls():
+            log.info(
+                "reload requested: waypost has no setting it can reload; restart to change one"
+            )
 
     def statistics(self) -> dict[str, dict[str, float]]:
         stats = {

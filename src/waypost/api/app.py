@@ -12,7 +12,8 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from . import http
+from . import access, http
+from .access import Guard
 from .consul import ConsulApi
 from .metrics import Metrics
 
@@ -29,17 +30,32 @@ class AgentApp:
     Args:
         consul: Consul's /v1 API.
         metrics: /metrics, which also times every request answered here.
-        mounts: Each adds its routes beside the API (`ui.mount`: the web UI).
+        mounts: Each adds its routes beside the API (`ui.mount`: the web UI;
+            the ACL endpoints). Routes outside /v1/ that declare no access are
+            static files, served to anyone (the UI asks for a token itself).
+        guard: Enforces every route's ACL declaration; None when ACLs are off.
     """
 
-    def __init__(self, consul: ConsulApi, metrics: Metrics, mounts: Iterable[Mount] = ()) -> None:
+    def __init__(
+        self,
+        consul: ConsulApi,
+        metrics: Metrics,
+        mounts: Iterable[Mount] = (),
+        guard: Guard | None = None,
+    ) -> None:
         self.router = http.Router()
         self.consul = consul
         consul.routes(self.router)
         self.metrics = metrics
-        self.router.add("GET", "/metrics", self.metrics.handle)
+        self.router.add("GET", "/metrics", self.metrics.handle, access.agent(access.READ))
         for mount in mounts:
             mount(self.router)
+        for table in [*self.router.exact.items(), *self.router.prefixes]:
+            path, routes = table
+            for method, (handler, declared) in list(routes.items()):
+                if declared is None and not path.startswith("/v1/"):
+                    routes[method] = (handler, access.PUBLIC)
+        self.guard = guard
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -50,9 +66,11 @@ class AgentApp:
         started = time.perf_counter()
         request = http.Request(scope, receive)
         try:
-            handler, rest = self.router.match(request.method, request.path)
+            handler, rest, declared = self.router.route(request.method, request.path)
             if request.query:
                 self.consul.check_datacenter(request)  # ?dc=dc2: 500, nothing done
+            if self.guard is not None:
+                await self.guard.enforce(request, rest, declared)  # the one ACL check
             response = await handler(request, rest)
         except Exception as exc:  # every error becomes an answer, never a dropped connection
             response = http.error_response(exc)

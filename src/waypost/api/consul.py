@@ -11,12 +11,14 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final, NamedTuple
 
 import msgspec
 
 from .._exceptions import NotFoundError, RefusedError, ValidationError
 from ..catalog import Catalog, Service, writes
+from ..catalog.aclrules import READ, WRITE
+from ..catalog.authz import Authorizer
 from ..catalog.definitions import (
     CatalogDeregistration,
     CatalogRegistration,
@@ -26,7 +28,9 @@ from ..catalog.definitions import (
 )
 from ..catalog.model import CONSUL_SERVICE_ID, SERF_CHECK_ID, STATUSES
 from ..catalog.watch import CHECKS, NODES, SERVICES, Topic, node_topic, service_topic
-from . import decode, encode, filter_fields
+from . import access, decode, encode, filter_fields
+from ._bounded import ByteBoundedCache
+from .access import Perm, check_names, filtered, items, values
 from .filter import Predicate, compile_filter
 from .http import Request, Response, Router, empty, json, json_bytes
 from .ports import AgentInfo, LocalAgentOps, StoreStatus
@@ -34,7 +38,9 @@ from .ports import AgentInfo, LocalAgentOps, StoreStatus
 log = logging.getLogger("waypost.api")
 
 DEFAULT_WAIT = 300.0
-CACHE_LIMIT = 4096
+# The answer cache is bounded by bytes, not entries: one service with 900 KB of
+# Meta read with distinct query strings would otherwise hold 4,096 copies.
+CACHE_BYTES = 64 << 20
 _ENCODER = msgspec.json.Encoder()
 _TRUE = b"true"
 
@@ -48,44 +54,50 @@ class ConsulApi:
         self.local = local
         self.info = info
         self.store = store
-        self._cache: dict[tuple[str, object], tuple[int, bytes]] = {}
+        self._cache: ByteBoundedCache[_Cached] = ByteBoundedCache(
+            CACHE_BYTES, lambda c: len(c.body)
+        )
         self.rng = random.Random()
 
     def routes(self, r: Router) -> None:
-        for path, handler in {
-            "/v1/agent/services": self.agent_services,
-            "/v1/agent/service/": self.agent_service,
-            "/v1/agent/checks": self.agent_checks,
-            "/v1/agent/self": self.agent_self,
-            "/v1/agent/members": self.agent_members,
-            "/v1/catalog/services": self.catalog_services,
-            "/v1/catalog/service/": self.catalog_service,
-            "/v1/catalog/nodes": self.catalog_nodes,
-            "/v1/catalog/node/": self.catalog_node,
-            "/v1/catalog/datacenters": self.datacenters,
-            "/v1/health/service/": self.health_service,
-            "/v1/health/checks/": self.health_checks,
-            "/v1/health/state/": self.health_state,
-            "/v1/health/node/": self.health_node,
-            "/v1/status/leader": self.status_leader,
-            "/v1/status/peers": self.status_peers,
-        }.items():
-            r.add("GET HEAD", path, handler)
-        for path, handler in {
-            "/v1/agent/service/register": self.service_register,
-            "/v1/agent/service/deregister/": self.service_deregister,
-            "/v1/agent/service/maintenance/": self.service_maintenance,
-            "/v1/agent/maintenance": self.node_maintenance,
-            "/v1/agent/check/register": self.check_register,
-            "/v1/agent/check/deregister/": self.check_deregister,
-            "/v1/agent/check/pass/": self.check_pass,
-            "/v1/agent/check/warn/": self.check_warn,
-            "/v1/agent/check/fail/": self.check_fail,
-            "/v1/agent/check/update/": self.check_update,
-            "/v1/catalog/register": self.catalog_register,
-            "/v1/catalog/deregister": self.catalog_deregister,
-        }.items():
-            r.add("PUT POST", path, handler)
+        """Every endpoint with what it needs under ACLs (api/access.py): the
+        permissions a request must hold, and how a list answer is filtered."""
+        for path, handler, needs in (
+            ("/v1/agent/services", self.agent_services, filtered(values(_service_of))),
+            ("/v1/agent/service/", self.agent_service, access.own_service(READ)),
+            ("/v1/agent/checks", self.agent_checks, filtered(values(check_names))),
+            ("/v1/agent/self", self.agent_self, access.agent(READ)),
+            ("/v1/agent/members", self.agent_members, filtered(items(_member_node))),
+            ("/v1/catalog/services", self.catalog_services, filtered(access.keys("service"))),
+            ("/v1/catalog/service/", self.catalog_service, filtered(items(_catalog_row))),
+            ("/v1/catalog/nodes", self.catalog_nodes, filtered(items(_node_of))),
+            ("/v1/catalog/node/", self.catalog_node, filtered(_node_services)),
+            ("/v1/catalog/datacenters", self.datacenters, access.OPEN),
+            ("/v1/health/service/", self.health_service, filtered(items(_health_row))),
+            ("/v1/health/checks/", self.health_checks, filtered(items(check_names))),
+            ("/v1/health/state/", self.health_state, filtered(items(check_names))),
+            ("/v1/health/node/", self.health_node, filtered(items(check_names))),
+            ("/v1/status/leader", self.status_leader, access.OPEN),
+            ("/v1/status/peers", self.status_peers, access.OPEN),
+        ):
+            r.add("GET HEAD", path, handler, needs)
+        # Writes take PUT only, as Consul's: a web page can send a POST with a
+        # text/plain body cross-site without a CORS preflight, never a PUT.
+        for path, writer, needs in (
+            ("/v1/agent/service/register", self.service_register, _register_needs),
+            ("/v1/agent/service/deregister/", self.service_deregister, access.own_service(WRITE)),
+            ("/v1/agent/service/maintenance/", self.service_maintenance, access.own_service(WRITE)),
+            ("/v1/agent/maintenance", self.node_maintenance, access.need("node", WRITE, _own)),
+            ("/v1/agent/check/register", self.check_register, _check_register_needs),
+            ("/v1/agent/check/deregister/", self.check_deregister, access.own_check(WRITE)),
+            ("/v1/agent/check/pass/", self.check_pass, access.own_check(WRITE)),
+            ("/v1/agent/check/warn/", self.check_warn, access.own_check(WRITE)),
+            ("/v1/agent/check/fail/", self.check_fail, access.own_check(WRITE)),
+            ("/v1/agent/check/update/", self.check_update, access.own_check(WRITE)),
+            ("/v1/catalog/register", self.catalog_register, _catalog_register_needs),
+            ("/v1/catalog/deregister", self.catalog_deregister, _catalog_deregister_needs),
+        ):
+            r.add("PUT", path, writer, needs)
 
     def check_datacenter(self, req: Request, named: str = "") -> None:
         """A request for another datacenter (`?dc=`, or a body's Datacenter):
@@ -105,17 +117,30 @@ class ConsulApi:
         cache: bool = True,
     ) -> Response:
         index = await self.block(req, topics)
-        key = (req.path, _query_key(req))
+        authz = req.authz
+        # With ACLs on, an answer is the token's: cached per token and ACL generation.
+        key = (req.path, _query_key(req), authz.key if authz is not None else None)
+        version = (index, self.state.acl.generation if authz is not None else 0)
         hit = self._cache.get(key) if cache else None
-        if hit is not None and hit[0] == index:
-            body = hit[1]
+        if hit is not None and hit.version == version:
+            body, filtered_out = hit.body, hit.filtered
         else:
-            body = _ENCODER.encode(produce())
+            body, filtered_out = self._produce(req, produce)
             if cache:
-                if len(self._cache) >= CACHE_LIMIT:
-                    self._cache.clear()
-                self._cache[key] = (index, body)
-        return json_bytes(body, self._read_headers(index))
+                self._cache.put(key, _Cached(version, body, filtered_out))
+        headers = self._read_headers(index)
+        if filtered_out:
+            headers.append((b"x-consul-results-filtered-by-acls", _TRUE))
+        return json_bytes(body, headers)
+
+    def _produce(self, req: Request, produce: Callable[[], Any]) -> tuple[bytes, bool]:
+        """Encode a read's answer, less what the token may not see."""
+        answer = produce()
+        authz, declared = req.authz, req.access
+        if authz is None or authz.manage or declared is None or declared.filter is None:
+            return _ENCODER.encode(answer), False
+        answer, filtered_out = declared.filter(authz, answer)
+        return _ENCODER.encode(answer), filtered_out
 
     async def block(self, req: Request, topics: tuple[Topic, ...]) -> int:
         """Hold a read until its topics pass `?index` (or `?wait` runs out);
@@ -353,7 +378,7 @@ class ConsulApi:
     # -- agent writes ------------------------------------------------------
 
     async def service_register(self, req: Request, _: str) -> Response:
-        reg = decode.decode(await req.body(), ServiceRegistration)
+        reg = await decode.body_of(req, ServiceRegistration)
         replace = req.arg("replace-existing-checks").lower() in ("true", "1")
         await self.local.register_service(reg, replace)
         return empty()
@@ -371,7 +396,7 @@ class ConsulApi:
         return empty()
 
     async def check_register(self, req: Request, _: str) -> Response:
-        await self.local.register_check(decode.decode(await req.body(), CheckRegistration))
+        await self.local.register_check(await decode.body_of(req, CheckRegistration))
         return empty()
 
     async def check_deregister(self, req: Request, check_id: str) -> Response:
@@ -391,14 +416,14 @@ class ConsulApi:
         return empty()
 
     async def check_update(self, req: Request, check_id: str) -> Response:
-        update = decode.decode(await req.body(), CheckUpdate)
+        update = await decode.body_of(req, CheckUpdate)
         await self.local.heartbeat(check_id, update.status, update.output)
         return empty()
 
     # -- catalog writes (third-party registration) --------------------------
 
     async def catalog_register(self, req: Request, _: str) -> Response:
-        reg = decode.decode(await req.body(), CatalogRegistration)
+        reg = await decode.body_of(req, CatalogRegistration)
         self.check_datacenter(req, reg.datacenter)
         await self.catalog.write(writes.catalog_register, reg, self.info.datacenter)
         service = (
@@ -408,7 +433,7 @@ class ConsulApi:
         return json_bytes(_TRUE)
 
     async def catalog_deregister(self, req: Request, _: str) -> Response:
-        reg = decode.decode(await req.body(), CatalogDeregistration)
+        reg = await decode.body_of(req, CatalogDeregistration)
         self.check_datacenter(req, reg.datacenter)
         await self.catalog.write(writes.catalog_deregister, reg)
         what = f"service={reg.serviceid}" if reg.serviceid else f"check={reg.checkid or '-'}"
@@ -470,6 +495,95 @@ def _names_and_tags(rows: list[dict[str, Any]]) -> dict[str, list[str]]:
 
 
 def _query_key(req: Request) -> tuple[tuple[str, tuple[str, ...]], ...]:
-    """The query without the blocking parameters, as a cache key (`tag=a&tag=b`
-    and `tag=a,b` are different questions)."""
-    return tuple((k, tuple(v)) for k, v in sorted(req.query.items()) if k not in ("index", "wait"))
+    """The query without the blocking parameters and the token (the key holds
+    the token's identity instead), as a cache key (`tag=a&tag=b` and `tag=a,b`
+    are different questions)."""
+    return tuple((k, tuple(v)) for k, v in sorted(req.query.items()) if k not in _NOT_KEYED)
+
+
+_NOT_KEYED: Final = frozenset({"index", "wait", "token"})
+
+
+class _Cached(NamedTuple):
+    version: tuple[int, int]  # the topics' index, and the ACL generation it was filtered at
+    body: bytes
+    filtered: bool
+
+
+# -- what each route needs under ACLs: names read from answers and bodies ----------
+
+
+def _service_of(s: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    return (("service", s["Service"]),)
+
+
+def _member_node(m: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    return (("node", m["Name"]),)
+
+
+def _node_of(n: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    return (("node", n["Node"]),)
+
+
+def _catalog_row(row: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    return (("node", row["Node"]), ("service", row["ServiceName"]))
+
+
+def _health_row(row: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    return (("node", row["Node"]["Node"]), ("service", row["Service"]["Service"]))
+
+
+def _node_services(authz: Authorizer, answer: Any) -> tuple[Any, bool]:
+    """`/v1/catalog/node/<n>`: nothing without node:read, then the readable services."""
+    if answer is None:
+        return None, False
+    if not authz.allowed("node", answer["Node"]["Node"], READ):
+        return None, True
+    services, dropped = values(_service_of)(authz, answer["Services"])
+    return {**answer, "Services": services}, dropped
+
+
+def _own(ctx: access.Ctx) -> str:
+    return ctx.node
+
+
+async def _service_register(ctx: access.Ctx) -> tuple[Perm, ...]:
+    reg = await ctx.body(ServiceRegistration)
+    name = reg.name or reg.service
+    return (("service", name, WRITE),) if name else ()  # no name: the handler's 400
+
+
+async def _check_register(ctx: access.Ctx) -> tuple[Perm, ...]:
+    reg = await ctx.body(CheckRegistration)
+    if reg.serviceid:
+        return access.service_needs(ctx.state, ctx.node, reg.serviceid, WRITE)
+    return (("node", ctx.node, WRITE),)
+
+
+async def _catalog_register(ctx: access.Ctx) -> list[Perm]:
+    reg = await ctx.body(CatalogRegistration)
+    perms: list[Perm] = [("node", reg.node, WRITE)]
+    service = reg.service
+    if service is not None:
+        perms.append(("service", service.name or service.service, WRITE))
+    for check in reg.all_checks():
+        if service is not None and check.serviceid in ("", service.id or service.name):
+            continue  # the node's, or the service's just named
+        if check.serviceid:
+            perms += access.service_needs(ctx.state, reg.node, check.serviceid, WRITE)
+    return perms
+
+
+async def _catalog_deregister(ctx: access.Ctx) -> tuple[Perm, ...]:
+    reg = await ctx.body(CatalogDeregistration)
+    if reg.serviceid:
+        return access.service_needs(ctx.state, reg.node, reg.serviceid, WRITE)
+    if reg.checkid:
+        return access.check_needs(ctx.state, reg.node, reg.checkid, WRITE)
+    return (("node", reg.node, WRITE),)
+
+
+_register_needs: Final = access.custom(_service_register)
+_check_register_needs: Final = access.custom(_check_register)
+_catalog_register_needs: Final = access.custom(_catalog_register)
+_catalog_deregister_needs: Final = access.custom(_catalog_deregister)

@@ -18,6 +18,7 @@ import msgspec
 
 from .. import _duration
 from .._exceptions import ValidationError
+from .http import Request
 
 T = TypeVar("T")
 
@@ -25,13 +26,22 @@ T = TypeVar("T")
 # `config` is a proxy's or upstream's opaque map (`protocol`, `connect_timeout_ms`).
 _OPAQUE: Final = frozenset({"meta", "nodemeta", "servicemeta", "header", "config"})
 MAX_WAIT: Final = 600.0
+MAX_DEPTH: Final = 32  # no Consul body nests deeper than a few levels
+MAX_INDEX: Final = 2**64 - 1  # Consul's indexes are uint64
 _FOLDED: dict[str, str] = {}  # key as sent -> folded key
 
 
-def fold(value: Any) -> Any:
-    """Fold keys to Consul's case-insensitive form, recursively; drop nulls."""
+def fold(value: Any, depth: int = 0) -> Any:
+    """Fold keys to Consul's case-insensitive form, recursively; drop nulls.
+
+    Raises:
+        ValidationError: the body nests deeper than MAX_DEPTH (a hostile body
+            would otherwise exhaust the interpreter's recursion limit).
+    """
+    if depth > MAX_DEPTH:
+        raise ValidationError(f"Request decode failed: nested deeper than {MAX_DEPTH} levels")
     if isinstance(value, list):
-        return [fold(v) if isinstance(v, dict | list) else v for v in value]
+        return [fold(v, depth + 1) if isinstance(v, dict | list) else v for v in value]
     if not isinstance(value, dict):
         return value
     out: dict[str, Any] = {}
@@ -39,13 +49,27 @@ def fold(value: Any) -> Any:
         if item is None:
             continue
         name = _fold_key(key)
-        if name in _OPAQUE or not isinstance(item, dict | list):
+        if not isinstance(item, dict | list):
+            out[name] = item
+        elif name in _OPAQUE:
+            _check_depth(item, depth + 1)
             out[name] = item
         elif name == "taggedaddresses" and isinstance(item, dict):
-            out[name] = {k: fold(v) for k, v in item.items()}
+            out[name] = {k: fold(v, depth + 2) for k, v in item.items()}
         else:
-            out[name] = fold(item)
+            out[name] = fold(item, depth + 1)
     return out
+
+
+def _check_depth(value: Any, depth: int) -> None:
+    """Walk a user map kept as sent (Meta, Header): it may not nest without end either."""
+    stack = [(value, depth)]
+    while stack:
+        item, level = stack.pop()
+        if level > MAX_DEPTH:
+            raise ValidationError(f"Request decode failed: nested deeper than {MAX_DEPTH} levels")
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((c, level + 1) for c in children if isinstance(c, dict | list))
 
 
 def _fold_key(key: str) -> str:
@@ -62,6 +86,10 @@ def _convert(raw: bytes, kind: type[Any]) -> Any:
         data = msgspec.json.decode(raw) if raw.strip() else {}
     except msgspec.DecodeError as exc:
         raise ValidationError(f"Request decode failed: invalid JSON: {exc}") from exc
+    except RecursionError:  # msgspec's own limit, far past MAX_DEPTH
+        raise ValidationError(
+            f"Request decode failed: nested deeper than {MAX_DEPTH} levels"
+        ) from None
     if not isinstance(data, dict):
         raise ValidationError("Request decode failed: expected a JSON object")
     try:
@@ -73,6 +101,16 @@ def _convert(raw: bytes, kind: type[Any]) -> Any:
 def _consul_path(message: str) -> str:
     """msgspec says `$.checks[0].interval`; say it with the field names users wrote."""
     return message.replace("`$.", "`").replace("`$`", "the body")
+
+
+async def body_of(req: Request, kind: type[T]) -> T:
+    """The request's body as `kind`, decoded once per request: the ACL guard
+    (which reads the names a write touches) and the handler share it."""
+    parsed = req.parsed.get(kind)
+    if parsed is None:
+        parsed = req.parsed[kind] = decode(await req.body(), kind)
+    result: T = parsed
+    return result
 
 
 def decode(raw: bytes, kind: type[T]) -> T:
@@ -98,6 +136,9 @@ def parse_wait(text: str) -> float:
 
 
 def parse_index(text: str) -> int:
-    if not text.isdigit():
+    """`?index=`: an unsigned 64-bit integer in ASCII digits. `str.isdigit()`
+    alone would take "²" (which int() refuses) and 5,000 digits (which int()
+    refuses past 4,300); both are 400 here, as Consul answers."""
+    if not (text.isascii() and text.isdigit()) or len(text) > 20 or int(text) > MAX_INDEX:
         raise ValidationError("Invalid index")
     return int(text)

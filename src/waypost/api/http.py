@@ -16,12 +16,15 @@ from urllib.parse import parse_qs
 import msgspec
 
 from .._exceptions import (
+    AccessDenied,
+    AclDisabled,
     NotFoundError,
     OutcomeUnknown,
     RefusedError,
     StorageError,
     StoreBusy,
     StoreUnavailable,
+    TooManyConnections,
     ValidationError,
 )
 
@@ -39,7 +42,18 @@ class HttpError(Exception):
 
 
 class Request:
-    __slots__ = ("_receive", "connection_lost", "headers", "method", "path", "query")
+    __slots__ = (
+        "_body",
+        "_receive",
+        "access",
+        "authz",
+        "connection_lost",
+        "headers",
+        "method",
+        "parsed",
+        "path",
+        "query",
+    )
 
     def __init__(
         self, scope: dict[str, Any], receive: Callable[[], Awaitable[dict[str, Any]]]
@@ -50,6 +64,11 @@ class Request:
         self.query = _parse_query(raw_query) if raw_query else {}
         self.headers: list[tuple[bytes, bytes]] = scope["headers"]
         self._receive = receive
+        self._body: bytes | None = None
+        # Set by the ACL guard (api/access.py) when ACLs are on; None otherwise.
+        self.authz: Any = None
+        self.access: Any = None
+        self.parsed: dict[type, Any] = {}  # bodies decoded once (api/decode.py body_of)
         extensions = scope.get("extensions")
         # Resolves when the client's connection closes (api/protocol.py); None elsewhere.
         self.connection_lost: asyncio.Future[None] | None = (
@@ -68,7 +87,13 @@ class Request:
 
         How long a client may take to send it is bounded by the connection's
         read deadline (api/protocol.py), which closes a stalled connection.
+        Read once: the ACL guard and the handler may both ask for it.
         """
+        if self._body is None:
+            self._body = await self._read_body(limit)
+        return self._body
+
+    async def _read_body(self, limit: int) -> bytes:
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -138,16 +163,22 @@ def empty() -> Response:
 
 
 Handler = Callable[[Request, str], Awaitable[Response]]
+Route = tuple[Handler, Any]  # the handler and what it needs under ACLs (api/access.py)
 
 
 class Router:
-    """Exact paths in a dict; paths ending in an ID matched by prefix."""
+    """Exact paths in a dict; paths ending in an ID matched by prefix.
+
+    Each route carries its ACL declaration (`access`, an `api.access.Access`):
+    what a request needs before the handler runs. A route added without one
+    is open to management tokens only when ACLs are on (see docs/security.md).
+    """
 
     def __init__(self) -> None:
-        self.exact: dict[str, dict[str, Handler]] = {}
-        self.prefixes: list[tuple[str, dict[str, Handler]]] = []
+        self.exact: dict[str, dict[str, Route]] = {}
+        self.prefixes: list[tuple[str, dict[str, Route]]] = []
 
-    def add(self, methods: str, path: str, handler: Handler) -> None:
+    def add(self, methods: str, path: str, handler: Handler, access: Any = None) -> None:
         if path.endswith("/") and path != "/":
             table = next((t for p, t in self.prefixes if p == path), None)
             if table is None:
@@ -157,9 +188,19 @@ class Router:
         else:
             table = self.exact.setdefault(path, {})
         for method in methods.split():
-            table[method] = handler
+            table[method] = (handler, access)
+
+    def routes(self) -> list[tuple[str, str, Any]]:
+        """Every (method, path, access) registered."""
+        tables = [*self.exact.items(), *self.prefixes]
+        return [(m, path, route[1]) for path, t in tables for m, route in t.items()]
 
     def match(self, method: str, path: str) -> tuple[Handler, str]:
+        handler, rest, _ = self.route(method, path)
+        return handler, rest
+
+    def route(self, method: str, path: str) -> tuple[Handler, str, Any]:
+        """The handler, the rest of the path after its prefix, and its access."""
         table = self.exact.get(path)
         rest = ""
         if table is None:
@@ -170,11 +211,11 @@ class Router:
                     break
         if table is None:
             raise HttpError(404, f"Invalid URL path: no endpoint at {path}")
-        handler = table.get(method)
-        if handler is None:
+        route = table.get(method)
+        if route is None:
             allowed = ", ".join(sorted(table))
             raise HttpError(405, f"method {method} not allowed: use {allowed}")
-        return handler, rest
+        return route[0], rest, route[1]
 
 
 def error_response(exc: Exception) -> Response:
@@ -189,6 +230,12 @@ def error_response(exc: Exception) -> Response:
         log.warning("store refused a write: error=%s", exc)
     if isinstance(exc, RefusedError):
         return text(500, str(exc))
+    if isinstance(exc, AccessDenied):
+        return text(403, str(exc))
+    if isinstance(exc, AclDisabled):
+        return text(401, str(exc))
+    if isinstance(exc, TooManyConnections):
+        return text(429, str(exc))
     if isinstance(exc, OutcomeUnknown):
         return text(503, f"the outcome is unknown: {exc}")
     if isinstance(exc, StoreBusy):

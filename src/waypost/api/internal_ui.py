@@ -14,9 +14,11 @@ from typing import Any
 
 from .._exceptions import ValidationError
 from ..catalog import Catalog, Check, Node
+from ..catalog.aclrules import READ
+from ..catalog.authz import Authorizer
 from ..catalog.timeline import Timeline, Transition
 from ..catalog.watch import CHECKS, NODES, SERVICES, service_topic
-from . import encode
+from . import access, encode
 from .consul import ConsulApi
 from .http import Request, Response, Router
 
@@ -38,10 +40,14 @@ class UiEndpoints:
         self._rows: dict[str, tuple[int, JSON]] = {}  # service -> (its index, its row)
 
     def routes(self, r: Router) -> None:
-        r.add("GET HEAD", "/v1/internal/ui/services", self.services)
-        r.add("GET HEAD", "/v1/internal/ui/nodes", self.nodes)
-        r.add("GET HEAD", "/v1/internal/ui/timeline", self.timeline_all)
-        r.add("GET HEAD", "/v1/internal/ui/timeline/", self.timeline_service)
+        """ACLs as for the catalog's reads (api/access.py): rows the token may
+        not read (`service:read`, `node:read`) are left out."""
+        services = access.filtered(access.items(lambda row: (("service", row["Name"]),)))
+        timeline = access.filtered(access.items(_transition_names))
+        r.add("GET HEAD", "/v1/internal/ui/services", self.services, services)
+        r.add("GET HEAD", "/v1/internal/ui/nodes", self.nodes, access.filtered(_nodes_filter))
+        r.add("GET HEAD", "/v1/internal/ui/timeline", self.timeline_all, timeline)
+        r.add("GET HEAD", "/v1/internal/ui/timeline/", self.timeline_service, timeline)
 
     # -- services -------------------------------------------------------------
 
@@ -146,6 +152,30 @@ class UiEndpoints:
         if self.timeline is not None:
             answer.headers.append((b"x-waypost-timeline-start", _rfc3339(self.timeline.started)))
         return answer
+
+
+def _transition_names(t: JSON) -> tuple[tuple[str, str], ...]:
+    return (("service", t["Service"]),) if t["Service"] else (("node", t["Node"]),)
+
+
+_readable_services = access.items(lambda s: (("service", s["Service"]),))
+
+
+def _nodes_filter(authz: Authorizer, nodes: list[JSON]) -> tuple[list[JSON], bool]:
+    """Nodes the token may read, each with the instances and checks it may read."""
+    kept: list[JSON] = []
+    dropped = False
+    for node in nodes:
+        if not authz.allowed("node", node["Node"], READ):
+            dropped = True
+            continue
+        services, gone = access.items(lambda s: (("service", s["Service"]),))(
+            authz, node["Services"]
+        )
+        checks, lost = access.items(access.check_names)(authz, node["Checks"])
+        kept.append({**node, "Services": services, "Checks": checks})
+        dropped = dropped or gone or lost
+    return kept, dropped
 
 
 def transition(t: Transition) -> JSON:

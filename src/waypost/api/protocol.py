@@ -13,6 +13,12 @@ It also hands each request a future that resolves when the connection is lost
 went away stops waiting at once instead of holding a task for up to ten
 minutes, so clients that open and drop long-polls cannot pile tasks up. One
 future per connection, no task per query.
+
+And it limits the connections one client address may hold (Consul's
+`http_max_conns_per_client`, 200 by default): one client holding 21,000
+blocking queries used to take every file descriptor and lock everyone else
+out. A connection past the limit gets `429 Too Many Requests` and is closed
+before anything of it is read.
 """
 
 from __future__ import annotations
@@ -23,16 +29,66 @@ from typing import Any
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 LOST = "waypost.connection_lost"
+_TOO_MANY = (
+    b"HTTP/1.1 429 Too Many Requests\r\ncontent-type: text/plain; charset=utf-8\r\n"
+    b"connection: close\r\ncontent-length: %d\r\n\r\n%s"
+)
 
 
-def guarded_protocol(read_timeout: float) -> type[HttpToolsProtocol]:
+class ConnectionLimiter:
+    """Open connections per client address, against a limit (0: none)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.open: dict[str, int] = {}
+        self.refused = 0
+
+    def acquire(self, client: str) -> bool:
+        count = self.open.get(client, 0)
+        if self.limit and count >= self.limit:
+            self.refused += 1
+            return False
+        self.open[client] = count + 1
+        return True
+
+    def release(self, client: str) -> None:
+        count = self.open.get(client, 0) - 1
+        if count > 0:
+            self.open[client] = count
+        else:
+            self.open.pop(client, None)
+
+    def refusal(self) -> bytes:
+        text = (
+            f"Too many connections from this client: at most {self.limit} "
+            "(http_max_conns_per_client)"
+        ).encode()
+        return _TOO_MANY % (len(text), text)
+
+
+def client_of(transport: asyncio.BaseTransport) -> str:
+    peer = transport.get_extra_info("peername")
+    return str(peer[0]) if isinstance(peer, tuple) and peer else ""
+
+
+def guarded_protocol(
+    read_timeout: float, limiter: ConnectionLimiter | None = None
+) -> type[HttpToolsProtocol]:
     class GuardedHttpToolsProtocol(HttpToolsProtocol):
         _read_deadline: asyncio.TimerHandle | None = None
         _lost: asyncio.Future[None]
+        _client: str | None = None
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
             self._lost = self.loop.create_future()
+            if limiter is not None:
+                client = client_of(transport)
+                if not limiter.acquire(client):
+                    transport.write(limiter.refusal())
+                    transport.close()
+                    return
+                self._client = client
             self._arm()
 
         def on_message_begin(self) -> None:
@@ -46,6 +102,9 @@ def guarded_protocol(read_timeout: float) -> type[HttpToolsProtocol]:
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
+            if self._client is not None and limiter is not None:
+                limiter.release(self._client)
+                self._client = None
             if not self._lost.done():
                 self._lost.set_result(None)
             super().connection_lost(exc)

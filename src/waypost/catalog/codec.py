@@ -3,7 +3,8 @@
 Keys are `l/<node>` (liveness, valueless), `n/<node>`, `s/<node>/<service-id>`,
 `c/<node>/<check-id>`, `g/<node>/<service-id>` (the instance's check-set
 guard, valueless: see txn.py), and for the mesh `r/<root-id>` (CA roots) and
-`i/<source>/<destination>` (intentions). In each part `%` and `/` are escaped (`%25`, `%2F`),
+`i/<source>/<destination>` (intentions), and the ACL records under `a/`
+(at the end). In each part `%` and `/` are escaped (`%25`, `%2F`),
 so that IDs holding `/` stay one part; nothing else needs it, and two string
 replacements are far cheaper than urllib's quoting on the write path.
 Values are msgpack.
@@ -16,7 +17,19 @@ from typing import Any, Final
 import msgspec
 
 from ..storage import Entry
-from .model import CARoot, Check, Intention, Node, Record, Service
+from .model import (
+    AclRecord,
+    Bootstrap,
+    CARoot,
+    Check,
+    Intention,
+    Node,
+    Policy,
+    Record,
+    Role,
+    Service,
+    Token,
+)
 
 _ENCODER: Final = msgspec.msgpack.Encoder()
 _DECODERS: Final[dict[str, msgspec.msgpack.Decoder[Any]]] = {
@@ -106,4 +119,51 @@ def split_key(key: str) -> tuple[str, list[str]]:
 def decode(key: str, value: bytes) -> Record:
     """Decode a stored value; raises msgspec.DecodeError for a corrupt one."""
     record: Record = _DECODERS[key[0]].decode(value)
+    return record
+
+
+# -- ACL records: a/p/<id> policies, a/r/<id> roles, a/t/<accessor> tokens, a/bootstrap
+
+ACL_PREFIX: Final = "a/"
+BOOTSTRAP_KEY: Final = "a/bootstrap"
+_ACL_DECODERS: Final[dict[str, msgspec.msgpack.Decoder[Any]]] = {
+    "p": msgspec.msgpack.Decoder(Policy),
+    "r": msgspec.msgpack.Decoder(Role),
+    "t": msgspec.msgpack.Decoder(Token),
+}
+_BOOTSTRAP_DECODER: Final = msgspec.msgpack.Decoder(Bootstrap)
+
+
+def policy_key(policy_id: str) -> str:
+    return f"a/p/{esc(policy_id)}"
+
+
+def role_key(role_id: str) -> str:
+    return f"a/r/{esc(role_id)}"
+
+
+def token_key(accessor_id: str) -> str:
+    return f"a/t/{esc(accessor_id)}"
+
+
+def acl_key_of(record: AclRecord) -> str:
+    if isinstance(record, Policy):
+        return policy_key(record.id)
+    if isinstance(record, Role):
+        return role_key(record.id)
+    if isinstance(record, Token):
+        return token_key(record.accessor_id)
+    return BOOTSTRAP_KEY
+
+
+def put_acl(record: AclRecord) -> Entry:
+    plain = msgspec.structs.replace(record, create_index=0, modify_index=0)
+    return Entry(acl_key_of(plain), _ENCODER.encode(plain))
+
+
+def decode_acl(key: str, value: bytes) -> AclRecord:
+    """Decode a stored `a/` value; raises msgspec.DecodeError for a corrupt one."""
+    if key == BOOTSTRAP_KEY:
+        return _BOOTSTRAP_DECODER.decode(value)
+    record: AclRecord = _ACL_DECODERS[key[2]].decode(value)
     return record

@@ -178,3 +178,67 @@ Record = Node | Service | Check | CARoot | Intention
 def status_rank(status: str) -> int:
     """Order statuses from best to worst, for "the worst of these checks"."""
     return {"passing": 0, "warning": 1, "critical": 2, "maintenance": 3}.get(status, 2)
+
+
+# -- ACL records (catalog/acl.py holds them; codec.py stores them under a/) ---
+
+
+class ServiceIdentity(msgspec.Struct, frozen=True):
+    """A templated policy: write on one service (and its sidecar), read on the rest."""
+
+    service_name: str
+    datacenters: tuple[str, ...] = ()
+
+
+class NodeIdentity(msgspec.Struct, frozen=True):
+    """A templated policy: write on one node, read on every service."""
+
+    node_name: str
+    datacenter: str
+
+
+class Policy(msgspec.Struct, frozen=True, omit_defaults=True):
+    id: str
+    name: str
+    rules: str = ""
+    description: str = ""
+    datacenters: tuple[str, ...] = ()
+    create_index: int = 0
+    modify_index: int = 0
+
+
+class Role(msgspec.Struct, frozen=True, omit_defaults=True):
+    id: str
+    name: str
+    description: str = ""
+    policies: tuple[str, ...] = ()  # policy IDs
+    service_identities: tuple[ServiceIdentity, ...] = ()
+    node_identities: tuple[NodeIdentity, ...] = ()
+    create_index: int = 0
+    modify_index: int = 0
+
+
+class Token(msgspec.Struct, frozen=True, omit_defaults=True):
+    accessor_id: str
+    secret_id: str
+    description: str = ""
+    policies: tuple[str, ...] = ()  # policy IDs
+    roles: tuple[str, ...] = ()  # role IDs
+    service_identities: tuple[ServiceIdentity, ...] = ()
+    node_identities: tuple[NodeIdentity, ...] = ()
+    local: bool = False
+    create_time: float = 0.0  # unix seconds
+    expiration_time: float = 0.0  # unix seconds; 0: never
+    create_index: int = 0
+    modify_index: int = 0
+
+
+class Bootstrap(msgspec.Struct, frozen=True):
+    """That the ACL system was bootstrapped, and by which token."""
+
+    accessor_id: str
+    create_index: int = 0
+    modify_index: int = 0
+
+
+AclRecord = Policy | Role | Token | Bootstrap

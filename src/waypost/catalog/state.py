@@ -17,6 +17,7 @@ import msgspec
 
 from ..storage import Entry
 from . import codec
+from .acl import ACL_PREFIX, AclTable
 from .kv import KV_PREFIX, KvTable
 from .model import SERF_CHECK_ID, CARoot, Check, Intention, Node, Record, Service, status_rank
 from .sessions import EVENT_PREFIX, SESSION_PREFIX, EventRing, SessionTable
@@ -78,6 +79,7 @@ class State:
         self.kv = KvTable()
         self.sessions = SessionTable()
         self.events = EventRing()
+        self.acl = AclTable()  # policies, roles, tokens (catalog/acl.py)
 
     # -- writes ------------------------------------------------------------
 
@@ -149,6 +151,9 @@ class State:
         if kind == "e" and entry.key.startswith(EVENT_PREFIX):
             self.events.apply(index, entry, touched)
             return
+        if kind == "a" and entry.key.startswith(ACL_PREFIX):
+            self.acl.apply(index, entry, touched)
+            return
         if kind in "lg" and entry.key[1] == "/":
             self._apply_marker(kind, index, entry, touched)
             return
@@ -181,6 +186,7 @@ class State:
         present += list(self.events.slots)
         present += [codec.root_key(r) for r in self.ca_roots]
         present += [codec.intention_key(*k) for k in self.intentions]
+        present += self.acl.storage_keys()
         return [codec.delete(k) for k in present if k not in keep]
 
     def _apply_marker(self, kind: str, index: int, entry: Entry, touched: set[Topic]) -> None:
@@ -571,6 +577,7 @@ class State:
             "checks": len(self.checks),
             **self.kv.statistics(),
             **self.sessions.statistics(),
+            **self.acl.statistics(),
         }
 
 

@@ -13,9 +13,11 @@ import logging
 import sys
 from typing import Any
 
+import msgspec
+
 from .._exceptions import ConfigError
 from ..agent import AgentConfig
-from ..agent.config import LOG_LEVELS, flag_name, load_config_file, validate
+from ..agent.config import LOG_LEVELS, AclSettings, flag_name, load_config_file, validate
 from ..agent.logs import setup as setup_logging
 
 log = logging.getLogger("waypost.agent")
@@ -107,6 +109,45 @@ def add_agent_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     )
     agent.add_argument("--sidecar-min-port", type=int, metavar="PORT", help="default 21000")
     agent.add_argument("--sidecar-max-port", type=int, metavar="PORT", help="default 21255")
+    _security_flags(agent)
+
+
+def _security_flags(agent: argparse.ArgumentParser) -> None:
+    """ACLs, TLS and per-client limits (docs/security.md). Tokens are never
+    flags: they come from the config file, a file of their own, or the environment."""
+    agent.add_argument(
+        "--acl-default-policy",
+        choices=("allow", "deny"),
+        help="turn ACLs on, with this policy for what no rule covers",
+    )
+    agent.add_argument("--https", metavar="ADDR:PORT", help="HTTPS API address (TLS)")
+    agent.add_argument("--tls-cert-file", metavar="FILE", help="the HTTPS certificate (PEM)")
+    agent.add_argument("--tls-key-file", metavar="FILE", help="its private key (PEM)")
+    agent.add_argument("--tls-ca-file", metavar="FILE", help="CA that signs client certificates")
+    agent.add_argument(
+        "--tls-verify-incoming",
+        action="store_true",
+        default=None,
+        help="HTTPS clients must present a certificate signed by --tls-ca-file",
+    )
+    agent.add_argument(
+        "--http-max-conns-per-client",
+        type=int,
+        metavar="N",
+        help="connections one client address may hold (default 200; 0: no limit)",
+    )
+    agent.add_argument(
+        "--dns-tcp-max-conns-per-client",
+        type=int,
+        metavar="N",
+        help="DNS TCP connections one client address may hold (default 32; 0: no limit)",
+    )
+    agent.add_argument(
+        "--dns-udp-answer-limit",
+        type=int,
+        metavar="N",
+        help="records in a UDP answer (default 0: as many as fit 1,232 bytes)",
+    )
 
 
 class _KeyValue(argparse.Action):
@@ -144,10 +185,17 @@ def agent_config(args: argparse.Namespace) -> AgentConfig:
         if isinstance(value, dict) and isinstance(settings.get(field), dict):
             value = {**settings[field], **value}  # NAME=VALUE flags add to the file's table
         settings[field] = value
+    if args.acl_default_policy:  # the flag turns ACLs on
+        acl = settings.get("acl") or AclSettings()
+        settings["acl"] = msgspec.structs.replace(
+            acl, enabled=True, default_policy=args.acl_default_policy
+        )
     try:
-        return AgentConfig(**settings)
+        config = AgentConfig(**settings)
     except TypeError as exc:  # not reachable through the parser; a clear error all the same
         raise ConfigError(str(exc)) from exc
+    config.check_security()
+    return config
 
 
 def run_agent(config: AgentConfig) -> int:
@@ -164,11 +212,12 @@ def run_agent(config: AgentConfig) -> int:
     async def main() -> None:
         agent = Agent(config)
         await agent.start()
-        assert agent.http_address is not None
-        host, port = agent.http_address
         where = f"node {agent.local.name}, datacenter {config.datacenter}"
         print(f"waypost agent: {where}, store {config.display_store()}")
-        print(f"HTTP API: http://{_hostport(host, port)}")
+        if agent.http_address is not None:
+            print(f"HTTP API: http://{_hostport(*agent.http_address)}")
+        if agent.https_address is not None:
+            print(f"HTTPS API: https://{_hostport(*agent.https_address)}")
         if agent.dns_address is not None:
             print(f"DNS: {_hostport(*agent.dns_address)}")
         if agent.grpc_address is not None:

@@ -2,7 +2,9 @@
 
 The agent's address comes from `--http-addr`, else `CONSUL_HTTP_ADDR`, else
 127.0.0.1:8500, with or without a scheme (`127.0.0.1:8500` means http://);
-the token from `--token`, else `CONSUL_HTTP_TOKEN`, sent as `X-Consul-Token`.
+the token from `--token`, else `CONSUL_HTTP_TOKEN` (or `CONSUL_HTTP_TOKEN_FILE`),
+sent as `X-Consul-Token`; an https:// agent (or `CONSUL_HTTP_SSL=true`) is
+verified with `CONSUL_CACERT` and shown `CONSUL_CLIENT_CERT` (waypost/_tls.py).
 Names in paths are percent-encoded (a service named `q?x` is asked for as
 `q%3Fx`). An answer that is not an agent's (a web server's HTML page, a proxy's
 error) is explained, not dumped.
@@ -16,6 +18,7 @@ from urllib.parse import quote
 
 import httpx
 
+from .. import _tls
 from .._exceptions import ConfigError, WaypostError
 
 DEFAULT_ADDR = "127.0.0.1:8500"
@@ -31,7 +34,7 @@ def agent_url(flag: str | None) -> str:
     """The agent's base URL from the flag, the environment or the default."""
     value = (flag or os.environ.get(ADDR_ENV) or DEFAULT_ADDR).strip().rstrip("/")
     if "://" not in value:
-        value = "http://" + value
+        value = _tls.agent_url(value)
     scheme = value.split("://", 1)[0]
     if scheme not in ("http", "https"):
         raise ConfigError(f"--http-addr {value!r}: expected http://HOST:PORT or HOST:PORT")
@@ -46,9 +49,10 @@ def segment(name: str) -> str:
 class AgentClient:
     def __init__(self, addr: str | None = None, token: str | None = None, timeout: float = 10):
         self.base = agent_url(addr)
-        token = token or os.environ.get(TOKEN_ENV) or ""
+        token = _tls.token(token) or ""
         headers = {"X-Consul-Token": token} if token else {}
-        self.http = httpx.Client(base_url=self.base, headers=headers, timeout=timeout)
+        options: Any = _tls.client_options(self.base)
+        self.http = httpx.Client(base_url=self.base, headers=headers, timeout=timeout, **options)
 
     def __enter__(self) -> AgentClient:
         return self

@@ -41,6 +41,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from .. import _tls
 from .._exceptions import RegistrationError
 from ._checks import Check, TtlCheck
 
@@ -50,12 +51,9 @@ _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def default_agent(agent: str | None) -> str:
-    """The agent URL: the argument, else the environment, else the local default."""
-    url = agent or os.environ.get("WAYPOST_AGENT") or os.environ.get("CONSUL_HTTP_ADDR")
-    url = url or "http://127.0.0.1:8500"
-    if "://" not in url:
-        url = f"http://{url}"  # CONSUL_HTTP_ADDR is often host:port
-    return url.rstrip("/")
+    """The agent URL: the argument, else the environment (WAYPOST_AGENT,
+    CONSUL_HTTP_ADDR with CONSUL_HTTP_SSL), else the local default."""
+    return _tls.agent_url(agent)
 
 
 def detect_address(agent: str) -> str:
@@ -86,7 +84,9 @@ class Registration:
         tags: Registry tags.
         meta: Registry metadata (e.g. `{"zone": "a"}`).
         weight: Passing weight for weighted balancing.
-        token: ACL token.
+        token: ACL token; default `$CONSUL_HTTP_TOKEN` (or `$CONSUL_HTTP_TOKEN_FILE`).
+            An https:// agent is verified with `$CONSUL_CACERT` (or the system's
+            CAs), and `$CONSUL_CLIENT_CERT`/`$CONSUL_CLIENT_KEY` are presented.
         handle_signals: Deregister on SIGTERM/SIGINT before the process ends.
         sync_interval: Seconds between registration checks for non-TTL checks.
         timeout: Seconds for each call to the agent.
@@ -121,7 +121,9 @@ class Registration:
         self.handle_signals = handle_signals
         self.sync_interval = sync_interval
         self.timeout = timeout
-        self.headers = {"X-Consul-Token": token} if token else {}
+        secret = _tls.token(token)
+        self.headers = {"X-Consul-Token": secret} if secret else {}
+        self._http_options = _tls.client_options(self.agent)
         self.registrations = 0
         self.heartbeats = 0
         self._registered = False
@@ -154,7 +156,11 @@ class Registration:
     # -- async -----------------------------------------------------------------
 
     async def __aenter__(self) -> Registration:
-        self._client = httpx.AsyncClient(timeout=self.timeout, headers=self.headers)
+        self._client = httpx.AsyncClient(
+            timeout=self.timeout,
+            headers=self.headers,
+            **self._http_options,  # type: ignore[arg-type]
+        )
         try:
             await self.register()
         except BaseException:
@@ -222,7 +228,11 @@ class Registration:
     # -- sync ------------------------------------------------------------------
 
     def __enter__(self) -> Registration:
-        self._sync_client = httpx.Client(timeout=self.timeout, headers=self.headers)
+        self._sync_client = httpx.Client(
+            timeout=self.timeout,
+            headers=self.headers,
+            **self._http_options,  # type: ignore[arg-type]
+        )
         try:
             self.register_sync()
         except BaseException:
@@ -271,6 +281,7 @@ class Registration:
                 f"{self.agent}/v1/agent/service/deregister/{self.id}",
                 headers=self.headers,
                 timeout=min(self.timeout, 2.0),
+                **self._http_options,  # type: ignore[arg-type]
             )
         except httpx.HTTPError as exc:
             log.warning("could not deregister %s from %s: %s", self.id, self.agent, exc)

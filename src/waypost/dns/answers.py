@@ -42,6 +42,8 @@ class Settings(NamedTuple):
     only_passing: bool
     service_ttl: Callable[[str], int]
     node_ttl: int
+    # With ACLs on: may the agent's default token read (resource, name)? None: yes.
+    allow: Callable[[str, str], bool] | None = None
 
 
 class Answerer:
@@ -91,10 +93,16 @@ class Answerer:
         return [n for n in self.state.service_names() if n.lower() == name]
 
     def _healthy(self, name: str, tag: str) -> list[tuple[Service, int]]:
-        """Instances DNS may return, with their SRV weight for their status."""
+        """Instances DNS may return, with their SRV weight for their status (and,
+        with ACLs, only those the default token may read, service and node)."""
+        allow = self.settings.allow
+        if allow is not None and not allow("service", name):
+            return []
         result = []
         for service in self.state.instances_of(name):
             if tag and not any(t.lower() == tag for t in service.tags):
+                continue
+            if allow is not None and not allow("node", service.node):
                 continue
             status = self.state.aggregate_status(service)
             if status in _UNHEALTHY or (status == "warning" and self.settings.only_passing):
@@ -179,10 +187,13 @@ class Answerer:
 
     def _find_node(self, name: str) -> Node | None:
         node = self.state.node(name)
-        if node is not None:
-            return node
-        found = next((n for n in self.state.node_names() if n.lower() == name), None)
-        return None if found is None else self.state.node(found)
+        if node is None:
+            found = next((n for n in self.state.node_names() if n.lower() == name), None)
+            node = None if found is None else self.state.node(found)
+        allow = self.settings.allow
+        if node is not None and allow is not None and not allow("node", node.name):
+            return None  # as if it did not exist, as Consul answers
+        return node
 
     def _addr(self, lookup: Lookup, qtype: int) -> RecordSet:
         rtype, rdata = wire.address_rdata(lookup.address) or (0, b"")
@@ -220,6 +231,10 @@ class Answerer:
 
     # -- reverse lookups -----------------------------------------------------
 
+    def forget_addresses(self) -> None:
+        """Rebuild the reverse table on next use (what may be read changed)."""
+        self._reverse_at = -1
+
     def knows_address(self, address: str) -> bool:
         """Whether a reverse lookup of `address` is ours to answer (else: forward or refuse)."""
         return address in self._addresses()
@@ -231,10 +246,13 @@ class Answerer:
         if index != self._reverse_at:
             table: dict[str, list[str]] = {}
             dc = self.settings.datacenter
+            allow = self.settings.allow or _anything
             for node in self.state.all_nodes():
-                table.setdefault(_canonical(node.address), []).append(f"{node.name}.node.{dc}.")
+                if allow("node", node.name):
+                    names_ = table.setdefault(_canonical(node.address), [])
+                    names_.append(f"{node.name}.node.{dc}.")
             for service in self.state.all_instances():
-                if service.address:
+                if service.address and allow("service", service.name):
                     names_ = table.setdefault(_canonical(service.address), [])
                     names_.append(f"{service.name}.service.{dc}.")
             self._reverse_index = {k: sorted(set(v)) for k, v in table.items() if k}
@@ -263,6 +281,10 @@ class Answerer:
         return RecordSet(
             rcode, authority=self._soa(lookup.domain, lookup.domain.wire), topics=topics
         )
+
+
+def _anything(resource: str, name: str) -> bool:
+    return True
 
 
 def _safe_name(text: str) -> bytes:

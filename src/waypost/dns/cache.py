@@ -47,6 +47,7 @@ class Entry:
         "_count",
         "_flags",
         "_limit",
+        "_max_answers",
         "_order",
         "_qsize",
         "_records",
@@ -59,7 +60,13 @@ class Entry:
     )
 
     def __init__(
-        self, key: Hashable, records: RecordSet, flags: int, limit: int, qsize: int
+        self,
+        key: Hashable,
+        records: RecordSet,
+        flags: int,
+        limit: int,
+        qsize: int,
+        max_answers: tuple[int, bool] = (0, False),
     ) -> None:
         self.key = key
         self.topics = records.topics
@@ -69,6 +76,7 @@ class Entry:
         self._flags = flags
         self._limit = limit
         self._qsize = qsize
+        self._max_answers = max_answers  # (at most this many answers (0: any), TC if cut)
         self._count = 0
         self._redraws = 0
         n = len(records.answers)
@@ -85,8 +93,8 @@ class Entry:
         variant = self.variants[slot]
         if variant is None:
             variant = self.variants[slot] = self._assemble(self._order_for(slot))
-        elif slot == 0 and len(self._order) > VARIANTS:
-            self._redraw()
+        elif slot == 0 and len(self.variants) == VARIANTS < len(self._order):
+            self._redraw()  # only shuffled entries have variants to redraw
         return variant
 
     def _order_for(self, slot: int) -> list[int]:
@@ -100,7 +108,7 @@ class Entry:
     def _redraw(self) -> None:
         """Once per round over the variants, forget one so it is redrawn on next use."""
         self._redraws += 1
-        self.variants[self._redraws % VARIANTS] = None
+        self.variants[self._redraws % len(self.variants)] = None
 
     def _assemble(self, order: Iterable[int]) -> Variant:
         """One response: answers in `order`, each with its additional records,
@@ -111,7 +119,11 @@ class Entry:
         additional: list[bytes] = []
         seen: set[bytes] = set()
         truncated = False
+        most, cut_sets_tc = self._max_answers
         for i in order:
+            if most and len(answers) >= most:
+                truncated = truncated or cut_sets_tc
+                break
             record, extra = records.answers[i]
             new = [a for a in extra if a not in seen]
             cost = len(record) + sum(map(len, new))

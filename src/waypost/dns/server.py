@@ -45,14 +45,16 @@ import asyncio
 import errno
 import logging
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 from .. import _duration
 from .._exceptions import ConfigError, ValidationError
 from ..catalog import Catalog
+from ..catalog.acl import ACL
 from ..catalog.state import State
+from ..catalog.watch import Topic
 from . import names, wire
 from .answers import Answerer, Settings
 from .cache import AnswerCache, Entry, response_flags
@@ -80,6 +82,14 @@ class DnsConfig:
         service_ttl: Go-duration TTL by service name; `*` for the rest.
         node_ttl: Go-duration TTL of node records.
         recursors: `ADDR[:PORT]` to forward other names to (none: REFUSED).
+        udp_max_size: UDP answers are cut (TC set) to this many bytes, whatever
+            EDNS size the query offers: 1,232, the DNS flag day size, keeps an
+            answer to a forged-source query from amplifying much.
+        udp_answer_limit: Answer records in a UDP answer (Consul's
+            `udp_answer_limit`), TC set when some were left out; 0: all that fit.
+        a_record_limit: A/AAAA records in any answer (Consul's `a_record_limit`); 0: all.
+        tcp_max_per_client: TCP connections one client address may hold; 0: no limit.
+        allow: With ACLs on, what the agent's default token may read.
     """
 
     datacenter: str = "dc1"
@@ -90,6 +100,11 @@ class DnsConfig:
     service_ttl: Mapping[str, str] = field(default_factory=dict)
     node_ttl: str = "0s"
     recursors: Sequence[str] = ()
+    udp_max_size: int = 1232
+    udp_answer_limit: int = 0
+    a_record_limit: int = 0
+    tcp_max_per_client: int = 32
+    allow: Callable[[str, str], bool] | None = None
 
 
 class Responder:
@@ -106,7 +121,9 @@ class Responder:
             only_passing=config.only_passing,
             service_ttl=_service_ttls(config.service_ttl),
             node_ttl=_ttl(config.node_ttl, "--dns-node-ttl"),
+            allow=config.allow,
         )
+        self.config = config
         self.answerer = Answerer(state, settings)
         self.cache = AnswerCache()
         self.stats: dict[str, int] = dict.fromkeys(
@@ -119,6 +136,7 @@ class Responder:
                 "errors",
                 "dropped",
                 "forwarded",
+                "tcp_refused",
             ),
             0,
         )
@@ -159,7 +177,7 @@ class Responder:
         return data[:2] + head + data[12 : query.qend] + tail
 
     def _entry(self, query: wire.Query, lookup: names.Lookup, udp: bool) -> Entry:
-        size = query.udp_limit() if udp else wire.MAX_TCP
+        size = min(query.udp_limit(), self.config.udp_max_size) if udp else wire.MAX_TCP
         key = (query.qname, query.qtype, size, query.flags & wire.RD, query.edns is not None)
         entry = self.cache.entries.get(key)
         if entry is not None:
@@ -168,9 +186,24 @@ class Responder:
         self.stats["misses"] += 1
         records = self.answerer.answer(lookup, query.qtype)
         flags = response_flags(query.flags & wire.RD, query.edns is not None, bool(self.forwarder))
-        entry = Entry(key, records, flags, size, query.qend - 12)
+        entry = Entry(key, records, flags, size, query.qend - 12, self._max_answers(query, udp))
         self.cache.put(entry)
         return entry
+
+    def _max_answers(self, query: wire.Query, udp: bool) -> tuple[int, bool]:
+        """How many answer records this query may get, and whether leaving
+        some out sets TC (the UDP limit does: TCP carries the rest)."""
+        limits: list[tuple[int, bool]] = []
+        if udp and self.config.udp_answer_limit:
+            limits.append((self.config.udp_answer_limit, True))
+        if self.config.a_record_limit and query.qtype in (wire.A, wire.AAAA):
+            limits.append((self.config.a_record_limit, False))
+        return min(limits) if limits else (0, False)
+
+    def acl_changed(self) -> None:
+        """What the default token may read changed: forget every answer."""
+        self.cache.clear()
+        self.answerer.forget_addresses()
 
     async def forward(self, data: bytes, tcp: bool) -> bytes:
         self.stats["forwarded"] += 1
@@ -226,17 +259,25 @@ class _TcpProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.idle: asyncio.TimerHandle | None = None
         self.tasks: set[asyncio.Task[None]] = set()
+        self.client: str | None = None  # counted against its address's limit
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.server.tcp_connections.add(self)
-        if len(self.server.tcp_connections) > MAX_TCP:
+        peer = transport.get_extra_info("peername")
+        client = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+        if len(self.server.tcp_connections) > MAX_TCP or not self.server.admit(client):
+            self.server.responder.stats["tcp_refused"] += 1
             transport.close()
             return
+        self.client = client
         self._touch()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.tcp_connections.discard(self)
+        if self.client is not None:
+            self.server.leave(self.client)
+            self.client = None
         if self.idle is not None:
             self.idle.cancel()
         for task in self.tasks:
@@ -296,11 +337,37 @@ class DnsServer:
     def __init__(self, catalog: Catalog, config: DnsConfig) -> None:
         self.responder = Responder(catalog.state, config)
         self.tcp_connections: set[_TcpProtocol] = set()
+        self.tcp_per_client: dict[str, int] = {}
+        self.tcp_limit = config.tcp_max_per_client
         self.address: tuple[str, int] = ("", 0)
         self._udp: asyncio.DatagramTransport | None = None
         self._udp_protocol: _UdpProtocol | None = None
         self._tcp: asyncio.Server | None = None
-        catalog.subscribe(self.responder.cache.invalidate)
+        catalog.subscribe(self._changed)
+
+    def _changed(self, topics: set[Topic], entries: object) -> None:
+        if ACL in topics:  # the default token's view moved: every answer may differ
+            self.responder.acl_changed()
+        else:
+            self.responder.cache.invalidate(topics)
+
+    def admit(self, client: str) -> bool:
+        """Count a TCP connection against its client's limit (False: over it).
+
+        A client holding hundreds of idle connections used to lock every
+        other TCP client out (MAX_TCP in all); now it locks out only itself."""
+        count = self.tcp_per_client.get(client, 0)
+        if self.tcp_limit and count >= self.tcp_limit:
+            return False
+        self.tcp_per_client[client] = count + 1
+        return True
+
+    def leave(self, client: str) -> None:
+        count = self.tcp_per_client.get(client, 0) - 1
+        if count > 0:
+            self.tcp_per_client[client] = count
+        else:
+            self.tcp_per_client.pop(client, None)
 
     @classmethod
     async def start(cls, catalog: Catalog, config: DnsConfig, host: str, port: int) -> DnsServer:

@@ -17,6 +17,7 @@ from urllib.parse import quote
 import httpx
 import msgspec
 
+from ... import _tls
 from ..._exceptions import RegistryUnavailable
 from .._instance import Instance
 from ._base import Answer
@@ -81,8 +82,10 @@ class AgentSource:
     """Reads instances from a Consul-compatible HTTP API.
 
     Args:
-        url: Base URL of the agent, e.g. `http://127.0.0.1:8500`.
-        token: ACL token sent as `X-Consul-Token`.
+        url: Base URL of the agent, e.g. `http://127.0.0.1:8500`; an https://
+            agent is verified with `$CONSUL_CACERT` (else the system's CAs), and
+            `$CONSUL_CLIENT_CERT`/`$CONSUL_CLIENT_KEY` are presented if set.
+        token: ACL token sent as `X-Consul-Token`; default `$CONSUL_HTTP_TOKEN`.
         connect_timeout: Seconds to wait for a connection.
     """
 
@@ -90,7 +93,9 @@ class AgentSource:
 
     def __init__(self, url: str, *, token: str | None = None, connect_timeout: float = 2.0) -> None:
         self.url = url.rstrip("/")
-        self._headers = {"X-Consul-Token": token} if token else {}
+        secret = _tls.token(token)
+        self._headers = {"X-Consul-Token": secret} if secret else {}
+        self._http_options = _tls.client_options(self.url)
         self._connect_timeout = connect_timeout
         self._async: httpx.AsyncClient | None = None
         self._sync: httpx.Client | None = None
@@ -120,7 +125,10 @@ class AgentSource:
         self, service: str, *, index: int = 0, wait: float = 0.0, tag: str | None = None
     ) -> Answer:
         if self._async is None:
-            self._async = httpx.AsyncClient(limits=httpx.Limits(max_connections=None))
+            self._async = httpx.AsyncClient(
+                limits=httpx.Limits(max_connections=None),
+                **self._http_options,  # type: ignore[arg-type]
+            )
         try:
             response = await self._async.get(**self._request_args(service, index, wait, tag))
         except httpx.HTTPError as exc:
@@ -131,7 +139,7 @@ class AgentSource:
         self, service: str, *, index: int = 0, wait: float = 0.0, tag: str | None = None
     ) -> Answer:
         if self._sync is None:
-            self._sync = httpx.Client()
+            self._sync = httpx.Client(**self._http_options)  # type: ignore[arg-type]
         try:
             response = self._sync.get(**self._request_args(service, index, wait, tag))
         except httpx.HTTPError as exc:

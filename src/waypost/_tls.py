@@ -1,0 +1,79 @@
+"""How a client reaches an agent: its URL, TLS settings and token, as Consul's
+tools read them from the environment.
+
+    CONSUL_HTTP_ADDR        host:port or a URL; https:// (or CONSUL_HTTP_SSL=true) means TLS
+    CONSUL_CACERT           CA bundle (PEM) to verify the agent's certificate with
+    CONSUL_CAPATH           a directory of CA certificates, the same
+    CONSUL_CLIENT_CERT      client certificate (PEM), for agents that verify incoming
+    CONSUL_CLIENT_KEY       its key
+    CONSUL_HTTP_SSL_VERIFY  "false" skips verifying the agent (tests only: anyone can then
+                            impersonate it)
+    CONSUL_HTTP_TOKEN       ACL token; CONSUL_HTTP_TOKEN_FILE reads it from a file
+
+Used by the client library (discovery, `Registration`) and the CLI. A
+top-level private module: any layer may import it; it imports no package.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+from collections.abc import Mapping
+from pathlib import Path
+
+from ._exceptions import ConfigError
+
+DEFAULT_AGENT = "http://127.0.0.1:8500"
+_FALSE = ("0", "false", "no", "off")
+
+
+def agent_url(explicit: str | None = None, environ: Mapping[str, str] = os.environ) -> str:
+    """The agent's base URL: `explicit`, else WAYPOST_AGENT, else CONSUL_HTTP_ADDR."""
+    url = explicit or environ.get("WAYPOST_AGENT") or environ.get("CONSUL_HTTP_ADDR") or ""
+    url = url or DEFAULT_AGENT
+    if "://" not in url:  # CONSUL_HTTP_ADDR is often host:port
+        tls = environ.get("CONSUL_HTTP_SSL", "").lower() not in ("", *_FALSE)
+        url = f"{'https' if tls else 'http'}://{url}"
+    return url.rstrip("/")
+
+
+def verify(environ: Mapping[str, str] = os.environ) -> ssl.SSLContext:
+    """The TLS context for https:// agents (httpx's `verify=`): the system's CAs
+    or CONSUL_CACERT / CONSUL_CAPATH, the client certificate if one is set.
+
+    Raises:
+        ConfigError: a file named there cannot be read or is not PEM.
+    """
+    cafile = environ.get("CONSUL_CACERT") or None
+    capath = environ.get("CONSUL_CAPATH") or None
+    try:
+        context = ssl.create_default_context(cafile=cafile, capath=capath)
+        cert, key = environ.get("CONSUL_CLIENT_CERT"), environ.get("CONSUL_CLIENT_KEY")
+        if cert:
+            context.load_cert_chain(cert, key or None)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cannot load the TLS files named by CONSUL_CACERT etc.: {exc}") from exc
+    if environ.get("CONSUL_HTTP_SSL_VERIFY", "").lower() in _FALSE:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def client_options(url: str, environ: Mapping[str, str] = os.environ) -> dict[str, object]:
+    """httpx client arguments for an agent at `url` (`verify=` for https:// only)."""
+    return {"verify": verify(environ)} if url.startswith("https://") else {}
+
+
+def token(explicit: str | None = None, environ: Mapping[str, str] = os.environ) -> str | None:
+    """The ACL token: `explicit`, else CONSUL_HTTP_TOKEN, else CONSUL_HTTP_TOKEN_FILE's content."""
+    if explicit:
+        return explicit
+    if environ.get("CONSUL_HTTP_TOKEN"):
+        return environ["CONSUL_HTTP_TOKEN"]
+    path = environ.get("CONSUL_HTTP_TOKEN_FILE")
+    if not path:
+        return None
+    try:
+        return Path(path).read_text().strip() or None
+    except OSError as exc:
+        raise ConfigError(f"cannot read CONSUL_HTTP_TOKEN_FILE {path}: {exc.strerror}") from exc

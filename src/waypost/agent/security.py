@@ -1,0 +1,121 @@
+"""The agent's security wiring: ACLs (resolver, guard, the records every agent
+needs) and TLS (the HTTPS listener's settings, certificates reloaded on SIGHUP).
+
+The runtime calls these; the parts live where they belong (`catalog/authz.py`
+resolves tokens, `api/access.py` enforces routes' declarations, the DNS
+server filters with the default token). See docs/security.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from .._exceptions import AclNotFound, ConfigError
+from ..api.access import Guard
+from ..catalog import Catalog, aclwrites
+from ..catalog.aclrules import READ
+from ..catalog.authz import Resolver
+from .config import AclTokens, AgentConfig
+
+log = logging.getLogger("waypost.agent")
+
+
+class Security:
+    """ACL state for one agent: None of it when ACLs are off."""
+
+    def __init__(self, config: AgentConfig, catalog: Catalog, node: str) -> None:
+        self.config = config
+        self.catalog = catalog
+        self.enabled = config.acl.enabled
+        self.tokens: AclTokens = config.acl.tokens.resolved() if self.enabled else AclTokens()
+        self.resolver: Resolver | None = None
+        self.guard: Guard | None = None
+        if self.enabled:
+            allow = config.acl.default_policy == "allow"
+            self.resolver = Resolver(catalog.state.acl, config.datacenter, allow)
+            self.guard = Guard(self.resolver, self.tokens.default, catalog.state, node)
+
+    async def start(self) -> None:
+        """Write what ACLs need if it is not in the store yet (any agent may:
+        the plan guards the ACL range, so two agents at once write it once)."""
+        if not self.enabled:
+            return
+        management = self.tokens.initial_management
+        await self.catalog.write(
+            aclwrites.ensure_builtins, management, str(uuid.uuid4()), time.time()
+        )
+        if self.config.acl.default_policy == "deny" and not management:
+            log.warning(
+                "ACLs deny by default and no initial management token is set: "
+                "bootstrap with PUT /v1/acl/bootstrap"
+            )
+
+    def dns_allow(self) -> Callable[[str, str], bool] | None:
+        """What DNS may answer: what the agent's default token may read."""
+        resolver = self.resolver
+        if resolver is None:
+            return None
+        secret = self.tokens.default
+
+        def allow(resource: str, name: str) -> bool:
+            try:
+                return resolver.resolve(secret).allowed(resource, name, READ)
+            except AclNotFound:  # a default token that does not exist reads nothing
+                return False
+
+        return allow
+
+
+def https_options(config: AgentConfig) -> dict[str, Any]:
+    """uvicorn's TLS settings for the HTTPS listener.
+
+    Raises:
+        ConfigError: a certificate or key cannot be loaded.
+    """
+    server_context(config)  # fail at start-up, with the file's name, not at the first handshake
+    options: dict[str, Any] = {
+        "ssl_certfile": config.tls_cert_file,
+        "ssl_keyfile": config.tls_key_file,
+    }
+    if config.tls_ca_file:
+        options["ssl_ca_certs"] = config.tls_ca_file
+    if config.tls_verify_incoming:
+        options["ssl_cert_reqs"] = ssl.CERT_REQUIRED
+    return options
+
+
+def server_context(config: AgentConfig) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(config.tls_cert_file, config.tls_key_file)
+        if config.tls_ca_file:
+            context.load_verify_locations(config.tls_ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            f"cannot load the TLS certificate {config.tls_cert_file} or key "
+            f"{config.tls_key_file}: {exc}"
+        ) from exc
+    return context
+
+
+def reload_certificates(context: ssl.SSLContext | None, config: AgentConfig) -> bool:
+    """Load the certificate and key again into the listener's live context
+    (SIGHUP): new handshakes get the new certificate, open connections keep
+    theirs. A bad file leaves the old certificate in place. True if reloaded."""
+    if context is None:
+        return False
+    try:
+        server_context(config)  # check the new files first: never half-load
+        context.load_cert_chain(config.tls_cert_file, config.tls_key_file)
+        if config.tls_ca_file:
+            context.load_verify_locations(config.tls_ca_file)
+    except ConfigError as exc:
+        log.error("SIGHUP: kept the old certificate: %s", exc)
+        return False
+    log.info("SIGHUP: reloaded the TLS certificate %s", config.tls_cert_file)
+    return True
