@@ -31,6 +31,7 @@ class AgentProcess:
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.proc: subprocess.Popen[str] | None = None
         self.http_url = ""
+        self.https_url = ""
         self.dns_host = ""
         self.dns_port = 0
         self.grpc_address = ""  # HOST:PORT of the xDS server, when it runs
@@ -54,6 +55,8 @@ class AgentProcess:
                 self.http_url = m.group(1)
             elif m := re.match(r"gRPC \(xDS\): (\S+)", line):
                 self.grpc_address = m.group(1)
+            elif m := re.match(r"HTTPS API: (https://\S+)", line):
+                self.https_url = m.group(1)
             elif m := re.match(r"DNS: (\S+):(\d+)", line):
                 self.dns_host, self.dns_port = m.group(1).strip("[]"), int(m.group(2))
             if line.startswith("waypost agent running"):

@@ -27,8 +27,10 @@ from typing import Final
 
 from ._exceptions import ValidationError
 
-_PART: Final = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
-_NUMBER: Final = re.compile(r"\d+(?:\.\d*)?|\.\d+")
+# ASCII digits only: `\d` alone also matches "²" and "٣", which float() then
+# refuses or reads, where Go refuses them all.
+_PART: Final = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)", re.ASCII)
+_NUMBER: Final = re.compile(r"\d+(?:\.\d*)?|\.\d+", re.ASCII)
 _NANOSECONDS: Final = {  # per unit: summing nanoseconds keeps "10us" exact
     "ns": 1.0,
     "us": 1e3,

@@ -10,7 +10,8 @@ anything is written; what depends on the state happens in `writes.py`.
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from typing import Any, Final
 
 import msgspec
 
@@ -18,6 +19,15 @@ from .. import _duration
 from .._exceptions import ValidationError
 from . import proxyconfig
 from .model import Check, CheckDefinition, Proxy, Service, ServiceAddress, Upstream, Weights
+
+# Consul runs no check more often than once a second: `"Interval": "1ns"` would
+# otherwise run 19,000 probes a second and take a core. Shorter intervals and
+# timeouts are raised to it, as Consul does (docs/http-api.md says so).
+MIN_INTERVAL: Final = 1.0
+# RFC 9110 tokens: what an HTTP method and a header name may be made of. A CR
+# or LF in either, or in a header value, would split the probe's request.
+_TOKEN: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", re.ASCII)
+_BAD_VALUE: Final = re.compile(r"[\r\n\x00]")
 
 
 class CheckRegistration(msgspec.Struct):
@@ -260,11 +270,12 @@ def check_definition(body: CheckRegistration) -> CheckDefinition:
     Raises:
         ValidationError: Interval and TTL both set, no type, bad duration...
     """
-    interval = _duration.parse(body.interval, "Interval")
+    interval = _at_least_a_second(_duration.parse(body.interval, "Interval"))
     ttl = _duration.parse(body.ttl, "TTL")
+    _validate_http_request(body)
     defn = CheckDefinition(
         interval=interval,
-        timeout=_duration.parse(body.timeout, "Timeout"),
+        timeout=_at_least_a_second(_duration.parse(body.timeout, "Timeout")),
         ttl=ttl,
         http=body.http,
         method=body.method.upper(),
@@ -285,6 +296,26 @@ def check_definition(body: CheckRegistration) -> CheckDefinition:
     )
     _validate_definition(defn)
     return defn
+
+
+def _at_least_a_second(seconds: float) -> float:
+    """Raise a positive duration under MIN_INTERVAL to it (0 and negatives are left
+    for the rules below: unset, and refused)."""
+    return MIN_INTERVAL if 0 < seconds < MIN_INTERVAL else seconds
+
+
+def _validate_http_request(body: CheckRegistration) -> None:
+    """What an HTTP check sends must not be able to split its request."""
+    if body.method and not _TOKEN.fullmatch(body.method):
+        raise ValidationError(f"Method {body.method!r} is not a valid HTTP method")
+    for name, values in body.header.items():
+        if not _TOKEN.fullmatch(name):
+            raise ValidationError(f"Header name {name!r} is not a valid HTTP header name")
+        for value in values:
+            if _BAD_VALUE.search(value):
+                raise ValidationError(f"Header {name!r} has a CR, LF or NUL in its value")
+    if body.http and any(c in body.http for c in " \r\n\t\x00"):
+        raise ValidationError("HTTP must be a URL without spaces or control characters")
 
 
 def _validate_definition(defn: CheckDefinition) -> None:
