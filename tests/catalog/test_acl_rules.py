@@ -118,7 +118,7 @@ def test_denied_message_names_the_permission() -> None:
     assert str(info.value) == (
         "Permission denied: token with AccessorID 'acc' lacks permission 'service:write' on \"api\""
     )
-    with pytest.raises(PermissionDenied, match="lacks permission 'acl:write'$"):
+    with pytest.raises(PermissionDenied, match=r"lacks permission 'acl:write'$"):
         authz(HCL).require("acl", "", WRITE)
 
 
