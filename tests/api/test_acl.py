@@ -278,3 +278,35 @@ def test_cli_reads_with_consul_http_token(
         cmd, capture_output=True, text=True, timeout=30, env={**os.environ, **env}
     )
     assert unique not in blind.stdout
+
+
+def test_kv_sessions_and_events_under_acls(
+    acl_agent: AgentProcess, admin: httpx.Client, default_token: str, unique: str
+) -> None:
+    rules = (
+        f'key_prefix "{unique}/app/" {{ policy = "write" }}\n'
+        f'session_prefix "" {{ policy = "write" }}\n'
+        f'event_prefix "{unique}" {{ policy = "write" }}'
+    )
+    secret = make_token(admin, rules)
+    for key in (f"{unique}/app/a", f"{unique}/secret"):
+        assert admin.put(f"/v1/kv/{key}", content=b"v").status_code == 200
+    with acl_agent.client(headers={"X-Consul-Token": secret}) as c:
+        assert c.put(f"/v1/kv/{unique}/app/b", content=b"v").json() is True
+        denied = c.put(f"/v1/kv/{unique}/secret", content=b"x")
+        assert denied.status_code == 403 and f"'key:write' on \"{unique}/secret\"" in denied.text
+        assert c.get(f"/v1/kv/{unique}/secret").status_code == 403
+        tree = c.get(f"/v1/kv/{unique}/", params={"recurse": ""})
+        assert [e["Key"] for e in tree.json()] == [f"{unique}/app/a", f"{unique}/app/b"]
+        assert tree.headers["X-Consul-Results-Filtered-By-ACLs"] == "true"
+        keys = c.get(f"/v1/kv/{unique}/", params={"keys": ""}).json()
+        assert keys == [f"{unique}/app/a", f"{unique}/app/b"]
+        assert c.delete(f"/v1/kv/{unique}/", params={"recurse": ""}).status_code == 403
+        txn = [{"KV": {"Verb": "set", "Key": f"{unique}/secret", "Value": "eA=="}}]
+        assert c.put("/v1/txn", json=txn).status_code == 403
+        session = c.put("/v1/session/create", json={"Name": "s"}).json()["ID"]
+        assert c.put(f"/v1/event/fire/{unique}-deploy").status_code == 200
+        assert c.put("/v1/event/fire/other").status_code == 403
+        assert c.post(f"/v1/kv/{unique}/app/c", content=b"v").status_code == 405  # PUT only
+    assert admin.get(f"/v1/kv/{unique}/secret", params={"raw": ""}).content == b"v"
+    assert admin.put(f"/v1/session/destroy/{session}").json() is True

@@ -155,6 +155,21 @@ def values(names: Callable[[Any], Iterable[tuple[str, str]]]) -> Filter:
     return apply
 
 
+def apply_filter(req: Request, answer: Any) -> tuple[Any, bool]:
+    """The answer less what the request's token may not read, by its route's
+    declared filter; and whether anything was left out. For handlers that
+    answer outside `ConsulApi._read` (KV, sessions): they pass their answer
+    through here and add `filtered_header` when it says so."""
+    authz, declared = req.authz, req.access
+    if authz is None or authz.manage or declared is None or declared.filter is None:
+        return answer, False
+    result: tuple[Any, bool] = declared.filter(authz, answer)
+    return result
+
+
+FILTERED_HEADER: Final = (b"x-consul-results-filtered-by-acls", b"true")
+
+
 def check_names(check: dict[str, Any]) -> tuple[tuple[str, str], ...]:
     """What reading one encoded check needs: its service's, or its node's."""
     if check.get("ServiceName"):

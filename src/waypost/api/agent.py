@@ -20,6 +20,8 @@ from typing import Any, Final
 
 from .._exceptions import ValidationError
 from .._logfmt import ConsulFormatter
+from ..catalog.aclrules import READ, WRITE
+from . import access
 from .http import HttpError, Request, Response, Router, Streaming, empty, json
 from .metrics import Metrics
 from .ports import AgentInfo
@@ -81,10 +83,11 @@ class AgentEndpoints:
         self.logs = logs
 
     def routes(self, r: Router) -> None:
-        r.add("PUT POST", "/v1/agent/reload", self.reload)
-        r.add("PUT POST", "/v1/agent/leave", self.leave)
-        r.add("GET HEAD", "/v1/agent/metrics", self.agent_metrics)
-        r.add("GET", "/v1/agent/monitor", self.monitor)
+        # PUT only for writes, as Consul's; ACLs as Consul's: agent:<level> on this node.
+        r.add("PUT", "/v1/agent/reload", self.reload, access.agent(WRITE))
+        r.add("PUT", "/v1/agent/leave", self.leave, access.agent(WRITE))
+        r.add("GET HEAD", "/v1/agent/metrics", self.agent_metrics, access.agent(READ))
+        r.add("GET", "/v1/agent/monitor", self.monitor, access.agent(READ))
         for path in NOT_BUILT:
             r.add("GET HEAD PUT POST DELETE", path, self.not_built)
 

@@ -130,16 +130,12 @@ class ConsulApi:
                 self._cache.put(key, _Cached(version, body, filtered_out))
         headers = self._read_headers(index)
         if filtered_out:
-            headers.append((b"x-consul-results-filtered-by-acls", _TRUE))
+            headers.append(access.FILTERED_HEADER)
         return json_bytes(body, headers)
 
     def _produce(self, req: Request, produce: Callable[[], Any]) -> tuple[bytes, bool]:
         """Encode a read's answer, less what the token may not see."""
-        answer = produce()
-        authz, declared = req.authz, req.access
-        if authz is None or authz.manage or declared is None or declared.filter is None:
-            return _ENCODER.encode(answer), False
-        answer, filtered_out = declared.filter(authz, answer)
+        answer, filtered_out = access.apply_filter(req, produce())
         return _ENCODER.encode(answer), filtered_out
 
     async def block(self, req: Request, topics: tuple[Topic, ...]) -> int:

@@ -14,9 +14,11 @@ import msgspec
 
 from .._exceptions import ValidationError
 from ..catalog import Catalog, kvwrites
+from ..catalog.aclrules import READ, WRITE
 from ..catalog.kv import KvEntry, key_topic, prefix_topic
 from ..catalog.kvtxn import MAX_OPS, Outcome, TxnOp, run
-from . import decode
+from . import access, decode
+from .access import Perm
 from .consul import ConsulApi
 from .http import HttpError, Request, Response, Router, json
 
@@ -43,11 +45,14 @@ class KvApi:
         self.kv = catalog.state.kv
 
     def routes(self, r: Router) -> None:
-        r.add("GET HEAD", "/v1/kv/", self.get)
-        r.add("GET HEAD", "/v1/kv", self.get)
-        r.add("PUT POST", "/v1/kv/", self.put)
-        r.add("DELETE", "/v1/kv/", self.delete)
-        r.add("PUT POST", "/v1/txn", self.txn)
+        """Writes take PUT (and DELETE) only, as Consul's: see ConsulApi.routes.
+        ACLs as Consul's: `key:read` for a key, lists filtered by `key:read`,
+        `key:write` to change one (and every key under a deleted prefix)."""
+        r.add("GET HEAD", "/v1/kv/", self.get, _READ)
+        r.add("GET HEAD", "/v1/kv", self.get, _READ)
+        r.add("PUT", "/v1/kv/", self.put, access.need("key", WRITE))
+        r.add("DELETE", "/v1/kv/", self.delete, access.custom(_delete_needs))
+        r.add("PUT", "/v1/txn", self.txn, access.custom(_txn_needs))
 
     # -- reads ---------------------------------------------------------------
 
@@ -73,7 +78,8 @@ class KvApi:
         headers = self.consul.read_headers(index)
         if not entries:
             return Response(404, b"", headers)
-        return json([entry_json(e) for e in entries], headers)
+        shown, filtered = access.apply_filter(req, [entry_json(e) for e in entries])
+        return json(shown, [*headers, access.FILTERED_HEADER] if filtered else headers)
 
     async def _keys(self, req: Request, prefix: str) -> Response:
         separator = req.arg("separator") or req.arg("seperator")  # Consul reads both spellings
@@ -82,7 +88,8 @@ class KvApi:
         headers = self.consul.read_headers(index)
         if not keys and prefix:
             return Response(404, b"", headers)
-        return json(keys, headers)
+        shown, filtered = access.apply_filter(req, keys)
+        return json(shown, [*headers, access.FILTERED_HEADER] if filtered else headers)
 
     # -- writes --------------------------------------------------------------
 
@@ -161,7 +168,7 @@ def _one_of(req: Request, *flags: str) -> None:
 
 def _uint(req: Request, name: str) -> int:
     text = req.arg(name)
-    if not text.isdigit() or int(text) >= 1 << 64:
+    if not (text.isascii() and text.isdigit()) or len(text) > 20 or int(text) >= 1 << 64:
         raise ValidationError(f'Invalid {name} "{text}": expected an unsigned integer')
     return int(text)
 
@@ -171,6 +178,8 @@ def _txn_ops(raw: bytes) -> list[TxnOp]:
         data = msgspec.json.decode(raw)
     except msgspec.DecodeError as exc:
         raise ValidationError(f"Failed to parse body: {exc}") from exc
+    except RecursionError:
+        raise ValidationError("Failed to parse body: nested too deeply") from None
     if not isinstance(data, list):
         raise ValidationError("Failed to parse body: expected a JSON list of operations")
     if len(data) > MAX_OPS:
@@ -179,3 +188,51 @@ def _txn_ops(raw: bytes) -> list[TxnOp]:
         return msgspec.convert([decode.fold(op) for op in data], list[TxnOp])
     except msgspec.ValidationError as exc:
         raise ValidationError(f"Failed to parse body: {exc}") from exc
+
+
+# -- ACLs (api/access.py): what each KV route needs ------------------------------
+
+_KV_READS = frozenset({"get", "get-tree", "check-index", "check-session", "check-not-exists"})
+
+
+def _key_of(item: Any) -> tuple[tuple[str, str], ...]:
+    """An entry of `?recurse`, or a key of `?keys`."""
+    return (("key", item["Key"] if isinstance(item, dict) else item),)
+
+
+def _read_needs(ctx: access.Ctx) -> tuple[Perm, ...]:
+    if ctx.req.has("recurse") or ctx.req.has("keys"):
+        return ()  # lists are filtered by key:read instead
+    return (("key", ctx.rest, READ),)
+
+
+def _under(ctx: access.Ctx, prefix: str) -> list[Perm]:
+    """Deleting a tree needs write on its prefix and on every key it holds."""
+    return [("key", prefix, WRITE), *(("key", e.key, WRITE) for e in ctx.state.kv.under(prefix))]
+
+
+def _delete_needs(ctx: access.Ctx) -> list[Perm]:
+    if ctx.req.has("recurse"):
+        return _under(ctx, ctx.rest)
+    return [("key", ctx.rest, WRITE)]
+
+
+async def _txn_needs(ctx: access.Ctx) -> list[Perm]:
+    """Each KV operation's key; a body that does not parse needs nothing here
+    (the handler answers 400), and other operation kinds are refused there."""
+    try:
+        ops = _txn_ops(await ctx.req.body(MAX_TXN_BODY))
+    except ValidationError:
+        return []
+    perms: list[Perm] = []
+    for op in ops:
+        if op.kv is None:
+            continue
+        if op.kv.verb == "delete-tree":
+            perms += _under(ctx, op.kv.key)
+        else:
+            perms.append(("key", op.kv.key, READ if op.kv.verb in _KV_READS else WRITE))
+    return perms
+
+
+_READ = access.filtered(access.items(_key_of), _read_needs)

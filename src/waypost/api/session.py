@@ -16,9 +16,11 @@ import msgspec
 from .. import _duration
 from .._exceptions import NotFoundError, ValidationError
 from ..catalog import Catalog, kvwrites
+from ..catalog.aclrules import WRITE
 from ..catalog.kvwrites import EventRequest, SessionRequest
 from ..catalog.sessions import EVENTS, SESSIONS, Event, Session, session_node_topic, session_topic
-from . import decode
+from . import access, decode
+from .access import Perm
 from .consul import ConsulApi
 from .http import Request, Response, Router, json
 
@@ -80,19 +82,32 @@ class SessionApi:
         self.ttl_min = ttl_min
 
     def routes(self, r: Router) -> None:
-        r.add("PUT POST", "/v1/session/create", self.create)
-        r.add("PUT POST", "/v1/session/destroy/", self.destroy)
-        r.add("PUT POST", "/v1/session/renew/", self.renew)
-        r.add("GET HEAD", "/v1/session/info/", self.info)
-        r.add("GET HEAD", "/v1/session/node/", self.node)
-        r.add("GET HEAD", "/v1/session/list", self.list)
-        r.add("PUT POST", "/v1/event/fire/", self.fire)
-        r.add("GET HEAD", "/v1/event/list", self.events)
+        """PUT only for writes, as Consul's. ACLs as Consul's: `session:write`
+        on the session's node, lists filtered by `session:read` on it;
+        `event:write` on an event's name, the list filtered by `event:read`."""
+        own = access.custom(self._session_needs)
+        sessions = access.filtered(access.items(_session_node))
+        r.add("PUT", "/v1/session/create", self.create, access.custom(self._create_needs))
+        r.add("PUT", "/v1/session/destroy/", self.destroy, own)
+        r.add("PUT", "/v1/session/renew/", self.renew, own)
+        r.add("GET HEAD", "/v1/session/info/", self.info, sessions)
+        r.add("GET HEAD", "/v1/session/node/", self.node, sessions)
+        r.add("GET HEAD", "/v1/session/list", self.list, sessions)
+        r.add("PUT", "/v1/event/fire/", self.fire, access.need("event", WRITE))
+        r.add("GET HEAD", "/v1/event/list", self.events, access.filtered(access.items(_event)))
+
+    async def _create_needs(self, ctx: access.Ctx) -> tuple[Perm, ...]:
+        body = await ctx.body(_CreateBody)
+        return (("session", body.node or ctx.node, WRITE),)
+
+    def _session_needs(self, ctx: access.Ctx) -> tuple[Perm, ...]:
+        session = self.state.sessions.get(ctx.rest)
+        return (("session", session.node, WRITE),) if session is not None else ()
 
     # -- sessions ----------------------------------------------------------
 
     async def create(self, req: Request, _: str) -> Response:
-        request = self._request(decode.decode(await req.body(), _CreateBody))
+        request = self._request(await decode.body_of(req, _CreateBody))
         session_id = await self.catalog.write(
             kvwrites.session_create, request, self.ttl_min, TTL_MAX
         )
@@ -129,19 +144,19 @@ class SessionApi:
         index = await self.consul.block(req, (session_topic(session_id),))
         found = self.state.sessions.get(session_id)
         body = [session_json(found)] if found else []
-        return json(body, self.consul.read_headers(index))
+        return _filtered(req, body, self.consul.read_headers(index))
 
     async def node(self, req: Request, node: str) -> Response:
         if not node:
             raise ValidationError("Missing node name")
         index = await self.consul.block(req, (session_node_topic(node),))
         body = [session_json(s) for s in self.state.sessions.on_node(node)]
-        return json(body, self.consul.read_headers(index))
+        return _filtered(req, body, self.consul.read_headers(index))
 
     async def list(self, req: Request, _: str) -> Response:
         index = await self.consul.block(req, (SESSIONS,))
         body = [session_json(s) for s in self.state.sessions.all()]
-        return json(body, self.consul.read_headers(index))
+        return _filtered(req, body, self.consul.read_headers(index))
 
     # -- events ------------------------------------------------------------
 
@@ -166,7 +181,7 @@ class SessionApi:
             for e in self.state.events.events()
             if (not name or e.name == name) and self._receives(e)
         ]
-        return json(found, self.consul.read_headers(index))
+        return _filtered(req, found, self.consul.read_headers(index))
 
     def _receives(self, event: Event) -> bool:
         local = self.consul.local.name
@@ -180,6 +195,19 @@ class SessionApi:
             ):
                 return True
         return False
+
+
+def _filtered(req: Request, answer: Any, headers: list[tuple[bytes, bytes]]) -> Response:
+    shown, filtered = access.apply_filter(req, answer)
+    return json(shown, [*headers, access.FILTERED_HEADER] if filtered else headers)
+
+
+def _session_node(session: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    return (("session", session["Node"]),)
+
+
+def _event(event: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    return (("event", event["Name"]),)
 
 
 def _need_id(session_id: str) -> None:
