@@ -1,0 +1,187 @@
+"""TLS end to end: a certificate authority made here (trustme), a real agent on
+--https, py-consul, the client library and the CLI, client certificates, and
+the certificate reloaded on SIGHUP."""
+
+from __future__ import annotations
+
+import os
+import signal
+import ssl
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import consul
+import pytest
+import requests
+import trustme
+
+from waypost import Discovery, Registration
+
+from ..agentproc import AgentProcess
+from ..wait import until
+
+
+class Pki:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.ca = trustme.CA()
+        self.ca_file = root / "ca.pem"
+        self.ca.cert_pem.write_to_path(str(self.ca_file))
+        self.cert_file, self.key_file = root / "agent.pem", root / "agent-key.pem"
+        self.issue(self.ca)
+        client = self.ca.issue_cert("client.example")
+        self.client_cert, self.client_key = root / "client.pem", root / "client-key.pem"
+        client.cert_chain_pems[0].write_to_path(str(self.client_cert))
+        client.private_key_pem.write_to_path(str(self.client_key))
+
+    def issue(self, ca: trustme.CA) -> None:
+        cert = ca.issue_cert("127.0.0.1", "localhost")
+        cert.private_key_and_cert_chain_pem.write_to_path(str(self.cert_file))
+        cert.private_key_pem.write_to_path(str(self.key_file))
+
+    def flags(self) -> list[str]:
+        return ["--tls-cert-file", str(self.cert_file), "--tls-key-file", str(self.key_file)]
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return Pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="module")
+def tls_agent(pki: Pki) -> Iterator[AgentProcess]:
+    proc = AgentProcess(
+        "--dev", "--http", "off", "--https", "127.0.0.1:0", "--dns", "off", *pki.flags()
+    ).start()
+    yield proc
+    assert proc.stop() == 0, "".join(proc.output)
+
+
+def port_of(url: str) -> int:
+    return int(url.rsplit(":", 1)[1])
+
+
+def test_py_consul_over_https_with_the_tests_ca(
+    tls_agent: AgentProcess, pki: Pki, unique: str
+) -> None:
+    assert tls_agent.http_url == "" and tls_agent.https_url.startswith("https://127.0.0.1:")
+    c = consul.Consul(
+        host="127.0.0.1", port=port_of(tls_agent.https_url), scheme="https", verify=str(pki.ca_file)
+    )
+    assert c.agent.service.register(unique, service_id=unique, port=80)
+    assert [r["Service"]["ID"] for r in c.health.service(unique)[1]] == [unique]
+    untrusting = consul.Consul(host="127.0.0.1", port=port_of(tls_agent.https_url), scheme="https")
+    with pytest.raises(requests.exceptions.SSLError):
+        untrusting.agent.services()  # the system's CAs do not know the tests' CA
+    plain = consul.Consul(host="127.0.0.1", port=port_of(tls_agent.https_url), scheme="http")
+    with pytest.raises(requests.exceptions.ConnectionError):
+        plain.agent.services()
+
+
+def test_client_library_and_cli_honour_consul_cacert(
+    tls_agent: AgentProcess, pki: Pki, unique: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CONSUL_CACERT", str(pki.ca_file))
+    with Registration(
+        unique, port=4000, address="127.0.0.1", agent=tls_agent.https_url, handle_signals=False
+    ):
+        with Discovery(tls_agent.https_url) as d:
+            assert [i.port for i in d.instances(unique)] == [4000]
+        env = {
+            **os.environ,
+            "CONSUL_HTTP_ADDR": tls_agent.https_url.removeprefix("https://"),
+            "CONSUL_HTTP_SSL": "true",
+        }
+        cli = subprocess.run(
+            [sys.executable, "-m", "waypost.cli.main", "services"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env=env,
+        )
+        assert cli.returncode == 0, cli.stderr
+        assert unique in cli.stdout
+        env.pop("CONSUL_CACERT")
+        refused = subprocess.run(
+            [sys.executable, "-m", "waypost.cli.main", "services"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env=env,
+        )
+        assert refused.returncode != 0 and "CERTIFICATE_VERIFY_FAILED" in refused.stderr
+        env["CONSUL_HTTP_SSL_VERIFY"] = "false"
+        unverified = subprocess.run(
+            [sys.executable, "-m", "waypost.cli.main", "services"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env=env,
+        )
+        assert unverified.returncode == 0 and unique in unverified.stdout
+
+
+def test_client_certificates_when_the_agent_verifies_incoming(pki: Pki) -> None:
+    proc = AgentProcess(
+        "--dev", "--http", "off", "--https", "127.0.0.1:0", "--dns", "off", *pki.flags(),
+        "--tls-ca-file", str(pki.ca_file), "--tls-verify-incoming",
+    ).start()  # fmt: skip
+    try:
+        port = port_of(proc.https_url)
+        with_cert = consul.Consul(
+            host="127.0.0.1", port=port, scheme="https", verify=str(pki.ca_file),
+            cert=(str(pki.client_cert), str(pki.client_key)),
+        )  # fmt: skip
+        assert with_cert.status.leader()
+        without = consul.Consul(
+            host="127.0.0.1", port=port, scheme="https", verify=str(pki.ca_file)
+        )
+        with pytest.raises((requests.exceptions.SSLError, requests.exceptions.ConnectionError)):
+            without.status.leader()
+    finally:
+        proc.stop()
+
+
+def _served_issuer(url: str, ca_file: Path) -> str:
+    context = ssl.create_default_context(cafile=str(ca_file))
+    host, port = "127.0.0.1", port_of(url)
+    import socket
+
+    with (
+        socket.create_connection((host, port), timeout=5) as raw,
+        context.wrap_socket(raw, server_hostname=host) as tls,
+    ):
+        cert = tls.getpeercert()
+    return str(dict(x[0] for x in cert["issuer"]))
+
+
+def test_certificates_reload_on_sighup(tmp_path: Path) -> None:
+    pki = Pki(tmp_path)
+    proc = AgentProcess(
+        "--dev", "--http", "off", "--https", "127.0.0.1:0", "--dns", "off", *pki.flags()
+    ).start()
+    try:
+        before = _served_issuer(proc.https_url, pki.ca_file)
+        new_ca = trustme.CA()
+        new_ca_file = tmp_path / "new-ca.pem"
+        new_ca.cert_pem.write_to_path(str(new_ca_file))
+        pki.issue(new_ca)
+        assert proc.proc is not None
+        proc.proc.send_signal(signal.SIGHUP)
+        after = until(lambda: _try_issuer(proc.https_url, new_ca_file))
+        assert after != before
+        pki.key_file.write_text("not a key")  # a bad file on the next SIGHUP keeps the certificate
+        proc.proc.send_signal(signal.SIGHUP)
+        until(lambda: any("kept the old certificate" in line for line in proc.output))
+        assert _served_issuer(proc.https_url, new_ca_file) == after
+    finally:
+        assert proc.stop() == 0
+
+
+def _try_issuer(url: str, ca_file: Path) -> str:
+    try:
+        return _served_issuer(url, ca_file)
+    except ssl.SSLError:
+        return ""
