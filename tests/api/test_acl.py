@@ -310,3 +310,24 @@ def test_kv_sessions_and_events_under_acls(
         assert c.post(f"/v1/kv/{unique}/app/c", content=b"v").status_code == 405  # PUT only
     assert admin.get(f"/v1/kv/{unique}/secret", params={"raw": ""}).content == b"v"
     assert admin.put(f"/v1/session/destroy/{session}").json() is True
+
+
+def test_intentions_need_intentions_rights_on_their_destination(
+    acl_agent: AgentProcess, admin: httpx.Client, default_token: str, unique: str
+) -> None:
+    db, web = f"{unique}-db", f"{unique}-web"
+    secret = make_token(admin, f'service "{db}" {{ policy = "read" intentions = "write" }}')
+    exact = "/v1/connect/intentions/exact"
+    with acl_agent.client(headers={"X-Consul-Token": secret}) as c:
+        mine = c.put(exact, params={"source": web, "destination": db}, json={"Action": "allow"})
+        assert mine.status_code == 200, mine.text
+        theirs = c.put(exact, params={"source": db, "destination": web}, json={"Action": "deny"})
+        assert theirs.status_code == 403 and f"'intentions:write' on \"{web}\"" in theirs.text
+    assert admin.put(
+        exact, params={"source": db, "destination": web}, json={"Action": "deny"}
+    ).json()
+    reader = make_token(admin, f'service "{db}" {{ policy = "read" }}')  # implies intentions:read
+    with acl_agent.client(headers={"X-Consul-Token": reader}) as c:
+        listed = c.get("/v1/connect/intentions")
+        assert [i["DestinationName"] for i in listed.json()] == [db]
+        assert listed.headers["X-Consul-Results-Filtered-By-ACLs"] == "true"

@@ -19,10 +19,12 @@ import msgspec
 
 from .._exceptions import ValidationError
 from ..catalog import connect
+from ..catalog.aclrules import INTENTION, READ, WRITE
 from ..catalog.connect import IntentionBody
 from ..catalog.model import CARoot, Intention
 from ..catalog.watch import INTENTIONS, ROOTS, connect_topic
-from . import decode, encode
+from . import access, decode, encode
+from .access import Perm
 from .consul import ConsulApi
 from .http import HttpError, Request, Response, Router, json
 from .ports import LeafCert, LeafSigner
@@ -38,24 +40,47 @@ class ConnectApi:
         self.leaves = leaves
 
     def routes(self, r: Router) -> None:
-        for path, handler in {
-            "/v1/agent/connect/ca/roots": self.roots,
-            "/v1/connect/ca/roots": self.roots,
-            "/v1/agent/connect/ca/leaf/": self.leaf,
-            "/v1/health/connect/": self.health_connect,
-            "/v1/catalog/connect/": self.catalog_connect,
-            "/v1/connect/intentions/check": self.check,
-            "/v1/connect/intentions/match": self.match,
-        }.items():
-            r.add("GET HEAD", path, handler)
-        r.add("GET HEAD", "/v1/connect/intentions", self.list_intentions)
-        r.add("POST", "/v1/connect/intentions", self.create_intention)
-        r.add("GET HEAD", "/v1/connect/intentions/exact", self.get_exact)
-        r.add("PUT POST", "/v1/connect/intentions/exact", self.put_exact)
-        r.add("DELETE", "/v1/connect/intentions/exact", self.delete_exact)
-        r.add("GET HEAD", "/v1/connect/intentions/", self.get_by_id)
-        r.add("DELETE", "/v1/connect/intentions/", self.delete_by_id)
-        r.add("PUT POST", "/v1/agent/connect/authorize", self.authorize)
+        """Methods and ACLs as Consul's (api/access.py): the roots are public;
+        a leaf or an authorize call needs `service:write` on its service;
+        intentions need `intentions:read|write` on their destination (lists
+        filtered by it); a check needs `service:read` on the destination."""
+        rows = access.filtered(access.items(_connect_row))
+        for path, handler, needs in (
+            ("/v1/agent/connect/ca/roots", self.roots, access.OPEN),
+            ("/v1/connect/ca/roots", self.roots, access.OPEN),
+            ("/v1/agent/connect/ca/leaf/", self.leaf, access.need("service", WRITE)),
+            ("/v1/health/connect/", self.health_connect, rows),
+            ("/v1/catalog/connect/", self.catalog_connect, rows),
+            ("/v1/connect/intentions/check", self.check, _destination("service", READ)),
+            ("/v1/connect/intentions/match", self.match, _MATCH),
+        ):
+            r.add("GET HEAD", path, handler, needs)
+        r.add("GET HEAD", "/v1/connect/intentions", self.list_intentions, _LISTED)
+        r.add("POST", "/v1/connect/intentions", self.create_intention, _CREATE)
+        r.add(
+            "GET HEAD",
+            "/v1/connect/intentions/exact",
+            self.get_exact,
+            _destination(INTENTION, READ),
+        )
+        r.add("PUT", "/v1/connect/intentions/exact", self.put_exact, _destination(INTENTION, WRITE))
+        r.add(
+            "DELETE",
+            "/v1/connect/intentions/exact",
+            self.delete_exact,
+            _destination(INTENTION, WRITE),
+        )
+        r.add("GET HEAD", "/v1/connect/intentions/", self.get_by_id, self._by_id(READ))
+        r.add("DELETE", "/v1/connect/intentions/", self.delete_by_id, self._by_id(WRITE))
+        # py-consul sends PUT, Consul's docs say POST: both (it changes nothing)
+        r.add("PUT POST", "/v1/agent/connect/authorize", self.authorize, _AUTHORIZE)
+
+    def _by_id(self, level: int) -> access.Access:
+        def needs(ctx: access.Ctx) -> tuple[Perm, ...]:
+            found = connect.by_id(self.state, ctx.rest)
+            return ((INTENTION, found.destination, level),) if found is not None else ()
+
+        return access.custom(needs)
 
     # -- certificates ------------------------------------------------------------
 
@@ -116,13 +141,13 @@ class ConnectApi:
 
     async def put_exact(self, req: Request, _: str) -> Response:
         source, destination = _pair(req)
-        body = decode.decode(await req.body(), IntentionBody)
+        body = await decode.body_of(req, IntentionBody)
         await self.catalog.write(connect.put_intention, source, destination, body, _now())
         return json(True)
 
     async def create_intention(self, req: Request, _: str) -> Response:
         """The legacy create: names in the body; answers the new ID."""
-        body = decode.decode(await req.body(), IntentionBody)
+        body = await decode.body_of(req, IntentionBody)
         if self.state.intention(body.sourcename, body.destinationname) is not None:
             raise ValidationError(
                 f'an intention from "{body.sourcename}" to "{body.destinationname}" exists already'
@@ -161,7 +186,7 @@ class ConnectApi:
         )
 
     async def authorize(self, req: Request, _: str) -> Response:
-        body = decode.decode(await req.body(), AuthorizeBody)
+        body = await decode.body_of(req, AuthorizeBody)
         if not body.target or not body.clientcerturi:
             raise ValidationError("Target and ClientCertURI are required")
         found = SPIFFE_SERVICE.match(body.clientcerturi)
@@ -181,6 +206,50 @@ class AuthorizeBody(msgspec.Struct):
     target: str = ""
     clientcerturi: str = ""
     clientcertserial: str = ""
+
+
+# -- ACLs (api/access.py) ----------------------------------------------------------
+
+
+def _connect_row(row: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    """A health or catalog row of a sidecar, filtered like /v1/health/service."""
+    if "ServiceName" in row:
+        return (("node", row["Node"]), ("service", row["ServiceName"]))
+    return (("node", row["Node"]["Node"]), ("service", row["Service"]["Service"]))
+
+
+def _destination(resource: str, level: int) -> access.Access:
+    return access.need(resource, level, lambda ctx: ctx.req.arg("destination"))
+
+
+def _intention_destination(i: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    return ((INTENTION, i["DestinationName"]),)
+
+
+def _match_filter(authz: Any, answer: dict[str, list[dict[str, Any]]]) -> tuple[Any, bool]:
+    kept, dropped = {}, False
+    for name, found in answer.items():
+        kept[name], gone = access.items(_intention_destination)(authz, found)
+        dropped = dropped or gone
+    return kept, dropped
+
+
+async def _create_needs(ctx: access.Ctx) -> tuple[Perm, ...]:
+    body = await ctx.body(IntentionBody)
+    return ((INTENTION, body.destinationname, WRITE),)
+
+
+async def _authorize_needs(ctx: access.Ctx) -> tuple[Perm, ...]:
+    body = await ctx.body(AuthorizeBody)
+    return (("service", body.target, WRITE),) if body.target else ()
+
+
+_reads_pair = _destination(INTENTION, READ)
+_writes_pair = _destination(INTENTION, WRITE)
+_LISTED = access.filtered(access.items(_intention_destination))
+_MATCH = access.filtered(_match_filter)
+_CREATE = access.custom(_create_needs)
+_AUTHORIZE = access.custom(_authorize_needs)
 
 
 def _pair(req: Request) -> tuple[str, str]:
