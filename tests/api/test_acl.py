@@ -11,6 +11,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import consul
 import consul.exceptions
@@ -331,3 +332,30 @@ def test_intentions_need_intentions_rights_on_their_destination(
         listed = c.get("/v1/connect/intentions")
         assert [i["DestinationName"] for i in listed.json()] == [db]
         assert listed.headers["X-Consul-Results-Filtered-By-ACLs"] == "true"
+
+
+def test_tokens_survive_kill_9(tmp_path: Path) -> None:
+    """ACL records are catalog records: durable before the answer, replayed at start-up."""
+    data = str(tmp_path / "data")
+    args = (
+        "--data-dir",
+        data,
+        "--http",
+        "127.0.0.1:0",
+        "--dns",
+        "off",
+        "--acl-default-policy",
+        "deny",
+    )
+    first = AgentProcess(*args).start()
+    boss = httpx.put(f"{first.http_url}/v1/acl/bootstrap", timeout=30).json()["SecretID"]
+    first.kill()
+    again = AgentProcess(*args).start()
+    try:
+        r = httpx.get(
+            f"{again.http_url}/v1/acl/token/self", headers={"X-Consul-Token": boss}, timeout=30
+        )
+        assert r.status_code == 200 and r.json()["SecretID"] == boss
+        assert httpx.put(f"{again.http_url}/v1/acl/bootstrap", timeout=30).status_code == 403
+    finally:
+        again.stop()
