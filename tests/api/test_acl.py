@@ -7,6 +7,8 @@ of their own.
 
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 import sys
 import uuid
@@ -359,3 +361,24 @@ def test_tokens_survive_kill_9(tmp_path: Path) -> None:
         assert httpx.put(f"{again.http_url}/v1/acl/bootstrap", timeout=30).status_code == 403
     finally:
         again.stop()
+
+
+@pytest.mark.skipif(
+    shutil.which("node") is None, reason="Node.js is not installed (make test installs it)"
+)
+def test_node_consul_client_with_tokens(
+    acl_agent: AgentProcess, default_token: str, unique: str
+) -> None:
+    node_dir = Path(__file__).parent.parent / "node"
+    result = subprocess.run(
+        ["node", "acl.js", str(acl_agent.http_port), unique, MGMT],
+        cwd=node_dir, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(result.stdout.strip().splitlines()[-1])
+    assert seen["anonymous"].startswith("403 ") and "'service:write'" in seen["anonymous"]
+    assert (
+        seen["bootstrapAgain"].startswith("403 ") and "no longer allowed" in seen["bootstrapAgain"]
+    )
+    assert seen["admin"] == "ok"
+    assert seen["perCall"] == "ok"
