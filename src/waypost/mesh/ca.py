@@ -109,7 +109,9 @@ def sign_leaf(
     Raises:
         ValidationError: the service name cannot be part of a SPIFFE ID.
     """
-    if not service or "/" in service:
+    # A URI SAN takes ASCII only (cryptography refuses the rest with a ValueError:
+    # a 500 found by tests/api/test_fuzz.py), and no separators or spaces.
+    if not service or not service.isascii() or any(c in service for c in "/ \t\r\n#?"):
         raise ValidationError(f'"{service}" is not a service name a certificate can carry')
     ca_key = serialization.load_pem_private_key(root.private_key.encode(), password=None)
     ca_cert = x509.load_pem_x509_certificate(root.root_cert.encode())
