@@ -182,16 +182,17 @@ def check_names(check: dict[str, Any]) -> tuple[tuple[str, str], ...]:
 
 def token_of(req: Request) -> str:
     """The token a request carries: `?token=`, `X-Consul-Token`, then a Bearer token."""
-    query = req.query.get("token")
-    if query and query[0]:
-        return query[0]
-    bearer = ""
+    if req.query:
+        query = req.query.get("token")
+        if query and query[0]:
+            return query[0]
+    bearer = b""
     for name, value in req.headers:
         if name == b"x-consul-token" and value:
-            return value.decode("latin-1").strip()
+            return value.strip().decode("latin-1")
         if name == b"authorization" and value[:7].lower() == b"bearer ":
-            bearer = value[7:].decode("latin-1").strip()
-    return bearer
+            bearer = value[7:].strip()
+    return bearer.decode("latin-1")
 
 
 class Guard:
@@ -214,8 +215,11 @@ class Guard:
         """The request's authorizer (AclNotFound for an unknown or expired token)."""
         return self.resolver.resolve(token_of(req) or self.default_token)
 
-    async def enforce(self, req: Request, rest: str, access: Access | None) -> None:
+    def enforce(self, req: Request, rest: str, access: Access | None) -> Awaitable[None] | None:
         """Let the request through, with `req.authz` and `req.access` set, or raise.
+
+        Synchronous for every declaration but those that read the body: their
+        check is returned, to be awaited (a read costs no coroutine here).
 
         Raises:
             AclNotFound: the token is unknown or expired.
@@ -223,7 +227,7 @@ class Guard:
                 or the route declares nothing and the token is not a management one.
         """
         if access is not None and access.public:
-            return
+            return None
         authz = self.authorize(req)
         req.authz = authz
         req.access = access
@@ -233,14 +237,23 @@ class Guard:
                     f"Permission denied: {req.path} declares no ACL rule yet, so only a "
                     "management token may call it (see docs/security.md)"
                 )
-            return
+            return None
         if access.needs is None:
-            return
+            return None
         perms = access.needs(Ctx(req, rest, self.state, self.node))
         if inspect.isawaitable(perms):
-            perms = await perms
-        for resource, name, level in perms:
-            authz.require(resource, name, level)
+            return _require_later(authz, perms)
+        _require(authz, perms)
+        return None
+
+
+def _require(authz: Authorizer, perms: Iterable[Perm]) -> None:
+    for resource, name, level in perms:
+        authz.require(resource, name, level)
+
+
+async def _require_later(authz: Authorizer, perms: Awaitable[Iterable[Perm]]) -> None:
+    _require(authz, await perms)
 
 
 # -- names looked up in the catalog (an ID in the path names a service or check)

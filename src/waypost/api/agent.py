@@ -40,7 +40,6 @@ NOT_BUILT: Final = {
     "/v1/query/": "prepared queries",
     "/v1/agent/join/": "gossip join (agents of a cluster share an etcd store instead)",
     "/v1/agent/force-leave/": "gossip force-leave",
-    "/v1/acl/": "ACLs",
     "/v1/connect/": "service mesh (Connect)",
     "/v1/coordinate/": "network coordinates",
 }

@@ -70,7 +70,9 @@ class AgentApp:
             if request.query:
                 self.consul.check_datacenter(request)  # ?dc=dc2: 500, nothing done
             if self.guard is not None:
-                await self.guard.enforce(request, rest, declared)  # the one ACL check
+                pending = self.guard.enforce(request, rest, declared)  # the one ACL check
+                if pending is not None:  # a declaration that reads the body
+                    await pending
             response = await handler(request, rest)
         except Exception as exc:  # every error becomes an answer, never a dropped connection
             response = http.error_response(exc)
