@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import dns.message
+import dns.name
 import dns.query
 import httpx
 
@@ -56,9 +57,10 @@ def seed_catalog(base: str) -> None:
 
 
 def query(rng: random.Random) -> bytes:
-    name = rng.choice(NAMES)
-    if rng.random() < 0.3:
-        name = "".join(rng.choice("abcXYZ019-_.\\") for _ in range(rng.randint(1, 60))) + "." + name
+    name = dns.name.from_text(rng.choice(NAMES))
+    if rng.random() < 0.3:  # odd bytes in extra labels (any byte may be in a label)
+        extra = [rng.randbytes(rng.randint(1, 63)) for _ in range(rng.randint(1, 3))]
+        name = dns.name.Name([*extra, *name.labels])
     edns = rng.random() < 0.5
     msg = dns.message.make_query(name, rng.choice(TYPES[:12]), use_edns=0 if edns else None,
                                  payload=rng.choice([512, 1232, 4096, 65535]))  # fmt: skip

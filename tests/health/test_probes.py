@@ -198,3 +198,17 @@ async def test_http_checks_follow_redirects_as_consul_does() -> None:
         assert server.seen[-2:] == [("POST", "/see-other"), ("GET", "/ok")]
         status, output = await http_probe(CheckDefinition(http=f"{server.url}/loop", interval=1))
         assert status == "critical" and "stopped after 10 redirects" in output
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"method": "GET /x HTTP/1.1\r\nX: y\r\n\r\nGET"}, {"header": {"X-A": ["1\r\nInjected: yes"]}}],
+)
+async def test_a_stored_check_with_cr_lf_is_never_sent(change: dict[str, object]) -> None:
+    """Registration refuses CR/LF (tests/api/test_hostile.py); a check stored
+    before that rule must still not split the probe's request."""
+    with HealthServer() as server:
+        defn = CheckDefinition(http=server.url, interval=1, **change)  # type: ignore[arg-type]
+        status, output = await http_probe(defn)
+    assert status == "critical" and "not sent" in output
+    assert server.requests == []

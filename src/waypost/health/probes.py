@@ -108,6 +108,10 @@ def _http_request(defn: CheckDefinition, host: str, target: str) -> bytes:
     if body or method in ("POST", "PUT", "PATCH"):
         lines.append(f"Content-Length: {len(body)}")
     lines.append("Connection: close")
+    if any(c in line for line in lines for c in "\r\n\x00"):
+        # Registration refuses these (definitions.py); a check stored before that
+        # rule, or a redirect target, must still not split the request.
+        raise ValueError("the check's method, headers or URL hold CR, LF or NUL: not sent")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "replace") + body
 
 
