@@ -236,6 +236,17 @@ def test_acl_endpoints_without_acls_say_disabled(agent: AgentProcess) -> None:
         consul.Consul(host="127.0.0.1", port=agent.http_port).acl.policy.list()
 
 
+def test_the_uis_token_seam(
+    agent: AgentProcess, acl_agent: AgentProcess, default_token: str
+) -> None:
+    """token/self: 401 without ACLs (never ask), 403 for a bad token (ask), 200 for a good one."""
+    assert httpx.get(f"{agent.http_url}/v1/acl/token/self").status_code == 401
+    bad = httpx.get(f"{acl_agent.http_url}/v1/acl/token/self", headers={"X-Consul-Token": "x"})
+    assert bad.status_code == 403
+    good = httpx.get(f"{acl_agent.http_url}/v1/acl/token/self", headers={"X-Consul-Token": MGMT})
+    assert good.status_code == 200 and good.json()["Policies"][0]["Name"] == "global-management"
+
+
 def test_dns_answers_with_the_default_token(
     acl_agent: AgentProcess, admin: httpx.Client, default_token: str, unique: str
 ) -> None:
