@@ -67,13 +67,6 @@ class AclSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, froz
 
 class AgentConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     http: str = "127.0.0.1:8500"  # "off": no plain HTTP listener (with --https)
-    https: str = ""
-    tls_cert_file: str = ""
-    tls_key_file: str = ""
-    tls_ca_file: str = ""
-    tls_verify_incoming: bool = False
-    http_max_conns_per_client: int = 200  # Consul's default; 0: no limit
-    acl: AclSettings = AclSettings()
     dns: str = "127.0.0.1:8600"
     data_dir: str = ""
     store: str = ""
@@ -100,6 +93,14 @@ class AgentConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     dns_udp_answer_limit: int = 0  # records in a UDP answer (Consul's udp_answer_limit); 0: all
     dns_a_record_limit: int = 0  # A/AAAA records in any answer (Consul's a_record_limit); 0: all
     dns_tcp_max_conns_per_client: int = 32  # 0: no limit
+    # security (docs/security.md)
+    https: str = ""
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_ca_file: str = ""
+    tls_verify_incoming: bool = False
+    http_max_conns_per_client: int = 200  # Consul's default; 0: no limit
+    acl: AclSettings = AclSettings()
 
     def session_ttl_min_seconds(self) -> float:
         """Raises ConfigError for a value that is not a positive Go duration."""
@@ -300,7 +301,7 @@ def _recursors(value: list[str], what: str) -> None:
 
 
 _CHECKS: dict[str, Callable[[Any, str], None]] = {
-    "http": _address,
+    "http": _dns_address,  # "off" (with --https) or ADDRESS:PORT
     "dns": _dns_address,
     "node": _node,
     "datacenter": _datacenter,

@@ -112,6 +112,11 @@ def _is_json(response: httpx.Response) -> bool:
 
 
 def _reason(exc: httpx.HTTPError) -> str:
+    if "SSL" in str(exc) or "CERTIFICATE" in str(exc):  # httpx reports TLS failures as ConnectError
+        return (
+            f"TLS: {exc} (CONSUL_CACERT names the CA that signed the agent's certificate; "
+            "CONSUL_CLIENT_CERT and CONSUL_CLIENT_KEY a client certificate)"
+        )
     if isinstance(exc, httpx.ConnectError):
         return "connection refused (is the agent running? start one with `waypost agent`)"
     if isinstance(exc, httpx.TimeoutException):
