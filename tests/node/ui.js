@@ -8,6 +8,7 @@
 //   empty                      a fresh agent: the empty state
 //   restart                    the agent restarts under the page; the wrapper
 //                              drives it through stdin/stdout lines
+//   token SERVICE BAD GOOD     ACLs deny by default: the page asks for a token
 // Every wait is bounded (WAIT_MS); nothing here sleeps for a fixed time.
 const { chromium } = require("playwright-core");
 const readline = require("readline");
@@ -246,8 +247,33 @@ async function restart(browser, out, errors) {
   out.followedAfterRestartMs = Date.now() - started;
 }
 
+// ACLs on: the page must ask for a token, say why, ask again for a bad one,
+// and show the catalog once a good one is given (kept for the tab only).
+async function token(browser, out, errors) {
+  const [name, bad, good] = args;
+  const page = await newPage(browser, errors);
+  await page.goto(`${base}/ui/services`);
+  const form = page.locator("#token");
+  await form.waitFor({ state: "visible", timeout: WAIT_MS });
+  out.firstWhy = (await page.locator("#token-why").innerText()).trim();
+  out.focused = await page.evaluate(() => document.activeElement?.id);
+  await page.fill("#token-secret", bad);
+  await page.click("#token button");
+  await waitFor(page, () => !document.querySelector("#token").hidden &&
+    /ACL not found/.test(document.querySelector("#token-why").textContent));
+  out.badWhy = (await page.locator("#token-why").innerText()).trim();
+  await page.fill("#token-secret", good);
+  await page.keyboard.press("Enter");
+  await waitFor(page, (n) => document.querySelector(`tr.service[data-name="${n}"]`) !== null, name);
+  out.formHidden = await form.isHidden();
+  out.rows = await page.locator("tr.service").evaluateAll((rows) => rows.map((r) => r.dataset.name));
+  out.stored = await page.evaluate(() => sessionStorage.getItem("waypost.token"));
+  out.url = page.url();
+  out.a11y = await a11y(page);
+}
+
 async function main() {
-  const run = { views, empty, restart, screenshots }[scenario];
+  const run = { views, empty, restart, screenshots, token }[scenario];
   if (!run) throw new Error(`unknown scenario ${scenario}`);
   const browser = await launch();
   const out = { errors: [] };

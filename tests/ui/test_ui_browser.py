@@ -258,3 +258,34 @@ def test_the_page_recovers_when_the_agent_restarts() -> None:
     assert seen["recoveredMs"] < 5000
     assert seen["liveText"].startswith("Live")
     assert seen["followedAfterRestartMs"] < 8000
+
+
+def test_the_page_asks_for_a_token_when_acls_deny() -> None:
+    """ACLs deny by default and there is no default token: the page says why it
+    needs a token, asks again for a bad one, and shows the catalog with a good one."""
+    management = "3b0c5d1e-8f2a-4c6b-9d7e-1a2b3c4d5e6f"
+    env = {"WAYPOST_ACL_TOKEN_INITIAL_MANAGEMENT": management}
+    proc = AgentProcess(
+        "--dev", "--http", "127.0.0.1:0", "--dns", "off", "--acl-default-policy", "deny", env=env
+    ).start()
+    try:
+        with proc.client(headers={"X-Consul-Token": management}) as http:
+            register(http, {"Name": "acl-ui", "Port": 80})
+            rules = 'service_prefix "" { policy = "read" }\nnode_prefix "" { policy = "read" }\nagent_prefix "" { policy = "read" }'
+            assert (
+                http.put("/v1/acl/policy", json={"Name": "ui-reader", "Rules": rules}).status_code
+                == 200
+            )
+            reader = http.put("/v1/acl/token", json={"Policies": [{"Name": "ui-reader"}]}).json()[
+                "SecretID"
+            ]
+        seen = run_ui("token", proc.http_url, "acl-ui", "not-a-token", reader)
+    finally:
+        proc.stop()
+    assert "ACLs hide some of what this page would show" in seen["firstWhy"]  # a filtered list
+    assert seen["focused"] == "token-secret"
+    assert "ACL not found" in seen["badWhy"]
+    assert seen["formHidden"] is True
+    assert "acl-ui" in seen["rows"]
+    assert seen["stored"] == reader and reader not in seen["url"]
+    assert_accessible(seen["a11y"])

@@ -6,13 +6,12 @@
 // a host). Links are ordinary <a href> elements: they work with the keyboard,
 // open in a new tab, and the router only takes over plain same-page clicks.
 //
-// Reserved for later issues: a token prompt when ACLs are on (see
-// requestHeaders in live.js; a 403 shows today as a stale page with its
-// message) and an
-// intentions view for the mesh (its API is at /v1/connect/intentions; a
+// With ACLs on, a 403 shows the token form (live.js keeps the token for the
+// tab and resumes every poll once it is given). Reserved for a later issue:
+// an intentions view for the mesh (its API is at /v1/connect/intentions; a
 // route and a nav link here).
 
-import { Connection, requestHeaders } from "./live.js";
+import { Connection, requestHeaders, setToken, tokens } from "./live.js";
 import { servicesView } from "./services.js";
 import { serviceView, instanceView } from "./service.js";
 import { nodesView } from "./nodes.js";
@@ -74,11 +73,34 @@ document.addEventListener("click", (ev) => {
 });
 window.addEventListener("popstate", () => show(true));
 
-fetch("/v1/agent/self", { headers: requestHeaders() })
-  .then((r) => (r.ok ? r.json() : null))
-  .then((self) => {
-    if (self) document.getElementById("agent").textContent = `node ${self.Config.NodeName} · ${self.Config.Datacenter}`;
-  })
-  .catch(() => {}); // the views' own polls report an unreachable agent
+// The token form: shown when the agent refuses the page's token (or its lack).
+const tokenForm = document.getElementById("token");
+tokens.addEventListener("needed", (ev) => {
+  document.getElementById("token-why").textContent =
+    `The agent needs an ACL token to show this: ${ev.detail}`;
+  if (tokenForm.hidden) {
+    tokenForm.hidden = false;
+    document.getElementById("token-secret").focus();
+  }
+});
+tokenForm.addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  const input = document.getElementById("token-secret");
+  setToken(input.value.trim());
+  input.value = "";
+  tokenForm.hidden = true;
+  showAgent();
+  show(false); // the view's long-polls start again, with the token
+});
 
+function showAgent() {
+  fetch("/v1/agent/self", { headers: requestHeaders() })
+    .then((r) => (r.ok ? r.json() : null))
+    .then((self) => {
+      if (self) document.getElementById("agent").textContent = `node ${self.Config.NodeName} · ${self.Config.Datacenter}`;
+    })
+    .catch(() => {}); // the views' own polls report an unreachable agent
+}
+
+showAgent();
 show(false);

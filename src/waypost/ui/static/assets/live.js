@@ -17,10 +17,37 @@ export const WAIT_SECONDS = 30;
 const RETRY_MIN_MS = 500;
 const RETRY_MAX_MS = 2000;
 
-// The seam for ACL tokens (a later issue): every request's extra headers.
-// The token prompt will put `X-Consul-Token` here; nothing else changes.
+// ACL tokens (docs/security.md, "The web UI's token"): the token the operator
+// gave is kept for this tab only (sessionStorage: it dies with the tab, and no
+// other site can read it) and sent as X-Consul-Token on every request, long-polls
+// included. A 403 anywhere means the token is missing, unknown or too weak: the
+// page asks for one (app.js) and every poll waits for it, then resumes at once.
+// A list the agent filtered (X-Consul-Results-Filtered-By-ACLs) while the page
+// has no token offers the form too, without stopping the polls.
+const TOKEN_KEY = "waypost.token";
+let tokenGiven = null; // resolves the polls waiting for a token
+export const tokens = new EventTarget(); // "needed" events, with the agent's message
+
 export function requestHeaders() {
-  return { Accept: "application/json" };
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  return token ? { Accept: "application/json", "X-Consul-Token": token } : { Accept: "application/json" };
+}
+
+export function setToken(token) {
+  if (token) sessionStorage.setItem(TOKEN_KEY, token);
+  else sessionStorage.removeItem(TOKEN_KEY);
+  if (tokenGiven) tokenGiven.resolve();
+  tokenGiven = null;
+}
+
+function waitForToken(message, signal) {
+  if (!tokenGiven) {
+    let resolve;
+    const promise = new Promise((r) => { resolve = r; });
+    tokenGiven = { promise, resolve };
+  }
+  tokens.dispatchEvent(new CustomEvent("needed", { detail: message }));
+  return Promise.race([tokenGiven.promise, sleep(60000, signal)]);
 }
 
 export class HttpError extends Error {
@@ -130,12 +157,20 @@ async function run(path, params, onData, signal, connection) {
       delay = RETRY_MIN_MS;
       connection.ok(path, knownLeader);
       onData(data, headers);
+      if (headers.get("X-Consul-Results-Filtered-By-ACLs") === "true" && !sessionStorage.getItem(TOKEN_KEY)) {
+        // Default deny lists nothing to a page without a token: offer to give one.
+        tokens.dispatchEvent(new CustomEvent("needed", { detail: "ACLs hide some of what this page would show" }));
+      }
       // A read that does not block would otherwise spin: never more than once a second.
       if (unchanged && Date.now() - started < 100) await sleep(1000, signal);
     } catch (err) {
       if (signal.aborted) return;
       index = 0;
       connection.failed(path, err);
+      if (err instanceof HttpError && err.status === 403) {
+        await waitForToken(err.message, signal); // ACLs: ask, then retry at once
+        continue;
+      }
       await sleep(delay, signal);
       delay = Math.min(delay * 2, RETRY_MAX_MS);
     }
