@@ -18,7 +18,6 @@ import msgspec
 from .._exceptions import NotFoundError, RefusedError, ValidationError
 from ..catalog import Catalog, Service, writes
 from ..catalog.aclrules import READ, WRITE
-from ..catalog.authz import Authorizer
 from ..catalog.definitions import (
     CatalogDeregistration,
     CatalogRegistration,
@@ -29,8 +28,9 @@ from ..catalog.definitions import (
 from ..catalog.model import CONSUL_SERVICE_ID, SERF_CHECK_ID, STATUSES
 from ..catalog.watch import CHECKS, NODES, SERVICES, Topic, node_topic, service_topic
 from . import access, decode, encode, filter_fields
+from . import consul_needs as acl
 from ._bounded import ByteBoundedCache
-from .access import Perm, check_names, filtered, items, values
+from .access import check_names, filtered, items, values
 from .filter import Predicate, compile_filter
 from .http import Request, Response, Router, empty, json, json_bytes
 from .ports import AgentInfo, LocalAgentOps, StoreStatus
@@ -62,42 +62,42 @@ class ConsulApi:
     def routes(self, r: Router) -> None:
         """Every endpoint with what it needs under ACLs (api/access.py): the
         permissions a request must hold, and how a list answer is filtered."""
-        for path, handler, needs in (
-            ("/v1/agent/services", self.agent_services, filtered(values(_service_of))),
+        for path, handler, declared in (
+            ("/v1/agent/services", self.agent_services, filtered(values(acl.service_of))),
             ("/v1/agent/service/", self.agent_service, access.own_service(READ)),
             ("/v1/agent/checks", self.agent_checks, filtered(values(check_names))),
             ("/v1/agent/self", self.agent_self, access.agent(READ)),
-            ("/v1/agent/members", self.agent_members, filtered(items(_member_node))),
+            ("/v1/agent/members", self.agent_members, filtered(items(acl.member_node))),
             ("/v1/catalog/services", self.catalog_services, filtered(access.keys("service"))),
-            ("/v1/catalog/service/", self.catalog_service, filtered(items(_catalog_row))),
-            ("/v1/catalog/nodes", self.catalog_nodes, filtered(items(_node_of))),
-            ("/v1/catalog/node/", self.catalog_node, filtered(_node_services)),
+            ("/v1/catalog/service/", self.catalog_service, filtered(items(acl.catalog_row))),
+            ("/v1/catalog/nodes", self.catalog_nodes, filtered(items(acl.node_of))),
+            ("/v1/catalog/node/", self.catalog_node, filtered(acl.node_services)),
             ("/v1/catalog/datacenters", self.datacenters, access.OPEN),
-            ("/v1/health/service/", self.health_service, filtered(items(_health_row))),
+            ("/v1/health/service/", self.health_service, filtered(items(acl.health_row))),
             ("/v1/health/checks/", self.health_checks, filtered(items(check_names))),
             ("/v1/health/state/", self.health_state, filtered(items(check_names))),
             ("/v1/health/node/", self.health_node, filtered(items(check_names))),
             ("/v1/status/leader", self.status_leader, access.OPEN),
             ("/v1/status/peers", self.status_peers, access.OPEN),
         ):
-            r.add("GET HEAD", path, handler, needs)
+            r.add("GET HEAD", path, handler, declared)
         # Writes take PUT only, as Consul's: a web page can send a POST with a
         # text/plain body cross-site without a CORS preflight, never a PUT.
-        for path, writer, needs in (
-            ("/v1/agent/service/register", self.service_register, _register_needs),
+        for path, writer, declared in (
+            ("/v1/agent/service/register", self.service_register, acl.register_needs),
             ("/v1/agent/service/deregister/", self.service_deregister, access.own_service(WRITE)),
             ("/v1/agent/service/maintenance/", self.service_maintenance, access.own_service(WRITE)),
-            ("/v1/agent/maintenance", self.node_maintenance, access.need("node", WRITE, _own)),
-            ("/v1/agent/check/register", self.check_register, _check_register_needs),
+            ("/v1/agent/maintenance", self.node_maintenance, access.need("node", WRITE, acl.own)),
+            ("/v1/agent/check/register", self.check_register, acl.check_register_needs),
             ("/v1/agent/check/deregister/", self.check_deregister, access.own_check(WRITE)),
             ("/v1/agent/check/pass/", self.check_pass, access.own_check(WRITE)),
             ("/v1/agent/check/warn/", self.check_warn, access.own_check(WRITE)),
             ("/v1/agent/check/fail/", self.check_fail, access.own_check(WRITE)),
             ("/v1/agent/check/update/", self.check_update, access.own_check(WRITE)),
-            ("/v1/catalog/register", self.catalog_register, _catalog_register_needs),
-            ("/v1/catalog/deregister", self.catalog_deregister, _catalog_deregister_needs),
+            ("/v1/catalog/register", self.catalog_register, acl.catalog_register_needs),
+            ("/v1/catalog/deregister", self.catalog_deregister, acl.catalog_deregister_needs),
         ):
-            r.add("PUT", path, writer, needs)
+            r.add("PUT", path, writer, declared)
 
     def check_datacenter(self, req: Request, named: str = "") -> None:
         """A request for another datacenter (`?dc=`, or a body's Datacenter):
@@ -504,82 +504,3 @@ class _Cached(NamedTuple):
     version: tuple[int, int]  # the topics' index, and the ACL generation it was filtered at
     body: bytes
     filtered: bool
-
-
-# -- what each route needs under ACLs: names read from answers and bodies ----------
-
-
-def _service_of(s: dict[str, Any]) -> tuple[tuple[str, str], ...]:
-    return (("service", s["Service"]),)
-
-
-def _member_node(m: dict[str, Any]) -> tuple[tuple[str, str], ...]:
-    return (("node", m["Name"]),)
-
-
-def _node_of(n: dict[str, Any]) -> tuple[tuple[str, str], ...]:
-    return (("node", n["Node"]),)
-
-
-def _catalog_row(row: dict[str, Any]) -> tuple[tuple[str, str], ...]:
-    return (("node", row["Node"]), ("service", row["ServiceName"]))
-
-
-def _health_row(row: dict[str, Any]) -> tuple[tuple[str, str], ...]:
-    return (("node", row["Node"]["Node"]), ("service", row["Service"]["Service"]))
-
-
-def _node_services(authz: Authorizer, answer: Any) -> tuple[Any, bool]:
-    """`/v1/catalog/node/<n>`: nothing without node:read, then the readable services."""
-    if answer is None:
-        return None, False
-    if not authz.allowed("node", answer["Node"]["Node"], READ):
-        return None, True
-    services, dropped = values(_service_of)(authz, answer["Services"])
-    return {**answer, "Services": services}, dropped
-
-
-def _own(ctx: access.Ctx) -> str:
-    return ctx.node
-
-
-async def _service_register(ctx: access.Ctx) -> tuple[Perm, ...]:
-    reg = await ctx.body(ServiceRegistration)
-    name = reg.name or reg.service
-    return (("service", name, WRITE),) if name else ()  # no name: the handler's 400
-
-
-async def _check_register(ctx: access.Ctx) -> tuple[Perm, ...]:
-    reg = await ctx.body(CheckRegistration)
-    if reg.serviceid:
-        return access.service_needs(ctx.state, ctx.node, reg.serviceid, WRITE)
-    return (("node", ctx.node, WRITE),)
-
-
-async def _catalog_register(ctx: access.Ctx) -> list[Perm]:
-    reg = await ctx.body(CatalogRegistration)
-    perms: list[Perm] = [("node", reg.node, WRITE)]
-    service = reg.service
-    if service is not None:
-        perms.append(("service", service.name or service.service, WRITE))
-    for check in reg.all_checks():
-        if service is not None and check.serviceid in ("", service.id or service.name):
-            continue  # the node's, or the service's just named
-        if check.serviceid:
-            perms += access.service_needs(ctx.state, reg.node, check.serviceid, WRITE)
-    return perms
-
-
-async def _catalog_deregister(ctx: access.Ctx) -> tuple[Perm, ...]:
-    reg = await ctx.body(CatalogDeregistration)
-    if reg.serviceid:
-        return access.service_needs(ctx.state, reg.node, reg.serviceid, WRITE)
-    if reg.checkid:
-        return access.check_needs(ctx.state, reg.node, reg.checkid, WRITE)
-    return (("node", reg.node, WRITE),)
-
-
-_register_needs: Final = access.custom(_service_register)
-_check_register_needs: Final = access.custom(_check_register)
-_catalog_register_needs: Final = access.custom(_catalog_register)
-_catalog_deregister_needs: Final = access.custom(_catalog_deregister)
