@@ -314,6 +314,18 @@ async def test_sqlite_writer_skips_a_commit_past_its_deadline_even_if_its_caller
     await store.close()
 
 
+def fail_writes_of(key: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the sqlite writer raise (not a sqlite3.Error) after writing a commit touching `key`."""
+    real = sqlite_backend.SqliteStorage._write_ops
+
+    def write_ops(conn: sqlite3.Connection, index: int, ops: list[Entry]) -> None:
+        real(conn, index, ops)
+        if any(op.key == key for op in ops):
+            raise RuntimeError("injected failure")
+
+    monkeypatch.setattr(sqlite_backend.SqliteStorage, "_write_ops", staticmethod(write_ops))
+
+
 async def test_sqlite_writer_survives_an_unexpected_exception(
     tmp_path: Path, mirror: Mirror, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -321,14 +333,7 @@ async def test_sqlite_writer_survives_an_unexpected_exception(
     store = open_storage(url)
     await store.open(mirror)
     before = await store.commit([Entry("before", b"")])
-    real = sqlite_backend.SqliteStorage._write_ops
-
-    def write_ops(conn: sqlite3.Connection, index: int, ops: list[Entry]) -> None:
-        real(conn, index, ops)
-        if any(op.key == "bad" for op in ops):
-            raise RuntimeError("injected failure")
-
-    monkeypatch.setattr(sqlite_backend.SqliteStorage, "_write_ops", staticmethod(write_ops))
+    fail_writes_of("bad", monkeypatch)
     with pytest.raises(StorageError, match=r"RuntimeError.*injected failure"):
         await asyncio.wait_for(store.commit([Entry("bad", b""), Entry("before", None)]), 2)
     after = await asyncio.wait_for(store.commit([Entry("after", b"")]), 2)
@@ -346,14 +351,7 @@ async def test_sqlite_a_bad_commit_fails_alone_not_the_batch_it_was_in(
     url = sqlite_url(tmp_path)
     store = open_storage(url)
     await store.open(mirror)
-    real = sqlite_backend.SqliteStorage._write_ops
-
-    def write_ops(conn: sqlite3.Connection, index: int, ops: list[Entry]) -> None:
-        real(conn, index, ops)
-        if any(op.key == "bad" for op in ops):
-            raise RuntimeError("injected failure")
-
-    monkeypatch.setattr(sqlite_backend.SqliteStorage, "_write_ops", staticmethod(write_ops))
+    fail_writes_of("bad", monkeypatch)
     async with stalled(store, url):
         commits = [store.commit([Entry(key, b"")]) for key in ("ok1", "bad", "ok2")]
         futures = [asyncio.ensure_future(c) for c in commits]

@@ -123,17 +123,8 @@ class Catalog:
             ValidationError, NotFoundError, ConfigError: the plan refused.
             StorageError: the store failed, or the conflicts did not stop.
         """
-        for _ in range(MAX_ATTEMPTS):  # write_at()'s loop, without its index: the hot path
-            txn = Txn(self.state)
-            result = plan(txn, *args, **kw)
-            if not txn.ops:
-                return result
-            try:
-                await self.storage.commit(list(txn.ops.values()), list(txn.conditions.values()))
-                return result
-            except Conflict:
-                self.conflicts += 1
-        raise self._starved()
+        result, _ = await self.write_at(plan, *args, **kw)
+        return result
 
     async def write_at(
         self, plan: Callable[Concatenate[Txn, P], T], *args: P.args, **kw: P.kwargs
@@ -149,11 +140,7 @@ class Catalog:
                 return result, await self.storage.commit(ops, conditions)
             except Conflict:
                 self.conflicts += 1
-        raise self._starved()
-
-    @staticmethod
-    def _starved() -> StorageError:
-        return StorageError(
+        raise StorageError(
             f"the write kept conflicting with concurrent writes ({MAX_ATTEMPTS} attempts); "
             "nothing was written: try again"
         )
