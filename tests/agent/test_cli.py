@@ -35,6 +35,8 @@ def waypost(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]
         (["--dns-node-ttl", "5x"], "--dns-node-ttl '5x': expected a duration"),
         (["--dns-service-ttl", "web=-1s"], "a TTL cannot be negative"),
         (["--recursor", "resolver"], "'resolver' is not IP[:PORT]"),
+        (["--check-update-interval=-1s"], "--check-update-interval '-1s': cannot be negative"),
+        (["--check-update-interval", "soon"], "'soon': expected a duration, e.g. 5m or 0s"),
         (["--log-level", "loud"], "invalid choice: 'loud'"),
     ],
 )

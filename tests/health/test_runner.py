@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 
 import pytest
@@ -204,3 +205,79 @@ async def test_unfired_watch_futures_do_not_accumulate() -> None:
         await catalog.block([service_topic(f"nope-{n}")], 10**9, 0.001)
     assert catalog.watches.statistics()["watched_topics"] == before
     await runner.stop()
+
+
+async def _stored_output(url: str) -> str:
+    """The check's output as a restarted agent would find it in the store."""
+    reopened = await open_catalog(url)
+    try:
+        return reopened.state.checks[("n1", "c1")].output
+    finally:
+        await reopened.close()
+
+
+async def _sqlite_runner(url: str, output_interval: float) -> tuple:
+    catalog = await open_catalog(url)
+    clock = FakeClock()
+    runner = HealthRunner(catalog, "n1", clock=clock, output_interval=output_interval)
+    await catalog.put(
+        node(), service("web-1"), check("c1", "web-1", status="critical", definition=_TTL)
+    )
+    await runner.start()
+    return catalog, clock, runner
+
+
+async def _settled(catalog, index: int) -> int:
+    """The index once a write the runner started in a task (if any) has landed."""
+    for _ in range(50):
+        await asyncio.sleep(0.01)
+        if catalog.state.index != index:
+            break
+    return catalog.state.index
+
+
+_TTL = CheckDefinition(ttl=10_000)  # never expires in these tests
+
+
+async def test_an_output_alone_is_stored_once_per_check_update_interval(tmp_path) -> None:
+    """Consul's check_update_interval: a changed output is shown at once and
+    stored at most once per interval, with whatever it is by then."""
+    url = f"sqlite://{tmp_path}/c.db"
+    catalog, clock, runner = await _sqlite_runner(url, output_interval=300)
+    await runner.heartbeat("c1", "passing", "v1")  # a new status: stored at once
+    stored_at = catalog.state.index
+    for note in ("v2", "v3"):
+        await runner.heartbeat("c1", "passing", note)
+    assert catalog.state.checks[("n1", "c1")].output == "v3"  # shown here at once
+    await clock.advance(299)
+    assert await _settled(catalog, stored_at) == stored_at  # not a write (nor a wake-up) per note
+    await clock.advance(2)
+    assert await _settled(catalog, stored_at) == stored_at + 1  # one write for both
+    await runner.stop()
+    await catalog.close()
+    assert await _stored_output(url) == "v3"
+
+
+async def test_a_new_status_stores_the_output_and_cancels_the_deferred_write(tmp_path) -> None:
+    url = f"sqlite://{tmp_path}/c.db"
+    catalog, clock, runner = await _sqlite_runner(url, output_interval=300)
+    await runner.heartbeat("c1", "passing", "v1")
+    await runner.heartbeat("c1", "passing", "v2")  # deferred
+    await runner.heartbeat("c1", "warning", "slow")  # stored now, with its output
+    stored_at = catalog.state.index
+    await clock.advance(301)
+    assert await _settled(catalog, stored_at) == stored_at  # nothing left to store
+    await runner.stop()
+    await catalog.close()
+    assert await _stored_output(url) == "slow"
+
+
+async def test_check_update_interval_zero_stores_every_output(tmp_path) -> None:
+    url = f"sqlite://{tmp_path}/c.db"
+    catalog, _clock, runner = await _sqlite_runner(url, output_interval=0)
+    await runner.heartbeat("c1", "passing", "v1")
+    await runner.heartbeat("c1", "passing", "v2")
+    await _settled(catalog, catalog.state.index)  # the write runs in a task of its own
+    await runner.stop()
+    await catalog.close()
+    assert await _stored_output(url) == "v2"

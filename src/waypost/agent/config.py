@@ -85,6 +85,7 @@ class AgentConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     dns_node_ttl: str = "0s"
     recursors: list[str] = []
     session_ttl_min: str = "10s"  # Consul's: the shortest session TTL accepted
+    check_update_interval: str = "5m"  # Consul's: how often a changed output alone is stored
     grpc: str = "127.0.0.1:8502"  # the xDS (ADS) server for Envoy and gRPC; "off" disables
     leaf_cert_ttl: str = "72h"  # lifetime of the mesh's leaf certificates
     sidecar_min_port: int = 21000
@@ -111,6 +112,11 @@ class AgentConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         if seconds <= 0:
             raise ConfigError("session_ttl_min must be a positive duration, such as 10s")
         return seconds
+
+    def check_update_seconds(self) -> float:
+        """Raises ConfigError for a value that is not a Go duration of 0s or more."""
+        _interval(self.check_update_interval, "check_update_interval")
+        return _duration.parse(self.check_update_interval, "check_update_interval")
 
     def check_security(self) -> None:
         """Raise ConfigError for security settings that cannot work together."""
@@ -275,6 +281,15 @@ def _positive_duration(value: str, what: str) -> None:
         raise ConfigError(f"{what}: must be more than 0s")
 
 
+def _interval(value: str, what: str) -> None:
+    try:
+        seconds = _duration.parse(value, what)
+    except ValidationError:
+        raise ConfigError(f"{what}: expected a duration, e.g. 5m or 0s") from None
+    if seconds < 0:
+        raise ConfigError(f"{what}: cannot be negative (0s: no delay)")
+
+
 def _ttls(value: dict[str, str], what: str) -> None:
     for service, ttl in value.items():
         _ttl(ttl, f"{what} ({service})")
@@ -314,6 +329,7 @@ _CHECKS: dict[str, Callable[[Any, str], None]] = {
     "http_read_timeout": _positive,
     "recursors": _recursors,
     "session_ttl_min": _positive_duration,
+    "check_update_interval": _interval,
     "grpc": _dns_address,  # "off" or ADDRESS:PORT, like --dns
     "leaf_cert_ttl": _positive_duration,
     "sidecar_min_port": _port,

@@ -86,7 +86,10 @@ class Agent:
             datacenter=config.datacenter,
         )
         self.runner = HealthRunner(
-            self.catalog, node.name, enable_scripts=config.enable_script_checks
+            self.catalog,
+            node.name,
+            enable_scripts=config.enable_script_checks,
+            output_interval=config.check_update_seconds(),
         )
         self.local = LocalAgent(
             self.catalog,

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable, Collection, Iterable
 from typing import Concatenate, ParamSpec, TypeVar
 
-from .._exceptions import Conflict, StorageError
+from .._exceptions import Conflict, NotFoundError, StorageError
 from ..storage import Entry, Storage
 from . import codec, writes
 from .model import Check, Node, Service
@@ -177,7 +177,8 @@ class Catalog:
 
     async def update_check(self, node: str, check_id: str, status: str, output: str) -> bool:
         """Record a check result. A status change is committed; an output-only
-        change stays in memory (see State.set_output). True if anything changed.
+        change stays in memory (see State.set_output) until `store_output()`.
+        True if anything changed.
 
         Raises:
             NotFoundError: the check does not exist (it may have just been removed).
@@ -185,6 +186,17 @@ class Catalog:
         if await self.write(writes.set_status, node, check_id, status, output):
             return True
         return self.state.set_output(node, check_id, output)
+
+    async def store_output(self, node: str, check_id: str) -> None:
+        """Commit the output a check shows now (kept in memory by `update_check`).
+
+        Raises:
+            NotFoundError: the check does not exist (it may have just been removed).
+        """
+        check = self.state.stored_check(node, check_id)
+        if check is None:
+            raise NotFoundError(f'Unknown check ID "{check_id}"')
+        await self.write(writes.store_output, node, check_id, check.output)
 
     # -- results that could not be stored ---------------------------------
 

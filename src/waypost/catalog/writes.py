@@ -186,6 +186,20 @@ def set_status(txn: Txn, node: str, check_id: str, status: str, output: str) -> 
     return True
 
 
+def store_output(txn: Txn, node: str, check_id: str, output: str) -> None:
+    """Write a check's output while its status stays (the deferred sync of
+    `check_update_interval`). Always staged: the state already shows this
+    output (State.set_output), so there is nothing to compare it with.
+
+    Raises:
+        NotFoundError: the check does not exist (it may have just been removed).
+    """
+    check = txn.check(node, check_id)
+    if check is None:
+        raise NotFoundError(f'Unknown check ID "{check_id}"')
+    txn.put(msgspec.structs.replace(check, output=output))
+
+
 def service_maintenance(txn: Txn, check: Check, enable: bool) -> None:
     """Maintenance is a critical check of its own, present while enabled."""
     owner = txn.service(check.node, check.service_id)

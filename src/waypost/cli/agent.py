@@ -98,6 +98,12 @@ def add_agent_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
         help="the shortest session TTL accepted (default 10s, as Consul)",
     )
     agent.add_argument(
+        "--check-update-interval",
+        metavar="DURATION",
+        help="how often a check's output is stored while its status stays "
+        "(default 5m, as Consul; 0s stores every change)",
+    )
+    agent.add_argument(
         "--grpc",
         metavar="ADDR:PORT",
         help="xDS server for Envoy and proxyless gRPC (default 127.0.0.1:8502; 'off' disables)",

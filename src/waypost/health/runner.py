@@ -4,8 +4,12 @@ One asyncio task per interval check (first run staggered at random inside the
 interval, as Consul does, so a restart does not probe everything at once), one
 per TTL check (sleeping until its deadline), and one reaper for
 DeregisterCriticalServiceAfter. Results pass through flap thresholds, then
-go to the catalog, which persists status changes only. Time comes from an
-injectable clock, so tests drive TTLs and thresholds without sleeping.
+go to the catalog, which persists status changes at once; a change of output
+alone is shown here at once and stored at most once per `output_interval`
+(Consul's `check_update_interval`), so a check whose output carries a
+timestamp does not cost a durable write and a wake-up of every watcher per
+run. Time comes from an injectable clock, so tests drive TTLs and thresholds
+without sleeping.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ log = logging.getLogger("waypost.health")
 TTL_EXPIRED = "TTL expired"
 RETRY_START = 0.1  # first retry of a result the store refused, in seconds
 RETRY_MAX = 0.5  # so every agent sees the result within about a second of the store's return
+OUTPUT_INTERVAL = 300.0  # Consul's check_update_interval default (5m)
 
 
 class HealthRunner:
@@ -45,6 +50,7 @@ class HealthRunner:
         enable_scripts: bool = False,
         reap_interval: float = 1.0,
         probes: Mapping[str, Probe] | None = None,
+        output_interval: float = OUTPUT_INTERVAL,
     ) -> None:
         self.catalog = catalog
         self.node = node
@@ -53,11 +59,13 @@ class HealthRunner:
         self.enable_scripts = enable_scripts
         self.reap_interval = reap_interval
         self.probes = probes or PROBES
+        self.output_interval = output_interval  # 0: every change of output is stored at once
         self._tasks: dict[str, tuple[CheckDefinition, asyncio.Task[None]]] = {}
         self._ttl_deadline: dict[str, float] = {}
         self._critical_since: dict[str, float] = {}
         self._reapable: dict[str, float] = {}  # check ID -> its DeregisterCriticalServiceAfter
         self._unstored: set[str] = set()  # checks whose last result the store refused
+        self._output_due: dict[str, asyncio.Task[None]] = {}  # output shown, not yet stored
         self._reaper: asyncio.Task[None] | None = None
         self._prefix = codec.check_key(node, "")  # c/<node>/: the keys of this node's checks
         self.runs = 0
@@ -82,13 +90,14 @@ class HealthRunner:
 
     async def stop(self) -> None:
         self._stopped = True
-        tasks = [task for _, task in self._tasks.values()]
+        tasks = [task for _, task in self._tasks.values()] + list(self._output_due.values())
         if self._reaper is not None:
             tasks.append(self._reaper)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks.clear()
+        self._output_due.clear()
 
     def refresh(self, check_ids: Iterable[str]) -> None:
         """Start, restart or stop the named checks to match the catalog."""
@@ -110,6 +119,7 @@ class HealthRunner:
         self._ttl_deadline.pop(check_id, None)
         self._critical_since.pop(check_id, None)
         self._reapable.pop(check_id, None)
+        self._output_stored(check_id)
         if check_id in self._unstored:  # its retry loop is gone with its task
             self._unstored.discard(check_id)
             self.catalog.release(self.node, check_id)
@@ -179,7 +189,7 @@ class HealthRunner:
         hold goes once the result is stored.
         """
         delay = RETRY_START
-        before = self._status_of(check_id)
+        before, shown = self._shown(check_id)
         while True:
             try:
                 await self.catalog.update_check(self.node, check_id, status, output)
@@ -193,13 +203,14 @@ class HealthRunner:
                 if superseded():
                     return True  # the newer result (a heartbeat) decides about the hold
                 continue
-            self._stored(check_id, status)
+            self._stored(check_id, before, status, output != shown)
             self._transition(check_id, before, status, output, first=announce)
             return True
 
-    def _status_of(self, check_id: str) -> str | None:
+    def _shown(self, check_id: str) -> tuple[str | None, str | None]:
+        """The status as stored and the output as shown (maybe not stored yet)."""
         check = self.catalog.state.stored_check(self.node, check_id)
-        return check.status if check is not None else None
+        return (check.status, check.output) if check is not None else (None, None)
 
     def _transition(
         self, check_id: str, before: str | None, status: str, output: str, first: bool = False
@@ -222,7 +233,14 @@ class HealthRunner:
             quote(output),
         )
 
-    def _stored(self, check_id: str, status: str) -> None:
+    def _stored(self, check_id: str, before: str | None, status: str, new_output: bool) -> None:
+        """A result is in the catalog: a new status was stored with its output;
+        a new output alone is stored later (`_store_output_later`)."""
+        if status != before:
+            self._output_stored(check_id)
+        elif new_output and check_id not in self._output_due:
+            coro = self._store_output_later(check_id)
+            self._output_due[check_id] = asyncio.create_task(coro, name=f"{check_id} output")
         if check_id in self._unstored:
             log.warning("check %s: status %s is stored now", check_id, status)
             self._unstored.discard(check_id)
@@ -240,6 +258,24 @@ class HealthRunner:
             )
         note = f"{status}: {output}" if output else status
         self.catalog.hold(self.node, check_id, f"{note} (not stored yet: {exc}; shown as critical)")
+
+    def _output_stored(self, check_id: str) -> None:
+        due = self._output_due.pop(check_id, None)
+        if due is not None and due is not asyncio.current_task():
+            due.cancel()
+
+    async def _store_output_later(self, check_id: str) -> None:
+        """Store the output the check shows after `output_interval`, whatever
+        it is by then: one write however often it changed meanwhile."""
+        if self.output_interval > 0:
+            await self.clock.sleep(self.output_interval)
+        self._output_due.pop(check_id, None)
+        try:
+            await self.catalog.store_output(self.node, check_id)
+        except NotFoundError:
+            return
+        except StorageError as exc:  # the next result will try again (health is unaffected)
+            log.warning("check %s: could not store its output (%s); kept in memory", check_id, exc)
 
     # -- alias checks ------------------------------------------------------
 
@@ -301,13 +337,13 @@ class HealthRunner:
         # The deadline moves first: the TTL task must not expire the check while
         # this heartbeat's own write is being committed.
         self._ttl_deadline[check_id] = self.clock.now() + check.definition.ttl
-        before = self._status_of(check_id)
+        before, shown = self._shown(check_id)
         try:
             await self.catalog.update_check(self.node, check_id, status, output)
         except StorageError as exc:
             self._refused(check_id, status, output, exc)  # until a result is stored
             raise
-        self._stored(check_id, status)
+        self._stored(check_id, before, status, output != shown)
         self._transition(check_id, before, status, output)
         running = self._tasks.get(check_id)
         if running is None or running[1].done():
