@@ -165,3 +165,34 @@ async def test_a_deleted_check_drops_its_hold_in_the_state() -> None:
     assert catalog.state.held == {}
     await catalog.put(check("t", "", status="passing"))  # the same ID again, node-level
     assert shown(catalog) == "passing"
+
+
+async def test_a_refused_heartbeat_is_retried_by_the_agent_until_stored() -> None:
+    """As Consul's agent syncs its local state: the client got an error, but
+    the result is not lost; it is stored once the store is back."""
+    store, catalog, clock, runner = await setup(CheckDefinition(ttl=10), status="critical")
+    store.refuse = True
+    with pytest.raises(StorageError):
+        await runner.heartbeat("t", "passing", "ok")
+    await clock.advance(2)  # still refused: still held critical
+    assert (shown(catalog), stored(catalog)) == ("critical", "critical")
+    store.refuse = False
+    await clock.advance(0.6)  # within one retry interval, and no new heartbeat
+    assert (shown(catalog), stored(catalog)) == ("passing", "passing")
+    assert not catalog.state.held
+    await clock.advance(10)  # the TTL it renewed still runs out
+    assert stored(catalog) == "critical"
+    await runner.stop()
+
+
+async def test_a_refused_heartbeat_is_not_stored_after_its_ttl_ran_out() -> None:
+    store, catalog, clock, runner = await setup(CheckDefinition(ttl=2), status="critical")
+    store.refuse = True
+    with pytest.raises(StorageError):
+        await runner.heartbeat("t", "passing", "ok")
+    await clock.advance(2.5)  # the TTL runs out while the store refuses
+    store.refuse = False
+    await clock.advance(1)
+    assert (shown(catalog), stored(catalog)) == ("critical", "critical")
+    assert catalog.state.check("n1", "t").output == "TTL expired"  # type: ignore[union-attr]
+    await runner.stop()

@@ -66,6 +66,7 @@ class HealthRunner:
         self._reapable: dict[str, float] = {}  # check ID -> its DeregisterCriticalServiceAfter
         self._unstored: set[str] = set()  # checks whose last result the store refused
         self._output_due: dict[str, asyncio.Task[None]] = {}  # output shown, not yet stored
+        self._beat_retry: dict[str, asyncio.Task[None]] = {}  # refused heartbeats, retried
         self._reaper: asyncio.Task[None] | None = None
         self._prefix = codec.check_key(node, "")  # c/<node>/: the keys of this node's checks
         self.runs = 0
@@ -90,7 +91,8 @@ class HealthRunner:
 
     async def stop(self) -> None:
         self._stopped = True
-        tasks = [task for _, task in self._tasks.values()] + list(self._output_due.values())
+        tasks = [task for _, task in self._tasks.values()]
+        tasks += [*self._output_due.values(), *self._beat_retry.values()]
         if self._reaper is not None:
             tasks.append(self._reaper)
         for task in tasks:
@@ -98,6 +100,7 @@ class HealthRunner:
         await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks.clear()
         self._output_due.clear()
+        self._beat_retry.clear()
 
     def refresh(self, check_ids: Iterable[str]) -> None:
         """Start, restart or stop the named checks to match the catalog."""
@@ -120,6 +123,7 @@ class HealthRunner:
         self._critical_since.pop(check_id, None)
         self._reapable.pop(check_id, None)
         self._output_stored(check_id)
+        self._drop_retry(check_id)
         if check_id in self._unstored:  # its retry loop is gone with its task
             self._unstored.discard(check_id)
             self.catalog.release(self.node, check_id)
@@ -337,18 +341,52 @@ class HealthRunner:
         # The deadline moves first: the TTL task must not expire the check while
         # this heartbeat's own write is being committed.
         self._ttl_deadline[check_id] = self.clock.now() + check.definition.ttl
+        running = self._tasks.get(check_id)
+        if running is None or running[1].done():  # the timer runs whatever the store does
+            coro = self._run_ttl(check_id, check.definition.ttl)
+            self._tasks[check_id] = (check.definition, asyncio.create_task(coro, name=check_id))
+        self._drop_retry(check_id)  # an older refused heartbeat is superseded
         before, shown = self._shown(check_id)
         try:
             await self.catalog.update_check(self.node, check_id, status, output)
         except StorageError as exc:
             self._refused(check_id, status, output, exc)  # until a result is stored
+            retry = asyncio.create_task(self._retry_beat(check_id, status, output))
+            self._beat_retry[check_id] = retry
             raise
         self._stored(check_id, before, status, output != shown)
         self._transition(check_id, before, status, output)
-        running = self._tasks.get(check_id)
-        if running is None or running[1].done():
-            coro = self._run_ttl(check_id, check.definition.ttl)
-            self._tasks[check_id] = (check.definition, asyncio.create_task(coro, name=check_id))
+
+    def _drop_retry(self, check_id: str) -> None:
+        retry = self._beat_retry.pop(check_id, None)
+        if retry is not None and retry is not asyncio.current_task():
+            retry.cancel()
+
+    async def _retry_beat(self, check_id: str, status: str, output: str) -> None:
+        """Store a heartbeat the store refused, as the agent would any other
+        result: until it is stored, a newer heartbeat comes, or the TTL it
+        renewed runs out (then the TTL task's expiry is the result to store)."""
+        delay = RETRY_START
+        while True:
+            await self.clock.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX)
+            if self._ttl_deadline.get(check_id, 0.0) <= self.clock.now():
+                self._beat_retry.pop(check_id, None)
+                return  # the TTL ran out: its expiry is the result now
+            before, shown = self._shown(check_id)
+            try:
+                await self.catalog.update_check(self.node, check_id, status, output)
+            except NotFoundError:
+                self._beat_retry.pop(check_id, None)
+                self.catalog.release(self.node, check_id)
+                return
+            except StorageError as exc:
+                self._refused(check_id, status, output, exc)
+                continue
+            self._beat_retry.pop(check_id, None)
+            self._stored(check_id, before, status, output != shown)
+            self._transition(check_id, before, status, output)
+            return
 
     # -- reaping -----------------------------------------------------------
 
