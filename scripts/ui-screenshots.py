@@ -6,8 +6,8 @@ Starts a real agent (in memory), registers a small shop (payment, orders,
 inventory, search, an agentless database node), moves some checks through
 warning and critical and puts one instance in maintenance, then has headless
 Chromium (tests/node/ui.js screenshots) save the services list, the payment
-service's page, the page of its flapping instance with its timeline, and the
-nodes view.
+service's page, the page of its flapping instance with its timeline, the
+nodes view, and the mesh's intentions with the matrix of who may call whom.
 """
 
 from __future__ import annotations
@@ -76,6 +76,18 @@ def seed(http) -> None:  # type: ignore[no-untyped-def]
         "/v1/agent/service/maintenance/payment-3",
         params={"enable": "true", "reason": "rolling out 2.5.0"},
     )
+    for source, destination, action, description in (
+        ("orders", "payment", "allow", "checkout pays"),
+        ("search", "payment", "deny", "search never pays"),
+        ("*", "postgres", "deny", "only named services reach the database"),
+        ("inventory", "postgres", "allow", ""),
+        ("orders", "postgres", "allow", ""),
+    ):
+        http.put(
+            "/v1/connect/intentions/exact",
+            params={"source": source, "destination": destination},
+            json={"Action": action, "Description": description},
+        ).raise_for_status()
 
 
 def main() -> None:

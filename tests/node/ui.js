@@ -9,6 +9,7 @@
 //   restart                    the agent restarts under the page; the wrapper
 //                              drives it through stdin/stdout lines
 //   token SERVICE BAD GOOD     ACLs deny by default: the page asks for a token
+//   mesh                       the intentions view and a service's callers/callees
 // Every wait is bounded (WAIT_MS); nothing here sleeps for a fixed time.
 const { chromium } = require("playwright-core");
 const readline = require("readline");
@@ -72,7 +73,8 @@ function pageA11y(selectors) {
   };
 }
 const CONTRAST_SELECTORS = ["body", "h1", ".muted", "a", ".badge", "td.passing", "td.warning", "td.critical",
-  "td.maintenance", "#connection", "#updated", "thead th", "button", "label", ".tag", ".event time", "dt"];
+  "td.maintenance", "#connection", "#updated", "thead th", "button", "label", ".tag", ".event time", "dt",
+  ".action", "td.decision", "td.self", "summary"];
 
 async function a11y(page) {
   return page.evaluate(pageA11y, CONTRAST_SELECTORS);
@@ -206,6 +208,7 @@ async function screenshots(browser, out, errors) {
     await shoot(`/ui/services/${encodeURIComponent(name)}/instances/${encodeURIComponent(node)}/${encodeURIComponent(instance)}`,
       "#events li", "ui-instance.png", true),
     await shoot("/ui/nodes", "section.node", "ui-nodes.png"),
+    await shoot("/ui/intentions", "#matrix", "ui-intentions.png", true),
   ];
 }
 
@@ -272,8 +275,55 @@ async function token(browser, out, errors) {
   out.a11y = await a11y(page);
 }
 
+// The mesh: the list, the matrix (checked against the agent's own
+// /v1/connect/intentions/check for every pair), live changes, the filter kept
+// in the URL, and a service's callers and callees.
+async function mesh(browser, out, errors) {
+  const page = await newPage(browser, errors);
+  const rows = () => page.locator("tr.intention").evaluateAll((trs) => trs.map((r) => [...r.children].map((c) => c.textContent.trim())));
+  const cells = () => page.locator("td.decision").evaluateAll((tds) => tds.map((t) => [t.dataset.source, t.dataset.destination,
+    t.classList.contains("allow") ? "allow" : "deny", t.classList.contains("by-intention") ? "intention" : "default", t.textContent.trim()]));
+  await page.goto(`${base}/ui/intentions`);
+  await page.locator("tr.intention").first().waitFor({ timeout: WAIT_MS });
+  out.current = await page.locator('nav a[aria-current="page"]').innerText();
+  out.policy = (await page.locator("#default-policy").innerText()).trim();
+  out.rows = await rows();
+  out.cells = await cells();
+  out.checked = await page.evaluate(async (pairs) => Promise.all(pairs.map(([s, d]) =>
+    fetch(`/v1/connect/intentions/check?source=${encodeURIComponent(s)}&destination=${encodeURIComponent(d)}`)
+      .then((r) => r.json()).then((j) => [s, d, j.Allowed ? "allow" : "deny"]))), out.cells.map((c) => c.slice(0, 2)));
+  out.headers = await texts(page.locator("#matrix th.dest"));
+  out.a11y = await a11y(page);
+  out.tabsToFilter = await tabTo(page, "#intention-filter");
+
+  // live: an intention made through the API appears, and its cell turns
+  const before = out.rows.length;
+  await fetch(`${base}/v1/connect/intentions/exact?source=cache&destination=web`, { method: "PUT", body: JSON.stringify({ Action: "deny", Description: "no" }) });
+  await waitFor(page, (n) => document.querySelectorAll("tr.intention").length === n + 1, before);
+  out.liveCell = await page.locator('td.decision[data-source="cache"][data-destination="web"]').getAttribute("class");
+
+  // the filter, typed, kept in the URL and across a reload
+  await page.keyboard.type("cache");
+  await waitFor(page, () => document.querySelectorAll("tr.intention").length === 1);
+  out.filterUrl = await page.evaluate(() => location.search);
+  await page.reload();
+  await page.locator("tr.intention").first().waitFor({ timeout: WAIT_MS });
+  out.filteredAfterReload = [await page.locator("#intention-filter").inputValue(), await rows()];
+
+  // a service's page: who may call it, whom it may call
+  await page.goto(`${base}/ui/services/db`);
+  await page.locator("#callers li").first().waitFor({ timeout: WAIT_MS });
+  const peers = (id) => page.locator(`#${id} li`).evaluateAll((lis) => lis.map((l) => [l.dataset.peer || "(default)", l.dataset.action, l.textContent.trim().replace(/\s+/g, " ")]));
+  out.callers = await peers("callers");
+  out.callees = await peers("callees");
+  out.serviceA11y = await a11y(page);
+  await fetch(`${base}/v1/connect/intentions/exact?source=db&destination=cache`, { method: "PUT", body: JSON.stringify({ Action: "deny" }) });
+  await waitFor(page, () => document.querySelector('#callees li[data-peer="cache"]') !== null);
+  out.calleesAfter = await peers("callees");
+}
+
 async function main() {
-  const run = { views, empty, restart, screenshots, token }[scenario];
+  const run = { views, empty, restart, screenshots, token, mesh }[scenario];
   if (!run) throw new Error(`unknown scenario ${scenario}`);
   const browser = await launch();
   const out = { errors: [] };

@@ -39,6 +39,7 @@ from ..api.kv import KvApi
 from ..api.metrics import Metrics
 from ..api.protocol import ConnectionLimiter, guarded_protocol
 from ..api.session import SessionApi
+from ..api.ui_intentions import IntentionsView
 from ..catalog import Catalog, Node
 from ..catalog.timeline import Timeline
 from ..health import HealthRunner
@@ -193,7 +194,7 @@ class Agent:
         ui_reads = UiEndpoints(consul, self.catalog, self.timeline)
         acl = AclApi(self.catalog, consul.read, self.security.enabled)
         mounts: list[Mount] = [kv.routes, sessions.routes, agent.routes, mesh.routes]
-        mounts += [ui_reads.routes, acl.routes, mount_ui]
+        mounts += [ui_reads.routes, IntentionsView(consul).routes, acl.routes, mount_ui]
         return AgentApp(consul, metrics, mounts=mounts, guard=self.security.guard)
 
     def reload_tls(self) -> bool:

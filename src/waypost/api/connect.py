@@ -321,3 +321,6 @@ def _intention(i: Intention) -> dict[str, Any]:
         "CreateIndex": i.create_index,
         "ModifyIndex": i.modify_index,
     }
+
+
+intention_json = _intention  # the UI's mesh view (api/ui_intentions.py) shows the same shape

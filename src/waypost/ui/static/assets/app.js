@@ -7,14 +7,14 @@
 // open in a new tab, and the router only takes over plain same-page clicks.
 //
 // With ACLs on, a 403 shows the token form (live.js keeps the token for the
-// tab and resumes every poll once it is given). Reserved for a later issue:
-// an intentions view for the mesh (its API is at /v1/connect/intentions; a
-// route and a nav link here).
+// tab and resumes every poll once it is given). The mesh's intentions are a
+// section of their own (/ui/intentions) and a part of each service's page.
 
 import { Connection, requestHeaders, setToken, tokens } from "./live.js";
 import { servicesView } from "./services.js";
 import { serviceView, instanceView } from "./service.js";
 import { nodesView } from "./nodes.js";
+import { intentionsView } from "./intentions.js";
 import { h, replace } from "./dom.js";
 
 const main = document.getElementById("view");
@@ -35,6 +35,7 @@ function route() {
     return { section, view: instanceView, name, node, id };
   }
   if (section === "nodes") return { section, view: nodesView, name };
+  if (section === "intentions" && name === undefined) return { section, view: intentionsView };
   return { section: "", view: notFound };
 }
 

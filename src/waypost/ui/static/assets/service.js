@@ -2,11 +2,13 @@
 // every instance with its address, port, node, tags, meta, weights and
 // maintenance, every check by name, type, status, output and notes, and the
 // health timeline of the last hour. Two long-polls: the service's health and
-// its timeline.
+// its timeline; a service's page also shows who may call it in the mesh
+// and whom it may call (a third long-poll, intentions.js).
 
 import { h, replace, badge, link, servicePath, instancePath, nodePath } from "./dom.js";
 import { poll } from "./live.js";
 import { eventList, strips } from "./timeline.js";
+import { serviceMesh } from "./intentions.js";
 
 const RANK = { passing: 0, warning: 1, critical: 2 };
 
@@ -70,7 +72,7 @@ function counts(entries) {
   return `${entries.length} instance${entries.length === 1 ? "" : "s"}${parts.length ? `: ${parts.join(", ")}` : ""}`;
 }
 
-function layout(main, { title, crumbs, heading = "Instances" }) {
+function layout(main, { title, crumbs, heading = "Instances", mesh = null }) {
   const parts = {
     summary: h("p", { id: "summary", class: "muted" }, "loading…"),
     instances: h("div", { id: "instances" }),
@@ -81,6 +83,7 @@ function layout(main, { title, crumbs, heading = "Instances" }) {
     h("h1", { tabindex: "-1" }, title),
     parts.summary,
     h("section", { "aria-labelledby": "instances-h" }, h("h2", { id: "instances-h" }, heading), parts.instances),
+    mesh ? h("section", { "aria-labelledby": "mesh-h" }, h("h2", { id: "mesh-h" }, "Mesh: who may call whom"), mesh) : null,
     h("section", { "aria-labelledby": "timeline-h" },
       h("h2", { id: "timeline-h" }, "Health timeline, last hour"), parts.timeline));
   return parts;
@@ -107,7 +110,8 @@ const asInstance = (e) => ({ id: e.Service.ID, node: e.Node.Node, status: instan
 export function serviceView(main, route, ctx) {
   const name = route.name;
   document.title = `${name} · services · waypost`;
-  const parts = layout(main, { title: name, crumbs: [link("/ui/services", "Services"), " › ", name] });
+  const mesh = serviceMesh(name, ctx);
+  const parts = layout(main, { title: name, crumbs: [link("/ui/services", "Services"), " › ", name], mesh });
   follow(name, {}, ctx, (health, events, since) => {
     parts.summary.textContent = health.length ? counts(health) : "No instance of this service is registered now.";
     replace(parts.instances, health.length ? health.map((e) => instanceCard(e, "h3"))
