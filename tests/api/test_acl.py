@@ -347,6 +347,46 @@ def test_intentions_need_intentions_rights_on_their_destination(
         assert listed.headers["X-Consul-Results-Filtered-By-ACLs"] == "true"
 
 
+def test_the_uis_mesh_view_shows_only_what_the_token_may_read(
+    acl_agent: AgentProcess, admin: httpx.Client, unique: str
+) -> None:
+    """/v1/internal/ui/intentions: services need service:read, intentions and
+    the decisions on a destination need intentions:read on it."""
+    front, back, secret = f"{unique}-front", f"{unique}-back", f"{unique}-secret"
+    other = f"{unique}-other"  # calls front by the default: a decision on front, so hidden
+    for name in (front, back, secret, other):
+        admin.put("/v1/agent/service/register", json={"Name": name}).raise_for_status()
+    for source, destination, action in (
+        (front, back, "deny"),
+        ("*", secret, "deny"),
+        (back, front, "allow"),
+    ):
+        r = admin.put(
+            "/v1/connect/intentions/exact",
+            json={"Action": action},
+            params={"source": source, "destination": destination},
+        )
+        assert r.status_code == 200, r.text
+    rules = (
+        f'service "{front}" {{ policy = "read" intentions = "deny" }}\n'
+        f'service "{back}" {{ policy = "read" }}\n'
+        f'service "{other}" {{ policy = "read" }}'
+    )
+    token = make_token(admin, rules)
+    path, query = "/v1/internal/ui/intentions", {"service": front}
+    with acl_agent.client(headers={"X-Consul-Token": token}) as c:
+        seen = c.get(path, params=query)
+    assert seen.status_code == 200, seen.text
+    view = seen.json()
+    assert view["Services"] == [back, front, other] and seen.headers["X-Consul-Results-Filtered-By-ACLs"]
+    assert [(i["SourceName"], i["DestinationName"]) for i in view["Intentions"]] == [(front, back)]
+    # front -> back: denied by that intention; front -> other: allowed by the default
+    assert view["Cells"] == [[1, 0, 0, 0], [1, 2, 1, -1]]
+    full = admin.get(path, params=query).json()
+    named = {(full["Services"][s], full["Services"][d]): a for s, d, a, _ in full["Cells"]}
+    assert named[(back, front)] == 1 and named[(front, secret)] == 0
+
+
 def test_tokens_survive_kill_9(tmp_path: Path) -> None:
     """ACL records are catalog records: durable before the answer, replayed at start-up."""
     data = str(tmp_path / "data")
