@@ -57,5 +57,23 @@ def test_every_view_in_firefox(agent: AgentProcess, unique: str) -> None:
                 "return n && [...n.querySelectorAll('tr.node-service')].map((r) => r.dataset.id);",
             )
             assert f"{name}-1" in ids
+
+            # The mesh: who may call the service, live; the intentions list, filtered.
+            caller = f"{name}-caller"
+            exact = {"source": caller, "destination": name}
+            http.put("/v1/connect/intentions/exact", params=exact, json={"Action": "deny"})
+            ff.navigate(f"{agent.http_url}/ui/services/{name}")
+            peer = f"document.querySelector('#callers li[data-peer=\"{caller}\"]')"
+            assert until_js(ff, f"return {peer}?.dataset.action") == "deny"
+            http.put("/v1/connect/intentions/exact", params=exact, json={"Action": "allow"})
+            assert until_js(ff, f"return {peer}?.dataset.action === 'allow'")
+            ff.navigate(f"{agent.http_url}/ui/intentions?filter={caller}")
+            listed = until_js(
+                ff,
+                "const r = document.querySelectorAll('tr.intention');"
+                "return r.length && [...r].map((tr) => tr.dataset.source + '>' + tr.dataset.destination);",
+            )
+            assert listed == [f"{caller}>{name}"]
+            http.delete("/v1/connect/intentions/exact", params=exact)
             state = ff.execute_script("return document.querySelector('#connection').dataset.state")
             assert state == "live"
