@@ -78,10 +78,56 @@ ROW: dict[str, Any] = {
         ("not (Service.Port == 1 or Service.Port == 2)", True),
         ("not not Service.Port == 8080", True),
         ('  ( Service.Meta.env=="qa" )  ', True),
+        # go-bexpr's collection expressions
+        ('any Service.Tags as t { t == "v1" }', True),
+        ('all Service.Tags as t { t == "v1" }', False),
+        ('all Service.Tags as t { t matches "^(v1|primary)$" }', True),
+        ('any Checks as c { c.Status == critical and c.Output contains "refused" }', True),
+        ('any Checks as c { c.Status == critical and c.Output contains "alive" }', False),
+        ("all Checks as c { c.Status == passing }", False),
+        ('any Service.Meta as k { k == "env" }', True),  # alone: a map's key
+        ('any Service.Meta as k, v { k == "env" and v == "qa" }', True),
+        ('any Service.Meta as k, v { k == "env" and v == "1.2" }', False),
+        ('any Service.Meta as _, v { v == "1.2" }', True),
+        ("any Service.Tags as i, _ { i == 1 }", True),  # a list's index
+        ("any Service.Tags as i, t { i == 0 and t == primary }", False),
+        ('not any Service.Tags as t { t == "v9" }', True),
+        ('Service.Port == 8080 and any Service.Tags as t { t == "v1" }', True),
+        ("any Checks as c { all Service.Tags as t { t != x and c.Status == passing } }", True),
+        ('all Service.Proxy.Upstreams as u { u.DestinationName == "db" }', True),  # none: all
+        ('any Service.Proxy.Upstreams as u { u.DestinationName == "db" }', False),  # none: any
+        ("any in Service.Tags or Service.Port == 8080", True),  # a bare word "any" is a value
+        # JSON Pointer selectors, and go-bexpr's numeric index
+        ('"/Service/Meta/env" == "qa"', True),
+        ('"/Service/Meta/env" == "prod"', False),
+        ('"/Service/Port" == 8080', True),
+        ('"v1" in "/Service/Tags"', True),
+        ('"/Service/Tags" contains "v1"', True),
+        ('"/x" in Service.Tags', False),  # a pointer-shaped value before "in" is a value
+        ('"/Checks/1/Status" == critical', True),
+        ("Checks.0.Status == passing", True),
+        ("Checks.1.Status == passing", False),
+        ("Checks.5.Status is empty", True),  # past the end: missing
+        ('any "/Service/Tags" as t { t == "primary" }', True),
     ],
 )
 def test_the_language(expression: str, expected: bool) -> None:
     assert compile_filter(expression, filter_fields.HEALTH_ROW)(ROW) is expected
+
+
+def test_json_pointer_escapes() -> None:
+    """RFC 6901: in a segment, ~1 is "/" and ~0 is "~"."""
+    row = {"Service": {"Meta": {"a/b": "slash", "c~d": "tilde"}}}
+    for expression in ('"/Service/Meta/a~1b" == slash', '"/Service/Meta/c~0d" == tilde'):
+        assert compile_filter(expression, filter_fields.HEALTH_ROW)(row) is True
+
+
+def test_a_collection_selected_through_an_index() -> None:
+    ups = [{"DestinationName": "a", "Config": {}}, {"DestinationName": "b", "Config": {"x": "1"}}]
+    row = {"Service": {"Proxy": {"Upstreams": ups}}}
+    for at, expected in (("0", False), ("1", True), ("7", False)):
+        expression = f'any Service.Proxy.Upstreams.{at}.Config as k {{ k == "x" }}'
+        assert compile_filter(expression, filter_fields.HEALTH_ROW)(row) is expected
 
 
 @pytest.mark.parametrize(
@@ -107,6 +153,23 @@ def test_the_language(expression: str, expected: bool) -> None:
         ("Service.Port is empty", 1, "is empty needs a string, a list or a map"),
         ("Service.EnableTagOverride == maybe", 30, "true or false"),
         ("", 1, "the filter is empty"),
+        (
+            "any Service.Port as p { p == 1 }",
+            5,
+            "any needs a list or a map: Service.Port is a number",
+        ),
+        ("any Checks.Status as s { s == x }", 5, "Checks.Status passes through a list"),
+        ("any Service.Tags as t t == 1", 23, 'expected "{" after the names any binds'),
+        ('any Service.Tags as t { t == "x"', 33, 'expected "}" to close the "{" at position 23'),
+        ("any Service.Meta as k { k.x == 1 }", 25, '"k" is a map key, so k.x is not valid'),
+        ('all Service.Tags as t, t { t == "x" }', 21, "cannot be used as a placeholder for both"),
+        ("any Service.Tags as t { t.x == 1 }", 25, 'Selector "t.x" is not valid'),
+        ('any Service.Tags as i, _ { i == "x" }', 33, 'i is a number: "x" is not one'),
+        ("any Service.Tags as _ { t == 1 }", 21, '"_" alone binds nothing'),
+        ("any Service.Tags as { t == 1 }", 21, "expected a name to bind"),
+        ('"/Service/Nope" == 1', 1, 'Selector "/Service/Nope" is not valid'),
+        ('"/Service/Port" == "eighty"', 20, '"/Service/Port" is a number'),
+        ("Service.Tags.x == 1", 1, 'Selector "Service.Tags.x" is not valid'),
     ],
 )
 def test_errors_name_the_position(expression: str, position: int, message: str) -> None:
@@ -284,7 +347,11 @@ def test_documented_health_node_example(fresh: httpx.Client) -> None:
         ("/v1/health/checks/web", "Status == warning", ["svc-web-health"]),
         ("/v1/health/state/any", 'Node == "node-1" and ServiceID is empty', ["node-health"]),
         ("/v1/agent/checks", "Status == passing", ["service:redis3"]),
-        ("/v1/agent/checks", 'ServiceName == "web"', []),  # a catalog node's check, not this agent's
+        (
+            "/v1/agent/checks",
+            'ServiceName == "web"',
+            [],
+        ),  # a catalog node's check, not this agent's
     ],
 )
 def test_every_filterable_endpoint(
@@ -307,6 +374,33 @@ def _names(path: str, body: Any) -> object:
     if path.startswith("/v1/health/service/"):
         return [row["Node"]["Node"] for row in body]
     return [row["Node"] for row in body]
+
+
+@pytest.mark.parametrize(
+    ("path", "expression", "expected"),
+    [
+        ("/v1/health/service/redis", 'any Service.Tags as t { t == "qa" }', ["redis3"]),
+        ("/v1/health/service/redis", 'all Service.Tags as t { t != "qa" }', ["redis1", "redis2"]),
+        (
+            "/v1/health/service/redis",
+            'any Service.Meta as k, v { k == "foo" and v == "bar" }',
+            ["redis1", "redis2"],
+        ),
+        ("/v1/health/service/redis", '"/Service/Meta/env" == "qa"', ["redis3"]),
+        ("/v1/catalog/nodes", '"/Meta/os" == "linux"', ["node-2"]),
+        ("/v1/agent/services", 'any Tags as t { t == "secondary" }', ["redis2"]),
+        ("/v1/catalog/service/api-internal", '"tag" in "/ServiceTags"', ["node-1", "node-2"]),
+    ],
+)
+def test_collections_and_pointers_on_the_documented_data(
+    fresh: httpx.Client, path: str, expression: str, expected: list[str]
+) -> None:
+    r = fresh.get(path, params={"filter": expression})
+    assert r.status_code == 200, r.text
+    if path == "/v1/agent/services":
+        assert list(r.json()) == expected
+    else:
+        assert _names(path, r.json()) == expected
 
 
 def test_a_bad_filter_is_a_400_before_any_wait(fresh: httpx.Client) -> None:
@@ -367,6 +461,8 @@ def test_py_consul_filter_and_node_meta(fresh: httpx.Client) -> None:
     port = int(str(fresh.base_url).rsplit(":", 1)[1].rstrip("/"))
     c = consul.Consul(host="127.0.0.1", port=port)
     assert list(c.agent.services(filter_expr='"qa" in Tags')) == ["redis3"]
+    some = 'any Tags as t { t == "primary" }'
+    assert sorted(c.agent.services(filter_expr=some)) == ["redis1", "redis3"]
     _, nodes = c.catalog.nodes(node_meta={"arch": "i386", "os": "freebsd"})
     assert [n["Node"] for n in nodes] == ["node-4"]
     _, entries = c.health.service("api-internal", node_meta={"os": "linux"})

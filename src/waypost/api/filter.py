@@ -6,19 +6,30 @@ lexer: selectors, strings and keywords are read where the grammar expects
 them, so every error names the exact position). Grammar, with `_` for
 whitespace (required between words, optional around `==`, `!=` and brackets):
 
-    filter    = or EOF
-    or        = and { "or" and }
-    and       = not { "and" not }
-    not       = "not" not | "(" or ")" | match
-    match     = selector ( ("==" | "!=") value
-                         | ["not"] ("contains" | "matches") value
-                         | "is" ["not"] "empty" )
-              | value ["not"] "in" selector
-    selector  = ident { "." ident | "[" string "]" }
-    ident     = [A-Za-z] [A-Za-z0-9_/]*
-    value     = string | number | selector          (a bare selector is its own text)
-    string    = '"' Go escapes '"' | '`' raw '`'
-    number    = ["-"] ("0" | [1-9][0-9]*) ["." [0-9]+]
+    filter     = or EOF
+    or         = and { "or" and }
+    and        = not { "and" not }
+    not        = "not" not | "(" or ")" | collection | match
+    collection = ("any" | "all") selector "as" names "{" or "}"
+    names      = ident | ident "," ident | ident "," "_" | "_" "," ident
+    match      = selector ( ("==" | "!=") value
+                          | ["not"] ("contains" | "matches") value
+                          | "is" ["not"] "empty" )
+               | value ["not"] "in" selector
+    selector   = ident { "." ident | "." digits | "[" string "]" }
+               | '"' { "/" segment } '"'                  (a JSON Pointer, RFC 6901)
+    ident      = [A-Za-z] [A-Za-z0-9_/]*
+    value      = string | number | selector          (a bare selector is its own text)
+    string     = '"' Go escapes '"' | '`' raw '`'
+    number     = ["-"] ("0" | [1-9][0-9]*) ["." [0-9]+]
+
+A collection expression runs its block once per element of a list or map
+(`any Service.Tags as t { t == "v1" }`; `any Service.Meta as k, v { ... }`):
+alone, the name is a list's value or a map's key; with two, the index (or
+key) and the value, `_` for the one not wanted. go-bexpr's grammar admits it
+only as a whole `or` term; here it may stand wherever `not` may (a superset:
+everything go-bexpr accepts means the same). The names resolve before the
+record's fields, innermost first (filter_eval.py evaluates them).
 
 Compiling checks every selector against the endpoint's record shape
 (`filter_fields.py`) and converts each value to the selected field's type, so
@@ -37,15 +48,22 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from .._exceptions import ValidationError
+from .filter_eval import (
+    RECORD,
+    Part,
+    Pred,
+    all_of,
+    any_of,
+    collection,
+    getter,
+    matcher,
+    negated,
+)
 from .filter_fields import BOOL, NUMBER, STRING, Field, ListOf, MapOf, Record
+from .filter_lex import IDENT, POINTER, Lexer
 
 Predicate = Callable[[Any], bool]
 
-_IDENT = re.compile(r"[A-Za-z][A-Za-z0-9_/]*")
-_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?")
-_WS = re.compile(r"[ \t\r\n]*")
-_GO_ESCAPES = {"a": "\a", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v"}
 _GO_TRUE = {"1", "t", "T", "TRUE", "true", "True"}
 _GO_FALSE = {"0", "f", "F", "FALSE", "false", "False"}
 _CACHE_LIMIT = 512
@@ -64,7 +82,8 @@ def compile_filter(expression: str, shape: Record) -> Predicate:
     key = (id(shape), expression)
     found = _compiled.get(key)
     if found is None:
-        found = _Parser(expression, shape).parse()
+        predicate = _Parser(expression, shape).parse()
+        found = lambda record: predicate(record, ())  # noqa: E731  (no variables bound yet)
         if len(_compiled) >= _CACHE_LIMIT:
             _compiled.clear()
         _compiled[key] = found
@@ -72,72 +91,38 @@ def compile_filter(expression: str, shape: Record) -> Predicate:
 
 
 class _Selector:
-    __slots__ = ("field", "path", "pos", "text")
+    """A resolved selector: its `path` starts at the record or at bound slot
+    `slot` (whose type is `root`) and ends at a value of type `field`."""
 
-    def __init__(self, text: str, path: list[str], pos: int, field: Field) -> None:
+    __slots__ = ("field", "path", "pos", "root", "slot", "text", "through")
+
+    def __init__(self, text: str, path: list[Part], pos: int, field: Field) -> None:
         self.text, self.path, self.pos, self.field = text, path, pos, field
+        self.root: Field = field
+        self.slot = RECORD
+        self.through = False  # passes through a list of records (any element)
 
 
-class _Parser:
+class _Binding:
+    """A name an `any`/`all` expression binds: its slot in the env, its type,
+    and whether it is an index or key (a plain value, no fields below it)."""
+
+    __slots__ = ("field", "name", "plain", "slot")
+
+    def __init__(self, name: str, slot: int, field: Field, plain: bool) -> None:
+        self.name, self.slot, self.field, self.plain = name, slot, field, plain
+
+
+class _Parser(Lexer):
     def __init__(self, text: str, shape: Record) -> None:
-        self.text = text
-        self.pos = 0
+        super().__init__(text)
         self.shape = shape
-
-    # -- errors ------------------------------------------------------------
-
-    def fail(self, message: str, pos: int | None = None) -> ValidationError:
-        at = self.pos if pos is None else pos
-        caret = " " * at + "^"
-        return ValidationError(
-            f"Failed to create boolean expression evaluator: position {at + 1}: {message}\n"
-            f"  {self.text}\n  {caret}"
-        )
-
-    def found(self) -> str:
-        if self.pos >= len(self.text):
-            return "end of expression"
-        word = _IDENT.match(self.text, self.pos)
-        return f'"{word.group()}"' if word else repr(self.text[self.pos])
-
-    # -- lexical helpers -----------------------------------------------------
-
-    def skip(self) -> bool:
-        """Skip whitespace; True if there was some."""
-        end = _WS.match(self.text, self.pos).end()  # type: ignore[union-attr]
-        moved = end > self.pos
-        self.pos = end
-        return moved
-
-    def word(self, *choices: str) -> str | None:
-        """The next word if it is one of `choices` (consumed), else None."""
-        match = _IDENT.match(self.text, self.pos)
-        if match and match.group() in choices:
-            self.pos = match.end()
-            return match.group()
-        return None
-
-    def peek_words(self, count: int) -> list[str]:
-        """The next `count` words (without consuming), for the operator lookahead."""
-        words, pos = [], self.pos
-        for _ in range(count):
-            pos = _WS.match(self.text, pos).end()  # type: ignore[union-attr]
-            match = _IDENT.match(self.text, pos)
-            if not match:
-                break
-            words.append(match.group())
-            pos = match.end()
-        return words
-
-    def symbol(self, token: str) -> bool:
-        if self.text.startswith(token, self.pos):
-            self.pos += len(token)
-            return True
-        return False
+        self.scope: list[_Binding] = []  # innermost last
+        self.slots = 0  # env slots the enclosing collections use
 
     # -- grammar -------------------------------------------------------------
 
-    def parse(self) -> Predicate:
+    def parse(self) -> Pred:
         self.skip()
         if self.pos >= len(self.text):
             raise self.fail("the filter is empty")
@@ -147,36 +132,28 @@ class _Parser:
             raise self.fail(f'expected "and", "or" or the end, found {self.found()}')
         return predicate
 
-    def parse_or(self) -> Predicate:
+    def parse_or(self) -> Pred:
         terms = [self.parse_and()]
         while self.keyword_ahead("or"):
             terms.append(self.parse_and())
-        return terms[0] if len(terms) == 1 else _any_of(terms)
+        return terms[0] if len(terms) == 1 else any_of(terms)
 
-    def parse_and(self) -> Predicate:
+    def parse_and(self) -> Pred:
         terms = [self.parse_not()]
         while self.keyword_ahead("and"):
             terms.append(self.parse_not())
-        return terms[0] if len(terms) == 1 else _all_of(terms)
+        return terms[0] if len(terms) == 1 else all_of(terms)
 
-    def keyword_ahead(self, keyword: str) -> bool:
-        """Consume `_ keyword _` if it comes next (the space before may be consumed already)."""
-        start = self.pos
-        self.skip()
-        spaced = self.pos > 0 and self.text[self.pos - 1] in " \t\r\n"
-        if spaced and self.word(keyword) and (self.skip() or self.pos >= len(self.text)):
-            return True
-        self.pos = start
-        return False
-
-    def parse_not(self) -> Predicate:
+    def parse_not(self) -> Pred:
         self.skip()
         start = self.pos
         if self.word("not"):
             if self.skip() or self.text.startswith("(", self.pos):
-                inner = self.parse_not()
-                return lambda record: not inner(record)
+                return negated(self.parse_not())
             self.pos = start  # a selector that starts with "not", such as "notes"
+        found = self.parse_collection()
+        if found is not None:
+            return found
         if self.symbol("("):
             inner = self.parse_or()
             self.skip()
@@ -187,12 +164,15 @@ class _Parser:
             return inner
         return self.parse_match()
 
-    def parse_match(self) -> Predicate:
+    def parse_match(self) -> Pred:
         start = self.pos
+        pointer = self.pointer_ahead()
+        if pointer is not None:
+            return self.parse_operator(self.resolve(*pointer, start))
         if self.pos < len(self.text) and self.text[self.pos] in '"`-0123456789':
             value = self.parse_literal()
             return self.parse_in(value, start)
-        if not _IDENT.match(self.text, self.pos):
+        if not IDENT.match(self.text, self.pos):
             raise self.fail(f"expected a selector, a value or '(', found {self.found()}")
         text, path = self.parse_path()
         if self.peek_words(1) == ["in"] or self.peek_words(2) == ["not", "in"]:
@@ -200,17 +180,15 @@ class _Parser:
         selector = self.resolve(text, path, start)
         return self.parse_operator(selector)
 
-    def parse_in(self, value: str, value_pos: int) -> Predicate:
+    def parse_in(self, value: str, value_pos: int) -> Pred:
         negate = self.keyword_ahead("not")
         if not self.keyword_ahead("in"):
             raise self.fail(f'expected "in" or "not in" after the value, found {self.found()}')
         sel_pos = self.pos
-        if not _IDENT.match(self.text, self.pos):
-            raise self.fail(f'expected a selector after "in", found {self.found()}')
-        selector = self.resolve(*self.parse_path(), sel_pos)
+        selector = self.resolve(*self.parse_selector('after "in"'), sel_pos)
         return self.membership(selector, value, value_pos, negate)
 
-    def parse_operator(self, selector: _Selector) -> Predicate:
+    def parse_operator(self, selector: _Selector) -> Pred:
         self.skip()
         op_pos = self.pos
         for symbol, negate in (("==", False), ("!=", True)):
@@ -239,95 +217,129 @@ class _Parser:
             op_pos,
         )
 
-    def consume_words(self, count: int) -> None:
-        for _ in range(count):
-            self.skip()
-            self.pos = _IDENT.match(self.text, self.pos).end()  # type: ignore[union-attr]
-
-    def parse_path(self) -> tuple[str, list[str]]:
-        start = self.pos
-        first = _IDENT.match(self.text, self.pos)
-        assert first is not None
-        path = [first.group()]
-        self.pos = first.end()
-        while True:
-            if self.text.startswith(".", self.pos) and _IDENT.match(self.text, self.pos + 1):
-                part = _IDENT.match(self.text, self.pos + 1)
-                assert part is not None
-                path.append(part.group())
-                self.pos = part.end()
-            elif self.symbol("["):
-                self.skip()
-                if self.pos >= len(self.text) or self.text[self.pos] not in '"`':
-                    raise self.fail('expected a quoted map key after "["')
-                path.append(self.parse_string())
-                self.skip()
-                if not self.symbol("]"):
-                    raise self.fail(f'expected "]" to close the index, found {self.found()}')
-            else:
-                return self.text[start : self.pos], path
-
-    def parse_value(self) -> str:
-        if self.pos < len(self.text) and self.text[self.pos] in '"`-0123456789':
-            return self.parse_literal()
-        if _IDENT.match(self.text, self.pos):
-            return self.parse_path()[0]  # bexpr: a bare selector as a value is its own text
-        raise self.fail(
-            f"expected a value (a quoted string, a number or a word), found {self.found()}"
-        )
-
-    def parse_literal(self) -> str:
-        if self.text[self.pos] in '"`':
-            return self.parse_string()
-        number = _NUMBER.match(self.text, self.pos)
-        after = number.end() if number else self.pos
-        if not number or (after < len(self.text) and not re.match(r"[ \t\r\n)]", self.text[after])):
-            raise self.fail("invalid number")
-        self.pos = after
-        return number.group()
-
-    def parse_string(self) -> str:
-        quote, start = self.text[self.pos], self.pos
-        end = self.text.find(quote, self.pos + 1)
-        if quote == '"':
-            end = _closing_quote(self.text, self.pos + 1)
-        if end < 0:
-            raise self.fail("unterminated string", start)
-        raw = self.text[start + 1 : end]
-        self.pos = end + 1
-        return raw if quote == "`" else self.unescape(raw, start)
-
-    def unescape(self, raw: str, start: int) -> str:
-        def one(match: re.Match[str]) -> str:
-            code = match.group(1)
-            if code in _GO_ESCAPES:
-                return _GO_ESCAPES[code]
-            if code in '\\"':
-                return code
-            if code[0] in "xuU":
-                return chr(int(code[1:], 16))
-            if code[0] in "01234567":
-                return chr(int(code, 8))
-            raise self.fail(f"invalid escape \\{code} in string", start)
-
-        pattern = r"\\(x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4}|U[0-9a-fA-F]{8}|[0-7]{3}|.)"
-        return re.sub(pattern, one, raw)
-
     # -- compiling against the record shape ---------------------------------
 
     def resolve(self, text: str, path: list[str], pos: int) -> _Selector:
-        field: Field = self.shape
-        for n, part in enumerate(path):
+        """Check `path` against the record's shape (or a bound variable's type,
+        when it starts with a name an enclosing `any`/`all` bound)."""
+        bound = next((b for b in reversed(self.scope) if b.name == path[0]), None)
+        field: Field = self.shape if bound is None else bound.field
+        if bound is not None and bound.plain and len(path) > 1:
+            what = "a map key" if bound.field == STRING else "a list index"
+            raise self.fail(f'"{path[0]}" is {what}, so {text} is not valid', pos)
+        rest = path if bound is None else path[1:]
+        resolved: list[Part] = []
+        through = False
+        for n, part in enumerate(rest):
+            if isinstance(field, ListOf) and part.isdigit():
+                resolved.append(int(part))  # an element of the list
+                field = field.item
+                continue
             while isinstance(field, ListOf) and isinstance(field.item, Record):
                 field = field.item  # through a list of records: any element
+                through = True
             if isinstance(field, Record) and part in field.fields:
                 field = field.fields[part]
             elif isinstance(field, MapOf):
                 field = field.item
             else:
-                where = ".".join(path[: n + 1])
+                where = _shown(text, path[: n + 1 + (bound is not None)])
                 raise self.fail(f'Selector "{where}" is not valid{_known(field)}', pos)
-        return _Selector(text, path, pos, field)
+            resolved.append(part)
+        selector = _Selector(text, resolved, pos, field)
+        selector.through = through
+        if bound is not None:
+            selector.root, selector.slot = bound.field, bound.slot
+        else:
+            selector.root = self.shape
+        return selector
+
+    # -- any / all ... as ... { ... } ------------------------------------------
+
+    def parse_collection(self) -> Pred | None:
+        """go-bexpr's collection expression, or None (nothing consumed) if none
+        comes next: `any|all SELECTOR as NAME|IDX, VALUE|IDX, _|_, VALUE { or }`."""
+        start = self.pos
+        op = self.word("any", "all")
+        if (
+            op is None
+            or not self.skip()
+            or not (POINTER.match(self.text, self.pos) or IDENT.match(self.text, self.pos))
+        ):
+            self.pos = start
+            return None
+        sel_pos = self.pos
+        text, path = self.parse_selector(f'after "{op}"')
+        if not self.keyword_ahead("as"):
+            self.pos = start  # `any == x`, `all in Tags`...: "any" is a plain word there
+            return None
+        selector = self.resolve(text, path, sel_pos)
+        field = selector.field
+        if not isinstance(field, ListOf | MapOf) or selector.through:
+            problem = "passes through a list" if selector.through else f"is {_kind(field)}"
+            raise self.fail(f"{op} needs a list or a map: {text} {problem}", sel_pos)
+        bindings = self.parse_bindings(isinstance(field, MapOf), field.item)
+        return self.parse_block(op, selector, bindings, start)
+
+    def parse_bindings(self, is_map: bool, item: Field) -> list[_Binding]:
+        """`v` (a list's value, a map's key), `i, v`, `i, _` or `_, v`."""
+        pos = self.pos
+        names = []
+        for n in range(2):
+            if n:
+                self.skip()
+                if not self.symbol(","):
+                    break
+                self.skip()
+            if self.symbol("_"):
+                names.append("_")
+                continue
+            word = IDENT.match(self.text, self.pos)
+            if word is None:
+                raise self.fail(f"expected a name to bind, found {self.found()}")
+            names.append(word.group())
+            self.pos = word.end()
+        if names == ["_"] or names == ["_", "_"]:
+            raise self.fail('"_" alone binds nothing: name the index, the value or both', pos)
+        if len(names) == 2 and names[0] == names[1]:
+            raise self.fail(
+                f'"{names[0]}" cannot be used as a placeholder for both the index and the value',
+                pos,
+            )
+        key = STRING if is_map else NUMBER
+        index_slot, value_slot = self.slots, self.slots + 1
+        if len(names) == 1:  # go-bexpr: alone, it is a list's value or a map's key
+            alone = (
+                _Binding(names[0], index_slot, key, True)
+                if is_map
+                else _Binding(names[0], value_slot, item, False)
+            )
+            return [alone]
+        found = [
+            _Binding(names[0], index_slot, key, True),
+            _Binding(names[1], value_slot, item, False),
+        ]
+        return [b for b in found if b.name != "_"]
+
+    def parse_block(
+        self, op: str, selector: _Selector, bindings: list[_Binding], start: int
+    ) -> Pred:
+        self.skip()
+        if not self.symbol("{"):
+            raise self.fail(f'expected "{{" after the names {op} binds, found {self.found()}')
+        brace = self.pos - 1
+        self.scope += bindings
+        self.slots += 2
+        inner = self.parse_or()
+        self.slots -= 2
+        del self.scope[len(self.scope) - len(bindings) :]
+        self.skip()
+        if not self.symbol("}"):
+            raise self.fail(
+                f'expected "}}" to close the "{{" at position {brace + 1}, found {self.found()}'
+            )
+        get = getter(selector.path, selector.root, selector.slot)
+        return collection(get, isinstance(selector.field, MapOf), op == "all", inner)
 
     def coerce(self, field: Field, value: str, pos: int, what: str) -> Any:
         if field == NUMBER:
@@ -341,7 +353,12 @@ class _Parser:
             raise self.fail(f'{what} is true or false: "{value}" is neither', pos)
         return value
 
-    def equality(self, selector: _Selector, value: str, value_pos: int, negate: bool) -> Predicate:
+    def match_at(
+        self, selector: _Selector, test: Callable[[Any], bool], missing: bool, negate: bool
+    ) -> Pred:
+        return matcher(selector.path, selector.root, selector.slot, test, missing, negate)
+
+    def equality(self, selector: _Selector, value: str, value_pos: int, negate: bool) -> Pred:
         field = selector.field
         if field not in (STRING, NUMBER, BOOL):
             raise self.fail(
@@ -350,25 +367,23 @@ class _Parser:
                 selector.pos,
             )
         wanted = self.coerce(field, value, value_pos, selector.text)
-        return _matcher(selector.path, self.shape, lambda v: v == wanted, False, negate)
+        return self.match_at(selector, lambda v: v == wanted, False, negate)
 
-    def membership(
-        self, selector: _Selector, value: str, value_pos: int, negate: bool
-    ) -> Predicate:
+    def membership(self, selector: _Selector, value: str, value_pos: int, negate: bool) -> Pred:
         field = selector.field
         if field == STRING:
-            return _matcher(selector.path, self.shape, lambda v: value in v, False, negate)
+            return self.match_at(selector, lambda v: value in v, False, negate)
         if isinstance(field, ListOf) and field.item in (STRING, NUMBER, BOOL):
             wanted = self.coerce(field.item, value, value_pos, f"an element of {selector.text}")
-            return _matcher(selector.path, self.shape, lambda v: wanted in v, False, negate)
+            return self.match_at(selector, lambda v: wanted in v, False, negate)
         if isinstance(field, MapOf):
-            return _matcher(selector.path, self.shape, lambda v: value in v, False, negate)
+            return self.match_at(selector, lambda v: value in v, False, negate)
         raise self.fail(
             f"{selector.text} is {_kind(field)}: in and contains need a string, a list or a map",
             selector.pos,
         )
 
-    def regex(self, selector: _Selector, value: str, value_pos: int, negate: bool) -> Predicate:
+    def regex(self, selector: _Selector, value: str, value_pos: int, negate: bool) -> Pred:
         if selector.field != STRING:
             raise self.fail(
                 f"{selector.text} is {_kind(selector.field)}: matches needs a string", selector.pos
@@ -378,27 +393,23 @@ class _Parser:
         except re.error as exc:
             raise self.fail(f"invalid regular expression {value!r}: {exc}", value_pos) from None
         search = pattern.search
-        return _matcher(selector.path, self.shape, lambda v: search(v) is not None, False, negate)
+        return self.match_at(selector, lambda v: search(v) is not None, False, negate)
 
-    def emptiness(self, selector: _Selector, negate: bool) -> Predicate:
+    def emptiness(self, selector: _Selector, negate: bool) -> Pred:
         if selector.field in (NUMBER, BOOL) or isinstance(selector.field, Record):
             raise self.fail(
                 f"{selector.text} is {_kind(selector.field)}: is empty needs a string, a list "
                 "or a map",
                 selector.pos,
             )
-        return _matcher(selector.path, self.shape, lambda v: len(v) == 0, True, negate)
+        return self.match_at(selector, lambda v: len(v) == 0, True, negate)
 
 
-def _closing_quote(text: str, pos: int) -> int:
-    while pos < len(text):
-        if text[pos] == "\\":
-            pos += 2
-            continue
-        if text[pos] == '"':
-            return pos
-        pos += 1
-    return -1
+def _shown(text: str, path: list[str]) -> str:
+    """A selector's first parts, written as it was (dotted or a JSON Pointer)."""
+    if text.startswith('"'):
+        return "/" + "/".join(p.replace("~", "~0").replace("/", "~1") for p in path)
+    return ".".join(path)
 
 
 def _known(field: Field) -> str:
@@ -415,58 +426,3 @@ def _kind(field: Field) -> str:
     if isinstance(field, Record):
         return "a record"
     return {STRING: "a string", NUMBER: "a number", BOOL: "a boolean"}[field]
-
-
-def _matcher(
-    path: list[str], shape: Record, test: Predicate, missing: bool, negate: bool
-) -> Predicate:
-    """Walk `path` through a record (the dicts and lists of the JSON answer)
-    and apply `test` at its end. A field the encoder left out counts as its
-    zero value; a key absent from a map answers `missing` (go-bexpr's rule).
-    A negated operator (`!=`, `not in`...) is negated at the end of the path,
-    so through a list it means "some element does not": go-bexpr's rule too."""
-    if negate:
-        test, missing = _opposite(test), not missing
-    parts: list[str] = []
-    fields: list[Field] = [shape]  # fields[d]: the type of the value at depth d
-    for part in path:
-        field = fields[-1]
-        while isinstance(field, ListOf) and isinstance(field.item, Record):
-            field = field.item
-        parts.append(part)
-        fields.append(field.fields[part] if isinstance(field, Record) else field.item)  # type: ignore[union-attr]
-    end = len(parts)
-
-    def walk(value: Any, depth: int) -> bool:
-        if value is None:
-            value = _zero(fields[depth])
-        if depth == end:
-            return test(value)
-        if isinstance(value, list):  # a list of records: true if any element matches
-            return any(walk(item, depth) for item in value)
-        part = parts[depth]
-        if part not in value:
-            return missing if isinstance(fields[depth], MapOf) else walk(None, depth + 1)
-        return walk(value[part], depth + 1)
-
-    return lambda record: walk(record, 0)
-
-
-def _zero(field: Field) -> Any:
-    if isinstance(field, ListOf):
-        return []
-    if isinstance(field, MapOf | Record):
-        return {}
-    return {STRING: "", NUMBER: 0, BOOL: False}[field]
-
-
-def _opposite(test: Predicate) -> Predicate:
-    return lambda value: not test(value)
-
-
-def _any_of(terms: list[Predicate]) -> Predicate:
-    return lambda record: any(term(record) for term in terms)
-
-
-def _all_of(terms: list[Predicate]) -> Predicate:
-    return lambda record: all(term(record) for term in terms)
