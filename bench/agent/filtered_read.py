@@ -32,6 +32,8 @@ from health_read import run_wrk
 
 SERVICE = "web"
 EXPRESSION = 'Service.Meta.version == "2" and "v1" in Service.Tags'
+# The same question with go-bexpr's newer forms: a collection expression and a JSON Pointer.
+COLLECTION = 'any Service.Tags as t { t == "v1" } and "/Service/Meta/version" == "2"'
 
 
 def setup(base: str) -> dict[str, str]:
@@ -82,12 +84,16 @@ def cold_costs() -> dict[str, float]:
         )
         rows.append((node, service, [serf, check]))
     keep = compile_filter(EXPRESSION, filter_fields.HEALTH_ROW)
+    keep_any = compile_filter(COLLECTION, filter_fields.HEALTH_ROW)
 
     def plain() -> object:
         return [encode.health_row(*row) for row in rows]
 
     def filtered() -> object:
         return [e for row in rows if keep(e := encode.health_row(*row))]
+
+    def collection() -> object:
+        return [e for row in rows if keep_any(e := encode.health_row(*row))]
 
     def compiled() -> object:
         compiled_cache.clear()  # time the parse, not the cache
@@ -99,6 +105,7 @@ def cold_costs() -> dict[str, float]:
         for name, fn in (
             ("encode 10 rows", plain),
             ("encode + filter 10 rows", filtered),
+            ("encode + filter 10 rows, any/all and a JSON Pointer", collection),
             ("compile the expression", compiled),
         )
     }

@@ -82,8 +82,7 @@ def compile_filter(expression: str, shape: Record) -> Predicate:
     key = (id(shape), expression)
     found = _compiled.get(key)
     if found is None:
-        predicate = _Parser(expression, shape).parse()
-        found = lambda record: predicate(record, ())  # noqa: E731  (no variables bound yet)
+        found = _Parser(expression, shape).parse()  # env defaults to (): no names bound yet
         if len(_compiled) >= _CACHE_LIMIT:
             _compiled.clear()
         _compiled[key] = found

@@ -13,12 +13,20 @@ true.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from .filter_fields import BOOL, NUMBER, STRING, Field, ListOf, MapOf, Record
 
 Env = tuple[Any, ...]
-Pred = Callable[[Any, Env], bool]
+
+
+class Pred(Protocol):
+    """A compiled test: the record, and the values bound so far (none at the
+    top level, so the record alone is a call too)."""
+
+    def __call__(self, record: Any, env: Env = (), /) -> bool: ...
+
+
 Test = Callable[[Any], bool]
 Part = str | int  # a field or map key, or a list index
 RECORD = -1  # a selector that starts at the record, not at a bound variable
@@ -51,25 +59,33 @@ def matcher(
     if negate:
         test, missing = _opposite(test), not missing
     fields = field_types(path, root)
+    zeros = [zero(f) for f in fields]
+    # Per step: a list index (int), or a name with whether its container is a map.
+    steps = [(p, isinstance(p, int), isinstance(fields[d], MapOf)) for d, p in enumerate(path)]
     end = len(path)
 
     def walk(value: Any, depth: int) -> bool:
-        if value is None:
-            value = zero(fields[depth])
-        if depth == end:
-            return test(value)
-        part = path[depth]
-        if isinstance(part, int):
-            return walk(value[part] if part < len(value) else None, depth + 1)
-        if isinstance(value, list):  # a list of records: true if any element matches
-            return any(walk(item, depth) for item in value)
-        if part not in value:
-            return missing if isinstance(fields[depth], MapOf) else walk(None, depth + 1)
-        return walk(value[part], depth + 1)
+        while True:
+            if value is None:
+                value = zeros[depth]
+            if depth == end:
+                return test(value)
+            part, index, in_map = steps[depth]
+            if index:
+                value = value[part] if part < len(value) else None  # type: ignore[operator]
+            elif isinstance(value, list):  # a list of records: true if any element matches
+                return any(walk(item, depth) for item in value)
+            elif part in value:
+                value = value[part]
+            elif in_map:
+                return missing
+            else:
+                value = None
+            depth += 1
 
     if slot == RECORD:
-        return lambda record, env: walk(record, 0)
-    return lambda record, env: walk(env[slot], 0)
+        return lambda record, env=(): walk(record, 0)
+    return lambda record, env=(): walk(env[slot], 0)
 
 
 def getter(path: list[Part], root: Field, slot: int) -> Callable[[Any, Env], Any]:
@@ -95,7 +111,7 @@ def collection(get: Callable[[Any, Env], Any], is_map: bool, every: bool, inner:
     the index (or key) and the value of each element; stops at the first
     element that decides."""
 
-    def check(record: Any, env: Env) -> bool:
+    def check(record: Any, env: Env = ()) -> bool:
         found = get(record, env)
         if not found:
             return every  # missing or empty: any is false, all is true
@@ -121,12 +137,18 @@ def _opposite(test: Test) -> Test:
 
 
 def negated(inner: Pred) -> Pred:
-    return lambda record, env: not inner(record, env)
+    return lambda record, env=(): not inner(record, env)
 
 
 def any_of(terms: list[Pred]) -> Pred:
-    return lambda record, env: any(term(record, env) for term in terms)
+    if len(terms) == 2:  # the common case, without a generator
+        first, second = terms
+        return lambda record, env=(): first(record, env) or second(record, env)
+    return lambda record, env=(): any(term(record, env) for term in terms)
 
 
 def all_of(terms: list[Pred]) -> Pred:
-    return lambda record, env: all(term(record, env) for term in terms)
+    if len(terms) == 2:
+        first, second = terms
+        return lambda record, env=(): first(record, env) and second(record, env)
+    return lambda record, env=(): all(term(record, env) for term in terms)
