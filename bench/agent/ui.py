@@ -10,8 +10,14 @@
 3. The timeline: memory per 10,000 transitions (tracemalloc), and the cost it
    adds to a status write (10,000 writes through `Catalog.write` on the
    in-memory store, with and without the timeline subscribed).
+4. The mesh view, `/v1/internal/ui/intentions`, built in process (what the
+   first reader after a change pays; then it is cached like any read): the
+   whole matrix with 30 and 60 services (60 is the cap) and 40 intentions,
+   and one service's callers and callees with 1,000 services; with the size
+   of each answer.
 
 Usage: .venv/bin/python bench/agent/ui.py [--reps 3] [--duration 10] [--connections 8]
+       [--only-mesh]
 """
 
 from __future__ import annotations
@@ -31,7 +37,8 @@ import msgspec
 from _common import agent, cpu_seconds, header, line, median
 
 from waypost.api.internal_ui import UiEndpoints
-from waypost.catalog import Catalog, writes
+from waypost.api.ui_intentions import mesh_view
+from waypost.catalog import Catalog, connect, writes
 from waypost.catalog.definitions import CheckRegistration, ServiceRegistration
 from waypost.catalog.timeline import Timeline
 from waypost.storage import open_storage
@@ -177,6 +184,28 @@ async def timeline_part(reps: int) -> None:
     line(f"write with the timeline (untraced): median {m:.1f} us ({_spread(untraced)})")
 
 
+async def mesh_part(rounds: int = 30) -> None:
+    line(f"## 4. the mesh view, built in process, median of {rounds}")
+    encoder = msgspec.json.Encoder()
+    for services, intentions, one in ((30, 40, False), (60, 40, False), (1000, 40, True)):
+        catalog = await seeded_catalog(services)
+        for k in range(intentions):  # exact pairs, and a few wildcards
+            source = "*" if k % 10 == 0 else f"svc-{(k * 7) % services:04d}"
+            body = connect.IntentionBody(action="deny" if k % 3 else "allow")
+            destination = f"svc-{(k * 13 + 1) % services:04d}"
+            await catalog.write(connect.put_intention, source, destination, body, "now")
+        service = "svc-0001" if one else None
+        size = len(encoder.encode(mesh_view(catalog.state, service)))
+        state = catalog.state
+        values = timed(lambda: encoder.encode(mesh_view(state, service)), rounds)  # noqa: B023
+        what = f"{services} services, {'?service=svc-0001' if one else 'every pair'}"
+        low, high = min(values), max(values)
+        line(
+            f"{what}: median {median(values):.2f} ms (min {low:.2f}, max {high:.2f}); {size} bytes"
+        )
+        await catalog.close()
+
+
 def _spread(values: list[float]) -> str:
     return " ".join(f"{v:.1f}" for v in values)
 
@@ -186,13 +215,19 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk repetition")
     parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--only-mesh", action="store_true", help="part 4 alone (no wrk)")
     args = parser.parse_args()
+    if args.only_mesh:
+        header("the web UI's mesh view")
+        asyncio.run(mesh_part())
+        return
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed: apt-get install -y wrk")
     header("the web UI's cost on the agent")
     http_part(args.reps, args.duration, args.connections)
     asyncio.run(build_part())
     asyncio.run(timeline_part(args.reps))
+    asyncio.run(mesh_part())
 
 
 if __name__ == "__main__":

@@ -27,8 +27,9 @@ A collection expression runs its block once per element of a list or map
 (`any Service.Tags as t { t == "v1" }`; `any Service.Meta as k, v { ... }`):
 alone, the name is a list's value or a map's key; with two, the index (or
 key) and the value, `_` for the one not wanted. go-bexpr's grammar admits it
-only as a whole `or` term; here it may stand wherever `not` may (a superset:
-everything go-bexpr accepts means the same). The names resolve before the
+only where a whole `or` expression stands (`any ... {} and x == 1` is its
+parse error); here it may stand wherever `not` may (a superset: everything
+go-bexpr accepts means the same). The names resolve before the
 record's fields, innermost first (filter_eval.py evaluates them).
 
 Compiling checks every selector against the endpoint's record shape
