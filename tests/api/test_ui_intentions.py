@@ -76,3 +76,14 @@ def test_too_many_services_for_a_matrix(http: httpx.Client) -> None:
     one = http.get(PATH, params={"service": "many-07"}).json()
     assert one["TooMany"] is False
     assert len(one["Cells"]) == 2 * (len(one["Services"]) - 1)
+
+
+def test_a_check_flapping_does_not_move_the_view(http: httpx.Client) -> None:
+    """The view waits on intentions and the service list only: health changes
+    (the frequent ones) never rebuild it."""
+    body = {"Name": "flappy", "Check": {"TTL": "5m", "Status": "passing"}}
+    http.put("/v1/agent/service/register", json=body).raise_for_status()
+    before = http.get(PATH).headers["X-Consul-Index"]
+    http.put("/v1/agent/check/fail/service:flappy").raise_for_status()
+    assert http.get("/v1/health/service/flappy").json()[0]["Checks"][-1]["Status"] == "critical"
+    assert http.get(PATH).headers["X-Consul-Index"] == before
