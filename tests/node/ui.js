@@ -10,6 +10,8 @@
 //                              drives it through stdin/stdout lines
 //   token SERVICE BAD GOOD     ACLs deny by default: the page asks for a token
 //   mesh                       the intentions view and a service's callers/callees
+//   meshToken READ WRITE       ACLs on: a read token sees the intentions, saving one
+//                              asks for a token with intentions:write
 // Every wait is bounded (WAIT_MS); nothing here sleeps for a fixed time.
 const { chromium } = require("playwright-core");
 const readline = require("readline");
@@ -310,6 +312,34 @@ async function mesh(browser, out, errors) {
   await page.locator("tr.intention").first().waitFor({ timeout: WAIT_MS });
   out.filteredAfterReload = [await page.locator("#intention-filter").inputValue(), await rows()];
 
+  // creating one from the form (keyboard), then a bad one, then deleting one (two presses)
+  await page.fill("#intention-filter", "");
+  await waitFor(page, () => location.search === "");
+  await page.fill("#new-source", "cache");
+  await page.fill("#new-destination", "api");
+  await page.selectOption("#new-action", "deny");
+  await page.fill("#new-description", "made in the UI");
+  await page.press("#new-description", "Enter");
+  await waitFor(page, () => document.querySelector('tr.intention[data-source="cache"][data-destination="api"]') !== null &&
+    document.querySelector("#intention-form-status").textContent.startsWith("Saved"));
+  out.created = [await page.locator("#intention-form-status").innerText(),
+    await texts(page.locator('tr.intention[data-source="cache"][data-destination="api"] td'))];
+  await page.fill("#new-source", "ca*che");
+  await page.fill("#new-destination", "api");
+  await page.press("#new-destination", "Enter");
+  await waitFor(page, () => document.querySelector("#intention-form-status").className === "error");
+  out.refused = await page.locator("#intention-form-status").innerText();
+  const del = page.locator('tr.intention[data-source="cache"][data-destination="web"] button.delete');
+  await del.focus();
+  await page.keyboard.press("Enter");
+  out.armed = [await del.innerText(), await del.getAttribute("aria-label")];
+  out.stillThere = await page.locator('tr.intention[data-source="cache"][data-destination="web"]').count();
+  await page.keyboard.press("Enter");
+  await waitFor(page, () => document.querySelector('tr.intention[data-source="cache"][data-destination="web"]') === null &&
+    document.querySelector("#intention-changed").textContent.startsWith("Deleted"));
+  out.deleted = [await page.locator("#intention-changed").innerText(), await page.evaluate(() => document.activeElement.id)];
+  out.editA11y = await a11y(page);
+
   // a service's page: who may call it, whom it may call
   await page.goto(`${base}/ui/services/db`);
   await page.locator("#callers li").first().waitFor({ timeout: WAIT_MS });
@@ -322,8 +352,32 @@ async function mesh(browser, out, errors) {
   out.calleesAfter = await peers("callees");
 }
 
+async function meshToken(browser, out, errors) {
+  const [readToken, writeToken] = args;
+  const page = await newPage(browser, errors);
+  await page.goto(`${base}/ui/intentions`);
+  await page.locator("#token").waitFor({ state: "visible", timeout: WAIT_MS });
+  await page.fill("#token-secret", readToken);
+  await page.press("#token-secret", "Enter");
+  await page.locator("tr.intention").first().waitFor({ timeout: WAIT_MS });
+  out.rows = await page.locator("tr.intention").count();
+  await page.fill("#new-source", "web");
+  await page.fill("#new-destination", "db");
+  await page.press("#new-destination", "Enter");
+  await waitFor(page, () => !document.querySelector("#token").hidden &&
+    document.querySelector("#intention-form-status").className === "error");
+  out.why = (await page.locator("#token-why").innerText()).trim();
+  out.refused = await page.locator("#intention-form-status").innerText();
+  await page.fill("#token-secret", writeToken);
+  await page.press("#token-secret", "Enter");
+  await page.click("#intention-form button[type=submit]");
+  await waitFor(page, () => document.querySelector('tr.intention[data-source="web"][data-destination="db"]') !== null &&
+    document.querySelector("#intention-form-status").textContent.startsWith("Saved"));
+  out.saved = await page.locator("#intention-form-status").innerText();
+}
+
 async function main() {
-  const run = { views, empty, restart, screenshots, token, mesh }[scenario];
+  const run = { views, empty, restart, screenshots, token, mesh, meshToken }[scenario];
   if (!run) throw new Error(`unknown scenario ${scenario}`);
   const browser = await launch();
   const out = { errors: [] };

@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from ..agentproc import AgentProcess
+from ..api.test_acl import make_token
 from .test_ui_browser import CHROMIUM, assert_accessible, run_ui
 
 pytestmark = pytest.mark.skipif(
@@ -66,9 +67,9 @@ def test_mesh_view(mesh_agent: AgentProcess) -> None:
     assert seen["current"] == "Intentions"
     assert seen["policy"] == "When no intention matches a pair: allow."
     assert seen["rows"] == [
-        ["web", "db", "deny", "9", "web goes through api", ""],
-        ["* (any service)", "db", "allow", "8", "none", "owner=dba"],
-        ["api", "* (any service)", "deny", "6", "none", ""],
+        ["web", "db", "deny", "9", "web goes through api", "", "Delete"],
+        ["* (any service)", "db", "allow", "8", "none", "owner=dba", "Delete"],
+        ["api", "* (any service)", "deny", "6", "none", "", "Delete"],
     ]
     # The matrix: no sidecar, no `consul`; every cell what the agent enforces.
     assert seen["headers"] == ["api", "cache", "db", "web"]
@@ -85,7 +86,21 @@ def test_mesh_view(mesh_agent: AgentProcess) -> None:
     # Live, filtered, and the filter survives a reload.
     assert "deny" in seen["liveCell"] and "by-intention" in seen["liveCell"]
     assert seen["filterUrl"] == "?filter=cache"
-    assert seen["filteredAfterReload"] == ["cache", [["cache", "web", "deny", "9", "no", ""]]]
+    assert seen["filteredAfterReload"] == [
+        "cache",
+        [["cache", "web", "deny", "9", "no", "", "Delete"]],
+    ]
+    # Made from the form, refused with the agent's reason, deleted on the second press.
+    assert seen["created"] == [
+        "Saved: cache → api, deny.",
+        ["cache", "api", "deny", "9", "made in the UI", "", "Delete"],
+    ]
+    assert seen["refused"].startswith("The agent refused (HTTP 400): ")
+    assert 'the wildcard is "*" alone' in seen["refused"]
+    assert seen["armed"] == ["Confirm delete", "Confirm: Delete the intention cache → web"]
+    assert seen["stillThere"] == 1
+    assert seen["deleted"] == ["Deleted: cache → web.", "list-h"]
+    assert_accessible(seen["editA11y"])
     # db's page: its callers, each with the intention that decides; its callees by default.
     assert seen["callers"] == [
         ["api", "allow", "allow api by the intention * → db"],
@@ -97,3 +112,27 @@ def test_mesh_view(mesh_agent: AgentProcess) -> None:
     ]
     assert_accessible(seen["serviceA11y"])
     assert seen["calleesAfter"][0] == ["cache", "deny", "deny cache by the intention db → cache"]
+
+
+def test_writing_an_intention_asks_for_a_token_that_may(tmp_path: Path) -> None:
+    """ACLs deny by default: a token that may read intentions sees them, and
+    saving one shows the token form with the agent's reason until a token
+    with intentions:write on the destination is given."""
+    management = "0d1c4a52-7f3e-4b6a-9c2d-1e5f6a7b8c90"
+    env = {"WAYPOST_ACL_TOKEN_INITIAL_MANAGEMENT": management}
+    args = ("--dev", "--http", "127.0.0.1:0", "--dns", "off", "--acl-default-policy", "deny")
+    proc = AgentProcess(*args, env=env).start()
+    try:
+        with proc.client(headers={"X-Consul-Token": management}) as admin:
+            body = {"Action": "allow"}
+            params = {"source": "api", "destination": "db"}
+            admin.put("/v1/connect/intentions/exact", params=params, json=body).raise_for_status()
+            reader = make_token(admin, 'service_prefix "" { policy = "read" }')
+            writer = make_token(admin, 'service "db" { policy = "read" intentions = "write" }')
+        seen = run_ui("meshToken", proc.http_url, reader, writer)
+    finally:
+        proc.stop()
+    assert seen["rows"] == 1
+    assert "lacks permission 'intentions:write' on \"db\"" in seen["why"]
+    assert seen["refused"].startswith("The agent refused (HTTP 403)")
+    assert seen["saved"] == "Saved: web → db, allow."

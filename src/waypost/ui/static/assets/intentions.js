@@ -8,6 +8,7 @@
 
 import { h, replace, link, servicePath } from "./dom.js";
 import { poll } from "./live.js";
+import { deleteButton, intentionForm } from "./intention_edit.js";
 
 const ENDPOINT = "/v1/internal/ui/intentions";
 
@@ -36,10 +37,10 @@ function pairs(obj) {
   return entries.length ? entries.map(([k, v]) => h("code", { class: "meta" }, `${k}=${v}`)) : "";
 }
 
-function listTable(data, shown) {
+function listTable(data, shown, report) {
   return h("table", { class: "intentions", id: "intentions-table" },
     h("caption", { class: "visually-hidden" }, "Intentions, most precise first"),
-    h("thead", {}, h("tr", {}, ["Source", "Destination", "Action", "Precedence", "Description", "Meta"]
+    h("thead", {}, h("tr", {}, ["Source", "Destination", "Action", "Precedence", "Description", "Meta", "Change"]
       .map((c) => h("th", { scope: "col", class: c === "Precedence" ? "num" : "" }, c)))),
     h("tbody", {}, shown.map((i) => h("tr", { class: "intention", dataset: { id: i.ID, source: i.SourceName, destination: i.DestinationName } },
       h("td", {}, serviceLink(i.SourceName)),
@@ -47,7 +48,8 @@ function listTable(data, shown) {
       h("td", {}, actionWord(i.Action === "allow")),
       h("td", { class: "num" }, i.Precedence),
       h("td", {}, i.Description || h("span", { class: "muted" }, "none")),
-      h("td", {}, pairs(i.Meta))))));
+      h("td", {}, pairs(i.Meta)),
+      h("td", {}, deleteButton(i, report))))));
 }
 
 // The matrix: a row per caller, a column per service called. Cells decided by
@@ -104,20 +106,29 @@ export function intentionsView(main, _route, { signal, connection }) {
   const count = h("p", { id: "intention-count", class: "muted", "aria-live": "polite" });
   const list = h("div", { id: "intentions" });
   const picture = h("div", { id: "matrix-holder" });
+  const editor = intentionForm([]);
+  const listHeading = h("h2", { id: "list-h", tabindex: "-1" }, "Intentions, most precise first");
+  const changed = h("p", { id: "intention-changed", role: "status" });
+  const report = (text, failed) => {
+    changed.textContent = text;
+    changed.className = failed ? "error" : "muted";
+    listHeading.focus(); // the row (and its button) is about to go
+  };
   const render = () => {
     const needle = filter.value.trim().toLowerCase();
     history.replaceState(null, "", `/ui/intentions${needle ? `?${new URLSearchParams({ filter: filter.value.trim() })}` : ""}`);
     if (data === null) return;
     policy.replaceChildren("When no intention matches a pair: ", h("strong", {}, defaultPolicy(data)), ".");
+    editor.setNames(data.Services);
     const shown = data.Intentions.filter((i) => !needle
       || i.SourceName.toLowerCase().includes(needle) || i.DestinationName.toLowerCase().includes(needle));
     count.textContent = `${shown.length} of ${data.Intentions.length} intentions`;
     if (!data.Intentions.length) {
       replace(list, h("div", { class: "empty", id: "empty" },
-        h("p", {}, "No intentions: every service may call every other as the default policy says. Create one with"),
+        h("p", {}, "No intentions: every service may call every other as the default policy says. Create one below, or with"),
         h("pre", {}, h("code", {}, `curl -X PUT '${location.origin}/v1/connect/intentions/exact?source=web&destination=db' -d '{"Action": "deny"}'`))));
     } else if (!shown.length) replace(list, h("p", { class: "empty", id: "empty" }, `No intention names “${filter.value.trim()}”.`));
-    else replace(list, listTable(data, shown));
+    else replace(list, listTable(data, shown, report));
     replace(picture, legend(), matrix(data));
   };
   filter.addEventListener("input", render);
@@ -125,10 +136,14 @@ export function intentionsView(main, _route, { signal, connection }) {
     h("h1", { tabindex: "-1" }, "Intentions"),
     policy,
     h("section", { "aria-labelledby": "list-h" },
-      h("h2", { id: "list-h" }, "Intentions, most precise first"),
+      listHeading,
       h("form", { class: "controls", role: "search", onsubmit: (ev) => ev.preventDefault() },
         h("label", { for: "intention-filter" }, "Filter by source or destination"), filter),
-      count, list),
+      count, changed, list),
+    h("section", { "aria-labelledby": "new-h" },
+      h("h2", { id: "new-h" }, "New intention"),
+      h("p", { class: "muted" }, "Saving a pair that has an intention replaces it. With ACLs on, this needs intentions:write on the destination."),
+      editor.form),
     h("section", { "aria-labelledby": "matrix-h" },
       h("h2", { id: "matrix-h" }, "Who may call whom"), picture));
   render();
