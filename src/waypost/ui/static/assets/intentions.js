@@ -4,7 +4,7 @@
 // the same function the proxies are configured from), so the page never
 // re-derives Consul's precedence rules: what it draws is what is enforced.
 // A decision is always written (✓ allow / ✕ deny, and in words for screen
-// readers), never shown by colour alone.
+// readers), never shown by colour alone. Changing intentions: intention_edit.js.
 
 import { h, replace, link, servicePath } from "./dom.js";
 import { poll } from "./live.js";
