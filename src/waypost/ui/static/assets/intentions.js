@@ -140,12 +140,12 @@ export function intentionsView(main, _route, { signal, connection }) {
       h("form", { class: "controls", role: "search", onsubmit: (ev) => ev.preventDefault() },
         h("label", { for: "intention-filter" }, "Filter by source or destination"), filter),
       count, changed, list),
+    h("section", { "aria-labelledby": "matrix-h" },
+      h("h2", { id: "matrix-h" }, "Who may call whom"), picture),
     h("section", { "aria-labelledby": "new-h" },
       h("h2", { id: "new-h" }, "New intention"),
       h("p", { class: "muted" }, "Saving a pair that has an intention replaces it. With ACLs on, this needs intentions:write on the destination."),
-      editor.form),
-    h("section", { "aria-labelledby": "matrix-h" },
-      h("h2", { id: "matrix-h" }, "Who may call whom"), picture));
+      editor.form));
   render();
   poll(ENDPOINT, {}, (d) => { data = d; render(); }, { signal, connection });
 }
