@@ -37,7 +37,7 @@ import msgspec
 from _common import agent, cpu_seconds, header, line, median
 
 from waypost.api.internal_ui import UiEndpoints
-from waypost.api.ui_intentions import mesh_view
+from waypost.api.ui_intentions import Decisions, mesh_view
 from waypost.catalog import Catalog, connect, writes
 from waypost.catalog.definitions import CheckRegistration, ServiceRegistration
 from waypost.catalog.timeline import Timeline
@@ -203,6 +203,30 @@ async def mesh_part(rounds: int = 30) -> None:
         line(
             f"{what}: median {median(values):.2f} ms (min {low:.2f}, max {high:.2f}); {size} bytes"
         )
+        # What the agent's view pays after the service list moved: it remembers
+        # each pair's decision while the intentions stand still, so only new
+        # pairs cost. An existing service's instance re-registered (a deploy),
+        # and a new service (where that stays under the cap).
+        decisions = Decisions(state)
+        mesh_view(state, service, decisions)
+        for label, name in (("an instance re-registered", "svc-0002"), ("a new service", "")):
+            after: list[float] = []
+            for n in range(rounds):
+                fresh = name or f"new-{n:03d}"
+                reg = ServiceRegistration(name=fresh, id=f"{fresh}-x")
+                await catalog.write(writes.register, "n1", reg, False, False)
+                build = lambda: encoder.encode(mesh_view(state, service, decisions))  # noqa: B023, E731
+                after += timed(build, 1)
+                empty = not mesh_view(state, service, decisions)["Cells"]
+                await catalog.write(writes.deregister, "n1", f"{fresh}-x")
+            if empty:
+                line(f"{what}, after {label}: over the cap, no matrix")
+                continue
+            low, high = min(after), max(after)
+            line(
+                f"{what}, after {label}: median {median(after):.2f} ms"
+                f" (min {low:.2f}, max {high:.2f})"
+            )
         await catalog.close()
 
 

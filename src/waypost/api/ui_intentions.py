@@ -47,10 +47,42 @@ MATRIX_MAX: Final = 60  # 3,600 decisions; a wider matrix is unreadable on a scr
 AGENT_SERVICE: Final = "consul"  # every agent's own service: not a mesh member
 
 
+class Decisions:
+    """`connect.decide` per pair, remembered while the intentions stand still.
+
+    A decision depends on the intentions alone (and the default, fixed for
+    the agent's run), so a service registered or gone, the view's other
+    topic, costs only the pairs that are new. Any intention change starts
+    afresh; the memory is capped so that many services' pages cannot grow it
+    without bound.
+    """
+
+    LIMIT: Final = 100_000
+
+    def __init__(self, state: State) -> None:
+        self.state = state
+        self.index = -1
+        self.known: dict[tuple[str, str], tuple[bool, str]] = {}
+
+    def __call__(self, source: str, destination: str) -> tuple[bool, str]:
+        """Whether `source` may call `destination`, and the ID of the
+        intention that decided ("": the default)."""
+        index = self.state.index_of((INTENTIONS,))
+        if index != self.index or len(self.known) >= self.LIMIT:
+            self.index, self.known = index, {}
+        found = self.known.get((source, destination))
+        if found is None:
+            decision = connect.decide(self.state, source, destination)
+            by = decision.intention.id if decision.intention is not None else ""
+            found = self.known[(source, destination)] = (decision.allowed, by)
+        return found
+
+
 class IntentionsView:
     def __init__(self, api: ConsulApi) -> None:
         self.api = api
         self.state = api.catalog.state
+        self.decisions = Decisions(self.state)
 
     def routes(self, r: Router) -> None:
         """Readable by any token; what it may not read is left out (module docstring)."""
@@ -61,19 +93,22 @@ class IntentionsView:
         if req.has("service") and not service:
             raise ValidationError("service must name a service: ?service=NAME")
         return await self.api.read(
-            req, (INTENTIONS, SERVICES), lambda: mesh_view(self.state, service or None)
+            req,
+            (INTENTIONS, SERVICES),
+            lambda: mesh_view(self.state, service or None, self.decisions),
         )
 
 
-def mesh_view(state: State, service: str | None) -> JSON:
+def mesh_view(state: State, service: str | None, decisions: Decisions | None = None) -> JSON:
     """The answer (module docstring): every pair, or those `service` is in."""
+    decide = decisions or Decisions(state)
     intentions = connect.ordered(state.all_intentions())
     names = member_names(state, intentions)
     if service is not None and service not in names:
         names = sorted([*names, service])
     position = {i.id: k for k, i in enumerate(intentions)}
     too_many = service is None and len(names) > MATRIX_MAX
-    cells = [] if too_many else _cells(state, names, service, position)
+    cells = [] if too_many else _cells(decide, names, service, position)
     return {
         "DefaultAllow": default_allow(state, intentions),
         "Services": names,
@@ -108,7 +143,7 @@ def default_allow(state: State, intentions: list[Intention]) -> bool | None:
 
 
 def _cells(
-    state: State, names: list[str], service: str | None, position: dict[str, int]
+    decide: Decisions, names: list[str], service: str | None, position: dict[str, int]
 ) -> list[list[int]]:
     index = {n: k for k, n in enumerate(names)}
     if service is None:
@@ -118,9 +153,8 @@ def _cells(
         pairs = [(s, service) for s in others] + [(service, d) for d in others]
     cells = []
     for source, destination in pairs:
-        decision = connect.decide(state, source, destination)
-        by = position[decision.intention.id] if decision.intention is not None else -1
-        cells.append([index[source], index[destination], int(decision.allowed), by])
+        allowed, by = decide(source, destination)
+        cells.append([index[source], index[destination], int(allowed), position[by] if by else -1])
     return cells
 
 
