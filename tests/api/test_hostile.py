@@ -109,9 +109,51 @@ def test_unicode_digits_in_durations_are_400(
     assert r.status_code == 400 and "invalid duration" in r.text
 
 
-def test_another_datacenter_is_an_error_not_this_ones_data(http: httpx.Client) -> None:
-    r = http.get("/v1/catalog/services", params={"dc": "elsewhere"})
-    assert (r.status_code, r.text) == (500, "No path to datacenter")
+NO_PATH = 'No path to datacenter "elsewhere": this agent serves datacenter "dc1" only'
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/v1/catalog/services"),
+        ("GET", "/v1/health/service/consul"),
+        ("GET", "/v1/kv/x"),
+        ("PUT", "/v1/kv/x"),
+        ("PUT", "/v1/txn"),
+        ("GET", "/v1/session/list"),
+        ("PUT", "/v1/event/fire/x"),
+        ("GET", "/v1/status/leader"),
+        ("GET", "/v1/internal/ui/services"),
+        ("GET", "/v1/acl/tokens"),
+    ],
+)
+def test_another_datacenter_is_an_error_naming_it(
+    http: httpx.Client, method: str, path: str
+) -> None:
+    """Consul's text first (clients look for it), then which datacenter was asked."""
+    index = http.get("/v1/kv/x").headers["x-consul-index"]
+    r = http.request(method, path, params={"dc": "elsewhere"}, content=b"[]")
+    assert (r.status_code, r.text) == (500, NO_PATH)
+    assert http.get("/v1/kv/x").headers["x-consul-index"] == index  # nothing written
+
+
+def test_agent_endpoints_ignore_dc_as_consuls_do(http: httpx.Client, unique: str) -> None:
+    """The agent's endpoints are this agent's own: Consul ignores `?dc=` there."""
+    body = {"Name": unique, "Port": 80}
+    r = http.put("/v1/agent/service/register", params={"dc": "elsewhere"}, json=body)
+    assert r.status_code == 200, r.text
+    assert unique in [s["Service"] for s in http.get("/v1/agent/services?dc=x").json().values()]
+    assert http.get("/v1/catalog/datacenters?dc=elsewhere").json() == ["dc1"]
+    http.put(f"/v1/agent/service/deregister/{unique}")
+
+
+def test_py_consul_sees_the_datacenter_named(agent: AgentProcess) -> None:
+    import consul
+
+    c = consul.Consul(host="127.0.0.1", port=agent.http_port)
+    with pytest.raises(consul.ConsulException) as raised:
+        c.catalog.services(dc="elsewhere")
+    assert "No path to datacenter" in str(raised.value) and '"elsewhere"' in str(raised.value)
 
 
 # -- the answer cache is bounded by bytes ------------------------------------------------

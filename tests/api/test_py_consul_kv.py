@@ -371,5 +371,5 @@ async def test_asyncio_kv_session_event_txn(agent: AgentProcess, unique: str) ->
 def test_other_datacenter_session_is_refused(agent: AgentProcess) -> None:
     with agent.client() as http:
         r = http.put("/v1/session/create?dc=dc2", json={})
-        assert (r.status_code, r.text) == (500, "No path to datacenter")
+        assert (r.status_code, r.text[:21]) == (500, "No path to datacenter")
         assert isinstance(httpx.get(f"{agent.http_url}/v1/session/list").json(), list)

@@ -45,6 +45,25 @@ _ENCODER = msgspec.json.Encoder()
 _TRUE = b"true"
 
 
+# Consul's structs.ErrNoDCPath. Its own answer stops there (the name is only in
+# the server's log); clients recognise it by this text (Consul's IsErrNoDCPath
+# looks for it anywhere in the message), so the name goes after it.
+NO_DC_PATH: Final = "No path to datacenter"
+# Consul's agent endpoints are the local agent's own and ignore `?dc=`, as does
+# the list of datacenters; everything else under /v1/ is forwarded by it.
+_LOCAL_ONLY: Final = ("/v1/agent/", "/v1/catalog/datacenters")
+
+
+def takes_datacenter(path: str) -> bool:
+    """Whether `?dc=` names the datacenter a request is for (Consul's endpoints
+    that forward to another datacenter), rather than being ignored."""
+    return path.startswith("/v1/") and not path.startswith(_LOCAL_ONLY)
+
+
+def no_dc_path(asked: str, served: str) -> str:
+    return f'{NO_DC_PATH} "{asked}": this agent serves datacenter "{served}" only'
+
+
 class ConsulApi:
     def __init__(
         self, catalog: Catalog, local: LocalAgentOps, info: AgentInfo, store: StoreStatus
@@ -100,12 +119,13 @@ class ConsulApi:
             r.add("PUT", path, writer, declared)
 
     def check_datacenter(self, req: Request, named: str = "") -> None:
-        """A request for another datacenter (`?dc=`, or a body's Datacenter):
-        Consul answers 500 "No path to datacenter" and writes nothing; waypost
-        serves one datacenter, so it does the same rather than serve it here."""
-        dc = named or req.arg("dc")
+        """A request for another datacenter (`?dc=` on an endpoint that takes
+        it, or a body's Datacenter): Consul answers 500 "No path to datacenter"
+        and writes nothing; waypost serves one datacenter, so it does the same
+        rather than serve this one's data. Every endpoint goes through here."""
+        dc = named or (req.arg("dc") if takes_datacenter(req.path) else "")
         if dc and dc != self.info.datacenter:
-            raise RefusedError("No path to datacenter")
+            raise RefusedError(no_dc_path(dc, self.info.datacenter))
 
     # -- the blocking read path ------------------------------------------
 
