@@ -58,6 +58,7 @@ def start(acl: bool, out: str, tls: list[str]) -> tuple[subprocess.Popen[str], s
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "PYTHONUNBUFFERED": "1"}
     env["WAYPOST_ACL_TOKEN_INITIAL_MANAGEMENT"] = MGMT
+    env["WAYPOST_ACL_TOKEN_AGENT"] = MGMT  # it writes its own node, as the ACL-off agent does
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env
     )

@@ -157,7 +157,9 @@ def main() -> None:
     args = parser.parse_args()
     header("ACLs and TLS: health reads (wrk -t1 -c8) and durable registrations (64 connections)")
     acl_flags = ("--acl-default-policy", "deny")
-    env = {"WAYPOST_ACL_TOKEN_INITIAL_MANAGEMENT": MGMT}
+    # The agent token writes its own node (else it is not in the answers, which would
+    # then be smaller than the ACL-off agent's); the management one will do here.
+    env = {"WAYPOST_ACL_TOKEN_INITIAL_MANAGEMENT": MGMT, "WAYPOST_ACL_TOKEN_AGENT": MGMT}
     with agent("sqlite") as plain, _agent_env(env, *acl_flags) as acl:
         reader = token(acl.http_url, READ_RULES, "reader")
         writer = token(acl.http_url, WRITE_RULES, "writer")

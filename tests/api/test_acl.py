@@ -33,6 +33,7 @@ DEFAULT = "9d3f6a10-27b4-4d2e-8f1a-5c6b7d8e9f02"
 @pytest.fixture(scope="module")
 def acl_agent() -> Iterator[AgentProcess]:
     env = {"WAYPOST_ACL_TOKEN_INITIAL_MANAGEMENT": MGMT, "WAYPOST_ACL_TOKEN_DEFAULT": DEFAULT}
+    env["WAYPOST_ACL_TOKEN_AGENT"] = MGMT  # its own node's writes (tests/agent/test_agent_token.py)
     proc = AgentProcess(
         "--dev",
         "--http",

@@ -9,6 +9,8 @@ import pytest
 
 from waypost import NotFoundError, ValidationError
 from waypost.catalog import CheckDefinition
+from waypost.catalog.aclidentity import Identity
+from waypost.catalog.authz import Resolver
 from waypost.health import FakeClock, HealthRunner
 from waypost.health.thresholds import Thresholds
 
@@ -85,6 +87,25 @@ async def test_deregister_critical_service_after() -> None:
     await clock.advance(15)
     assert ("n1", "web-1") not in catalog.state.services
     assert ("n1", "c1") not in catalog.state.checks
+    await runner.stop()
+
+
+async def test_the_reaper_deregisters_as_the_agent_token(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """With ACLs on, reaping is a write as the agent's identity: refused (the
+    anonymous token, default deny), the instance stays and the refusal is
+    logged once however many passes retry it; allowed, the next pass reaps."""
+    catalog, clock, runner = await setup(CheckDefinition(ttl=5, deregister_critical_after=10))
+    runner.identity = Identity(Resolver(catalog.state.acl, "dc1", False), "", "no token")
+    await clock.advance(30)  # critical since t=5: due at t=15, fifteen passes since
+    assert ("n1", "web-1") in catalog.state.services
+    blocked = [r.getMessage() for r in caplog.records if "blocked by ACLs" in r.getMessage()]
+    assert len(blocked) == 1 and "Service web-1 deregistration blocked" in blocked[0]
+    assert r"'node:write' on \"n1\"" in blocked[0]
+    runner.identity = Identity(Resolver(catalog.state.acl, "dc1", True), "", "no token")
+    await clock.advance(1)
+    assert ("n1", "web-1") not in catalog.state.services
     await runner.stop()
 
 

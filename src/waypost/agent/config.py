@@ -43,7 +43,7 @@ Namer = Callable[[str], str]
 
 class AclTokens(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
     initial_management: str = ""  # created at start-up as a management token
-    agent: str = ""  # accepted for Consul's configs; the agent's own writes need none
+    agent: str = ""  # what the agent's own writes (its node, reaping) are authorized as
     default: str = ""  # for requests that send no token, and for DNS
     initial_management_file: str = ""
     agent_file: str = ""

@@ -15,12 +15,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import msgspec
 
-from .._exceptions import StorageError, ValidationError
+from .._exceptions import AccessDenied, StorageError, ValidationError
 from .._logfmt import quote
 from ..catalog import Catalog, Check, Node, sidecar, writes
+from ..catalog.aclidentity import Identity, authorized, blocked_message, node_write
 from ..catalog.definitions import CheckRegistration, ServiceRegistration, validate_status
 from ..catalog.model import NODE_MAINT_CHECK_ID, SERF_CHECK_ID, SERVICE_MAINT_PREFIX
 from ..catalog.state import ALIVE_OUTPUT
@@ -28,6 +31,7 @@ from ..catalog.txn import Txn
 from ..health import HealthRunner
 
 log = logging.getLogger("waypost.agent")
+T = TypeVar("T")
 
 ANTI_ENTROPY_INTERVAL = 2.0  # seconds between checks of what this agent owns
 
@@ -45,8 +49,11 @@ class LocalAgent:
         node: Node,
         enable_scripts: bool,
         sidecar_ports: tuple[int, int] = sidecar.DEFAULT_PORTS,
+        identity: Identity | None = None,
     ) -> None:
         self.catalog = catalog
+        self.identity = identity  # who its own node's writes are, with ACLs on
+        self.blocked = ""  # why ACLs refused the last write of its node ("": they did not)
         self.sidecar_ports = sidecar_ports
         self.runner = runner
         self.node = node
@@ -71,8 +78,10 @@ class LocalAgent:
     # -- what this agent owns of its node --------------------------------
 
     async def join(self) -> None:
-        """Take over this agent's node at start-up, then keep it (anti-entropy)."""
-        renamed = await self.catalog.write(self._take_over)
+        """Take over this agent's node at start-up, then keep it (anti-entropy).
+        With ACLs on, as the agent token: refused, it logs why and serves on,
+        and anti-entropy tries again (the token may be created later)."""
+        renamed = await self._write_node(self._take_over) or []
         for old in renamed:
             log.warning(
                 "node %s has this agent's node ID: its services moved to %s", old, self.name
@@ -103,7 +112,25 @@ class LocalAgent:
 
     async def keep(self) -> None:
         """Put back this agent's node record, serfHealth and liveness where they differ."""
-        await self.catalog.write(writes.join, self.node, self.serf, starting=False)
+        await self._write_node(writes.join, self.node, self.serf, starting=False)
+
+    async def _write_node(self, plan: Callable[..., T], *args: Any, **kw: Any) -> T | None:
+        """A write of this agent's node, as its identity; None if ACLs refused
+        it. A refusal is logged when it starts, when its reason changes (the
+        token was created, but without node:write) and when it ends, not at
+        every anti-entropy pass."""
+        perms, identity = node_write(self.name), self.identity
+        try:
+            result: T = await self.catalog.write(authorized, identity, perms, plan, *args, **kw)
+        except AccessDenied as exc:
+            if self.blocked != str(exc) and self.identity is not None:
+                log.warning(blocked_message("Node info update", self.name, self.identity, exc))
+            self.blocked = str(exc)
+            return None
+        if self.blocked:
+            log.info("Node info update no longer blocked by ACLs: node=%s", self.name)
+            self.blocked = ""
+        return result
 
     async def leave(self) -> None:
         if self._task is not None:

@@ -86,11 +86,14 @@ class Agent:
             address=config.advertise,
             datacenter=config.datacenter,
         )
+        self.security = Security(config, self.catalog, node.name)
+        identity = self.security.identity  # the agent token's, with ACLs on
         self.runner = HealthRunner(
             self.catalog,
             node.name,
             enable_scripts=config.enable_script_checks,
             output_interval=config.check_update_seconds(),
+            identity=identity,
         )
         self.local = LocalAgent(
             self.catalog,
@@ -98,13 +101,13 @@ class Agent:
             node,
             config.enable_script_checks,
             (config.sidecar_min_port, config.sidecar_max_port),
+            identity,
         )
         self.session_ttl_min = config.session_ttl_min_seconds()
         self.sessions = SessionRunner(self.catalog, node.name)
         self.leaves: Any = _leaves(self.catalog, config)  # mesh.leaves.Leaves, or None
         self.xds: Any = None
         self.grpc_address: tuple[str, int] | None = None
-        self.security = Security(config, self.catalog, node.name)
         self.limiter = ConnectionLimiter(config.http_max_conns_per_client)
         self.started_at = time.time()
         self.http_address: tuple[str, int] | None = None

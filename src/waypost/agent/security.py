@@ -18,6 +18,7 @@ from typing import Any
 from .._exceptions import AclNotFound, ConfigError
 from ..api.access import Guard
 from ..catalog import Catalog, aclwrites
+from ..catalog.aclidentity import Identity
 from ..catalog.aclrules import READ
 from ..catalog.authz import Resolver
 from .config import AclTokens, AgentConfig
@@ -35,10 +36,12 @@ class Security:
         self.tokens: AclTokens = config.acl.tokens.resolved() if self.enabled else AclTokens()
         self.resolver: Resolver | None = None
         self.guard: Guard | None = None
+        self.identity: Identity | None = None  # who the agent's own writes are
         if self.enabled:
             allow = config.acl.default_policy == "allow"
             self.resolver = Resolver(catalog.state.acl, config.datacenter, allow)
             self.guard = Guard(self.resolver, self.tokens.default, catalog.state, node)
+            self.identity = agent_identity(self.resolver, self.tokens)
 
     async def start(self) -> None:
         """Write what ACLs need if it is not in the store yet (any agent may:
@@ -69,6 +72,16 @@ class Security:
                 return False
 
         return allow
+
+
+def agent_identity(resolver: Resolver, tokens: AclTokens) -> Identity:
+    """The agent token, else the default token, else the anonymous one: what
+    Consul's agent uses for its own writes (its `AgentToken()`)."""
+    if tokens.agent:
+        return Identity(resolver, tokens.agent, "acl.tokens.agent")
+    if tokens.default:
+        return Identity(resolver, tokens.default, "acl.tokens.default (no agent token is set)")
+    return Identity(resolver, "", "no token (neither acl.tokens.agent nor default is set)")
 
 
 def https_options(config: AgentConfig) -> dict[str, Any]:

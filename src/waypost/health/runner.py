@@ -22,9 +22,10 @@ from collections.abc import Callable, Iterable, Mapping
 
 from .._clock import Clock, SystemClock
 from .._duration import format as go_duration
-from .._exceptions import NotFoundError, StorageError, ValidationError
+from .._exceptions import AccessDenied, NotFoundError, StorageError, ValidationError
 from .._logfmt import quote
-from ..catalog import Catalog, Check, CheckDefinition, codec
+from ..catalog import Catalog, Check, CheckDefinition, codec, writes
+from ..catalog.aclidentity import Identity, authorized, blocked_message, node_write
 from ..catalog.model import status_rank
 from ..catalog.watch import node_topic
 from ..storage import Entry
@@ -51,8 +52,12 @@ class HealthRunner:
         reap_interval: float = 1.0,
         probes: Mapping[str, Probe] | None = None,
         output_interval: float = OUTPUT_INTERVAL,
+        identity: Identity | None = None,
     ) -> None:
         self.catalog = catalog
+        # Who the reaper deregisters as, with ACLs on (Consul: the agent token).
+        self.identity = identity
+        self._reap_blocked: set[str] = set()  # services ACLs kept it from reaping, logged once
         self.node = node
         self.clock = clock or SystemClock()
         self.rng = rng or random.Random()
@@ -411,21 +416,42 @@ class HealthRunner:
             since = self._critical_since.setdefault(check_id, now)
             if now - since >= after:
                 doomed.setdefault(check.service_id, (check_id, after))
+        self._reap_blocked &= doomed.keys()
+        removed = []
         for service_id, (check_id, after) in sorted(doomed.items()):
-            log.warning(
-                "reaping service: id=%s check=%s critical for %s "
-                "(DeregisterCriticalServiceAfter %s)",
-                service_id,
-                check_id,
-                go_duration(round(now - self._critical_since.get(check_id, now))),
-                go_duration(after),
-            )
+            if service_id not in self._reap_blocked:  # a refused one was said once already
+                log.warning(
+                    "reaping service: id=%s check=%s critical for %s "
+                    "(DeregisterCriticalServiceAfter %s)",
+                    service_id,
+                    check_id,
+                    go_duration(round(now - self._critical_since.get(check_id, now))),
+                    go_duration(after),
+                )
             check_ids = self.catalog.state.check_ids_of(self.node, service_id)
+            if await self._deregister(service_id):
+                removed.append(service_id)
+                for owned in check_ids:
+                    self._cancel(owned)
+        return removed
+
+    async def _deregister(self, service_id: str) -> bool:
+        """Deregister a reaped instance as this agent's identity; False if
+        ACLs refused (logged once per instance: the reaper tries every pass)."""
+        perms = node_write(self.node)
+        try:
             with contextlib.suppress(NotFoundError):
-                await self.catalog.deregister_service(self.node, service_id)
-            for owned in check_ids:
-                self._cancel(owned)
-        return sorted(doomed)
+                await self.catalog.write(
+                    authorized, self.identity, perms, writes.deregister, self.node, service_id
+                )
+        except AccessDenied as exc:
+            if service_id not in self._reap_blocked and self.identity is not None:
+                what = f"Service {service_id} deregistration"
+                log.warning(blocked_message(what, self.node, self.identity, exc))
+            self._reap_blocked.add(service_id)
+            return False
+        self._reap_blocked.discard(service_id)
+        return True
 
     def statistics(self) -> dict[str, float]:
         return {

@@ -1,0 +1,101 @@
+"""Who the agent's own writes are: Consul's agent token.
+
+In Consul an agent registers its node, keeps it true (anti-entropy) and
+deregisters the services it reaps with `acl.tokens.agent`; without one it
+uses the default token, and without that the anonymous token. With ACLs on,
+waypost does the same: those writes run through `authorized`, a plan that
+runs another plan and, if it staged anything, requires the identity's
+permissions before anything is committed. A write that finds everything in
+sync stages nothing and needs nothing, as Consul's anti-entropy only sends
+what is out of sync. A refusal raises AccessDenied and writes nothing; the
+agent logs it (`blocked_message`) and keeps serving.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+
+from .._exceptions import AccessDenied, AclNotFound
+from .._logfmt import quote
+from .acl import ANONYMOUS_ACCESSOR
+from .aclrules import WRITE
+from .authz import Resolver
+from .txn import Txn
+
+T = TypeVar("T")
+Perm = tuple[str, str, int]  # (resource, name, level)
+
+
+class Identity:
+    """A token the agent writes as, resolved again at every write (an ACL
+    change, or the token being created after the agent started, applies at
+    the next anti-entropy pass).
+
+    Args:
+        resolver: Secrets to authorizers.
+        secret: The agent token, else the default token ("" is anonymous).
+        source: Where the secret came from, for the log ("acl.tokens.agent").
+    """
+
+    def __init__(self, resolver: Resolver, secret: str, source: str) -> None:
+        self.resolver = resolver
+        self.secret = secret
+        self.source = source
+
+    def require(self, perms: Iterable[Perm]) -> None:
+        """Raises AclNotFound (an unknown token) or PermissionDenied."""
+        authz = self.resolver.resolve(self.secret)
+        for resource, name, level in perms:
+            authz.require(resource, name, level)
+
+    def accessor(self) -> str:
+        """The token's AccessorID as Consul logs it ("anonymous token" for it)."""
+        try:
+            accessor = self.resolver.resolve(self.secret).accessor
+        except AclNotFound:
+            return "unknown token"
+        return "anonymous token" if accessor == ANONYMOUS_ACCESSOR else accessor
+
+
+def node_write(node: str) -> tuple[Perm, ...]:
+    """What the agent's writes of its own node need (Consul's node info sync;
+    `node:write` also lets it deregister the services on its node)."""
+    return (("node", node, WRITE),)
+
+
+def authorized(
+    txn: Txn,
+    identity: Identity | None,
+    perms: tuple[Perm, ...],
+    plan: Callable[..., T],
+    *args: Any,
+    **kw: Any,
+) -> T:
+    """Run `plan(txn, ...)`; if it staged anything, require `perms` of the
+    identity (None: ACLs are off) before the commit. Use through
+    `Catalog.write(authorized, identity, perms, plan, ...)`.
+
+    Raises:
+        AccessDenied: the identity may not; nothing is committed.
+    """
+    result = plan(txn, *args, **kw)
+    if identity is not None and txn.ops:
+        identity.require(perms)
+    return result
+
+
+def blocked_message(what: str, node: str, identity: Identity, exc: AccessDenied) -> str:
+    """Consul's "Node info update blocked by ACLs" line, with what to do about it."""
+    reason = (
+        f"the token in {identity.source} does not exist (create it with that SecretID)"
+        if isinstance(exc, AclNotFound)
+        else str(exc)
+    )
+    return (
+        f"{what} blocked by ACLs: node={node} accessorID={quote(identity.accessor())} "
+        f"token={quote(identity.source)} reason={quote(reason)}: give the agent a token "
+        f"(acl.tokens.agent, WAYPOST_ACL_TOKEN_AGENT or agent_file) with node:write on "
+        f"{quote(node)}, e.g. "
+        f'a node identity {{"NodeName": "{node}", "Datacenter": "{identity.resolver.datacenter}"}}'
+    )
