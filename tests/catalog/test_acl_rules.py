@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 
 import pytest
@@ -198,3 +199,30 @@ def test_expired_tokens_are_not_found_and_changes_are_seen() -> None:
     forever = Token(accessor_id="a4", secret_id="s4", policies=("p1",))
     t.apply(10, put_acl(forever), set())
     assert not resolver.resolve("s4").allowed("service", "x", READ)
+
+
+def test_a_resolved_secret_is_not_hashed_again_and_an_unknown_one_is_not_kept(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The hot path: a token seen before costs a dict lookup, no SHA-256; an
+    unknown secret is looked up (by its hash) every time, never cached."""
+    hashed: list[bytes] = []
+    real = hashlib.sha256
+
+    def sha256(data: bytes) -> object:
+        hashed.append(data)
+        return real(data)
+
+    t = table(READER, ONE)
+    monkeypatch.setattr("waypost.catalog.acl.hashlib.sha256", sha256)
+    resolver = Resolver(t, "dc1", default_allow=False)
+    first = resolver.resolve("s1")
+    assert resolver.resolve("s1") is first and resolver.resolve("s1") is first
+    assert hashed == [b"s1"]  # the first lookup only
+    for _ in range(2):
+        with pytest.raises(AclNotFound):
+            resolver.resolve("guess")
+    assert hashed == [b"s1", b"guess", b"guess"]
+    t.apply(9, put_acl(Token(accessor_id="a1", secret_id="s1", policies=())), set())
+    assert resolver.resolve("s1") is not first  # an ACL change: looked up again
+    assert not resolver.resolve("s1").allowed("service", "x", READ)

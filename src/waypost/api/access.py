@@ -28,7 +28,7 @@ import inspect
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Final, TypeVar
 
-from .._exceptions import PermissionDenied
+from .._exceptions import AccessDenied, PermissionDenied
 from ..catalog.aclrules import LIST, READ, WRITE
 from ..catalog.authz import Authorizer, Resolver
 from ..catalog.state import State
@@ -245,6 +245,29 @@ class Guard:
             return _require_later(authz, perms)
         _require(authz, perms)
         return None
+
+
+    def admit_read(self, req: Request, access: Access | None) -> bool:
+        """For a protocol-level fast path (api/fastpath.py) that answers reads
+        from `ConsulApi.answer`'s encoded-answer cache: whether this request
+        may be served there, with `req.authz` and `req.access` set as
+        `enforce` sets them, so the answer's cache key and filter are its
+        token's (the same bytes the normal path would send it; the key is
+        the token's accessor, the version the ACL generation, so an answer
+        is never served to another token or across an ACL change).
+
+        False means "go the normal way", which answers what this cannot: an
+        unknown or expired token (403), a route that needs more than a
+        filter, or one that declares nothing.
+        """
+        if access is None or access.needs is not None:
+            return False
+        try:
+            req.authz = self.resolver.resolve(token_of(req) or self.default_token)
+        except AccessDenied:
+            return False
+        req.access = access
+        return True
 
 
 def _require(authz: Authorizer, perms: Iterable[Perm]) -> None:

@@ -8,9 +8,9 @@ including on resources added after this was written.
 
 The `Resolver` turns a secret into an authorizer: found by the secret's hash,
 compared in constant time, refused when unknown or expired (AclNotFound, a
-403 as in Consul). Authorizers are cached per token until any ACL record
-changes (the table's generation moves), so the hot path costs a SHA-256 and
-two dict lookups; decisions are cached per authorizer too, in a bounded dict.
+403 as in Consul). Authorizers are cached per secret until any ACL record
+changes (the table's generation moves), so the hot path costs two dict
+lookups; decisions are cached per authorizer too, in a bounded dict.
 The DNS interface resolves the agent's default token the same way.
 """
 
@@ -23,7 +23,7 @@ from typing import Final
 
 from .._exceptions import AclNotFound, PermissionDenied
 from . import aclrules
-from .acl import ANONYMOUS_ACCESSOR, MANAGEMENT_POLICY_ID, AclTable, secret_hash
+from .acl import ANONYMOUS_ACCESSOR, MANAGEMENT_POLICY_ID, AclTable
 from .aclrules import DENY, LEVEL_NAMES, UNNAMED, WRITE, Rules
 from .model import NodeIdentity, ServiceIdentity, Token
 
@@ -112,7 +112,11 @@ class Resolver:
         self.datacenter = datacenter
         self.default_allow = default_allow
         self.clock = clock
-        self._cache: dict[bytes, tuple[Authorizer, float]] = {}
+        # Keyed by the secret itself, as Consul's token cache is: only secrets of
+        # tokens that exist get in (an unknown one raises before), so it holds at
+        # most one entry per token; a hit costs no SHA-256. The lookup that lets
+        # one in goes by the secret's hash and compares in constant time (_find).
+        self._cache: dict[str, tuple[Authorizer, float]] = {}
         self._generation = -1
         self._parsed: dict[tuple[str, int], Rules] = {}
 
@@ -125,12 +129,11 @@ class Resolver:
         if self._generation != self.table.generation:
             self._cache.clear()
             self._generation = self.table.generation
-        digest = secret_hash(secret) if secret else b""
-        hit = self._cache.get(digest)
+        hit = self._cache.get(secret)
         if hit is None:
             token = self._find(secret)
             hit = (self.authorizer(token), token.expiration_time)
-            self._cache[digest] = hit
+            self._cache[secret] = hit
         if hit[1] and self.clock() >= hit[1]:
             raise AclNotFound()
         return hit[0]
