@@ -246,7 +246,6 @@ class Guard:
         _require(authz, perms)
         return None
 
-
     def admit_read(self, req: Request, access: Access | None) -> bool:
         """For a protocol-level fast path (api/fastpath.py) that answers reads
         from `ConsulApi.answer`'s encoded-answer cache: whether this request
