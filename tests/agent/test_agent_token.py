@@ -9,6 +9,9 @@ import tempfile
 import time
 from collections.abc import Iterator
 
+import dns.message
+import dns.query
+import dns.rdatatype
 import httpx
 import pytest
 
@@ -19,11 +22,11 @@ AGENT = "8d2e6b14-7c3a-4f59-a1e0-9b5c3d7e2f48"
 NODE = "tok-node"
 
 
-def start(agent_token: str = "", data_dir: str = "") -> AgentProcess:
+def start(agent_token: str = "", data_dir: str = "", dns: str = "off") -> AgentProcess:
     env = {"WAYPOST_ACL_TOKEN_INITIAL_MANAGEMENT": MGMT}
     if agent_token:
         env["WAYPOST_ACL_TOKEN_AGENT"] = agent_token
-    args = ["--acl-default-policy", "deny", "--node", NODE, "--dns", "off"]
+    args = ["--acl-default-policy", "deny", "--node", NODE, "--dns", dns]
     args += ["--data-dir", data_dir or tempfile.mkdtemp(prefix="waypost-agent-")]
     return AgentProcess(*args, env=env).start()
 
@@ -73,6 +76,43 @@ def test_without_any_token_the_node_write_is_refused_and_the_agent_serves_on(
         assert len(blocked_lines(agent)) == 1
     finally:
         agent.stop()
+
+
+def test_the_agent_and_default_tokens_set_through_the_api(
+    mgmt: httpx.Client, agent: AgentProcess
+) -> None:
+    """`PUT /v1/agent/token/<kind>` (Consul's `acl set-agent-token`): the
+    agent's node is written before the answer; the default token serves
+    requests without one from then on."""
+    acl = start(dns="127.0.0.1:0")
+    url = f"{acl.http_url}/v1/agent/token"
+
+    def dns_answers() -> int:
+        query = dns.message.make_query("consul.service.consul", dns.rdatatype.A)
+        return len(dns.query.udp(query, acl.dns_host, port=acl.dns_port, timeout=5).answer)
+
+    try:
+        made = mgmt.put(
+            f"{acl.http_url}/v1/acl/token",
+            json={"NodeIdentities": [{"NodeName": NODE, "Datacenter": "dc1"}]},
+        ).json()
+        assert httpx.put(f"{url}/agent", json={"Token": made["SecretID"]}).status_code == 403
+        assert mgmt.put(f"{url}/agent", json={"Token": made["SecretID"]}).status_code == 200
+        assert NODE in nodes(mgmt, acl)  # written before the PUT was answered
+        assert any("no longer blocked" in line for line in acl.output)
+        anonymous = httpx.get(f"{acl.http_url}/v1/catalog/services").json()
+        assert anonymous == {} and dns_answers() == 0  # the anonymous token reads nothing
+        assert mgmt.put(f"{url}/default", json={"Token": made["SecretID"]}).status_code == 200
+        assert "consul" in httpx.get(f"{acl.http_url}/v1/catalog/services").json()
+        assert dns_answers() == 1  # DNS answers with the new default token at once
+        assert mgmt.put(f"{url}/dns", json={"Token": "x"}).status_code == 501
+        r = mgmt.put(f"{url}/nonsense", json={"Token": "x"})
+        assert (r.status_code, r.text) == (404, 'Token "nonsense" is unknown')
+        assert mgmt.put(f"{url}/agent", content=b"[").status_code == 400
+    finally:
+        acl.stop()
+    r = httpx.put(f"{agent.http_url}/v1/agent/token/agent", json={"Token": "x"})
+    assert (r.status_code, r.text) == (401, "ACL support disabled")  # ACLs off, as Consul
 
 
 def test_a_token_created_later_unblocks_and_a_good_one_writes_at_start(

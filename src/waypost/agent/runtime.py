@@ -291,6 +291,13 @@ class Agent:
         log.info("leave requested through the API: shutting down")
         asyncio.get_running_loop().call_later(0.1, self._leave.set)
 
+    async def set_acl_token(self, kind: str, secret: str) -> None:
+        self.security.set_token(kind, secret)
+        if kind == "default" and self._dns is not None:
+            self._dns.responder.acl_changed()  # what DNS may answer changed with it
+        if kind == "agent":  # Consul triggers a full anti-entropy sync here
+            await self.local.keep()
+
     async def reload(self) -> None:
         """`/v1/agent/reload`: the HTTPS certificate is reloaded (as on SIGHUP);
         every other setting of waypost is read at start-up."""

@@ -15,7 +15,9 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from .._exceptions import AclNotFound, ConfigError
+import msgspec
+
+from .._exceptions import AclDisabled, AclNotFound, ConfigError
 from ..api.access import Guard
 from ..catalog import Catalog, aclwrites
 from ..catalog.aclidentity import Identity
@@ -43,6 +45,23 @@ class Security:
             self.guard = Guard(self.resolver, self.tokens.default, catalog.state, node)
             self.identity = agent_identity(self.resolver, self.tokens)
 
+    def set_token(self, kind: str, secret: str) -> None:
+        """Replace the default or the agent token (`PUT /v1/agent/token/...`)
+        until restart: requests without a token, DNS and the agent's own
+        writes use the new one from now on.
+
+        Raises:
+            AclDisabled: ACLs are off (Consul answers 401 here too).
+        """
+        if self.resolver is None or self.guard is None:
+            raise AclDisabled()
+        self.tokens = msgspec.structs.replace(self.tokens, **{kind: secret})
+        self.guard.default_token = self.tokens.default
+        fresh = agent_identity(self.resolver, self.tokens)
+        if self.identity is not None:  # the runner and the local agent hold this one
+            self.identity.secret, self.identity.source = fresh.secret, fresh.source
+        log.info("Updated agent's ACL token: token=%s", kind)
+
     async def start(self) -> None:
         """Write what ACLs need if it is not in the store yet (any agent may:
         the plan guards the ACL range, so two agents at once write it once)."""
@@ -63,11 +82,10 @@ class Security:
         resolver = self.resolver
         if resolver is None:
             return None
-        secret = self.tokens.default
 
         def allow(resource: str, name: str) -> bool:
-            try:
-                return resolver.resolve(secret).allowed(resource, name, READ)
+            try:  # the default token as it is now (PUT /v1/agent/token/default)
+                return resolver.resolve(self.tokens.default).allowed(resource, name, READ)
             except AclNotFound:  # a default token that does not exist reads nothing
                 return False
 

@@ -18,14 +18,24 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, Final
 
-from .._exceptions import ValidationError
+import msgspec
+
+from .._exceptions import NotFoundError, ValidationError
 from .._logfmt import ConsulFormatter
 from ..catalog.aclrules import READ, WRITE
-from . import access
+from . import access, decode
 from .http import HttpError, Request, Response, Router, Streaming, empty, json
 from .metrics import Metrics
 from .ports import AgentInfo
 
+# `PUT /v1/agent/token/<kind>`: the kinds waypost uses (Consul's names and
+# their legacy spellings), and those Consul has that waypost has no use for.
+TOKEN_KINDS: Final = {"default": "default", "acl_token": "default", "agent": "agent",
+                      "acl_agent_token": "agent"}  # fmt: skip
+TOKENS_NOT_BUILT: Final = frozenset(
+    {"agent_recovery", "agent_master", "acl_agent_master_token", "replication",
+     "acl_replication_token", "config_file_service_registration", "dns", "dns_token"}
+)  # fmt: skip
 MONITOR_BACKLOG: Final = 1000  # lines a slow monitor client may fall behind before they drop
 LEVELS: Final = {"trace": 5, "debug": 10, "info": 20, "warn": 30, "warning": 30, "error": 40}
 
@@ -75,6 +85,10 @@ class LogStream(logging.Handler):
             self._queues.pop(queue, None)
 
 
+class AgentToken(msgspec.Struct):
+    token: str = ""  # `{"Token": "..."}`, as Consul's api.AgentToken
+
+
 class AgentEndpoints:
     def __init__(self, info: AgentInfo, metrics: Metrics, logs: LogStream) -> None:
         self.info = info
@@ -85,6 +99,7 @@ class AgentEndpoints:
         # PUT only for writes, as Consul's; ACLs as Consul's: agent:<level> on this node.
         r.add("PUT", "/v1/agent/reload", self.reload, access.agent(WRITE))
         r.add("PUT", "/v1/agent/leave", self.leave, access.agent(WRITE))
+        r.add("PUT", "/v1/agent/token/", self.set_token, access.agent(WRITE))
         r.add("GET HEAD", "/v1/agent/metrics", self.agent_metrics, access.agent(READ))
         r.add("GET", "/v1/agent/monitor", self.monitor, access.agent(READ))
         for path in NOT_BUILT:
@@ -96,6 +111,20 @@ class AgentEndpoints:
 
     async def leave(self, req: Request, _: str) -> Response:
         await self.info.leave()
+        return empty()
+
+    async def set_token(self, req: Request, kind: str) -> Response:
+        """Set one of the agent's ACL tokens until it restarts (Consul's
+        `consul acl set-agent-token`; without `enable_token_persistence` it
+        does not keep them either). The agent token applies to the next
+        write of its node, which is tried at once."""
+        if kind in TOKENS_NOT_BUILT:
+            raise HttpError(501, f'waypost has no use for the "{kind}" token yet')
+        target = TOKEN_KINDS.get(kind)
+        if target is None:
+            raise NotFoundError(f'Token "{kind}" is unknown')
+        body = decode.decode(await req.body(), AgentToken)
+        await self.info.set_acl_token(target, body.token)
         return empty()
 
     async def agent_metrics(self, req: Request, rest: str) -> Response:

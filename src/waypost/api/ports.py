@@ -63,6 +63,13 @@ class AgentInfo(Protocol):
 
     async def reload(self) -> None: ...
 
+    async def set_acl_token(self, kind: str, secret: str) -> None:
+        """`PUT /v1/agent/token/<kind>`: "default" or "agent", until restart.
+
+        Raises:
+            AclDisabled: ACLs are off.
+        """
+
 
 class StoreStatus(Protocol):
     """The store under the catalog, as far as reads need it."""
