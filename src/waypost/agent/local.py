@@ -23,7 +23,7 @@ import msgspec
 from .._exceptions import AccessDenied, StorageError, ValidationError
 from .._logfmt import quote
 from ..catalog import Catalog, Check, Node, sidecar, writes
-from ..catalog.aclidentity import Identity, authorized, blocked_message, node_write
+from ..catalog.aclidentity import Identity, blocked_message, node_write
 from ..catalog.definitions import CheckRegistration, ServiceRegistration, validate_status
 from ..catalog.model import NODE_MAINT_CHECK_ID, SERF_CHECK_ID, SERVICE_MAINT_PREFIX
 from ..catalog.state import ALIVE_OUTPUT
@@ -78,10 +78,8 @@ class LocalAgent:
     # -- what this agent owns of its node --------------------------------
 
     async def join(self) -> None:
-        """Take over this agent's node at start-up, then keep it (anti-entropy).
-        With ACLs on, as the agent token: refused, it logs why and serves on,
-        and anti-entropy tries again (the token may be created later)."""
-        renamed = await self._write_node(self._take_over) or []
+        """Take over this agent's node at start-up, then keep it (anti-entropy)."""
+        renamed = await self._write_node(self._take_over)
         for old in renamed:
             log.warning(
                 "node %s has this agent's node ID: its services moved to %s", old, self.name
@@ -114,23 +112,38 @@ class LocalAgent:
         """Put back this agent's node record, serfHealth and liveness where they differ."""
         await self._write_node(writes.join, self.node, self.serf, starting=False)
 
-    async def _write_node(self, plan: Callable[..., T], *args: Any, **kw: Any) -> T | None:
-        """A write of this agent's node, as its identity; None if ACLs refused
-        it. A refusal is logged when it starts, when its reason changes (the
-        token was created, but without node:write) and when it ends, not at
-        every anti-entropy pass."""
-        perms, identity = node_write(self.name), self.identity
+    async def _write_node(self, plan: Callable[..., T], *args: Any, **kw: Any) -> T:
+        """A write of this agent's node record, serfHealth, liveness and
+        `consul` service: what Consul's leader registers for every live member
+        whatever the member's agent token, so it is never refused here either
+        (a node missing because of a token would take its sessions and
+        instances with it). The agent token is checked all the same, to say
+        once, as Consul's "Node info update blocked by ACLs" does, that it
+        lacks node:write, which this agent's reaping needs."""
+        self._check_identity()
+        result: T = await self.catalog.write(plan, *args, **kw)
+        return result
+
+    def _check_identity(self) -> None:
+        """Log when the agent token stops or starts having node:write on this
+        node (or the reason changes), not at every anti-entropy pass."""
+        if self.identity is None:
+            return
         try:
-            result: T = await self.catalog.write(authorized, identity, perms, plan, *args, **kw)
+            self.identity.require(node_write(self.name))
         except AccessDenied as exc:
-            if self.blocked != str(exc) and self.identity is not None:
-                log.warning(blocked_message("Node info update", self.name, self.identity, exc))
+            if self.blocked != str(exc):
+                message = blocked_message("Node info update", self.name, self.identity, exc)
+                log.warning(
+                    "%s (the node, its serfHealth and liveness are kept all the same, as "
+                    "Consul's servers keep every live member's; reaping waits for the token)",
+                    message,
+                )
             self.blocked = str(exc)
-            return None
+            return
         if self.blocked:
             log.info("Node info update no longer blocked by ACLs: node=%s", self.name)
             self.blocked = ""
-        return result
 
     async def leave(self) -> None:
         if self._task is not None:

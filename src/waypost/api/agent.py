@@ -116,8 +116,8 @@ class AgentEndpoints:
     async def set_token(self, req: Request, kind: str) -> Response:
         """Set one of the agent's ACL tokens until it restarts (Consul's
         `consul acl set-agent-token`; without `enable_token_persistence` it
-        does not keep them either). The agent token applies to the next
-        write of its node, which is tried at once."""
+        does not keep them either). The agent token is checked at once (the
+        anti-entropy pass is run) and applies to reaping from now on."""
         if kind in TOKENS_NOT_BUILT:
             raise HttpError(501, f'waypost has no use for the "{kind}" token yet')
         target = TOKEN_KINDS.get(kind)

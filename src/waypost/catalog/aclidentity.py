@@ -1,15 +1,15 @@
 """Who the agent's own writes are: Consul's agent token.
 
-In Consul an agent registers its node, keeps it true (anti-entropy) and
-deregisters the services it reaps with `acl.tokens.agent`; without one it
-uses the default token, and without that the anonymous token. With ACLs on,
-waypost does the same: those writes run through `authorized`, a plan that
-runs another plan and, if it staged anything, requires the identity's
-permissions before anything is committed. A write that finds everything in
-sync stages nothing and needs nothing, as Consul's anti-entropy only sends
-what is out of sync. A refusal raises AccessDenied and writes nothing; the
-agent logs it (`blocked_message`) and keeps serving.
-"""
+In Consul an agent keeps its node true (anti-entropy) and deregisters the
+services it reaps with `acl.tokens.agent`; without one it uses the default
+token, and without that the anonymous token. The node record and serfHealth
+are also registered by Consul's leader for every live member, whatever the
+agent's token, so waypost (agent and server in one) always keeps those and
+only says when the agent token lacks node:write (agent/local.py). Reaping
+runs through `authorized`, a plan that runs another plan and, if it staged
+anything, requires the identity's permissions before anything is committed.
+A refusal raises AccessDenied and writes nothing; the agent logs it
+(`blocked_message`) and keeps serving."""
 
 from __future__ import annotations
 
