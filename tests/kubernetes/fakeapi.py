@@ -45,6 +45,8 @@ from typing import Any
 import trustme
 from aiohttp import web
 
+from . import fakediscovery, fakepatch
+
 Obj = dict[str, Any]
 
 # (group, resource) -> (kind, apiVersion, namespaced)
@@ -340,6 +342,8 @@ class FakeKubeApi:
     # -- HTTP ----------------------------------------------------------------
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
+        if request.method == "GET" and (found := fakediscovery.document(request.path, RESOURCES)):
+            return _json(200, found)  # what kubectl asks before anything else
         m = _PATH.match(request.path)
         if m is None or (m["group"] or "", m["resource"]) not in RESOURCES:
             return _json(404, status(404, "NotFound", f"the server could not find {request.path}"))
@@ -360,6 +364,10 @@ class FakeKubeApi:
             return _json(fault.status, status(fault.status, reason, "injected fault"), headers)
         if verb == "watch":
             return await self._watch(request, group, resource, ns, query)
+        if verb == "patch" and name is not None:
+            patch = await _body(request)
+            with self.lock:
+                return self._patch(group, resource, ns, name, request.content_type, patch)
         with self.lock:
             return self._handle(verb, group, resource, ns, name, query, await _body(request))
 
@@ -398,6 +406,28 @@ class FakeKubeApi:
                 return _json(404, status(404, "NotFound", f'{resource} "{name}" not found'))
             return _json(200, gone)
         return self._write(verb, group, resource, ns_key, body)
+
+    def _patch(
+        self, group: str, resource: str, ns: str | None, name: str, kind: str, patch: Obj | None
+    ) -> web.Response:
+        """PATCH: the patch types of fakepatch.py, onto the stored object."""
+        ns_key = (ns or "default") if RESOURCES[(group, resource)][2] else ""
+        current = self.objects.get((group, resource, ns_key, name))
+        if current is None:
+            return _json(404, status(404, "NotFound", f'{resource} "{name}" not found'))
+        try:
+            patched = fakepatch.apply(kind, group, resource, copy.deepcopy(current), patch)
+        except fakepatch.PatchError as exc:
+            return _json(exc.code, status(exc.code, exc.reason, exc.message))
+        meta = patched.setdefault("metadata", {})
+        wanted = meta.get("resourceVersion")  # a patch may carry one: a precondition
+        if wanted and wanted != current["metadata"]["resourceVersion"]:
+            return _json(409, status(409, "Conflict", "the object has been modified"))
+        if (meta.get("name"), meta.get("namespace", ns_key)) != (name, ns_key):
+            return _json(422, status(422, "Invalid", "metadata.name and namespace are immutable"))
+        meta["uid"] = current["metadata"]["uid"]
+        meta.pop("resourceVersion", None)
+        return _json(200, self._store(patched))
 
     def _write(
         self, verb: str, group: str, resource: str, ns: str, body: Obj | None
