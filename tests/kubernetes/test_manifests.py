@@ -21,8 +21,11 @@ from waypost.kubernetes.permissions import PERMISSIONS
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy" / "kubernetes"
+DEPLOY_ETCD = ROOT / "deploy" / "kubernetes-etcd"  # the overlay, beside its base (kustomize's rule)
 K8S_VERSION = kubernetes_validate.utils.latest_version()  # the newest the package bundles
-MANIFESTS = sorted(p for p in DEPLOY.rglob("*.yaml") if p.name != "kustomization.yaml")
+MANIFESTS = sorted(
+    p for d in (DEPLOY, DEPLOY_ETCD) for p in d.rglob("*.yaml") if p.name != "kustomization.yaml"
+)
 
 Obj = dict[str, Any]
 
@@ -47,7 +50,7 @@ def test_a_current_kubernetes_version_is_used() -> None:
     assert tuple(int(x) for x in K8S_VERSION.split(".")[:2]) >= (1, 34)
 
 
-@pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: str(p.relative_to(DEPLOY)))
+@pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: str(p.relative_to(DEPLOY.parent)))
 def test_every_manifest_is_valid_against_the_schemas(path: Path) -> None:
     for doc in documents(path):
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
@@ -60,7 +63,9 @@ def test_the_validator_catches_a_mistake() -> None:
         kubernetes_validate.validate(bad, K8S_VERSION, strict=True)
 
 
-@pytest.mark.parametrize("kustomization", sorted(DEPLOY.rglob("kustomization.yaml")), ids=str)
+@pytest.mark.parametrize(
+    "kustomization", [DEPLOY / "kustomization.yaml", DEPLOY_ETCD / "kustomization.yaml"], ids=str
+)
 def test_kustomizations_list_every_manifest_of_their_directory(kustomization: Path) -> None:
     doc = yaml.safe_load(kustomization.read_text())
     here = {p.name for p in kustomization.parent.glob("*.yaml")} - {"kustomization.yaml"}
