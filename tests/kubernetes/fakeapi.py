@@ -6,7 +6,11 @@ through exactly the requests a client makes against a cluster:
 
 - resources: Services, Nodes (core/v1), EndpointSlices (discovery.k8s.io/v1),
   Leases (coordination.k8s.io/v1); get, list, watch, create, update
-  (optimistic concurrency on metadata.resourceVersion: 409), delete;
+  (optimistic concurrency on metadata.resourceVersion: 409), delete; patch
+  with the patch types of fakepatch.py (merge patches; strategic ones only
+  where they are the same); `dryRun=All` on create, update and patch
+  (answered, not stored: kubectl's --dry-run=server);
+- the legacy discovery documents kubectl reads first (fakediscovery.py);
 - one global resourceVersion counter, as etcd's revision;
 - lists with `labelSelector`, `limit` and `continue` (each page consistent at
   the first page's version, rebuilt from the change history; a token older
@@ -367,7 +371,7 @@ class FakeKubeApi:
         if verb == "patch" and name is not None:
             patch = await _body(request)
             with self.lock:
-                return self._patch(group, resource, ns, name, request.content_type, patch)
+                return self._patch(group, resource, ns, name, request.content_type, patch, query)
         with self.lock:
             return self._handle(verb, group, resource, ns, name, query, await _body(request))
 
@@ -405,10 +409,17 @@ class FakeKubeApi:
             if gone is None:
                 return _json(404, status(404, "NotFound", f'{resource} "{name}" not found'))
             return _json(200, gone)
-        return self._write(verb, group, resource, ns_key, body)
+        return self._write(verb, group, resource, ns_key, body, query)
 
     def _patch(
-        self, group: str, resource: str, ns: str | None, name: str, kind: str, patch: Obj | None
+        self,
+        group: str,
+        resource: str,
+        ns: str | None,
+        name: str,
+        kind: str,
+        patch: Obj | None,
+        query: dict[str, str],
     ) -> web.Response:
         """PATCH: the patch types of fakepatch.py, onto the stored object."""
         ns_key = (ns or "default") if RESOURCES[(group, resource)][2] else ""
@@ -427,10 +438,16 @@ class FakeKubeApi:
             return _json(422, status(422, "Invalid", "metadata.name and namespace are immutable"))
         meta["uid"] = current["metadata"]["uid"]
         meta.pop("resourceVersion", None)
-        return _json(200, self._store(patched))
+        return _json(200, self._commit(patched, query))
 
     def _write(
-        self, verb: str, group: str, resource: str, ns: str, body: Obj | None
+        self,
+        verb: str,
+        group: str,
+        resource: str,
+        ns: str,
+        body: Obj | None,
+        query: dict[str, str],
     ) -> web.Response:
         kind = RESOURCES[(group, resource)][0]
         if not isinstance(body, dict) or body.get("kind", kind) != kind:
@@ -451,7 +468,18 @@ class FakeKubeApi:
                 return _json(409, status(409, "Conflict", "the object has been modified"))
             meta["uid"] = current["metadata"]["uid"]
         meta.pop("resourceVersion", None)
-        return _json(201 if verb == "create" else 200, self._store(body))
+        return _json(201 if verb == "create" else 200, self._commit(body, query))
+
+    def _commit(self, obj: Obj, query: dict[str, str]) -> Obj:
+        """Store `obj`; with `dryRun=All` (kubectl's --dry-run=server) only show it."""
+        if query.get("dryRun") != "All":
+            return self._store(obj)
+        kind, api_version, _ = RESOURCES[BY_KIND[obj["kind"]]]
+        obj["apiVersion"], obj["kind"] = api_version, kind
+        meta = obj["metadata"]
+        meta.setdefault("uid", str(uuid.uuid4()))  # as the server does; no resourceVersion
+        meta.setdefault("creationTimestamp", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        return obj
 
     def _list(
         self, group: str, resource: str, ns: str | None, query: dict[str, str]

@@ -109,6 +109,10 @@ def test_what_kubectl_writes_reaches_the_catalog(
     slice_ = endpoint_slice("shop-a", "shop", [ep("127.0.2.1"), ep("127.0.2.2")])
     objects = [service("shop", ports=[("http", 80)]), slice_]
     manifest.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}))
+    dry = kubectl("apply", "--dry-run=server", "--validate=false", "-f", str(manifest),
+                  kubeconfig=config)  # fmt: skip
+    assert "service/shop created (server dry run)" in dry, dry
+    assert kube.get("Service", "default", "shop") is None  # answered, not stored
     out = kubectl("apply", "--validate=false", "-f", str(manifest), kubeconfig=config)
     assert "service/shop created" in out and "endpointslice.discovery.k8s.io/shop-a created" in out
     until(lambda: statuses(agent, "shop") == {"127.0.2.1": "passing", "127.0.2.2": "passing"})
