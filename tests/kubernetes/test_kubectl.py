@@ -109,6 +109,10 @@ def test_what_kubectl_writes_reaches_the_catalog(
     slice_ = endpoint_slice("shop-a", "shop", [ep("127.0.2.1"), ep("127.0.2.2")])
     objects = [service("shop", ports=[("http", 80)]), slice_]
     manifest.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}))
+    watch_cmd = [str(KUBECTL), "get", "endpointslices", "-w", "--kubeconfig", str(config)]
+    watching = subprocess.Popen(
+        watch_cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     dry = kubectl("apply", "--dry-run=server", "--validate=false", "-f", str(manifest),
                   kubeconfig=config)  # fmt: skip
     assert "service/shop created (server dry run)" in dry, dry
@@ -140,3 +144,7 @@ def test_what_kubectl_writes_reaches_the_catalog(
 
     kubectl("delete", "endpointslice", "shop-a", kubeconfig=config)
     until(lambda: statuses(agent, "shop") == {})
+    watching.terminate()
+    watched = watching.communicate(timeout=10)[0]
+    # kubectl get -w (a list, then the watch protocol): a line for the create and each change
+    assert watched.count("shop-a") >= 4, watched
