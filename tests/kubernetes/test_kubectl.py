@@ -101,18 +101,34 @@ def statuses(agent: AgentProcess, name: str) -> dict[str, str]:
     }
 
 
+@pytest.fixture
+def config(kube: FakeKubeApi) -> Path:
+    return kube.kubeconfig()
+
+
+@pytest.fixture
+def watching(config: Path) -> Iterator[subprocess.Popen[str]]:
+    """`kubectl get endpointslices -w`, running from the start of the test."""
+    cmd = [str(KUBECTL), "get", "endpointslices", "-w", "--kubeconfig", str(config)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    yield proc
+    if proc.poll() is None:  # the test failed before it stopped the watch
+        proc.kill()
+        proc.communicate(timeout=10)
+
+
 def test_what_kubectl_writes_reaches_the_catalog(
-    kube: FakeKubeApi, agent: AgentProcess, sync: SyncProcess, tmp_path: Path
+    kube: FakeKubeApi,
+    agent: AgentProcess,
+    sync: SyncProcess,
+    config: Path,
+    watching: subprocess.Popen[str],
+    tmp_path: Path,
 ) -> None:
-    config = kube.kubeconfig()
     manifest = tmp_path / "shop.json"
     slice_ = endpoint_slice("shop-a", "shop", [ep("127.0.2.1"), ep("127.0.2.2")])
     objects = [service("shop", ports=[("http", 80)]), slice_]
     manifest.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}))
-    watch_cmd = [str(KUBECTL), "get", "endpointslices", "-w", "--kubeconfig", str(config)]
-    watching = subprocess.Popen(
-        watch_cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
     dry = kubectl("apply", "--dry-run=server", "--validate=false", "-f", str(manifest),
                   kubeconfig=config)  # fmt: skip
     assert "service/shop created (server dry run)" in dry, dry
