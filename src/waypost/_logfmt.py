@@ -30,9 +30,17 @@ def quote(text: str, limit: int = OUTPUT_LIMIT) -> str:
     return json.dumps(text, ensure_ascii=False)
 
 
+_second: list[tuple[int, str]] = [(-1, "")]  # the last second formatted, and its text
+
+
 def _timestamp(record: logging.LogRecord) -> str:
-    seconds = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-    return f"{seconds}.{int(record.msecs):03d}Z"
+    # strftime is most of a line's cost; a busy agent logs many lines a second.
+    whole = int(record.created)
+    last, text = _second[0]
+    if whole != last:
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+        _second[0] = (whole, text)
+    return f"{text}.{int(record.msecs):03d}Z"
 
 
 def _level(record: logging.LogRecord) -> str:

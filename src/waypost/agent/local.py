@@ -157,6 +157,8 @@ class LocalAgent:
         await self.catalog.write(
             writes.register, self.name, reg, replace_checks, self.enable_scripts, self.sidecar_ports
         )
+        if not log.isEnabledFor(logging.INFO):
+            return  # the line's arguments read the state: not for a line nobody sees
         service_id = reg.id or reg.name or reg.service
         log.info(
             "registered service: id=%s name=%s address=%s:%d checks=%s",
