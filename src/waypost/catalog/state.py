@@ -102,14 +102,9 @@ class State:
             entries = self._deletions_for(entries) + entries
         self._start_lock_delays(entries)
         for entry in entries:
-            if changes is None or not (key := _record_key(entry.key)):
-                self._apply_safely(index, entry, touched, woken)
-                continue
-            old = self._stored_view(key)
-            self._apply_safely(index, entry, touched, woken)
-            new = self._stored_view(key)
-            if old is not None or new is not None:
-                changes.append(Change(old, new))
+            change = self._apply_safely(index, entry, touched, woken)
+            if changes is not None and change is not None:
+                changes.append(change)
         self.index = max(self.index, index)
         self._advance(touched, index)
         return touched | woken
@@ -134,45 +129,53 @@ class State:
 
     def _apply_safely(
         self, index: int, entry: Entry, touched: set[Topic], woken: set[Topic]
-    ) -> None:
+    ) -> Change | None:
         try:
-            self._apply_one(index, entry, touched, woken)
+            return self._apply_one(index, entry, touched, woken)
         except (msgspec.DecodeError, KeyError, ValueError, IndexError) as exc:
             log.error("skipping unreadable stored entry %r: %s", entry.key, exc)
+            return None
 
-    def _apply_one(self, index: int, entry: Entry, touched: set[Topic], woken: set[Topic]) -> None:
+    def _apply_one(
+        self, index: int, entry: Entry, touched: set[Topic], woken: set[Topic]
+    ) -> Change | None:
+        """Apply one entry; the record it changed as it was and is (None for
+        KV, sessions, events, ACLs, guards, and for a delete of nothing)."""
         kind = entry.key[0]
         if kind == "k" and entry.key.startswith(KV_PREFIX):
             self.kv.apply(index, entry, woken)
-            return
+            return None
         if kind == "x" and entry.key.startswith(SESSION_PREFIX):
             self.sessions.apply(index, entry, touched)
-            return
+            return None
         if kind == "e" and entry.key.startswith(EVENT_PREFIX):
             self.events.apply(index, entry, touched)
-            return
+            return None
         if kind == "a" and entry.key.startswith(ACL_PREFIX):
             self.acl.apply(index, entry, touched)
-            return
+            return None
         if kind in "lg" and entry.key[1] == "/":
-            self._apply_marker(kind, index, entry, touched)
-            return
+            return self._apply_marker(kind, index, entry, touched)
         if entry.value is None:
             old = self._lookup(entry.key)
-            if old is not None:
-                self._remove(old, touched)
-                if isinstance(old, Check):  # gone for good: nothing left to hold
-                    self.held.pop((old.node, old.check_id), None)
-            return
+            if old is None:
+                return None
+            before = self._stored_of(old)
+            self._remove(old, touched)
+            if isinstance(old, Check):  # gone for good: nothing left to hold
+                self.held.pop((old.node, old.check_id), None)
+            return Change(before, None)
         record = codec.decode(entry.key, entry.value)
-        old = self._lookup(entry.key)
+        old = self._lookup_record(record)  # the decoded record names its own key
         created = entry.create_index or (old.create_index if old is not None else index)
         record = msgspec.structs.replace(
             record, create_index=created, modify_index=entry.modify_index or index
         )
-        if old is not None:
-            self._remove(old, touched)
-        self._insert(record, touched)
+        if old is None:
+            return Change(None, self._stored_of(self._insert(record, touched)))
+        replaced = self._stored_of(old)
+        self._remove(old, touched)
+        return Change(replaced, self._stored_of(self._insert(record, touched)))
 
     def _deletions_for(self, snapshot: list[Entry]) -> list[Entry]:
         keep = {e.key for e in snapshot}
@@ -189,7 +192,9 @@ class State:
         present += self.acl.storage_keys()
         return [codec.delete(k) for k in present if k not in keep]
 
-    def _apply_marker(self, kind: str, index: int, entry: Entry, touched: set[Topic]) -> None:
+    def _apply_marker(
+        self, kind: str, index: int, entry: Entry, touched: set[Topic]
+    ) -> Change | None:
         """Valueless keys that hold no record: a liveness key, a check-set guard."""
         parts = codec.split_key(entry.key)[1]
         modified = entry.modify_index or index
@@ -198,26 +203,40 @@ class State:
                 self.guards.pop((parts[0], parts[1]), None)
             else:
                 self.guards[(parts[0], parts[1])] = modified
-            return
+            return None
         if entry.value is None:
             self.live.pop(parts[0], None)
         else:
             self.live[parts[0]] = modified
-        self._apply_live(parts[0], touched)
+        return self._apply_live(parts[0], touched)
 
-    def _apply_live(self, node: str, touched: set[Topic]) -> None:
-        """A liveness key came or went: the node's serfHealth check follows it."""
+    def _apply_live(self, node: str, touched: set[Topic]) -> Change | None:
+        """A liveness key came or went: the node's serfHealth check follows it
+        (the change reported is that check's)."""
         check = self.checks.get((node, SERF_CHECK_ID))
-        if check is not None:
-            self._remove(check, touched)
-            self._insert(check, touched)
+        if check is None:
+            return None
+        before = self._stored_of(check)
+        self._remove(check, touched)
+        return Change(before, self._stored_of(self._insert(check, touched)))
 
-    def _stored_view(self, key: str) -> Record | None:
-        """The record under a storage key as stored (a held check unheld)."""
-        record = self._lookup(key)
+    def _stored_of(self, record: Record) -> Record:
+        """A record as stored (a held check unheld)."""
         if isinstance(record, Check):
             return self._stored.get((record.node, record.check_id), record)
         return record
+
+    def _lookup_record(self, record: Record) -> Record | None:
+        """The record now under the key of `record` (without parsing that key)."""
+        if isinstance(record, Service):
+            return self.services.get((record.node, record.id))
+        if isinstance(record, Check):
+            return self.checks.get((record.node, record.check_id))
+        if isinstance(record, Node):
+            return self.nodes.get(record.name)
+        if isinstance(record, CARoot):
+            return self.ca_roots.get(record.id)
+        return self.intentions.get((record.source, record.destination))
 
     def _lookup(self, key: str) -> Record | None:
         kind, parts = codec.split_key(key)
@@ -231,7 +250,8 @@ class State:
             return self.intentions.get((parts[0], parts[1]))
         return self.checks.get((parts[0], parts[1]))
 
-    def _insert(self, record: Record, touched: set[Topic]) -> None:
+    def _insert(self, record: Record, touched: set[Topic]) -> Record:
+        """Insert `record`; returns it as shown (serfHealth derived, a held check critical)."""
         if isinstance(record, CARoot | Intention):
             self._insert_mesh(record, touched)
         elif isinstance(record, Node):
@@ -260,6 +280,7 @@ class State:
                 record
             )
             self._touch_check(record, touched)
+        return record
 
     def _remove(self, record: Record, touched: set[Topic]) -> None:
         if isinstance(record, CARoot | Intention):
@@ -579,17 +600,6 @@ class State:
             **self.sessions.statistics(),
             **self.acl.statistics(),
         }
-
-
-def _record_key(key: str) -> str:
-    """The node, instance or check an entry changes ("" for none: KV, sessions,
-    events, check-set guards); a liveness key moves its node's serfHealth."""
-    kind = key[:2]
-    if kind in ("n/", "s/", "c/"):
-        return key
-    if kind == "l/":
-        return codec.check_key(codec.split_key(key)[1][0], SERF_CHECK_ID)
-    return ""
 
 
 def _instance_order(service: Service) -> tuple[str, str]:

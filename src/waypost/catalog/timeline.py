@@ -37,6 +37,7 @@ list is rebuilt once stale entries outnumber live ones (amortised O(1)).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import time
 from collections import deque
@@ -121,12 +122,15 @@ class Timeline:
         """`Catalog.subscribe_records` listener: turn one applied batch into events."""
         now = self._wall()
         batch = _Batch(changes)
+        checks = False
         for change in changes:
             for event in self._events_of(change, batch, index, now):
                 self._append(event)
-        for old, new in changes:  # after the removals read them, whatever the batch's order
-            if isinstance(old, Check) or isinstance(new, Check):
-                self._track_critical(old, new, now)
+            checks = checks or isinstance(change.old, Check) or isinstance(change.new, Check)
+        if checks:  # after the removals read them, whatever the batch's order
+            for old, new in changes:
+                if isinstance(old, Check) or isinstance(new, Check):
+                    self._track_critical(old, new, now)
         self._expire(now)
 
     def _events_of(
@@ -307,19 +311,37 @@ class Timeline:
 
 class _Batch:
     """What one batch did to whole instances: which appeared, which went (and
-    the checks that went with them)."""
+    the checks that went with them). Worked out on first use: a registration
+    without checks (the common batch) never asks."""
 
     def __init__(self, changes: list[Change]) -> None:
-        self.added: set[InstanceKey] = set()
-        self.removed: set[InstanceKey] = set()
-        self.removed_checks: dict[InstanceKey, list[Check]] = {}
-        for old, new in changes:
+        self._changes = changes
+
+    @property
+    def added(self) -> set[InstanceKey]:
+        return self._scan[0]
+
+    @property
+    def removed(self) -> set[InstanceKey]:
+        return self._scan[1]
+
+    @property
+    def removed_checks(self) -> dict[InstanceKey, list[Check]]:
+        return self._scan[2]
+
+    @functools.cached_property
+    def _scan(self) -> tuple[set[InstanceKey], set[InstanceKey], dict[InstanceKey, list[Check]]]:
+        added: set[InstanceKey] = set()
+        removed: set[InstanceKey] = set()
+        removed_checks: dict[InstanceKey, list[Check]] = {}
+        for old, new in self._changes:
             if isinstance(new, Service) and old is None:
-                self.added.add((new.node, new.id))
+                added.add((new.node, new.id))
             elif isinstance(old, Service) and new is None:
-                self.removed.add((old.node, old.id))
+                removed.add((old.node, old.id))
             elif isinstance(old, Check) and new is None and old.service_id:
-                self.removed_checks.setdefault((old.node, old.service_id), []).append(old)
+                removed_checks.setdefault((old.node, old.service_id), []).append(old)
+        return added, removed, removed_checks
 
 
 def _check_state(record: Record | None) -> str:
