@@ -18,6 +18,7 @@ import msgspec
 
 from .. import _duration
 from .._exceptions import ValidationError
+from . import canonical
 from .http import Request
 
 T = TypeVar("T")
@@ -117,8 +118,13 @@ def decode(raw: bytes, kind: type[T]) -> T:
     """Parse a JSON body into one of the core's definitions (`catalog/definitions.py`).
 
     Only the shape is checked here (JSON, types); the rules of what may be
-    registered are the core's.
+    registered are the core's. A body in Consul's own spelling is decoded
+    straight into its struct (canonical.py); any other body, and any the
+    fast path cannot take whole, is folded first, as above.
     """
+    fast = canonical.decode(raw, kind)
+    if fast is not None:
+        return fast
     result: T = _convert(raw, kind)
     return result
 
