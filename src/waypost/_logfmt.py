@@ -47,13 +47,20 @@ def _level(record: logging.LogRecord) -> str:
     return _SHORT.get(record.levelname, record.levelname)
 
 
+_PREFIXES: dict[tuple[str, str], str] = {}  # (level, logger) -> " [INFO]  logger: "
+
+
 class ConsulFormatter(logging.Formatter):
     """`TIME [LEVEL] logger: message`, the level padded as Consul pads it."""
 
     def format(self, record: logging.LogRecord) -> str:
-        level = _level(record)
-        line = f"{_timestamp(record)} [{level}] {' ' * (5 - len(level))}{record.name}: "
-        line += record.getMessage()
+        prefix = _PREFIXES.get((record.levelname, record.name))
+        if prefix is None:
+            level = _level(record)
+            prefix = f" [{level}] {' ' * (5 - len(level))}{record.name}: "
+            if len(_PREFIXES) < 1024:  # loggers are few; this stays small whatever runs
+                _PREFIXES[(record.levelname, record.name)] = prefix
+        line = _timestamp(record) + prefix + record.getMessage()
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         return line

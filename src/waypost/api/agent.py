@@ -55,11 +55,16 @@ NOT_BUILT: Final = {
 }
 
 
+_NOBODY = logging.CRITICAL + 1  # the handler's level while no monitor listens
+
+
 class LogStream(logging.Handler):
     """Fans the agent's log records out to `/v1/agent/monitor` clients."""
 
     def __init__(self) -> None:
-        super().__init__(level=1)
+        # Above every level while nobody listens: the logger then skips this
+        # handler (and its lock) without calling it, on every line it logs.
+        super().__init__(level=_NOBODY)
         self.setFormatter(ConsulFormatter())  # the layout of the agent's own log
         self._queues: dict[asyncio.Queue[bytes], int] = {}  # queue -> its lowest level
         self.dropped = 0
@@ -79,10 +84,12 @@ class LogStream(logging.Handler):
     def subscribe(self, level: int) -> Iterator[asyncio.Queue[bytes]]:
         queue: asyncio.Queue[bytes] = asyncio.Queue(MONITOR_BACKLOG)
         self._queues[queue] = level
+        self.setLevel(min(self._queues.values()))
         try:
             yield queue
         finally:
             self._queues.pop(queue, None)
+            self.setLevel(min(self._queues.values(), default=_NOBODY))
 
 
 class AgentToken(msgspec.Struct):
