@@ -42,7 +42,7 @@ import itertools
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Final, NamedTuple
+from typing import Final
 
 import msgspec
 
@@ -78,10 +78,9 @@ class Transition(msgspec.Struct, frozen=True):
     output: str = ""
 
 
-class _Slot(NamedTuple):
-    seq: int
-    time: float
-    service: str
+# An entry of the eviction order: (seq, time, service). A plain tuple: one is
+# made per event, and a NamedTuple's constructor is a Python-level call.
+_Slot = tuple[int, float, str]
 
 
 class Timeline:
@@ -123,39 +122,36 @@ class Timeline:
         now = self._wall()
         batch = _Batch(changes)
         checks = False
-        for change in changes:
-            for event in self._events_of(change, batch, index, now):
-                self._append(event)
-            checks = checks or isinstance(change.old, Check) or isinstance(change.new, Check)
+        for old, new in changes:
+            if isinstance(old, Service) or isinstance(new, Service):
+                event = self._instance_event(old, new, batch, index, now)
+                if event is not None:
+                    self._append(event)
+            elif isinstance(old, Check) or isinstance(new, Check):
+                checks = True
+                for event in self._check_events(old, new, batch, index, now):
+                    self._append(event)
         if checks:  # after the removals read them, whatever the batch's order
             for old, new in changes:
                 if isinstance(old, Check) or isinstance(new, Check):
                     self._track_critical(old, new, now)
         self._expire(now)
 
-    def _events_of(
-        self, change: Change, batch: _Batch, index: int, now: float
-    ) -> Iterable[Transition]:
-        old, new = change
-        if isinstance(old, Service) or isinstance(new, Service):
-            return self._instance_events(old, new, batch, index, now)
-        if isinstance(old, Check) or isinstance(new, Check):
-            return self._check_events(old, new, batch, index, now)
-        return ()
-
-    def _instance_events(
+    def _instance_event(
         self, old: Record | None, new: Record | None, batch: _Batch, index: int, now: float
-    ) -> Iterable[Transition]:
+    ) -> Transition | None:
+        """The event of an instance that appeared or went (None: it changed in place)."""
         if old is None and isinstance(new, Service):
             status = self._state.instance_status(new)
             output = _worst_output(self._state.checks_of(new))
-            yield self._event(now, index, "registered", new, status, after=status, output=output)
-        elif new is None and isinstance(old, Service):
+            return self._event(now, index, "registered", new, status, after=status, output=output)
+        if new is None and isinstance(old, Service):
             removed = batch.removed_checks.get((old.node, old.id), [])
             reaped = self._reaped(removed, now)
             kind = "reaped" if reaped else "deregistered"
             before = _worst_status(removed)
-            yield self._event(now, index, kind, old, "", before=before, output=reaped)
+            return self._event(now, index, kind, old, "", before=before, output=reaped)
+        return None
 
     def _check_events(
         self, old: Record | None, new: Record | None, batch: _Batch, index: int, now: float
@@ -245,7 +241,7 @@ class Timeline:
         if ring is None:
             ring = self._rings[event.service] = deque()
         ring.append(event)
-        self._order.append(_Slot(event.seq, event.time, event.service))
+        self._order.append((event.seq, event.time, event.service))
         self._count += 1
         self.recorded += 1
         if len(ring) > self.per_service:
@@ -258,20 +254,20 @@ class Timeline:
 
     def _expire(self, now: float) -> None:
         cutoff = now - self.retention
-        while self._order and self._order[0].time < cutoff:
+        while self._order and self._order[0][1] < cutoff:
             self._pop_oldest()
 
     def _pop_oldest(self) -> None:
-        slot = self._order.popleft()
-        ring = self._rings.get(slot.service)
-        if ring and ring[0].seq == slot.seq:
+        seq, _, service = self._order.popleft()
+        ring = self._rings.get(service)
+        if ring and ring[0].seq == seq:
             ring.popleft()
             self._count -= 1
             if not ring:
-                del self._rings[slot.service]
+                del self._rings[service]
 
     def _rebuild_order(self) -> None:
-        slots = (_Slot(e.seq, e.time, name) for name, ring in self._rings.items() for e in ring)
+        slots = ((e.seq, e.time, name) for name, ring in self._rings.items() for e in ring)
         self._order = deque(sorted(slots))
 
     # -- reads ----------------------------------------------------------------
