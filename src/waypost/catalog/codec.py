@@ -102,7 +102,9 @@ def key_of(record: Record) -> str:
 
 def put(record: Record, *, ephemeral: bool = False) -> Entry:
     """An entry that stores `record` (its indexes are set when it is applied)."""
-    plain = msgspec.structs.replace(record, create_index=0, modify_index=0)
+    plain = record  # a record a plan built has no indexes yet: nothing to reset
+    if record.create_index or record.modify_index:
+        plain = msgspec.structs.replace(record, create_index=0, modify_index=0)
     return Entry(key_of(record), _ENCODER.encode(plain), ephemeral=ephemeral)
 
 

@@ -62,7 +62,10 @@ def register(
 def _register_one(
     txn: Txn, reg: ServiceRegistration, service: Service, replace: bool, allow_scripts: bool
 ) -> None:
-    checks = _checks_of(reg, service, allow_scripts) if reg.check or reg.checks else []
+    if not (reg.check or reg.checks):  # the common case: no checks to build or keep
+        put_instance(txn, service, [], replace)
+        return
+    checks = _checks_of(reg, service, allow_scripts)
     given = {c.check_id for c, b in zip(checks, reg.all_checks(), strict=True) if b.status}
     put_instance(txn, service, checks, replace, given)
 
@@ -72,8 +75,12 @@ def _drop_sidecar(txn: Txn, node: str, parent: Service) -> None:
     among the proxies of its name (and of its name before this write), not
     among every instance of the node: registration is the hot path."""
     before = txn.state.instance(node, parent.id)
-    names = {parent.name} | ({before.name} if before is not None else set())
+    names = [parent.name]
+    if before is not None and before.name != parent.name:
+        names.append(before.name)
     for name in names:
+        if name not in txn.state.proxies_of:  # most services have no sidecar anywhere
+            continue
         for proxy in txn.state.proxies_for(name):
             mine = proxy.node == node and proxy.sidecar_of == parent.id
             if mine and txn.service(node, proxy.id) is not None:
