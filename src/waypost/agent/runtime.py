@@ -34,6 +34,7 @@ from ..api.agent import AgentEndpoints, LogStream
 from ..api.app import AgentApp, Mount
 from ..api.connect import ConnectApi
 from ..api.consul import ConsulApi
+from ..api.fastpath import FastReads
 from ..api.internal_ui import UiEndpoints
 from ..api.kv import KvApi
 from ..api.metrics import Metrics
@@ -115,6 +116,7 @@ class Agent:
         self.dns_address: tuple[str, int] | None = None
         self._servers: list[tuple[_Server, asyncio.Task[None]]] = []
         self._https: _Server | None = None
+        self.fast: FastReads | None = None
         self._dns: Any = None
         self._stopped = asyncio.Event()
         self._leave = asyncio.Event()
@@ -150,6 +152,8 @@ class Agent:
 
     async def _start_http(self) -> None:
         app = self._app()
+        if self.security.guard is None:  # with ACLs on, every read goes through the guard
+            self.fast = FastReads(app, self.catalog, asyncio.get_running_loop())
         if self.config.http != "off":
             server, self.http_address = await self._serve(app, self.config.http, "--http", {})
         if self.config.https:
@@ -166,7 +170,7 @@ class Agent:
         config = uvicorn.Config(
             app,
             loop="none",
-            http=guarded_protocol(self.config.http_read_timeout, self.limiter),
+            http=guarded_protocol(self.config.http_read_timeout, self.limiter, self.fast),
             lifespan="off",
             access_log=False,
             proxy_headers=False,  # not behind a proxy; the middleware costs every request
@@ -314,6 +318,8 @@ class Agent:
             "health": self.runner.statistics(),
             "sessions": self.sessions.statistics(),
         }
+        if self.fast is not None:
+            stats["http"] = self.fast.statistics()
         if self._dns is not None:
             stats["dns"] = self._dns.statistics()
         if self.leaves is not None:

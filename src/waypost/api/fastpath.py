@@ -1,0 +1,340 @@
+"""Discovery reads answered in the HTTP protocol itself, without an ASGI cycle.
+
+`GET /v1/health/service/<name>` (and `/v1/catalog/service/<name>`) is what
+every client polls and what thousands of watchers park on. Through ASGI each
+answer costs a task, a future, a done-callback and a libuv timer while it
+waits, and two `transport.write()` calls through uvicorn's response path when
+it is answered: ~25 µs per woken query, so 10,000 watchers took ~500 ms to
+reach after one change (docs/benchmarks.md, Agent 3).
+
+Here the protocol (api/protocol.py) hands each request to `FastReads.serve`
+before it would start the ASGI task. A request it fully understands is
+answered at once from the same code the ASGI route runs (the route's
+`*_read` planner and `ConsulApi.answer`, so the same encoded-answer cache and
+headers), encoded as one prebuilt head+body and written in one
+`transport.write()`. A blocking query whose index is current is parked: one
+entry in a set per topic, registered once on the topic's shared future
+(`Watches.listen`), with its `wait=` expiry in a coarse timer wheel, and no
+task, future or timer of its own. When the topic fires, every parked
+connection with the same question gets the same bytes, encoded once.
+
+Anything else goes the normal way, never half-served: ACLs on (the runtime
+then builds no fast path), any query parameter not in `_UNDERSTOOD` (`?filter=`,
+`?dc=`, `?stale`, `?consistent`, `?cached`, `?near`, `?token=`...), a request
+body or `Expect`, an unknown route or method, an invalid `index`/`wait` (the
+normal path answers the 400), a client that is not reading its answers
+(write buffer full: the normal path waits for it), or access logging on.
+"""
+
+from __future__ import annotations
+
+import functools
+import heapq
+import logging
+import math
+import time
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, RequestResponseCycle
+
+from .._exceptions import ValidationError
+from ..catalog import Catalog
+from ..catalog.watch import Topic
+from . import decode, http
+from .app import AgentApp, access_log
+from .consul import DEFAULT_WAIT, Read
+
+log = logging.getLogger("waypost.api")
+
+# The parameters the fast path answers exactly as the normal path does; any
+# other one sends the request the normal way.
+_UNDERSTOOD = frozenset({"passing", "tag", "index", "wait"})
+_METHODS = frozenset({"GET", "HEAD"})
+_BODY_HEADERS = frozenset({b"transfer-encoding", b"expect"})
+TICK = 0.05  # the timer wheel's resolution: `wait=` ends up to 50 ms late
+
+Planner = Callable[[http.Request, str], Read]
+T = TypeVar("T")
+
+
+class TimerWheel(Generic[T]):
+    """Deadlines rounded up to TICK seconds, in buckets: one loop timer for the
+    earliest bucket instead of one per parked query."""
+
+    def __init__(self, loop: Any, expire: Callable[[T], None]) -> None:
+        self.loop = loop
+        self.expire = expire
+        self._buckets: dict[int, set[T]] = {}
+        self._slots: list[int] = []  # a heap of the buckets' slots
+        self._armed: tuple[int, Any] | None = None  # (slot, TimerHandle)
+
+    def add(self, item: T, deadline: float) -> int:
+        slot = math.ceil(deadline / TICK)
+        bucket = self._buckets.get(slot)
+        if bucket is None:
+            bucket = self._buckets[slot] = set()
+            heapq.heappush(self._slots, slot)
+            if self._armed is None or slot < self._armed[0]:
+                self._arm(slot)
+        bucket.add(item)
+        return slot
+
+    def remove(self, item: T, slot: int) -> None:
+        bucket = self._buckets.get(slot)
+        if bucket is not None:
+            bucket.discard(item)  # an empty bucket goes when its time comes
+
+    def _arm(self, slot: int) -> None:
+        if self._armed is not None:
+            self._armed[1].cancel()
+        self._armed = (slot, self.loop.call_at(slot * TICK, self._tick))
+
+    def _tick(self) -> None:
+        self._armed = None
+        now = self.loop.time()
+        while self._slots and self._slots[0] * TICK <= now:
+            bucket = self._buckets.pop(heapq.heappop(self._slots))
+            for item in list(bucket):
+                self.expire(item)
+        if self._slots and self._armed is None:
+            self._arm(self._slots[0])
+
+    def __len__(self) -> int:
+        return sum(len(b) for b in self._buckets.values())
+
+
+class _Query:
+    """One understood request: its plan, and where it is parked if it is."""
+
+    __slots__ = ("cycle", "group", "min_index", "plan", "request", "rest", "slot", "started")
+
+    def __init__(
+        self,
+        cycle: RequestResponseCycle,
+        request: http.Request,
+        plan: Read,
+        min_index: int,
+        group: tuple[Any, ...],
+    ) -> None:
+        self.cycle = cycle
+        self.request = request
+        self.plan = plan
+        self.min_index = min_index
+        self.group = group  # connections asking the same question get the same bytes
+        self.slot = 0
+        self.started = time.perf_counter()
+
+
+class FastReads:
+    """The fast path of one agent's HTTP listeners (ACLs off only)."""
+
+    def __init__(self, app: AgentApp, catalog: Catalog, loop: Any) -> None:
+        self.app = app
+        self.consul = app.consul
+        self.catalog = catalog
+        self.state = catalog.state
+        self.watches = catalog.watches
+        consul = app.consul
+        self._planners: dict[Any, Planner] = {
+            consul.health_service: consul.health_service_read,
+            consul.catalog_service: consul.catalog_service_read,
+        }
+        self._topics: dict[Topic, set[_Query]] = {}
+        self._wheel: TimerWheel[_Query] = TimerWheel(loop, self._expired)
+        self.answered = 0  # statistics: requests answered here
+        self.fallbacks = 0  # requests sent the normal way
+
+    # -- a request arrives -------------------------------------------------
+
+    def serve(self, cycle: RequestResponseCycle) -> _Query | bool:
+        """Answer `cycle`'s request (True), park it (the parked query: its
+        connection releases it if it closes), or False: go the normal way."""
+        query = self._understand(cycle)
+        if query is None:
+            self.fallbacks += 1
+            return False
+        arg = query.request.arg("wait")
+        wait = decode.parse_wait(arg) if arg else DEFAULT_WAIT
+        jittered = wait + self.consul.rng.uniform(0, wait / 16)  # as ConsulApi.block
+        if jittered <= 0 or not self._would_block(query.plan[0], query.min_index):
+            self._answer([query])
+            return True
+        query.slot = self._wheel.add(query, self._wheel.loop.time() + jittered)
+        self._park(query)
+        self.catalog.parked += 1
+        return query
+
+    def _park(self, query: _Query) -> None:
+        """One entry per topic; one registration per topic on its shared future."""
+        for topic in query.plan[0]:
+            parked = self._topics.get(topic)
+            if parked is None:
+                parked = self._topics[topic] = set()
+                self.watches.listen(topic).add_done_callback(functools.partial(self._fired, topic))
+            parked.add(query)
+
+    def _understand(self, cycle: RequestResponseCycle) -> _Query | None:
+        scope: dict[str, Any] = cycle.scope  # type: ignore[assignment]
+        method = scope["method"]
+        if method not in _METHODS or cycle.flow.write_paused or _has_body(scope["headers"]):
+            return None
+        if access_log.isEnabledFor(logging.DEBUG):
+            return None
+        try:
+            handler, rest, _ = self.app.router.route(method, scope["path"])
+        except http.HttpError:
+            return None
+        planner = self._planners.get(handler)
+        if planner is None:
+            return None
+        request = http.Request(scope, _no_body)
+        if not _UNDERSTOOD.issuperset(request.query):
+            return None
+        try:
+            min_index = decode.parse_index(request.arg("index")) if request.arg("index") else 0
+            if request.arg("wait"):
+                decode.parse_wait(request.arg("wait"))
+            plan = planner(request, rest)
+        except ValidationError:
+            return None
+        group = (method, scope["path"], _question(request))
+        return _Query(cycle, request, plan, min_index, group)
+
+    def _would_block(self, topics: tuple[Topic, ...], min_index: int) -> bool:
+        """Catalog.block's conditions for waiting at all (see there)."""
+        if min_index <= 0 or min_index > self.state.highest_index() or self.watches.closed:
+            return False
+        return self.state.index_of(topics) <= min_index
+
+    # -- a parked query ends -----------------------------------------------
+
+    def _fired(self, topic: Topic, _: object) -> None:
+        parked = self._topics.pop(topic, None)
+        self.watches.unlisten(topic)
+        if not parked:
+            return
+        ready = [q for q in parked if not self._would_block(q.plan[0], q.min_index)]
+        for query in ready:
+            self._unpark(query)
+        for query in parked.difference(ready):  # its index has not passed yet: wait on
+            self._park(query)
+        self._answer(ready)
+
+    def _expired(self, query: _Query) -> None:
+        self._forget(query)
+        self.catalog.parked -= 1
+        self._answer([query])
+
+    def release(self, query: _Query) -> None:
+        """The client closed its connection: drop its parked query."""
+        if query.slot:
+            self._unpark(query)
+
+    def answer_now(self, query: _Query) -> None:
+        """Answer a parked query with what is there now (the server shuts down)."""
+        if query.slot:
+            self._unpark(query)
+            self._answer([query])
+
+    def _unpark(self, query: _Query) -> None:
+        self._wheel.remove(query, query.slot)
+        self._forget(query)
+        self.catalog.parked -= 1
+
+    def _forget(self, query: _Query) -> None:
+        query.slot = 0
+        for topic in query.plan[0]:
+            parked = self._topics.get(topic)
+            if parked is not None:
+                parked.discard(query)
+                if not parked:
+                    del self._topics[topic]
+                    self.watches.unlisten(topic)
+
+    # -- answering ---------------------------------------------------------
+
+    def _answer(self, queries: list[_Query]) -> None:
+        """Write each query's answer; queries asking the same question (at the
+        same moment, so the same index and store health, and the same Date
+        uvicorn gave their request) share one encoding."""
+        encoded: dict[tuple[Any, ...], tuple[bytes, int]] = {}
+        for query in queries:
+            cycle = query.cycle
+            if cycle.disconnected or cycle.transport.is_closing():
+                continue
+            defaults = cycle.default_headers
+            key = (*query.group, id(defaults), cycle.keep_alive)
+            found = encoded.get(key)
+            if found is None:
+                response = self._response(query)
+                found = encoded[key] = (
+                    _encode(response, defaults, cycle.keep_alive),
+                    response.status,
+                )
+            data, status = found
+            self._finish(cycle, data)
+            self.answered += 1
+            self.app.metrics.observe(query.group[0], status, time.perf_counter() - query.started)
+
+    def _response(self, query: _Query) -> http.Response:
+        topics, produce = query.plan
+        try:
+            response = self.consul.answer(query.request, self.state.index_of(topics), produce)
+        except Exception as exc:  # as AgentApp: every error becomes an answer
+            response = http.error_response(exc)
+        if query.group[0] == "HEAD":
+            response.body = b""
+        return response
+
+    @staticmethod
+    def _finish(cycle: RequestResponseCycle, data: bytes) -> None:
+        """What uvicorn's cycle does once it has sent a whole response."""
+        cycle.response_started = cycle.response_complete = True
+        cycle.waiting_for_100_continue = False
+        cycle.transport.write(data)
+        cycle.message_event.set()
+        if not cycle.keep_alive:
+            cycle.transport.close()
+        cycle.on_response()
+
+    def statistics(self) -> dict[str, float]:
+        return {
+            "fast_answered": self.answered,
+            "fast_fallbacks": self.fallbacks,
+            "fast_parked": len(self._wheel),
+        }
+
+
+def _encode(response: http.Response, defaults: list[tuple[bytes, bytes]], keep: bool) -> bytes:
+    """The bytes uvicorn writes for `response` (status line, its default
+    headers, the response's, Content-Length, Connection: close when the
+    connection ends), as one buffer."""
+    parts = [STATUS_LINE[response.status]]
+    for name, value in (*defaults, *response.headers):
+        parts += (name, b": ", value, b"\r\n")
+    parts += (b"content-length: ", str(len(response.body)).encode(), b"\r\n")
+    if not keep:
+        parts.append(b"connection: close\r\n")
+    parts += (b"\r\n", response.body)
+    return b"".join(parts)
+
+
+def _has_body(headers: list[tuple[bytes, bytes]]) -> bool:
+    for name, value in headers:
+        if name in _BODY_HEADERS or (name == b"content-length" and value.strip() != b"0"):
+            return True
+    return False
+
+
+def _question(request: http.Request) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """The query less the blocking parameters: queries that differ only in
+    them get the same answer."""
+    return tuple((k, tuple(v)) for k, v in sorted(request.query.items()) if k not in _BLOCKING)
+
+
+_BLOCKING = frozenset({"index", "wait"})
+
+
+async def _no_body() -> dict[str, Any]:
+    return {"type": "http.request", "body": b"", "more_body": False}
