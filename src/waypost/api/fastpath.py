@@ -34,7 +34,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, RequestResponseCycle
 
@@ -42,8 +42,10 @@ from .._exceptions import ValidationError
 from ..catalog import Catalog
 from ..catalog.watch import Topic
 from . import decode, http
+from ._bounded import ByteBoundedCache
 from .app import AgentApp, access_log
 from .consul import DEFAULT_WAIT, Read
+from .ports import StoreStatus
 
 log = logging.getLogger("waypost.api")
 
@@ -53,6 +55,8 @@ _UNDERSTOOD = frozenset({"passing", "tag", "index", "wait"})
 _METHODS = frozenset({"GET", "HEAD"})
 _BODY_HEADERS = frozenset({b"transfer-encoding", b"expect"})
 TICK = 0.05  # the timer wheel's resolution: `wait=` ends up to 50 ms late
+PREPARED_LIMIT = 4096  # request lines remembered (each a parsed query and a plan)
+PREBUILT_BYTES = 32 << 20  # encoded answers, heads included
 
 Planner = Callable[[http.Request, str], Read]
 T = TypeVar("T")
@@ -104,35 +108,52 @@ class TimerWheel(Generic[T]):
         return sum(len(b) for b in self._buckets.values())
 
 
-class _Query:
-    """One understood request: its plan, and where it is parked if it is."""
+class _Prepared:
+    """One understood request line (method, path, query), shared by every
+    request that repeats it: its plan, parsed once."""
 
-    __slots__ = ("cycle", "group", "min_index", "plan", "request", "rest", "slot", "started")
+    __slots__ = ("group", "min_index", "plan", "request", "wait")
 
-    def __init__(
-        self,
-        cycle: RequestResponseCycle,
-        request: http.Request,
-        plan: Read,
-        min_index: int,
-        group: tuple[Any, ...],
-    ) -> None:
-        self.cycle = cycle
+    def __init__(self, request: http.Request, plan: Read, min_index: int, wait: float) -> None:
         self.request = request
         self.plan = plan
         self.min_index = min_index
-        self.group = group  # connections asking the same question get the same bytes
-        self.slot = 0
+        self.wait = wait
+        # Requests that differ only in index/wait get the same answer.
+        self.group = (request.method, request.path, _question(request))
+
+
+class _Prebuilt(NamedTuple):
+    """An encoded answer, head and body, valid while the topics' index, the
+    store's health and uvicorn's Date header are the ones it was built with."""
+
+    at: int  # the topics' index
+    health: Any
+    defaults: list[tuple[bytes, bytes]]  # uvicorn's Date header list it was built with
+    data: bytes
+    status: int
+
+
+class _Query:
+    """A request on a connection, while it is being answered or is parked."""
+
+    __slots__ = ("cycle", "prepared", "slot", "started")
+
+    def __init__(self, cycle: RequestResponseCycle, prepared: _Prepared) -> None:
+        self.cycle = cycle
+        self.prepared = prepared
+        self.slot = 0  # its timer wheel slot while parked; 0 when not
         self.started = time.perf_counter()
 
 
 class FastReads:
     """The fast path of one agent's HTTP listeners (ACLs off only)."""
 
-    def __init__(self, app: AgentApp, catalog: Catalog, loop: Any) -> None:
+    def __init__(self, app: AgentApp, catalog: Catalog, store: StoreStatus, loop: Any) -> None:
         self.app = app
         self.consul = app.consul
         self.catalog = catalog
+        self.store = store
         self.state = catalog.state
         self.watches = catalog.watches
         consul = app.consul
@@ -140,6 +161,10 @@ class FastReads:
             consul.health_service: consul.health_service_read,
             consul.catalog_service: consul.catalog_service_read,
         }
+        self._prepared: dict[tuple[str, str, bytes], _Prepared | None] = {}
+        self._prebuilt: ByteBoundedCache[_Prebuilt] = ByteBoundedCache(
+            PREBUILT_BYTES, lambda p: len(p.data)
+        )
         self._topics: dict[Topic, set[_Query]] = {}
         self._wheel: TimerWheel[_Query] = TimerWheel(loop, self._expired)
         self.answered = 0  # statistics: requests answered here
@@ -150,14 +175,14 @@ class FastReads:
     def serve(self, cycle: RequestResponseCycle) -> _Query | bool:
         """Answer `cycle`'s request (True), park it (the parked query: its
         connection releases it if it closes), or False: go the normal way."""
-        query = self._understand(cycle)
-        if query is None:
+        prepared = self._understand(cycle)
+        if prepared is None:
             self.fallbacks += 1
             return False
-        arg = query.request.arg("wait")
-        wait = decode.parse_wait(arg) if arg else DEFAULT_WAIT
+        query = _Query(cycle, prepared)
+        wait = prepared.wait
         jittered = wait + self.consul.rng.uniform(0, wait / 16)  # as ConsulApi.block
-        if jittered <= 0 or not self._would_block(query.plan[0], query.min_index):
+        if jittered <= 0 or not self._would_block(prepared.plan[0], prepared.min_index):
             self._answer([query])
             return True
         query.slot = self._wheel.add(query, self._wheel.loop.time() + jittered)
@@ -165,47 +190,60 @@ class FastReads:
         self.catalog.parked += 1
         return query
 
-    def _park(self, query: _Query) -> None:
-        """One entry per topic; one registration per topic on its shared future."""
-        for topic in query.plan[0]:
-            parked = self._topics.get(topic)
-            if parked is None:
-                parked = self._topics[topic] = set()
-                self.watches.listen(topic).add_done_callback(functools.partial(self._fired, topic))
-            parked.add(query)
-
-    def _understand(self, cycle: RequestResponseCycle) -> _Query | None:
+    def _understand(self, cycle: RequestResponseCycle) -> _Prepared | None:
         scope: dict[str, Any] = cycle.scope  # type: ignore[assignment]
-        method = scope["method"]
-        if method not in _METHODS or cycle.flow.write_paused or _has_body(scope["headers"]):
-            return None
+        if cycle.flow.write_paused or _has_body(scope["headers"]):
+            return None  # a client not reading its answers waits for them the normal way
         if access_log.isEnabledFor(logging.DEBUG):
             return None
+        line = (scope["method"], scope["path"], scope["query_string"])
         try:
-            handler, rest, _ = self.app.router.route(method, scope["path"])
+            return self._prepared[line]
+        except KeyError:
+            pass
+        if len(self._prepared) >= PREPARED_LIMIT:
+            self._prepared.clear()  # clients name services: keep the table bounded
+        prepared = self._prepared[line] = self._prepare(*line)
+        return prepared
+
+    def _prepare(self, method: str, path: str, query: bytes) -> _Prepared | None:
+        if method not in _METHODS:
+            return None
+        try:
+            handler, rest, _ = self.app.router.route(method, path)
         except http.HttpError:
             return None
         planner = self._planners.get(handler)
         if planner is None:
             return None
+        # Shared by every request of this line: no headers (ACLs are off, no
+        # route here reads them) and no connection.
+        scope = {"method": method, "path": path, "query_string": query, "headers": []}
         request = http.Request(scope, _no_body)
         if not _UNDERSTOOD.issuperset(request.query):
             return None
         try:
             min_index = decode.parse_index(request.arg("index")) if request.arg("index") else 0
-            if request.arg("wait"):
-                decode.parse_wait(request.arg("wait"))
+            wait = decode.parse_wait(request.arg("wait")) if request.arg("wait") else DEFAULT_WAIT
             plan = planner(request, rest)
         except ValidationError:
-            return None
-        group = (method, scope["path"], _question(request))
-        return _Query(cycle, request, plan, min_index, group)
+            return None  # the normal path answers the 400
+        return _Prepared(request, plan, min_index, wait)
 
     def _would_block(self, topics: tuple[Topic, ...], min_index: int) -> bool:
         """Catalog.block's conditions for waiting at all (see there)."""
         if min_index <= 0 or min_index > self.state.highest_index() or self.watches.closed:
             return False
         return self.state.index_of(topics) <= min_index
+
+    def _park(self, query: _Query) -> None:
+        """One entry per topic; one registration per topic on its shared future."""
+        for topic in query.prepared.plan[0]:
+            parked = self._topics.get(topic)
+            if parked is None:
+                parked = self._topics[topic] = set()
+                self.watches.listen(topic).add_done_callback(functools.partial(self._fired, topic))
+            parked.add(query)
 
     # -- a parked query ends -----------------------------------------------
 
@@ -214,7 +252,9 @@ class FastReads:
         self.watches.unlisten(topic)
         if not parked:
             return
-        ready = [q for q in parked if not self._would_block(q.plan[0], q.min_index)]
+        ready = [
+            q for q in parked if not self._would_block(q.prepared.plan[0], q.prepared.min_index)
+        ]
         for query in ready:
             self._unpark(query)
         for query in parked.difference(ready):  # its index has not passed yet: wait on
@@ -244,7 +284,7 @@ class FastReads:
 
     def _forget(self, query: _Query) -> None:
         query.slot = 0
-        for topic in query.plan[0]:
+        for topic in query.prepared.plan[0]:
             parked = self._topics.get(topic)
             if parked is not None:
                 parked.discard(query)
@@ -255,37 +295,43 @@ class FastReads:
     # -- answering ---------------------------------------------------------
 
     def _answer(self, queries: list[_Query]) -> None:
-        """Write each query's answer; queries asking the same question (at the
-        same moment, so the same index and store health, and the same Date
-        uvicorn gave their request) share one encoding."""
-        encoded: dict[tuple[Any, ...], tuple[bytes, int]] = {}
+        """Write each query's answer, prebuilt once for every query asking the
+        same question while its index, the store's health and uvicorn's Date
+        header stand still."""
+        health = self.store.health()
         for query in queries:
             cycle = query.cycle
             if cycle.disconnected or cycle.transport.is_closing():
                 continue
-            defaults = cycle.default_headers
-            key = (*query.group, id(defaults), cycle.keep_alive)
-            found = encoded.get(key)
-            if found is None:
-                response = self._response(query)
-                found = encoded[key] = (
-                    _encode(response, defaults, cycle.keep_alive),
-                    response.status,
-                )
-            data, status = found
-            self._finish(cycle, data)
+            prepared = query.prepared
+            index = self.state.index_of(prepared.plan[0])
+            key = (prepared.group, cycle.keep_alive)
+            pre = self._prebuilt.get(key)
+            if (
+                pre is None
+                or pre.at != index
+                or pre.defaults is not cycle.default_headers
+                or pre.health != health
+            ):
+                pre = self._build(prepared, index, health, cycle)
+                self._prebuilt.put(key, pre)
+            self._finish(cycle, pre.data)
             self.answered += 1
-            self.app.metrics.observe(query.group[0], status, time.perf_counter() - query.started)
+            self.app.metrics.observe(
+                prepared.group[0], pre.status, time.perf_counter() - query.started
+            )
 
-    def _response(self, query: _Query) -> http.Response:
-        topics, produce = query.plan
+    def _build(
+        self, prepared: _Prepared, index: int, health: Any, cycle: RequestResponseCycle
+    ) -> _Prebuilt:
         try:
-            response = self.consul.answer(query.request, self.state.index_of(topics), produce)
+            response = self.consul.answer(prepared.request, index, prepared.plan[1])
         except Exception as exc:  # as AgentApp: every error becomes an answer
             response = http.error_response(exc)
-        if query.group[0] == "HEAD":
+        if prepared.group[0] == "HEAD":
             response.body = b""
-        return response
+        data = _encode(response, cycle.default_headers, cycle.keep_alive)
+        return _Prebuilt(index, health, cycle.default_headers, data, response.status)
 
     @staticmethod
     def _finish(cycle: RequestResponseCycle, data: bytes) -> None:
