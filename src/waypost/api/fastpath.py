@@ -55,6 +55,7 @@ _UNDERSTOOD = frozenset({"passing", "tag", "index", "wait"})
 _METHODS = frozenset({"GET", "HEAD"})
 _BODY_HEADERS = frozenset({b"transfer-encoding", b"expect"})
 TICK = 0.05  # the timer wheel's resolution: `wait=` ends up to 50 ms late
+OTHER_ROUTE, DECLINED = 0, 1  # no fast path for this route; or not for this request
 PREPARED_LIMIT = 4096  # request lines remembered (each a parsed query and a plan)
 PREBUILT_BYTES = 32 << 20  # encoded answers, heads included
 
@@ -161,14 +162,14 @@ class FastReads:
             consul.health_service: consul.health_service_read,
             consul.catalog_service: consul.catalog_service_read,
         }
-        self._prepared: dict[tuple[str, str, bytes], _Prepared | None] = {}
+        self._prepared: dict[tuple[str, str, bytes], _Prepared | int] = {}
         self._prebuilt: ByteBoundedCache[_Prebuilt] = ByteBoundedCache(
             PREBUILT_BYTES, lambda p: len(p.data)
         )
         self._topics: dict[Topic, set[_Query]] = {}
         self._wheel: TimerWheel[_Query] = TimerWheel(loop, self._expired)
         self.answered = 0  # statistics: requests answered here
-        self.fallbacks = 0  # requests sent the normal way
+        self.fallbacks = 0  # requests to a fast route sent the normal way
 
     # -- a request arrives -------------------------------------------------
 
@@ -176,8 +177,8 @@ class FastReads:
         """Answer `cycle`'s request (True), park it (the parked query: its
         connection releases it if it closes), or False: go the normal way."""
         prepared = self._understand(cycle)
-        if prepared is None:
-            self.fallbacks += 1
+        if not isinstance(prepared, _Prepared):
+            self.fallbacks += prepared  # DECLINED counts, OTHER_ROUTE does not
             return False
         query = _Query(cycle, prepared)
         wait = prepared.wait
@@ -190,44 +191,45 @@ class FastReads:
         self.catalog.parked += 1
         return query
 
-    def _understand(self, cycle: RequestResponseCycle) -> _Prepared | None:
+    def _understand(self, cycle: RequestResponseCycle) -> _Prepared | int:
+        """The request's plan, or why there is none (OTHER_ROUTE, DECLINED)."""
         scope: dict[str, Any] = cycle.scope  # type: ignore[assignment]
-        if cycle.flow.write_paused or _has_body(scope["headers"]):
-            return None  # a client not reading its answers waits for them the normal way
-        if access_log.isEnabledFor(logging.DEBUG):
-            return None
         line = (scope["method"], scope["path"], scope["query_string"])
-        try:
-            return self._prepared[line]
-        except KeyError:
-            pass
-        if len(self._prepared) >= PREPARED_LIMIT:
-            self._prepared.clear()  # clients name services: keep the table bounded
-        prepared = self._prepared[line] = self._prepare(*line)
+        prepared = self._prepared.get(line)
+        if prepared is None:
+            if len(self._prepared) >= PREPARED_LIMIT:
+                self._prepared.clear()  # clients name services: keep the table bounded
+            prepared = self._prepared[line] = self._prepare(*line)
+        if not isinstance(prepared, _Prepared):
+            return prepared
+        if cycle.flow.write_paused or _has_body(scope["headers"]):
+            return DECLINED  # a client not reading its answers waits for them the normal way
+        if access_log.isEnabledFor(logging.DEBUG):
+            return DECLINED  # the normal path logs each request
         return prepared
 
-    def _prepare(self, method: str, path: str, query: bytes) -> _Prepared | None:
+    def _prepare(self, method: str, path: str, query: bytes) -> _Prepared | int:
         if method not in _METHODS:
-            return None
+            return OTHER_ROUTE
         try:
             handler, rest, _ = self.app.router.route(method, path)
         except http.HttpError:
-            return None
+            return OTHER_ROUTE
         planner = self._planners.get(handler)
         if planner is None:
-            return None
+            return OTHER_ROUTE
         # Shared by every request of this line: no headers (ACLs are off, no
         # route here reads them) and no connection.
         scope = {"method": method, "path": path, "query_string": query, "headers": []}
         request = http.Request(scope, _no_body)
         if not _UNDERSTOOD.issuperset(request.query):
-            return None
+            return DECLINED
         try:
             min_index = decode.parse_index(request.arg("index")) if request.arg("index") else 0
             wait = decode.parse_wait(request.arg("wait")) if request.arg("wait") else DEFAULT_WAIT
             plan = planner(request, rest)
         except ValidationError:
-            return None  # the normal path answers the 400
+            return DECLINED  # the normal path answers the 400
         return _Prepared(request, plan, min_index, wait)
 
     def _would_block(self, topics: tuple[Topic, ...], min_index: int) -> bool:
