@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import resource
 import signal
@@ -124,6 +125,7 @@ class Agent:
 
     async def start(self) -> None:
         _raise_file_limit()
+        _tune_gc()
         logging.getLogger("waypost").addHandler(self.logs)
         await self.catalog.open()
         await self.security.start()
@@ -364,6 +366,18 @@ def _node_id(config: AgentConfig) -> str:
     if data_dir is None:
         return str(uuid.uuid5(uuid.NAMESPACE_DNS, f"{config.datacenter}.{config.node_name()}"))
     return node_id(data_dir)
+
+
+def _tune_gc() -> None:
+    """Collect the young generation every 50,000 allocations, not 700.
+
+    Every parked blocking query keeps a few dozen objects alive for seconds, so
+    they reach the old generations, and with the default thresholds the
+    collector kept traversing 10,000 connections' objects: a quarter of the
+    agent's CPU in bench/agent/blocking.py (0.89 s of 3.16 s), 0.23 s of 2.62 s
+    with these. Cyclic garbage waits a little longer; nothing else changes.
+    """
+    gc.set_threshold(50_000, 20, 10)
 
 
 def _raise_file_limit() -> None:
