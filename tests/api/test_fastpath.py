@@ -221,6 +221,17 @@ def test_a_closed_connection_releases_its_parked_query(fast_agent: AgentProcess)
         sock.close()
     until(lambda: counters(fast_agent)["http_fast_parked"] == 0)
     assert counters(fast_agent)["catalog_parked_queries"] == 0
+    # The topic is still watched properly: a new query on it wakes on a change,
+    # and the dropped registration left nothing behind to fire.
+    with connect(fast_agent) as sock:
+        sock.sendall(request(f"/v1/health/service/{SERVICE}?index={current}&wait=5m"))
+        until(lambda: counters(fast_agent)["http_fast_parked"] == 1)
+        body = {"Name": SERVICE, "ID": f"{SERVICE}-again", "Port": 9998}
+        httpx.put(f"{fast_agent.http_url}/v1/agent/service/register", json=body).raise_for_status()
+        assert index_of(Reader(sock).response()) > current
+    httpx.put(f"{fast_agent.http_url}/v1/agent/service/deregister/{SERVICE}-again")
+    output = "".join(fast_agent.output)
+    assert "Traceback" not in output and "Exception in callback" not in output, output
 
 
 def test_sigterm_answers_parked_queries_at_once() -> None:

@@ -28,6 +28,7 @@ normal path answers the 400), a client that is not reading its answers
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import heapq
 import logging
@@ -167,6 +168,8 @@ class FastReads:
             PREBUILT_BYTES, lambda p: len(p.data)
         )
         self._topics: dict[Topic, set[_Query]] = {}
+        # Per watched topic, the future listened on and the callback registered on it.
+        self._listening: dict[Topic, tuple[asyncio.Future[None], Callable[[Any], None]]] = {}
         self._wheel: TimerWheel[_Query] = TimerWheel(loop, self._expired)
         self.answered = 0  # statistics: requests answered here
         self.fallbacks = 0  # requests to a fast route sent the normal way
@@ -244,16 +247,25 @@ class FastReads:
             parked = self._topics.get(topic)
             if parked is None:
                 parked = self._topics[topic] = set()
-                self.watches.listen(topic).add_done_callback(functools.partial(self._fired, topic))
+                future = self.watches.listen(topic)
+                callback = functools.partial(self._fired, topic)
+                future.add_done_callback(callback)
+                self._listening[topic] = (future, callback)
             parked.add(query)
+
+    def _stop_listening(self, topic: Topic) -> None:
+        future, callback = self._listening.pop(topic)
+        future.remove_done_callback(callback)  # the topic may fire later: not for us
+        self.watches.unlisten(topic)
 
     # -- a parked query ends -----------------------------------------------
 
-    def _fired(self, topic: Topic, _: object) -> None:
-        parked = self._topics.pop(topic, None)
-        self.watches.unlisten(topic)
-        if not parked:
-            return
+    def _fired(self, topic: Topic, future: asyncio.Future[None]) -> None:
+        listening = self._listening.get(topic)
+        if listening is None or listening[0] is not future:
+            return  # a registration since dropped (its connections went away)
+        self._stop_listening(topic)
+        parked = self._topics.pop(topic)
         ready = [
             q for q in parked if not self._would_block(q.prepared.plan[0], q.prepared.min_index)
         ]
@@ -292,7 +304,7 @@ class FastReads:
                 parked.discard(query)
                 if not parked:
                     del self._topics[topic]
-                    self.watches.unlisten(topic)
+                    self._stop_listening(topic)
 
     # -- answering ---------------------------------------------------------
 
