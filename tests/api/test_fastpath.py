@@ -22,6 +22,8 @@ from ..agentproc import AgentProcess
 from ..wait import until
 
 SERVICE = "fastweb"
+MGMT = "0c1d2e3f-4a5b-4c6d-8e7f-901a2b3c4d5e"
+ACL_AGENTS: dict[str, AgentProcess] = {}
 EMPTY_CHUNKED = b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
 
 
@@ -85,7 +87,8 @@ def ask(agent: AgentProcess, raw: bytes) -> bytes:
 
 
 def counters(agent: AgentProcess) -> dict[str, float]:
-    text = httpx.get(f"{agent.http_url}/metrics", timeout=10).text
+    headers = {"X-Consul-Token": MGMT} if agent is ACL_AGENTS.get("agent") else {}
+    text = httpx.get(f"{agent.http_url}/metrics", headers=headers, timeout=10).text
     found = re.findall(r"(?m)^waypost_(http_fast_\w+|catalog_parked_queries) (\S+)$", text)
     return {name: float(value) for name, value in found}
 
@@ -118,6 +121,7 @@ def both_paths(agent: AgentProcess, target: str, method: str = "GET", extra: byt
         f"/v1/health/service/{SERVICE}",
         f"/v1/health/service/{SERVICE}?passing=false&tag=v1",
         f"/v1/health/service/{SERVICE}?index=1&wait=5s",
+        f"/v1/health/service/{SERVICE}?passing&token=ignored-with-acls-off",
         f"/v1/catalog/service/{SERVICE}",
         f"/v1/catalog/service/{SERVICE}?tag=v2",
         "/v1/health/service/no-such-service",
@@ -142,7 +146,6 @@ def test_head_and_connection_close_are_the_normal_paths_bytes(fast_agent: AgentP
         "consistent",
         "cached",
         "near=_agent",
-        "token=anything",
         "ns=default",
         "index=not-a-number",
         "wait=forever",
@@ -253,3 +256,76 @@ def test_sigterm_answers_parked_queries_at_once() -> None:
             sock.close()
     finally:
         assert proc.stop() == 0, "".join(proc.output)
+
+
+# -- with ACLs on: the same Guard, per request -------------------------------
+
+
+@pytest.fixture(scope="module")
+def acl_agent() -> Iterator[tuple[AgentProcess, dict[str, str]]]:
+    """ACLs on, default deny; tokens that read everything, only services, or nothing."""
+    env = {"WAYPOST_ACL_TOKEN_INITIAL_MANAGEMENT": MGMT}
+    proc = AgentProcess(
+        "--dev", "--http", "127.0.0.1:0", "--dns", "off", "--acl-default-policy", "deny", env=env
+    ).start()
+    ACL_AGENTS["agent"] = proc
+    tokens = {}
+    with proc.client(headers={"X-Consul-Token": MGMT}) as admin:
+        for name, rules in (
+            ("all", 'service_prefix "" { policy = "read" }\nnode_prefix "" { policy = "read" }'),
+            ("services", 'service_prefix "" { policy = "read" }'),
+        ):
+            admin.put("/v1/acl/policy", json={"Name": name, "Rules": rules}).raise_for_status()
+            made = admin.put("/v1/acl/token", json={"Policies": [{"Name": name}]})
+            tokens[name] = made.raise_for_status().json()["SecretID"]
+        body = {"Name": SERVICE, "ID": f"{SERVICE}-1", "Port": 8080}
+        admin.put("/v1/agent/service/register", json=body).raise_for_status()
+    yield proc, tokens
+    ACL_AGENTS.clear()
+    assert proc.stop() == 0, "".join(proc.output)
+
+
+@pytest.mark.parametrize("who", ["all", "services", "anonymous"])
+def test_with_acls_answers_are_the_normal_paths_bytes(
+    acl_agent: tuple[AgentProcess, dict[str, str]], who: str
+) -> None:
+    """The token's answer, filtered and flagged as the normal path filters it."""
+    proc, tokens = acl_agent
+    extra = f"X-Consul-Token: {tokens[who]}\r\n".encode() if who in tokens else b""
+    both_paths(proc, f"/v1/health/service/{SERVICE}?passing", extra=extra)
+    answer = ask(proc, request(f"/v1/health/service/{SERVICE}", extra=extra + b"\r\n"))
+    filtered = b"x-consul-results-filtered-by-acls: true" in answer
+    assert filtered == (who != "all")
+    assert (b'"ID":"fastweb-1"' in answer) == (who == "all")
+
+
+def test_with_acls_a_refused_token_goes_the_normal_way(
+    acl_agent: tuple[AgentProcess, dict[str, str]],
+) -> None:
+    proc, _ = acl_agent
+    before = counters(proc)
+    answer = ask(
+        proc, request(f"/v1/health/service/{SERVICE}", extra=b"X-Consul-Token: nope\r\n\r\n")
+    )
+    assert answer.startswith(b"HTTP/1.1 403 ")
+    after = counters(proc)
+    assert after["http_fast_fallbacks"] == before["http_fast_fallbacks"] + 1
+    assert after["http_fast_answered"] == before["http_fast_answered"]
+
+
+def test_with_acls_a_parked_query_is_answered_on_a_change(
+    acl_agent: tuple[AgentProcess, dict[str, str]],
+) -> None:
+    proc, tokens = acl_agent
+    token = f"X-Consul-Token: {tokens['all']}\r\n".encode()
+    current = index_of(ask(proc, request(f"/v1/health/service/{SERVICE}", extra=token + b"\r\n")))
+    with connect(proc) as sock:
+        target = f"/v1/health/service/{SERVICE}?index={current}&wait=5m"
+        sock.sendall(request(target, extra=token + b"\r\n"))
+        until(lambda: counters(proc)["http_fast_parked"] == 1)
+        body = {"Name": SERVICE, "ID": f"{SERVICE}-2", "Port": 8081}
+        headers = {"X-Consul-Token": MGMT}
+        httpx.put(f"{proc.http_url}/v1/agent/service/register", json=body, headers=headers)
+        answer = Reader(sock).response()
+    assert index_of(answer) > current
+    assert b'"ID":"fastweb-2"' in answer

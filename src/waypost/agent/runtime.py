@@ -154,8 +154,7 @@ class Agent:
 
     async def _start_http(self) -> None:
         app = self._app()
-        if self.security.guard is None:  # with ACLs on, every read goes through the guard
-            self.fast = FastReads(app, self.catalog, self.storage, asyncio.get_running_loop())
+        self.fast = FastReads(app, self.catalog, self.storage, asyncio.get_running_loop())
         if self.config.http != "off":
             server, self.http_address = await self._serve(app, self.config.http, "--http", {})
         if self.config.https:

@@ -18,12 +18,18 @@ entry in a set per topic, registered once on the topic's shared future
 task, future or timer of its own. When the topic fires, every parked
 connection with the same question gets the same bytes, encoded once.
 
-Anything else goes the normal way, never half-served: ACLs on (the runtime
-then builds no fast path), any query parameter not in `_UNDERSTOOD` (`?filter=`,
-`?dc=`, `?stale`, `?consistent`, `?cached`, `?near`, `?token=`...), a request
-body or `Expect`, an unknown route or method, an invalid `index`/`wait` (the
-normal path answers the 400), a client that is not reading its answers
-(write buffer full: the normal path waits for it), or access logging on.
+With ACLs on, each request goes through the same `Guard.enforce`
+(api/access.py) as on the normal path, with its own headers; the answer is
+filtered and cached per token and ACL generation by `ConsulApi.answer`, and
+the prebuilt bytes are kept per token as well. A token the guard refuses goes
+the normal way, which answers the 401/403.
+
+Anything else goes the normal way, never half-served: any query parameter not
+in `_UNDERSTOOD` (`?filter=`, `?node-meta=`, `?dc=`, `?stale`, `?consistent`,
+`?cached`, `?near`...), a request body or `Expect`, an unknown route or
+method, an invalid `index`/`wait` (the normal path answers the 400), a client
+that is not reading its answers (write buffer full: the normal path waits for
+it), or access logging on.
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ from typing import Any, Generic, NamedTuple, TypeVar
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, RequestResponseCycle
 
-from .._exceptions import ValidationError
+from .._exceptions import ValidationError, WaypostError
 from ..catalog import Catalog
 from ..catalog.watch import Topic
 from . import decode, http
@@ -52,7 +58,7 @@ log = logging.getLogger("waypost.api")
 
 # The parameters the fast path answers exactly as the normal path does; any
 # other one sends the request the normal way.
-_UNDERSTOOD = frozenset({"passing", "tag", "index", "wait"})
+_UNDERSTOOD = frozenset({"passing", "tag", "index", "wait", "token"})
 _METHODS = frozenset({"GET", "HEAD"})
 _BODY_HEADERS = frozenset({b"transfer-encoding", b"expect"})
 TICK = 0.05  # the timer wheel's resolution: `wait=` ends up to 50 ms late
@@ -114,10 +120,13 @@ class _Prepared:
     """One understood request line (method, path, query), shared by every
     request that repeats it: its plan, parsed once."""
 
-    __slots__ = ("group", "min_index", "plan", "request", "wait")
+    __slots__ = ("access", "group", "min_index", "plan", "request", "rest", "wait")
 
-    def __init__(self, request: http.Request, plan: Read, min_index: int, wait: float) -> None:
+    def __init__(
+        self, request: http.Request, route: tuple[str, Any], plan: Read, min_index: int, wait: float
+    ) -> None:
         self.request = request
+        self.rest, self.access = route  # the path after the route's prefix; its ACL declaration
         self.plan = plan
         self.min_index = min_index
         self.wait = wait
@@ -130,6 +139,7 @@ class _Prebuilt(NamedTuple):
     store's health and uvicorn's Date header are the ones it was built with."""
 
     at: int  # the topics' index
+    acl: int  # the ACL generation it was filtered at (0: ACLs off)
     health: Any
     defaults: list[tuple[bytes, bytes]]  # uvicorn's Date header list it was built with
     data: bytes
@@ -139,17 +149,20 @@ class _Prebuilt(NamedTuple):
 class _Query:
     """A request on a connection, while it is being answered or is parked."""
 
-    __slots__ = ("cycle", "prepared", "slot", "started")
+    __slots__ = ("cycle", "prepared", "request", "slot", "started")
 
-    def __init__(self, cycle: RequestResponseCycle, prepared: _Prepared) -> None:
+    def __init__(
+        self, cycle: RequestResponseCycle, prepared: _Prepared, request: http.Request
+    ) -> None:
         self.cycle = cycle
         self.prepared = prepared
+        self.request = request  # the prepared one; with ACLs on, this request's own
         self.slot = 0  # its timer wheel slot while parked; 0 when not
         self.started = time.perf_counter()
 
 
 class FastReads:
-    """The fast path of one agent's HTTP listeners (ACLs off only)."""
+    """The fast path of one agent's HTTP listeners."""
 
     def __init__(self, app: AgentApp, catalog: Catalog, store: StoreStatus, loop: Any) -> None:
         self.app = app
@@ -183,7 +196,11 @@ class FastReads:
         if not isinstance(prepared, _Prepared):
             self.fallbacks += prepared  # DECLINED counts, OTHER_ROUTE does not
             return False
-        query = _Query(cycle, prepared)
+        request = prepared.request if self.app.guard is None else self._authorized(cycle, prepared)
+        if request is None:
+            self.fallbacks += 1
+            return False
+        query = _Query(cycle, prepared, request)
         wait = prepared.wait
         jittered = wait + self.consul.rng.uniform(0, wait / 16)  # as ConsulApi.block
         if jittered <= 0 or not self._would_block(prepared.plan[0], prepared.min_index):
@@ -211,18 +228,33 @@ class FastReads:
             return DECLINED  # the normal path logs each request
         return prepared
 
+    def _authorized(self, cycle: RequestResponseCycle, prepared: _Prepared) -> http.Request | None:
+        """With ACLs on: this request (its headers carry the token) through the
+        same Guard as the normal path; None for any refusal, which the normal
+        path then answers (401/403)."""
+        assert self.app.guard is not None
+        request = http.Request(cycle.scope, _no_body)  # type: ignore[arg-type]
+        try:
+            pending = self.app.guard.enforce(request, prepared.rest, prepared.access)
+        except WaypostError:
+            return None
+        if pending is not None:  # a declaration that reads the body: not these reads
+            getattr(pending, "close", lambda: None)()
+            return None
+        return request
+
     def _prepare(self, method: str, path: str, query: bytes) -> _Prepared | int:
         if method not in _METHODS:
             return OTHER_ROUTE
         try:
-            handler, rest, _ = self.app.router.route(method, path)
+            handler, rest, declared = self.app.router.route(method, path)
         except http.HttpError:
             return OTHER_ROUTE
         planner = self._planners.get(handler)
         if planner is None:
             return OTHER_ROUTE
-        # Shared by every request of this line: no headers (ACLs are off, no
-        # route here reads them) and no connection.
+        # Shared by every request of this line: no headers (no route here reads
+        # them but the ACL guard, which gets each request's own) and no connection.
         scope = {"method": method, "path": path, "query_string": query, "headers": []}
         request = http.Request(scope, _no_body)
         if not _UNDERSTOOD.issuperset(request.query):
@@ -233,7 +265,7 @@ class FastReads:
             plan = planner(request, rest)
         except ValidationError:
             return DECLINED  # the normal path answers the 400
-        return _Prepared(request, plan, min_index, wait)
+        return _Prepared(request, (rest, declared), plan, min_index, wait)
 
     def _would_block(self, topics: tuple[Topic, ...], min_index: int) -> bool:
         """Catalog.block's conditions for waiting at all (see there)."""
@@ -317,17 +349,20 @@ class FastReads:
             cycle = query.cycle
             if cycle.disconnected or cycle.transport.is_closing():
                 continue
-            prepared = query.prepared
+            prepared, authz = query.prepared, query.request.authz
             index = self.state.index_of(prepared.plan[0])
-            key = (prepared.group, cycle.keep_alive)
+            # With ACLs on, an answer is the token's, as in ConsulApi.answer's cache.
+            acl = self.state.acl.generation if authz is not None else 0
+            key = (prepared.group, cycle.keep_alive, authz.key if authz is not None else None)
             pre = self._prebuilt.get(key)
             if (
                 pre is None
                 or pre.at != index
+                or pre.acl != acl
                 or pre.defaults is not cycle.default_headers
                 or pre.health != health
             ):
-                pre = self._build(prepared, index, health, cycle)
+                pre = self._build(query, index, acl, health)
                 self._prebuilt.put(key, pre)
             self._finish(cycle, pre.data)
             self.answered += 1
@@ -335,17 +370,16 @@ class FastReads:
                 prepared.group[0], pre.status, time.perf_counter() - query.started
             )
 
-    def _build(
-        self, prepared: _Prepared, index: int, health: Any, cycle: RequestResponseCycle
-    ) -> _Prebuilt:
+    def _build(self, query: _Query, index: int, acl: int, health: Any) -> _Prebuilt:
+        prepared, cycle = query.prepared, query.cycle
         try:
-            response = self.consul.answer(prepared.request, index, prepared.plan[1])
+            response = self.consul.answer(query.request, index, prepared.plan[1])
         except Exception as exc:  # as AgentApp: every error becomes an answer
             response = http.error_response(exc)
         if prepared.group[0] == "HEAD":
             response.body = b""
         data = _encode(response, cycle.default_headers, cycle.keep_alive)
-        return _Prebuilt(index, health, cycle.default_headers, data, response.status)
+        return _Prebuilt(index, acl, health, cycle.default_headers, data, response.status)
 
     @staticmethod
     def _finish(cycle: RequestResponseCycle, data: bytes) -> None:
@@ -393,7 +427,7 @@ def _question(request: http.Request) -> tuple[tuple[str, tuple[str, ...]], ...]:
     return tuple((k, tuple(v)) for k, v in sorted(request.query.items()) if k not in _BLOCKING)
 
 
-_BLOCKING = frozenset({"index", "wait"})
+_BLOCKING = frozenset({"index", "wait", "token"})  # the token: the answer's key holds its identity
 
 
 async def _no_body() -> dict[str, Any]:
