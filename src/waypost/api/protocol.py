@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from uvicorn._types import ASGI3Application
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from .fastpath import FastReads
@@ -91,7 +90,7 @@ def guarded_protocol(
         _client: str | None = None
         _parked: Any = None  # the fast path's parked query on this connection
 
-        def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
+        def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
             # `app` is uvicorn's 503 stand-in past limit_concurrency: leave that to it.
             if fast is not None and app is self.app:
                 served = fast.serve(cycle)
