@@ -4,15 +4,19 @@ the certificate reloaded on SIGHUP."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
+import re
 import signal
 import ssl
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import consul
+import httpx
 import pytest
 import requests
 import trustme
@@ -185,3 +189,32 @@ def _try_issuer(url: str, ca_file: Path) -> str:
         return _served_issuer(url, ca_file)
     except ssl.SSLError:
         return ""
+
+
+def test_the_fast_path_serves_and_parks_over_https(
+    tls_agent: AgentProcess, pki: Pki, unique: str
+) -> None:
+    """Discovery reads and blocking queries take the protocol's fast path
+    (api/fastpath.py) on the TLS listener too, and a change wakes them."""
+    base = tls_agent.https_url
+
+    def fast_answered(http: httpx.Client) -> float:
+        found = re.search(r"(?m)^waypost_http_fast_answered (\S+)$", http.get("/metrics").text)
+        assert found is not None
+        return float(found.group(1))
+
+    with httpx.Client(base_url=base, verify=str(pki.ca_file), timeout=30) as http:
+        http.put("/v1/agent/service/register", json={"Name": unique, "Port": 80})
+        before = fast_answered(http)
+        first = http.get(f"/v1/health/service/{unique}")
+        index = int(first.headers["x-consul-index"])
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            parked = pool.submit(http.get, f"/v1/health/service/{unique}?index={index}&wait=1m")
+            time.sleep(0.3)
+            assert not parked.done()
+            body = {"Name": unique, "ID": f"{unique}-2", "Port": 81}
+            http.put("/v1/agent/service/register", json=body).raise_for_status()
+            woken = parked.result(timeout=10)
+        assert int(woken.headers["x-consul-index"]) > index
+        assert len(woken.json()) == 2
+        assert fast_answered(http) == before + 2

@@ -43,6 +43,8 @@ DEFAULT_WAIT = 300.0
 CACHE_BYTES = 64 << 20
 _ENCODER = msgspec.json.Encoder()
 _TRUE = b"true"
+# A read's topics and the function that produces its answer (unencoded).
+Read = tuple[tuple[Topic, ...], Callable[[], Any]]
 
 
 # Consul's structs.ErrNoDCPath. Its own answer stops there (the name is only in
@@ -137,6 +139,14 @@ class ConsulApi:
         cache: bool = True,
     ) -> Response:
         index = await self.block(req, topics)
+        return self.answer(req, index, produce, cache)
+
+    def answer(
+        self, req: Request, index: int, produce: Callable[[], Any], cache: bool = True
+    ) -> Response:
+        """A read's answer at `index`, from the encoded-answer cache when it
+        holds one for that index (the blocking is done: `_read`, or the
+        protocol's fast path, api/fastpath.py)."""
         authz = req.authz
         # With ACLs on, an answer is the token's: cached per token and ACL generation.
         key = (req.path, _query_key(req), authz.key if authz is not None else None)
@@ -276,10 +286,13 @@ class ConsulApi:
         return [row for row in rows if keep(row)]
 
     async def catalog_service(self, req: Request, name: str) -> Response:
+        return await self._read(req, *self.catalog_service_read(req, name))
+
+    def catalog_service_read(self, req: Request, name: str) -> Read:
+        """What `/v1/catalog/service/<name>` watches and how it answers."""
         tags = req.query.get("tag", [])
         keep = _selection(req, filter_fields.CATALOG_SERVICE, "NodeMeta") or _everything
-        return await self._read(
-            req,
+        return (
             (service_topic(name),),
             lambda: [
                 row
@@ -322,24 +335,23 @@ class ConsulApi:
     # -- health reads ------------------------------------------------------
 
     async def health_service(self, req: Request, name: str) -> Response:
+        return await self._read(req, *self.health_service_read(req, name))
+
+    def health_service_read(self, req: Request, name: str) -> Read:
+        """What `/v1/health/service/<name>` watches and how it answers."""
         passing = req.has("passing") and req.arg("passing").lower() not in ("false", "0")
         tags = req.query.get("tag", [])
         keep = _selection(req, filter_fields.HEALTH_ROW, "Node.Meta")
+        topics = (service_topic(name),)
         if keep is None:  # the hot path: nothing to test per row
-            return await self._read(
-                req,
-                (service_topic(name),),
-                lambda: [encode.health_row(*row) for row in self.state.health(name, tags, passing)],
-            )
-        return await self._read(
-            req,
-            (service_topic(name),),
-            lambda: [
-                encoded
-                for row in self.state.health(name, tags, passing)
-                if keep(encoded := encode.health_row(*row))
-            ],
-        )
+            return topics, lambda: [
+                encode.health_row(*row) for row in self.state.health(name, tags, passing)
+            ]
+        return topics, lambda: [
+            encoded
+            for row in self.state.health(name, tags, passing)
+            if keep(encoded := encode.health_row(*row))
+        ]
 
     async def health_checks(self, req: Request, name: str) -> Response:
         keep = self._check_selection(req)

@@ -19,6 +19,12 @@ And it limits the connections one client address may hold (Consul's
 blocking queries used to take every file descriptor and lock everyone else
 out. A connection past the limit gets `429 Too Many Requests` and is closed
 before anything of it is read.
+
+And, given a `FastReads` (api/fastpath.py), it answers the discovery reads
+that one understands without starting an ASGI task: uvicorn has parsed the
+request and queued it behind any pipelined predecessor; where it would start
+the task, the fast path answers or parks the request instead, or declines and
+the task starts as before.
 """
 
 from __future__ import annotations
@@ -26,7 +32,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+
+from .fastpath import FastReads
 
 LOST = "waypost.connection_lost"
 _TOO_MANY = (
@@ -72,12 +80,35 @@ def client_of(transport: asyncio.BaseTransport) -> str:
 
 
 def guarded_protocol(
-    read_timeout: float, limiter: ConnectionLimiter | None = None
+    read_timeout: float,
+    limiter: ConnectionLimiter | None = None,
+    fast: FastReads | None = None,
 ) -> type[HttpToolsProtocol]:
     class GuardedHttpToolsProtocol(HttpToolsProtocol):
         _read_deadline: asyncio.TimerHandle | None = None
         _lost: asyncio.Future[None]
         _client: str | None = None
+        _parked: Any = None  # the fast path's parked query on this connection
+
+        def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
+            # `app` is uvicorn's 503 stand-in past limit_concurrency: leave that to it.
+            if fast is not None and app is self.app:
+                served = fast.serve(cycle)
+                if served is not False:
+                    if served is not True:
+                        self._parked = served
+                    return
+            super()._start_asgi_task(cycle, app)
+
+        def on_response_complete(self) -> None:
+            self._parked = None
+            super().on_response_complete()
+
+        def shutdown(self) -> None:
+            if self._parked is not None and fast is not None:
+                self._parked.cycle.keep_alive = False  # answered now, then closed
+                fast.answer_now(self._parked)
+            super().shutdown()
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -102,6 +133,9 @@ def guarded_protocol(
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
+            if self._parked is not None and fast is not None:
+                fast.release(self._parked)
+                self._parked = None
             if self._client is not None and limiter is not None:
                 limiter.release(self._client)
                 self._client = None

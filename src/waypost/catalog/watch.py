@@ -54,6 +54,16 @@ class Watches:
             self._futures[topic] = fut
         return fut
 
+    def listen(self, topic: Topic) -> asyncio.Future[None]:
+        """The topic's shared future, counted as one waiter until `unlisten`:
+        for waiters that are callbacks on that future rather than tasks (the
+        HTTP fast path parks thousands of connections on one registration)."""
+        self._waiters[topic] = self._waiters.get(topic, 0) + 1
+        return self.future(topic)
+
+    def unlisten(self, topic: Topic) -> None:
+        self._release((topic,))
+
     def notify(self, topics: Iterable[Topic]) -> None:
         for topic in topics:
             fut = self._futures.pop(topic, None)

@@ -1,0 +1,434 @@
+"""Discovery reads answered in the HTTP protocol itself, without an ASGI cycle.
+
+`GET /v1/health/service/<name>` (and `/v1/catalog/service/<name>`) is what
+every client polls and what thousands of watchers park on. Through ASGI each
+answer costs a task, a future, a done-callback and a libuv timer while it
+waits, and two `transport.write()` calls through uvicorn's response path when
+it is answered: ~25 µs per woken query, so 10,000 watchers took ~500 ms to
+reach after one change (docs/benchmarks.md, Agent 3).
+
+Here the protocol (api/protocol.py) hands each request to `FastReads.serve`
+before it would start the ASGI task. A request it fully understands is
+answered at once from the same code the ASGI route runs (the route's
+`*_read` planner and `ConsulApi.answer`, so the same encoded-answer cache and
+headers), encoded as one prebuilt head+body and written in one
+`transport.write()`. A blocking query whose index is current is parked: one
+entry in a set per topic, registered once on the topic's shared future
+(`Watches.listen`), with its `wait=` expiry in a coarse timer wheel, and no
+task, future or timer of its own. When the topic fires, every parked
+connection with the same question gets the same bytes, encoded once.
+
+With ACLs on, each request goes through the same `Guard.enforce`
+(api/access.py) as on the normal path, with its own headers; the answer is
+filtered and cached per token and ACL generation by `ConsulApi.answer`, and
+the prebuilt bytes are kept per token as well. A token the guard refuses goes
+the normal way, which answers the 401/403.
+
+Anything else goes the normal way, never half-served: any query parameter not
+in `_UNDERSTOOD` (`?filter=`, `?node-meta=`, `?dc=`, `?stale`, `?consistent`,
+`?cached`, `?near`...), a request body or `Expect`, an unknown route or
+method, an invalid `index`/`wait` (the normal path answers the 400), a client
+that is not reading its answers (write buffer full: the normal path waits for
+it), or access logging on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import heapq
+import logging
+import math
+import time
+from collections.abc import Callable
+from typing import Any, Generic, NamedTuple, TypeVar
+
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, RequestResponseCycle
+
+from .._exceptions import ValidationError, WaypostError
+from ..catalog import Catalog
+from ..catalog.watch import Topic
+from . import decode, http
+from ._bounded import ByteBoundedCache
+from .app import AgentApp, access_log
+from .consul import DEFAULT_WAIT, Read
+from .ports import StoreStatus
+
+log = logging.getLogger("waypost.api")
+
+# The parameters the fast path answers exactly as the normal path does; any
+# other one sends the request the normal way.
+_UNDERSTOOD = frozenset({"passing", "tag", "index", "wait", "token"})
+_METHODS = frozenset({"GET", "HEAD"})
+_BODY_HEADERS = frozenset({b"transfer-encoding", b"expect"})
+TICK = 0.05  # the timer wheel's resolution: `wait=` ends up to 50 ms late
+OTHER_ROUTE, DECLINED = 0, 1  # no fast path for this route; or not for this request
+PREPARED_LIMIT = 4096  # request lines remembered (each a parsed query and a plan)
+PREBUILT_BYTES = 32 << 20  # encoded answers, heads included
+
+Planner = Callable[[http.Request, str], Read]
+T = TypeVar("T")
+
+
+class TimerWheel(Generic[T]):
+    """Deadlines rounded up to TICK seconds, in buckets: one loop timer for the
+    earliest bucket instead of one per parked query."""
+
+    def __init__(self, loop: Any, expire: Callable[[T], None]) -> None:
+        self.loop = loop
+        self.expire = expire
+        self._buckets: dict[int, set[T]] = {}
+        self._slots: list[int] = []  # a heap of the buckets' slots
+        self._armed: tuple[int, Any] | None = None  # (slot, TimerHandle)
+
+    def add(self, item: T, deadline: float) -> int:
+        slot = math.ceil(deadline / TICK)
+        bucket = self._buckets.get(slot)
+        if bucket is None:
+            bucket = self._buckets[slot] = set()
+            heapq.heappush(self._slots, slot)
+            if self._armed is None or slot < self._armed[0]:
+                self._arm(slot)
+        bucket.add(item)
+        return slot
+
+    def remove(self, item: T, slot: int) -> None:
+        bucket = self._buckets.get(slot)
+        if bucket is not None:
+            bucket.discard(item)  # an empty bucket goes when its time comes
+
+    def _arm(self, slot: int) -> None:
+        if self._armed is not None:
+            self._armed[1].cancel()
+        self._armed = (slot, self.loop.call_at(slot * TICK, self._tick))
+
+    def _tick(self) -> None:
+        self._armed = None
+        now = self.loop.time()
+        while self._slots and self._slots[0] * TICK <= now:
+            bucket = self._buckets.pop(heapq.heappop(self._slots))
+            for item in list(bucket):
+                self.expire(item)
+        if self._slots and self._armed is None:
+            self._arm(self._slots[0])
+
+    def __len__(self) -> int:
+        return sum(len(b) for b in self._buckets.values())
+
+
+class _Prepared:
+    """One understood request line (method, path, query), shared by every
+    request that repeats it: its plan, parsed once."""
+
+    __slots__ = ("access", "group", "min_index", "plan", "request", "rest", "wait")
+
+    def __init__(
+        self, request: http.Request, route: tuple[str, Any], plan: Read, min_index: int, wait: float
+    ) -> None:
+        self.request = request
+        self.rest, self.access = route  # the path after the route's prefix; its ACL declaration
+        self.plan = plan
+        self.min_index = min_index
+        self.wait = wait
+        # Requests that differ only in index/wait get the same answer.
+        self.group = (request.method, request.path, _question(request))
+
+
+class _Prebuilt(NamedTuple):
+    """An encoded answer, head and body, valid while the topics' index, the
+    store's health and uvicorn's Date header are the ones it was built with."""
+
+    at: int  # the topics' index
+    acl: int  # the ACL generation it was filtered at (0: ACLs off)
+    health: Any
+    defaults: list[tuple[bytes, bytes]]  # uvicorn's Date header list it was built with
+    data: bytes
+    status: int
+
+
+class _Query:
+    """A request on a connection, while it is being answered or is parked."""
+
+    __slots__ = ("cycle", "prepared", "request", "slot", "started")
+
+    def __init__(
+        self, cycle: RequestResponseCycle, prepared: _Prepared, request: http.Request
+    ) -> None:
+        self.cycle = cycle
+        self.prepared = prepared
+        self.request = request  # the prepared one; with ACLs on, this request's own
+        self.slot = 0  # its timer wheel slot while parked; 0 when not
+        self.started = time.perf_counter()
+
+
+class FastReads:
+    """The fast path of one agent's HTTP listeners."""
+
+    def __init__(self, app: AgentApp, catalog: Catalog, store: StoreStatus, loop: Any) -> None:
+        self.app = app
+        self.consul = app.consul
+        self.catalog = catalog
+        self.store = store
+        self.state = catalog.state
+        self.watches = catalog.watches
+        consul = app.consul
+        self._planners: dict[Any, Planner] = {
+            consul.health_service: consul.health_service_read,
+            consul.catalog_service: consul.catalog_service_read,
+        }
+        self._prepared: dict[tuple[str, str, bytes], _Prepared | int] = {}
+        self._prebuilt: ByteBoundedCache[_Prebuilt] = ByteBoundedCache(
+            PREBUILT_BYTES, lambda p: len(p.data)
+        )
+        self._topics: dict[Topic, set[_Query]] = {}
+        # Per watched topic, the future listened on and the callback registered on it.
+        self._listening: dict[Topic, tuple[asyncio.Future[None], Callable[[Any], None]]] = {}
+        self._wheel: TimerWheel[_Query] = TimerWheel(loop, self._expired)
+        self.answered = 0  # statistics: requests answered here
+        self.fallbacks = 0  # requests to a fast route sent the normal way
+
+    # -- a request arrives -------------------------------------------------
+
+    def serve(self, cycle: RequestResponseCycle) -> _Query | bool:
+        """Answer `cycle`'s request (True), park it (the parked query: its
+        connection releases it if it closes), or False: go the normal way."""
+        prepared = self._understand(cycle)
+        if not isinstance(prepared, _Prepared):
+            self.fallbacks += prepared  # DECLINED counts, OTHER_ROUTE does not
+            return False
+        request = prepared.request if self.app.guard is None else self._authorized(cycle, prepared)
+        if request is None:
+            self.fallbacks += 1
+            return False
+        query = _Query(cycle, prepared, request)
+        wait = prepared.wait
+        jittered = wait + self.consul.rng.uniform(0, wait / 16)  # as ConsulApi.block
+        if jittered <= 0 or not self._would_block(prepared.plan[0], prepared.min_index):
+            self._answer([query])
+            return True
+        query.slot = self._wheel.add(query, self._wheel.loop.time() + jittered)
+        self._park(query)
+        self.catalog.parked += 1
+        return query
+
+    def _understand(self, cycle: RequestResponseCycle) -> _Prepared | int:
+        """The request's plan, or why there is none (OTHER_ROUTE, DECLINED)."""
+        scope: dict[str, Any] = cycle.scope  # type: ignore[assignment]
+        line = (scope["method"], scope["path"], scope["query_string"])
+        prepared = self._prepared.get(line)
+        if prepared is None:
+            if len(self._prepared) >= PREPARED_LIMIT:
+                self._prepared.clear()  # clients name services: keep the table bounded
+            prepared = self._prepared[line] = self._prepare(*line)
+        if not isinstance(prepared, _Prepared):
+            return prepared
+        if cycle.flow.write_paused or _has_body(scope["headers"]):
+            return DECLINED  # a client not reading its answers waits for them the normal way
+        if access_log.isEnabledFor(logging.DEBUG):
+            return DECLINED  # the normal path logs each request
+        return prepared
+
+    def _authorized(self, cycle: RequestResponseCycle, prepared: _Prepared) -> http.Request | None:
+        """With ACLs on: this request (its headers carry the token) through the
+        same Guard as the normal path; None for any refusal, which the normal
+        path then answers (401/403)."""
+        assert self.app.guard is not None
+        request = http.Request(cycle.scope, _no_body)  # type: ignore[arg-type]
+        try:
+            pending = self.app.guard.enforce(request, prepared.rest, prepared.access)
+        except WaypostError:
+            return None
+        if pending is not None:  # a declaration that reads the body: not these reads
+            getattr(pending, "close", lambda: None)()
+            return None
+        return request
+
+    def _prepare(self, method: str, path: str, query: bytes) -> _Prepared | int:
+        if method not in _METHODS:
+            return OTHER_ROUTE
+        try:
+            handler, rest, declared = self.app.router.route(method, path)
+        except http.HttpError:
+            return OTHER_ROUTE
+        planner = self._planners.get(handler)
+        if planner is None:
+            return OTHER_ROUTE
+        # Shared by every request of this line: no headers (no route here reads
+        # them but the ACL guard, which gets each request's own) and no connection.
+        scope = {"method": method, "path": path, "query_string": query, "headers": []}
+        request = http.Request(scope, _no_body)
+        if not _UNDERSTOOD.issuperset(request.query):
+            return DECLINED
+        try:
+            min_index = decode.parse_index(request.arg("index")) if request.arg("index") else 0
+            wait = decode.parse_wait(request.arg("wait")) if request.arg("wait") else DEFAULT_WAIT
+            plan = planner(request, rest)
+        except ValidationError:
+            return DECLINED  # the normal path answers the 400
+        return _Prepared(request, (rest, declared), plan, min_index, wait)
+
+    def _would_block(self, topics: tuple[Topic, ...], min_index: int) -> bool:
+        """Catalog.block's conditions for waiting at all (see there)."""
+        if min_index <= 0 or min_index > self.state.highest_index() or self.watches.closed:
+            return False
+        return self.state.index_of(topics) <= min_index
+
+    def _park(self, query: _Query) -> None:
+        """One entry per topic; one registration per topic on its shared future."""
+        for topic in query.prepared.plan[0]:
+            parked = self._topics.get(topic)
+            if parked is None:
+                parked = self._topics[topic] = set()
+                future = self.watches.listen(topic)
+                callback = functools.partial(self._fired, topic)
+                future.add_done_callback(callback)
+                self._listening[topic] = (future, callback)
+            parked.add(query)
+
+    def _stop_listening(self, topic: Topic) -> None:
+        future, callback = self._listening.pop(topic)
+        future.remove_done_callback(callback)  # the topic may fire later: not for us
+        self.watches.unlisten(topic)
+
+    # -- a parked query ends -----------------------------------------------
+
+    def _fired(self, topic: Topic, future: asyncio.Future[None]) -> None:
+        listening = self._listening.get(topic)
+        if listening is None or listening[0] is not future:
+            return  # a registration since dropped (its connections went away)
+        self._stop_listening(topic)
+        parked = self._topics.pop(topic)
+        ready = [
+            q for q in parked if not self._would_block(q.prepared.plan[0], q.prepared.min_index)
+        ]
+        for query in ready:
+            self._unpark(query)
+        for query in parked.difference(ready):  # its index has not passed yet: wait on
+            self._park(query)
+        self._answer(ready)
+
+    def _expired(self, query: _Query) -> None:
+        self._forget(query)
+        self.catalog.parked -= 1
+        self._answer([query])
+
+    def release(self, query: _Query) -> None:
+        """The client closed its connection: drop its parked query."""
+        if query.slot:
+            self._unpark(query)
+
+    def answer_now(self, query: _Query) -> None:
+        """Answer a parked query with what is there now (the server shuts down)."""
+        if query.slot:
+            self._unpark(query)
+            self._answer([query])
+
+    def _unpark(self, query: _Query) -> None:
+        self._wheel.remove(query, query.slot)
+        self._forget(query)
+        self.catalog.parked -= 1
+
+    def _forget(self, query: _Query) -> None:
+        query.slot = 0
+        for topic in query.prepared.plan[0]:
+            parked = self._topics.get(topic)
+            if parked is not None:
+                parked.discard(query)
+                if not parked:
+                    del self._topics[topic]
+                    self._stop_listening(topic)
+
+    # -- answering ---------------------------------------------------------
+
+    def _answer(self, queries: list[_Query]) -> None:
+        """Write each query's answer, prebuilt once for every query asking the
+        same question while its index, the store's health and uvicorn's Date
+        header stand still."""
+        health = self.store.health()
+        for query in queries:
+            cycle = query.cycle
+            if cycle.disconnected or cycle.transport.is_closing():
+                continue
+            prepared, authz = query.prepared, query.request.authz
+            index = self.state.index_of(prepared.plan[0])
+            # With ACLs on, an answer is the token's, as in ConsulApi.answer's cache.
+            acl = self.state.acl.generation if authz is not None else 0
+            key = (prepared.group, cycle.keep_alive, authz.key if authz is not None else None)
+            pre = self._prebuilt.get(key)
+            if (
+                pre is None
+                or pre.at != index
+                or pre.acl != acl
+                or pre.defaults is not cycle.default_headers
+                or pre.health != health
+            ):
+                pre = self._build(query, index, acl, health)
+                self._prebuilt.put(key, pre)
+            self._finish(cycle, pre.data)
+            self.answered += 1
+            self.app.metrics.observe(
+                prepared.group[0], pre.status, time.perf_counter() - query.started
+            )
+
+    def _build(self, query: _Query, index: int, acl: int, health: Any) -> _Prebuilt:
+        prepared, cycle = query.prepared, query.cycle
+        try:
+            response = self.consul.answer(query.request, index, prepared.plan[1])
+        except Exception as exc:  # as AgentApp: every error becomes an answer
+            response = http.error_response(exc)
+        if prepared.group[0] == "HEAD":
+            response.body = b""
+        data = _encode(response, cycle.default_headers, cycle.keep_alive)
+        return _Prebuilt(index, acl, health, cycle.default_headers, data, response.status)
+
+    @staticmethod
+    def _finish(cycle: RequestResponseCycle, data: bytes) -> None:
+        """What uvicorn's cycle does once it has sent a whole response."""
+        cycle.response_started = cycle.response_complete = True
+        cycle.waiting_for_100_continue = False
+        cycle.transport.write(data)
+        cycle.message_event.set()
+        if not cycle.keep_alive:
+            cycle.transport.close()
+        cycle.on_response()
+
+    def statistics(self) -> dict[str, float]:
+        return {
+            "fast_answered": self.answered,
+            "fast_fallbacks": self.fallbacks,
+            "fast_parked": len(self._wheel),
+        }
+
+
+def _encode(response: http.Response, defaults: list[tuple[bytes, bytes]], keep: bool) -> bytes:
+    """The bytes uvicorn writes for `response` (status line, its default
+    headers, the response's, Content-Length, Connection: close when the
+    connection ends), as one buffer."""
+    parts = [STATUS_LINE[response.status]]
+    for name, value in (*defaults, *response.headers):
+        parts += (name, b": ", value, b"\r\n")
+    parts += (b"content-length: ", str(len(response.body)).encode(), b"\r\n")
+    if not keep:
+        parts.append(b"connection: close\r\n")
+    parts += (b"\r\n", response.body)
+    return b"".join(parts)
+
+
+def _has_body(headers: list[tuple[bytes, bytes]]) -> bool:
+    for name, value in headers:
+        if name in _BODY_HEADERS or (name == b"content-length" and value.strip() != b"0"):
+            return True
+    return False
+
+
+def _question(request: http.Request) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """The query less the blocking parameters: queries that differ only in
+    them get the same answer."""
+    return tuple((k, tuple(v)) for k, v in sorted(request.query.items()) if k not in _BLOCKING)
+
+
+_BLOCKING = frozenset({"index", "wait", "token"})  # the token: the answer's key holds its identity
+
+
+async def _no_body() -> dict[str, Any]:
+    return {"type": "http.request", "body": b"", "more_body": False}
