@@ -143,7 +143,12 @@ class Agent:
         host, port = split_address(self.config.grpc, "--grpc")
         c = self.config
         translator = Translator(
-            self.catalog.state, self.leaves, c.datacenter, c.domain, self.local.name
+            self.catalog.state,
+            self.leaves,
+            c.datacenter,
+            c.domain,
+            self.local.name,
+            self.security.intentions_default_allow,
         )
         self.xds = XdsServer(self.catalog, translator)
         self.grpc_address = (host, await self.xds.start(host, port))
@@ -191,7 +196,7 @@ class Agent:
         consul = ConsulApi(self.catalog, self.local, self, self.storage)
         kv = KvApi(consul, self.catalog)
         sessions = SessionApi(consul, self.catalog, self.session_ttl_min)
-        mesh = ConnectApi(consul, self.leaves)
+        mesh = ConnectApi(consul, self.leaves, self.security.intentions_default_allow)
         metrics = Metrics(self.statistics)
         agent = AgentEndpoints(self, metrics, self.logs)
         ui_reads = UiEndpoints(consul, self.catalog, self.timeline)
