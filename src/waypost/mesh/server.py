@@ -19,6 +19,10 @@ driven by the catalog's change listener (the same one the DNS cache follows)
 and by leaf renewals: a change marks every stream dirty once per event-loop
 turn, each stream rebuilds (shared per node ID) and sends what changed, in
 the order clusters, endpoints, listeners, routes, secrets.
+
+With ACLs on, a stream is refused (PERMISSION_DENIED, naming the missing
+permission) unless its `x-consul-token` may run the node (access.py); the
+check runs when the first request names the node, before anything is sent.
 """
 
 from __future__ import annotations
@@ -37,12 +41,13 @@ import grpc  # type: ignore[import-untyped]
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2  # type: ignore[import-untyped]
 from google.protobuf import any_pb2, json_format  # type: ignore[import-untyped]
 
-from .._exceptions import ConfigError, WaypostError
+from .._exceptions import AccessDenied, ConfigError, WaypostError
 from ..catalog import Catalog
 from ..catalog.watch import Topic
 from ..storage import Entry
 from . import _protos
 from . import resources as r
+from .access import TOKEN_METADATA, StreamGuard
 from .snapshot import Translator
 
 log = logging.getLogger("waypost.mesh")
@@ -91,11 +96,18 @@ class _Built:
         return self._any[key]
 
 
+Address = tuple[str, int]
+
+
 class XdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignore[misc]
-    def __init__(self, catalog: Catalog, translator: Translator) -> None:
+    def __init__(
+        self, catalog: Catalog, translator: Translator, guard: StreamGuard | None = None
+    ) -> None:
         _protos.register()
         self.catalog = catalog
         self.translator = translator
+        self.guard = guard  # None: ACLs are off
+        self.refused = 0
         self.streams: set[_Stream] = set()
         self.generation = 0
         self._built: dict[str, tuple[int, _Built]] = {}
@@ -107,21 +119,33 @@ class XdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         self.nacks = 0
         self.last_push = 0.0
 
-    async def start(self, host: str, port: int) -> int:
-        """Serve on host:port (0 picks one); return the port. Raises ConfigError."""
+    async def start(
+        self, plain: Address | None, tls: tuple[Address, Any] | None = None
+    ) -> tuple[int | None, int | None]:
+        """Serve on the plain address and/or the TLS one (with its grpc server
+        credentials); port 0 picks one. Returns the bound ports. Raises ConfigError."""
         self._server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self, self._server)
-        try:
-            bound = self._server.add_insecure_port(
-                f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-            )
-        except RuntimeError as exc:
-            raise ConfigError(f"--grpc: cannot listen on {host}:{port}: {exc}") from exc
-        if not bound:
-            raise ConfigError(f"--grpc: cannot listen on {host}:{port} (in use?)")
+        plain_port = self._bind("--grpc", plain, None) if plain else None
+        tls_port = self._bind("--grpc-tls", tls[0], tls[1]) if tls else None
         await self._server.start()
         self.catalog.subscribe(self._changed)
         self.translator.leaves.subscribe(self.refresh)
+        return plain_port, tls_port
+
+    def _bind(self, flag: str, address: Address, credentials: Any) -> int:
+        assert self._server is not None
+        host, port = address
+        target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        try:
+            if credentials is None:
+                bound = self._server.add_insecure_port(target)
+            else:
+                bound = self._server.add_secure_port(target, credentials)
+        except RuntimeError as exc:
+            raise ConfigError(f"{flag}: cannot listen on {host}:{port}: {exc}") from exc
+        if not bound:
+            raise ConfigError(f"{flag}: cannot listen on {host}:{port} (in use?)")
         return int(bound)
 
     async def stop(self) -> None:
@@ -191,6 +215,7 @@ class XdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         if not stream.node_id and req.node.id:
             stream.node_id = req.node.id
             stream.metadata = json_format.MessageToDict(req.node.metadata)
+            await self._authorize(stream, context)
             log.info("xDS stream opened by %s", stream.node_id)
         state = stream.types.setdefault(req.type_url, _Type())
         if req.response_nonce and req.response_nonce != state.nonce:
@@ -201,6 +226,18 @@ class XdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
             return
         state.accepted = req.version_info
         await self._push(stream, req.type_url, context)
+
+    async def _authorize(self, stream: _Stream, context: Any) -> None:
+        """Refuse the stream (the call ends here) unless its token may run the node."""
+        if self.guard is None:
+            return
+        token = next((v for k, v in context.invocation_metadata() or () if k == TOKEN_METADATA), "")
+        try:
+            self.guard.check(str(token), stream.node_id, stream.metadata)
+        except AccessDenied as exc:
+            self.refused += 1
+            log.warning("xDS stream of %s refused: %s", stream.node_id, exc)
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
 
     def _nacked(self, stream: _Stream, req: discovery_pb2.DiscoveryRequest, state: _Type) -> None:
         self.nacks += 1
@@ -268,4 +305,5 @@ class XdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
             "xds_streams": len(self.streams),
             "xds_pushes": self.pushes,
             "xds_nacks": self.nacks,
+            "xds_streams_refused": self.refused,
         }

@@ -1,0 +1,206 @@
+"""The mesh with ACLs on (`--acl-default-policy deny`): intentions default to
+deny everywhere, and the xDS port wants a token (and offers TLS).
+
+One agent with ACLs and `--grpc-tls` (a certificate from a CA made here),
+one real Envoy, db's sidecar, reached over TLS with a token that may run
+it; the test itself calls as "web" with a leaf of the mesh's CA. Streams
+that must be refused are opened with a grpcio ADS client, and once by a
+real Envoy with the wrong token.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import httpx
+import pytest
+import trustme
+
+from waypost.mesh import rbac
+
+from ..agentproc import AgentProcess
+from ..servers import free_port
+from .adsclient import AdsClient, names_of, r
+from .envoyproc import App, EnvoyProcess
+from .test_envoy import within
+
+MGMT = "0f6d2a9c-3b1e-4f7a-8c5d-2e9b4a6c1d03"
+
+
+@dataclass
+class AclMesh:
+    agent: AgentProcess
+    admin: httpx.Client
+    ca_file: str
+    db_token: str
+    web_token: str
+    app: App
+    sidecar_port: int
+    envoy: EnvoyProcess | None = None
+
+
+def _token(admin: httpx.Client, service: str) -> str:
+    """A token with Consul's service identity for `service` (write on it and its sidecar)."""
+    answer = admin.put("/v1/acl/token", json={"ServiceIdentities": [{"ServiceName": service}]})
+    assert answer.status_code == 200, answer.text
+    return str(answer.json()["SecretID"])
+
+
+@pytest.fixture(scope="module")
+def acl_mesh() -> Iterator[AclMesh]:
+    folder = Path(tempfile.mkdtemp(prefix="mesh-acl-"))
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(folder / "ca.pem"))
+    leaf = ca.issue_cert("127.0.0.1", "localhost")
+    leaf.cert_chain_pems[0].write_to_path(str(folder / "agent.pem"))
+    leaf.private_key_pem.write_to_path(str(folder / "agent-key.pem"))
+    agent = AgentProcess(
+        "--dev", "--http", "127.0.0.1:0", "--dns", "off", "--node", "acl-mesh",
+        "--grpc", "127.0.0.1:0", "--grpc-tls", "127.0.0.1:0",
+        "--tls-cert-file", str(folder / "agent.pem"), "--tls-key-file", str(folder / "agent-key.pem"),
+        "--acl-default-policy", "deny",
+        env={"WAYPOST_ACL_TOKEN_INITIAL_MANAGEMENT": MGMT},
+    ).start()
+    admin = agent.client(headers={"X-Consul-Token": MGMT})
+    app = App("db").start()
+    m = AclMesh(agent, admin, str(folder / "ca.pem"), _token(admin, "db"), _token(admin, "web"), app, free_port())
+    try:
+        assert agent.grpc_tls_address
+        assert admin.put("/v1/agent/service/register", json={
+            "Name": "db", "Port": app.port,
+            "Connect": {"SidecarService": {"Port": m.sidecar_port, "Proxy": {"Config": {"protocol": "http"}}}},
+        }).status_code == 200
+        m.envoy = EnvoyProcess(
+            "connect", "envoy", "-sidecar-for", "db", "-token", m.db_token, "-ca-file", m.ca_file,
+            http_url=agent.http_url, grpc_address=f"https://{agent.grpc_tls_address}",
+        ).wait_ready()
+        yield m
+    finally:
+        if m.envoy is not None:
+            m.envoy.stop()
+        app.kill()
+        admin.close()
+        agent.stop()
+
+
+def _web_context(m: AclMesh) -> ssl.SSLContext:
+    """TLS as the service "web" of the mesh (a leaf from the agent, the CA's roots)."""
+    leaf = m.admin.get("/v1/agent/connect/ca/leaf/web").json()
+    roots = "".join(x["RootCert"] for x in m.admin.get("/v1/agent/connect/ca/roots").json()["Roots"])
+    folder = Path(tempfile.mkdtemp(prefix="mesh-acl-web-"))
+    (folder / "cert.pem").write_text(leaf["CertPEM"])
+    (folder / "key.pem").write_text(leaf["PrivateKeyPEM"])
+    context = ssl.create_default_context(cadata=roots)
+    context.check_hostname = False  # the sidecar's identity is a SPIFFE URI
+    context.load_cert_chain(str(folder / "cert.pem"), str(folder / "key.pem"))
+    return context
+
+
+def _get(port: int, context: ssl.SSLContext) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, context.wrap_socket(raw) as tls:
+        tls.sendall(b"GET / HTTP/1.1\r\nHost: db\r\nConnection: close\r\n\r\n")
+        chunks = []
+        while chunk := tls.recv(65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+def test_default_deny_refuses_with_a_reason_until_an_intention_allows(acl_mesh: AclMesh) -> None:
+    m = acl_mesh
+    assert m.envoy is not None
+    pair = {"source": "web", "destination": "db"}
+    assert m.admin.get("/v1/connect/intentions/check", params=pair).json() == {"Allowed": False}
+    domain = m.admin.get("/v1/connect/ca/roots").json()["TrustDomain"]
+    authorize = m.admin.post("/v1/agent/connect/authorize", json={
+        "Target": "db", "ClientCertURI": f"spiffe://{domain}/ns/default/dc/dc1/svc/web"}).json()
+    assert authorize["Authorized"] is False and authorize["Reason"] == "Default behavior configured by ACLs: denied"
+    context = _web_context(m)
+    refused = _get(m.sidecar_port, context)
+    assert refused.startswith(b"HTTP/1.1 403"), refused
+    body = refused.split(b"\r\n\r\n", 1)[1].decode()
+    assert body.startswith("RBAC: access denied: no intention allows spiffe://")
+    assert body.rstrip().endswith("/svc/web -> db; default policy deny"), body
+    within(3.0, lambda: f"/svc/web -> db: rbac_access_denied_matched_policy[{rbac.DEFAULT_DENY}]; GET /"
+           in m.envoy.output(), "the default refusal in db's access log:\n" + m.envoy.output()[-1500:])  # type: ignore[union-attr]
+    assert m.admin.put("/v1/connect/intentions/exact", params=pair, json={"Action": "allow"}).json() is True
+    try:
+        within(1.0, lambda: _get(m.sidecar_port, context).startswith(b"HTTP/1.1 200"), "allowed by the intention")
+        assert m.admin.get("/v1/connect/intentions/check", params=pair).json() == {"Allowed": True}
+    finally:
+        m.admin.delete("/v1/connect/intentions/exact", params=pair)
+
+
+def _ca(m: AclMesh) -> bytes:
+    return Path(m.ca_file).read_bytes()
+
+
+@pytest.mark.parametrize("who", ["no token", "web's token", "an unknown token"])
+def test_an_ads_stream_without_service_write_on_the_proxied_service_is_refused(acl_mesh: AclMesh, who: str) -> None:
+    token = {"no token": "", "web's token": acl_mesh.web_token, "an unknown token": "not-a-token"}[who]
+    client = AdsClient(acl_mesh.agent.grpc_address, "db-sidecar-proxy", token=token)
+    try:
+        client.send(r.CLUSTER)
+        error = client.refusal()
+        assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+        expected = "ACL not found" if who == "an unknown token" else "lacks permission 'service:write' on \"db\""
+        assert expected in (error.details() or ""), error.details()
+        assert client.responses.empty()  # nothing was sent before the refusal
+    finally:
+        client.close()
+
+
+def test_the_tls_port_serves_a_token_that_may_run_the_proxy(acl_mesh: AclMesh) -> None:
+    client = AdsClient(acl_mesh.agent.grpc_tls_address, "db-sidecar-proxy", token=acl_mesh.db_token, ca=_ca(acl_mesh))
+    try:
+        client.send(r.CLUSTER)
+        assert sorted(names_of(client.next())) == ["local_app"]
+    finally:
+        client.close()
+    other = trustme.CA().cert_pem.bytes()  # a client that trusts another CA does not connect
+    stranger = AdsClient(acl_mesh.agent.grpc_tls_address, "db-sidecar-proxy", token=acl_mesh.db_token, ca=other)
+    try:
+        stranger.send(r.CLUSTER)
+        assert stranger.refusal().code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        stranger.close()
+
+
+def test_a_proxyless_client_gets_only_what_its_service_may_call(acl_mesh: AclMesh) -> None:
+    m = acl_mesh
+    meta = {"waypost.kind": "grpc", "waypost.service": "web"}
+    pair = {"source": "web", "destination": "db"}
+    client = AdsClient(m.agent.grpc_address, "grpc-web", meta, token=m.web_token)
+    try:
+        client.send(r.LISTENER, ["db"])
+        assert names_of(client.next()) == []  # default deny: db is not web's to call
+        assert m.admin.put("/v1/connect/intentions/exact", params=pair, json={"Action": "allow"}).json() is True
+        assert names_of(client.next(timeout=2)) == ["db"]
+    finally:
+        m.admin.delete("/v1/connect/intentions/exact", params=pair)
+        client.close()
+    undeclared = AdsClient(m.agent.grpc_address, "grpc-anyone", {"waypost.kind": "grpc"}, token=m.web_token)
+    try:
+        undeclared.send(r.LISTENER, ["db"])
+        assert "must declare the service it calls as" in (undeclared.refusal().details() or "")
+    finally:
+        undeclared.close()
+
+
+def test_envoy_with_the_wrong_token_is_refused_and_says_why(acl_mesh: AclMesh) -> None:
+    m = acl_mesh
+    envoy = EnvoyProcess(
+        "connect", "envoy", "-sidecar-for", "db", "-token", m.web_token, "-ca-file", m.ca_file,
+        http_url=m.agent.http_url, grpc_address=f"https://{m.agent.grpc_tls_address}",
+    )
+    try:
+        within(10.0, lambda: "lacks permission 'service:write' on \"db\"" in envoy.output(), "Envoy's log of the refusal")
+        assert "7," in envoy.output() or "PERMISSION_DENIED" in envoy.output()
+        assert any("xDS stream of db-sidecar-proxy refused" in line for line in m.agent.output)
+    finally:
+        envoy.stop()
