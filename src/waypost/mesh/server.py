@@ -28,9 +28,7 @@ check runs when the first request names the node, before anything is sent.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import itertools
-import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -39,7 +37,7 @@ from typing import Any
 
 import grpc  # type: ignore[import-untyped]
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2  # type: ignore[import-untyped]
-from google.protobuf import any_pb2, json_format  # type: ignore[import-untyped]
+from google.protobuf import json_format  # type: ignore[import-untyped]
 
 from .._exceptions import AccessDenied, ConfigError, WaypostError
 from ..catalog import Catalog
@@ -48,6 +46,7 @@ from ..storage import Entry
 from . import _protos
 from . import resources as r
 from .access import TOKEN_METADATA, StreamGuard
+from .encoding import Built, Encoder, with_nonce
 from .snapshot import Translator
 
 log = logging.getLogger("waypost.mesh")
@@ -74,28 +73,6 @@ class _Stream:
     dirty: bool = False
 
 
-class _Built:
-    """One node's snapshot at one generation, with Any messages and hashes made once."""
-
-    def __init__(self, snap: r.Snapshot) -> None:
-        self.snap = snap
-        self._any: dict[tuple[str, str], any_pb2.Any] = {}
-        self._hash: dict[tuple[str, str], str] = {}
-
-    def digest(self, type_url: str, name: str) -> str:
-        key = (type_url, name)
-        if key not in self._hash:
-            text = json.dumps(self.snap[type_url][name], sort_keys=True)
-            self._hash[key] = hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
-        return self._hash[key]
-
-    def message(self, type_url: str, name: str) -> any_pb2.Any:
-        key = (type_url, name)
-        if key not in self._any:
-            self._any[key] = json_format.ParseDict(self.snap[type_url][name], any_pb2.Any())
-        return self._any[key]
-
-
 Address = tuple[str, int]
 
 
@@ -110,8 +87,9 @@ class XdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         self.refused = 0
         self.streams: set[_Stream] = set()
         self.generation = 0
-        self._built: dict[str, tuple[int, _Built]] = {}
-        self._last_good: dict[str, _Built] = {}
+        self.encoder = Encoder()  # shared by every node's snapshots (encoding.py)
+        self._built: dict[str, tuple[int, Built]] = {}
+        self._last_good: dict[str, Built] = {}
         self._scheduled = False
         self._nonces = itertools.count(1)
         self._server: grpc.aio.Server | None = None
@@ -125,13 +103,27 @@ class XdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         """Serve on the plain address and/or the TLS one (with its grpc server
         credentials); port 0 picks one. Returns the bound ports. Raises ConfigError."""
         self._server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-        ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self, self._server)
+        self._server.add_generic_rpc_handlers((self._handler(),))
         plain_port = self._bind("--grpc", plain, None) if plain else None
         tls_port = self._bind("--grpc-tls", tls[0], tls[1]) if tls else None
         await self._server.start()
         self.catalog.subscribe(self._changed)
         self.translator.leaves.subscribe(self.refresh)
         return plain_port, tls_port
+
+    def _handler(self) -> Any:
+        """ADS with responses sent as the bytes `_push` made (encoding.py): the
+        generated registration would serialize each message again per stream.
+        Delta xDS is not registered, so it answers UNIMPLEMENTED."""
+        method = grpc.stream_stream_rpc_method_handler(
+            self.StreamAggregatedResources,
+            request_deserializer=discovery_pb2.DiscoveryRequest.FromString,
+            response_serializer=bytes,  # already serialized
+        )
+        return grpc.method_handlers_generic_handler(
+            "envoy.service.discovery.v3.AggregatedDiscoveryService",
+            {"StreamAggregatedResources": method},
+        )
 
     def _bind(self, flag: str, address: Address, credentials: Any) -> int:
         assert self._server is not None
@@ -257,37 +249,30 @@ class XdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
             return
         state = stream.types[type_url]
         names = self._names(built, type_url, state)
-        version = hashlib.blake2b(
-            "|".join(f"{n}={built.digest(type_url, n)}" for n in names).encode(), digest_size=8
-        ).hexdigest()
+        version, base = built.response(type_url, names)  # made once per node, type and names
         if version == state.sent:
             return
-        response = discovery_pb2.DiscoveryResponse(
-            version_info=version,
-            type_url=type_url,
-            nonce=str(next(self._nonces)),
-            resources=[built.message(type_url, n) for n in names],
-        )
-        state.sent, state.nonce = version, response.nonce
-        await context.write(response)
+        nonce = str(next(self._nonces))
+        state.sent, state.nonce = version, nonce
+        await context.write(with_nonce(base, nonce))
         self.pushes += 1
         self.last_push = time.time()
 
     @staticmethod
-    def _names(built: _Built, type_url: str, state: _Type) -> list[str]:
+    def _names(built: Built, type_url: str, state: _Type) -> list[str]:
         have = built.snap.get(type_url, {})
         if type_url in WILDCARD_TYPES and (not state.names or "*" in state.names):
             return sorted(have)
         return [n for n in state.names if n in have]
 
-    def _snapshot(self, stream: _Stream) -> _Built | None:
+    def _snapshot(self, stream: _Stream) -> Built | None:
         """The stream's node's resources at this generation (built once per
         node), or its last good ones if they cannot be built now."""
         cached = self._built.get(stream.node_id)
         if cached is not None and cached[0] == self.generation:
             return cached[1]
         try:
-            built = _Built(self.translator.build(stream.node_id, stream.metadata))
+            built = Built(self.translator.build(stream.node_id, stream.metadata), self.encoder)
         except WaypostError as exc:
             log.warning("xDS: cannot configure %s: %s", stream.node_id or "(no node ID)", exc)
             return self._last_good.get(stream.node_id)
