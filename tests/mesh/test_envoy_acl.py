@@ -10,6 +10,7 @@ real Envoy with the wrong token.
 
 from __future__ import annotations
 
+import signal
 import socket
 import ssl
 import tempfile
@@ -38,6 +39,7 @@ class AclMesh:
     agent: AgentProcess
     admin: httpx.Client
     ca_file: str
+    folder: Path
     db_token: str
     web_token: str
     app: App
@@ -69,7 +71,7 @@ def acl_mesh() -> Iterator[AclMesh]:
     ).start()
     admin = agent.client(headers={"X-Consul-Token": MGMT})
     app = App("db").start()
-    m = AclMesh(agent, admin, str(folder / "ca.pem"), _token(admin, "db"), _token(admin, "web"), app, free_port())
+    m = AclMesh(agent, admin, str(folder / "ca.pem"), folder, _token(admin, "db"), _token(admin, "web"), app, free_port())
     try:
         assert agent.grpc_tls_address
         assert admin.put("/v1/agent/service/register", json={
@@ -204,3 +206,35 @@ def test_envoy_with_the_wrong_token_is_refused_and_says_why(acl_mesh: AclMesh) -
         assert any("xDS stream of db-sidecar-proxy refused" in line for line in m.agent.output)
     finally:
         envoy.stop()
+
+
+def _serves_with(m: AclMesh, ca: bytes) -> bool:
+    client = AdsClient(m.agent.grpc_tls_address, "db-sidecar-proxy", token=m.db_token, ca=ca)
+    try:
+        client.send(r.CLUSTER)
+        try:
+            return bool(client.next(timeout=3).resources)
+        except Exception:  # queue.Empty: the handshake failed, nothing came
+            return False
+    finally:
+        client.close()
+
+
+def test_sighup_reloads_the_tls_port_certificate(acl_mesh: AclMesh) -> None:
+    m, files = acl_mesh, (acl_mesh.folder / "agent.pem", acl_mesh.folder / "agent-key.pem")
+    kept = [f.read_bytes() for f in files]
+    fresh = trustme.CA()
+    leaf = fresh.issue_cert("127.0.0.1")
+    assert m.agent.proc is not None
+    try:
+        files[0].write_bytes(leaf.cert_chain_pems[0].bytes())
+        files[1].write_bytes(leaf.private_key_pem.bytes())
+        m.agent.proc.send_signal(signal.SIGHUP)
+        within(3.0, lambda: _serves_with(m, fresh.cert_pem.bytes()), "the new certificate served")
+        assert not _serves_with(m, _ca(m))  # the old CA no longer verifies it
+        assert any("reloaded the xDS TLS certificate" in line for line in m.agent.output)
+    finally:
+        for f, content in zip(files, kept, strict=True):
+            f.write_bytes(content)
+        m.agent.proc.send_signal(signal.SIGHUP)
+    within(3.0, lambda: _serves_with(m, _ca(m)), "the first certificate back")
