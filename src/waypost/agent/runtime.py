@@ -220,7 +220,8 @@ class Agent:
         ui_reads = UiEndpoints(consul, self.catalog, self.timeline)
         acl = AclApi(self.catalog, consul.read, self.security.enabled)
         mounts: list[Mount] = [kv.routes, sessions.routes, agent.routes, mesh.routes]
-        mounts += [ui_reads.routes, IntentionsView(consul).routes, acl.routes, mount_ui]
+        view = IntentionsView(consul, self.security.intentions_default_allow)
+        mounts += [ui_reads.routes, view.routes, acl.routes, mount_ui]
         return AgentApp(consul, metrics, mounts=mounts, guard=self.security.guard)
 
     def reload_tls(self) -> bool:
