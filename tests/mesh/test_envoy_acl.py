@@ -10,9 +10,13 @@ real Envoy with the wrong token.
 
 from __future__ import annotations
 
+import json
+import os
 import signal
 import socket
 import ssl
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -238,3 +242,23 @@ def test_sighup_reloads_the_tls_port_certificate(acl_mesh: AclMesh) -> None:
             f.write_bytes(content)
         m.agent.proc.send_signal(signal.SIGHUP)
     within(3.0, lambda: _serves_with(m, _ca(m)), "the first certificate back")
+
+
+def test_connect_envoy_writes_the_token_from_the_environment_and_tls_into_the_bootstrap(acl_mesh: AclMesh) -> None:
+    m = acl_mesh
+    env = {**os.environ, "CONSUL_HTTP_TOKEN": m.db_token, "CONSUL_GRPC_CACERT": m.ca_file}
+    command = [sys.executable, "-m", "waypost.cli.main", "connect", "envoy", "-sidecar-for", "db", "-bootstrap",
+               "-http-addr", m.agent.http_url, "-grpc-addr", f"https://{m.agent.grpc_tls_address}"]
+    boot = json.loads(subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout)
+    ads = boot["dynamicResources"]["adsConfig"]["grpcServices"][0]
+    assert ads["initialMetadata"] == [{"key": "x-consul-token", "value": m.db_token}]
+    tls = boot["staticResources"]["clusters"][0]["transportSocket"]["typedConfig"]["commonTlsContext"]
+    assert tls["validationContext"] == {"trustedCa": {"filename": m.ca_file}} and tls["alpnProtocols"] == ["h2"]
+    env.pop("CONSUL_GRPC_CACERT")
+    env.pop("CONSUL_CACERT", None)
+    missing = subprocess.run(command, env=env, capture_output=True, text=True)
+    assert missing.returncode != 0 and "needs the CA that signed the agent's certificate" in missing.stderr
+    env["CONSUL_HTTP_TOKEN"] = ""
+    anonymous = subprocess.run(command[:-2], env=env, capture_output=True, text=True)  # no token: the look-up is refused
+    assert anonymous.returncode != 0 and "no sidecar" in anonymous.stderr
+    assert "left out services this token may not read" in anonymous.stderr

@@ -173,9 +173,15 @@ def _find_sidecar(agent: _Agent, service_id: str) -> tuple[str, dict[str, Any]]:
         found = services.get(sid)
         if found is not None and found.get("Kind") == "connect-proxy":
             return sid, found
+    hint = (
+        " (the agent left out services this token may not read: give one with service:write "
+        "on the service, -token or $CONSUL_HTTP_TOKEN)"
+        if agent.filtered
+        else ""
+    )
     raise ConfigError(
         f'no sidecar for service ID "{service_id}" on the agent at {agent.url}: register it with '
-        '"Connect": {"SidecarService": {}}'
+        '"Connect": {"SidecarService": {}}' + hint
     )
 
 
@@ -207,6 +213,7 @@ class _Agent:
             environ["CONSUL_CACERT"] = args.ca_file
         self.token = _tls.token(args.token or None, environ) or ""
         self.verify: Any = _tls.client_options(self.url, environ).get("verify", True)
+        self.filtered = False  # the last answer left out what the token may not read
 
     def get(self, path: str) -> Any:
         headers = {"X-Consul-Token": self.token} if self.token else {}
@@ -220,6 +227,7 @@ class _Agent:
             raise ConfigError(
                 f"the agent at {self.url} answered {response.status_code}: {response.text}"
             )
+        self.filtered = response.headers.get("X-Consul-Results-Filtered-By-ACLs") == "true"
         return response.json()
 
 
