@@ -262,3 +262,17 @@ def test_connect_envoy_writes_the_token_from_the_environment_and_tls_into_the_bo
     anonymous = subprocess.run(command[:-2], env=env, capture_output=True, text=True)  # no token: the look-up is refused
     assert anonymous.returncode != 0 and "no sidecar" in anonymous.stderr
     assert "left out services this token may not read" in anonymous.stderr
+
+
+def test_deleting_its_token_closes_an_open_stream(acl_mesh: AclMesh) -> None:
+    m = acl_mesh
+    made = m.admin.put("/v1/acl/token", json={"ServiceIdentities": [{"ServiceName": "db"}]}).json()
+    client = AdsClient(m.agent.grpc_address, "db-sidecar-proxy", token=made["SecretID"])
+    try:
+        client.send(r.CLUSTER)
+        assert names_of(client.next()) == ["local_app"]
+        assert m.admin.delete(f"/v1/acl/token/{made['AccessorID']}").status_code == 200
+        error = client.refusal(timeout=2)
+        assert error.code() == grpc.StatusCode.PERMISSION_DENIED and "ACL not found" in (error.details() or "")
+    finally:
+        client.close()

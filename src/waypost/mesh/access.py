@@ -13,8 +13,9 @@ what the node is (its bootstrap's metadata, snapshot.py):
   calls as (`waypost.service`), since that identity decides which services
   it is given; a client that declares none is refused.
 
-The check runs once, when the stream names its node; a token deleted later
-does not close an open stream (documented in docs/security.md).
+The check runs when the stream names its node, and again (server.py) once
+any ACL record has changed, so deleting a token or narrowing its policy
+closes the streams it no longer allows.
 """
 
 from __future__ import annotations
@@ -38,6 +39,10 @@ class StreamGuard:
         """Raises AccessDenied (PermissionDenied or AclNotFound) with Consul's wording."""
         service = self.service_of(node_id, metadata)
         self.resolver.resolve(token or self.default_token).require("service", service, WRITE)
+
+    def generation(self) -> int:
+        """Moves whenever an ACL record changes: then every stream is checked again."""
+        return self.resolver.table.generation
 
     def service_of(self, node_id: str, metadata: dict[str, object]) -> str:
         """The service whose `service:write` the node's token needs."""

@@ -22,7 +22,8 @@ the order clusters, endpoints, listeners, routes, secrets.
 
 With ACLs on, a stream is refused (PERMISSION_DENIED, naming the missing
 permission) unless its `x-consul-token` may run the node (access.py); the
-check runs when the first request names the node, before anything is sent.
+check runs when the first request names the node, before anything is sent,
+and again before the next push after any ACL record changed.
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ class _Stream:
     types: dict[str, _Type] = field(default_factory=dict)
     queue: asyncio.Queue[object] = field(default_factory=asyncio.Queue)
     dirty: bool = False
+    authorized_at: int = -1  # the ACL generation its token was last checked at
 
 
 Address = tuple[str, int]
@@ -178,6 +180,8 @@ class XdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
             while (item := await stream.queue.get()) is not _EOF:
                 if item is _DIRTY:
                     stream.dirty = False
+                    if stream.node_id:
+                        await self._authorize(stream, context)  # again if any ACL record changed
                     for type_url in r.PUSH_ORDER:
                         if type_url in stream.types:
                             await self._push(stream, type_url, context)
@@ -220,12 +224,15 @@ class XdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         await self._push(stream, req.type_url, context)
 
     async def _authorize(self, stream: _Stream, context: Any) -> None:
-        """Refuse the stream (the call ends here) unless its token may run the node."""
-        if self.guard is None:
+        """Refuse the stream (the call ends here) unless its token may run the
+        node: when it names its node, and again before a push once any ACL
+        record changed (a token deleted or a policy narrowed closes the stream)."""
+        if self.guard is None or stream.authorized_at == self.guard.generation():
             return
         token = next((v for k, v in context.invocation_metadata() or () if k == TOKEN_METADATA), "")
         try:
             self.guard.check(str(token), stream.node_id, stream.metadata)
+            stream.authorized_at = self.guard.generation()
         except AccessDenied as exc:
             self.refused += 1
             log.warning("xDS stream of %s refused: %s", stream.node_id, exc)
