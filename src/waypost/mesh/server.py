@@ -29,6 +29,7 @@ and again before the next push after any ACL record changed.
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import logging
 import time
@@ -88,6 +89,7 @@ class XdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         self.guard = guard  # None: ACLs are off
         self.refused = 0
         self.streams: set[_Stream] = set()
+        self._per_node: collections.Counter[str] = collections.Counter()  # open streams by node
         self.generation = 0
         self.encoder = Encoder()  # shared by every node's snapshots (encoding.py)
         self._built: dict[str, tuple[int, Built]] = {}
@@ -210,6 +212,7 @@ class XdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
     ) -> None:
         if not stream.node_id and req.node.id:
             stream.node_id = req.node.id
+            self._per_node[stream.node_id] += 1
             stream.metadata = json_format.MessageToDict(req.node.metadata)
             await self._authorize(stream, context)
             log.info("xDS stream opened by %s", stream.node_id)
@@ -288,7 +291,13 @@ class XdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         return built
 
     def _forget(self, stream: _Stream) -> None:
-        if not any(s.node_id == stream.node_id for s in self.streams):
+        """Drop a node's snapshots with its last stream (a count: 1,000 streams
+        closing at once must not scan each other)."""
+        if not stream.node_id:
+            return
+        self._per_node[stream.node_id] -= 1
+        if self._per_node[stream.node_id] <= 0:
+            del self._per_node[stream.node_id]
             self._built.pop(stream.node_id, None)
             self._last_good.pop(stream.node_id, None)
 
