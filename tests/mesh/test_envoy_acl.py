@@ -276,3 +276,17 @@ def test_deleting_its_token_closes_an_open_stream(acl_mesh: AclMesh) -> None:
         assert error.code() == grpc.StatusCode.PERMISSION_DENIED and "ACL not found" in (error.details() or "")
     finally:
         client.close()
+
+
+def test_a_stream_without_a_token_uses_the_agents_default_token_as_it_is_now(acl_mesh: AclMesh) -> None:
+    m = acl_mesh
+    assert m.admin.put("/v1/agent/token/default", json={"Token": m.db_token}).status_code == 200
+    try:
+        client = AdsClient(m.agent.grpc_address, "db-sidecar-proxy")  # no token of its own
+        try:
+            client.send(r.CLUSTER)
+            assert names_of(client.next()) == ["local_app"]
+        finally:
+            client.close()
+    finally:  # back to a token that may not run db (as the anonymous one)
+        assert m.admin.put("/v1/agent/token/default", json={"Token": m.web_token}).status_code == 200

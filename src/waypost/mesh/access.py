@@ -20,6 +20,8 @@ closes the streams it no longer allows.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from .._exceptions import AccessDenied, PermissionDenied
 from ..catalog.aclrules import WRITE
 from ..catalog.authz import Resolver
@@ -30,7 +32,10 @@ TOKEN_METADATA = "x-consul-token"
 
 
 class StreamGuard:
-    def __init__(self, resolver: Resolver, default_token: str, translator: Translator) -> None:
+    def __init__(
+        self, resolver: Resolver, default_token: Callable[[], str], translator: Translator
+    ) -> None:
+        """`default_token` is asked each time: `PUT /v1/agent/token/default` changes it."""
         self.resolver = resolver
         self.default_token = default_token
         self.translator = translator
@@ -38,7 +43,8 @@ class StreamGuard:
     def check(self, token: str, node_id: str, metadata: dict[str, object]) -> None:
         """Raises AccessDenied (PermissionDenied or AclNotFound) with Consul's wording."""
         service = self.service_of(node_id, metadata)
-        self.resolver.resolve(token or self.default_token).require("service", service, WRITE)
+        secret = token or self.default_token()
+        self.resolver.resolve(secret).require("service", service, WRITE)
 
     def generation(self) -> int:
         """Moves whenever an ACL record changes: then every stream is checked again."""
