@@ -290,3 +290,20 @@ def test_a_stream_without_a_token_uses_the_agents_default_token_as_it_is_now(acl
             client.close()
     finally:  # back to a token that may not run db (as the anonymous one)
         assert m.admin.put("/v1/agent/token/default", json={"Token": m.web_token}).status_code == 200
+
+
+def test_the_gateway_needs_service_write_on_waypost_gateway(acl_mesh: AclMesh) -> None:
+    m = acl_mesh
+    meta = {"waypost.kind": "gateway", "waypost.listen": "127.0.0.1:1"}
+    refused = AdsClient(m.agent.grpc_address, "waypost-gateway-127.0.0.1-1", meta, token=m.db_token)
+    try:
+        refused.send(r.CLUSTER)
+        assert "lacks permission 'service:write' on \"waypost-gateway\"" in (refused.refusal().details() or "")
+    finally:
+        refused.close()
+    served = AdsClient(m.agent.grpc_address, "waypost-gateway-127.0.0.1-1", meta, token=_token(m.admin, "waypost-gateway"))
+    try:
+        served.send(r.LISTENER)
+        assert names_of(served.next()) != []
+    finally:
+        served.close()
