@@ -35,6 +35,7 @@ class AgentProcess:
         self.dns_host = ""
         self.dns_port = 0
         self.grpc_address = ""  # HOST:PORT of the xDS server, when it runs
+        self.grpc_tls_address = ""  # HOST:PORT of its TLS port (--grpc-tls)
         self.output: list[str] = []
         self._reader: threading.Thread | None = None
 
@@ -55,6 +56,8 @@ class AgentProcess:
                 self.http_url = m.group(1)
             elif m := re.match(r"gRPC \(xDS\): (\S+)", line):
                 self.grpc_address = m.group(1)
+            elif m := re.match(r"gRPC TLS \(xDS\): (\S+)", line):
+                self.grpc_tls_address = m.group(1)
             elif m := re.match(r"HTTPS API: (https://\S+)", line):
                 self.https_url = m.group(1)
             elif m := re.match(r"DNS: (\S+):(\d+)", line):

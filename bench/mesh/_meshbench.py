@@ -21,13 +21,14 @@ for extra in (ROOT, ROOT / "bench" / "agent"):
     if str(extra) not in sys.path:
         sys.path.insert(0, str(extra))
 
-from _common import free_port, header, line, median, rss_mb  # noqa: E402
+from _common import cpu_seconds, free_port, header, line, median, rss_mb  # noqa: E402
 from tests.agentproc import AgentProcess  # noqa: E402
 from tests.mesh.envoyproc import EnvoyProcess  # noqa: E402
 
 __all__ = [
     "AgentProcess",
     "EnvoyProcess",
+    "cpu_seconds",
     "free_port",
     "haproxy",
     "header",

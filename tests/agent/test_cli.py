@@ -38,6 +38,8 @@ def waypost(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]
         (["--check-update-interval=-1s"], "--check-update-interval '-1s': cannot be negative"),
         (["--check-update-interval", "soon"], "'soon': expected a duration, e.g. 5m or 0s"),
         (["--log-level", "loud"], "invalid choice: 'loud'"),
+        (["--grpc-tls", "127.0.0.1:0"], "--grpc-tls needs --tls-cert-file and --tls-key-file"),
+        (["--grpc-tls", "nowhere"], "--grpc-tls 'nowhere': expected ADDRESS:PORT"),
     ],
 )
 def test_bad_flags_exit_2_with_a_message(args: list[str], message: str) -> None:

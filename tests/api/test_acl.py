@@ -381,9 +381,11 @@ def test_the_uis_mesh_view_shows_only_what_the_token_may_read(
     view = seen.json()
     assert view["Services"] == [back, front, other] and seen.headers["X-Consul-Results-Filtered-By-ACLs"]
     assert [(i["SourceName"], i["DestinationName"]) for i in view["Intentions"]] == [(front, back)]
-    # front -> back: denied by that intention; front -> other: allowed by the default
-    assert view["Cells"] == [[1, 0, 0, 0], [1, 2, 1, -1]]
+    # front -> back: denied by that intention; front -> other: denied by the default,
+    # which follows the ACL default policy (deny here), as the mesh enforces it
+    assert view["Cells"] == [[1, 0, 0, 0], [1, 2, 0, -1]]
     full = admin.get(path, params=query).json()
+    assert full["DefaultAllow"] is False
     named = {(full["Services"][s], full["Services"][d]): a for s, d, a, _ in full["Cells"]}
     assert named[(back, front)] == 1 and named[(front, secret)] == 0
 

@@ -21,13 +21,26 @@ _STOP = object()
 
 
 class AdsClient:
-    def __init__(self, address: str, node_id: str, metadata: dict[str, str] | None = None) -> None:
-        self.channel = grpc.insecure_channel(address)
+    def __init__(
+        self,
+        address: str,
+        node_id: str,
+        metadata: dict[str, str] | None = None,
+        token: str = "",
+        ca: bytes | None = None,
+    ) -> None:
+        """`token`: sent as `x-consul-token`, as Envoy's bootstrap does; `ca`: over TLS."""
+        if ca is None:
+            self.channel = grpc.insecure_channel(address)
+        else:
+            self.channel = grpc.secure_channel(address, grpc.ssl_channel_credentials(ca))
         self.node = base_pb2.Node(id=node_id, metadata=json_format.ParseDict(metadata or {}, struct_pb2.Struct()))
         self._out: queue.Queue[object] = queue.Queue()
         self.responses: queue.Queue[discovery_pb2.DiscoveryResponse] = queue.Queue()
         stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(self.channel)
-        self._call = stub.StreamAggregatedResources(self._requests())
+        call_metadata = [("x-consul-token", token)] if token else None
+        self._call = stub.StreamAggregatedResources(self._requests(), metadata=call_metadata)
+        self.error: grpc.RpcError | None = None
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
@@ -40,8 +53,8 @@ class AdsClient:
         try:
             for response in self._call:
                 self.responses.put(response)
-        except grpc.RpcError:
-            pass
+        except grpc.RpcError as exc:
+            self.error = exc
 
     def send(
         self,
@@ -72,6 +85,12 @@ class AdsClient:
         except queue.Empty:
             return True
         return False
+
+    def refusal(self, timeout: float = 5.0) -> grpc.RpcError:
+        """The error that ended the stream (waits for it)."""
+        self._reader.join(timeout)
+        assert self.error is not None, "the stream was not refused"
+        return self.error
 
     def close(self) -> None:
         self._out.put(_STOP)

@@ -196,20 +196,35 @@ def test_the_sidecar_presents_the_spiffe_id_of_its_service(mesh: Mesh, web_leaf:
 # -- intentions -------------------------------------------------------------------
 
 
+def _refusals(envoy: EnvoyProcess, since: int) -> list[str]:
+    """The refusal lines of Envoy's access log (its stdout) after the first `since`."""
+    lines = [line for line in envoy.output().splitlines() if line.startswith("waypost mesh: refused")]
+    return lines[since:]
+
+
 def test_a_deny_intention_stops_open_connections_within_a_second(mesh: Mesh) -> None:
     exact = "/v1/connect/intentions/exact"
     pair = {"source": "web", "destination": "db"}
     url = f"http://127.0.0.1:{mesh.upstream_db}/"
+    logged = {name: len(_refusals(mesh.envoys[name], 0)) for name in ("db1", "db2")}
     with httpx.Client(timeout=5) as keepalive:  # the same connection before and after
         assert get(url, keepalive).status_code == 200
         assert mesh.api.put(exact, params=pair, json={"Action": "deny"}).json() is True
-        within(1.0, lambda: get(url, keepalive).status_code == 403, "deny enforced")
+        # both db instances (balanced between) refuse
+        within(1.0, lambda: {get(url, keepalive).status_code for _ in range(4)} == {403}, "deny enforced")
         refused = get(url, keepalive)
         intention_id = mesh.api.get(exact, params=pair).json()["ID"]
-        assert f"intention:{intention_id}:deny:web=>db" in refused.text
-        assert "/svc/web" in refused.text  # whom it refused
+        named = f"rbac_access_denied_matched_policy[intention:web=>db:deny:{intention_id}]"
+        assert refused.text.startswith("RBAC: access denied: spiffe://")
+        assert f"/svc/web -> db refused by {named}" in refused.text  # whom, where, which intention
         assert mesh.api.delete(exact, params=pair).json() is True
         within(1.0, lambda: get(url, keepalive).status_code == 200, "allowed again")
+    def lines() -> list[str]:
+        return [line for name in ("db1", "db2") for line in _refusals(mesh.envoys[name], logged[name])]
+
+    within(3.0, lambda: bool(lines()), "a refusal in the db sidecars' access logs")  # Envoy flushes each second
+    lines = lines()
+    assert all(f"/svc/web -> db: {named}; GET / from 127.0.0.1:" in line for line in lines), lines
 
 
 def test_a_deny_intention_stops_new_tcp_connections_within_a_second(mesh: Mesh) -> None:
@@ -224,12 +239,18 @@ def test_a_deny_intention_stops_new_tcp_connections_within_a_second(mesh: Mesh) 
             return True  # network RBAC closes the connection
 
     assert not refused()
+    logged = len(_refusals(mesh.envoys["ledger"], 0))
     assert mesh.api.put(exact, params=pair, json={"Action": "deny"}).json() is True
     try:
         within(1.0, refused, "tcp deny enforced")
+        intention_id = mesh.api.get(exact, params=pair).json()["ID"]
     finally:
         assert mesh.api.delete(exact, params=pair).json() is True
     within(1.0, lambda: not refused(), "tcp allowed again")
+    named = f"rbac_access_denied_matched_policy[intention:*=>ledger:deny:{intention_id}]"
+    within(3.0, lambda: bool(_refusals(mesh.envoys["ledger"], logged)), "a refusal in ledger's access log")
+    lines = _refusals(mesh.envoys["ledger"], logged)
+    assert all(f"/svc/web -> ledger: {named}; connection closed from 127.0.0.1:" in line for line in lines), lines
 
 
 # -- health, failures, rotation ---------------------------------------------------

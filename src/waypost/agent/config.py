@@ -87,6 +87,7 @@ class AgentConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     session_ttl_min: str = "10s"  # Consul's: the shortest session TTL accepted
     check_update_interval: str = "5m"  # Consul's: how often a changed output alone is stored
     grpc: str = "127.0.0.1:8502"  # the xDS (ADS) server for Envoy and gRPC; "off" disables
+    grpc_tls: str = ""  # the xDS server over TLS (Consul's grpc_tls), with the tls_* files
     leaf_cert_ttl: str = "72h"  # lifetime of the mesh's leaf certificates
     sidecar_min_port: int = 21000
     sidecar_max_port: int = 21255
@@ -126,8 +127,9 @@ class AgentConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             )
         if self.http == "off" and not self.https:
             raise ConfigError("--http off needs --https: the agent would serve no API")
-        if self.https and not (self.tls_cert_file and self.tls_key_file):
-            raise ConfigError("--https needs --tls-cert-file and --tls-key-file")
+        for flag, value in (("--https", self.https), ("--grpc-tls", self.grpc_tls)):
+            if value and not (self.tls_cert_file and self.tls_key_file):
+                raise ConfigError(f"{flag} needs --tls-cert-file and --tls-key-file")
         if self.tls_verify_incoming and not self.tls_ca_file:
             raise ConfigError("--tls-verify-incoming needs --tls-ca-file to verify clients with")
         for name in ("http_max_conns_per_client", "dns_tcp_max_conns_per_client"):
@@ -335,6 +337,7 @@ _CHECKS: dict[str, Callable[[Any, str], None]] = {
     "sidecar_min_port": _port,
     "sidecar_max_port": _port,
     "https": _address,
+    "grpc_tls": _address,
 }
 
 

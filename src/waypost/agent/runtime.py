@@ -110,6 +110,8 @@ class Agent:
         self.leaves: Any = _leaves(self.catalog, config)  # mesh.leaves.Leaves, or None
         self.xds: Any = None
         self.grpc_address: tuple[str, int] | None = None
+        self.grpc_tls_address: tuple[str, int] | None = None
+        self._grpc_tls: Any = None  # mesh.grpctls.GrpcTls, with --grpc-tls
         self.limiter = ConnectionLimiter(config.http_max_conns_per_client)
         self.started_at = time.time()
         self.http_address: tuple[str, int] | None = None
@@ -137,20 +139,42 @@ class Agent:
         await self._start_http()
         if self.config.dns != "off":
             await self._start_dns()
-        if self.leaves is not None and self.config.grpc != "off":
+        if self.leaves is not None and (self.config.grpc != "off" or self.config.grpc_tls):
             await self._start_xds()
 
     async def _start_xds(self) -> None:
-        from ..mesh.server import XdsServer  # grpcio and Envoy's protos: the mesh extra
+        from ..mesh.access import StreamGuard  # grpcio and Envoy's protos: the mesh extra
+        from ..mesh.grpctls import GrpcTls
+        from ..mesh.server import XdsServer
         from ..mesh.snapshot import Translator
 
-        host, port = split_address(self.config.grpc, "--grpc")
         c = self.config
         translator = Translator(
-            self.catalog.state, self.leaves, c.datacenter, c.domain, self.local.name
+            self.catalog.state,
+            self.leaves,
+            c.datacenter,
+            c.domain,
+            self.local.name,
+            self.security.intentions_default_allow,
         )
-        self.xds = XdsServer(self.catalog, translator)
-        self.grpc_address = (host, await self.xds.start(host, port))
+        resolver = self.security.resolver
+        security = self.security
+        guard = (
+            StreamGuard(resolver, lambda: security.tokens.default, translator) if resolver else None
+        )
+        self.xds = XdsServer(self.catalog, translator, guard)
+        plain = split_address(c.grpc, "--grpc") if c.grpc != "off" else None
+        tls = None
+        if c.grpc_tls:
+            self._grpc_tls = GrpcTls(
+                c.tls_cert_file, c.tls_key_file, c.tls_ca_file, c.tls_verify_incoming
+            )
+            tls = (split_address(c.grpc_tls, "--grpc-tls"), self._grpc_tls.credentials())
+        plain_port, tls_port = await self.xds.start(plain, tls)
+        if plain is not None and plain_port is not None:
+            self.grpc_address = (plain[0], plain_port)
+        if tls is not None and tls_port is not None:
+            self.grpc_tls_address = (tls[0][0], tls_port)
 
     async def _start_http(self) -> None:
         app = self._app()
@@ -196,20 +220,22 @@ class Agent:
         consul = ConsulApi(self.catalog, self.local, self, self.storage)
         kv = KvApi(consul, self.catalog)
         sessions = SessionApi(consul, self.catalog, self.session_ttl_min)
-        mesh = ConnectApi(consul, self.leaves)
+        mesh = ConnectApi(consul, self.leaves, self.security.intentions_default_allow)
         metrics = Metrics(self.statistics)
         agent = AgentEndpoints(self, metrics, self.logs)
         ui_reads = UiEndpoints(consul, self.catalog, self.timeline)
         acl = AclApi(self.catalog, consul.read, self.security.enabled)
         mounts: list[Mount] = [kv.routes, sessions.routes, agent.routes, mesh.routes]
-        mounts += [ui_reads.routes, IntentionsView(consul).routes, acl.routes, mount_ui]
+        view = IntentionsView(consul, self.security.intentions_default_allow)
+        mounts += [ui_reads.routes, view.routes, acl.routes, mount_ui]
         return AgentApp(consul, metrics, mounts=mounts, guard=self.security.guard)
 
     def reload_tls(self) -> bool:
-        """SIGHUP (and /v1/agent/reload): load the HTTPS certificate and key again."""
+        """SIGHUP (and /v1/agent/reload): load the HTTPS and xDS TLS certificates again."""
+        reloaded = self._grpc_tls is not None and self._grpc_tls.reload()
         if self._https is None:
-            return False
-        return reload_certificates(self._https.config.ssl, self.config)
+            return reloaded
+        return reload_certificates(self._https.config.ssl, self.config) or reloaded
 
     async def _start_dns(self) -> None:
         from ..dns import DnsConfig, DnsServer  # imported here: the DNS layer is optional to load

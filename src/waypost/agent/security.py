@@ -39,6 +39,8 @@ class Security:
         self.resolver: Resolver | None = None
         self.guard: Guard | None = None
         self.identity: Identity | None = None  # who the agent's own writes are
+        # Intentions default to the ACL default policy, as Consul's (allow with ACLs off).
+        self.intentions_default_allow = not self.enabled or config.acl.default_policy == "allow"
         if self.enabled:
             allow = config.acl.default_policy == "allow"
             self.resolver = Resolver(catalog.state.acl, config.datacenter, allow)

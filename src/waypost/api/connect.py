@@ -33,11 +33,14 @@ SPIFFE_SERVICE = re.compile(r"^spiffe://([^/]+)/ns/[^/]+/dc/[^/]+/svc/([^/]+)$")
 
 
 class ConnectApi:
-    def __init__(self, consul: ConsulApi, leaves: LeafSigner | None) -> None:
+    def __init__(
+        self, consul: ConsulApi, leaves: LeafSigner | None, default_allow: bool = True
+    ) -> None:
         self.consul = consul
         self.catalog = consul.catalog
         self.state = consul.catalog.state
         self.leaves = leaves
+        self.default_allow = default_allow  # intentions' default: the ACL default policy
 
     def routes(self, r: Router) -> None:
         """Methods and ACLs as Consul's (api/access.py): the roots are public;
@@ -173,7 +176,8 @@ class ConnectApi:
 
     async def check(self, req: Request, _: str) -> Response:
         source, destination = _pair(req)
-        return json({"Allowed": connect.decide(self.state, source, destination).allowed})
+        decision = connect.decide(self.state, source, destination, self.default_allow)
+        return json({"Allowed": decision.allowed})
 
     async def match(self, req: Request, _: str) -> Response:
         by, names = req.arg("by"), req.query.get("name", [])
@@ -198,7 +202,7 @@ class ConnectApi:
         if self.leaves is not None and domain != self.leaves.trust_domain:
             reason = f'Client certificate is from trust domain "{domain}", not this CA\'s'
             return json({"Authorized": False, "Reason": reason})
-        decision = connect.decide(self.state, source, body.target)
+        decision = connect.decide(self.state, source, body.target, self.default_allow)
         return json({"Authorized": decision.allowed, "Reason": decision.reason})
 
 

@@ -59,8 +59,9 @@ class Decisions:
 
     LIMIT: Final = 100_000
 
-    def __init__(self, state: State) -> None:
+    def __init__(self, state: State, default_allow: bool = True) -> None:
         self.state = state
+        self.default_allow = default_allow  # the ACL default policy, as the mesh enforces it
         self.index = -1
         self.known: dict[tuple[str, str], tuple[bool, str]] = {}
 
@@ -72,17 +73,17 @@ class Decisions:
             self.index, self.known = index, {}
         found = self.known.get((source, destination))
         if found is None:
-            decision = connect.decide(self.state, source, destination)
+            decision = connect.decide(self.state, source, destination, self.default_allow)
             by = decision.intention.id if decision.intention is not None else ""
             found = self.known[(source, destination)] = (decision.allowed, by)
         return found
 
 
 class IntentionsView:
-    def __init__(self, api: ConsulApi) -> None:
+    def __init__(self, api: ConsulApi, default_allow: bool = True) -> None:
         self.api = api
         self.state = api.catalog.state
-        self.decisions = Decisions(self.state)
+        self.decisions = Decisions(self.state, default_allow)
 
     def routes(self, r: Router) -> None:
         """Readable by any token; what it may not read is left out (module docstring)."""
@@ -110,7 +111,7 @@ def mesh_view(state: State, service: str | None, decisions: Decisions | None = N
     too_many = service is None and len(names) > MATRIX_MAX
     cells = [] if too_many else _cells(decide, names, service, position)
     return {
-        "DefaultAllow": default_allow(state, intentions),
+        "DefaultAllow": default_allow(state, intentions, decide.default_allow),
         "Services": names,
         "Intentions": [intention_json(i) for i in intentions],
         "Cells": cells,
@@ -132,14 +133,14 @@ def member_names(state: State, intentions: list[Intention]) -> list[str]:
     return sorted(found)
 
 
-def default_allow(state: State, intentions: list[Intention]) -> bool | None:
+def default_allow(state: State, intentions: list[Intention], policy: bool) -> bool | None:
     """What a pair that no intention matches gets, asked of `decide` itself (so
     it follows whatever default the mesh enforces); None when `* -> *` exists
     and no pair can fall through to the default."""
     if any(i.source == i.destination == connect.WILDCARD for i in intentions):
         return None
     unmatched = f"\x00{uuid.uuid4()}"  # a name no intention can name
-    return connect.decide(state, unmatched, unmatched).allowed
+    return connect.decide(state, unmatched, unmatched, policy).allowed
 
 
 def _cells(

@@ -7,8 +7,9 @@ reaches every agent's xDS server through the same `apply` as any other.
 Intentions follow Consul's rules: a source and a destination, each a service
 name or the wildcard `*`; the most precise match decides (an exact name beats
 `*`, and the destination counts before the source), and with none the
-default policy applies. Until waypost has ACLs the default is allow, as
-Consul's with ACLs off (or `default_policy = "allow"`).
+default policy applies: the ACL default policy, as Consul's (allow with ACLs
+off or `--acl-default-policy allow`, deny with `--acl-default-policy deny`).
+The agent passes it in (`default_allow`); nothing here reads the settings.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from .state import State
 from .txn import Txn
 
 WILDCARD = "*"
-DEFAULT_ALLOW = True
 
 
 class IntentionBody(msgspec.Struct):
@@ -142,12 +142,14 @@ def matches(state: State, by: str, name: str) -> list[Intention]:
     return ordered(found)
 
 
-def decide(state: State, source: str, destination: str) -> Decision:
-    """Whether `source` may call `destination`, and why (Consul's authorize)."""
+def decide(state: State, source: str, destination: str, default_allow: bool) -> Decision:
+    """Whether `source` may call `destination`, and why (Consul's authorize).
+    With no intention for the pair, `default_allow` (the ACL default policy)
+    decides, and the reason says so."""
     candidates = [i for i in matches(state, "destination", destination) if _src_ok(i, source)]
     if not candidates:
-        verdict = "allowed" if DEFAULT_ALLOW else "denied"
-        return Decision(DEFAULT_ALLOW, f"Default behavior configured by ACLs: {verdict}")
+        verdict = "allowed" if default_allow else "denied"
+        return Decision(default_allow, f"Default behavior configured by ACLs: {verdict}")
     best = candidates[0]
     verb = "allowed" if best.action == "allow" else "denied"
     return Decision(

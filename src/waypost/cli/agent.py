@@ -127,6 +127,11 @@ def _security_flags(agent: argparse.ArgumentParser) -> None:
         help="turn ACLs on, with this policy for what no rule covers",
     )
     agent.add_argument("--https", metavar="ADDR:PORT", help="HTTPS API address (TLS)")
+    agent.add_argument(
+        "--grpc-tls",
+        metavar="ADDR:PORT",
+        help="the xDS server over TLS too (Consul's grpc_tls), with the --tls-* files",
+    )
     agent.add_argument("--tls-cert-file", metavar="FILE", help="the HTTPS certificate (PEM)")
     agent.add_argument("--tls-key-file", metavar="FILE", help="its private key (PEM)")
     agent.add_argument("--tls-ca-file", metavar="FILE", help="CA that signs client certificates")
@@ -228,6 +233,8 @@ def run_agent(config: AgentConfig) -> int:
             print(f"DNS: {_hostport(*agent.dns_address)}")
         if agent.grpc_address is not None:
             print(f"gRPC (xDS): {_hostport(*agent.grpc_address)}")
+        if agent.grpc_tls_address is not None:
+            print(f"gRPC TLS (xDS): {_hostport(*agent.grpc_tls_address)}")
         print("waypost agent running")
         sys.stdout.flush()
         await agent.run()

@@ -6,6 +6,13 @@ bootstrap whose node ID is the sidecar's service ID, and execs Envoy with
 it (`--bootstrap` prints it instead). Consul's single-dash spellings
 (`-sidecar-for`, `-admin-bind`...) are accepted, so its docs can be
 followed; arguments after `--` go to Envoy.
+
+With ACLs, the token (`-token`, `-token-file`, `$CONSUL_HTTP_TOKEN`,
+`$CONSUL_HTTP_TOKEN_FILE`) is sent on the HTTP look-up and written into the
+bootstrap as the ADS stream's `x-consul-token` metadata, as Consul's does. A
+`-grpc-addr https://...` means the agent's `--grpc-tls` port: Envoy then
+verifies it with `-grpc-ca-file`, `-ca-file` or `$CONSUL_GRPC_CACERT` /
+`$CONSUL_CACERT`.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from typing import Any
 
 import httpx
 
+from .. import _tls
 from .._address import split_address
 from .._exceptions import ConfigError
 
@@ -61,6 +69,10 @@ def _common(parser: argparse.ArgumentParser, admin: str) -> None:
         action="store_true",
         help="print the bootstrap instead of running Envoy",
     )
+    _option(parser, "token", metavar="TOKEN", default="", help="ACL token ($CONSUL_HTTP_TOKEN)")
+    _option(parser, "token-file", metavar="FILE", default="", help="a file holding the token")
+    _option(parser, "ca-file", metavar="FILE", default="", help="CA of the agent's certificate")
+    _option(parser, "grpc-ca-file", metavar="FILE", default="", help="the same, for gRPC only")
     parser.add_argument("envoy_args", nargs=argparse.REMAINDER, help="after --: passed to Envoy")
 
 
@@ -82,6 +94,7 @@ def add_commands(sub: Any) -> None:
         help=f"the agent's xDS server (default {DEFAULT_GRPC})",
     )
     _option(grpc, "node-id", metavar="ID", default="", help="default: waypost-grpc-<host>-<pid>")
+    _option(grpc, "service", metavar="NAME", default="", help="whom it calls as (intentions)")
     gateway = sub.add_parser(
         "gateway", help="run Envoy as a gateway: route by Host and path to services"
     )
@@ -95,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     if args.connect_command == "grpc-bootstrap":
         from ..mesh.bootstrap import grpc_bootstrap
 
-        print(json.dumps(grpc_bootstrap(_grpc_addr(args), args.node_id), indent=2))
+        print(json.dumps(grpc_bootstrap(_grpc_addr(args), args.node_id, args.service), indent=2))
         return 0
     return _sidecar(args)
 
@@ -103,10 +116,12 @@ def run(args: argparse.Namespace) -> int:
 def _sidecar(args: argparse.Namespace) -> int:
     from ..mesh.bootstrap import envoy_bootstrap
 
-    http = _http_addr(args)
-    proxy_id, proxy = _find_sidecar(http, args.sidecar_for)
+    agent = _Agent(args)
+    proxy_id, proxy = _find_sidecar(agent, args.sidecar_for)
     admin = split_address(args.admin_bind, "--admin-bind")
-    boot = envoy_bootstrap(proxy_id, proxy["Service"], _grpc_addr(args), admin)
+    boot = envoy_bootstrap(
+        proxy_id, proxy["Service"], _grpc_addr(args), admin, xds=_xds_security(args, agent)
+    )
     return _emit(boot, args)
 
 
@@ -114,11 +129,17 @@ def _gateway(args: argparse.Namespace) -> int:
     from ..mesh.bootstrap import envoy_bootstrap, gateway_metadata
 
     listen = split_address(args.listen, "--listen")
-    _get(_http_addr(args), "/v1/agent/self")  # fail here if the agent is not there
+    agent = _Agent(args)
+    agent.get("/v1/agent/self")  # fail here if the agent is not there
     admin = split_address(args.admin_bind, "--admin-bind")
     node_id = f"waypost-gateway-{listen[0]}-{listen[1]}"
     boot = envoy_bootstrap(
-        node_id, "waypost-gateway", _grpc_addr(args), admin, gateway_metadata(listen)
+        node_id,
+        "waypost-gateway",
+        _grpc_addr(args),
+        admin,
+        gateway_metadata(listen),
+        _xds_security(args, agent),
     )
     return _emit(boot, args)
 
@@ -140,9 +161,9 @@ def _emit(boot: dict[str, Any], args: argparse.Namespace) -> int:
     return 0  # not reached
 
 
-def _find_sidecar(http: str, service_id: str) -> tuple[str, dict[str, Any]]:
+def _find_sidecar(agent: _Agent, service_id: str) -> tuple[str, dict[str, Any]]:
     """The sidecar of `service_id` on the agent (or `service_id` itself if it is one)."""
-    services: dict[str, Any] = _get(http, "/v1/agent/services")
+    services: dict[str, Any] = agent.get("/v1/agent/services")
     candidates = [service_id] + [
         sid
         for sid, s in services.items()
@@ -152,9 +173,15 @@ def _find_sidecar(http: str, service_id: str) -> tuple[str, dict[str, Any]]:
         found = services.get(sid)
         if found is not None and found.get("Kind") == "connect-proxy":
             return sid, found
+    hint = (
+        " (the agent left out services this token may not read: give one with service:write "
+        "on the service, -token or $CONSUL_HTTP_TOKEN)"
+        if agent.filtered
+        else ""
+    )
     raise ConfigError(
-        f'no sidecar for service ID "{service_id}" on the agent at {http}: register it with '
-        '"Connect": {"SidecarService": {}}'
+        f'no sidecar for service ID "{service_id}" on the agent at {agent.url}: register it with '
+        '"Connect": {"SidecarService": {}}' + hint
     )
 
 
@@ -163,16 +190,62 @@ def _http_addr(args: argparse.Namespace) -> str:
     return value if "://" in value else f"http://{value}"
 
 
-def _grpc_addr(args: argparse.Namespace) -> tuple[str, int]:
+def _grpc_target(args: argparse.Namespace) -> tuple[bool, tuple[str, int]]:
+    """(TLS?, address): `https://` means the agent's --grpc-tls port, as with Consul."""
     value = args.grpc_addr or os.environ.get("CONSUL_GRPC_ADDR") or DEFAULT_GRPC
-    return split_address(value.split("://", 1)[-1], "--grpc-addr")
+    scheme, _, rest = value.rpartition("://")
+    return scheme == "https", split_address(rest, "--grpc-addr")
 
 
-def _get(base: str, path: str) -> Any:
-    try:
-        response = httpx.get(base.rstrip("/") + path, timeout=10)
-    except httpx.HTTPError as exc:
-        raise ConfigError(f"cannot reach the agent at {base}: {exc}") from exc
-    if response.status_code != 200:
-        raise ConfigError(f"the agent at {base} answered {response.status_code}: {response.text}")
-    return response.json()
+def _grpc_addr(args: argparse.Namespace) -> tuple[str, int]:
+    return _grpc_target(args)[1]
+
+
+class _Agent:
+    """The agent's HTTP API as the command reaches it: URL, token, CA."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.url = _http_addr(args)
+        environ = dict(os.environ)
+        if args.token_file:
+            environ["CONSUL_HTTP_TOKEN_FILE"] = args.token_file
+        if args.ca_file:
+            environ["CONSUL_CACERT"] = args.ca_file
+        self.token = _tls.token(args.token or None, environ) or ""
+        self.verify: Any = _tls.client_options(self.url, environ).get("verify", True)
+        self.filtered = False  # the last answer left out what the token may not read
+
+    def get(self, path: str) -> Any:
+        headers = {"X-Consul-Token": self.token} if self.token else {}
+        try:
+            response = httpx.get(
+                self.url.rstrip("/") + path, timeout=10, headers=headers, verify=self.verify
+            )
+        except httpx.HTTPError as exc:
+            raise ConfigError(f"cannot reach the agent at {self.url}: {exc}") from exc
+        if response.status_code != 200:
+            raise ConfigError(
+                f"the agent at {self.url} answered {response.status_code}: {response.text}"
+            )
+        self.filtered = response.headers.get("X-Consul-Results-Filtered-By-ACLs") == "true"
+        return response.json()
+
+
+def _xds_security(args: argparse.Namespace, agent: _Agent) -> dict[str, str]:
+    """What the bootstrap's ADS connection needs: the token, and the CA for TLS."""
+    tls, _ = _grpc_target(args)
+    found = {"token": agent.token}
+    if tls:
+        ca = (
+            args.grpc_ca_file
+            or args.ca_file
+            or os.environ.get("CONSUL_GRPC_CACERT")
+            or os.environ.get("CONSUL_CACERT")
+        )
+        if not ca:
+            raise ConfigError(
+                "-grpc-addr https://... needs the CA that signed the agent's certificate: "
+                "-grpc-ca-file, -ca-file, $CONSUL_GRPC_CACERT or $CONSUL_CACERT"
+            )
+        found["ca_file"] = os.path.abspath(ca)
+    return found

@@ -9,6 +9,9 @@
     proxyless.py  resources for gRPC's own xDS client (`xds:///service`)
     snapshot.py   which resources a connected node gets, by its kind
     server.py     the ADS (state of the world) server over grpcio
+    encoding.py   resources encoded once for all nodes, responses once per node
+    access.py     which token may open an ADS stream (ACLs)
+    grpctls.py    the xDS server's TLS port, its certificate reloaded on SIGHUP
     bootstrap.py  Envoy's and gRPC's bootstrap; where the Envoy binary is
 
 Nothing is imported here: the mesh's dependencies (grpcio, xds-protos,

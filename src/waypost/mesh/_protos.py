@@ -25,6 +25,8 @@ MODULES = (
     "envoy.extensions.filters.http.router.v3.router_pb2",
     "envoy.extensions.filters.http.rbac.v3.rbac_pb2",
     "envoy.extensions.retry.host.previous_hosts.v3.previous_hosts_pb2",
+    "envoy.extensions.access_loggers.stream.v3.stream_pb2",
+    "envoy.extensions.access_loggers.filters.cel.v3.cel_pb2",
 )
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from .._exceptions import ConfigError
 from . import resources as r
-from .snapshot import KIND_KEY, LISTEN_KEY
+from .snapshot import KIND_KEY, LISTEN_KEY, SERVICE_KEY
 
 XDS_CLUSTER = "waypost_xds"
 JSON = dict[str, Any]
@@ -30,13 +30,19 @@ JSON = dict[str, Any]
 def envoy_bootstrap(
     node_id: str,
     cluster: str,
-    xds: tuple[str, int],
+    xds_address: tuple[str, int],
     admin: tuple[str, int],
     metadata: JSON | None = None,
+    xds: dict[str, str] | None = None,
 ) -> JSON:
-    """An Envoy v3 bootstrap that takes everything else from waypost over ADS."""
-    assignment = r.inline(r.load_assignment(XDS_CLUSTER, [xds]))
-    xds_cluster = {
+    """An Envoy v3 bootstrap that takes everything else from waypost over ADS.
+
+    `xds` may hold the ACL `token` (sent as `x-consul-token` on the stream)
+    and a `ca_file`: then the agent is reached over TLS (its --grpc-tls port)
+    and its certificate verified with that CA."""
+    security = xds or {}
+    assignment = r.inline(r.load_assignment(XDS_CLUSTER, [xds_address]))
+    xds_cluster: JSON = {
         "name": XDS_CLUSTER,
         "type": "STATIC",
         "connectTimeout": "1s",
@@ -48,6 +54,11 @@ def envoy_bootstrap(
         },
         "loadAssignment": assignment,
     }
+    if security.get("ca_file"):
+        xds_cluster["transportSocket"] = _xds_tls(security["ca_file"])
+    ads: JSON = {"envoyGrpc": {"clusterName": XDS_CLUSTER}}
+    if security.get("token"):
+        ads["initialMetadata"] = [{"key": "x-consul-token", "value": security["token"]}]
     return {
         "node": {"id": node_id, "cluster": cluster, "metadata": metadata or {}},
         "admin": {"address": r.address(*admin)},
@@ -56,7 +67,7 @@ def envoy_bootstrap(
             "adsConfig": {
                 "apiType": "GRPC",
                 "transportApiVersion": "V3",
-                "grpcServices": [{"envoyGrpc": {"clusterName": XDS_CLUSTER}}],
+                "grpcServices": [ads],
                 "setNodeOnFirstMessageOnly": True,
             },
             "cdsConfig": r.ADS,
@@ -65,12 +76,27 @@ def envoy_bootstrap(
     }
 
 
+def _xds_tls(ca_file: str) -> JSON:
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typedConfig": {
+            "@type": r.TLS_UP,
+            "commonTlsContext": {
+                "alpnProtocols": ["h2"],  # gRPC
+                "validationContext": {"trustedCa": {"filename": ca_file}},
+            },
+        },
+    }
+
+
 def gateway_metadata(listen: tuple[str, int]) -> JSON:
     return {KIND_KEY: "gateway", LISTEN_KEY: f"{listen[0]}:{listen[1]}"}
 
 
-def grpc_bootstrap(xds: tuple[str, int], node_id: str = "") -> JSON:
-    """gRPC's xDS bootstrap (`GRPC_XDS_BOOTSTRAP`) for a proxyless client."""
+def grpc_bootstrap(xds: tuple[str, int], node_id: str = "", service: str = "") -> JSON:
+    """gRPC's xDS bootstrap (`GRPC_XDS_BOOTSTRAP`) for a proxyless client;
+    `service` is whom it calls as, for the intentions."""
+    metadata = {KIND_KEY: "grpc", **({SERVICE_KEY: service} if service else {})}
     return {
         "xds_servers": [
             {
@@ -81,7 +107,7 @@ def grpc_bootstrap(xds: tuple[str, int], node_id: str = "") -> JSON:
         ],
         "node": {
             "id": node_id or f"waypost-grpc-{socket.gethostname()}-{os.getpid()}",
-            "metadata": {KIND_KEY: "grpc"},
+            "metadata": metadata,
             "locality": {},
         },
     }

@@ -2,10 +2,12 @@
 
 - `public_listener`: on the sidecar's address and port; TLS with this
   service's leaf (over SDS), client certificates required and checked
-  against the CA's roots; RBAC from the intentions; then the local app
-  (cluster `local_app`). With `protocol = "http"` it is an HTTP connection
-  manager whose route (over RDS) carries the RBAC rules, so a changed
-  intention applies to the next request on open connections too.
+  against the CA's roots; RBAC from the intentions (rbac.py), with an
+  access log of every refusal and, for http, a 403 that names the
+  intention; then the local app (cluster `local_app`). With
+  `protocol = "http"` it is an HTTP connection manager whose route (over
+  RDS) carries the RBAC rules, so a changed intention applies to the next
+  request on open connections too.
 - one outbound listener per upstream on `LocalBindAddress:LocalBindPort`,
   plain TCP or HTTP (routes with retries and timeouts), to cluster
   `upstream:<name>`: EDS over the upstream's healthy sidecars, TLS that
@@ -29,11 +31,13 @@ LOCAL_APP = "local_app"
 
 
 class Context:
-    """What the translation needs besides the state: identity and the datacenter."""
+    """What the translation needs besides the state: identity, the datacenter,
+    and the intentions' default (the ACL default policy)."""
 
-    def __init__(self, trust_domain: str, datacenter: str) -> None:
+    def __init__(self, trust_domain: str, datacenter: str, default_allow: bool = True) -> None:
         self.trust_domain = trust_domain
         self.datacenter = datacenter
+        self.default_allow = default_allow
 
 
 def snapshot(state: State, proxy: Service, ctx: Context) -> r.Snapshot:
@@ -43,9 +47,9 @@ def snapshot(state: State, proxy: Service, ctx: Context) -> r.Snapshot:
     dest = proxy.proxy.destination_service_name
     inbound = proxyconfig.parse(proxy.proxy.config)
     _add(snap, _local_app(proxy, inbound))
-    _add(snap, _public_listener(state, proxy, inbound))
+    _add(snap, _public_listener(state, proxy, inbound, ctx))
     if inbound.http:
-        _add(snap, _public_routes(state, dest, inbound))
+        _add(snap, _public_routes(state, dest, inbound, ctx))
     for upstream in proxy.proxy.upstreams:
         config = proxyconfig.parse(proxy.proxy.config, upstream.config)
         for resource in _upstream(state, dest, upstream, config, ctx):
@@ -71,35 +75,39 @@ def _local_app(proxy: Service, config: ProxyConfig) -> r.JSON:
     }
 
 
-def _public_listener(state: State, proxy: Service, config: ProxyConfig) -> r.JSON:
+def _public_listener(state: State, proxy: Service, config: ProxyConfig, ctx: Context) -> r.JSON:
     assert proxy.proxy is not None
     dest = proxy.proxy.destination_service_name
+    host, port = r.endpoint_of(state, proxy)
+    listener: r.JSON = {
+        "@type": r.LISTENER,
+        "name": f"public_listener:{host}:{port}",
+        "address": r.address(host, port),
+    }
     if config.http:
         manager = r.http_manager(
             "public_listener", r.rds(_public_route_name(dest)), [rbac.http_filter()]
         )
-        manager["typedConfig"]["localReplyConfig"] = rbac.denial_reply()
+        manager["typedConfig"]["localReplyConfig"] = rbac.denial_reply(dest)
+        manager["typedConfig"]["accessLog"] = rbac.refusal_log(dest, http=True)
         filters = [manager]
     else:
-        filters = [rbac.network_filter(state, dest), r.tcp_proxy("public_listener", LOCAL_APP)]
-    host, port = r.endpoint_of(state, proxy)
-    return {
-        "@type": r.LISTENER,
-        "name": f"public_listener:{host}:{port}",
-        "address": r.address(host, port),
-        "filterChains": [{"filters": filters, "transportSocket": _server_tls(dest)}],
-    }
+        authz = rbac.network_filter(state, dest, ctx.default_allow)
+        filters = [authz, r.tcp_proxy("public_listener", LOCAL_APP)]
+        listener["accessLog"] = rbac.refusal_log(dest, http=False)  # written as the connection ends
+    listener["filterChains"] = [{"filters": filters, "transportSocket": _server_tls(dest)}]
+    return listener
 
 
 def _public_route_name(dest: str) -> str:
     return f"public:{dest}"
 
 
-def _public_routes(state: State, dest: str, config: ProxyConfig) -> r.JSON:
+def _public_routes(state: State, dest: str, config: ProxyConfig, ctx: Context) -> r.JSON:
     route = {
         "match": {"prefix": "/"},
         "route": {"cluster": LOCAL_APP, "timeout": r.ms(config.local_request_timeout_ms)},
-        "typedPerFilterConfig": rbac.per_route(state, dest),
+        "typedPerFilterConfig": rbac.per_route(state, dest, ctx.default_allow),
     }
     return {
         "@type": r.ROUTE,

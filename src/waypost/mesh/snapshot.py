@@ -3,7 +3,8 @@
 The node's metadata says what it is (`waypost connect envoy`, `waypost
 gateway` and `waypost connect grpc-bootstrap` write it): a sidecar (the
 default; the node ID is the sidecar's service ID, as with Consul), the
-gateway (with the address it listens on), or a proxyless gRPC client.
+gateway (with the address it listens on), or a proxyless gRPC client
+(with the service it calls as, if its bootstrap names one).
 """
 
 from __future__ import annotations
@@ -23,17 +24,25 @@ log = logging.getLogger("waypost.mesh")
 
 KIND_KEY = "waypost.kind"  # node metadata: "sidecar" (default), "gateway", "grpc"
 LISTEN_KEY = "waypost.listen"  # node metadata of a gateway: HOST:PORT
+SERVICE_KEY = "waypost.service"  # node metadata of a proxyless client: whom it calls as
 
 
 class Translator:
     def __init__(
-        self, state: State, leaves: Leaves, datacenter: str, domain: str, local_node: str
+        self,
+        state: State,
+        leaves: Leaves,
+        datacenter: str,
+        domain: str,
+        local_node: str,
+        default_allow: bool = True,
     ) -> None:
         self.state = state
         self.leaves = leaves
         self.datacenter = datacenter
         self.domain = domain
         self.local_node = local_node
+        self.default_allow = default_allow  # intentions' default: the ACL default policy
 
     def build(self, node_id: str, metadata: dict[str, Any]) -> r.Snapshot:
         """The resources of proxy `node_id`.
@@ -47,7 +56,8 @@ class Translator:
             listen = split_address(str(metadata.get(LISTEN_KEY, "")), LISTEN_KEY)
             return gateway.snapshot(self.state, listen, self.domain, self.datacenter)
         if kind == "grpc":
-            return proxyless.snapshot(self.state, self.datacenter)
+            source = str(metadata.get(SERVICE_KEY, ""))
+            return proxyless.snapshot(self.state, self.datacenter, source, self.default_allow)
         if kind != "sidecar":
             raise ConfigError(f'node {node_id}: unknown {KIND_KEY} "{kind}"')
         return self._sidecar(node_id)
@@ -70,7 +80,7 @@ class Translator:
                 f'no connect-proxy service with ID "{node_id}" is registered: register the '
                 "service with Connect.SidecarService (or a connect-proxy) first"
             )
-        ctx = sidecar.Context(self.leaves.trust_domain, self.datacenter)
+        ctx = sidecar.Context(self.leaves.trust_domain, self.datacenter, self.default_allow)
         snap = sidecar.snapshot(self.state, proxy, ctx)
         identity = proxy.proxy.destination_service_name
         snap[r.SECRET] = self.secrets(identity)
