@@ -472,3 +472,64 @@ def test_the_sync_uses_only_the_permissions_its_rbac_grants(
         ("", "services", "delete"),
         ("coordination.k8s.io", "leases", "update"),
     } <= used
+
+
+async def test_a_readiness_flip_during_a_write_in_flight_is_written_too(
+    agent: AgentProcess,
+) -> None:
+    """Endpoint unready, and ready again while that write is in flight: the agent
+    must end up with `passing`, at once, not at the next full reconcile."""
+    from waypost.kubernetes.agent import AgentClient
+    from waypost.kubernetes.registrations import Registration
+    from waypost.kubernetes.to_registry import ToRegistry
+
+    gate, entered = asyncio.Event(), asyncio.Event()
+    gate.set()
+    written: list[str] = []
+
+    class HeldAgent(AgentClient):
+        async def register(self, reg: Registration, lane: int = 0) -> None:
+            written.append(reg.status)
+            entered.set()
+            await gate.wait()
+            await super().register(reg, lane)
+
+    async def ready() -> None:
+        return None
+
+    client = HeldAgent(agent.http_url)
+    sync = ToRegistry(client, resync=3600)
+    sync.services_handler.on_event("ADDED", service("payment"), None)
+    sync.slices_handler.on_event(
+        "ADDED", endpoint_slice("payment-a", "payment", [ep("127.0.40.1")]), None
+    )
+    task = asyncio.create_task(sync.run(ready))
+    try:
+        await asyncio.wait_for(_until_status(agent, "passing"), 10)
+        assert written == ["passing"]
+        gate.clear()
+        entered.clear()
+        unready = endpoint_slice("payment-a", "payment", [ep("127.0.40.1", ready=False)])
+        sync.slices_handler.on_event("MODIFIED", unready, None)
+        await asyncio.wait_for(entered.wait(), 10)  # the "critical" write is in flight
+        again = endpoint_slice("payment-a", "payment", [ep("127.0.40.1")])
+        sync.slices_handler.on_event("MODIFIED", again, unready)
+        gate.set()
+        await asyncio.wait_for(_until_written(written, 3), 5)
+        assert written == ["passing", "critical", "passing"]
+        await asyncio.wait_for(_until_status(agent, "passing"), 5)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await client.aclose()
+
+
+async def _until_status(agent: AgentProcess, status: str) -> None:
+    """Until the instance's readiness check is `status`."""
+    while list((await asyncio.to_thread(statuses, agent, "payment")).values()) != [status]:
+        await asyncio.sleep(0.02)
+
+
+async def _until_written(written: list[str], count: int) -> None:
+    while len(written) < count:
+        await asyncio.sleep(0.01)

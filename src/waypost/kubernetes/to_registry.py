@@ -181,13 +181,18 @@ class ToRegistry:
         """Write the differences of the dirty Services; False if something failed."""
         puts: list[Registration] = []
         removals: list[str] = []
+        sent: dict[str, dict[str, Registration]] = {}
         for key in keys:
             wanted, before = self.desired(key), self.written.get(key, {})
+            sent[key] = wanted
             puts += [r for sid, r in wanted.items() if before.get(sid) != r]
             removals += [sid for sid in before if sid not in wanted]
         ok = await self._write(puts, removals)
-        for key in keys:
-            self.written[key] = self.desired(key)
+        # What was sent, not what is desired now: an event that arrived while the
+        # writes were in flight marked its Service dirty, and the next pass must
+        # find a difference to write (reading `desired` here lost such a flip
+        # until the next full reconcile, 30 s later).
+        self.written.update(sent)
         if not ok:
             for key in keys:
                 self.written.pop(key, None)  # unknown: compare with nothing next time
