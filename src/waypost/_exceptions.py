@@ -17,7 +17,8 @@
     │       ├── StoreBusy       too many writes are queued; this one was not queued
     │       └── OutcomeUnknown  the write was sent but its outcome is unknown
     ├── KubernetesError         the Kubernetes API refused a request or cannot be reached
-    │   └── ResourceGone        410: a resourceVersion or continue token is too old (relist)
+    │   ├── ResourceGone        410: a resourceVersion or continue token is too old (relist)
+    │   └── ExecPluginError     a kubeconfig exec credential plugin failed or printed garbage
     ├── AgentWriteError         k8s-sync: the agent refused a write or cannot be reached
     └── ClientError             raised by the client library
         ├── RegistryUnavailable the registry cannot be reached and nothing is cached
@@ -125,6 +126,13 @@ class KubernetesError(WaypostError):
 class ResourceGone(KubernetesError):
     """410 Gone: the watch's resourceVersion (or a list's continue token) is
     older than the history the API server keeps; the caller must list again."""
+
+
+class ExecPluginError(KubernetesError):
+    """A kubeconfig `exec` credential plugin (aws, gke-gcloud-auth-plugin,
+    kubelogin...) is missing, failed, or printed something that is not an
+    ExecCredential. Raised when a request needs credentials, so the reflector
+    backs off and runs the plugin again, as for an API server that is down."""
 
 
 class AgentWriteError(WaypostError):

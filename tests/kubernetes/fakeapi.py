@@ -21,6 +21,9 @@ through exactly the requests a client makes against a cluster:
   (the stream ends); a version older than the compacted history is 410, either
   as an HTTP status (`gone_as="status"`) or as an in-stream ERROR event
   (`gone_as="event"`, what the watch cache does);
+- authentication: bearer tokens in `tokens`, or a client certificate issued
+  by the server's CA whose common name is in `cert_users` (`client_cert()`
+  issues one), as kube-apiserver's x509 authenticator does;
 - faults: the next N requests answer 429 (with Retry-After) or 5xx; tokens not
   in `tokens` get 401 (rotate them to test token re-reading); `close_watches()`
   ends every stream (an API server restart).
@@ -146,6 +149,7 @@ class FakeKubeApi:
         self.compacted = 0  # watches and continue tokens older than this are 410
         self.gone_as = "event"
         self.tokens: set[str] | None = {"token-1"}
+        self.cert_users: set[str] = set()
         self.faults: list[Fault] = []
         self.bookmark_interval = bookmark_interval
         self.requests: Counter[tuple[str, str, str]] = Counter()
@@ -185,6 +189,8 @@ class FakeKubeApi:
 
             ssl_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             cert.configure_cert(ssl_ctx)
+            ssl_ctx.verify_mode = ssl.CERT_OPTIONAL  # client certificates: x509 auth
+            self.ca.configure_trust(ssl_ctx)
             self.ca.cert_pem.write_to_path(str(self.dir / "ca.crt"))
         site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=ssl_ctx)
         loop.run_until_complete(site.start())
@@ -375,8 +381,18 @@ class FakeKubeApi:
         with self.lock:
             return self._handle(verb, group, resource, ns, name, query, await _body(request))
 
+    def client_cert(self, user: str, **kwargs: Any) -> tuple[bytes, bytes]:
+        """(certificate PEM, key PEM) of a client certificate for `user`, from the CA."""
+        assert self.ca is not None
+        issued = self.ca.issue_cert(common_name=user, **kwargs)
+        return issued.cert_chain_pems[0].bytes(), issued.private_key_pem.bytes()
+
     def _auth(self, request: web.Request) -> web.Response | None:
         if self.tokens is None:
+            return None
+        peer = request.transport.get_extra_info("peercert") if request.transport else None
+        names = {v for rdn in (peer or {}).get("subject", ()) for k, v in rdn if k == "commonName"}
+        if names & self.cert_users:
             return None
         header = request.headers.get("Authorization", "")
         if header.startswith("Bearer ") and header[7:] in self.tokens:

@@ -4,6 +4,7 @@ A private package, free for every other package to import (like the top-level
 private modules): it imports none of waypost's packages, only `_exceptions`.
 
     config.py     in-cluster configuration or kubeconfig; tokens re-read from their file
+    execauth.py   kubeconfig exec credential plugins (client.authentication.k8s.io v1, v1beta1)
     api.py        the REST client on httpx (async and sync): errors, 401 -> token re-read
     reflector.py  client-go's list/watch loop: pagination, bookmarks, 410 relist with
                   deletion detection, backoff

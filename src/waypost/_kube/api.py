@@ -10,11 +10,13 @@ sync `Discovery` and `k8s-sync` share one request path.
 
 Every error becomes a `KubernetesError` carrying the HTTP code and the Status
 object's reason; 410 is `ResourceGone`. A 401 re-reads the token file and
-retries once: a rotated service-account token is not an outage.
+retries once: a rotated service-account token is not an outage; with an
+exec credential plugin, the plugin runs again.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -22,7 +24,7 @@ from typing import Any
 
 import httpx
 
-from .._exceptions import ConfigError, KubernetesError, ResourceGone
+from .._exceptions import KubernetesError, ResourceGone
 from .config import KubeConfig
 
 Obj = dict[str, Any]
@@ -38,20 +40,11 @@ def _client_args(config: KubeConfig, timeout: float) -> dict[str, Any]:
     }
 
 
-def _auth(config: KubeConfig) -> dict[str, str]:
-    token = config.token.get() if config.token is not None else None
-    return {"Authorization": f"Bearer {token}"} if token else {}
-
-
-def _refresh(config: KubeConfig) -> bool:
-    """After a 401: re-read the token file; True if there is one to retry with."""
-    if config.token is None or config.token.path is None:
-        return False
-    try:
-        config.token.refresh()
-    except ConfigError:
-        return False
-    return True
+async def _auth_async(config: KubeConfig) -> dict[str, str]:
+    """The auth headers; an exec plugin that must run runs on a thread, not the loop."""
+    if config.auth_due():
+        return await asyncio.to_thread(config.auth_headers)
+    return config.auth_headers()
 
 
 def error_from(status: int, body: bytes, headers: httpx.Headers, what: str) -> KubernetesError:
@@ -107,6 +100,11 @@ def decode_event(line: bytes, what: str) -> Obj:
     return event
 
 
+def _retry_401(config: KubeConfig, status: int, attempt: int) -> bool:
+    """A first 401 with new credentials to try (token file re-read, plugin to re-run)."""
+    return status == 401 and attempt == 1 and config.refresh_credentials()
+
+
 class ApiClient:
     """The async REST client (one connection pool per API server).
 
@@ -117,8 +115,25 @@ class ApiClient:
 
     def __init__(self, config: KubeConfig, *, timeout: float = 30.0) -> None:
         self.config = config
+        self._timeout = timeout
+        self._generation = config.cert_generation
+        self._http = self._new_client()
+        self._retired: set[asyncio.Future[None]] = set()
+
+    def _new_client(self) -> httpx.AsyncClient:
         limits = httpx.Limits(max_connections=None, max_keepalive_connections=20)
-        self._http = httpx.AsyncClient(limits=limits, **_client_args(config, timeout))
+        return httpx.AsyncClient(limits=limits, **_client_args(self.config, self._timeout))
+
+    def _client(self) -> httpx.AsyncClient:
+        """The pool to use; a fresh one once an exec plugin rotated the client
+        certificate (the old one closes, a watch on it reconnects)."""
+        if self.config.cert_generation != self._generation:
+            self._generation = self.config.cert_generation
+            old, self._http = self._http, self._new_client()
+            closing = asyncio.ensure_future(old.aclose())
+            self._retired.add(closing)
+            closing.add_done_callback(self._retired.discard)
+        return self._http
 
     async def request(
         self,
@@ -135,13 +150,14 @@ class ApiClient:
         """
         what = f"{method} {path}"
         for attempt in (1, 2):
+            headers = await _auth_async(self.config)
             try:
-                response = await self._http.request(
-                    method, path, params=params, json=body, headers=_auth(self.config)
+                response = await self._client().request(
+                    method, path, params=params, json=body, headers=headers
                 )
             except httpx.HTTPError as exc:
                 raise _unreachable(self.config, what, exc) from exc
-            if response.status_code == 401 and attempt == 1 and _refresh(self.config):
+            if _retry_401(self.config, response.status_code, attempt):
                 continue
             if response.status_code >= 300:
                 raise error_from(response.status_code, response.content, response.headers, what)
@@ -164,15 +180,17 @@ class ApiClient:
         what = f"watch {path}"
         timeout = httpx.Timeout(10.0, read=read_timeout)
         for attempt in (1, 2):
-            request = self._http.build_request(
-                "GET", path, params=params, headers=_auth(self.config), timeout=timeout
+            headers = await _auth_async(self.config)
+            http = self._client()
+            request = http.build_request(
+                "GET", path, params=params, headers=headers, timeout=timeout
             )
             try:
-                response = await self._http.send(request, stream=True)
+                response = await http.send(request, stream=True)
             except httpx.HTTPError as exc:
                 raise _unreachable(self.config, what, exc) from exc
             try:
-                if response.status_code == 401 and attempt == 1 and _refresh(self.config):
+                if _retry_401(self.config, response.status_code, attempt):
                     continue
                 if response.status_code != 200:
                     body = await response.aread()
@@ -191,6 +209,7 @@ class ApiClient:
             raise _unreachable(self.config, what, exc) from exc
 
     async def aclose(self) -> None:
+        await asyncio.gather(*self._retired, return_exceptions=True)
         await self._http.aclose()
 
 
@@ -199,18 +218,27 @@ class SyncApiClient:
 
     def __init__(self, config: KubeConfig, *, timeout: float = 30.0) -> None:
         self.config = config
+        self._timeout = timeout
+        self._generation = config.cert_generation
         self._http = httpx.Client(**_client_args(config, timeout))
+
+    def _client(self) -> httpx.Client:
+        """As `ApiClient._client`: a fresh pool after a certificate rotation."""
+        if self.config.cert_generation != self._generation:
+            self._generation = self.config.cert_generation
+            self._http.close()
+            self._http = httpx.Client(**_client_args(self.config, self._timeout))
+        return self._http
 
     def request(self, method: str, path: str, *, params: dict[str, str] | None = None) -> Obj:
         what = f"{method} {path}"
         for attempt in (1, 2):
+            headers = self.config.auth_headers()
             try:
-                response = self._http.request(
-                    method, path, params=params, headers=_auth(self.config)
-                )
+                response = self._client().request(method, path, params=params, headers=headers)
             except httpx.HTTPError as exc:
                 raise _unreachable(self.config, what, exc) from exc
-            if response.status_code == 401 and attempt == 1 and _refresh(self.config):
+            if _retry_401(self.config, response.status_code, attempt):
                 continue
             if response.status_code >= 300:
                 raise error_from(response.status_code, response.content, response.headers, what)
@@ -224,15 +252,17 @@ class SyncApiClient:
         what = f"watch {path}"
         timeout = httpx.Timeout(10.0, read=read_timeout)
         for attempt in (1, 2):
-            request = self._http.build_request(
-                "GET", path, params=params, headers=_auth(self.config), timeout=timeout
+            headers = self.config.auth_headers()
+            http = self._client()
+            request = http.build_request(
+                "GET", path, params=params, headers=headers, timeout=timeout
             )
             try:
-                response = self._http.send(request, stream=True)
+                response = http.send(request, stream=True)
             except httpx.HTTPError as exc:
                 raise _unreachable(self.config, what, exc) from exc
             try:
-                if response.status_code == 401 and attempt == 1 and _refresh(self.config):
+                if _retry_401(self.config, response.status_code, attempt):
                     continue
                 if response.status_code != 200:
                     raise error_from(response.status_code, response.read(), response.headers, what)

@@ -13,9 +13,12 @@ The order client-go uses (`rest.InClusterConfig`, `clientcmd`):
 Tokens are re-read from their file: service-account tokens are time-bound (1 h
 by default) and the kubelet rotates the file, so a token read once at start
 stops working. `TokenSource` re-reads it every minute (client-go's period) and
-at once after a 401. Client certificates given inline (`client-certificate-data`)
-are written to a private temporary directory, since Python's ssl module loads
-certificate chains only from files.
+at once after a 401. `exec` credential plugins (cloud logins) are run by
+`execauth.py`: their token or client certificate is used until it expires,
+and the plugin runs again then or after a 401. Client certificates given
+inline (`client-certificate-data`, or from a plugin) are written to a private
+temporary directory, since Python's ssl module loads certificate chains only
+from files.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from .._exceptions import ConfigError
+from .execauth import Credential, ExecPlugin, cluster_info, parse_spec
 
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 TOKEN_REREAD_PERIOD = 60.0  # client-go's cachingTokenSource re-reads every minute
@@ -94,6 +98,8 @@ class KubeConfig:
         ca_file: CA bundle to verify the server with (None: system CAs).
         insecure: Skip TLS verification (kubeconfig `insecure-skip-tls-verify`).
         client_cert: (certificate file, key file) for client-certificate auth.
+        exec_plugin: The kubeconfig's exec credential plugin, if any: its token
+            or client certificate replaces `token` and `client_cert`.
         source: Where this came from, for messages.
     """
 
@@ -103,8 +109,11 @@ class KubeConfig:
     ca_file: str | None = None
     insecure: bool = False
     client_cert: tuple[str, str] | None = None
+    exec_plugin: ExecPlugin | None = None
     source: str = ""
     _ssl: ssl.SSLContext | None = field(default=None, repr=False)
+    _exec_cred: Credential | None = field(default=None, repr=False)
+    cert_generation: int = 0  # moves when a plugin's new certificate replaced the old
 
     def ssl_context(self) -> ssl.SSLContext:
         """The TLS context for this server (built once)."""
@@ -117,6 +126,58 @@ class KubeConfig:
                 ctx.load_cert_chain(*self.client_cert)
             self._ssl = ctx
         return self._ssl
+
+    def auth_due(self) -> bool:
+        """True if the next `auth_headers()` runs a plugin (async callers use a thread)."""
+        return self.exec_plugin is not None and self.exec_plugin.due()
+
+    def auth_headers(self) -> dict[str, str]:
+        """The headers that authenticate the next request (and the client
+        certificate an exec plugin returned, loaded into the TLS context).
+
+        Raises:
+            ExecPluginError: The exec plugin failed.
+        """
+        token = self.token.get() if self.token is not None else None
+        if self.exec_plugin is not None:
+            cred = self.exec_plugin.get()
+            if cred is not self._exec_cred:
+                self._use_exec_cert(cred)
+                self._exec_cred = cred
+            token = cred.token
+        return {"Authorization": f"Bearer {token}"} if token else {}
+
+    def refresh_credentials(self) -> bool:
+        """After a 401: run the plugin again next time, or re-read the token
+        file; True if there is something new to retry with."""
+        if self.exec_plugin is not None:
+            self.exec_plugin.invalidate()
+            return True
+        if self.token is None or self.token.path is None:
+            return False
+        try:
+            self.token.refresh()
+        except ConfigError:
+            return False
+        return True
+
+    def _use_exec_cert(self, cred: Credential) -> None:
+        """A new client certificate from the plugin, for every new connection.
+        Connections already open keep theirs, and kube-apiserver checks a client
+        certificate on every request, so the API clients drop their connections
+        when `cert_generation` moves (client-go closes them too)."""
+        if cred.cert_pem is None or cred.key_pem is None:
+            return
+        old = self.client_cert if self._exec_cred is not None else None
+        self.client_cert = (
+            _private_file("exec-client-certificate", cred.cert_pem),
+            _private_file("exec-client-key", cred.key_pem),
+        )
+        if self._ssl is not None:
+            self._ssl.load_cert_chain(*self.client_cert)
+        self.cert_generation += 1
+        for path in old or ():
+            Path(path).unlink(missing_ok=True)
 
     def identity(self) -> tuple[str, str]:
         """What makes two configs the same connection (for sharing watches)."""
@@ -215,13 +276,21 @@ def from_kubeconfig(paths: list[str], context: str | None = None) -> KubeConfig:
     server = str(cluster.get("server") or "")
     if not server.startswith(("https://", "http://")):
         raise ConfigError(f"kubeconfig {where}: cluster of context {name!r} has no server URL")
+    user, user_file = user_entry.get("user") or {}, user_entry.get("_file", "")
+    ca_file = _file_or_data(cluster, "certificate-authority", cluster_entry["_file"])
+    plugin = None
+    if user.get("exec"):
+        spec = parse_spec(user["exec"], user_file, f"kubeconfig {user_file} user {user_name!r}")
+        info = cluster_info(cluster, _read_ca(ca_file)) if spec.provide_cluster_info else None
+        plugin = ExecPlugin(spec, info)
     return KubeConfig(
         server=server.rstrip("/"),
         namespace=str(ctx.get("namespace") or "default"),
-        token=_token(user_entry.get("user") or {}, user_entry.get("_file", "")),
-        ca_file=_file_or_data(cluster, "certificate-authority", cluster_entry["_file"]),
+        token=_token(user, user_file),
+        ca_file=ca_file,
         insecure=bool(cluster.get("insecure-skip-tls-verify", False)),
-        client_cert=_client_cert(user_entry.get("user") or {}, user_entry.get("_file", "")),
+        client_cert=_client_cert(user, user_file),
+        exec_plugin=plugin,
         source=f"kubeconfig {where} context {name}",
     )
 
@@ -265,6 +334,16 @@ def _file_or_data(section: dict[str, Any], key: str, kubeconfig_file: str) -> st
     if section.get(key):
         return _relative(str(section[key]), kubeconfig_file)
     return None
+
+
+def _read_ca(path: str | None) -> bytes | None:
+    """The CA bundle's bytes, for an exec plugin's cluster info."""
+    if path is None:
+        return None
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the Kubernetes CA file {path}: {exc}") from exc
 
 
 def _token(user: dict[str, Any], kubeconfig_file: str) -> TokenSource | None:
