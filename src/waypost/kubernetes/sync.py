@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -113,6 +114,16 @@ class Sync:
     async def ready(self) -> None:
         await asyncio.gather(*(r.synced.wait() for r in self.reflectors))
 
+    async def _freeze_when_listed(self) -> None:
+        """Once every reflector has listed, move what exists (modules, clients,
+        the cache) out of the collector's reach: a full collection then scans
+        only what came later. Without it one took 15-50 ms, a stall in the path
+        of every watch event behind it; the objects are long-lived and are
+        still freed by reference counting when dropped."""
+        await self.ready()
+        gc.collect()
+        gc.freeze()
+
     async def lead(self) -> None:
         work = [self.to_registry.run(self.ready)]
         if self.to_k8s is not None:
@@ -124,6 +135,7 @@ class Sync:
         if self.to_k8s is not None:
             reflectors.append(self.to_k8s.reflector)
         tasks = [asyncio.create_task(r.run(), name=f"reflector {r.path}") for r in reflectors]
+        tasks.append(asyncio.create_task(self._freeze_when_listed(), name="gc freeze"))
         print(
             f"waypost k8s-sync running: {self.kube.config.server} -> {self.agent.url}", flush=True
         )
