@@ -6,11 +6,14 @@ is told (`put()`, which sends the watch event) until:
 
 - HTTP: a blocking query `GET /v1/health/service/payment?passing` on the agent
   (fed by a real `waypost k8s-sync` process) returns the new set;
-- DNS: the agent's `payment.service.consul` A answer has the new set (polled
-  every 0.5 ms from the flip on; the polling adds up to that much), on odd flips;
+- DNS: the agent's `payment.service.consul` A answer has the new set, on odd
+  flips, asked every 0.5 ms from the flip on by a poller in a process of its
+  own (`_dnspoll.py`; on a thread here it waited for this process's GIL, up
+  to the 5 ms switch interval, whenever the loop held it); the polling adds
+  up to 0.5 ms;
 - client: the `k8s://` source in this process yields the new list and the
-  Router holds it (what the balancer picks from next), on even flips (the DNS
-  poller would compete with it for this process's GIL).
+  Router holds it (what the balancer picks from next), on even flips (the
+  poller's queries take a CPU and the agent's loop while they run).
 
 The fake API server runs in a process of its own (`_fakeproc.py`), as a real
 API server does: on a thread of this process it shared the GIL with the client
@@ -20,7 +23,10 @@ machine's monotonic clock, which every process shares.
 Goals: HTTP and DNS p99 <= 100 ms, client p99 <= 10 ms. No peer runs here:
 consul-k8s (the only other catalog sync) polls every 30 s by design.
 
-Usage: .venv/bin/python bench/k8s/readiness.py [--flips 400] [--reps 3]
+`--store memory` runs the agent on its in-memory store (`--dev`): no fsync in
+the path, which separates the disk's share of the figures from the code's.
+
+Usage: .venv/bin/python bench/k8s/readiness.py [--flips 400] [--reps 3] [--store memory]
 """
 
 from __future__ import annotations
@@ -28,15 +34,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import socket
+import os
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-import dns.message
-import dns.query
 import httpx
+from _dnspoll import DnsPoller
 from _fakeproc import FakeApiProcess
 from _k8s import SyncProcess, agent_common, endpoint_slice, ep, service
 
@@ -83,29 +88,14 @@ async def client_watch(url: str, obs: Observers) -> None:
             obs.saw("client", frozenset(i.address for i in router.instances))
 
 
-def dns_wait(host: str, port: int, want: frozenset[str], deadline: float) -> float | None:
-    """Ask every 0.5 ms (one prepared query, one socket) until the A set is `want`."""
-    query = dns.message.make_query("payment.service.consul", "A")
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        while time.perf_counter() < deadline:
-            try:
-                answer = dns.query.udp(query, host, port=port, timeout=1.0, sock=sock)
-                got = frozenset(r.address for rrset in answer.answer for r in rrset)
-            except (dns.exception.DNSException, OSError):
-                got = frozenset()
-            if got == want:
-                return time.perf_counter()
-            time.sleep(0.0005)
-    return None
-
-
-async def run(flips: int, tmp: Path) -> dict[str, list[float]]:
+async def run(flips: int, tmp: Path, store: str) -> dict[str, list[float]]:
     api = FakeApiProcess(tmp, bookmark_interval=30).start()
     api.put(service("payment"))
     api.put(slice_with(True))
     results: dict[str, list[float]] = {"http": [], "dns": [], "client": []}
     try:
-        with agent_common.agent("sqlite", "--dns", "127.0.0.1:0") as agent:
+        with agent_common.agent(store, "--dns", "127.0.0.1:0") as agent:
+            poller = DnsPoller(agent.dns_host, agent.dns_port, "payment.service.consul")
             # the default lease timings (the tests' fast ones renew 4 times a second)
             sync = SyncProcess(api.kubeconfig, agent.http_url, *DEFAULT_LEASE).start()
             try:
@@ -126,10 +116,8 @@ async def run(flips: int, tmp: Path) -> dict[str, list[float]]:
                     # on a thread: the loop must read the client's watch event meanwhile
                     started = await asyncio.to_thread(api.put, slice_with(ready))
                     dns_done = None
-                    if flip % 2:  # DNS polling takes the GIL: only on odd flips, client on even
-                        dns_done = await asyncio.to_thread(
-                            dns_wait, agent.dns_host, agent.dns_port, want, started + 2.0
-                        )
+                    if flip % 2:  # DNS polled on odd flips, the client timed on even
+                        dns_done = await asyncio.to_thread(poller.wait, want, started + 2.0)
                     deadline = started + 2.0
                     while any(obs.seen[w][0] != want for w in ("http", "client")):
                         left = deadline - time.perf_counter()
@@ -152,6 +140,7 @@ async def run(flips: int, tmp: Path) -> dict[str, list[float]]:
                 await asyncio.gather(*tasks, return_exceptions=True)
             finally:
                 sync.stop()
+                poller.stop()
     finally:
         api.stop()
     return results
@@ -161,12 +150,17 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--flips", type=int, default=400)
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument(
+        "--store", choices=("sqlite", "memory"), default="sqlite", help="the agent's store"
+    )
     args = parser.parse_args()
-    print(agent_common.machine())
+    print(agent_common.machine(), f"agent store: {args.store}")
     per_rep: dict[str, list[tuple[float, float]]] = {"http": [], "dns": [], "client": []}
     for rep in range(args.reps):
+        load_before = os.getloadavg()[0]
         with tempfile.TemporaryDirectory(prefix="waypost-bench-k8s-") as tmp:
-            results = asyncio.run(run(args.flips, Path(tmp)))
+            results = asyncio.run(run(args.flips, Path(tmp), args.store))
+        print(f"run {rep + 1}: load average {load_before:.1f} -> {os.getloadavg()[0]:.1f}")
         for who, values in results.items():
             values.sort()
             p50, p99 = agent_common.percentile(values, 50), agent_common.percentile(values, 99)
