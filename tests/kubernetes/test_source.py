@@ -356,3 +356,16 @@ def test_sync_discovery(kube: FakeKubeApi) -> None:
         assert len(next(changes)) == 2
         assert time.monotonic() - started < 10  # the watch woke it, not the 30 s wait
         timer.join()
+
+
+async def test_changes_close_together_are_not_spaced_by_min_interval(kube: FakeKubeApi) -> None:
+    """The k8s:// source reads its own watch's store: the discovery's rate limit
+    (min_interval, meant for a registry) must not hold back the next change."""
+    kube.put(endpoint_slice("pay-1", "payment", [ep("10.0.0.1")]))
+    async with waypost.AsyncDiscovery(url(kube), share=False, min_interval=30) as discovery:
+        changes = discovery.watch("payment").__aiter__()
+        assert summary(await next_change(changes)) == [("10.0.0.1", 8080, "passing")]
+        kube.put(endpoint_slice("pay-1", "payment", [ep("10.0.0.1"), ep("10.0.0.2")]))
+        assert len(await next_change(changes)) == 2
+        kube.put(endpoint_slice("pay-1", "payment", [ep("10.0.0.2")]))
+        assert summary(await next_change(changes)) == [("10.0.0.2", 8080, "passing")]

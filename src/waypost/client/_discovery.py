@@ -148,6 +148,8 @@ class _Watcher:
         hub = self.hub
         if not hub.source.blocking:
             return hub.cache.ttl
+        if getattr(hub.source, "local", False):  # the rate limit protects a registry: none here
+            return 0.0
         return max(0.0, hub.min_interval - (time.monotonic() - started))
 
     def _succeeded(self, instances: tuple[Instance, ...], index: int) -> None:

@@ -26,6 +26,11 @@ class Source(Protocol):
     index moves past `index` or `wait` seconds pass. Others answer at once and
     are polled. `tag` keeps only instances carrying that tag. Every failure to
     reach the registry raises `RegistryUnavailable`.
+
+    A source may also set `local = True` (read with getattr; default False):
+    it answers from a store in this process that a watch keeps current
+    (`k8s://`), so a read costs the registry nothing and the discovery's
+    `min_interval` does not space its reads.
     """
 
     blocking: bool
