@@ -8,6 +8,7 @@ the test put in its `answer` file, or exits with an error.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime
 import json
@@ -36,6 +37,8 @@ d = pathlib.Path(os.environ["PLUGIN_DIR"])
 with open(d / "runs", "a") as f:
     f.write(json.dumps({{"argv": sys.argv[1:], "stdin": sys.stdin.read(),
                         "info": json.loads(os.environ["KUBERNETES_EXEC_INFO"])}}) + "\\n")
+if (d / "sleep").exists():
+    import time; time.sleep(float((d / "sleep").read_text()))
 if (d / "exit").exists():
     print("login failed: no session", file=sys.stderr)
     sys.exit(int((d / "exit").read_text()))
@@ -123,6 +126,28 @@ async def test_the_k8s_source_logs_in_with_the_plugins_token(
     ca = base64.b64decode(cluster["certificate-authority-data"])
     assert ca == (kube.dir / "ca.crt").read_bytes()
     assert cluster["config"] == {"region": "eu-west-1"}
+
+
+async def test_a_slow_plugin_runs_off_the_event_loop(kube: FakeKubeApi, tmp_path: Path) -> None:
+    """A cloud login can take a second: the loop must go on meanwhile."""
+    kube.tokens = {"slow"}
+    kube.put(endpoint_slice("pay-1", "payment", [ep("10.0.0.1")]))
+    answer(tmp_path, token="slow")
+    (tmp_path / "sleep").write_text("0.6")
+    config = kubeconfig(kube, tmp_path)
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    ticker = asyncio.create_task(tick())
+    async with waypost.AsyncDiscovery(f"k8s://?kubeconfig={config}", share=False) as discovery:
+        assert len(await discovery.instances("payment")) == 1
+    ticker.cancel()
+    assert ticks >= 10, ticks  # blocked, the loop would have ticked about once
 
 
 def test_without_provide_cluster_info_the_plugin_gets_no_cluster(
