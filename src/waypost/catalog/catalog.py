@@ -61,7 +61,10 @@ class Catalog:
         self._record_listeners.append(listener)
 
     def _apply(self, index: int, entries: list[Entry], snapshot: bool = False) -> None:
-        if not (self._opened and self._record_listeners):
+        if not self._opened:  # the replay at start-up: maybe in chunks, never reported
+            self._notify(self.state.apply(index, entries, snapshot, replay=True), entries)
+            return
+        if not self._record_listeners:
             self._notify(self.state.apply(index, entries, snapshot), entries)
             return
         changes: list[Change] = []

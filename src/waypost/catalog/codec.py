@@ -12,6 +12,7 @@ Values are msgpack.
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Final
 
 import msgspec
@@ -122,6 +123,84 @@ def decode(key: str, value: bytes) -> Record:
     """Decode a stored value; raises msgspec.DecodeError for a corrupt one."""
     record: Record = _DECODERS[key[0]].decode(value)
     return record
+
+
+def decode_stored(key: str, value: bytes) -> Record:
+    """Decode a stored value into a record the state can keep: its repeated
+    values shared (see `_share`), its indexes still to be set with `stamp`.
+    Raises msgspec.DecodeError for a corrupt value."""
+    record: Record = _DECODERS[key[0]].decode(value)
+    if isinstance(record, Service | Check):
+        _share(record)
+    return record
+
+
+def stamp(record: Record, create_index: int, modify_index: int) -> None:
+    """Set the indexes of a record fresh from `decode_stored`, in place.
+
+    Only for a record nobody else holds yet: records are immutable once in
+    the state. In place rather than `structs.replace`, which made a second
+    record per entry (on the replay of a million, a second of work and a
+    copy's worth of garbage)."""
+    msgspec.structs.force_setattr(record, "create_index", create_index)
+    msgspec.structs.force_setattr(record, "modify_index", modify_index)
+
+
+# -- shared values ------------------------------------------------------------
+# A million instances repeat a few thousand node names, service names, tag
+# lists, check names and meta maps: each decoded copy costs 50-250 bytes, so
+# records point at one shared copy instead. Strings go through sys.intern
+# (CPython drops an interned string once nothing uses it); tuples and maps
+# through a table of their own, emptied when it outgrows `_SHARED_MAX` so
+# that values seen once (unique meta, say) cannot grow it without bound.
+# Records are immutable (model.py): nothing writes into a shared map.
+
+_SHARED_MAX: Final = 65_536
+_shared: dict[object, Any] = {}
+_EMPTY_MAP: Final[dict[str, Any]] = {}
+
+
+def _shared_value(key: object, value: Any) -> Any:
+    found = _shared.get(key)
+    if found is not None:
+        return found
+    if len(_shared) >= _SHARED_MAX:
+        _shared.clear()
+    _shared[key] = value
+    return value
+
+
+def _shared_tuple(value: tuple[str, ...]) -> tuple[str, ...]:
+    if not value:
+        return ()
+    shared: tuple[str, ...] = _shared_value(value, value)
+    return shared
+
+
+def _shared_map(value: dict[str, Any]) -> dict[str, Any]:
+    if not value:
+        return _EMPTY_MAP
+    try:
+        key = ("map", *value.items())
+        shared: dict[str, Any] = _shared_value(key, value)
+    except TypeError:  # an unhashable value (a proxy's config): keep its own
+        return value
+    return shared
+
+
+def _share(record: Service | Check) -> None:
+    force = msgspec.structs.force_setattr
+    force(record, "node", sys.intern(record.node))
+    if isinstance(record, Service):
+        force(record, "name", sys.intern(record.name))
+        force(record, "tags", _shared_tuple(record.tags))
+        force(record, "meta", _shared_map(record.meta))
+        force(record, "tagged_addresses", _shared_map(record.tagged_addresses))
+        return
+    force(record, "name", sys.intern(record.name))
+    force(record, "status", sys.intern(record.status))
+    force(record, "service_name", sys.intern(record.service_name))
+    force(record, "service_tags", _shared_tuple(record.service_tags))
 
 
 # -- ACL records: a/p/<id> policies, a/r/<id> roles, a/t/<accessor> tokens, a/bootstrap

@@ -3,6 +3,13 @@
 Records are immutable msgspec Structs. A write replaces a record whole, so a
 reader holding one never sees it change underneath. Field names are Python's;
 the HTTP layer maps them to Consul's names on the way out.
+
+The catalog's records (nodes, instances, checks and what they hold) are
+`gc=False`: they hold only strings, numbers and containers of those, so they
+can never be part of a reference cycle, and the cyclic collector need not
+track them. With a million instances that is 16 bytes less per record and,
+above all, millions fewer objects for every full collection to walk: before,
+a full collection during churn stalled the loop for seconds.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ NODE_MAINT_CHECK_ID: Final = "_node_maintenance"
 SERVICE_MAINT_PREFIX: Final = "_service_maintenance:"
 
 
-class Node(msgspec.Struct, frozen=True, omit_defaults=True):
+class Node(msgspec.Struct, frozen=True, omit_defaults=True, gc=False):
     name: str
     id: str = ""
     address: str = ""
@@ -32,17 +39,17 @@ class Node(msgspec.Struct, frozen=True, omit_defaults=True):
     modify_index: int = 0
 
 
-class Weights(msgspec.Struct, frozen=True):
+class Weights(msgspec.Struct, frozen=True, gc=False):
     passing: int = 1
     warning: int = 1
 
 
-class ServiceAddress(msgspec.Struct, frozen=True):
+class ServiceAddress(msgspec.Struct, frozen=True, gc=False):
     address: str
     port: int = 0
 
 
-class Upstream(msgspec.Struct, frozen=True, omit_defaults=True):
+class Upstream(msgspec.Struct, frozen=True, omit_defaults=True, gc=False):
     """A service a sidecar's app calls through a local port (Consul's `Upstreams[]`)."""
 
     destination_name: str
@@ -53,7 +60,7 @@ class Upstream(msgspec.Struct, frozen=True, omit_defaults=True):
     config: dict[str, Any] = {}
 
 
-class Proxy(msgspec.Struct, frozen=True, omit_defaults=True):
+class Proxy(msgspec.Struct, frozen=True, omit_defaults=True, gc=False):
     """The `Proxy` block of a `connect-proxy` instance: whom it fronts, what it calls."""
 
     destination_service_name: str
@@ -64,7 +71,7 @@ class Proxy(msgspec.Struct, frozen=True, omit_defaults=True):
     config: dict[str, Any] = {}
 
 
-class Service(msgspec.Struct, frozen=True, omit_defaults=True):
+class Service(msgspec.Struct, frozen=True, omit_defaults=True, gc=False):
     """One instance of a service, living on a node."""
 
     node: str
@@ -84,7 +91,7 @@ class Service(msgspec.Struct, frozen=True, omit_defaults=True):
     modify_index: int = 0
 
 
-class CheckDefinition(msgspec.Struct, frozen=True, omit_defaults=True):
+class CheckDefinition(msgspec.Struct, frozen=True, omit_defaults=True, gc=False):
     """How the owning agent runs a check. Durations are in seconds."""
 
     interval: float = 0.0
@@ -118,7 +125,7 @@ class CheckDefinition(msgspec.Struct, frozen=True, omit_defaults=True):
         return "script" if self.args else ""
 
 
-class Check(msgspec.Struct, frozen=True, omit_defaults=True):
+class Check(msgspec.Struct, frozen=True, omit_defaults=True, gc=False):
     node: str
     check_id: str
     name: str

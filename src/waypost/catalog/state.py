@@ -89,12 +89,16 @@ class State:
         entries: list[Entry],
         snapshot: bool = False,
         changes: list[Change] | None = None,
+        replay: bool = False,
     ) -> set[Topic]:
         """Apply a committed batch at `index`; return the topics it changed.
 
         With `snapshot`, `entries` is the whole store: keys it lacks are removed.
         With `changes`, each entry's record before and after is appended to it
         (the health timeline needs the old status; only its listeners pay for it).
+        With `replay` (the store's contents at start-up, before anyone read an
+        index, possibly in several chunks at the same `index`), topics are set
+        to `index` rather than moved past it: nobody can have seen it yet.
         """
         touched: set[Topic] = set()
         woken: set[Topic] = set()  # KV topics: their index is computed (kv.py), not recorded
@@ -106,16 +110,18 @@ class State:
             if changes is not None and change is not None:
                 changes.append(change)
         self.index = max(self.index, index)
-        self._advance(touched, index)
+        self._advance(touched, index, replay)
         return touched | woken
 
-    def _advance(self, topics: set[Topic], index: int) -> None:
+    def _advance(self, topics: set[Topic], index: int, replay: bool = False) -> None:
         """Move the topics' index to `index`, or one past where a hold put it:
-        a topic's index never stands still across a change, nor goes back."""
+        a topic's index never stands still across a change, nor goes back
+        (in a replay it may stand still: no reader has seen it)."""
         topic_index = self.topic_index
         for topic in topics:
             old = topic_index.get(topic, 0)
-            topic_index[topic] = new = index if index > old else old + 1
+            new = index if index > old or (replay and index == old) else old + 1
+            topic_index[topic] = new
             self._highest = max(self._highest, new)
 
     def _start_lock_delays(self, entries: list[Entry]) -> None:
@@ -165,12 +171,10 @@ class State:
             if isinstance(old, Check):  # gone for good: nothing left to hold
                 self.held.pop((old.node, old.check_id), None)
             return Change(before, None)
-        record = codec.decode(entry.key, entry.value)
+        record = codec.decode_stored(entry.key, entry.value)
         old = self._lookup_record(record)  # the decoded record names its own key
         created = entry.create_index or (old.create_index if old is not None else index)
-        record = msgspec.structs.replace(
-            record, create_index=created, modify_index=entry.modify_index or index
-        )
+        codec.stamp(record, created, entry.modify_index or index)
         if old is None:
             return Change(None, self._stored_of(self._insert(record, touched)))
         replaced = self._stored_of(old)

@@ -84,6 +84,8 @@ log = logging.getLogger("waypost.storage")
 MAX_BATCH = 512
 #: Most commits waiting for the writer; one more fails at once with StoreBusy.
 MAX_QUEUED = 10_000
+#: Rows read and applied per call while replaying the store at start-up.
+REPLAY_CHUNK = 10_000
 #: Seconds a commit may take from being queued to being answered.
 COMMIT_TIMEOUT = 10.0
 
@@ -183,16 +185,11 @@ class SqliteStorage(Storage):
                 conn.executescript(_SCHEMA)
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=FULL")
-                rows = conn.execute(
-                    "SELECT key, value, create_index, modify_index FROM kv"
-                ).fetchall()
                 row = conn.execute("SELECT value FROM meta WHERE name = 'index'").fetchone()
+                self._index = row[0] if row else 0
+                self._replay(conn, apply)
             except (sqlite3.Error, OSError) as exc:
                 raise ConfigError(f"cannot open the sqlite store at {self.path}: {exc}") from exc
-            self._index = row[0] if row else 0
-            # Applied even when empty: the index must survive a restart of a
-            # store whose last commits only deleted keys.
-            apply(self._index, [Entry(k, bytes(v), c, m) for k, v, c, m in rows])
         except BaseException:
             if conn is not None:
                 conn.close()
@@ -213,6 +210,22 @@ class SqliteStorage(Storage):
             target=self._writer, args=(conn,), name="waypost-sqlite-writer", daemon=True
         )
         self._thread.start()
+
+    def _replay(self, conn: sqlite3.Connection, apply: ApplyFn) -> None:
+        """Apply every stored row, `REPLAY_CHUNK` rows per call, all at the
+        store's index (base.py, 6). In chunks, so that only one chunk of rows
+        and entries is alive at a time: reading a million instances' rows at
+        once held about 2 GB of tuples beside the records built from them, and
+        the process kept that memory after the replay. At least one call, even
+        for an empty store: the index must survive a restart of a store whose
+        last commits only deleted keys."""
+        cursor = conn.execute("SELECT key, value, create_index, modify_index FROM kv")
+        applied = False
+        while rows := cursor.fetchmany(REPLAY_CHUNK):
+            apply(self._index, [Entry(k, v, c, m) for k, v, c, m in rows])
+            applied = True
+        if not applied:
+            apply(self._index, [])
 
     async def commit(self, ops: list[Entry], conditions: Sequence[Condition] = ()) -> int:
         loop = asyncio.get_running_loop()
