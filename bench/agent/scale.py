@@ -46,15 +46,15 @@ import time
 from pathlib import Path
 
 import aiohttp
+import tests.agentproc
 from _common import AgentProcess, header, line, median, percentile, rss_mb
 
-import tests.agentproc
 from waypost.api import decode
 from waypost.catalog import writes
 from waypost.catalog.definitions import CatalogRegistration
 from waypost.catalog.state import State
 from waypost.catalog.txn import Txn
-from waypost.storage import Entry
+from waypost.storage import Entry, sqlite
 from waypost.storage.sqlite import SqliteStorage
 
 PER_COMMIT = 5000  # registrations per fill commit
@@ -101,6 +101,7 @@ def _staged(i: int, nodes: int, services: int, empty: State) -> list[Entry]:
 
 
 async def _fill(path: Path, instances: int, nodes: int, services: int) -> None:
+    sqlite.COMMIT_TIMEOUT = 600.0  # a commit of 15,000 entries may wait out a WAL checkpoint
     storage = SqliteStorage(f"sqlite://{path.absolute()}")
     await storage.open(lambda index, entries, snapshot=False: None)  # nothing to apply to
     empty = State()
@@ -116,8 +117,14 @@ async def _fill(path: Path, instances: int, nodes: int, services: int) -> None:
 
 
 def fill(path: Path, instances: int, nodes: int, services: int) -> float:
+    """Fill a store at `path` (written aside and renamed: never a half-filled one)."""
     started = time.monotonic()
-    asyncio.run(_fill(path, instances, nodes, services))
+    part = path.with_name(path.name + ".part")
+    part.unlink(missing_ok=True)
+    asyncio.run(_fill(part, instances, nodes, services))
+    part.rename(path)
+    for suffix in ("-wal", "-shm", ".lock"):  # closed cleanly: the WAL is checkpointed
+        Path(f"{part}{suffix}").unlink(missing_ok=True)
     return time.monotonic() - started
 
 
@@ -271,7 +278,8 @@ def main() -> None:
     try:
         store = args.store or Path(tmp) / "filled.db"
         if not store.exists():
-            line(f"filled the store in {fill(store, args.instances, args.nodes, args.services):.0f} s")
+            took = fill(store, args.instances, args.nodes, args.services)
+            line(f"filled the store in {took:.0f} s")
         line(f"store: {store.stat().st_size / 2**20:.0f} MB ({store})")
         replays, rss = [], []
         for rep in range(args.reps):

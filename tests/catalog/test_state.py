@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
-from waypost.catalog import Check, Node, Service, codec
+from waypost.catalog import Catalog, Check, Node, Service, codec
 from waypost.catalog.watch import CHECKS, NODES, SERVICES, Topic, service_topic
 from waypost.storage import Entry
 
@@ -119,3 +120,41 @@ async def test_a_read_over_several_topics_wakes_when_any_one_changes(
     assert moved == {changed}  # the write touched one of the read's topics only
     await asyncio.wait_for(waiter, 1)
     assert catalog.state.index_of(topics) > index
+
+
+async def _replayed(url: str, chunk: int, monkeypatch: pytest.MonkeyPatch) -> Catalog:
+    from waypost.storage import sqlite as sqlite_backend
+
+    monkeypatch.setattr(sqlite_backend, "REPLAY_CHUNK", chunk)
+    return await open_catalog(url)
+
+
+async def test_a_replay_in_chunks_builds_the_same_state(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Replayed three rows at a time, the catalog holds what one chunk gives:
+    every record with its indexes, and every topic at the store's index, not
+    moved past it once per chunk (a blocking query at that index must wait)."""
+    url = f"sqlite:///{tmp_path}/c.db"
+    catalog = await open_catalog(url)
+    await catalog.put(node("n1"), node("n2"))
+    for i in range(7):
+        await catalog.put(service(f"web-{i}", node_name=f"n{i % 2 + 1}"))
+        await catalog.put(check(f"c{i}", sid=f"web-{i}", node_name=f"n{i % 2 + 1}"))
+    await catalog.put(service("db-1", name="db"))
+    stored_index = catalog.state.index
+    await catalog.close()
+    whole = await _replayed(url, 10_000, monkeypatch)
+    await whole.close()
+    chunked = await _replayed(url, 3, monkeypatch)
+    for table in ("nodes", "services", "checks", "by_name", "service_checks", "topic_index"):
+        assert getattr(chunked.state, table) == getattr(whole.state, table), table
+    assert len(chunked.state.services) == 8 and len(chunked.state.checks) == 7
+    assert chunked.state.highest_index() == stored_index
+    assert chunked.state.index_of([SERVICES, service_topic("web")]) == stored_index
+    waiter = asyncio.ensure_future(chunked.block([service_topic("web")], stored_index, 5.0))
+    await asyncio.sleep(0.05)
+    assert not waiter.done()  # nothing changed since the index it was given
+    await chunked.put(service("web-9"))
+    await asyncio.wait_for(waiter, 2)
+    await chunked.close()

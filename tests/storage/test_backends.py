@@ -586,3 +586,29 @@ async def test_sqlite_indexes_never_repeat_across_reopen(
     ):
         await session(work)
     assert acked == sorted(set(acked))  # strictly increasing
+
+
+async def test_sqlite_replays_in_chunks_at_the_store_index(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The replay reads REPLAY_CHUNK rows per apply() call (so a million rows
+    are never all alive at once), every call at the store's index, and every
+    row arrives exactly once, the last partial chunk included."""
+    url = f"sqlite:///{tmp_path}/c.db"
+    store = open_storage(url)
+    await store.open(Recorder())
+    await store.commit([Entry(f"k{i:02}", str(i).encode()) for i in range(23)])
+    last = await store.commit([Entry("k00", b"again")])
+    await store.close()
+    monkeypatch.setattr(sqlite_backend, "REPLAY_CHUNK", 5)
+    again, seen = open_storage(url), Recorder()
+    await again.open(seen)
+    assert [len(entries) for _, entries, _ in seen.calls] == [5, 5, 5, 5, 3]
+    assert {index for index, _, _ in seen.calls} == {last}
+    replayed = {
+        e.key: (e.value, e.create_index, e.modify_index) for _, es, _ in seen.calls for e in es
+    }
+    assert replayed == {
+        f"k{i:02}": (b"again", 1, 2) if i == 0 else (str(i).encode(), 1, 1) for i in range(23)
+    }
+    await again.close()
