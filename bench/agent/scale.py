@@ -59,6 +59,7 @@ from waypost.storage.sqlite import SqliteStorage
 
 PER_COMMIT = 5000  # registrations per fill commit
 WATCHED = "svc-0"
+NAMES = ("  wake-up", "  read", "  write ack", "  wake-up after the ack")
 
 
 def body(i: int, nodes: int, services: int, status: str = "passing") -> bytes:
@@ -183,11 +184,14 @@ def churn(url: str, rate: int, seconds: float, nodes: int, services: int, instan
 
 async def watch_and_read(
     url: str, seconds: float, nodes: int, services: int
-) -> tuple[list[float], list[float], list[float]]:
-    """(wake-up ms, read ms, write ack ms) for svc-0, for `seconds`."""
+) -> tuple[list[float], list[float], list[float], list[float]]:
+    """(wake-up ms from sending the change, read ms, the change's write ack ms,
+    wake-up ms from the ack: negative when the query was answered first) for
+    svc-0, for `seconds`."""
     wakes: list[float] = []
     reads: list[float] = []
     acks: list[float] = []
+    after_ack: list[float] = []
     deadline = time.monotonic() + seconds
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as http:
         health = f"{url}/v1/health/service/{WATCHED}"
@@ -200,6 +204,11 @@ async def watch_and_read(
                 reads.append((time.perf_counter() - t) * 1000)
                 await asyncio.sleep(0.05)
 
+        async def blocking(index: int) -> tuple[float, int]:
+            async with http.get(f"{health}?index={index}&wait=30s") as resp:
+                await resp.read()
+                return time.perf_counter(), int(resp.headers["X-Consul-Index"])
+
         async def changer() -> None:
             flip = 0
             async with http.get(health) as resp:
@@ -207,29 +216,28 @@ async def watch_and_read(
             while time.monotonic() < deadline:
                 status = ("warning", "passing")[flip % 2]
                 flip += 1
-                woken = asyncio.create_task(http.get(f"{health}?index={index}&wait=30s"))
+                woken = asyncio.create_task(blocking(index))
                 await asyncio.sleep(0.02)  # the blocking query is parked by now
                 sent = time.perf_counter()
                 data = body(0, nodes, services, status)
                 async with http.put(f"{url}/v1/catalog/register", data=data) as resp:
                     await resp.read()
                 acked = time.perf_counter()
-                resp = await woken
-                await resp.read()
-                wakes.append((time.perf_counter() - sent) * 1000)
+                woken_at, index = await woken
+                wakes.append((woken_at - sent) * 1000)
                 acks.append((acked - sent) * 1000)
-                index = int(resp.headers["X-Consul-Index"])
+                after_ack.append((woken_at - acked) * 1000)
                 await asyncio.sleep(0.2)
 
         await asyncio.gather(reader(), changer())
-    return wakes, reads, acks
+    return wakes, reads, acks, after_ack
 
 
 def _summary(name: str, values: list[float]) -> str:
     s = sorted(values)
     return (
         f"{name}: n={len(s)} p50 {percentile(s, 50):.1f} ms, p99 {percentile(s, 99):.1f} ms, "
-        f"max {s[-1]:.1f} ms"
+        f"max {s[-1]:.1f} ms, min {s[0]:.1f} ms"
     )
 
 
@@ -237,7 +245,7 @@ def churn_phase(proc: AgentProcess, args: argparse.Namespace) -> None:
     url = proc.http_url
     quiet = asyncio.run(watch_and_read(url, 5.0, args.nodes, args.services))
     line("quiet (no churn, 5 s):")
-    for name, values in zip(("  wake-up", "  read", "  write ack"), quiet, strict=True):
+    for name, values in zip(NAMES, quiet, strict=True):
         line(_summary(name, values))
     load = multiprocessing.Process(
         target=churn,
@@ -252,7 +260,7 @@ def churn_phase(proc: AgentProcess, args: argparse.Namespace) -> None:
         if load.is_alive():
             load.terminate()
     line(f"during churn ({args.rate}/s target, {args.seconds - 2:.0f} s measured):")
-    for name, values in zip(("  wake-up", "  read", "  write ack"), busy, strict=True):
+    for name, values in zip(NAMES, busy, strict=True):
         line(_summary(name, values))
     line(f"agent RSS after the churn: {rss_mb(proc.proc.pid):.0f} MB")  # type: ignore[union-attr]
     target = percentile(sorted(busy[0]), 99)
