@@ -27,8 +27,16 @@ def _stored(record: Service | Check) -> tuple[str, bytes]:
     return entry.key, entry.value
 
 
+def _decoded(record: Service | Check, create: int, modify: int) -> Service | Check:
+    """What the state keeps of a stored record: decode_stored(), then stamp()."""
+    decoded = codec.decode_stored(*_stored(record))
+    codec.stamp(decoded, create, modify)
+    assert isinstance(decoded, Service | Check)
+    return decoded
+
+
 def test_stored_records_decode_equal_with_their_repeated_values_shared() -> None:
-    """decode_stored() is decode() plus the indexes, field for field; two
+    """decode_stored() and stamp() give decode() plus the indexes, field for field; two
     instances that repeat a node, a name, tags and meta share one copy of each."""
     first = Service(
         node="node-7", id="web-1", name="web", tags=("v1", "prod"), meta={"version": "1.2.3"}
@@ -36,8 +44,8 @@ def test_stored_records_decode_equal_with_their_repeated_values_shared() -> None
     second = msgspec.structs.replace(
         first, id="web-2", tags=("v1", "prod"), meta={"version": "1.2.3"}
     )
-    a = codec.decode_stored(*_stored(first), 3, 5)
-    b = codec.decode_stored(*_stored(second), 4, 6)
+    a = _decoded(first, 3, 5)
+    b = _decoded(second, 4, 6)
     assert a == msgspec.structs.replace(first, create_index=3, modify_index=5)
     assert b == msgspec.structs.replace(second, create_index=4, modify_index=6)
     assert a.node is b.node and a.name is b.name  # type: ignore[union-attr]
@@ -53,7 +61,7 @@ def test_stored_records_decode_equal_with_their_repeated_values_shared() -> None
         output="ok",
     )
     cb = msgspec.structs.replace(ca, check_id="c2", service_tags=("v1", "prod"))
-    x, y = codec.decode_stored(*_stored(ca), 1, 1), codec.decode_stored(*_stored(cb), 1, 2)
+    x, y = _decoded(ca, 1, 1), _decoded(cb, 1, 2)
     assert x == msgspec.structs.replace(ca, create_index=1, modify_index=1)
     assert x.service_tags is y.service_tags is a.tags  # type: ignore[union-attr]
     assert x.name is y.name  # type: ignore[union-attr]
@@ -62,8 +70,8 @@ def test_stored_records_decode_equal_with_their_repeated_values_shared() -> None
 def test_different_values_are_never_shared() -> None:
     base = Service(node="n", id="s1", name="web", meta={"version": "1"}, tags=("a",))
     other = msgspec.structs.replace(base, id="s2", meta={"version": "2"}, tags=("b",))
-    a = codec.decode_stored(*_stored(base), 1, 1)
-    b = codec.decode_stored(*_stored(other), 1, 1)
+    a = _decoded(base, 1, 1)
+    b = _decoded(other, 1, 1)
     assert (a.meta, b.meta) == ({"version": "1"}, {"version": "2"})  # type: ignore[union-attr]
     assert (a.tags, b.tags) == (("a",), ("b",))  # type: ignore[union-attr]
 
@@ -73,13 +81,13 @@ def test_the_shared_table_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(codec, "_SHARED_MAX", 10)
     for i in range(50):
         record = Service(node="n", id=f"s{i}", name="web", meta={"id": str(i)})
-        assert codec.decode_stored(*_stored(record), 1, 1).meta == {"id": str(i)}  # type: ignore[union-attr]
+        assert _decoded(record, 1, 1).meta == {"id": str(i)}  # type: ignore[union-attr]
         assert len(codec._shared) <= 10
 
 
 def test_catalog_records_are_not_tracked_by_the_cyclic_collector() -> None:
     """gc=False (model.py): a million records must not be walked by every full collection."""
-    record = codec.decode_stored(*_stored(Service(node="n", id="s", name="web")), 1, 1)
+    record = _decoded(Service(node="n", id="s", name="web"), 1, 1)
     assert not gc.is_tracked(record)
     assert not gc.is_tracked(Check(node="n", check_id="c", name="c"))
     assert not gc.is_tracked(Node(name="n"))
