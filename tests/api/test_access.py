@@ -13,11 +13,8 @@ from waypost.api import access
 from waypost.api.agent import NOT_BUILT
 from waypost.api.http import Request, Router
 from waypost.catalog import aclrules
-from waypost.catalog.acl import ANONYMOUS_ACCESSOR, AclTable
-from waypost.catalog.aclrules import READ
+from waypost.catalog.acl import AclTable
 from waypost.catalog.authz import Authorizer, Resolver
-from waypost.catalog.codec import put_acl
-from waypost.catalog.model import Policy, Token
 from waypost.catalog.state import State
 
 
@@ -63,27 +60,6 @@ def test_an_undeclared_route_is_for_management_tokens_only() -> None:
     with pytest.raises(PermissionDenied, match="declares no ACL rule"):
         guard.enforce(request("/v1/new/thing"), "", None)  # default allow does not open it
     assert guard.enforce(request("/v1/status/leader"), "", access.OPEN) is None
-
-
-def test_the_fast_path_may_serve_a_filtered_read_as_the_tokens_own() -> None:
-    """`Guard.admit_read`: what a protocol-level fast path asks before it
-    answers a read from the encoded-answer cache."""
-    policy = Policy(id="p1", name="r", rules='service_prefix "" { policy = "read" }')
-    t = AclTable()
-    for n, record in enumerate((policy, Token(accessor_id="a1", secret_id="s1", policies=("p1",))), 1):
-        t.apply(n, put_acl(record), set())
-    guard = access.Guard(Resolver(t, "dc1", default_allow=False), "", State(), "n1")
-    read = access.filtered(access.keys("service"))
-    req = request("/v1/catalog/services", headers=[(b"x-consul-token", b"s1")])
-    assert guard.admit_read(req, read)
-    assert (req.authz.accessor, req.access) == ("a1", read)  # its answer is keyed as a1's
-    anonymous = request("/v1/catalog/services")
-    assert guard.admit_read(anonymous, read) and anonymous.authz.accessor == ANONYMOUS_ACCESSOR
-    unknown = request("/v1/catalog/services", headers=[(b"x-consul-token", b"nope")])
-    assert not guard.admit_read(unknown, read) and unknown.authz is None  # the normal path: 403
-    needs = access.filtered(access.keys("service"), lambda ctx: (("agent", "n1", READ),))
-    assert not guard.admit_read(request(headers=[(b"x-consul-token", b"s1")]), needs)
-    assert not guard.admit_read(request(headers=[(b"x-consul-token", b"s1")]), None)
 
 
 def test_filters_keep_only_what_may_be_read() -> None:

@@ -329,3 +329,26 @@ def test_with_acls_a_parked_query_is_answered_on_a_change(
         answer = Reader(sock).response()
     assert index_of(answer) > current
     assert b'"ID":"fastweb-2"' in answer
+
+
+def test_with_acls_a_changed_or_deleted_token_applies_at_the_next_request(
+    acl_agent: tuple[AgentProcess, dict[str, str]],
+) -> None:
+    """The fast path reuses the guard's verdict per token only while the token
+    resolves to the same authorizer: an ACL change is seen at once."""
+    proc, _ = acl_agent
+    with proc.client(headers={"X-Consul-Token": MGMT}) as admin:
+        rules = 'service_prefix "" { policy = "read" }\nnode_prefix "" { policy = "read" }'
+        policy = admin.put("/v1/acl/policy", json={"Name": "churn", "Rules": rules}).json()
+        made = admin.put("/v1/acl/token", json={"Policies": [{"Name": "churn"}]}).json()
+        token = f"X-Consul-Token: {made['SecretID']}\r\n".encode()
+        target = request(f"/v1/health/service/{SERVICE}", extra=token + b"\r\n")
+        assert b'"ID":"fastweb-1"' in ask(proc, target)
+        assert b'"ID":"fastweb-1"' in ask(proc, target)  # the verdict reused
+        narrowed = {"Name": "churn", "Rules": 'service_prefix "" { policy = "read" }'}
+        admin.put(f"/v1/acl/policy/{policy['ID']}", json=narrowed).raise_for_status()
+        answer = ask(proc, target)
+        assert b"x-consul-results-filtered-by-acls: true" in answer  # no node read any more
+        assert b'"ID":"fastweb-1"' not in answer
+        admin.delete(f"/v1/acl/token/{made['AccessorID']}").raise_for_status()
+        assert ask(proc, target).startswith(b"HTTP/1.1 403 ")

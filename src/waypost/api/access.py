@@ -28,7 +28,7 @@ import inspect
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Final, TypeVar
 
-from .._exceptions import AccessDenied, PermissionDenied
+from .._exceptions import PermissionDenied
 from ..catalog.aclrules import LIST, READ, WRITE
 from ..catalog.authz import Authorizer, Resolver
 from ..catalog.state import State
@@ -182,12 +182,17 @@ def check_names(check: dict[str, Any]) -> tuple[tuple[str, str], ...]:
 
 def token_of(req: Request) -> str:
     """The token a request carries: `?token=`, `X-Consul-Token`, then a Bearer token."""
-    if req.query:
-        query = req.query.get("token")
-        if query and query[0]:
-            return query[0]
+    return token_in(req.query, req.headers)
+
+
+def token_in(query: dict[str, list[str]], headers: Iterable[tuple[bytes, bytes]]) -> str:
+    """`token_of` for a parsed query string and raw headers."""
+    if query:
+        given = query.get("token")
+        if given and given[0]:
+            return given[0]
     bearer = b""
-    for name, value in req.headers:
+    for name, value in headers:
         if name == b"x-consul-token" and value:
             return value.strip().decode("latin-1")
         if name == b"authorization" and value[:7].lower() == b"bearer ":
@@ -245,28 +250,6 @@ class Guard:
             return _require_later(authz, perms)
         _require(authz, perms)
         return None
-
-    def admit_read(self, req: Request, access: Access | None) -> bool:
-        """For a protocol-level fast path (api/fastpath.py) that answers reads
-        from `ConsulApi.answer`'s encoded-answer cache: whether this request
-        may be served there, with `req.authz` and `req.access` set as
-        `enforce` sets them, so the answer's cache key and filter are its
-        token's (the same bytes the normal path would send it; the key is
-        the token's accessor, the version the ACL generation, so an answer
-        is never served to another token or across an ACL change).
-
-        False means "go the normal way", which answers what this cannot: an
-        unknown or expired token (403), a route that needs more than a
-        filter, or one that declares nothing.
-        """
-        if access is None or access.needs is not None:
-            return False
-        try:
-            req.authz = self.resolver.resolve(token_of(req) or self.default_token)
-        except AccessDenied:
-            return False
-        req.access = access
-        return True
 
 
 def _require(authz: Authorizer, perms: Iterable[Perm]) -> None:

@@ -50,6 +50,7 @@ from ..catalog import Catalog
 from ..catalog.watch import Topic
 from . import decode, http
 from ._bounded import ByteBoundedCache
+from .access import token_in
 from .app import AgentApp, access_log
 from .consul import DEFAULT_WAIT, Read
 from .ports import StoreStatus
@@ -65,6 +66,7 @@ TICK = 0.05  # the timer wheel's resolution: `wait=` ends up to 50 ms late
 OTHER_ROUTE, DECLINED = 0, 1  # no fast path for this route; or not for this request
 PREPARED_LIMIT = 4096  # request lines remembered (each a parsed query and a plan)
 PREBUILT_BYTES = 32 << 20  # encoded answers, heads included
+ADMITTED_LIMIT = 64  # tokens remembered per request line
 
 Planner = Callable[[http.Request, str], Read]
 T = TypeVar("T")
@@ -120,7 +122,7 @@ class _Prepared:
     """One understood request line (method, path, query), shared by every
     request that repeats it: its plan, parsed once."""
 
-    __slots__ = ("access", "group", "min_index", "plan", "request", "rest", "wait")
+    __slots__ = ("access", "admitted", "group", "min_index", "plan", "request", "rest", "wait")
 
     def __init__(
         self, request: http.Request, route: tuple[str, Any], plan: Read, min_index: int, wait: float
@@ -132,6 +134,9 @@ class _Prepared:
         self.wait = wait
         # Requests that differ only in index/wait get the same answer.
         self.group = (request.method, request.path, _question(request))
+        # With ACLs on: per token, the request the guard let through, reused
+        # while the token resolves to the same authorizer (api/fastpath._authorized).
+        self.admitted: dict[str, http.Request] = {}
 
 
 class _Prebuilt(NamedTuple):
@@ -231,16 +236,35 @@ class FastReads:
     def _authorized(self, cycle: RequestResponseCycle, prepared: _Prepared) -> http.Request | None:
         """With ACLs on: this request (its headers carry the token) through the
         same Guard as the normal path; None for any refusal, which the normal
-        path then answers (401/403)."""
-        assert self.app.guard is not None
+        path then answers (401/403).
+
+        The guard's verdict for a line depends only on the token's authorizer,
+        which the resolver keeps until an ACL change (and checks for expiry at
+        every resolve): a request whose token resolves to the authorizer a
+        verdict was given for reuses it, a dict lookup instead of a new
+        Request (its query parsed again) and the route's declaration.
+        """
+        guard = self.app.guard
+        assert guard is not None
+        secret = token_in(prepared.request.query, cycle.scope["headers"]) or guard.default_token
+        try:
+            authz = guard.resolver.resolve(secret)
+        except WaypostError:
+            return None
+        admitted = prepared.admitted.get(secret)
+        if admitted is not None and admitted.authz is authz:
+            return admitted
         request = http.Request(cycle.scope, _no_body)  # type: ignore[arg-type]
         try:
-            pending = self.app.guard.enforce(request, prepared.rest, prepared.access)
+            pending = guard.enforce(request, prepared.rest, prepared.access)
         except WaypostError:
             return None
         if pending is not None:  # a declaration that reads the body: not these reads
             getattr(pending, "close", lambda: None)()
             return None
+        if len(prepared.admitted) >= ADMITTED_LIMIT:
+            prepared.admitted.clear()
+        prepared.admitted[secret] = request
         return request
 
     def _prepare(self, method: str, path: str, query: bytes) -> _Prepared | int:
