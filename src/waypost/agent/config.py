@@ -265,31 +265,29 @@ def _log_level(value: str, what: str) -> None:
         raise ConfigError(f"{what}: expected one of {', '.join(LOG_LEVELS)}")
 
 
-def _ttl(value: str, what: str) -> None:
+def _duration_setting(value: str, what: str, *, example: str, zero_ok: bool, below: str) -> None:
     try:
         seconds = _duration.parse(value, what)
     except ValidationError:
-        raise ConfigError(f"{what}: expected a duration, e.g. 10s or 1m") from None
-    if seconds < 0:
-        raise ConfigError(f"{what}: a TTL cannot be negative")
+        raise ConfigError(f"{what}: expected a duration, e.g. {example}") from None
+    if seconds < 0 or (seconds == 0 and not zero_ok):
+        raise ConfigError(f"{what}: {below}")
+
+
+def _ttl(value: str, what: str) -> None:
+    _duration_setting(
+        value, what, example="10s or 1m", zero_ok=True, below="a TTL cannot be negative"
+    )
 
 
 def _positive_duration(value: str, what: str) -> None:
-    try:
-        seconds = _duration.parse(value, what)
-    except ValidationError:
-        raise ConfigError(f"{what}: expected a duration, e.g. 10s") from None
-    if seconds <= 0:
-        raise ConfigError(f"{what}: must be more than 0s")
+    _duration_setting(value, what, example="10s", zero_ok=False, below="must be more than 0s")
 
 
 def _interval(value: str, what: str) -> None:
-    try:
-        seconds = _duration.parse(value, what)
-    except ValidationError:
-        raise ConfigError(f"{what}: expected a duration, e.g. 5m or 0s") from None
-    if seconds < 0:
-        raise ConfigError(f"{what}: cannot be negative (0s: no delay)")
+    _duration_setting(
+        value, what, example="5m or 0s", zero_ok=True, below="cannot be negative (0s: no delay)"
+    )
 
 
 def _ttls(value: dict[str, str], what: str) -> None:
