@@ -352,3 +352,31 @@ def test_with_acls_a_changed_or_deleted_token_applies_at_the_next_request(
         assert b'"ID":"fastweb-1"' not in answer
         admin.delete(f"/v1/acl/token/{made['AccessorID']}").raise_for_status()
         assert ask(proc, target).startswith(b"HTTP/1.1 403 ")
+
+
+def test_with_acls_a_query_parked_before_an_acl_change_does_not_serve_others_its_answer(
+    acl_agent: tuple[AgentProcess, dict[str, str]],
+) -> None:
+    """A parked query answers with the authorizer it was admitted with; that
+    answer must not be cached as valid for the token's new rights."""
+    proc, _ = acl_agent
+    with proc.client(headers={"X-Consul-Token": MGMT}) as admin:
+        rules = 'service_prefix "" { policy = "read" }\nnode_prefix "" { policy = "read" }'
+        policy = admin.put("/v1/acl/policy", json={"Name": "parked", "Rules": rules}).json()
+        made = admin.put("/v1/acl/token", json={"Policies": [{"Name": "parked"}]}).json()
+        token = f"X-Consul-Token: {made['SecretID']}\r\n".encode()
+        plain = request(f"/v1/health/service/{SERVICE}", extra=token + b"\r\n")
+        current = index_of(ask(proc, plain))
+        with connect(proc) as sock:
+            sock.sendall(
+                request(
+                    f"/v1/health/service/{SERVICE}?index={current}&wait=1s", extra=token + b"\r\n"
+                )
+            )
+            until(lambda: counters(proc)["http_fast_parked"] >= 1)
+            narrowed = {"Name": "parked", "Rules": 'service_prefix "" { policy = "read" }'}
+            admin.put(f"/v1/acl/policy/{policy['ID']}", json=narrowed).raise_for_status()
+            Reader(sock).response()  # its wait ends: answered as admitted
+        answer = ask(proc, plain)
+        assert b"x-consul-results-filtered-by-acls: true" in answer
+        assert b'"ID":"fastweb-1"' not in answer

@@ -4,6 +4,7 @@ refuse writes (as a full disk or an unreachable etcd would)."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import Sequence
 
@@ -196,3 +197,37 @@ async def test_a_refused_heartbeat_is_not_stored_after_its_ttl_ran_out() -> None
     assert (shown(catalog), stored(catalog)) == ("critical", "critical")
     assert catalog.state.check("n1", "t").output == "TTL expired"  # type: ignore[union-attr]
     await runner.stop()
+
+
+class SlowRefusing(Refusing):
+    """Refuses after a turn of the loop, as a real store's failure comes back
+    later: two heartbeats can be in flight at once."""
+
+    async def commit(self, ops: list[Entry], conditions: Sequence[Condition] = ()) -> int:
+        await asyncio.sleep(0)
+        return await super().commit(ops, conditions)
+
+
+async def test_concurrent_refused_heartbeats_leave_one_retry_which_stops_with_the_runner() -> None:
+    store = SlowRefusing()
+    catalog = Catalog(store)
+    await catalog.open()
+    clock = FakeClock()
+    runner = HealthRunner(catalog, "n1", clock=clock, rng=random.Random(1), reap_interval=60.0)
+    await catalog.put(
+        node(), service("web-1"), check("t", "web-1", definition=CheckDefinition(ttl=100))
+    )
+    await runner.start()
+    store.refuse = True
+    results = await asyncio.gather(
+        runner.heartbeat("t", "critical", "a"),
+        runner.heartbeat("t", "warning", "b"),
+        return_exceptions=True,
+    )
+    assert all(isinstance(r, StorageError) for r in results)
+    await runner.stop()
+    index = catalog.state.index
+    store.refuse = False
+    await clock.advance(5)  # no retry may outlive the runner
+    assert catalog.state.index == index
+    assert stored(catalog) == "passing"

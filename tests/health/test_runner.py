@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from waypost import NotFoundError, ValidationError
+from waypost import NotFoundError, StorageError, ValidationError
 from waypost.catalog import CheckDefinition
 from waypost.catalog.aclidentity import Identity
 from waypost.catalog.authz import Resolver
@@ -299,6 +299,28 @@ async def test_check_update_interval_zero_stores_every_output(tmp_path) -> None:
     await runner.heartbeat("c1", "passing", "v1")
     await runner.heartbeat("c1", "passing", "v2")
     await _settled(catalog, catalog.state.index)  # the write runs in a task of its own
+    await runner.stop()
+    await catalog.close()
+    assert await _stored_output(url) == "v2"
+
+
+async def test_an_output_the_store_refused_is_tried_again_an_interval_later(tmp_path) -> None:
+    url = f"sqlite://{tmp_path}/c.db"
+    catalog, clock, runner = await _sqlite_runner(url, output_interval=300)
+    await runner.heartbeat("c1", "passing", "v1")
+    await runner.heartbeat("c1", "passing", "v2")  # deferred
+    stored_at = catalog.state.index
+    real_commit = catalog.storage.commit
+
+    async def refuse(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise StorageError("the disk is full (test)")
+
+    catalog.storage.commit = refuse  # type: ignore[method-assign]
+    await clock.advance(301)  # the deferred write fails
+    await _settled(catalog, stored_at)
+    catalog.storage.commit = real_commit  # type: ignore[method-assign]
+    await clock.advance(301)  # and is tried again, though the output did not change
+    assert await _settled(catalog, stored_at) == stored_at + 1
     await runner.stop()
     await catalog.close()
     assert await _stored_output(url) == "v2"

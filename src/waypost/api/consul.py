@@ -150,7 +150,9 @@ class ConsulApi:
         authz = req.authz
         # With ACLs on, an answer is the token's: cached per token and ACL generation.
         key = (req.path, _query_key(req), authz.key if authz is not None else None)
-        version = (index, self.state.acl.generation if authz is not None else 0)
+        # The generation the authorizer was built at, not the current one: a
+        # request admitted before an ACL change must not fill the new one's cache.
+        version = (index, authz.generation if authz is not None else 0)
         hit = self._cache.get(key) if cache else None
         if hit is not None and hit.version == version:
             body, filtered_out = hit.body, hit.filtered

@@ -111,7 +111,8 @@ class TimerWheel(Generic[T]):
             bucket = self._buckets.pop(heapq.heappop(self._slots))
             for item in list(bucket):
                 self.expire(item)
-        if self._slots and self._armed is None:
+        # expire() may have added (a pipelined query parked): arm for the earliest.
+        if self._slots and (self._armed is None or self._slots[0] < self._armed[0]):
             self._arm(self._slots[0])
 
     def __len__(self) -> int:
@@ -376,7 +377,7 @@ class FastReads:
             prepared, authz = query.prepared, query.request.authz
             index = self.state.index_of(prepared.plan[0])
             # With ACLs on, an answer is the token's, as in ConsulApi.answer's cache.
-            acl = self.state.acl.generation if authz is not None else 0
+            acl = authz.generation if authz is not None else 0  # as ConsulApi.answer
             key = (prepared.group, cycle.keep_alive, authz.key if authz is not None else None)
             pre = self._prebuilt.get(key)
             if (

@@ -31,7 +31,16 @@ _DECISIONS_LIMIT: Final = 4096  # names come from callers: never let them grow t
 
 
 class Authorizer:
-    __slots__ = ("_decisions", "_prefixes", "accessor", "default_allow", "key", "manage", "rules")
+    __slots__ = (
+        "_decisions",
+        "_prefixes",
+        "accessor",
+        "default_allow",
+        "generation",
+        "key",
+        "manage",
+        "rules",
+    )
 
     def __init__(
         self, accessor: str, rules: Rules, default_allow: bool, manage: bool = False
@@ -41,6 +50,10 @@ class Authorizer:
         self.default_allow = default_allow
         self.manage = manage
         self.key = accessor  # what answer caches key a filtered answer by
+        # The ACL generation it was built at (Resolver.resolve): what an answer
+        # it filtered is valid for. A request admitted before an ACL change
+        # (a parked blocking query) still holds the old one when it is answered.
+        self.generation = -1
         # Prefix rules longest first: the first that matches is the longest.
         self._prefixes = {
             resource: sorted(table.items(), key=lambda item: -len(item[0]))
@@ -133,6 +146,7 @@ class Resolver:
         if hit is None:
             token = self._find(secret)
             hit = (self.authorizer(token), token.expiration_time)
+            hit[0].generation = self._generation
             self._cache[secret] = hit
         if hit[1] and self.clock() >= hit[1]:
             raise AclNotFound()

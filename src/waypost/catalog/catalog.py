@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable, Collection, Iterable
 from typing import Concatenate, ParamSpec, TypeVar
 
-from .._exceptions import Conflict, NotFoundError, StorageError
+from .._exceptions import Conflict, StorageError
 from ..storage import Entry, Storage
 from . import codec, writes
 from .model import Check, Node, Service
@@ -196,10 +196,7 @@ class Catalog:
         Raises:
             NotFoundError: the check does not exist (it may have just been removed).
         """
-        check = self.state.stored_check(node, check_id)
-        if check is None:
-            raise NotFoundError(f'Unknown check ID "{check_id}"')
-        await self.write(writes.store_output, node, check_id, check.output)
+        await self.write(writes.store_output, node, check_id)
 
     # -- results that could not be stored ---------------------------------
 

@@ -193,10 +193,13 @@ def set_status(txn: Txn, node: str, check_id: str, status: str, output: str) -> 
     return True
 
 
-def store_output(txn: Txn, node: str, check_id: str, output: str) -> None:
-    """Write a check's output while its status stays (the deferred sync of
-    `check_update_interval`). Always staged: the state already shows this
-    output (State.set_output), so there is nothing to compare it with.
+def store_output(txn: Txn, node: str, check_id: str) -> None:
+    """Write the output a check shows now while its status stays (the deferred
+    sync of `check_update_interval`). Read here, not by the caller: re-run on
+    a conflict, the plan must store the newer record (its status and output),
+    never an older output over a newer status. Always staged: the state
+    already shows this output (State.set_output), so there is nothing to
+    compare it with.
 
     Raises:
         NotFoundError: the check does not exist (it may have just been removed).
@@ -204,7 +207,7 @@ def store_output(txn: Txn, node: str, check_id: str, output: str) -> None:
     check = txn.check(node, check_id)
     if check is None:
         raise NotFoundError(f'Unknown check ID "{check_id}"')
-    txn.put(msgspec.structs.replace(check, output=output))
+    txn.put(check)
 
 
 def service_maintenance(txn: Txn, check: Check, enable: bool) -> None:

@@ -283,8 +283,16 @@ class HealthRunner:
             await self.catalog.store_output(self.node, check_id)
         except NotFoundError:
             return
-        except StorageError as exc:  # the next result will try again (health is unaffected)
-            log.warning("check %s: could not store its output (%s); kept in memory", check_id, exc)
+        except StorageError as exc:  # health is unaffected: only the output waits
+            log.warning(
+                "check %s: could not store its output (%s); kept in memory, tried again in %s",
+                check_id,
+                exc,
+                go_duration(self.output_interval),
+            )
+            if check_id not in self._output_due:
+                coro = self._store_output_later(check_id)
+                self._output_due[check_id] = asyncio.create_task(coro, name=f"{check_id} output")
 
     # -- alias checks ------------------------------------------------------
 
@@ -356,11 +364,17 @@ class HealthRunner:
             await self.catalog.update_check(self.node, check_id, status, output)
         except StorageError as exc:
             self._refused(check_id, status, output, exc)  # until a result is stored
+            self._drop_retry(check_id)  # a concurrent heartbeat's retry: this one is newer
             retry = asyncio.create_task(self._retry_beat(check_id, status, output))
             self._beat_retry[check_id] = retry
             raise
         self._stored(check_id, before, status, output != shown)
         self._transition(check_id, before, status, output)
+
+    def _retry_done(self, check_id: str) -> None:
+        """The running retry is over: forget it, unless a newer one replaced it."""
+        if self._beat_retry.get(check_id) is asyncio.current_task():
+            del self._beat_retry[check_id]
 
     def _drop_retry(self, check_id: str) -> None:
         retry = self._beat_retry.pop(check_id, None)
@@ -376,19 +390,19 @@ class HealthRunner:
             await self.clock.sleep(delay)
             delay = min(delay * 2, RETRY_MAX)
             if self._ttl_deadline.get(check_id, 0.0) <= self.clock.now():
-                self._beat_retry.pop(check_id, None)
+                self._retry_done(check_id)
                 return  # the TTL ran out: its expiry is the result now
             before, shown = self._shown(check_id)
             try:
                 await self.catalog.update_check(self.node, check_id, status, output)
             except NotFoundError:
-                self._beat_retry.pop(check_id, None)
+                self._retry_done(check_id)
                 self.catalog.release(self.node, check_id)
                 return
             except StorageError as exc:
                 self._refused(check_id, status, output, exc)
                 continue
-            self._beat_retry.pop(check_id, None)
+            self._retry_done(check_id)
             self._stored(check_id, before, status, output != shown)
             self._transition(check_id, before, status, output)
             return
