@@ -324,3 +324,13 @@ async def test_an_output_the_store_refused_is_tried_again_an_interval_later(tmp_
     await runner.stop()
     await catalog.close()
     assert await _stored_output(url) == "v2"
+
+
+async def test_a_graceful_stop_stores_the_outputs_not_stored_yet(tmp_path) -> None:
+    url = f"sqlite://{tmp_path}/c.db"
+    catalog, _clock, runner = await _sqlite_runner(url, output_interval=300)
+    await runner.heartbeat("c1", "passing", "v1")
+    await runner.heartbeat("c1", "passing", "v2")  # deferred by 5 minutes
+    await runner.stop()
+    await catalog.close()
+    assert await _stored_output(url) == "v2"  # a restart finds it

@@ -38,6 +38,7 @@ TTL_EXPIRED = "TTL expired"
 RETRY_START = 0.1  # first retry of a result the store refused, in seconds
 RETRY_MAX = 0.5  # so every agent sees the result within about a second of the store's return
 OUTPUT_INTERVAL = 300.0  # Consul's check_update_interval default (5m)
+FLUSH_TIMEOUT = 5.0  # seconds a graceful stop gives the outputs not stored yet
 
 
 class HealthRunner:
@@ -95,7 +96,10 @@ class HealthRunner:
             self.refresh(changed)
 
     async def stop(self) -> None:
+        """Stop every check; the outputs shown but not stored yet are stored
+        first (a restart finds them), within FLUSH_TIMEOUT."""
         self._stopped = True
+        unstored_outputs = list(self._output_due)
         tasks = [task for _, task in self._tasks.values()]
         tasks += [*self._output_due.values(), *self._beat_retry.values()]
         if self._reaper is not None:
@@ -106,6 +110,22 @@ class HealthRunner:
         self._tasks.clear()
         self._output_due.clear()
         self._beat_retry.clear()
+        await self._flush_outputs(unstored_outputs)
+
+    async def _flush_outputs(self, check_ids: list[str]) -> None:
+        if not check_ids:
+            return
+        writes = (self.catalog.store_output(self.node, check_id) for check_id in check_ids)
+        try:
+            results = await asyncio.wait_for(
+                asyncio.gather(*writes, return_exceptions=True), FLUSH_TIMEOUT
+            )
+        except TimeoutError:
+            log.warning("stopping: %d check outputs not stored in time", len(check_ids))
+            return
+        failed = [r for r in results if isinstance(r, StorageError)]
+        if failed:
+            log.warning("stopping: %d check outputs not stored (%s)", len(failed), failed[0])
 
     def refresh(self, check_ids: Iterable[str]) -> None:
         """Start, restart or stop the named checks to match the catalog."""
