@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from .agentproc import AgentProcess
+from .servers import free_port
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 MARK = "=====quickstart-block====="
@@ -36,10 +36,6 @@ def quickstart_blocks() -> list[tuple[str, str]]:
     return re.findall(r"```(\w+)\n(.*?)```", section, re.DOTALL)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def as_pattern(expected: str) -> re.Pattern[str]:

@@ -5,7 +5,6 @@ selects nodes with `?node-meta=` and follows changes with blocking queries."""
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -16,6 +15,7 @@ import httpx
 import pytest
 
 from ..agentproc import AgentProcess
+from ..servers import free_port
 from ..wait import until
 
 VM = shutil.which("victoria-metrics")
@@ -48,10 +48,6 @@ class Exporter:
         self.server.server_close()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import queue
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -20,15 +19,12 @@ import httpx
 import pytest
 
 from ..agentproc import AgentProcess
+from ..servers import free_port
 
 NODE_DIR = Path(__file__).parent.parent / "node"
 EVENT_TIMEOUT = 30.0
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _agent(data_dir: Path, port: int) -> AgentProcess:
@@ -73,7 +69,7 @@ class Events:
     shutil.which("node") is None, reason="Node.js is not installed (make test installs it)"
 )
 def test_node_consul_watch_survives_a_kill_9_of_the_agent(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     agent = _agent(tmp_path, port)
     watcher = subprocess.Popen(
         ["node", "watch_crash.js", str(port), "crash-web"],

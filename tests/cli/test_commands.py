@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from ..agentproc import AgentProcess
-from ..servers import HealthServer
+from ..servers import HealthServer, free_port
 from ..wait import until
 
 
@@ -222,9 +222,3 @@ def test_watch_rides_out_an_agent_restart() -> None:
             second.stop()
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])

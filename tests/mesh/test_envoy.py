@@ -140,7 +140,7 @@ def web_leaf(mesh: Mesh) -> Iterator[tuple[str, str, str]]:
     yield str(folder / "cert.pem"), str(folder / "key.pem"), str(folder / "roots.pem")
 
 
-def _tls_get(port: int, context: ssl.SSLContext) -> bytes:
+def tls_get(port: int, context: ssl.SSLContext) -> bytes:
     """A GET over TLS to a public listener; b"" if the server closed on us."""
     with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, context.wrap_socket(raw) as tls:
         tls.sendall(b"GET / HTTP/1.1\r\nHost: db\r\nConnection: close\r\n\r\n")
@@ -161,20 +161,20 @@ def _client_context(roots: str, cert: tuple[str, str] | None = None) -> ssl.SSLC
 def test_the_public_listener_requires_a_client_cert_of_this_ca(mesh: Mesh, web_leaf: tuple[str, str, str]) -> None:
     cert, key, roots = web_leaf
     port = mesh.sidecar["db1"]
-    good = _tls_get(port, _client_context(roots, (cert, key)))  # the control: our CA's leaf works
+    good = tls_get(port, _client_context(roots, (cert, key)))  # the control: our CA's leaf works
     assert good.startswith(b"HTTP/1.1 200") and good.endswith(b"db1")
     with socket.create_connection(("127.0.0.1", port), timeout=5) as plain:
         plain.sendall(b"GET / HTTP/1.1\r\nHost: db\r\n\r\n")
         assert plain.recv(65536) == b""  # plain TCP: closed, nothing served
     with pytest.raises((ssl.SSLError, ConnectionResetError)):
-        _assert_refused(_tls_get(port, _client_context(roots)))  # TLS without a client cert
+        _assert_refused(tls_get(port, _client_context(roots)))  # TLS without a client cert
     other = trustme.CA()
     foreign = other.issue_cert("web")
     with tempfile.NamedTemporaryFile("w", suffix=".pem") as chain:
         chain.write(foreign.private_key_and_cert_chain_pem.bytes().decode())
         chain.flush()
         with pytest.raises((ssl.SSLError, ConnectionResetError)):
-            _assert_refused(_tls_get(port, _client_context(roots, (chain.name, chain.name))))
+            _assert_refused(tls_get(port, _client_context(roots, (chain.name, chain.name))))
 
 
 def _assert_refused(answer: bytes) -> None:

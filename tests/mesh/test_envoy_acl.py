@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -33,7 +32,7 @@ from ..agentproc import AgentProcess
 from ..servers import free_port
 from .adsclient import AdsClient, names_of, r
 from .envoyproc import App, EnvoyProcess
-from .test_envoy import within
+from .test_envoy import tls_get, within
 
 MGMT = "0f6d2a9c-3b1e-4f7a-8c5d-2e9b4a6c1d03"
 
@@ -108,15 +107,6 @@ def _web_context(m: AclMesh) -> ssl.SSLContext:
     return context
 
 
-def _get(port: int, context: ssl.SSLContext) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, context.wrap_socket(raw) as tls:
-        tls.sendall(b"GET / HTTP/1.1\r\nHost: db\r\nConnection: close\r\n\r\n")
-        chunks = []
-        while chunk := tls.recv(65536):
-            chunks.append(chunk)
-        return b"".join(chunks)
-
-
 def test_default_deny_refuses_with_a_reason_until_an_intention_allows(acl_mesh: AclMesh) -> None:
     m = acl_mesh
     assert m.envoy is not None
@@ -127,7 +117,7 @@ def test_default_deny_refuses_with_a_reason_until_an_intention_allows(acl_mesh: 
         "Target": "db", "ClientCertURI": f"spiffe://{domain}/ns/default/dc/dc1/svc/web"}).json()
     assert authorize["Authorized"] is False and authorize["Reason"] == "Default behavior configured by ACLs: denied"
     context = _web_context(m)
-    refused = _get(m.sidecar_port, context)
+    refused = tls_get(m.sidecar_port, context)
     assert refused.startswith(b"HTTP/1.1 403"), refused
     body = refused.split(b"\r\n\r\n", 1)[1].decode()
     assert body.startswith("RBAC: access denied: no intention allows spiffe://")
@@ -136,7 +126,7 @@ def test_default_deny_refuses_with_a_reason_until_an_intention_allows(acl_mesh: 
            in m.envoy.output(), "the default refusal in db's access log:\n" + m.envoy.output()[-1500:])  # type: ignore[union-attr]
     assert m.admin.put("/v1/connect/intentions/exact", params=pair, json={"Action": "allow"}).json() is True
     try:
-        within(1.0, lambda: _get(m.sidecar_port, context).startswith(b"HTTP/1.1 200"), "allowed by the intention")
+        within(1.0, lambda: tls_get(m.sidecar_port, context).startswith(b"HTTP/1.1 200"), "allowed by the intention")
         assert m.admin.get("/v1/connect/intentions/check", params=pair).json() == {"Allowed": True}
     finally:
         m.admin.delete("/v1/connect/intentions/exact", params=pair)

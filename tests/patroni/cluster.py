@@ -16,7 +16,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -24,6 +23,8 @@ import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
+
+from ..servers import free_port
 
 PATRONI = "/usr/bin/patroni"
 PG_BIN = Path("/usr/lib/postgresql")
@@ -51,10 +52,6 @@ def available() -> str:
     return ""
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Member:

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from ..servers import free_port
 
 FIREFOX = shutil.which("firefox-esr") or shutil.which("firefox") or "/usr/bin/firefox-esr"
 DEAD = "http://127.0.0.1:9/"  # the discard port: nothing listens there
@@ -67,11 +68,6 @@ def available() -> bool:
     return Path(FIREFOX).exists()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _user_js(prefs: dict[str, object]) -> str:
@@ -89,7 +85,7 @@ def firefox(timeout: float = 60) -> Iterator[object]:
     from marionette_driver.marionette import Marionette
 
     profile = Path(tempfile.mkdtemp(prefix="waypost-firefox-"))
-    port = _free_port()
+    port = free_port()
     (profile / "user.js").write_text(_user_js({**PREFS, "marionette.port": port}))
     proc = subprocess.Popen(
         [FIREFOX, "--headless", "--marionette", "--no-remote", "--profile", str(profile)],
