@@ -4,8 +4,12 @@ Ten instances of `web`, each with a passing TTL check, are registered on an
 agent with the sqlite store; then `wrk` (the Debian package) hammers the read
 over a few keep-alive connections. wrk and the agent share this machine's cores.
 
+`--gzip` adds `-H 'Accept-Encoding: gzip'`, as Go's and Python's HTTP clients
+send it (the agent then answers ~1 KB gzipped instead of 10 KB; wrk does not
+decompress, it counts the answers).
+
 Usage: .venv/bin/python bench/agent/health_read.py [--reps 3] [--duration 10]
-       [--connections 8] [--threads 1]
+       [--connections 8] [--threads 1] [--gzip]
 """
 
 from __future__ import annotations
@@ -40,8 +44,10 @@ def setup(base: str) -> str:
         return f"{base}/v1/health/service/{SERVICE}?passing"
 
 
-def run_wrk(url: str, threads: int, connections: int, duration: int) -> tuple[float, str]:
-    cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency", url]
+def run_wrk(
+    url: str, threads: int, connections: int, duration: int, extra: list[str]
+) -> tuple[float, str]:
+    cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency", *extra, url]
     out = subprocess.run(
         cmd, check=True, capture_output=True, text=True, timeout=duration + 30
     ).stdout
@@ -58,21 +64,23 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=10, help="seconds per repetition")
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--gzip", action="store_true", help="send Accept-Encoding: gzip")
     args = parser.parse_args()
+    extra = ["-H", "Accept-Encoding: gzip"] if args.gzip else []
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed: apt-get install -y wrk")
     header(
         f"GET /v1/health/service/{SERVICE}?passing (10 instances), "
-        f"wrk -t{args.threads} -c{args.connections}"
+        f"wrk -t{args.threads} -c{args.connections} {' '.join(extra)}"
     )
     rates = []
     with agent("sqlite") as proc:
         url = setup(proc.http_url)
         line(f"url: {url}")
-        run_wrk(url, args.threads, args.connections, 2)  # warm-up
+        run_wrk(url, args.threads, args.connections, 2, extra)  # warm-up
         for rep in range(args.reps):
             cpu0 = cpu_seconds(proc.proc.pid)  # type: ignore[union-attr]
-            rate, p99 = run_wrk(url, args.threads, args.connections, args.duration)
+            rate, p99 = run_wrk(url, args.threads, args.connections, args.duration, extra)
             cpu = (cpu_seconds(proc.proc.pid) - cpu0) / args.duration * 100  # type: ignore[union-attr]
             rates.append(rate)
             line(f"rep {rep + 1}: {rate:8.0f} req/s  p99 {p99}  agent CPU {cpu:.0f}% of one core")

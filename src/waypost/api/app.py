@@ -12,7 +12,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from . import access, http
+from . import access, compress, http
 from .access import Guard
 from .consul import ConsulApi
 from .metrics import Metrics
@@ -76,6 +76,7 @@ class AgentApp:
             response = await handler(request, rest)
         except Exception as exc:  # every error becomes an answer, never a dropped connection
             response = http.error_response(exc)
+        compress.encode(response, compress.accepts_gzip(request.headers))
         if request.method == "HEAD":
             response.body = b""
         elapsed = time.perf_counter() - started

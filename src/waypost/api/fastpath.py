@@ -48,7 +48,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, RequestResponseCy
 from .._exceptions import ValidationError, WaypostError
 from ..catalog import Catalog
 from ..catalog.watch import Topic
-from . import decode, http
+from . import compress, decode, http
 from ._bounded import ByteBoundedCache
 from .access import token_in
 from .app import AgentApp, access_log
@@ -155,7 +155,7 @@ class _Prebuilt(NamedTuple):
 class _Query:
     """A request on a connection, while it is being answered or is parked."""
 
-    __slots__ = ("cycle", "prepared", "request", "slot", "started")
+    __slots__ = ("cycle", "gzip", "prepared", "request", "slot", "started")
 
     def __init__(
         self, cycle: RequestResponseCycle, prepared: _Prepared, request: http.Request
@@ -163,6 +163,7 @@ class _Query:
         self.cycle = cycle
         self.prepared = prepared
         self.request = request  # the prepared one; with ACLs on, this request's own
+        self.gzip = compress.accepts_gzip(cycle.scope["headers"])  # type: ignore[arg-type]
         self.slot = 0  # its timer wheel slot while parked; 0 when not
         self.started = time.perf_counter()
 
@@ -378,7 +379,12 @@ class FastReads:
             index = self.state.index_of(prepared.plan[0])
             # With ACLs on, an answer is the token's, as in ConsulApi.answer's cache.
             acl = authz.generation if authz is not None else 0  # as ConsulApi.answer
-            key = (prepared.group, cycle.keep_alive, authz.key if authz is not None else None)
+            key = (
+                prepared.group,
+                cycle.keep_alive,
+                query.gzip,
+                authz.key if authz is not None else None,
+            )
             pre = self._prebuilt.get(key)
             if (
                 pre is None
@@ -401,6 +407,7 @@ class FastReads:
             response = self.consul.answer(query.request, index, prepared.plan[1])
         except Exception as exc:  # as AgentApp: every error becomes an answer
             response = http.error_response(exc)
+        compress.encode(response, query.gzip)  # once per answer, kept with the prebuilt bytes
         if prepared.group[0] == "HEAD":
             response.body = b""
         data = _encode(response, cycle.default_headers, cycle.keep_alive)
