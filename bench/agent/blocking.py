@@ -40,6 +40,8 @@ SERVICE = "web"
 class Watcher(asyncio.Protocol):
     """One keep-alive connection carrying one blocking query at a time."""
 
+    gzipped_answers = 0  # over all watchers: shows the agent compressed what was asked
+
     def __init__(self, host: str, accept: str) -> None:
         self.host = host
         self.accept = accept  # the Accept-Encoding line, or ""
@@ -80,6 +82,7 @@ class Watcher(asyncio.Protocol):
         body, self.body = b"".join(self.body), []
         if self.gzipped:
             body = zlib.decompress(body, 47)  # what a client does: gzip (or zlib) header
+            Watcher.gzipped_answers += 1
             self.gzipped = False
         if self.done is not None and not self.done.done():
             if self.status == 200:
@@ -188,8 +191,10 @@ async def run(
                 f"p99 {result['p99']:.0f} ms  max {result['max']:.0f} ms  "
                 f"(write acked after {result['ack']:.1f} ms)  agent RSS {result['rss']:.0f} MB  "
                 f"agent CPU {cpu * 1000:.0f} ms ({result['cpu_us']:.1f} µs per answer and re-park) "
-                f"load generator CPU {own * 1000:.0f} ms to receive them"
+                f"load generator CPU {own * 1000:.0f} ms to receive them "
+                f"({Watcher.gzipped_answers} gzipped)"
             )
+            Watcher.gzipped_answers = 0
         for w in watchers:
             assert w.transport is not None
             w.transport.close()
