@@ -183,7 +183,7 @@ async def run(
             acked = await write
             own = own_cpu() - own0
             latencies = sorted((f - sent) * 1000 for f in finished)
-            await settle(pid)  # the next queries parked: the round's whole cost
+            await settle(pid)  # the agent idle again: the answers' whole cost
             cpu = cpu_seconds(pid) - cpu0
             after_rss = rss_mb(pid)
             result = {
@@ -200,7 +200,7 @@ async def run(
                 f"rep {rep + 1}: {len(latencies)} answers  p50 {result['p50']:.0f} ms  "
                 f"p99 {result['p99']:.0f} ms  max {result['max']:.0f} ms  "
                 f"(write acked after {result['ack']:.1f} ms)  agent RSS {result['rss']:.0f} MB  "
-                f"agent CPU {cpu * 1000:.0f} ms ({result['cpu_us']:.1f} µs per answer and re-park) "
+                f"agent CPU {cpu * 1000:.0f} ms ({result['cpu_us']:.1f} µs per answer) "
                 f"load generator CPU {own * 1000:.0f} ms to receive them "
                 f"({Watcher.gzipped_answers} gzipped)"
             )
@@ -252,7 +252,7 @@ def main() -> None:
         f"median p50 {p50:.0f} ms, median p99 {p99:.0f} ms "
         f"(target <= 100 ms: {'PASS' if p99 <= 100 else 'MISS'})"
     )
-    line(f"median agent CPU per answered and re-parked query {cpu_us:.1f} µs")
+    line(f"median agent CPU per answer {cpu_us:.1f} µs")
     line(f"median load generator CPU per round {loadgen:.0f} ms (receiving the answers)")
     line(f"median agent RSS {rss:.0f} MB (target <= 300 MB: {'PASS' if rss <= 300 else 'MISS'})")
 

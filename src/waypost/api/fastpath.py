@@ -16,7 +16,9 @@ headers), encoded as one prebuilt head+body and written in one
 entry in a set per topic, registered once on the topic's shared future
 (`Watches.listen`), with its `wait=` expiry in a coarse timer wheel, and no
 task, future or timer of its own. When the topic fires, every parked
-connection with the same question gets the same bytes, encoded once.
+connection with the same question gets the same bytes, encoded once (and,
+for the clients that take gzip, compressed once: api/compress.py; the
+prebuilt bytes are kept per encoding).
 
 With ACLs on, each request goes through the same `Guard.enforce`
 (api/access.py) as on the normal path, with its own headers; the answer is
