@@ -47,6 +47,10 @@ by one timer for the oldest unanswered commit (a timer per commit cost about a
 tenth of group commit's rate), and the writer checks a commit's deadline again
 when it takes it, in case the loop is too busy to fire that timer in time.
 
+Checkpoints: never inside a COMMIT. The writer's connection has sqlite's
+auto-checkpoint off; a second connection on its own thread copies the WAL
+into the db file (see _sqlite_checkpoint: why, and how the WAL stays bounded).
+
 Lock: two agents on one file would each see only their own writes and hand
 out the same indexes, so `open()` takes an exclusive lock on `<path>.lock`
 (see waypost._lockfile; a second agent is told the pid holding it, and the
@@ -76,6 +80,7 @@ from .._exceptions import (
     StoreUnavailable,
 )
 from .._lockfile import LockFile
+from ._sqlite_checkpoint import WAL_KEEP_BYTES, Checkpointer
 from .base import ApplyFn, Condition, Entry, Storage
 
 log = logging.getLogger("waypost.storage")
@@ -167,6 +172,7 @@ class SqliteStorage(Storage):
         self._outstanding: collections.deque[_Pending] = collections.deque()
         self._sweeper: asyncio.TimerHandle | None = None
         self._writer_exited = False
+        self._checkpointer = Checkpointer(self.path)
 
     async def open(self, apply: ApplyFn) -> None:
         if self._thread is not None:
@@ -185,9 +191,13 @@ class SqliteStorage(Storage):
                 conn.executescript(_SCHEMA)
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=FULL")
+                # Checkpoints run on the checkpointer's thread, never in a COMMIT.
+                conn.execute("PRAGMA wal_autocheckpoint=0")
+                conn.execute(f"PRAGMA journal_size_limit={WAL_KEEP_BYTES}")
                 row = conn.execute("SELECT value FROM meta WHERE name = 'index'").fetchone()
                 self._index = row[0] if row else 0
                 self._replay(conn, apply)
+                self._checkpointer.start()
             except (sqlite3.Error, OSError) as exc:
                 raise ConfigError(f"cannot open the sqlite store at {self.path}: {exc}") from exc
         except BaseException:
@@ -317,6 +327,7 @@ class SqliteStorage(Storage):
             )
             return
         self._thread = None
+        await asyncio.to_thread(self._checkpointer.stop, COMMIT_TIMEOUT)
         self._lockfile.release()
         if self._sweeper is not None and all(p.future.done() for p in self._outstanding):
             self._sweeper.cancel()  # every commit is answered: nothing left to time
@@ -331,6 +342,10 @@ class SqliteStorage(Storage):
             "queued": self._waiting,
             "conflicts": self._conflicts,
             "failed_batches": self._failed_batches,
+            "checkpoints": self._checkpointer.checkpoints,
+            "checkpoint_failures": self._checkpointer.failures,
+            "wal_resets": self._checkpointer.resets,
+            "wal_frames": self._checkpointer.wal_frames,
         }
 
     # -- writer thread -----------------------------------------------------
@@ -347,7 +362,8 @@ class SqliteStorage(Storage):
                 batch, stop = self._take()
                 if batch:
                     try:
-                        self._write_batch(conn, batch)
+                        with self._checkpointer.gate:  # see _sqlite_checkpoint: WAL resets
+                            self._write_batch(conn, batch)
                     except Exception as exc:  # a bug: never let it stop the writer
                         log.exception("the sqlite store %s: writing a batch failed", self.path)
                         if conn.in_transaction:
@@ -431,6 +447,7 @@ class SqliteStorage(Storage):
                 return
             self._index = index
             self._transactions += 1
+            self._checkpointer.committed()
         written = index - first_index + 1
         self._commits += written
         self._conflicts += len(batch) - written

@@ -1,0 +1,181 @@
+"""WAL checkpoints of the sqlite store, on their own thread and connection.
+
+Why: sqlite's auto-checkpoint runs inside the COMMIT that takes the WAL past
+1,000 pages, on the writer thread: it copies the WAL's pages into the main
+db file and fsyncs it before that COMMIT returns. On the 545 MB store of
+1M instances that took 60-300 ms (bench/agent/commit_timing.py), and every
+commit queued behind it waited too: the whole p99 of a write under churn.
+So the writer runs with `wal_autocheckpoint=0` and this thread checkpoints
+instead, from a second connection, so a COMMIT only appends and fsyncs the
+WAL.
+
+How: sqlite documents that in WAL mode a checkpoint may run concurrently
+with readers and writers (wal.html, "Checkpointing"); a PASSIVE one copies
+every frame it can without waiting for any lock and never blocks the writer.
+The writer calls `committed()` after each transaction; this thread then runs
+one PASSIVE checkpoint at most every `INTERVAL` seconds while writes come in.
+Durability is untouched: a COMMIT is durable once its WAL frames are fsynced
+(synchronous=FULL on the writer), and a checkpoint that fails or is cut off by
+a crash leaves those frames in the WAL, where the next open finds them.
+
+Bounding the WAL: the writer starts the WAL over from its beginning when its
+next transaction finds every frame already checkpointed. Under continuous
+churn a PASSIVE checkpoint nearly always finishes just after another commit
+landed (at 1,000 writes/s the writer commits every 1-2 ms), so the WAL would
+never start over: it grew to 70 MB in 20 s. So once the WAL holds
+`RESET_FRAMES` frames, the passive checkpoint (which copied nearly all of
+them, without holding anything up; repeated up to `CATCH_UP` times until
+one is quick) is followed by a second one while the
+writer is held between two transactions (`gate`, a lock the writer takes
+around each batch): that one copies only what landed during the first, and
+the writer's next transaction starts the WAL over. The hold is that short
+copy and two fsyncs. When the disk is so busy that no passive checkpoint
+gets quick, the hold waits for a later round, until the WAL reaches
+`MAX_FRAMES`: that is its bound. A plain lock, not sqlite's RESTART checkpoint: that
+takes sqlite's write lock for the whole copy, and a writer waiting on it polls
+with sqlite's busy handler (sleeps of 1, 2, 5 ... 100 ms), so it also waits
+out a sleep after the lock is free. The writer's `journal_size_limit` trims a
+WAL file that grew past `WAL_KEEP_BYTES` once it starts over (a file that
+keeps its size is cheaper to fsync: overwriting its blocks does not change
+the file's metadata).
+
+A failed checkpoint is logged (once, until one succeeds again) and counted;
+it never fails a commit.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+log = logging.getLogger("waypost.storage")
+
+#: Seconds between checkpoints while commits come in. At the scale
+#: benchmark's 1,000 writes/s that is a few hundred pages a checkpoint.
+INTERVAL = 0.25
+#: Frames (pages) in the WAL past which a checkpoint holds the writer for a
+#: moment so that the WAL starts over: 32 MiB at sqlite's 4 KiB pages.
+RESET_FRAMES = 8192
+#: Frames past which the writer is held even when the checkpoints before did
+#: not get quick (a busy disk): the WAL's bound, 128 MiB.
+MAX_FRAMES = 4 * RESET_FRAMES
+#: Most PASSIVE checkpoints in a row before the one with the writer held, and
+#: the duration (seconds) under which one needs no successor: the held one
+#: then copies only what landed during a quick one.
+CATCH_UP = 4
+QUICK = 0.005
+#: The writer's journal_size_limit: a WAL file past this is trimmed back to
+#: it once it starts over.
+WAL_KEEP_BYTES = 64 * 2**20
+
+
+class Checkpointer:
+    """The store's checkpoint thread; `start()` once the db is open and in WAL mode."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._dirty = threading.Event()  # commits since the last checkpoint (or stop)
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        #: Held by the writer around each batch; by this thread to start the WAL over.
+        self.gate = threading.Lock()
+        self.checkpoints = 0
+        self.failures = 0
+        self.resets = 0
+        self.wal_frames = 0  # frames in the WAL at the last checkpoint
+        self._failing = False
+
+    def start(self) -> None:
+        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        try:
+            conn.execute("PRAGMA synchronous=FULL")  # fsync the WAL, then the db file
+        except sqlite3.Error:
+            conn.close()
+            raise
+        self._dirty.clear()
+        self._stopping.clear()
+        self._thread = threading.Thread(
+            target=self._run, args=(conn,), name="waypost-sqlite-checkpoint", daemon=True
+        )
+        self._thread.start()
+
+    def committed(self) -> None:
+        """From the writer, after each transaction: there are frames to copy."""
+        if not self._dirty.is_set():
+            self._dirty.set()
+
+    def stop(self, timeout: float) -> None:
+        """Stop the thread (its connection closes; the store's last connection
+        to close checkpoints what is left and removes the WAL)."""
+        thread = self._thread
+        if thread is None:
+            return
+        self._stopping.set()
+        self._dirty.set()
+        thread.join(timeout)
+        if not thread.is_alive():
+            self._thread = None
+
+    def _run(self, conn: sqlite3.Connection) -> None:
+        try:
+            while True:
+                self._dirty.wait()
+                if self._stopping.is_set():
+                    return
+                self._dirty.clear()
+                self.checkpoint(conn)
+                if self._stopping.wait(INTERVAL):
+                    return
+        finally:
+            conn.close()
+
+    def checkpoint(self, conn: sqlite3.Connection) -> None:
+        """One PASSIVE checkpoint; past RESET_FRAMES, a second with the writer held."""
+        try:
+            frames, quick = self._catch_up(conn)
+            if frames >= RESET_FRAMES and (quick or frames >= MAX_FRAMES):
+                with self.gate:  # between two of the writer's transactions
+                    _busy, frames, copied = _run_checkpoint(conn)
+                self.resets += frames == copied  # the next transaction starts the WAL over
+        except Exception as exc:  # never let it stop the thread: commits do not need it
+            self._failed(exc)
+            return
+        if self._failing:
+            log.warning("the sqlite store %s: WAL checkpoints succeed again", self.path)
+            self._failing = False
+        self.checkpoints += 1
+        self.wal_frames = max(frames, 0)
+
+    @staticmethod
+    def _catch_up(conn: sqlite3.Connection) -> tuple[int, bool]:
+        """PASSIVE checkpoints until one is quick (what landed during it is
+        little), at most CATCH_UP of them: (the WAL's frames, whether the
+        last was quick)."""
+        for _ in range(CATCH_UP):
+            started = time.monotonic()
+            _busy, frames, _copied = _run_checkpoint(conn)
+            if time.monotonic() - started < QUICK:
+                return frames, True
+        return frames, False
+
+    def _failed(self, exc: Exception) -> None:
+        self.failures += 1
+        if not self._failing:
+            log.warning(
+                "the sqlite store %s: a WAL checkpoint failed (%s: %s); commits go on, "
+                "the WAL grows until a checkpoint succeeds",
+                self.path,
+                type(exc).__name__,
+                exc,
+            )
+        self._failing = True
+
+
+def _run_checkpoint(conn: sqlite3.Connection) -> tuple[int, int, int]:
+    """(busy, frames in the WAL, frames copied): sqlite's `wal_checkpoint` row.
+    PASSIVE: copies what it can without waiting for any lock."""
+    row = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    return int(row[0]), int(row[1]), int(row[2])

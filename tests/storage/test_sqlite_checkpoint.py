@@ -1,0 +1,136 @@
+"""The sqlite store's WAL checkpoints: on their own thread, never inside a commit.
+
+Real sqlite files in tmp_path; the WAL's size is read from the file system
+and what reached the main db file from a copy of that file alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from waypost.storage import Entry, open_storage
+from waypost.storage import _sqlite_checkpoint as checkpoint
+from waypost.storage import sqlite as sqlite_backend
+from waypost.storage.sqlite import SqliteStorage
+
+BIG = 200 * 1024  # a value of 50 pages: a few commits pass sqlite's 1,000-page auto-checkpoint
+
+
+def _wal(db: Path) -> int:
+    wal = Path(f"{db}-wal")
+    return wal.stat().st_size if wal.exists() else 0
+
+
+async def _opened(db: Path) -> SqliteStorage:
+    store = open_storage(f"sqlite://{db}")
+    assert isinstance(store, SqliteStorage)
+    await store.open(lambda index, entries, snapshot=False: None)
+    return store
+
+
+async def _until(probe: object, timeout: float = 10.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not probe():  # type: ignore[operator]
+        assert loop.time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+async def test_a_commit_never_checkpoints_the_wal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the checkpointer doing nothing, 8 MB of commits stay in the WAL:
+    sqlite's own auto-checkpoint (in the COMMIT past 1,000 pages) is off."""
+    monkeypatch.setattr(checkpoint, "_run_checkpoint", lambda conn: (0, 0, 0))
+    db = tmp_path / "c.db"
+    store = await _opened(db)
+    for i in range(40):
+        await store.commit([Entry(f"k{i}", os.urandom(BIG))])
+    assert _wal(db) > 7 * 2**20  # auto-checkpointed, it would start over at ~4 MB
+    copy = tmp_path / "main-only.db"
+    shutil.copyfile(db, copy)  # the main file alone, as a checkpoint left it
+    with sqlite3.connect(copy) as conn:
+        assert conn.execute("SELECT count(*) FROM kv").fetchone() == (0,)
+    await store.close()
+
+
+async def test_the_checkpoint_thread_copies_the_wal_and_the_writes_survive_reopen(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "c.db"
+    store = await _opened(db)
+    for i in range(20):
+        await store.commit([Entry(f"k{i}", os.urandom(BIG))])
+    done = store.statistics()["checkpoints"]
+    await store.commit([Entry("last", b"x")])
+    await _until(lambda: store.statistics()["checkpoints"] > done)  # one after the last commit
+    copy = tmp_path / "main-only.db"
+    shutil.copyfile(db, copy)
+    with sqlite3.connect(copy) as conn:  # no WAL beside it: only what was checkpointed
+        assert conn.execute("SELECT count(*) FROM kv").fetchone() == (21,)
+    await store.close()
+    assert not Path(f"{db}-wal").exists()  # the last connection closed checkpoints it all
+    seen: dict[str, bytes | None] = {}
+    again = open_storage(f"sqlite://{db}")
+    await again.open(
+        lambda index, entries, snapshot=False: seen.update((e.key, e.value) for e in entries)
+    )
+    assert len(seen) == 21 and seen["last"] == b"x"
+    await again.close()
+
+
+async def test_the_wal_stays_bounded_under_continuous_commits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A commit every moment: the passive checkpoints alone would never let
+    the WAL start over; the held one does, and the file is trimmed."""
+    monkeypatch.setattr(checkpoint, "INTERVAL", 0.005)
+    monkeypatch.setattr(checkpoint, "RESET_FRAMES", 256)  # 1 MiB
+    monkeypatch.setattr(sqlite_backend, "WAL_KEEP_BYTES", 2 * 2**20)
+    db = tmp_path / "c.db"
+    store = await _opened(db)
+    largest = 0
+    for i in range(400):  # 400 * 64 KiB = 25 MiB through the WAL
+        await store.commit([Entry(f"k{i % 50}", os.urandom(64 * 1024))])
+        largest = max(largest, _wal(db))
+    stats = store.statistics()
+    assert stats["wal_resets"] > 0
+    assert largest < 8 * 2**20, f"the WAL grew to {largest / 2**20:.1f} MiB"
+    assert _wal(db) <= 3 * 2**20  # trimmed to about WAL_KEEP_BYTES once it started over
+    await store.close()
+
+
+async def test_a_failed_checkpoint_is_logged_and_fails_no_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    real = checkpoint._run_checkpoint
+    failures = [3]
+
+    def flaky(conn: sqlite3.Connection) -> tuple[int, int, int]:
+        if failures[0]:
+            failures[0] -= 1
+            raise sqlite3.OperationalError("disk I/O error")
+        return real(conn)
+
+    monkeypatch.setattr(checkpoint, "_run_checkpoint", flaky)
+    monkeypatch.setattr(checkpoint, "INTERVAL", 0.01)
+    caplog.set_level(logging.WARNING, logger="waypost.storage")
+    db = tmp_path / "c.db"
+    store = await _opened(db)
+    for i in range(3):  # each commit makes the thread try again: three failures
+        assert await store.commit([Entry(f"k{i}", b"v")]) == i + 1
+        await _until(lambda: store.statistics()["checkpoint_failures"] == i + 1)  # noqa: B023
+    assert store.statistics()["checkpoints"] == 0
+    assert await store.commit([Entry("more", b"v")]) == 4
+    await _until(lambda: store.statistics()["checkpoints"] > 0)  # the thread lived on
+    failed = [r for r in caplog.records if "a WAL checkpoint failed" in r.getMessage()]
+    assert len(failed) == 1 and "disk I/O error" in failed[0].getMessage()  # once a streak
+    assert any("checkpoints succeed again" in r.getMessage() for r in caplog.records)
+    await store.close()
