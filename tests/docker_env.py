@@ -85,7 +85,10 @@ def debian_mirror() -> tuple[str, str]:
     for path in sources:
         for stanza in path.read_text().split("\n\n"):
             fields = dict(re.findall(r"^(\w[\w-]*):\s*(.*)$", stanza, re.MULTILINE))
-            if "deb" in fields.get("Types", "").split() and release in fields.get("Suites", "").split():
+            if (
+                "deb" in fields.get("Types", "").split()
+                and release in fields.get("Suites", "").split()
+            ):
                 return fields["URIs"].split()[0], release
     listed = Path("/etc/apt/sources.list")
     if listed.exists():
@@ -118,10 +121,26 @@ def _debootstrap(mirror: str, release: str, tarball: Path) -> None:
     tarball.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="waypost-rootfs-") as root:
         include = ",".join(PACKAGES)
-        made = run("debootstrap", "--variant=minbase", f"--include={include}", release, root, mirror, timeout=600)
+        made = run(
+            "debootstrap",
+            "--variant=minbase",
+            f"--include={include}",
+            release,
+            root,
+            mirror,
+            timeout=600,
+        )
         if made.returncode != 0:
-            raise Unavailable(f"debootstrap {release} from {mirror} failed:\n{made.stdout[-1500:]}{made.stderr[-1500:]}")
-        for junk in ("var/cache/apt/archives", "var/lib/apt/lists", "usr/share/doc", "usr/share/man", "usr/share/locale"):
+            raise Unavailable(
+                f"debootstrap {release} from {mirror} failed:\n{made.stdout[-1500:]}{made.stderr[-1500:]}"
+            )
+        for junk in (
+            "var/cache/apt/archives",
+            "var/lib/apt/lists",
+            "usr/share/doc",
+            "usr/share/man",
+            "usr/share/locale",
+        ):
             shutil.rmtree(Path(root) / junk, ignore_errors=True)
         partial = tarball.with_suffix(".partial")
         packed = run("tar", "-C", root, "-cf", str(partial), ".", timeout=300)
@@ -139,6 +158,16 @@ def build_context(repo: Path, dest: Path, pip: str) -> None:
             shutil.copytree(source, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy2(source, dest / name)
-    built = run(pip, "-m", "pip", "wheel", "-q", "--wheel-dir", str(dest / "wheelhouse"), str(dest), timeout=600)
+    built = run(
+        pip,
+        "-m",
+        "pip",
+        "wheel",
+        "-q",
+        "--wheel-dir",
+        str(dest / "wheelhouse"),
+        str(dest),
+        timeout=600,
+    )
     if built.returncode != 0:
         raise Unavailable(f"pip wheel failed:\n{built.stderr[-1500:]}")

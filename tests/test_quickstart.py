@@ -36,14 +36,14 @@ def quickstart_blocks() -> list[tuple[str, str]]:
     return re.findall(r"```(\w+)\n(.*?)```", section, re.DOTALL)
 
 
-
-
 def as_pattern(expected: str) -> re.Pattern[str]:
     parts = [re.escape(" ".join(line.split())) for line in expected.strip().splitlines()]
     return re.compile("\n".join(parts).replace(re.escape("..."), ".*?"), re.DOTALL)
 
 
-def test_the_readme_quickstart_works_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_readme_quickstart_works_as_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     ports = {"8500": str(free_port()), "8600": str(free_port()), "3000": str(free_port())}
 
     def ported(text: str) -> str:
@@ -55,19 +55,34 @@ def test_the_readme_quickstart_works_as_written(tmp_path: Path, monkeypatch: pyt
     (tmp_path / ".venv").symlink_to(Path(sys.executable).parent.parent)  # what `make run` made
     monkeypatch.chdir(tmp_path)
     agent = AgentProcess(
-        "--data-dir", "./data", "--http", f"127.0.0.1:{ports['8500']}", "--dns", f"127.0.0.1:{ports['8600']}"
+        "--data-dir",
+        "./data",
+        "--http",
+        f"127.0.0.1:{ports['8500']}",
+        "--dns",
+        f"127.0.0.1:{ports['8600']}",
     ).start()
     script = "set -e\n" + "".join(f"echo {MARK}{n}\n{text}\n" for n, text in commands)
-    script = script.replace("/tmp/payment", str(tmp_path / "payment"))  # no shared /tmp between runs
+    script = script.replace(
+        "/tmp/payment", str(tmp_path / "payment")
+    )  # no shared /tmp between runs
     try:
         env = {**os.environ, "CONSUL_HTTP_ADDR": f"127.0.0.1:{ports['8500']}"}
-        run = subprocess.run(["bash", "-c", script + "kill %1 2>/dev/null || true\n"],
-                             capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
+        run = subprocess.run(
+            ["bash", "-c", script + "kill %1 2>/dev/null || true\n"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=tmp_path,
+            env=env,
+        )
     finally:
         assert agent.stop() == 0
     assert run.returncode == 0, run.stdout + run.stderr
     printed = dict(re.findall(rf"{MARK}(\d+)\n(.*?)(?={MARK}|\Z)", run.stdout, re.DOTALL))
     for n, (kind, expected) in enumerate(blocks):
         if kind == "text":
-            got = "\n".join(" ".join(line.split()) for line in printed[str(n - 1)].strip().splitlines())
+            got = "\n".join(
+                " ".join(line.split()) for line in printed[str(n - 1)].strip().splitlines()
+            )
             assert as_pattern(ported(expected)).fullmatch(got), f"block {n}:\n{got}\n!=\n{expected}"

@@ -43,6 +43,7 @@ import random
 import shutil
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import aiohttp
@@ -241,6 +242,25 @@ def _summary(name: str, values: list[float]) -> str:
     )
 
 
+def store_stats(url: str) -> dict[str, float]:
+    """The agent's store statistics (/v1/agent/self, Stats.store), as numbers."""
+    with urllib.request.urlopen(f"{url}/v1/agent/self", timeout=30) as resp:
+        stats = json.load(resp)["Stats"].get("store", {})
+    return {k: float(v) for k, v in stats.items()}
+
+
+def _writer_line(before: dict[str, float], after: dict[str, float]) -> str:
+    """The writer's debug counters over the churn (sqlite stores that count them)."""
+    if "commit_max_ms" not in after:
+        return "store: this tree does not count its COMMIT durations"
+    over = [k for k in after if "_over_" in k]
+    parts = [f"{k} {after[k] - before.get(k, 0):.0f}" for k in sorted(over)]
+    parts += [f"{k} {after[k]:g}" for k in sorted(after) if k.endswith("_max_ms")]
+    for k in ("transactions", "checkpoints", "wal_resets"):
+        parts.append(f"{k} {after.get(k, 0) - before.get(k, 0):.0f}")
+    return "store during the churn: " + ", ".join(parts)
+
+
 def churn_phase(proc: AgentProcess, args: argparse.Namespace) -> None:
     url = proc.http_url
     quiet = asyncio.run(watch_and_read(url, 5.0, args.nodes, args.services))
@@ -251,6 +271,7 @@ def churn_phase(proc: AgentProcess, args: argparse.Namespace) -> None:
         target=churn,
         args=(url, args.rate, args.seconds, args.nodes, args.services, args.instances),
     )
+    before = store_stats(url)
     load.start()
     try:
         time.sleep(1.0)  # the generator is up to rate
@@ -262,6 +283,7 @@ def churn_phase(proc: AgentProcess, args: argparse.Namespace) -> None:
     line(f"during churn ({args.rate}/s target, {args.seconds - 2:.0f} s measured):")
     for name, values in zip(NAMES, busy, strict=True):
         line(_summary(name, values))
+    line(_writer_line(before, store_stats(url)))
     line(f"agent RSS after the churn: {rss_mb(proc.proc.pid):.0f} MB")  # type: ignore[union-attr]
     target = percentile(sorted(busy[0]), 99)
     line(f"wake-up p99 {target:.1f} ms (target <= 20 ms: {'PASS' if target <= 20 else 'MISS'})")

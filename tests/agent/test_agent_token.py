@@ -153,7 +153,9 @@ def test_a_token_without_node_write_is_named_in_the_warning(mgmt: httpx.Client) 
         make_token(mgmt, agent, AGENT, Policies=[{"Name": "ro"}])
         assert wait_for(lambda: len(blocked_lines(agent)) == 2)  # the reason changed
         line = blocked_lines(agent)[1]
-        accessor = mgmt.get(f"{agent.http_url}/v1/acl/token/self", headers={"X-Consul-Token": AGENT})
+        accessor = mgmt.get(
+            f"{agent.http_url}/v1/acl/token/self", headers={"X-Consul-Token": AGENT}
+        )
         assert accessor.json()["AccessorID"] in line
         assert f"lacks permission 'node:write' on \\\"{NODE}\\\"" in line
     finally:

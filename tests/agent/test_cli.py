@@ -62,7 +62,7 @@ def test_bad_flags_exit_2_with_a_message(args: list[str], message: str) -> None:
         ('domain = ""', "setting 'domain' in FILE: '': expected a DNS domain"),
         ('http = "nonsense"', "setting 'http' in FILE: 'nonsense': expected ADDRESS:PORT"),
         ("http_read_timeout = 0", "setting 'http_read_timeout' in FILE: 0.0: must be more than 0"),
-        ("[dns_service_ttl]\nweb = \"soon\"", "setting 'dns_service_ttl' in FILE:"),
+        ('[dns_service_ttl]\nweb = "soon"', "setting 'dns_service_ttl' in FILE:"),
         ('recursors = ["x"]', "'x' is not IP[:PORT]"),
     ],
 )
@@ -84,7 +84,9 @@ def test_version() -> None:
 
 
 def test_port_in_use_is_a_clear_error(agent: AgentProcess) -> None:
-    result = waypost("agent", "--dev", "--dns", "off", "--grpc", "off", "--http", f"127.0.0.1:{agent.http_port}")
+    result = waypost(
+        "agent", "--dev", "--dns", "off", "--grpc", "off", "--http", f"127.0.0.1:{agent.http_port}"
+    )
     assert result.returncode == 2
     assert "cannot listen on" in result.stderr
 

@@ -379,7 +379,10 @@ def test_the_uis_mesh_view_shows_only_what_the_token_may_read(
         seen = c.get(path, params=query)
     assert seen.status_code == 200, seen.text
     view = seen.json()
-    assert view["Services"] == [back, front, other] and seen.headers["X-Consul-Results-Filtered-By-ACLs"]
+    assert (
+        view["Services"] == [back, front, other]
+        and seen.headers["X-Consul-Results-Filtered-By-ACLs"]
+    )
     assert [(i["SourceName"], i["DestinationName"]) for i in view["Intentions"]] == [(front, back)]
     # front -> back: denied by that intention; front -> other: denied by the default,
     # which follows the ACL default policy (deny here), as the mesh enforces it

@@ -97,7 +97,9 @@ def test_monitor_streams_log_lines_until_the_client_leaves(agent: AgentProcess) 
     lines: list[str] = []
 
     def read() -> None:
-        with httpx.stream("GET", f"{agent.http_url}/v1/agent/monitor?loglevel=info", timeout=10) as r:
+        with httpx.stream(
+            "GET", f"{agent.http_url}/v1/agent/monitor?loglevel=info", timeout=10
+        ) as r:
             assert r.status_code == 200
             for line in r.iter_lines():
                 if line:

@@ -19,7 +19,9 @@ from ..servers import free_port
 from ..wait import until
 
 VM = shutil.which("victoria-metrics")
-pytestmark = pytest.mark.skipif(VM is None, reason="victoria-metrics is not installed (scripts/system-deps.sh)")
+pytestmark = pytest.mark.skipif(
+    VM is None, reason="victoria-metrics is not installed (scripts/system-deps.sh)"
+)
 
 
 class Exporter:
@@ -48,8 +50,6 @@ class Exporter:
         self.server.server_close()
 
 
-
-
 @pytest.fixture
 def exporters() -> Iterator[dict[str, Exporter]]:
     found = {name: Exporter(name) for name in ("prod-a", "dev-b", "prod-c")}
@@ -71,7 +71,9 @@ def register(http: httpx.Client, node: str, env: str, port: int) -> None:
 def test_victoria_metrics_scrapes_only_the_nodes_its_node_meta_selects(
     tmp_path: Path, exporters: dict[str, Exporter]
 ) -> None:
-    agent = AgentProcess("--dev", "--http", "127.0.0.1:0", "--dns", "off", "--node", "sd-agent").start()
+    agent = AgentProcess(
+        "--dev", "--http", "127.0.0.1:0", "--dns", "off", "--node", "sd-agent"
+    ).start()
     vm_port = free_port()
     config = tmp_path / "scrape.yml"
     config.write_text(
@@ -84,12 +86,22 @@ def test_victoria_metrics_scrapes_only_the_nodes_its_node_meta_selects(
         "        node_meta: {env: prod}\n"
     )
     vm = subprocess.Popen(
-        [VM, f"-httpListenAddr=127.0.0.1:{vm_port}", f"-storageDataPath={tmp_path / 'vm'}",
-         f"-promscrape.config={config}", "-promscrape.consulSDCheckInterval=1s", "-loggerLevel=ERROR"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        [
+            VM,
+            f"-httpListenAddr=127.0.0.1:{vm_port}",
+            f"-storageDataPath={tmp_path / 'vm'}",
+            f"-promscrape.config={config}",
+            "-promscrape.consulSDCheckInterval=1s",
+            "-loggerLevel=ERROR",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     try:
-        with agent.client() as http, httpx.Client(base_url=f"http://127.0.0.1:{vm_port}", timeout=10) as vm_http:
+        with (
+            agent.client() as http,
+            httpx.Client(base_url=f"http://127.0.0.1:{vm_port}", timeout=10) as vm_http,
+        ):
             register(http, "node-a", "prod", exporters["prod-a"].port)
             register(http, "node-b", "dev", exporters["dev-b"].port)
 
@@ -105,8 +117,11 @@ def test_victoria_metrics_scrapes_only_the_nodes_its_node_meta_selects(
             assert until(lambda: scraped() == {a} and scraped(), timeout=30) == {a}
             register(http, "node-c", "prod", exporters["prod-c"].port)  # a new prod node: found
             assert until(lambda: scraped() == {a, c} and scraped(), timeout=30) == {a, c}
-            labels = next(t for t in vm_http.get("/api/v1/targets").json()["data"]["activeTargets"]
-                          if t["labels"]["instance"] == c)["discoveredLabels"]
+            labels = next(
+                t
+                for t in vm_http.get("/api/v1/targets").json()["data"]["activeTargets"]
+                if t["labels"]["instance"] == c
+            )["discoveredLabels"]
             assert labels["__meta_consul_node"] == "node-c"
             assert labels["__meta_consul_metadata_env"] == "prod"
             assert b not in scraped()

@@ -25,8 +25,6 @@ NODE_DIR = Path(__file__).parent.parent / "node"
 EVENT_TIMEOUT = 30.0
 
 
-
-
 def _agent(data_dir: Path, port: int) -> AgentProcess:
     return AgentProcess(
         "--data-dir", str(data_dir), "--http", f"127.0.0.1:{port}", "--dns", "off", "--node", "n1"

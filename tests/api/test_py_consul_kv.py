@@ -293,9 +293,13 @@ def _op(verb: str, key: str, value: bytes | None = None, **kw: object) -> dict[s
     return {"KV": op}
 
 
-def test_txn_is_atomic_with_consul_shapes(c: consul.Consul, agent: AgentProcess, unique: str) -> None:
+def test_txn_is_atomic_with_consul_shapes(
+    c: consul.Consul, agent: AgentProcess, unique: str
+) -> None:
     k = f"{unique}/t"
-    result = c.txn.put([_op("set", f"{k}/a", b"1"), _op("set", f"{k}/b", b"2"), _op("get", f"{k}/a")])
+    result = c.txn.put(
+        [_op("set", f"{k}/a", b"1"), _op("set", f"{k}/b", b"2"), _op("get", f"{k}/a")]
+    )
     kv = [r["KV"] for r in result["Results"]]
     assert [r["Key"] for r in kv] == [f"{k}/a", f"{k}/b", f"{k}/a"]
     assert kv[0]["Value"] is None and base64.b64decode(kv[2]["Value"]) == b"1"

@@ -70,13 +70,21 @@ def ttl_check(name: str, service_id: str = "") -> CheckRegistration:
 
 
 def orphans(cat: Catalog) -> list[tuple[str, str]]:
-    return [k for k, c in cat.state.checks.items() if c.service_id and (k[0], c.service_id) not in cat.state.services]
+    return [
+        k
+        for k, c in cat.state.checks.items()
+        if c.service_id and (k[0], c.service_id) not in cat.state.services
+    ]
 
 
-async def test_a_check_registered_while_its_service_goes_is_never_orphaned(catalog: Catalog) -> None:
+async def test_a_check_registered_while_its_service_goes_is_never_orphaned(
+    catalog: Catalog,
+) -> None:
     for i in range(150):
         sid = f"x{i}"
-        await catalog.write(writes.register, "n1", ServiceRegistration(name="x", id=sid), False, False)
+        await catalog.write(
+            writes.register, "n1", ServiceRegistration(name="x", id=sid), False, False
+        )
         await asyncio.gather(
             catalog.write(writes.register_check, "n1", ttl_check(f"c{i}", sid), False),
             catalog.write(writes.deregister, "n1", sid),

@@ -18,7 +18,9 @@ from ..servers import HealthServer, free_port
 from ..wait import until
 
 
-def waypost(*args: str, env: dict[str, str] | None = None, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+def waypost(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 30
+) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("CONSUL_HTTP")}
     return subprocess.run(
         [sys.executable, "-m", "waypost.cli.main", *args],
@@ -35,23 +37,36 @@ def rows(out: str) -> dict[str, list[str]]:
 
 @pytest.fixture
 def empty() -> Iterator[AgentProcess]:
-    agent = AgentProcess("--dev", "--http", "127.0.0.1:0", "--dns", "off", "--node", "cli-node").start()
+    agent = AgentProcess(
+        "--dev", "--http", "127.0.0.1:0", "--dns", "off", "--node", "cli-node"
+    ).start()
     yield agent
     assert agent.stop() == 0
 
 
 def test_services_on_an_empty_catalog_says_so(empty: AgentProcess) -> None:
     result = waypost("services", "--http-addr", empty.http_url)
-    assert (result.returncode, result.stdout) == (0, "no services registered (only the agents' own `consul`)\n")
+    assert (result.returncode, result.stdout) == (
+        0,
+        "no services registered (only the agents' own `consul`)\n",
+    )
 
 
 def test_services_table_with_names_that_need_encoding(empty: AgentProcess) -> None:
     """`q?x` and `pct%41` are looked up as themselves, not as a query or `pctA`."""
     with empty.client() as http:
         for name in ("q?x", "pct%41", "pctA"):
-            body = {"Name": name, "ID": f"{name}-1", "Tags": ["v1"], "Check": {"TTL": "1m", "Status": "passing"}}
+            body = {
+                "Name": name,
+                "ID": f"{name}-1",
+                "Tags": ["v1"],
+                "Check": {"TTL": "1m", "Status": "passing"},
+            }
             http.put("/v1/agent/service/register", json=body).raise_for_status()
-        http.put("/v1/agent/service/register", json={"Name": "pctA", "ID": "pctA-2", "Check": {"TTL": "1m"}})
+        http.put(
+            "/v1/agent/service/register",
+            json={"Name": "pctA", "ID": "pctA-2", "Check": {"TTL": "1m"}},
+        )
     table = rows(waypost("services", "--http-addr", empty.http_url).stdout)
     assert table["q?x"] == ["q?x", "1", "1", "0", "0", "v1"]
     assert table["pct%41"] == ["pct%41", "1", "1", "0", "0", "v1"]
@@ -69,7 +84,10 @@ def test_address_from_the_environment_without_a_scheme(empty: AgentProcess) -> N
 
 def test_the_token_is_sent_from_the_flag_or_the_environment() -> None:
     with HealthServer(body=b"{}") as server:
-        waypost("services", env={"CONSUL_HTTP_ADDR": f"127.0.0.1:{server.port}", "CONSUL_HTTP_TOKEN": "t-env"})
+        waypost(
+            "services",
+            env={"CONSUL_HTTP_ADDR": f"127.0.0.1:{server.port}", "CONSUL_HTTP_TOKEN": "t-env"},
+        )
         waypost("services", "--http-addr", f"127.0.0.1:{server.port}", "--token", "t-flag")
         sent = [headers.get("X-Consul-Token") for _, _, headers in server.requests]
     assert sent == ["t-env", "t-flag"]
@@ -79,51 +97,94 @@ def test_a_server_that_is_not_an_agent_is_explained() -> None:
     with HealthServer(body=b"<html><body>It works!</body></html>") as server:
         result = waypost("services", "--http-addr", f"127.0.0.1:{server.port}")
     assert result.returncode == 2
-    assert "does not answer like a waypost or Consul agent: GET /v1/catalog/services gave 200" in result.stderr
+    assert (
+        "does not answer like a waypost or Consul agent: GET /v1/catalog/services gave 200"
+        in result.stderr
+    )
     assert "<html>" not in result.stderr
 
 
 def test_no_agent_is_explained() -> None:
     result = waypost("services", "--http-addr", "127.0.0.1:1")
     assert result.returncode == 2
-    assert "cannot reach the agent at http://127.0.0.1:1: connection refused (is the agent running?" in result.stderr
+    assert (
+        "cannot reach the agent at http://127.0.0.1:1: connection refused (is the agent running?"
+        in result.stderr
+    )
 
 
 def test_register_and_deregister_with_flags(empty: AgentProcess) -> None:
     out = waypost(
-        "register", "--http-addr", empty.http_url, "--name", "web", "--id", "web-1", "--port", "8080",
-        "--tag", "v1", "--meta", "zone=a", "--check-ttl", "30s",
+        "register",
+        "--http-addr",
+        empty.http_url,
+        "--name",
+        "web",
+        "--id",
+        "web-1",
+        "--port",
+        "8080",
+        "--tag",
+        "v1",
+        "--meta",
+        "zone=a",
+        "--check-ttl",
+        "30s",
     )
     assert out.stdout == "Registered service: web-1\n", out.stderr
     with empty.client() as http:
         (row,) = http.get("/v1/health/service/web").json()
-        assert (row["Service"]["Port"], row["Service"]["Tags"], row["Service"]["Meta"]) == (8080, ["v1"], {"zone": "a"})
+        assert (row["Service"]["Port"], row["Service"]["Tags"], row["Service"]["Meta"]) == (
+            8080,
+            ["v1"],
+            {"zone": "a"},
+        )
         assert row["Checks"][1]["Type"] == "ttl"
-        assert waypost("deregister", "--http-addr", empty.http_url, "web-1").stdout == "Deregistered service: web-1\n"
+        assert (
+            waypost("deregister", "--http-addr", empty.http_url, "web-1").stdout
+            == "Deregistered service: web-1\n"
+        )
         assert http.get("/v1/health/service/web").json() == []
     again = waypost("deregister", "--http-addr", empty.http_url, "web-1")
     assert again.returncode == 2
-    assert 'refused PUT /v1/agent/service/deregister/web-1: 404 Unknown service ID "web-1"' in again.stderr
+    assert (
+        'refused PUT /v1/agent/service/deregister/web-1: 404 Unknown service ID "web-1"'
+        in again.stderr
+    )
 
 
 def test_register_from_a_consul_style_file(empty: AgentProcess, tmp_path: Path) -> None:
     with HealthServer() as server:
         path = tmp_path / "payment.json"
-        service = {"name": "payment", "id": "payment-7", "port": server.port, "address": "127.0.0.1",
-                   "check": {"http": server.url, "interval": "1s"}}
+        service = {
+            "name": "payment",
+            "id": "payment-7",
+            "port": server.port,
+            "address": "127.0.0.1",
+            "check": {"http": server.url, "interval": "1s"},
+        }
         path.write_text(json.dumps({"service": service}))
         assert waypost("register", "--http-addr", empty.http_url, str(path)).returncode == 0
         with empty.client() as http:
             until(lambda: http.get("/v1/health/service/payment?passing").json())
-        assert waypost("deregister", "--http-addr", empty.http_url, str(path)).stdout == "Deregistered service: payment-7\n"
+        assert (
+            waypost("deregister", "--http-addr", empty.http_url, str(path)).stdout
+            == "Deregistered service: payment-7\n"
+        )
 
 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (["--name", "web"], "give a FILE, or --name and --port"),
-        (["--name", "web", "--port", "1", "--check-ttl", "1s", "--check-http", "http://x"], "give one check, not both"),
-        (["--name", "web", "--port", "1", "--meta", "novalue"], "--meta 'novalue': expected KEY=VALUE"),
+        (
+            ["--name", "web", "--port", "1", "--check-ttl", "1s", "--check-http", "http://x"],
+            "give one check, not both",
+        ),
+        (
+            ["--name", "web", "--port", "1", "--meta", "novalue"],
+            "--meta 'novalue': expected KEY=VALUE",
+        ),
         (["/no/such.json"], "cannot read /no/such.json"),
     ],
 )
@@ -139,7 +200,17 @@ def test_register_refused_by_the_agent_says_why(empty: AgentProcess) -> None:
 
 
 def test_watch_redraws_on_every_change(empty: AgentProcess) -> None:
-    cmd = [sys.executable, "-m", "waypost.cli.main", "watch", "--http-addr", empty.http_url, "--count", "3", "shop"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "waypost.cli.main",
+        "watch",
+        "--http-addr",
+        empty.http_url,
+        "--count",
+        "3",
+        "shop",
+    ]
     watcher = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert watcher.stdout is not None
     tables: list[list[str]] = [[]]
@@ -153,7 +224,13 @@ def test_watch_redraws_on_every_change(empty: AgentProcess) -> None:
     try:
         assert read_table()[1] == "no instances of 'shop' registered"
         with empty.client() as http:
-            body = {"Name": "shop", "ID": "shop-1", "Address": "10.1.1.1", "Port": 80, "Check": {"TTL": "1m"}}
+            body = {
+                "Name": "shop",
+                "ID": "shop-1",
+                "Address": "10.1.1.1",
+                "Port": 80,
+                "Check": {"TTL": "1m"},
+            }
             http.put("/v1/agent/service/register", json=body).raise_for_status()
             second = read_table()
             assert "shop: 1 instance(s) (1 critical)" in second[0]
@@ -180,17 +257,33 @@ def test_events_lists_and_follows_the_timeline(empty: AgentProcess) -> None:
         assert lines[1].endswith(
             'check        beat/beat-1 node=cli-node check=service:beat-1 passing -> critical output="disk full"'
         ), lines
-        cmd = [sys.executable, "-m", "waypost.cli.main", "events", "-f", "--http-addr", empty.http_url, "beat"]
-        follower = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        cmd = [
+            sys.executable,
+            "-m",
+            "waypost.cli.main",
+            "events",
+            "-f",
+            "--http-addr",
+            empty.http_url,
+            "beat",
+        ]
+        follower = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
         assert follower.stdout is not None
         try:
             for _ in lines:  # what was there already comes first
                 follower.stdout.readline()
-            http.put("/v1/agent/service/maintenance/beat-1?enable=true&reason=deploy").raise_for_status()
+            http.put(
+                "/v1/agent/service/maintenance/beat-1?enable=true&reason=deploy"
+            ).raise_for_status()
             assert 'maintenance output="deploy"' in follower.stdout.readline()
         finally:
             follower.kill()
-    assert waypost("events", "--http-addr", empty.http_url, "nothing-here").stdout == "no events recorded for nothing-here\n"
+    assert (
+        waypost("events", "--http-addr", empty.http_url, "nothing-here").stdout
+        == "no events recorded for nothing-here\n"
+    )
 
 
 def test_events_from_something_without_a_timeline_says_so() -> None:
@@ -205,7 +298,17 @@ def test_watch_rides_out_an_agent_restart() -> None:
     first = AgentProcess("--dev", "--http", f"127.0.0.1:{port}", "--dns", "off").start()
     with first.client() as http:
         http.put("/v1/agent/service/register", json={"Name": "shop", "ID": "shop-1", "Port": 80})
-    cmd = [sys.executable, "-m", "waypost.cli.main", "watch", "--http-addr", f"127.0.0.1:{port}", "--count", "2", "shop"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "waypost.cli.main",
+        "watch",
+        "--http-addr",
+        f"127.0.0.1:{port}",
+        "--count",
+        "2",
+        "shop",
+    ]
     watcher = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert watcher.stdout is not None
     second = None
@@ -220,5 +323,3 @@ def test_watch_rides_out_an_agent_restart() -> None:
         watcher.kill()
         if second is not None:
             second.stop()
-
-

@@ -36,9 +36,16 @@ def test_demo_on_the_users_agent_leaves_the_users_services_alone() -> None:
     agent = AgentProcess("--dev", "--http", "127.0.0.1:0", "--dns", "off", "--node", "mine").start()
     try:
         with agent.client() as http:
-            mine = {"Name": "payment", "ID": "payment-1", "Port": 3000, "Check": {"TTL": "10m", "Status": "passing"}}
+            mine = {
+                "Name": "payment",
+                "ID": "payment-1",
+                "Port": 3000,
+                "Check": {"TTL": "10m", "Status": "passing"},
+            }
             http.put("/v1/agent/service/register", json=mine).raise_for_status()
-            result = waypost("demo", "--http-addr", agent.http_url, "--seconds", "4", "--rate", "10", timeout=90)
+            result = waypost(
+                "demo", "--http-addr", agent.http_url, "--seconds", "4", "--rate", "10", timeout=90
+            )
             assert result.returncode == 0, result.stdout + result.stderr
             (row,) = http.get("/v1/health/service/payment").json()
             assert row["Service"]["ID"] == "payment-1" and row["Checks"][1]["Status"] == "passing"

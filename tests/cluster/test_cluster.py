@@ -168,7 +168,12 @@ def test_a_ttl_expiry_during_an_etcd_outage_fails_closed_then_reaches_every_agen
     start_agent: AgentFactory, cluster: EtcdCluster
 ) -> None:
     a, b = start_agent("node-a"), start_agent("node-b")
-    body = {"Name": "pay", "ID": "pay-1", "Port": 3000, "Check": {"CheckID": "pay-ttl", "TTL": "2s"}}
+    body = {
+        "Name": "pay",
+        "ID": "pay-1",
+        "Port": 3000,
+        "Check": {"CheckID": "pay-ttl", "TTL": "2s"},
+    }
     assert httpx.put(f"{a.http_url}/v1/agent/service/register", json=body).status_code == 200
     assert httpx.put(f"{a.http_url}/v1/agent/check/pass/pay-ttl").status_code == 200
     until(lambda: health(b, "pay", passing="").json())
@@ -201,6 +206,17 @@ def test_agents_on_one_store_share_one_ca_and_the_intentions(start_agent: AgentF
     x509.load_pem_x509_certificate(leaf["CertPEM"].encode()).verify_directly_issued_by(root)
     assert leaf["ServiceURI"].startswith(f"spiffe://{roots_a['TrustDomain']}/")
     pair = {"source": "web", "destination": "db"}
-    put = httpx.put(f"{a.http_url}/v1/connect/intentions/exact", params=pair, json={"Action": "deny"}, timeout=30)
+    put = httpx.put(
+        f"{a.http_url}/v1/connect/intentions/exact",
+        params=pair,
+        json={"Action": "deny"},
+        timeout=30,
+    )
     assert put.json() is True
-    until(lambda: httpx.get(f"{b.http_url}/v1/connect/intentions/check", params=pair, timeout=30).json() == {"Allowed": False}, timeout=5)
+    until(
+        lambda: (
+            httpx.get(f"{b.http_url}/v1/connect/intentions/check", params=pair, timeout=30).json()
+            == {"Allowed": False}
+        ),
+        timeout=5,
+    )

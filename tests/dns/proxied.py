@@ -45,8 +45,6 @@ class Backend:
         self.server.server_close()
 
 
-
-
 @contextmanager
 def running(
     name: str, cmd: list[str], ports: list[int], log: Path, **popen: object

@@ -35,7 +35,13 @@ def readme_commands() -> list[str]:
     assert block is not None
     lines = [line.strip() for line in block.group(1).splitlines() if line.strip()]
     verbs = [line.removeprefix(COMPOSE).split()[0] for line in lines]
-    assert all(line.startswith(COMPOSE) for line in lines) and verbs == ["up", "logs", "kill", "logs", "down"]
+    assert all(line.startswith(COMPOSE) for line in lines) and verbs == [
+        "up",
+        "logs",
+        "kill",
+        "logs",
+        "down",
+    ]
     return lines
 
 
@@ -54,8 +60,6 @@ def docker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             docker_env.stop_daemon(started)
 
 
-
-
 def test_compose_example_end_to_end(docker: str, tmp_path: Path) -> None:
     docker_env.build_context(REPO, tmp_path, sys.executable)
     env = {
@@ -68,7 +72,15 @@ def test_compose_example_end_to_end(docker: str, tmp_path: Path) -> None:
     up, logs, kill, logs_after, down = readme_commands()
 
     def sh(command: str, timeout: float = 300) -> str:
-        done = subprocess.run(command, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout)
+        done = subprocess.run(
+            command,
+            shell=True,
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         assert done.returncode == 0, f"{command}:\n{done.stdout}\n{done.stderr}"
         return done.stdout
 
@@ -78,13 +90,19 @@ def test_compose_example_end_to_end(docker: str, tmp_path: Path) -> None:
 
     try:
         sh(up, timeout=600)
-        before = _wait(order_lines, lambda lines: all(f"payment-{k}:" in " ".join(lines) for k in (1, 2, 3)), 120)
+        before = _wait(
+            order_lines,
+            lambda lines: all(f"payment-{k}:" in " ".join(lines) for k in (1, 2, 3)),
+            120,
+        )
         assert "payment-" in sh(logs)
         killed_at = len(order_lines())
         sh(kill)
         after = _wait(order_lines, lambda lines: len(lines) >= killed_at + 12, 60)[killed_at:]
         assert not [line for line in before + after if "FAILED" in line], before + after
-        assert all("payment-2" not in line for line in after[2:]), after  # gone once the breaker and check act
+        assert all("payment-2" not in line for line in after[2:]), (
+            after
+        )  # gone once the breaker and check act
         assert all("payment-1" in line or "payment-3" in line for line in after)
         assert "payment-" in sh(logs_after)
         services = _wait(
@@ -95,7 +113,9 @@ def test_compose_example_end_to_end(docker: str, tmp_path: Path) -> None:
         assert "payment" in services
         sh(down)
     finally:
-        subprocess.run(f"{COMPOSE} down", shell=True, cwd=tmp_path, env=env, capture_output=True, timeout=120)
+        subprocess.run(
+            f"{COMPOSE} down", shell=True, cwd=tmp_path, env=env, capture_output=True, timeout=120
+        )
 
 
 def _wait(read, done, timeout: float):  # type: ignore[no-untyped-def]

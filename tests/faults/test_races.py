@@ -112,7 +112,11 @@ def write_conflicts(agent: AgentProcess) -> float:
     """How many plans the agent re-ran on a conflict (its /metrics): proof the race happened."""
     with agent.client() as http:
         text = ok(http.get("/metrics"), "GET /metrics").text
-    values = [line.split()[-1] for line in text.splitlines() if line.startswith("waypost_catalog_write_conflicts ")]
+    values = [
+        line.split()[-1]
+        for line in text.splitlines()
+        if line.startswith("waypost_catalog_write_conflicts ")
+    ]
     assert values, "/metrics has no waypost_catalog_write_conflicts"
     return float(values[0])
 

@@ -139,7 +139,9 @@ async def test_a_stopped_runner_starts_nothing_for_later_commits() -> None:
     assert runner.statistics()["running_checks"] == 0
 
 
-async def test_an_instance_recovering_while_the_store_is_down_is_not_reaped_on_its_old_status() -> None:
+async def test_an_instance_recovering_while_the_store_is_down_is_not_reaped_on_its_old_status() -> (
+    None
+):
     defn = CheckDefinition(interval=1, tcp="127.0.0.1:1", deregister_critical_after=5)
     store, catalog, clock, runner = await setup(defn, status="critical")
 

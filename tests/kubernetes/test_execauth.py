@@ -253,7 +253,11 @@ def test_without_a_credential_the_server_refuses(kube: FakeKubeApi, tmp_path: Pa
 def test_a_missing_or_broken_plugin_is_a_clear_error(
     kube: FakeKubeApi, tmp_path: Path, setup: dict[str, Any], message: str
 ) -> None:
-    fields = {"command": setup["command"], "installHint": setup["installHint"]} if "command" in setup else {}
+    fields = (
+        {"command": setup["command"], "installHint": setup["installHint"]}
+        if "command" in setup
+        else {}
+    )
     config = load_config(str(kubeconfig(kube, tmp_path, **fields)))
     if "exit" in setup:
         (tmp_path / "exit").write_text(setup["exit"])

@@ -84,7 +84,9 @@ def test_every_image_is_this_release_of_waypost_or_pinned() -> None:
 
 
 def parse_waypost(args: list[str]) -> argparse.Namespace:
-    return build_parser().parse_args([a.replace("$(POD_NAME)", "pod").replace("$(POD_IP)", "10.1.2.3") for a in args])
+    return build_parser().parse_args(
+        [a.replace("$(POD_NAME)", "pod").replace("$(POD_IP)", "10.1.2.3") for a in args]
+    )
 
 
 def waypost_containers() -> list[tuple[Obj, Obj]]:
@@ -99,7 +101,10 @@ def test_waypost_commands_parse_and_their_ports_match() -> None:
         if args.command != "agent":
             continue
         ports = {(p["containerPort"], p["protocol"]) for p in c["ports"]}
-        assert {(int(args.http.rsplit(":")[1]), "TCP"), (int(args.dns.rsplit(":")[1]), "UDP")} <= ports
+        assert {
+            (int(args.http.rsplit(":")[1]), "TCP"),
+            (int(args.dns.rsplit(":")[1]), "UDP"),
+        } <= ports
 
 
 def test_services_point_at_named_container_ports() -> None:
@@ -108,8 +113,12 @@ def test_services_point_at_named_container_ports() -> None:
         selector = svc["spec"].get("selector")
         if not selector:
             continue
-        pods = [d for d in docs if d["kind"] in ("Deployment", "StatefulSet")
-                and d["spec"]["template"]["metadata"]["labels"].items() >= selector.items()]
+        pods = [
+            d
+            for d in docs
+            if d["kind"] in ("Deployment", "StatefulSet")
+            and d["spec"]["template"]["metadata"]["labels"].items() >= selector.items()
+        ]
         assert pods, f"Service {svc['metadata']['name']} selects no workload"
         names = {p["name"] for pod in pods for c in containers(pod) for p in c.get("ports", [])}
         for port in svc["spec"]["ports"]:
@@ -147,7 +156,10 @@ def test_k8s_sync_rbac_is_exactly_what_the_code_needs() -> None:
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account, "namespace": "shop"}]
     assert find("RoleBinding", "waypost-k8s-sync")["subjects"] == binding["subjects"]
     # the Role holding leases is in the namespace the Lease goes to (the pod's own)
-    assert find("Role", "waypost-k8s-sync")["metadata"]["namespace"] == deployment["metadata"]["namespace"]
+    assert (
+        find("Role", "waypost-k8s-sync")["metadata"]["namespace"]
+        == deployment["metadata"]["namespace"]
+    )
 
 
 def test_order_finds_payment_with_k8s_and_may_watch_slices() -> None:
@@ -157,12 +169,16 @@ def test_order_finds_payment_with_k8s_and_may_watch_slices() -> None:
     assert url.startswith("k8s://")
     port = httpx.URL(url.replace("k8s://", "http://x/")).params["port"]
     assert port in {p["name"] for p in find("Service", "payment")["spec"]["ports"]}
-    assert rules_of("order-discovery") == {("discovery.k8s.io", "endpointslices", v) for v in ("list", "watch")}
+    assert rules_of("order-discovery") == {
+        ("discovery.k8s.io", "endpointslices", v) for v in ("list", "watch")
+    }
     assert order["spec"]["template"]["spec"]["serviceAccountName"] == "order"
 
 
 def load_example(name: str) -> Any:
-    spec = importlib.util.spec_from_file_location(f"example_{name}", ROOT / "examples" / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(
+        f"example_{name}", ROOT / "examples" / f"{name}.py"
+    )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
@@ -177,7 +193,9 @@ async def test_payment_probe_path_is_answered_by_the_app() -> None:
     assert c["command"][:2] == ["python", "payment.py"]
     args = payment.build_parser().parse_args(c["command"][2:])
     assert args.no_register and args.port == c["ports"][0]["containerPort"]
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=payment.app), base_url="http://p") as http:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=payment.app), base_url="http://p"
+    ) as http:
         for probe in ("readinessProbe", "livenessProbe"):
             assert (await http.get(c[probe]["httpGet"]["path"])).status_code == 200
     assert deployment["spec"]["replicas"] == 3
@@ -185,7 +203,12 @@ async def test_payment_probe_path_is_answered_by_the_app() -> None:
 
 
 def test_agent_probe_path_is_answered_by_a_real_agent(agent: Any) -> None:
-    paths = {c[p]["httpGet"]["path"] for _, c in waypost_containers() for p in ("readinessProbe", "livenessProbe") if p in c}
+    paths = {
+        c[p]["httpGet"]["path"]
+        for _, c in waypost_containers()
+        for p in ("readinessProbe", "livenessProbe")
+        if p in c
+    }
     assert paths
     with agent.client() as http:
         for path in paths:

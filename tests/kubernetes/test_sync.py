@@ -208,16 +208,28 @@ def test_deleted_service_and_endpoint_leave_the_registry(
     until(lambda: health(agent, "b") == [])
 
 
-def test_nothing_is_removed_before_the_first_full_sync_and_the_reconcile_repairs(kube: FakeKubeApi, agent: AgentProcess, start_sync: StartSync) -> None:
+def test_nothing_is_removed_before_the_first_full_sync_and_the_reconcile_repairs(
+    kube: FakeKubeApi, agent: AgentProcess, start_sync: StartSync
+) -> None:
     stale = {
-        "Node": "k8s-sync", "Address": "127.0.0.1", "SkipNodeUpdate": True,
-        "Service": {"ID": "old-1", "Service": "old", "Address": "127.0.12.9", "Port": 80, "Tags": ["k8s"]},
+        "Node": "k8s-sync",
+        "Address": "127.0.0.1",
+        "SkipNodeUpdate": True,
+        "Service": {
+            "ID": "old-1",
+            "Service": "old",
+            "Address": "127.0.12.9",
+            "Port": 80,
+            "Tags": ["k8s"],
+        },
     }
     with agent.client() as http:
         http.put("/v1/catalog/register", json=stale).raise_for_status()
     kube.put(service("payment"))
     kube.put(endpoint_slice("payment-a", "payment", [ep("127.0.12.1"), ep("127.0.12.2")]))
-    kube.fail(503, times=2, verb="list", resource="endpointslices")  # the first list is slow to come
+    kube.fail(
+        503, times=2, verb="list", resource="endpointslices"
+    )  # the first list is slow to come
     start_sync()
     time.sleep(0.5)
     assert health(agent, "old"), "removed before the first full sync"
@@ -231,7 +243,9 @@ def test_nothing_is_removed_before_the_first_full_sync_and_the_reconcile_repairs
     until(lambda: len(health(agent, "payment")) == 2, timeout=10)
 
 
-def test_a_malformed_service_is_reported_and_breaks_nothing(kube: FakeKubeApi, agent: AgentProcess, start_sync: StartSync) -> None:
+def test_a_malformed_service_is_reported_and_breaks_nothing(
+    kube: FakeKubeApi, agent: AgentProcess, start_sync: StartSync
+) -> None:
     bad = service("bad")
     bad["metadata"]["annotations"] = ["not", "a", "mapping"]
     kube.put(bad)
@@ -276,7 +290,9 @@ def test_only_the_chosen_namespaces(
     time.sleep(0.5)
     assert health(agent, "ops-svc") == []
     assert health(agent, "shop-svc")[0]["Service"]["Meta"]["external-k8s-ns"] == "shop"
-    read = {ns for (verb, resource, ns) in kube.scopes if resource in ("services", "endpointslices")}
+    read = {
+        ns for (verb, resource, ns) in kube.scopes if resource in ("services", "endpointslices")
+    }
     assert read == {"shop"}  # only that namespace was listed and watched, not the whole cluster
 
 

@@ -34,7 +34,9 @@ class AdsClient:
             self.channel = grpc.insecure_channel(address)
         else:
             self.channel = grpc.secure_channel(address, grpc.ssl_channel_credentials(ca))
-        self.node = base_pb2.Node(id=node_id, metadata=json_format.ParseDict(metadata or {}, struct_pb2.Struct()))
+        self.node = base_pb2.Node(
+            id=node_id, metadata=json_format.ParseDict(metadata or {}, struct_pb2.Struct())
+        )
         self._out: queue.Queue[object] = queue.Queue()
         self.responses: queue.Queue[discovery_pb2.DiscoveryResponse] = queue.Queue()
         stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(self.channel)
@@ -65,14 +67,19 @@ class AdsClient:
         error: str = "",
     ) -> None:
         req = discovery_pb2.DiscoveryRequest(
-            node=self.node, type_url=type_url, resource_names=names or [], version_info=version,
+            node=self.node,
+            type_url=type_url,
+            resource_names=names or [],
+            version_info=version,
             response_nonce=nonce,
         )
         if error:
             req.error_detail.CopyFrom(status_pb2.Status(code=3, message=error))
         self._out.put(req)
 
-    def ack(self, response: discovery_pb2.DiscoveryResponse, names: list[str] | None = None) -> None:
+    def ack(
+        self, response: discovery_pb2.DiscoveryResponse, names: list[str] | None = None
+    ) -> None:
         self.send(response.type_url, names, response.version_info, response.nonce)
 
     def next(self, timeout: float = 5.0) -> discovery_pb2.DiscoveryResponse:
@@ -111,8 +118,11 @@ def endpoints_of(response: discovery_pb2.DiscoveryResponse) -> dict[str, list[in
     out = {}
     for item in response.resources:
         data = json_format.MessageToDict(item)
-        ports = [e["endpoint"]["address"]["socketAddress"]["portValue"]
-                 for group in data.get("endpoints", []) for e in group["lbEndpoints"]]
+        ports = [
+            e["endpoint"]["address"]["socketAddress"]["portValue"]
+            for group in data.get("endpoints", [])
+            for e in group["lbEndpoints"]
+        ]
         out[data["clusterName"]] = sorted(ports)
     return out
 

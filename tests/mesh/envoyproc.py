@@ -26,10 +26,21 @@ class EnvoyProcess:
         self.admin_port = free_port()
         self.log = tempfile.NamedTemporaryFile(prefix="envoy-", suffix=".log", delete=False)  # noqa: SIM115
         cmd = [
-            sys.executable, "-m", "waypost.cli.main", *command,
-            "--http-addr", http_url, "--grpc-addr", grpc_address,
-            "--admin-bind", f"127.0.0.1:{self.admin_port}",
-            "--", "--concurrency", "1", "--log-level", "warning",
+            sys.executable,
+            "-m",
+            "waypost.cli.main",
+            *command,
+            "--http-addr",
+            http_url,
+            "--grpc-addr",
+            grpc_address,
+            "--admin-bind",
+            f"127.0.0.1:{self.admin_port}",
+            "--",
+            "--concurrency",
+            "1",
+            "--log-level",
+            "warning",
         ]
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
         self.admin = f"http://127.0.0.1:{self.admin_port}"
@@ -64,12 +75,19 @@ class EnvoyProcess:
         data = httpx.get(f"{self.admin}/clusters?format=json", timeout=5).json()
         for status in data.get("cluster_statuses", []):
             if status["name"] == cluster:
-                return sorted(h["address"]["socket_address"]["port_value"] for h in status.get("host_statuses", []))
+                return sorted(
+                    h["address"]["socket_address"]["port_value"]
+                    for h in status.get("host_statuses", [])
+                )
         return []
 
     def cert_serials(self) -> list[str]:
         data: dict[str, Any] = httpx.get(f"{self.admin}/certs", timeout=5).json()
-        return sorted(c["serial_number"] for cert in data.get("certificates", []) for c in cert.get("cert_chain", []))
+        return sorted(
+            c["serial_number"]
+            for cert in data.get("certificates", [])
+            for c in cert.get("cert_chain", [])
+        )
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -105,7 +123,9 @@ class App:
     def start(self) -> App:
         self.proc = subprocess.Popen(
             [sys.executable, "-c", _SERVE, str(self.port)],
-            cwd=self.dir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            cwd=self.dir,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:

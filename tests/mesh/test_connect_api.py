@@ -15,9 +15,21 @@ from ..agentproc import AgentProcess
 @pytest.fixture(scope="module")
 def mesh_agent() -> Iterator[AgentProcess]:
     proc = AgentProcess(
-        "--dev", "--http", "127.0.0.1:0", "--dns", "off", "--grpc", "127.0.0.1:0",
-        "--node", "mesh-node", "--leaf-cert-ttl", "4s", "--sidecar-min-port", "21500",
-        "--sidecar-max-port", "21502",
+        "--dev",
+        "--http",
+        "127.0.0.1:0",
+        "--dns",
+        "off",
+        "--grpc",
+        "127.0.0.1:0",
+        "--node",
+        "mesh-node",
+        "--leaf-cert-ttl",
+        "4s",
+        "--sidecar-min-port",
+        "21500",
+        "--sidecar-max-port",
+        "21502",
     ).start()
     yield proc
     assert proc.stop() == 0, "".join(proc.output)
@@ -35,10 +47,23 @@ def register(api: httpx.Client, body: dict[str, object]) -> httpx.Response:
 
 def test_sidecar_service_expands_as_consul_does(api: httpx.Client) -> None:
     body = {
-        "Name": "web", "ID": "web-1", "Port": 8080, "Tags": ["v1"],
-        "Connect": {"SidecarService": {"Proxy": {
-            "Upstreams": [{"DestinationName": "db", "LocalBindPort": 9191, "Config": {"protocol": "http"}}],
-        }}},
+        "Name": "web",
+        "ID": "web-1",
+        "Port": 8080,
+        "Tags": ["v1"],
+        "Connect": {
+            "SidecarService": {
+                "Proxy": {
+                    "Upstreams": [
+                        {
+                            "DestinationName": "db",
+                            "LocalBindPort": 9191,
+                            "Config": {"protocol": "http"},
+                        }
+                    ],
+                }
+            }
+        },
     }
     assert register(api, body).status_code == 200
     proxy = api.get("/v1/agent/service/web-1-sidecar-proxy").json()
@@ -49,10 +74,17 @@ def test_sidecar_service_expands_as_consul_does(api: httpx.Client) -> None:
     assert proxy["Proxy"]["LocalServiceAddress"] == "127.0.0.1"
     assert proxy["Proxy"]["LocalServicePort"] == 8080
     up = proxy["Proxy"]["Upstreams"][0]
-    assert (up["DestinationName"], up["LocalBindAddress"], up["LocalBindPort"]) == ("db", "127.0.0.1", 9191)
+    assert (up["DestinationName"], up["LocalBindAddress"], up["LocalBindPort"]) == (
+        "db",
+        "127.0.0.1",
+        9191,
+    )
     assert up["Config"] == {"protocol": "http"}  # opaque: its keys are not folded
-    checks = {c["Name"]: c for c in api.get("/v1/agent/checks").json().values()
-              if c["ServiceID"] == "web-1-sidecar-proxy"}
+    checks = {
+        c["Name"]: c
+        for c in api.get("/v1/agent/checks").json().values()
+        if c["ServiceID"] == "web-1-sidecar-proxy"
+    }
     assert checks["Connect Sidecar Listening"]["Definition"]["TCP"] == "127.0.0.1:21500"
     assert checks["Connect Sidecar Aliasing web-1"]["Definition"]["AliasService"] == "web-1"
     assert register(api, {**body, "ID": "web-2"}).status_code == 200
@@ -62,9 +94,14 @@ def test_sidecar_service_expands_as_consul_does(api: httpx.Client) -> None:
 
 
 def test_the_alias_check_follows_the_parent(api: httpx.Client) -> None:
-    body = {"Name": "alias", "Port": 7000, "Check": {"TTL": "30s", "Status": "passing"},
-            "Connect": {"SidecarService": {"Port": 7001, "Checks": [
-                {"Name": "alias", "AliasService": "alias"}]}}}
+    body = {
+        "Name": "alias",
+        "Port": 7000,
+        "Check": {"TTL": "30s", "Status": "passing"},
+        "Connect": {
+            "SidecarService": {"Port": 7001, "Checks": [{"Name": "alias", "AliasService": "alias"}]}
+        },
+    }
     assert register(api, body).status_code == 200
 
     def alias_status() -> str:
@@ -97,19 +134,45 @@ def test_removing_the_parent_removes_its_sidecar(api: httpx.Client) -> None:
     assert register(api, body).status_code == 200
     assert api.put("/v1/agent/service/deregister/gone").status_code == 200
     assert api.get("/v1/agent/service/gone-sidecar-proxy").status_code == 404
-    assert not [c for c in api.get("/v1/agent/checks").json().values() if c["ServiceID"].startswith("gone")]
+    assert not [
+        c for c in api.get("/v1/agent/checks").json().values() if c["ServiceID"].startswith("gone")
+    ]
 
 
 @pytest.mark.parametrize(
     ("sidecar", "message"),
     [
-        ({"Proxy": {"Config": {"protocol": "htp"}}}, 'Proxy.Config.protocol "htp" is not supported'),
-        ({"Proxy": {"Config": {"connect_timeout_ms": "5s"}}}, "connect_timeout_ms must be a non-negative integer"),
-        ({"Proxy": {"Upstreams": [{"DestinationName": "db"}]}}, "Upstreams[0].LocalBindPort must be between 1 and 65535"),
-        ({"Proxy": {"Upstreams": [{"LocalBindPort": 1}]}}, "Upstreams[0].DestinationName must be set"),
-        ({"Proxy": {"Config": {"passive_health_check": {"interval": "soon"}}}}, "passive_health_check.interval"),
-        ({"Proxy": {"Upstreams": [{"DestinationName": "a", "LocalBindPort": 5},
-                                  {"DestinationName": "b", "LocalBindPort": 5}]}}, "already binds 127.0.0.1:5"),
+        (
+            {"Proxy": {"Config": {"protocol": "htp"}}},
+            'Proxy.Config.protocol "htp" is not supported',
+        ),
+        (
+            {"Proxy": {"Config": {"connect_timeout_ms": "5s"}}},
+            "connect_timeout_ms must be a non-negative integer",
+        ),
+        (
+            {"Proxy": {"Upstreams": [{"DestinationName": "db"}]}},
+            "Upstreams[0].LocalBindPort must be between 1 and 65535",
+        ),
+        (
+            {"Proxy": {"Upstreams": [{"LocalBindPort": 1}]}},
+            "Upstreams[0].DestinationName must be set",
+        ),
+        (
+            {"Proxy": {"Config": {"passive_health_check": {"interval": "soon"}}}},
+            "passive_health_check.interval",
+        ),
+        (
+            {
+                "Proxy": {
+                    "Upstreams": [
+                        {"DestinationName": "a", "LocalBindPort": 5},
+                        {"DestinationName": "b", "LocalBindPort": 5},
+                    ]
+                }
+            },
+            "already binds 127.0.0.1:5",
+        ),
     ],
 )
 def test_bad_proxy_definitions_are_400_and_register_nothing(
@@ -124,7 +187,9 @@ def test_the_sidecar_port_range_runs_out_with_a_clear_error(api: httpx.Client) -
     for n in range(3):  # 21500-21502; web-1 and web-2 may hold two of them already
         register(api, {"Name": f"fill{n}", "Port": 1, "Connect": {"SidecarService": {}}})
     answer = register(api, {"Name": "one-too-many", "Port": 1, "Connect": {"SidecarService": {}}})
-    assert answer.status_code == 400 and "no free sidecar port between 21500 and 21502" in answer.text
+    assert (
+        answer.status_code == 400 and "no free sidecar port between 21500 and 21502" in answer.text
+    )
 
 
 def test_roots_and_a_leaf_signed_by_them(api: httpx.Client) -> None:
@@ -158,19 +223,39 @@ def test_intention_endpoints(api: httpx.Client, mesh_agent: AgentProcess) -> Non
     pair = {"source": "web", "destination": "billing"}
     assert api.put(exact, params=pair, json={"Action": "deny", "Description": "no"}).json() is True
     got = api.get(exact, params=pair).json()
-    assert (got["SourceName"], got["DestinationName"], got["Action"], got["Precedence"]) == ("web", "billing", "deny", 9)
+    assert (got["SourceName"], got["DestinationName"], got["Action"], got["Precedence"]) == (
+        "web",
+        "billing",
+        "deny",
+        9,
+    )
     assert api.get("/v1/connect/intentions/check", params=pair).json() == {"Allowed": False}
-    made = api.post("/v1/connect/intentions", json={"SourceName": "*", "DestinationName": "billing", "Action": "allow"})
+    made = api.post(
+        "/v1/connect/intentions",
+        json={"SourceName": "*", "DestinationName": "billing", "Action": "allow"},
+    )
     assert api.get(f"/v1/connect/intentions/{made.json()['ID']}").json()["SourceName"] == "*"
-    match = api.get("/v1/connect/intentions/match", params={"by": "destination", "name": "billing"}).json()
-    assert [(i["SourceName"], i["Action"]) for i in match["billing"]] == [("web", "deny"), ("*", "allow")]
+    match = api.get(
+        "/v1/connect/intentions/match", params={"by": "destination", "name": "billing"}
+    ).json()
+    assert [(i["SourceName"], i["Action"]) for i in match["billing"]] == [
+        ("web", "deny"),
+        ("*", "allow"),
+    ]
     assert {"web", "*"} <= {i["SourceName"] for i in api.get("/v1/connect/intentions").json()}
     domain = api.get("/v1/connect/ca/roots").json()["TrustDomain"]
-    authorize = api.post("/v1/agent/connect/authorize", json={
-        "Target": "billing", "ClientCertURI": f"spiffe://{domain}/ns/default/dc/dc1/svc/web"}).json()
+    authorize = api.post(
+        "/v1/agent/connect/authorize",
+        json={"Target": "billing", "ClientCertURI": f"spiffe://{domain}/ns/default/dc/dc1/svc/web"},
+    ).json()
     assert authorize["Authorized"] is False and "web => billing" in authorize["Reason"]
-    other = api.post("/v1/agent/connect/authorize", json={
-        "Target": "billing", "ClientCertURI": "spiffe://elsewhere.consul/ns/default/dc/dc1/svc/api"}).json()
+    other = api.post(
+        "/v1/agent/connect/authorize",
+        json={
+            "Target": "billing",
+            "ClientCertURI": "spiffe://elsewhere.consul/ns/default/dc/dc1/svc/api",
+        },
+    ).json()
     assert other["Authorized"] is False and "trust domain" in other["Reason"]
     assert api.delete(exact, params=pair).json() is True
     assert api.get(exact, params=pair).status_code == 404
@@ -178,7 +263,10 @@ def test_intention_endpoints(api: httpx.Client, mesh_agent: AgentProcess) -> Non
     assert api.get("/v1/connect/intentions/check", params=pair).json() == {"Allowed": True}
     assert api.put(exact, params=pair, json={"Action": "perhaps"}).status_code == 400
     assert api.put(exact, params={"source": "web"}, json={"Action": "deny"}).status_code == 400
-    assert api.get("/v1/connect/intentions/match", params={"by": "nobody", "name": "x"}).status_code == 400
+    assert (
+        api.get("/v1/connect/intentions/match", params={"by": "nobody", "name": "x"}).status_code
+        == 400
+    )
 
 
 def test_py_consul_drives_the_mesh_api_unchanged(mesh_agent: AgentProcess) -> None:
@@ -186,7 +274,9 @@ def test_py_consul_drives_the_mesh_api_unchanged(mesh_agent: AgentProcess) -> No
     import consul
 
     c = consul.Consul(host="127.0.0.1", port=mesh_agent.http_port)
-    c.agent.service.register("orders", service_id="orders-1", port=5000, connect={"sidecar_service": {"port": 5001}})
+    c.agent.service.register(
+        "orders", service_id="orders-1", port=5000, connect={"sidecar_service": {"port": 5001}}
+    )
     index, rows = c.health.connect("orders")
     assert [r["Service"]["ID"] for r in rows] == ["orders-1-sidecar-proxy"] and int(index) > 0
     assert c.catalog.connect("orders")[1][0]["ServiceProxy"]["DestinationServiceID"] == "orders-1"
@@ -194,10 +284,15 @@ def test_py_consul_drives_the_mesh_api_unchanged(mesh_agent: AgentProcess) -> No
     assert roots == c.connect.ca.roots() and roots["Roots"][0]["Active"]
     leaf = c.agent.connect.ca.leaf("orders")
     assert leaf["ServiceURI"].endswith("/svc/orders")
-    assert c.connect.intentions.upsert("orders", "payments", action="deny", description="not yet") is True
+    assert (
+        c.connect.intentions.upsert("orders", "payments", action="deny", description="not yet")
+        is True
+    )
     assert c.connect.intentions.read("orders", "payments")["Description"] == "not yet"
     assert c.connect.intentions.check("orders", "payments") is False
-    assert [i["SourceName"] for i in c.connect.intentions.match("source", "orders")["orders"]] == ["orders"]
+    assert [i["SourceName"] for i in c.connect.intentions.match("source", "orders")["orders"]] == [
+        "orders"
+    ]
     verdict = c.agent.connect.authorize("payments", leaf["ServiceURI"], leaf["SerialNumber"])
     assert verdict["Authorized"] is False and "orders => payments" in verdict["Reason"]
     assert c.connect.intentions.delete("orders", "payments") is True

@@ -48,12 +48,21 @@ class Mesh:
 
     def web_registration(self, *extra: dict[str, object]) -> dict[str, object]:
         upstreams = [
-            {"DestinationName": "db", "LocalBindPort": self.upstream_db, "Config": {"protocol": "http"}},
+            {
+                "DestinationName": "db",
+                "LocalBindPort": self.upstream_db,
+                "Config": {"protocol": "http"},
+            },
             {"DestinationName": "ledger", "LocalBindPort": self.upstream_ledger},
             *extra,
         ]
-        return {"Name": "web", "Port": self.apps["web"].port, "Connect": {"SidecarService": {
-            "Port": self.sidecar["web"], "Proxy": {"Upstreams": upstreams}}}}
+        return {
+            "Name": "web",
+            "Port": self.apps["web"].port,
+            "Connect": {
+                "SidecarService": {"Port": self.sidecar["web"], "Proxy": {"Upstreams": upstreams}}
+            },
+        }
 
 
 def within(seconds: float, probe: Callable[[], bool], what: str) -> float:
@@ -72,8 +81,17 @@ def get(url: str, client: httpx.Client | None = None, **kw: object) -> httpx.Res
 @pytest.fixture(scope="module")
 def mesh() -> Iterator[Mesh]:
     agent = AgentProcess(
-        "--dev", "--http", "127.0.0.1:0", "--dns", "off", "--grpc", "127.0.0.1:0",
-        "--node", "envoy-node", "--leaf-cert-ttl", "8s",
+        "--dev",
+        "--http",
+        "127.0.0.1:0",
+        "--dns",
+        "off",
+        "--grpc",
+        "127.0.0.1:0",
+        "--node",
+        "envoy-node",
+        "--leaf-cert-ttl",
+        "8s",
     ).start()
     apps = {name: App(name).start() for name in ("web", "db1", "db2")}
     m = Mesh(agent, agent.client(), apps)
@@ -82,15 +100,42 @@ def mesh() -> Iterator[Mesh]:
     try:
         _register(m)
         for name in ("web", "db1", "db2", "ledger"):
-            m.envoys[name] = EnvoyProcess("connect", "envoy", "-sidecar-for", name, http_url=agent.http_url, grpc_address=agent.grpc_address)
-        m.envoys["gateway"] = EnvoyProcess("gateway", "--listen", f"127.0.0.1:{m.gateway}", http_url=agent.http_url, grpc_address=agent.grpc_address)
+            m.envoys[name] = EnvoyProcess(
+                "connect",
+                "envoy",
+                "-sidecar-for",
+                name,
+                http_url=agent.http_url,
+                grpc_address=agent.grpc_address,
+            )
+        m.envoys["gateway"] = EnvoyProcess(
+            "gateway",
+            "--listen",
+            f"127.0.0.1:{m.gateway}",
+            http_url=agent.http_url,
+            grpc_address=agent.grpc_address,
+        )
         for envoy in m.envoys.values():
             envoy.wait_ready()
         # Consul's sidecar TCP check runs every 10 s, first at a random point in it.
-        within(15, lambda: len(m.api.get("/v1/health/connect/db", params={"passing": "1"}).json()) == 2, "db sidecars healthy")
+        within(
+            15,
+            lambda: len(m.api.get("/v1/health/connect/db", params={"passing": "1"}).json()) == 2,
+            "db sidecars healthy",
+        )
         for service in ("ledger", "web"):
-            within(15, lambda s=service: bool(m.api.get(f"/v1/health/connect/{s}", params={"passing": "1"}).json()), f"{service} sidecar healthy")
-        within(5, lambda: get(f"http://127.0.0.1:{m.upstream_db}/").status_code == 200, "db reachable through web's sidecar")
+            within(
+                15,
+                lambda s=service: bool(
+                    m.api.get(f"/v1/health/connect/{s}", params={"passing": "1"}).json()
+                ),
+                f"{service} sidecar healthy",
+            )
+        within(
+            5,
+            lambda: get(f"http://127.0.0.1:{m.upstream_db}/").status_code == 200,
+            "db reachable through web's sidecar",
+        )
         yield m
     finally:
         for envoy in m.envoys.values():
@@ -104,14 +149,35 @@ def mesh() -> Iterator[Mesh]:
 def _register(m: Mesh) -> None:
     for n in ("db1", "db2"):
         port = m.apps[n].port
-        assert m.api.put("/v1/agent/service/register", json={
-            "Name": "db", "ID": n, "Port": port,
-            "Check": {"HTTP": f"http://127.0.0.1:{port}/", "Interval": "1s"},
-            "Connect": {"SidecarService": {"Port": m.sidecar[n], "Proxy": {"Config": {"protocol": "http"}}}},
-        }).status_code == 200
-    assert m.api.put("/v1/agent/service/register", json={
-        "Name": "ledger", "Port": m.apps["db1"].port, "Connect": {"SidecarService": {"Port": m.sidecar["ledger"]}},
-    }).status_code == 200
+        assert (
+            m.api.put(
+                "/v1/agent/service/register",
+                json={
+                    "Name": "db",
+                    "ID": n,
+                    "Port": port,
+                    "Check": {"HTTP": f"http://127.0.0.1:{port}/", "Interval": "1s"},
+                    "Connect": {
+                        "SidecarService": {
+                            "Port": m.sidecar[n],
+                            "Proxy": {"Config": {"protocol": "http"}},
+                        }
+                    },
+                },
+            ).status_code
+            == 200
+        )
+    assert (
+        m.api.put(
+            "/v1/agent/service/register",
+            json={
+                "Name": "ledger",
+                "Port": m.apps["db1"].port,
+                "Connect": {"SidecarService": {"Port": m.sidecar["ledger"]}},
+            },
+        ).status_code
+        == 200
+    )
     assert m.api.put("/v1/agent/service/register", json=m.web_registration()).status_code == 200
 
 
@@ -133,16 +199,25 @@ def test_an_upstream_port_reaches_the_other_app_over_mtls(mesh: Mesh) -> None:
 def web_leaf(mesh: Mesh) -> Iterator[tuple[str, str, str]]:
     """Files: a leaf of the mesh's CA for "web", its key, and the roots."""
     leaf = mesh.api.get("/v1/agent/connect/ca/leaf/web").json()
-    roots = "".join(r["RootCert"] for r in mesh.api.get("/v1/agent/connect/ca/roots").json()["Roots"])
+    roots = "".join(
+        r["RootCert"] for r in mesh.api.get("/v1/agent/connect/ca/roots").json()["Roots"]
+    )
     folder = Path(tempfile.mkdtemp(prefix="mesh-certs-"))
-    for name, text in (("cert.pem", leaf["CertPEM"]), ("key.pem", leaf["PrivateKeyPEM"]), ("roots.pem", roots)):
+    for name, text in (
+        ("cert.pem", leaf["CertPEM"]),
+        ("key.pem", leaf["PrivateKeyPEM"]),
+        ("roots.pem", roots),
+    ):
         (folder / name).write_text(text)
     yield str(folder / "cert.pem"), str(folder / "key.pem"), str(folder / "roots.pem")
 
 
 def tls_get(port: int, context: ssl.SSLContext) -> bytes:
     """A GET over TLS to a public listener; b"" if the server closed on us."""
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, context.wrap_socket(raw) as tls:
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+        context.wrap_socket(raw) as tls,
+    ):
         tls.sendall(b"GET / HTTP/1.1\r\nHost: db\r\nConnection: close\r\n\r\n")
         chunks = []
         while chunk := tls.recv(65536):
@@ -158,7 +233,9 @@ def _client_context(roots: str, cert: tuple[str, str] | None = None) -> ssl.SSLC
     return context
 
 
-def test_the_public_listener_requires_a_client_cert_of_this_ca(mesh: Mesh, web_leaf: tuple[str, str, str]) -> None:
+def test_the_public_listener_requires_a_client_cert_of_this_ca(
+    mesh: Mesh, web_leaf: tuple[str, str, str]
+) -> None:
     cert, key, roots = web_leaf
     port = mesh.sidecar["db1"]
     good = tls_get(port, _client_context(roots, (cert, key)))  # the control: our CA's leaf works
@@ -184,11 +261,16 @@ def _assert_refused(answer: bytes) -> None:
     raise ssl.SSLError("closed without an answer")
 
 
-def test_the_sidecar_presents_the_spiffe_id_of_its_service(mesh: Mesh, web_leaf: tuple[str, str, str]) -> None:
+def test_the_sidecar_presents_the_spiffe_id_of_its_service(
+    mesh: Mesh, web_leaf: tuple[str, str, str]
+) -> None:
     cert, key, roots = web_leaf
     domain = mesh.api.get("/v1/connect/ca/roots").json()["TrustDomain"]
     context = _client_context(roots, (cert, key))
-    with socket.create_connection(("127.0.0.1", mesh.sidecar["db2"]), timeout=5) as raw, context.wrap_socket(raw) as tls:
+    with (
+        socket.create_connection(("127.0.0.1", mesh.sidecar["db2"]), timeout=5) as raw,
+        context.wrap_socket(raw) as tls,
+    ):
         peer = tls.getpeercert()
     assert ("URI", f"spiffe://{domain}/ns/default/dc/dc1/svc/db") in peer["subjectAltName"]
 
@@ -198,7 +280,9 @@ def test_the_sidecar_presents_the_spiffe_id_of_its_service(mesh: Mesh, web_leaf:
 
 def _refusals(envoy: EnvoyProcess, since: int) -> list[str]:
     """The refusal lines of Envoy's access log (its stdout) after the first `since`."""
-    lines = [line for line in envoy.output().splitlines() if line.startswith("waypost mesh: refused")]
+    lines = [
+        line for line in envoy.output().splitlines() if line.startswith("waypost mesh: refused")
+    ]
     return lines[since:]
 
 
@@ -211,7 +295,11 @@ def test_a_deny_intention_stops_open_connections_within_a_second(mesh: Mesh) -> 
         assert get(url, keepalive).status_code == 200
         assert mesh.api.put(exact, params=pair, json={"Action": "deny"}).json() is True
         # both db instances (balanced between) refuse
-        within(1.0, lambda: {get(url, keepalive).status_code for _ in range(4)} == {403}, "deny enforced")
+        within(
+            1.0,
+            lambda: {get(url, keepalive).status_code for _ in range(4)} == {403},
+            "deny enforced",
+        )
         refused = get(url, keepalive)
         intention_id = mesh.api.get(exact, params=pair).json()["ID"]
         named = f"rbac_access_denied_matched_policy[intention:web=>db:deny:{intention_id}]"
@@ -219,10 +307,15 @@ def test_a_deny_intention_stops_open_connections_within_a_second(mesh: Mesh) -> 
         assert f"/svc/web -> db refused by {named}" in refused.text  # whom, where, which intention
         assert mesh.api.delete(exact, params=pair).json() is True
         within(1.0, lambda: get(url, keepalive).status_code == 200, "allowed again")
-    def lines() -> list[str]:
-        return [line for name in ("db1", "db2") for line in _refusals(mesh.envoys[name], logged[name])]
 
-    within(3.0, lambda: bool(lines()), "a refusal in the db sidecars' access logs")  # Envoy flushes each second
+    def lines() -> list[str]:
+        return [
+            line for name in ("db1", "db2") for line in _refusals(mesh.envoys[name], logged[name])
+        ]
+
+    within(
+        3.0, lambda: bool(lines()), "a refusal in the db sidecars' access logs"
+    )  # Envoy flushes each second
     lines = lines()
     assert all(f"/svc/web -> db: {named}; GET / from 127.0.0.1:" in line for line in lines), lines
 
@@ -248,9 +341,15 @@ def test_a_deny_intention_stops_new_tcp_connections_within_a_second(mesh: Mesh) 
         assert mesh.api.delete(exact, params=pair).json() is True
     within(1.0, lambda: not refused(), "tcp allowed again")
     named = f"rbac_access_denied_matched_policy[intention:*=>ledger:deny:{intention_id}]"
-    within(3.0, lambda: bool(_refusals(mesh.envoys["ledger"], logged)), "a refusal in ledger's access log")
+    within(
+        3.0,
+        lambda: bool(_refusals(mesh.envoys["ledger"], logged)),
+        "a refusal in ledger's access log",
+    )
     lines = _refusals(mesh.envoys["ledger"], logged)
-    assert all(f"/svc/web -> ledger: {named}; connection closed from 127.0.0.1:" in line for line in lines), lines
+    assert all(
+        f"/svc/web -> ledger: {named}; connection closed from 127.0.0.1:" in line for line in lines
+    ), lines
 
 
 # -- health, failures, rotation ---------------------------------------------------
@@ -264,15 +363,23 @@ def test_a_critical_instance_leaves_every_envoy_within_a_second(mesh: Mesh) -> N
     maintenance = "/v1/agent/service/maintenance/db2"
     assert mesh.api.put(maintenance, params={"enable": "true"}).status_code == 200
     try:
-        within(1.0, lambda: web.hosts("upstream:db") == [mesh.sidecar["db1"]], "web's Envoy drops db2")
-        within(1.0, lambda: gateway.hosts("gateway:db") == [mesh.apps["db1"].port], "the gateway drops db2")
+        within(
+            1.0, lambda: web.hosts("upstream:db") == [mesh.sidecar["db1"]], "web's Envoy drops db2"
+        )
+        within(
+            1.0,
+            lambda: gateway.hosts("gateway:db") == [mesh.apps["db1"].port],
+            "the gateway drops db2",
+        )
         assert {get(f"http://127.0.0.1:{mesh.upstream_db}/").text for _ in range(6)} == {"db1"}
     finally:
         mesh.api.put(maintenance, params={"enable": "false"})
     within(1.0, lambda: web.hosts("upstream:db") == both_sidecars, "db2 back")
 
 
-def _load(url: str, seconds: float, until: Callable[[], bool] = lambda: False) -> tuple[int, list[str]]:
+def _load(
+    url: str, seconds: float, until: Callable[[], bool] = lambda: False
+) -> tuple[int, list[str]]:
     """GETs in a loop over one keep-alive client, bounded in time; (count, failures)."""
     failures: list[str] = []
     count = 0
@@ -302,10 +409,13 @@ def test_leaf_rotation_under_load_fails_no_request(mesh: Mesh) -> None:
     before = (db1.cert_serials(), web.cert_serials())
     assert before[0] and before[1]
     count, failures = _load(
-        f"http://127.0.0.1:{mesh.upstream_db}/", 12.0,
+        f"http://127.0.0.1:{mesh.upstream_db}/",
+        12.0,
         until=lambda: db1.cert_serials() != before[0] and web.cert_serials() != before[1],
     )
-    assert db1.cert_serials() != before[0] and web.cert_serials() != before[1], "no rotation within 12 s"
+    assert db1.cert_serials() != before[0] and web.cert_serials() != before[1], (
+        "no rotation within 12 s"
+    )
     assert _catalog_index(mesh) == quiet  # the renewal itself was pushed: nothing else changed
     after, more_failures = _load(f"http://127.0.0.1:{mesh.upstream_db}/", 1.0)  # on the new certs
     assert count + after > 20 and failures == [] and more_failures == []
@@ -325,7 +435,11 @@ def test_kill_9_of_a_backend_under_load_fails_no_request(mesh: Mesh) -> None:
     web = mesh.envoys["web"].stats()
     assert web.get("cluster.upstream_db.upstream_rq_retry", 0) > 0  # the retries did it
     mesh.apps["db2"] = App("db2", mesh.apps["db2"].port).start()  # back for the tests after
-    within(5, lambda: len(mesh.api.get("/v1/health/connect/db", params={"passing": "1"}).json()) == 2, "db2 healthy")
+    within(
+        5,
+        lambda: len(mesh.api.get("/v1/health/connect/db", params={"passing": "1"}).json()) == 2,
+        "db2 healthy",
+    )
 
 
 def test_a_nacked_listener_is_not_sent_again(mesh: Mesh) -> None:
@@ -337,15 +451,28 @@ def test_a_nacked_listener_is_not_sent_again(mesh: Mesh) -> None:
     rejected = web.stats().get("listener_manager.lds.update_rejected", 0)
     try:
         assert mesh.api.put("/v1/agent/service/register", json=bad_registration).status_code == 200
-        within(2, lambda: web.stats().get("listener_manager.lds.update_rejected", 0) == rejected + 1, "NACK")
+        within(
+            2,
+            lambda: web.stats().get("listener_manager.lds.update_rejected", 0) == rejected + 1,
+            "NACK",
+        )
         time.sleep(1.5)  # a loop would show here as more rejections and more NACK lines
         assert web.stats().get("listener_manager.lds.update_rejected", 0) == rejected + 1
         nacks = [line for line in mesh.agent.output if "xDS NACK from web-sidecar-proxy" in line]
         assert len(nacks) == 1 and "Address already in use" in nacks[0]
-        assert get(f"http://127.0.0.1:{mesh.upstream_ledger}/").text == "db1"  # the last good config runs
+        assert (
+            get(f"http://127.0.0.1:{mesh.upstream_ledger}/").text == "db1"
+        )  # the last good config runs
     finally:
-        assert mesh.api.put("/v1/agent/service/register", json=mesh.web_registration()).status_code == 200
-    within(2, lambda: get(f"http://127.0.0.1:{mesh.upstream_db}/").status_code == 200, "good config back")
+        assert (
+            mesh.api.put("/v1/agent/service/register", json=mesh.web_registration()).status_code
+            == 200
+        )
+    within(
+        2,
+        lambda: get(f"http://127.0.0.1:{mesh.upstream_db}/").status_code == 200,
+        "good config back",
+    )
 
 
 # -- the gateway and proxyless gRPC ---------------------------------------------------
@@ -357,9 +484,15 @@ def test_the_gateway_routes_by_host_and_path_and_follows_the_catalog(mesh: Mesh)
     assert get(f"{base}/", headers={"Host": f"web.service.consul:{mesh.gateway}"}).text == "web"
     assert get(f"{base}/db/index.html").text in ("db1", "db2")
     missing = get(f"{base}/", headers={"Host": "fresh"})
-    assert missing.status_code == 404 and "no service matches" in missing.text and "db, ledger, web" in missing.text
+    assert (
+        missing.status_code == 404
+        and "no service matches" in missing.text
+        and "db, ledger, web" in missing.text
+    )
     started = time.monotonic()
-    mesh.api.put("/v1/agent/service/register", json={"Name": "fresh", "Port": mesh.apps["web"].port})
+    mesh.api.put(
+        "/v1/agent/service/register", json={"Name": "fresh", "Port": mesh.apps["web"].port}
+    )
     try:
         within(1.0, lambda: get(f"{base}/fresh/").status_code == 200, "a new service routable")
         assert time.monotonic() - started < 1.0
@@ -371,21 +504,42 @@ def test_the_gateway_routes_by_host_and_path_and_follows_the_catalog(mesh: Mesh)
 def _grpc_server(name: str) -> tuple[grpc.Server, int]:
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
     handler = grpc.unary_unary_rpc_method_handler(lambda request, context: name.encode())
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("test.Who", {"Am": handler}),))
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler("test.Who", {"Am": handler}),)
+    )
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     return server, port
 
 
-def test_proxyless_grpc_reaches_only_healthy_servers(mesh: Mesh, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_proxyless_grpc_reaches_only_healthy_servers(
+    mesh: Mesh, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     servers = [_grpc_server(n) for n in ("one", "two")]
     try:
         for n, (_, port) in zip(("one", "two"), servers, strict=True):
-            mesh.api.put("/v1/agent/service/register", json={
-                "Name": "payment", "ID": f"payment-{n}", "Port": port, "Check": {"TTL": "60s", "Status": "passing"}})
+            mesh.api.put(
+                "/v1/agent/service/register",
+                json={
+                    "Name": "payment",
+                    "ID": f"payment-{n}",
+                    "Port": port,
+                    "Check": {"TTL": "60s", "Status": "passing"},
+                },
+            )
         boot = subprocess.run(
-            [sys.executable, "-m", "waypost.cli.main", "connect", "grpc-bootstrap", "-grpc-addr", mesh.agent.grpc_address],
-            capture_output=True, text=True, check=True,
+            [
+                sys.executable,
+                "-m",
+                "waypost.cli.main",
+                "connect",
+                "grpc-bootstrap",
+                "-grpc-addr",
+                mesh.agent.grpc_address,
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout
         (tmp_path / "bootstrap.json").write_text(boot)
         monkeypatch.setenv("GRPC_XDS_BOOTSTRAP", str(tmp_path / "bootstrap.json"))
@@ -393,7 +547,11 @@ def test_proxyless_grpc_reaches_only_healthy_servers(mesh: Mesh, monkeypatch: py
             call = channel.unary_unary("/test.Who/Am")
             assert {call(b"", timeout=10) for _ in range(20)} == {b"one", b"two"}
             mesh.api.put("/v1/agent/check/fail/service:payment-two")
-            within(2.0, lambda: {call(b"", timeout=5) for _ in range(10)} == {b"one"}, "only the healthy one")
+            within(
+                2.0,
+                lambda: {call(b"", timeout=5) for _ in range(10)} == {b"one"},
+                "only the healthy one",
+            )
             assert {call(b"", timeout=5) for _ in range(20)} == {b"one"}
     finally:
         for server, _ in servers:

@@ -66,24 +66,66 @@ def acl_mesh() -> Iterator[AclMesh]:
     leaf.cert_chain_pems[0].write_to_path(str(folder / "agent.pem"))
     leaf.private_key_pem.write_to_path(str(folder / "agent-key.pem"))
     agent = AgentProcess(
-        "--dev", "--http", "127.0.0.1:0", "--dns", "off", "--node", "acl-mesh",
-        "--grpc", "127.0.0.1:0", "--grpc-tls", "127.0.0.1:0",
-        "--tls-cert-file", str(folder / "agent.pem"), "--tls-key-file", str(folder / "agent-key.pem"),
-        "--acl-default-policy", "deny",
+        "--dev",
+        "--http",
+        "127.0.0.1:0",
+        "--dns",
+        "off",
+        "--node",
+        "acl-mesh",
+        "--grpc",
+        "127.0.0.1:0",
+        "--grpc-tls",
+        "127.0.0.1:0",
+        "--tls-cert-file",
+        str(folder / "agent.pem"),
+        "--tls-key-file",
+        str(folder / "agent-key.pem"),
+        "--acl-default-policy",
+        "deny",
         env={"WAYPOST_ACL_TOKEN_INITIAL_MANAGEMENT": MGMT},
     ).start()
     admin = agent.client(headers={"X-Consul-Token": MGMT})
     app = App("db").start()
-    m = AclMesh(agent, admin, str(folder / "ca.pem"), folder, _token(admin, "db"), _token(admin, "web"), app, free_port())
+    m = AclMesh(
+        agent,
+        admin,
+        str(folder / "ca.pem"),
+        folder,
+        _token(admin, "db"),
+        _token(admin, "web"),
+        app,
+        free_port(),
+    )
     try:
         assert agent.grpc_tls_address
-        assert admin.put("/v1/agent/service/register", json={
-            "Name": "db", "Port": app.port,
-            "Connect": {"SidecarService": {"Port": m.sidecar_port, "Proxy": {"Config": {"protocol": "http"}}}},
-        }).status_code == 200
+        assert (
+            admin.put(
+                "/v1/agent/service/register",
+                json={
+                    "Name": "db",
+                    "Port": app.port,
+                    "Connect": {
+                        "SidecarService": {
+                            "Port": m.sidecar_port,
+                            "Proxy": {"Config": {"protocol": "http"}},
+                        }
+                    },
+                },
+            ).status_code
+            == 200
+        )
         m.envoy = EnvoyProcess(
-            "connect", "envoy", "-sidecar-for", "db", "-token", m.db_token, "-ca-file", m.ca_file,
-            http_url=agent.http_url, grpc_address=f"https://{agent.grpc_tls_address}",
+            "connect",
+            "envoy",
+            "-sidecar-for",
+            "db",
+            "-token",
+            m.db_token,
+            "-ca-file",
+            m.ca_file,
+            http_url=agent.http_url,
+            grpc_address=f"https://{agent.grpc_tls_address}",
         ).wait_ready()
         yield m
     finally:
@@ -97,7 +139,9 @@ def acl_mesh() -> Iterator[AclMesh]:
 def _web_context(m: AclMesh) -> ssl.SSLContext:
     """TLS as the service "web" of the mesh (a leaf from the agent, the CA's roots)."""
     leaf = m.admin.get("/v1/agent/connect/ca/leaf/web").json()
-    roots = "".join(x["RootCert"] for x in m.admin.get("/v1/agent/connect/ca/roots").json()["Roots"])
+    roots = "".join(
+        x["RootCert"] for x in m.admin.get("/v1/agent/connect/ca/roots").json()["Roots"]
+    )
     folder = Path(tempfile.mkdtemp(prefix="mesh-acl-web-"))
     (folder / "cert.pem").write_text(leaf["CertPEM"])
     (folder / "key.pem").write_text(leaf["PrivateKeyPEM"])
@@ -113,20 +157,38 @@ def test_default_deny_refuses_with_a_reason_until_an_intention_allows(acl_mesh: 
     pair = {"source": "web", "destination": "db"}
     assert m.admin.get("/v1/connect/intentions/check", params=pair).json() == {"Allowed": False}
     domain = m.admin.get("/v1/connect/ca/roots").json()["TrustDomain"]
-    authorize = m.admin.post("/v1/agent/connect/authorize", json={
-        "Target": "db", "ClientCertURI": f"spiffe://{domain}/ns/default/dc/dc1/svc/web"}).json()
-    assert authorize["Authorized"] is False and authorize["Reason"] == "Default behavior configured by ACLs: denied"
+    authorize = m.admin.post(
+        "/v1/agent/connect/authorize",
+        json={"Target": "db", "ClientCertURI": f"spiffe://{domain}/ns/default/dc/dc1/svc/web"},
+    ).json()
+    assert (
+        authorize["Authorized"] is False
+        and authorize["Reason"] == "Default behavior configured by ACLs: denied"
+    )
     context = _web_context(m)
     refused = tls_get(m.sidecar_port, context)
     assert refused.startswith(b"HTTP/1.1 403"), refused
     body = refused.split(b"\r\n\r\n", 1)[1].decode()
     assert body.startswith("RBAC: access denied: no intention allows spiffe://")
     assert body.rstrip().endswith("/svc/web -> db; default policy deny"), body
-    within(3.0, lambda: f"/svc/web -> db: rbac_access_denied_matched_policy[{rbac.DEFAULT_DENY}]; GET /"
-           in m.envoy.output(), "the default refusal in db's access log:\n" + m.envoy.output()[-1500:])  # type: ignore[union-attr]
-    assert m.admin.put("/v1/connect/intentions/exact", params=pair, json={"Action": "allow"}).json() is True
+    within(
+        3.0,
+        lambda: (
+            f"/svc/web -> db: rbac_access_denied_matched_policy[{rbac.DEFAULT_DENY}]; GET /"
+            in m.envoy.output()
+        ),
+        "the default refusal in db's access log:\n" + m.envoy.output()[-1500:],
+    )  # type: ignore[union-attr]
+    assert (
+        m.admin.put("/v1/connect/intentions/exact", params=pair, json={"Action": "allow"}).json()
+        is True
+    )
     try:
-        within(1.0, lambda: tls_get(m.sidecar_port, context).startswith(b"HTTP/1.1 200"), "allowed by the intention")
+        within(
+            1.0,
+            lambda: tls_get(m.sidecar_port, context).startswith(b"HTTP/1.1 200"),
+            "allowed by the intention",
+        )
         assert m.admin.get("/v1/connect/intentions/check", params=pair).json() == {"Allowed": True}
     finally:
         m.admin.delete("/v1/connect/intentions/exact", params=pair)
@@ -137,14 +199,22 @@ def _ca(m: AclMesh) -> bytes:
 
 
 @pytest.mark.parametrize("who", ["no token", "web's token", "an unknown token"])
-def test_an_ads_stream_without_service_write_on_the_proxied_service_is_refused(acl_mesh: AclMesh, who: str) -> None:
-    token = {"no token": "", "web's token": acl_mesh.web_token, "an unknown token": "not-a-token"}[who]
+def test_an_ads_stream_without_service_write_on_the_proxied_service_is_refused(
+    acl_mesh: AclMesh, who: str
+) -> None:
+    token = {"no token": "", "web's token": acl_mesh.web_token, "an unknown token": "not-a-token"}[
+        who
+    ]
     client = AdsClient(acl_mesh.agent.grpc_address, "db-sidecar-proxy", token=token)
     try:
         client.send(r.CLUSTER)
         error = client.refusal()
         assert error.code() == grpc.StatusCode.PERMISSION_DENIED
-        expected = "ACL not found" if who == "an unknown token" else "lacks permission 'service:write' on \"db\""
+        expected = (
+            "ACL not found"
+            if who == "an unknown token"
+            else "lacks permission 'service:write' on \"db\""
+        )
         assert expected in (error.details() or ""), error.details()
         assert client.responses.empty()  # nothing was sent before the refusal
     finally:
@@ -152,14 +222,21 @@ def test_an_ads_stream_without_service_write_on_the_proxied_service_is_refused(a
 
 
 def test_the_tls_port_serves_a_token_that_may_run_the_proxy(acl_mesh: AclMesh) -> None:
-    client = AdsClient(acl_mesh.agent.grpc_tls_address, "db-sidecar-proxy", token=acl_mesh.db_token, ca=_ca(acl_mesh))
+    client = AdsClient(
+        acl_mesh.agent.grpc_tls_address,
+        "db-sidecar-proxy",
+        token=acl_mesh.db_token,
+        ca=_ca(acl_mesh),
+    )
     try:
         client.send(r.CLUSTER)
         assert sorted(names_of(client.next())) == ["local_app"]
     finally:
         client.close()
     other = trustme.CA().cert_pem.bytes()  # a client that trusts another CA does not connect
-    stranger = AdsClient(acl_mesh.agent.grpc_tls_address, "db-sidecar-proxy", token=acl_mesh.db_token, ca=other)
+    stranger = AdsClient(
+        acl_mesh.agent.grpc_tls_address, "db-sidecar-proxy", token=acl_mesh.db_token, ca=other
+    )
     try:
         stranger.send(r.CLUSTER)
         assert stranger.refusal().code() == grpc.StatusCode.UNAVAILABLE
@@ -175,12 +252,19 @@ def test_a_proxyless_client_gets_only_what_its_service_may_call(acl_mesh: AclMes
     try:
         client.send(r.LISTENER, ["db"])
         assert names_of(client.next()) == []  # default deny: db is not web's to call
-        assert m.admin.put("/v1/connect/intentions/exact", params=pair, json={"Action": "allow"}).json() is True
+        assert (
+            m.admin.put(
+                "/v1/connect/intentions/exact", params=pair, json={"Action": "allow"}
+            ).json()
+            is True
+        )
         assert names_of(client.next(timeout=2)) == ["db"]
     finally:
         m.admin.delete("/v1/connect/intentions/exact", params=pair)
         client.close()
-    undeclared = AdsClient(m.agent.grpc_address, "grpc-anyone", {"waypost.kind": "grpc"}, token=m.web_token)
+    undeclared = AdsClient(
+        m.agent.grpc_address, "grpc-anyone", {"waypost.kind": "grpc"}, token=m.web_token
+    )
     try:
         undeclared.send(r.LISTENER, ["db"])
         assert "must declare the service it calls as" in (undeclared.refusal().details() or "")
@@ -191,11 +275,23 @@ def test_a_proxyless_client_gets_only_what_its_service_may_call(acl_mesh: AclMes
 def test_envoy_with_the_wrong_token_is_refused_and_says_why(acl_mesh: AclMesh) -> None:
     m = acl_mesh
     envoy = EnvoyProcess(
-        "connect", "envoy", "-sidecar-for", "db", "-token", m.web_token, "-ca-file", m.ca_file,
-        http_url=m.agent.http_url, grpc_address=f"https://{m.agent.grpc_tls_address}",
+        "connect",
+        "envoy",
+        "-sidecar-for",
+        "db",
+        "-token",
+        m.web_token,
+        "-ca-file",
+        m.ca_file,
+        http_url=m.agent.http_url,
+        grpc_address=f"https://{m.agent.grpc_tls_address}",
     )
     try:
-        within(10.0, lambda: "lacks permission 'service:write' on \"db\"" in envoy.output(), "Envoy's log of the refusal")
+        within(
+            10.0,
+            lambda: "lacks permission 'service:write' on \"db\"" in envoy.output(),
+            "Envoy's log of the refusal",
+        )
         assert "7," in envoy.output() or "PERMISSION_DENIED" in envoy.output()
         assert any("xDS stream of db-sidecar-proxy refused" in line for line in m.agent.output)
     finally:
@@ -234,22 +330,47 @@ def test_sighup_reloads_the_tls_port_certificate(acl_mesh: AclMesh) -> None:
     within(3.0, lambda: _serves_with(m, _ca(m)), "the first certificate back")
 
 
-def test_connect_envoy_writes_the_token_from_the_environment_and_tls_into_the_bootstrap(acl_mesh: AclMesh) -> None:
+def test_connect_envoy_writes_the_token_from_the_environment_and_tls_into_the_bootstrap(
+    acl_mesh: AclMesh,
+) -> None:
     m = acl_mesh
     env = {**os.environ, "CONSUL_HTTP_TOKEN": m.db_token, "CONSUL_GRPC_CACERT": m.ca_file}
-    command = [sys.executable, "-m", "waypost.cli.main", "connect", "envoy", "-sidecar-for", "db", "-bootstrap",
-               "-http-addr", m.agent.http_url, "-grpc-addr", f"https://{m.agent.grpc_tls_address}"]
-    boot = json.loads(subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout)
+    command = [
+        sys.executable,
+        "-m",
+        "waypost.cli.main",
+        "connect",
+        "envoy",
+        "-sidecar-for",
+        "db",
+        "-bootstrap",
+        "-http-addr",
+        m.agent.http_url,
+        "-grpc-addr",
+        f"https://{m.agent.grpc_tls_address}",
+    ]
+    boot = json.loads(
+        subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
+    )
     ads = boot["dynamicResources"]["adsConfig"]["grpcServices"][0]
     assert ads["initialMetadata"] == [{"key": "x-consul-token", "value": m.db_token}]
-    tls = boot["staticResources"]["clusters"][0]["transportSocket"]["typedConfig"]["commonTlsContext"]
-    assert tls["validationContext"] == {"trustedCa": {"filename": m.ca_file}} and tls["alpnProtocols"] == ["h2"]
+    tls = boot["staticResources"]["clusters"][0]["transportSocket"]["typedConfig"][
+        "commonTlsContext"
+    ]
+    assert tls["validationContext"] == {"trustedCa": {"filename": m.ca_file}} and tls[
+        "alpnProtocols"
+    ] == ["h2"]
     env.pop("CONSUL_GRPC_CACERT")
     env.pop("CONSUL_CACERT", None)
     missing = subprocess.run(command, env=env, capture_output=True, text=True)
-    assert missing.returncode != 0 and "needs the CA that signed the agent's certificate" in missing.stderr
+    assert (
+        missing.returncode != 0
+        and "needs the CA that signed the agent's certificate" in missing.stderr
+    )
     env["CONSUL_HTTP_TOKEN"] = ""
-    anonymous = subprocess.run(command[:-2], env=env, capture_output=True, text=True)  # no token: the look-up is refused
+    anonymous = subprocess.run(
+        command[:-2], env=env, capture_output=True, text=True
+    )  # no token: the look-up is refused
     assert anonymous.returncode != 0 and "no sidecar" in anonymous.stderr
     assert "left out services this token may not read" in anonymous.stderr
 
@@ -263,12 +384,16 @@ def test_deleting_its_token_closes_an_open_stream(acl_mesh: AclMesh) -> None:
         assert names_of(client.next()) == ["local_app"]
         assert m.admin.delete(f"/v1/acl/token/{made['AccessorID']}").status_code == 200
         error = client.refusal(timeout=2)
-        assert error.code() == grpc.StatusCode.PERMISSION_DENIED and "ACL not found" in (error.details() or "")
+        assert error.code() == grpc.StatusCode.PERMISSION_DENIED and "ACL not found" in (
+            error.details() or ""
+        )
     finally:
         client.close()
 
 
-def test_a_stream_without_a_token_uses_the_agents_default_token_as_it_is_now(acl_mesh: AclMesh) -> None:
+def test_a_stream_without_a_token_uses_the_agents_default_token_as_it_is_now(
+    acl_mesh: AclMesh,
+) -> None:
     m = acl_mesh
     assert m.admin.put("/v1/agent/token/default", json={"Token": m.db_token}).status_code == 200
     try:
@@ -279,7 +404,9 @@ def test_a_stream_without_a_token_uses_the_agents_default_token_as_it_is_now(acl
         finally:
             client.close()
     finally:  # back to a token that may not run db (as the anonymous one)
-        assert m.admin.put("/v1/agent/token/default", json={"Token": m.web_token}).status_code == 200
+        assert (
+            m.admin.put("/v1/agent/token/default", json={"Token": m.web_token}).status_code == 200
+        )
 
 
 def test_the_gateway_needs_service_write_on_waypost_gateway(acl_mesh: AclMesh) -> None:
@@ -288,10 +415,17 @@ def test_the_gateway_needs_service_write_on_waypost_gateway(acl_mesh: AclMesh) -
     refused = AdsClient(m.agent.grpc_address, "waypost-gateway-127.0.0.1-1", meta, token=m.db_token)
     try:
         refused.send(r.CLUSTER)
-        assert "lacks permission 'service:write' on \"waypost-gateway\"" in (refused.refusal().details() or "")
+        assert "lacks permission 'service:write' on \"waypost-gateway\"" in (
+            refused.refusal().details() or ""
+        )
     finally:
         refused.close()
-    served = AdsClient(m.agent.grpc_address, "waypost-gateway-127.0.0.1-1", meta, token=_token(m.admin, "waypost-gateway"))
+    served = AdsClient(
+        m.agent.grpc_address,
+        "waypost-gateway-127.0.0.1-1",
+        meta,
+        token=_token(m.admin, "waypost-gateway"),
+    )
     try:
         served.send(r.LISTENER)
         assert names_of(served.next()) != []

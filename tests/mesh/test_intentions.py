@@ -15,7 +15,9 @@ NOW = "2026-01-01T00:00:00Z"
 
 
 async def put(catalog: Catalog, source: str, destination: str, action: str) -> None:
-    await catalog.write(connect.put_intention, source, destination, IntentionBody(action=action), NOW)
+    await catalog.write(
+        connect.put_intention, source, destination, IntentionBody(action=action), NOW
+    )
 
 
 async def test_default_allow_then_exact_beats_wildcard() -> None:
@@ -28,7 +30,9 @@ async def test_default_allow_then_exact_beats_wildcard() -> None:
     await put(catalog, "web", "db", "allow")
     assert connect.decide(state, "web", "db", True).allowed
     assert not connect.decide(state, "api", "db", True).allowed
-    await put(catalog, "api", "*", "allow")  # destination counts first: * => db (8) beats api => * (6)
+    await put(
+        catalog, "api", "*", "allow"
+    )  # destination counts first: * => db (8) beats api => * (6)
     assert not connect.decide(state, "api", "db", True).allowed
     order = [(i.source, i.destination) for i in connect.matches(state, "destination", "db")]
     assert order == [("web", "db"), ("*", "db"), ("api", "*")]
@@ -45,7 +49,11 @@ async def test_put_replaces_in_place_and_delete_says_what_was_missing() -> None:
     await put(catalog, "web", "db", "allow")
     second = catalog.state.intention("web", "db")
     assert first is not None and second is not None
-    assert second.id == first.id and second.action == "allow" and len(catalog.state.all_intentions()) == 1
+    assert (
+        second.id == first.id
+        and second.action == "allow"
+        and len(catalog.state.all_intentions()) == 1
+    )
     await catalog.write(connect.delete_intention, "web", "db")
     with pytest.raises(NotFoundError, match='no intention from "web" to "db"'):
         await catalog.write(connect.delete_intention, "web", "db")
@@ -82,7 +90,10 @@ def _by_name(rules: dict[str, object]) -> dict[str, dict[str, list[dict[str, obj
     """The policies by "intention:source=>destination:action" (names end with the intention's ID)."""
     policies = rules["policies"]
     assert isinstance(policies, dict)
-    return {name.rsplit(":", 1)[0] if name.startswith("intention:") else name: p for name, p in policies.items()}
+    return {
+        name.rsplit(":", 1)[0] if name.startswith("intention:") else name: p
+        for name, p in policies.items()
+    }
 
 
 async def test_rbac_denies_wildcard_sources_except_more_precise_intentions() -> None:
@@ -97,7 +108,9 @@ async def test_rbac_denies_wildcard_sources_except_more_precise_intentions() -> 
     wildcard = by_name["intention:*=>db:deny"]["principals"][0]["andIds"]["ids"]  # type: ignore[index]
     assert wildcard[0] == rbac.principal("*")
     # web (allowed) and api (refused by its own, more precise intention) are not this one's
-    assert wildcard[1] == {"notId": {"orIds": {"ids": [rbac.principal("api"), rbac.principal("web")]}}}
+    assert wildcard[1] == {
+        "notId": {"orIds": {"ids": [rbac.principal("api"), rbac.principal("web")]}}
+    }
     assert by_name["intention:api=>db:deny"]["principals"] == [rbac.principal("api")]
     api = catalog.state.intention("api", "db")
     assert api is not None and rbac.policy_name(api) == f"intention:api=>db:deny:{api.id}"
@@ -126,6 +139,9 @@ async def test_rbac_under_default_deny_refuses_every_source_no_intention_names()
     by_name = _by_name(rbac.rules(catalog.state, "db", False))
     assert set(by_name) == {"intention:api=>db:deny", rbac.DEFAULT_DENY}
     default = by_name[rbac.DEFAULT_DENY]["principals"][0]["andIds"]["ids"]  # type: ignore[index]
-    assert default == [{"any": True}, {"notId": {"orIds": {"ids": [rbac.principal("api"), rbac.principal("web")]}}}]
+    assert default == [
+        {"any": True},
+        {"notId": {"orIds": {"ids": [rbac.principal("api"), rbac.principal("web")]}}},
+    ]
     await put(catalog, "*", "db", "allow")  # every source is named now: no default refusal left
     assert set(_by_name(rbac.rules(catalog.state, "db", False))) == {"intention:api=>db:deny"}

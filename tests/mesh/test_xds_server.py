@@ -16,7 +16,15 @@ from .adsclient import AdsClient, endpoints_of, names_of, r
 @pytest.fixture(scope="module")
 def xds_agent() -> Iterator[AgentProcess]:
     proc = AgentProcess(
-        "--dev", "--http", "127.0.0.1:0", "--dns", "off", "--grpc", "127.0.0.1:0", "--node", "xds-node"
+        "--dev",
+        "--http",
+        "127.0.0.1:0",
+        "--dns",
+        "off",
+        "--grpc",
+        "127.0.0.1:0",
+        "--node",
+        "xds-node",
     ).start()
     yield proc
     assert proc.stop() == 0, "".join(proc.output)
@@ -31,13 +39,34 @@ def api(xds_agent: AgentProcess) -> Iterator[httpx.Client]:
 def register_pair(api: httpx.Client, front: str, back: str) -> None:
     """`front` calls `back` through an upstream; `back` has a TTL check we control."""
     up = [{"DestinationName": back, "LocalBindPort": 30001}]
-    assert api.put("/v1/agent/service/register", json={
-        "Name": front, "Port": 30000, "Connect": {"SidecarService": {"Port": 30010, "Proxy": {"Upstreams": up}}},
-    }).status_code == 200
-    assert api.put("/v1/agent/service/register", json={
-        "Name": back, "Port": 30002, "Check": {"TTL": "60s", "Status": "passing"},
-        "Connect": {"SidecarService": {"Port": 30011, "Checks": [{"Name": "a", "AliasService": back}]}},
-    }).status_code == 200
+    assert (
+        api.put(
+            "/v1/agent/service/register",
+            json={
+                "Name": front,
+                "Port": 30000,
+                "Connect": {"SidecarService": {"Port": 30010, "Proxy": {"Upstreams": up}}},
+            },
+        ).status_code
+        == 200
+    )
+    assert (
+        api.put(
+            "/v1/agent/service/register",
+            json={
+                "Name": back,
+                "Port": 30002,
+                "Check": {"TTL": "60s", "Status": "passing"},
+                "Connect": {
+                    "SidecarService": {
+                        "Port": 30011,
+                        "Checks": [{"Name": "a", "AliasService": back}],
+                    }
+                },
+            },
+        ).status_code
+        == 200
+    )
 
 
 def test_versions_acks_and_pushes(api: httpx.Client, xds_agent: AgentProcess) -> None:
@@ -67,27 +96,45 @@ def test_versions_acks_and_pushes(api: httpx.Client, xds_agent: AgentProcess) ->
         client.close()
 
 
-def test_a_nack_is_logged_and_not_answered_again(api: httpx.Client, xds_agent: AgentProcess) -> None:
+def test_a_nack_is_logged_and_not_answered_again(
+    api: httpx.Client, xds_agent: AgentProcess
+) -> None:
     register_pair(api, "na", "nb")
     client = AdsClient(xds_agent.grpc_address, "na-sidecar-proxy")
     try:
         client.send(r.LISTENER)
         listeners = client.next()
-        client.send(r.LISTENER, version="", nonce=listeners.nonce, error="cannot bind: Address in use")
+        client.send(
+            r.LISTENER, version="", nonce=listeners.nonce, error="cannot bind: Address in use"
+        )
         assert client.quiet(1.0), "the rejected version was sent again"
-        assert any("xDS NACK from na-sidecar-proxy" in line and "cannot bind: Address in use" in line
-                   for line in xds_agent.output)
+        assert any(
+            "xDS NACK from na-sidecar-proxy" in line and "cannot bind: Address in use" in line
+            for line in xds_agent.output
+        )
         # A change that touches the listeners makes a new version, which is sent.
-        api.put("/v1/agent/service/register", json={
-            "Name": "na", "Port": 30000, "Connect": {"SidecarService": {"Port": 30010, "Proxy": {
-                "Upstreams": [{"DestinationName": "nb", "LocalBindPort": 30005}]}}}})
+        api.put(
+            "/v1/agent/service/register",
+            json={
+                "Name": "na",
+                "Port": 30000,
+                "Connect": {
+                    "SidecarService": {
+                        "Port": 30010,
+                        "Proxy": {"Upstreams": [{"DestinationName": "nb", "LocalBindPort": 30005}]},
+                    }
+                },
+            },
+        )
         fresh = client.next(timeout=2)
         assert fresh.type_url == r.LISTENER and fresh.version_info != listeners.version_info
     finally:
         client.close()
 
 
-def test_a_stale_nonce_is_ignored_and_secrets_are_served(api: httpx.Client, xds_agent: AgentProcess) -> None:
+def test_a_stale_nonce_is_ignored_and_secrets_are_served(
+    api: httpx.Client, xds_agent: AgentProcess
+) -> None:
     register_pair(api, "sa", "sb")
     client = AdsClient(xds_agent.grpc_address, "sa-sidecar-proxy")
     try:
@@ -96,7 +143,9 @@ def test_a_stale_nonce_is_ignored_and_secrets_are_served(api: httpx.Client, xds_
         assert sorted(names_of(secrets)) == ["leaf:sa", "roots"]
         client.send(r.SECRET, ["roots"], nonce="not-the-last-one")
         assert client.quiet(0.5), "a request with a stale nonce was answered"
-        client.send(r.SECRET, ["roots"], secrets.version_info, secrets.nonce)  # narrowed: new answer
+        client.send(
+            r.SECRET, ["roots"], secrets.version_info, secrets.nonce
+        )  # narrowed: new answer
         assert names_of(client.next()) == ["roots"]
     finally:
         client.close()
@@ -109,8 +158,14 @@ def test_an_unknown_node_gets_nothing_until_its_sidecar_is_registered(
     try:
         client.send(r.CLUSTER)
         assert client.quiet(0.5)
-        assert any('no connect-proxy service with ID "late-sidecar-proxy"' in line for line in xds_agent.output)
-        api.put("/v1/agent/service/register", json={"Name": "late", "Port": 30020, "Connect": {"SidecarService": {"Port": 30021}}})
+        assert any(
+            'no connect-proxy service with ID "late-sidecar-proxy"' in line
+            for line in xds_agent.output
+        )
+        api.put(
+            "/v1/agent/service/register",
+            json={"Name": "late", "Port": 30020, "Connect": {"SidecarService": {"Port": 30021}}},
+        )
         assert names_of(client.next(timeout=2)) == ["local_app"]
     finally:
         client.close()

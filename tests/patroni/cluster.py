@@ -52,8 +52,6 @@ def available() -> str:
     return ""
 
 
-
-
 class Member:
     def __init__(self, name: str, root: Path, consul_port: int, scope: str) -> None:
         self.name = name

@@ -70,7 +70,9 @@ def test_leader_election_and_failover_after_kill_9(
     first, second = cluster.members
     first.start()
     with httpx.Client(base_url=waypost.http_url, timeout=5) as http:
-        _wait(lambda: first.role() in ("master", "primary"), BOOTSTRAP_TIMEOUT, "no leader", cluster)
+        _wait(
+            lambda: first.role() in ("master", "primary"), BOOTSTRAP_TIMEOUT, "no leader", cluster
+        )
         # Patroni may report its role a loop before its leader key is readable.
         holder, session = _wait(
             lambda: (key := _leader_key(http, cluster.scope))[0] == first.name and key,

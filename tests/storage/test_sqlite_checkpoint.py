@@ -134,3 +134,29 @@ async def test_a_failed_checkpoint_is_logged_and_fails_no_commit(
     assert len(failed) == 1 and "disk I/O error" in failed[0].getMessage()  # once a streak
     assert any("checkpoints succeed again" in r.getMessage() for r in caplog.records)
     await store.close()
+
+
+async def test_a_grown_wal_file_is_trimmed_once_it_starts_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The checkpoints held off, the WAL grows to 10 MB; once they run, the
+    WAL starts over and the next commit trims the file to journal_size_limit."""
+    real = checkpoint._run_checkpoint
+    held_off = [True]
+    monkeypatch.setattr(
+        checkpoint, "_run_checkpoint", lambda conn: (0, 0, 0) if held_off[0] else real(conn)
+    )
+    monkeypatch.setattr(checkpoint, "INTERVAL", 0.01)
+    monkeypatch.setattr(checkpoint, "RESET_FRAMES", 256)
+    monkeypatch.setattr(sqlite_backend, "WAL_KEEP_BYTES", 2 * 2**20)
+    db = tmp_path / "c.db"
+    store = await _opened(db)
+    for i in range(50):
+        await store.commit([Entry(f"k{i}", os.urandom(BIG))])
+    assert _wal(db) > 9 * 2**20
+    held_off[0] = False
+    await store.commit([Entry("wake", b"")])  # the checkpointer runs again
+    await _until(lambda: store.statistics()["wal_resets"] > 0)
+    await store.commit([Entry("after", b"")])  # starts the WAL over, then trims the file
+    assert _wal(db) <= 2 * 2**20
+    await store.close()

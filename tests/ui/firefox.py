@@ -68,8 +68,6 @@ def available() -> bool:
     return Path(FIREFOX).exists()
 
 
-
-
 def _user_js(prefs: dict[str, object]) -> str:
     def value(v: object) -> str:
         if isinstance(v, bool):

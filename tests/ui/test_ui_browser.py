@@ -264,7 +264,10 @@ def test_the_page_asks_for_a_token_when_acls_deny() -> None:
     """ACLs deny by default and there is no default token: the page says why it
     needs a token, asks again for a bad one, and shows the catalog with a good one."""
     management = "3b0c5d1e-8f2a-4c6b-9d7e-1a2b3c4d5e6f"
-    env = {"WAYPOST_ACL_TOKEN_INITIAL_MANAGEMENT": management, "WAYPOST_ACL_TOKEN_AGENT": management}
+    env = {
+        "WAYPOST_ACL_TOKEN_INITIAL_MANAGEMENT": management,
+        "WAYPOST_ACL_TOKEN_AGENT": management,
+    }
     proc = AgentProcess(
         "--dev", "--http", "127.0.0.1:0", "--dns", "off", "--acl-default-policy", "deny", env=env
     ).start()

@@ -105,8 +105,9 @@ class State:
         if snapshot:
             entries = self._deletions_for(entries) + entries
         self._start_lock_delays(entries)
+        report = changes is not None  # a replay's million records: no Change built
         for entry in entries:
-            change = self._apply_safely(index, entry, touched, woken)
+            change = self._apply_safely(index, entry, touched, woken, report)
             if changes is not None and change is not None:
                 changes.append(change)
         self.index = max(self.index, index)
@@ -134,19 +135,20 @@ class State:
                     self.kv.start_lock_delay(session.id, session.lock_delay)
 
     def _apply_safely(
-        self, index: int, entry: Entry, touched: set[Topic], woken: set[Topic]
+        self, index: int, entry: Entry, touched: set[Topic], woken: set[Topic], report: bool
     ) -> Change | None:
         try:
-            return self._apply_one(index, entry, touched, woken)
+            return self._apply_one(index, entry, touched, woken, report)
         except (msgspec.DecodeError, KeyError, ValueError, IndexError) as exc:
             log.error("skipping unreadable stored entry %r: %s", entry.key, exc)
             return None
 
     def _apply_one(
-        self, index: int, entry: Entry, touched: set[Topic], woken: set[Topic]
+        self, index: int, entry: Entry, touched: set[Topic], woken: set[Topic], report: bool
     ) -> Change | None:
         """Apply one entry; the record it changed as it was and is (None for
-        KV, sessions, events, ACLs, guards, and for a delete of nothing)."""
+        KV, sessions, events, ACLs, guards, and for a delete of nothing; for
+        a stored record, None unless `report`)."""
         kind = entry.key[0]
         if kind == "k" and entry.key.startswith(KV_PREFIX):
             self.kv.apply(index, entry, woken)
@@ -176,7 +178,12 @@ class State:
         created = entry.create_index or (old.create_index if old is not None else index)
         codec.stamp(record, created, entry.modify_index or index)
         if old is None:
-            return Change(None, self._stored_of(self._insert(record, touched)))
+            inserted = self._insert(record, touched)
+            return Change(None, self._stored_of(inserted)) if report else None
+        if not report:
+            self._remove(old, touched)
+            self._insert(record, touched)
+            return None
         replaced = self._stored_of(old)
         self._remove(old, touched)
         return Change(replaced, self._stored_of(self._insert(record, touched)))

@@ -72,6 +72,34 @@ QUICK = 0.005
 WAL_KEEP_BYTES = 64 * 2**20
 
 
+class Durations:
+    """How many durations passed each of a few bounds, and the longest: the
+    writer's and checkpointer's debug counters (statistics(), so metrics and
+    /v1/agent/self), cheap enough for every transaction."""
+
+    BOUNDS_MS = (1, 5, 20, 100)
+
+    def __init__(self) -> None:
+        self.over = [0] * len(self.BOUNDS_MS)
+        self.longest = 0.0
+
+    def observe(self, seconds: float) -> None:
+        ms = seconds * 1000
+        if ms > self.longest:
+            self.longest = ms
+        for i, bound in enumerate(self.BOUNDS_MS):
+            if ms <= bound:
+                break
+            self.over[i] += 1
+
+    def statistics(self, name: str) -> dict[str, float]:
+        stats: dict[str, float] = {
+            f"{name}_over_{b}ms": n for b, n in zip(self.BOUNDS_MS, self.over, strict=True)
+        }
+        stats[f"{name}_max_ms"] = round(self.longest, 1)
+        return stats
+
+
 class Checkpointer:
     """The store's checkpoint thread; `start()` once the db is open and in WAL mode."""
 
@@ -86,6 +114,8 @@ class Checkpointer:
         self.failures = 0
         self.resets = 0
         self.wal_frames = 0  # frames in the WAL at the last checkpoint
+        self.took = Durations()  # each checkpoint (the writer goes on meanwhile)
+        self.held = Durations()  # each hold of the writer, to start the WAL over
         self._failing = False
 
     def start(self) -> None:
@@ -134,11 +164,14 @@ class Checkpointer:
 
     def checkpoint(self, conn: sqlite3.Connection) -> None:
         """One PASSIVE checkpoint; past RESET_FRAMES, a second with the writer held."""
+        started = time.perf_counter()
         try:
             frames, quick = self._catch_up(conn)
             if frames >= RESET_FRAMES and (quick or frames >= MAX_FRAMES):
                 with self.gate:  # between two of the writer's transactions
+                    held = time.perf_counter()
                     _busy, frames, copied = _run_checkpoint(conn)
+                    self.held.observe(time.perf_counter() - held)
                 self.resets += frames == copied  # the next transaction starts the WAL over
         except Exception as exc:  # never let it stop the thread: commits do not need it
             self._failed(exc)
@@ -148,6 +181,17 @@ class Checkpointer:
             self._failing = False
         self.checkpoints += 1
         self.wal_frames = max(frames, 0)
+        self.took.observe(time.perf_counter() - started)
+
+    def statistics(self) -> dict[str, float]:
+        return {
+            "checkpoints": self.checkpoints,
+            "checkpoint_failures": self.failures,
+            "wal_resets": self.resets,
+            "wal_frames": self.wal_frames,
+            **self.took.statistics("checkpoint"),
+            **self.held.statistics("writer_held"),
+        }
 
     @staticmethod
     def _catch_up(conn: sqlite3.Connection) -> tuple[int, bool]:

@@ -80,7 +80,7 @@ from .._exceptions import (
     StoreUnavailable,
 )
 from .._lockfile import LockFile
-from ._sqlite_checkpoint import WAL_KEEP_BYTES, Checkpointer
+from ._sqlite_checkpoint import WAL_KEEP_BYTES, Checkpointer, Durations
 from .base import ApplyFn, Condition, Entry, Storage
 
 log = logging.getLogger("waypost.storage")
@@ -173,6 +173,7 @@ class SqliteStorage(Storage):
         self._sweeper: asyncio.TimerHandle | None = None
         self._writer_exited = False
         self._checkpointer = Checkpointer(self.path)
+        self._commit_took = Durations()  # each COMMIT: the WAL append and its fsync
 
     async def open(self, apply: ApplyFn) -> None:
         if self._thread is not None:
@@ -342,10 +343,8 @@ class SqliteStorage(Storage):
             "queued": self._waiting,
             "conflicts": self._conflicts,
             "failed_batches": self._failed_batches,
-            "checkpoints": self._checkpointer.checkpoints,
-            "checkpoint_failures": self._checkpointer.failures,
-            "wal_resets": self._checkpointer.resets,
-            "wal_frames": self._checkpointer.wal_frames,
+            **self._commit_took.statistics("commit"),
+            **self._checkpointer.statistics(),
         }
 
     # -- writer thread -----------------------------------------------------
@@ -431,7 +430,9 @@ class SqliteStorage(Storage):
             return
         if index != self._index:
             try:
+                started = time.perf_counter()
                 self._end_transaction(conn)
+                self._commit_took.observe(time.perf_counter() - started)
             except Exception as exc:
                 if _disk_full(exc):  # no complete commit frame: nothing stored
                     error: StorageError = self._not_written(exc, len(batch))
