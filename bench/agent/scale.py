@@ -253,8 +253,10 @@ def _writer_line(before: dict[str, float], after: dict[str, float]) -> str:
     """The writer's debug counters over the churn (sqlite stores that count them)."""
     if "commit_max_ms" not in after:
         return "store: this tree does not count its COMMIT durations"
-    over = [k for k in after if "_over_" in k]
-    parts = [f"{k} {after[k] - before.get(k, 0):.0f}" for k in sorted(over)]
+    over = sorted(
+        (k for k in after if "_over_" in k), key=lambda k: (k.split("_over_")[0], len(k), k)
+    )
+    parts = [f"{k} {after[k] - before.get(k, 0):.0f}" for k in over]
     parts += [f"{k} {after[k]:g}" for k in sorted(after) if k.endswith("_max_ms")]
     for k in ("transactions", "checkpoints", "wal_resets"):
         parts.append(f"{k} {after.get(k, 0) - before.get(k, 0):.0f}")
