@@ -3,8 +3,9 @@
 Why: sqlite's auto-checkpoint runs inside the COMMIT that takes the WAL past
 1,000 pages, on the writer thread: it copies the WAL's pages into the main
 db file and fsyncs it before that COMMIT returns. On the 545 MB store of
-1M instances that took 60-300 ms (bench/agent/commit_timing.py), and every
-commit queued behind it waited too: the whole p99 of a write under churn.
+1M instances under 1,000 writes/s that was 2.7 COMMITs a second taking a
+median 20-23 ms, up to 248 ms (bench/agent/commit_timing.py), and every
+commit queued behind one waited too.
 So the writer runs with `wal_autocheckpoint=0` and this thread checkpoints
 instead, from a second connection, so a COMMIT only appends and fsyncs the
 WAL.
@@ -22,22 +23,22 @@ Bounding the WAL: the writer starts the WAL over from its beginning when its
 next transaction finds every frame already checkpointed. Under continuous
 churn a PASSIVE checkpoint nearly always finishes just after another commit
 landed (at 1,000 writes/s the writer commits every 1-2 ms), so the WAL would
-never start over: it grew to 70 MB in 20 s. So once the WAL holds
-`RESET_FRAMES` frames, the passive checkpoint (which copied nearly all of
-them, without holding anything up; repeated up to `CATCH_UP` times until
-one is quick) is followed by a second one while the
+never start over (measured: without the hold below it only ever did when
+forced). So once the WAL holds `RESET_FRAMES` frames, the passive checkpoint
+(which copied nearly all of them without holding anything up; repeated up to
+`CATCH_UP` times until one is quick) is followed by a second one while the
 writer is held between two transactions (`gate`, a lock the writer takes
 around each batch): that one copies only what landed during the first, and
 the writer's next transaction starts the WAL over. The hold is that short
 copy and two fsyncs. When the disk is so busy that no passive checkpoint
 gets quick, the hold waits for a later round, until the WAL reaches
-`MAX_FRAMES`: that is its bound. A plain lock, not sqlite's RESTART checkpoint: that
-takes sqlite's write lock for the whole copy, and a writer waiting on it polls
-with sqlite's busy handler (sleeps of 1, 2, 5 ... 100 ms), so it also waits
-out a sleep after the lock is free. The writer's `journal_size_limit` trims a
-WAL file that grew past `WAL_KEEP_BYTES` once it starts over (a file that
-keeps its size is cheaper to fsync: overwriting its blocks does not change
-the file's metadata).
+`MAX_FRAMES`: that is its bound (while checkpoints succeed). A plain lock,
+not sqlite's RESTART checkpoint: that takes sqlite's write lock for the
+whole copy, and a writer waiting on it polls with sqlite's busy handler
+(sleeps of 1, 2, 5 ... 100 ms), so it also waits out a sleep after the lock
+is free. The writer's `journal_size_limit` trims a WAL file that grew past
+`WAL_KEEP_BYTES` once it starts over (a file that keeps its size is cheaper
+to fsync: overwriting its blocks does not change the file's metadata).
 
 A failed checkpoint is logged (once, until one succeeds again) and counted;
 it never fails a commit.
