@@ -24,7 +24,9 @@ And, given a `FastReads` (api/fastpath.py), it answers the discovery reads
 that one understands without starting an ASGI task: uvicorn has parsed the
 request and queued it behind any pipelined predecessor; where it would start
 the task, the fast path answers or parks the request instead, or declines and
-the task starts as before.
+the task starts as before. Given a `FastWrites` (api/fastwrite.py), the
+agent's hot writes are taken the same way: their body is collected here and
+the answer written without uvicorn's cycle.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from typing import Any
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from .fastpath import FastReads
+from .fastwrite import FastWrites, Pending
 
 LOST = "waypost.connection_lost"
 _TOO_MANY = (
@@ -83,15 +86,25 @@ def guarded_protocol(
     read_timeout: float,
     limiter: ConnectionLimiter | None = None,
     fast: FastReads | None = None,
+    writes: FastWrites | None = None,
 ) -> type[HttpToolsProtocol]:
     class GuardedHttpToolsProtocol(HttpToolsProtocol):
         _read_deadline: asyncio.TimerHandle | None = None
         _lost: asyncio.Future[None]
         _client: str | None = None
         _parked: Any = None  # the fast path's parked query on this connection
+        _writing: Pending | None = None  # a fast write waiting for the rest of its body
 
         def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
             # `app` is uvicorn's 503 stand-in past limit_concurrency: leave that to it.
+            if writes is not None and app is self.app:
+                pending = writes.take(cycle)
+                if pending is not None:
+                    if cycle.more_body:
+                        self._writing = pending  # started by on_message_complete
+                    else:
+                        writes.start(pending, self.tasks)  # a pipelined one, read whole
+                    return
             if fast is not None and app is self.app:
                 served = fast.serve(cycle)
                 if served is not False:
@@ -130,9 +143,14 @@ def guarded_protocol(
         def on_message_complete(self) -> None:
             self._disarm()
             super().on_message_complete()
+            pending = self._writing
+            if pending is not None and pending[0] is self.cycle and writes is not None:
+                self._writing = None
+                writes.start(pending, self.tasks)
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
+            self._writing = None  # its body never came: nothing was done
             if self._parked is not None and fast is not None:
                 fast.release(self._parked)
                 self._parked = None
