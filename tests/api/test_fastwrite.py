@@ -10,6 +10,7 @@ answer of the fast path is compared byte for byte with the normal path's.
 from __future__ import annotations
 
 import json
+import re
 import signal
 import socket
 import time
@@ -260,3 +261,17 @@ def test_connection_close_is_the_normal_paths_bytes(agent: AgentProcess) -> None
         sock.sendall(put("/v1/agent/check/pass/nope", extra=b"Connection: close\r\n"))
         assert b"connection: close" in Reader(sock).response()
         assert sock.recv(1) == b""
+
+
+def test_fast_writes_are_counted_in_the_request_metrics(agent: AgentProcess) -> None:
+    def answered() -> tuple[int, int]:
+        text = ask(agent, b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n").decode()
+        ok = re.search(r'(?m)^waypost_http_requests_total\{code="200",method="PUT"\} (\S+)', text)
+        seconds = re.search(r"(?m)^waypost_http_request_seconds_count (\S+)", text)
+        return int(float(ok.group(1)) if ok else 0), int(float(seconds.group(1)))  # type: ignore[union-attr]
+
+    before = answered()
+    assert ask(agent, put("/v1/agent/service/register", registration("fw-m")))[9:12] == b"200"
+    after = answered()
+    assert after[0] == before[0] + 1
+    assert after[1] == before[1] + 2  # the write, and the /metrics read before it
