@@ -15,10 +15,12 @@ import signal
 import socket
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from ..agentproc import AgentProcess
+from ..faults.test_health_fail_closed import fill, small_disk  # noqa: F401  (a fixture)
 from .test_fastpath import MGMT, Reader, ask, connect
 
 NODE = "fastwrite-node"
@@ -275,3 +277,19 @@ def test_fast_writes_are_counted_in_the_request_metrics(agent: AgentProcess) -> 
     after = answered()
     assert after[0] == before[0] + 1
     assert after[1] == before[1] + 2  # the write, and the /metrics read before it
+
+
+def test_a_write_the_store_refuses_is_the_normal_paths_bytes(small_disk: Path) -> None:  # noqa: F811
+    """The data dir on a tmpfs filled to the last byte: the commit fails, and
+    both paths give the same error answer."""
+    proc = AgentProcess(
+        "--data-dir", str(small_disk / "data"), "--http", "127.0.0.1:0", "--dns", "off"
+    ).start()
+    try:
+        filler = fill(small_disk)
+        big = registration("fw-full", Meta={f"k{i}": "v" * 500 for i in range(60)})
+        answer = both_paths(proc, "/v1/agent/service/register", big)
+        assert answer.split(b" ")[1] in (b"500", b"503"), answer
+        filler.unlink()
+    finally:
+        proc.stop()
