@@ -47,11 +47,6 @@ def _level(levelname: str) -> str:
     return _SHORT.get(levelname, levelname)
 
 
-def msecs_of(created: float) -> float:
-    """A record's `msecs` for a `created` time, as `logging.LogRecord` computes it."""
-    return int((created - int(created)) * 1000) + 0.0
-
-
 _PREFIXES: dict[tuple[str, str], str] = {}  # (level, logger) -> " [INFO]  logger: "
 
 
