@@ -293,3 +293,19 @@ def test_a_write_the_store_refuses_is_the_normal_paths_bytes(small_disk: Path) -
         filler.unlink()
     finally:
         proc.stop()
+
+
+@pytest.mark.parametrize(
+    ("target", "body"),
+    [
+        ("/v1/agent/service/register", registration("fw-gz")),
+        ("/v1/agent/service/register", b'{"Name": "fw", "Port": "eighty"}'),  # a 400 with a body
+        ("/v1/agent/check/pass/no-such-check", b""),
+    ],
+)
+def test_gzip_answers_are_the_normal_paths_bytes(
+    agent: AgentProcess, target: str, body: bytes
+) -> None:
+    answer = both_paths(agent, target, body, extra=b"Accept-Encoding: gzip\r\n")
+    assert b"\r\nvary: Accept-Encoding\r\n" in answer
+    assert (b"\r\ncontent-encoding: gzip\r\n" in answer) == (not answer.endswith(b"\r\n\r\n"))
