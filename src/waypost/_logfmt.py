@@ -33,18 +33,18 @@ def quote(text: str, limit: int = OUTPUT_LIMIT) -> str:
 _second: list[tuple[int, str]] = [(-1, "")]  # the last second formatted, and its text
 
 
-def _timestamp(record: logging.LogRecord) -> str:
+def _timestamp(created: float, msecs: float) -> str:
     # strftime is most of a line's cost; a busy agent logs many lines a second.
-    whole = int(record.created)
+    whole = int(created)
     last, text = _second[0]
     if whole != last:
         text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
         _second[0] = (whole, text)
-    return f"{text}.{int(record.msecs):03d}Z"
+    return f"{text}.{int(msecs):03d}Z"
 
 
-def _level(record: logging.LogRecord) -> str:
-    return _SHORT.get(record.levelname, record.levelname)
+def _level(levelname: str) -> str:
+    return _SHORT.get(levelname, levelname)
 
 
 _PREFIXES: dict[tuple[str, str], str] = {}  # (level, logger) -> " [INFO]  logger: "
@@ -54,28 +54,47 @@ class ConsulFormatter(logging.Formatter):
     """`TIME [LEVEL] logger: message`, the level padded as Consul pads it."""
 
     def format(self, record: logging.LogRecord) -> str:
-        prefix = _PREFIXES.get((record.levelname, record.name))
-        if prefix is None:
-            level = _level(record)
-            prefix = f" [{level}] {' ' * (5 - len(level))}{record.name}: "
-            if len(_PREFIXES) < 1024:  # loggers are few; this stays small whatever runs
-                _PREFIXES[(record.levelname, record.name)] = prefix
-        line = _timestamp(record) + prefix + record.getMessage()
+        line = self.line(
+            record.created, record.msecs, record.levelname, record.name, record.getMessage()
+        )
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         return line
+
+    def line(self, created: float, msecs: float, levelname: str, name: str, message: str) -> str:
+        """The line of a record without an exception (agent/logs.py writes
+        the hottest lines through here without building the record)."""
+        prefix = _PREFIXES.get((levelname, name))
+        if prefix is None:
+            level = _level(levelname)
+            prefix = f" [{level}] {' ' * (5 - len(level))}{name}: "
+            if len(_PREFIXES) < 1024:  # loggers are few; this stays small whatever runs
+                _PREFIXES[(levelname, name)] = prefix
+        return _timestamp(created, msecs) + prefix + message
 
 
 class JsonFormatter(logging.Formatter):
     """One JSON object a line, with Consul's keys."""
 
     def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "@timestamp": _timestamp(record),
-            "@level": _level(record).lower(),
-            "@module": record.name,
-            "@message": record.getMessage(),
-        }
+        entry = self._entry(
+            record.created, record.msecs, record.levelname, record.name, record.getMessage()
+        )
         if record.exc_info:
             entry["error"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)
+
+    def line(self, created: float, msecs: float, levelname: str, name: str, message: str) -> str:
+        """As ConsulFormatter.line."""
+        return json.dumps(self._entry(created, msecs, levelname, name, message), ensure_ascii=False)
+
+    @staticmethod
+    def _entry(
+        created: float, msecs: float, levelname: str, name: str, message: str
+    ) -> dict[str, str]:
+        return {
+            "@timestamp": _timestamp(created, msecs),
+            "@level": _level(levelname).lower(),
+            "@module": name,
+            "@message": message,
+        }

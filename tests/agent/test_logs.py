@@ -4,8 +4,18 @@ deregistrations, at info; requests at debug; JSON for log shippers."""
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import re
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from waypost.agent import logs
+from waypost.api.agent import LogStream
 
 from ..agentproc import AgentProcess
 from ..wait import until
@@ -126,3 +136,83 @@ def test_monitor_streams_the_same_lines_as_the_log(agent: AgentProcess, unique: 
         rf"id={unique} name={unique} address=127\.0\.0\.1:1 checks=none",
         lines[0],
     ), lines
+
+
+# -- the direct path for the lines logged at every write (agent/logs.py info) --
+
+
+@pytest.fixture
+def agent_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[io.TextIOWrapper]:
+    """The agent's stderr logging on a line-buffered buffer, a fixed clock;
+    the root logger's handlers (pytest's capture) put back afterwards."""
+    root = logging.getLogger()
+    kept, level = root.handlers[:], root.level
+    stream = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", line_buffering=True)
+    monkeypatch.setattr(time, "time", lambda: 1764583200.123)
+    monkeypatch.setattr(time, "time_ns", lambda: 1764583200_123_000_000)
+    try:
+        yield stream
+    finally:
+        for handler in root.handlers[:]:
+            root.removeHandler(handler)
+        for handler in kept:
+            root.addHandler(handler)
+        root.setLevel(level)
+
+
+def _setup(stream: io.TextIOWrapper, json_layout: bool = False) -> None:
+    # sys.stderr set here, in the test's call: pytest's capture resets it between phases.
+    real, sys.stderr = sys.stderr, stream
+    try:
+        logs.setup("info", json=json_layout)
+    finally:
+        sys.stderr = real
+
+
+def _written(stream: io.TextIOWrapper) -> list[str]:
+    return stream.buffer.getvalue().decode().splitlines()  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("json_layout", [False, True])
+def test_a_direct_line_is_the_line_logging_writes(
+    agent_logging: io.TextIOWrapper, monkeypatch: pytest.MonkeyPatch, json_layout: bool
+) -> None:
+    _setup(agent_logging, json_layout)
+    log = logging.getLogger("waypost.agent")
+    records = []
+    make = logging.Logger.makeRecord
+    monkeypatch.setattr(
+        logging.Logger, "makeRecord", lambda *a, **k: records.append(1) or make(*a, **k)
+    )
+    logs.info(log, "registered service: id=%s port=%d", "web-1", 80)
+    assert not records, "the direct path built a LogRecord"
+    log.info("registered service: id=%s port=%d", "web-1", 80)
+    assert records
+    direct, logged = _written(agent_logging)
+    assert direct == logged
+    assert "registered service: id=web-1 port=80" in direct
+
+
+def test_another_handler_or_a_monitor_still_gets_the_record(
+    agent_logging: io.TextIOWrapper,
+) -> None:
+    _setup(agent_logging)
+    log = logging.getLogger("waypost.agent")
+    seen: list[str] = []
+
+    class Capture(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    capture = Capture(logging.INFO)
+    log.addHandler(capture)
+    logs.info(log, "deregistered service: id=%s", "a")
+    log.removeHandler(capture)
+    stream = LogStream()
+    logging.getLogger().addHandler(stream)
+    with stream.subscribe(logging.INFO) as queue:
+        logs.info(log, "deregistered service: id=%s", "b")
+        assert b"deregistered service: id=b" in queue.get_nowait()
+    logs.info(log, "deregistered service: id=%s", "c")  # nobody listens: direct again
+    assert seen == ["deregistered service: id=a"]
+    assert [line[-1] for line in _written(agent_logging)] == ["a", "b", "c"]

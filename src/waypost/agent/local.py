@@ -29,6 +29,7 @@ from ..catalog.model import NODE_MAINT_CHECK_ID, SERF_CHECK_ID, SERVICE_MAINT_PR
 from ..catalog.state import ALIVE_OUTPUT
 from ..catalog.txn import Txn
 from ..health import HealthRunner
+from . import logs
 
 log = logging.getLogger("waypost.agent")
 T = TypeVar("T")
@@ -160,7 +161,8 @@ class LocalAgent:
         if not log.isEnabledFor(logging.INFO):
             return  # the line's arguments read the state: not for a line nobody sees
         service_id = reg.id or reg.name or reg.service
-        log.info(
+        logs.info(  # Consul's agent logs one INFO line per registration too ("Synced service")
+            log,
             "registered service: id=%s name=%s address=%s:%d checks=%s",
             service_id,
             reg.name or reg.service,
@@ -180,7 +182,7 @@ class LocalAgent:
 
     async def deregister_service(self, service_id: str) -> None:
         await self.catalog.write(writes.deregister, self.name, service_id)
-        log.info("deregistered service: id=%s", service_id)
+        logs.info(log, "deregistered service: id=%s", service_id)
 
     async def register_check(self, reg: CheckRegistration) -> None:
         await self.catalog.write(writes.register_check, self.name, reg, self.enable_scripts)

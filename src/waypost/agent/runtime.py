@@ -36,6 +36,7 @@ from ..api.app import AgentApp, Mount
 from ..api.connect import ConnectApi
 from ..api.consul import ConsulApi
 from ..api.fastpath import FastReads
+from ..api.fastwrite import FastWrites
 from ..api.internal_ui import UiEndpoints
 from ..api.kv import KvApi
 from ..api.metrics import Metrics
@@ -120,6 +121,7 @@ class Agent:
         self._servers: list[tuple[_Server, asyncio.Task[None]]] = []
         self._https: _Server | None = None
         self.fast: FastReads | None = None
+        self.fast_writes: FastWrites | None = None
         self._dns: Any = None
         self._stopped = asyncio.Event()
         self._leave = asyncio.Event()
@@ -179,6 +181,7 @@ class Agent:
     async def _start_http(self) -> None:
         app = self._app()
         self.fast = FastReads(app, self.catalog, self.storage, asyncio.get_running_loop())
+        self.fast_writes = FastWrites(app, asyncio.get_running_loop())
         if self.config.http != "off":
             server, self.http_address = await self._serve(app, self.config.http, "--http", {})
         if self.config.https:
@@ -195,7 +198,9 @@ class Agent:
         config = uvicorn.Config(
             app,
             loop="none",
-            http=guarded_protocol(self.config.http_read_timeout, self.limiter, self.fast),
+            http=guarded_protocol(
+                self.config.http_read_timeout, self.limiter, self.fast, self.fast_writes
+            ),
             lifespan="off",
             access_log=False,
             proxy_headers=False,  # not behind a proxy; the middleware costs every request
@@ -347,6 +352,8 @@ class Agent:
         }
         if self.fast is not None:
             stats["http"] = self.fast.statistics()
+        if self.fast_writes is not None:
+            stats["http"] = {**stats.get("http", {}), **self.fast_writes.statistics()}
         if self._dns is not None:
             stats["dns"] = self._dns.statistics()
         if self.leaves is not None:

@@ -65,8 +65,21 @@ class AgentApp:
             return
         started = time.perf_counter()
         request = http.Request(scope, receive)
+        response = await self.respond(request, started)
+        if access_log.isEnabledFor(logging.DEBUG):  # one check per request when off
+            _log_access(scope, request, response, time.perf_counter() - started)
+        await http.send(send, response)
+
+    async def respond(
+        self, request: http.Request, started: float, route: http.Matched | None = None
+    ) -> http.Response:
+        """The answer to `request`, counted in the metrics: routing, the `?dc=`
+        check, the ACL guard, the handler, errors as status codes. The ASGI
+        entry above and the protocol's write fast path (api/fastwrite.py) both
+        answer through here, so they cannot answer differently. `route`: the
+        router's match when the caller has it already."""
         try:
-            handler, rest, declared = self.router.route(request.method, request.path)
+            handler, rest, declared = route or self.router.route(request.method, request.path)
             if request.query:
                 self.consul.check_datacenter(request)  # ?dc=dc2: 500, nothing done
             if self.guard is not None:
@@ -79,11 +92,8 @@ class AgentApp:
         compress.encode(response, compress.accepts_gzip(request.headers))
         if request.method == "HEAD":
             response.body = b""
-        elapsed = time.perf_counter() - started
-        self.metrics.observe(request.method, response.status, elapsed)
-        if access_log.isEnabledFor(logging.DEBUG):  # one check per request when off
-            _log_access(scope, request, response, elapsed)
-        await http.send(send, response)
+        self.metrics.observe(request.method, response.status, time.perf_counter() - started)
+        return response
 
 
 def _log_access(

@@ -56,7 +56,10 @@ class Request:
     )
 
     def __init__(
-        self, scope: dict[str, Any], receive: Callable[[], Awaitable[dict[str, Any]]]
+        self,
+        scope: dict[str, Any],
+        receive: Callable[[], Awaitable[dict[str, Any]]],
+        body: bytes | None = None,
     ) -> None:
         self.method: str = scope["method"]
         self.path: str = scope["path"]
@@ -64,7 +67,8 @@ class Request:
         self.query = _parse_query(raw_query) if raw_query else {}
         self.headers: list[tuple[bytes, bytes]] = scope["headers"]
         self._receive = receive
-        self._body: bytes | None = None
+        # Given when the caller has read it already (the write fast path, api/fastwrite.py).
+        self._body: bytes | None = body
         # Set by the ACL guard (api/access.py) when ACLs are on; None otherwise.
         self.authz: Any = None
         self.access: Any = None
@@ -91,6 +95,8 @@ class Request:
         """
         if self._body is None:
             self._body = await self._read_body(limit)
+        elif len(self._body) > limit:  # read by the protocol: the same limit all the same
+            raise HttpError(413, f"Request body too large: the limit is {limit} bytes")
         return self._body
 
     async def _read_body(self, limit: int) -> bytes:
@@ -164,6 +170,7 @@ def empty() -> Response:
 
 Handler = Callable[[Request, str], Awaitable[Response]]
 Route = tuple[Handler, Any]  # the handler and what it needs under ACLs (api/access.py)
+Matched = tuple[Handler, str, Any]  # a route matched: handler, the path after its prefix, access
 
 
 class Router:
@@ -199,7 +206,7 @@ class Router:
         handler, rest, _ = self.route(method, path)
         return handler, rest
 
-    def route(self, method: str, path: str) -> tuple[Handler, str, Any]:
+    def route(self, method: str, path: str) -> Matched:
         """The handler, the rest of the path after its prefix, and its access."""
         table = self.exact.get(path)
         rest = ""
