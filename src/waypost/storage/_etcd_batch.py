@@ -1,12 +1,25 @@
 """Group commit for the etcd backend: concurrent commits share one Txn, in order.
 
 Every commit, of any size, goes through one bounded queue. Up to
-`max_inflight` Txns are in flight at once, each on a "slot" of its own (the
-backend keys its idempotency nonce by slot, see _etcd_txn.py). When a slot is free
-the batcher scans the queue in order and takes every commit that may go now,
-up to `max_ops` operations and `max_ops` compares; a commit of `max_ops` or
-more goes alone. At low load a commit goes out alone at once, so batching adds
-no latency.
+`max_sending` Txns are sent at once, each on a "slot" of its own (the backend
+keys its idempotency nonce by slot, see _etcd_txn.py); there are
+`max_inflight` slots, more than `max_sending`, because a slot whose Txn's
+outcome is unknown stays taken while it is fenced, and that must not stop
+the other writes. When a Txn may go the batcher scans the queue in order and
+takes every commit that may go now, up to `max_ops` operations and `max_ops`
+compares; a commit of `max_ops` or more goes alone. At low load a commit goes
+out alone at once, so batching adds no latency.
+
+Why only two sent at once. Each Txn costs every agent far more than each
+commit in it: a gRPC call here, one watch message decoded by every agent,
+a raft proposal and an fsync on every member, all on the same few cores as
+the agents. With four sent at once, commits arriving while a Txn is out
+mostly left alone on another slot (3.4 commits per Txn at 64 concurrent
+registrations over two agents); with two, the others wait for one of them
+and then go together (7.5 per Txn), which cut the agents' CPU per
+registration by about a third and raised the rate (docs/benchmarks.md,
+"Cluster mode"). One at a time batches more still (10 per Txn) but leaves
+etcd idle while each Txn's answer travels back: slower.
 
 Order. A commit may not go while an earlier commit that it depends on is in
 flight or still waiting: one writes a key that the other writes, reads (an
@@ -53,6 +66,7 @@ log = logging.getLogger("waypost.storage.etcd")
 
 MAX_QUEUED = 10_000
 MAX_SCAN = 256  # queued commits looked at per Txn, to bound the cost of ordering
+MAX_SENDING = 2  # Txns sent at once by the etcd backend (see "Why only two" above)
 
 Outcome = int | BaseException
 _NO_KEYS: frozenset[str] = frozenset()
@@ -196,10 +210,14 @@ class GroupCommitter:
         max_inflight: int = 4,
         max_ops: int = 100,
         max_queued: int = MAX_QUEUED,
+        max_sending: int | None = None,
     ) -> None:
         self._send = send
         self._fence = fence
         self._max_ops = max_ops
+        #: Txns being sent (a slot being fenced does not count): see the docstring
+        self._max_sending = max_inflight if max_sending is None else max_sending
+        self._sending = 0
         self.max_queued = max_queued
         self._queue: deque[Commit] = deque()  # in the order of submit(), so of deadlines
         self._waiting = 0  # commits queued and not yet settled
@@ -305,11 +323,17 @@ class GroupCommitter:
         )
 
     def _kick(self) -> None:
-        while self._queue and self._free_slots and not self._closed:
+        while (
+            self._queue
+            and self._free_slots
+            and self._sending < self._max_sending
+            and not self._closed
+        ):
             batch = self._take()
             if not batch:
                 return
             slot = self._free_slots.pop()
+            self._sending += 1
             self._flight.add_all(batch)
             task = asyncio.get_running_loop().create_task(self._flush(slot, batch))
             self._tasks.add(task)
@@ -372,6 +396,8 @@ class GroupCommitter:
             except Exception as exc:  # a bug: the Txn may or may not have gone out
                 log.exception("etcd group commit failed unexpectedly")
                 outcomes = [OutcomeUnknown(f"the write got no answer ({exc!r})")] * len(batch)
+            finally:
+                self._sent()
             if _settle_all(batch, outcomes):
                 # The Txn may still be applied later; keep its keys and slot
                 # until the backend has made sure it either did or never will.
@@ -388,6 +414,13 @@ class GroupCommitter:
             self._free_slots.append(slot)
             if not self._closed:
                 asyncio.get_running_loop().call_soon(self._kick)
+
+    def _sent(self) -> None:
+        """A Txn got its answer (or gave up): another may be sent, even while
+        this one's slot is still being fenced."""
+        self._sending -= 1
+        if not self._closed:
+            asyncio.get_running_loop().call_soon(self._kick)
 
 
 def _settle_all(batch: list[Commit], outcomes: list[Outcome]) -> bool:

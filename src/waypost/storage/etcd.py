@@ -9,8 +9,8 @@ modules, each with a design comment on what it owns:
   the slot keys) and the context the parts share;
 - `_etcd_session.py`: gRPC channels to the members, tokens, the retry loops
   for reads and for idempotent writes;
-- `_etcd_batch.py`: group commit: one bounded queue, at most 4 Txns in
-  flight, commits that touch one key never reordered;
+- `_etcd_batch.py`: group commit: one bounded queue, at most 2 Txns sent
+  at once (on 4 slots), commits that touch one key never reordered;
 - `_etcd_txn.py`: the write path: conditions as Txn compares, per-slot
   nonces that make retries idempotent, fences after an unknown outcome;
 - `_etcd_mirror.py`: the list and the watch that feed `apply()`, every
@@ -52,7 +52,7 @@ import grpc.aio  # type: ignore[import-untyped]
 from aetcd import rpc  # type: ignore[import-untyped]
 
 from .._exceptions import Conflict, OutcomeUnknown, StorageError, StoreUnavailable
-from ._etcd_batch import Commit, GroupCommitter
+from ._etcd_batch import MAX_SENDING, Commit, GroupCommitter
 from ._etcd_common import Context, bounded
 from ._etcd_config import EtcdConfig, parse_url
 from ._etcd_lease import Lease
@@ -79,7 +79,10 @@ class EtcdStorage(Storage):
         self._lease = Lease(self._ctx, submit=lambda commit: self._batcher.submit(commit))
         self._writer = Writer(self._ctx, self._lease)
         self._batcher = GroupCommitter(
-            self._writer.send, self._writer.fence, max_inflight=MAX_INFLIGHT
+            self._writer.send,
+            self._writer.fence,
+            max_inflight=MAX_INFLIGHT,
+            max_sending=MAX_SENDING,
         )
         self._opened = False
 
