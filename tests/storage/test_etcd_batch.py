@@ -93,7 +93,7 @@ async def test_at_most_max_sending_txns_go_at_once_and_the_rest_wait_to_go_toget
     both are out wait and then share one Txn (fewer Txns: less CPU in every
     agent and in etcd), instead of each taking a free slot alone."""
     held = Held()
-    committer = GroupCommitter(held.send, held.fence, max_inflight=4, max_sending=2)
+    committer = GroupCommitter(held.send, held.fence, max_inflight=4, max_sending=2, overdue=60)
     tasks = []
     for key in ("a", "b", "c", "d", "e"):
         tasks.append(asyncio.ensure_future(committer.submit(commit(key))))
@@ -127,7 +127,7 @@ async def test_a_slot_being_fenced_does_not_count_as_sending() -> None:
     """A Txn whose outcome is unknown keeps its slot while it is fenced, but
     two other Txns may still be sent meanwhile (on the slots left)."""
     lost = Lost()
-    committer = GroupCommitter(lost.send, lost.fence, max_inflight=4, max_sending=2)
+    committer = GroupCommitter(lost.send, lost.fence, max_inflight=4, max_sending=2, overdue=60)
     with pytest.raises(OutcomeUnknown):
         await asyncio.wait_for(committer.submit(commit("a")), 5)
     tasks = []
@@ -138,4 +138,25 @@ async def test_a_slot_being_fenced_does_not_count_as_sending() -> None:
     lost.released.set()
     assert await asyncio.wait_for(asyncio.gather(*tasks), 5) == [1] * 3
     lost.fenced.set()
+    await committer.close()
+
+
+async def test_once_the_txns_out_are_overdue_the_spare_slots_carry_one_commit_each() -> None:
+    """A stalled etcd holds the queue's head up by `overdue` at most: then the
+    other slots go, each with one commit (the rest stay queued, so they can
+    still fail cleanly as never sent)."""
+    held = Held()
+    committer = GroupCommitter(held.send, held.fence, max_inflight=4, max_sending=2, overdue=0.05)
+    started = time.monotonic()
+    tasks = [asyncio.ensure_future(committer.submit(commit(key))) for key in "abcde"]
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert held.sent == [["a"], ["b"]]
+    while len(held.sent) < 4:
+        await asyncio.sleep(0.01)
+    assert time.monotonic() - started >= 0.045  # not before the two were overdue
+    assert held.sent == [["a"], ["b"], ["c"], ["d"]]
+    assert committer.waiting == 1  # "e": every slot is taken
+    held.released.set()
+    assert await asyncio.wait_for(asyncio.gather(*tasks), 5) == [1] * 5
     await committer.close()

@@ -1,25 +1,30 @@
 """Group commit for the etcd backend: concurrent commits share one Txn, in order.
 
 Every commit, of any size, goes through one bounded queue. Up to
-`max_sending` Txns are sent at once, each on a "slot" of its own (the backend
-keys its idempotency nonce by slot, see _etcd_txn.py); there are
-`max_inflight` slots, more than `max_sending`, because a slot whose Txn's
-outcome is unknown stays taken while it is fenced, and that must not stop
-the other writes. When a Txn may go the batcher scans the queue in order and
-takes every commit that may go now, up to `max_ops` operations and `max_ops`
-compares; a commit of `max_ops` or more goes alone. At low load a commit goes
-out alone at once, so batching adds no latency.
+`max_inflight` Txns are in flight at once, each on a "slot" of its own (the
+backend keys its idempotency nonce by slot, see _etcd_txn.py). When a Txn may
+go the batcher scans the queue in order and takes every commit that may go
+now, up to `max_ops` operations and `max_ops` compares; a commit of `max_ops`
+or more goes alone. At low load a commit goes out alone at once, so batching
+adds no latency.
 
-Why only two sent at once. Each Txn costs every agent far more than each
-commit in it: a gRPC call here, one watch message decoded by every agent,
-a raft proposal and an fsync on every member, all on the same few cores as
-the agents. With four sent at once, commits arriving while a Txn is out
-mostly left alone on another slot (3.4 commits per Txn at 64 concurrent
-registrations over two agents); with two, the others wait for one of them
-and then go together (7.5 per Txn), which cut the agents' CPU per
-registration by about a third and raised the rate (docs/benchmarks.md,
-"Cluster mode"). One at a time batches more still (10 per Txn) but leaves
-etcd idle while each Txn's answer travels back: slower.
+Two sent, the other slots when those are overdue. Only `max_sending` Txns
+(the backend: 2) go at once while they get answers within `overdue` (20 ms);
+once the oldest of them has been out longer, the other slots go too, one
+commit each, so a slow or stalled member or a leader election holds the
+queue's head up by at most `overdue` (a slot being fenced does not count as
+sending). One commit each because those Txns are likely to go into a stall:
+a commit that stays queued fails cleanly at its deadline ("never sent"),
+one sent into a stall gets OutcomeUnknown, and its slot must be fenced. Why: each Txn
+costs every agent far more than each commit in it (a gRPC call here, one
+watch message decoded by every agent, a raft proposal and an fsync on every
+member, all on the same few cores as the agents). With four sent at once,
+commits arriving while a Txn was out mostly left alone on a free slot (3.4
+commits per Txn at 64 concurrent registrations over two agents); with two,
+the others wait for an answer and then go together (7.5 per Txn), which cut
+the agents' CPU per registration by about a third and raised the rate
+(docs/benchmarks.md, "Cluster mode"). One at a time batches more still (10
+per Txn) but leaves etcd idle while each answer travels back: slower.
 
 Order. A commit may not go while an earlier commit that it depends on is in
 flight or still waiting: one writes a key that the other writes, reads (an
@@ -66,7 +71,8 @@ log = logging.getLogger("waypost.storage.etcd")
 
 MAX_QUEUED = 10_000
 MAX_SCAN = 256  # queued commits looked at per Txn, to bound the cost of ordering
-MAX_SENDING = 2  # Txns sent at once by the etcd backend (see "Why only two" above)
+MAX_SENDING = 2  # Txns sent at once by the etcd backend while they are answered in time
+OVERDUE = 0.02  # seconds after which the oldest Txn out lets the other slots go
 
 Outcome = int | BaseException
 _NO_KEYS: frozenset[str] = frozenset()
@@ -211,13 +217,16 @@ class GroupCommitter:
         max_ops: int = 100,
         max_queued: int = MAX_QUEUED,
         max_sending: int | None = None,
+        overdue: float = OVERDUE,
     ) -> None:
         self._send = send
         self._fence = fence
         self._max_ops = max_ops
         #: Txns being sent (a slot being fenced does not count): see the docstring
         self._max_sending = max_inflight if max_sending is None else max_sending
-        self._sending = 0
+        self._overdue = overdue
+        self._sending: dict[int, float] = {}  # slot -> when its Txn was sent (loop time)
+        self._overdue_timer: asyncio.TimerHandle | None = None
         self.max_queued = max_queued
         self._queue: deque[Commit] = deque()  # in the order of submit(), so of deadlines
         self._waiting = 0  # commits queued and not yet settled
@@ -268,8 +277,9 @@ class GroupCommitter:
     async def close(self) -> None:
         """Fail what is queued and stop the Txns in flight."""
         self._closed = True
-        if self._timer is not None:
-            self._timer.cancel()
+        for timer in (self._timer, self._overdue_timer):
+            if timer is not None:
+                timer.cancel()
         while self._queue:
             self._fail(self._queue.popleft(), StorageError("the etcd store was closed"))
         for task in list(self._tasks):
@@ -323,24 +333,21 @@ class GroupCommitter:
         )
 
     def _kick(self) -> None:
-        while (
-            self._queue
-            and self._free_slots
-            and self._sending < self._max_sending
-            and not self._closed
-        ):
-            batch = self._take()
+        loop = asyncio.get_running_loop()
+        while self._queue and self._free_slots and not self._closed and self._may_send(loop):
+            spare = len(self._sending) >= self._max_sending  # the others are overdue
+            batch = self._take(1 if spare else MAX_SCAN)
             if not batch:
                 return
             slot = self._free_slots.pop()
-            self._sending += 1
+            self._sending[slot] = loop.time()
             self._flight.add_all(batch)
             task = asyncio.get_running_loop().create_task(self._flush(slot, batch))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    def _take(self) -> list[Commit]:
-        """The queued commits that may go together now, in queue order."""
+    def _take(self, most: int) -> list[Commit]:
+        """The queued commits that may go together now (at most `most`), in queue order."""
         now = asyncio.get_running_loop().time()
         batch: list[Commit] = []
         # what a commit may depend on: the commits in flight and every commit
@@ -379,7 +386,7 @@ class GroupCommitter:
             earlier.add(commit)
             ops += len(commit.ops)
             compares += commit.compares
-            if ops >= max_ops or compares >= max_ops:
+            if ops >= max_ops or compares >= max_ops or len(batch) >= most:
                 break
         return batch
 
@@ -397,7 +404,7 @@ class GroupCommitter:
                 log.exception("etcd group commit failed unexpectedly")
                 outcomes = [OutcomeUnknown(f"the write got no answer ({exc!r})")] * len(batch)
             finally:
-                self._sent()
+                self._sent(slot)
             if _settle_all(batch, outcomes):
                 # The Txn may still be applied later; keep its keys and slot
                 # until the backend has made sure it either did or never will.
@@ -415,10 +422,26 @@ class GroupCommitter:
             if not self._closed:
                 asyncio.get_running_loop().call_soon(self._kick)
 
-    def _sent(self) -> None:
+    def _may_send(self, loop: asyncio.AbstractEventLoop) -> bool:
+        """Whether another Txn may go now (see "Two sent" in the module docstring);
+        if not, make sure the queue is looked at again once the oldest is overdue."""
+        if len(self._sending) < self._max_sending:
+            return True
+        due = min(self._sending.values()) + self._overdue
+        if loop.time() >= due:
+            return True
+        if self._overdue_timer is None:
+            self._overdue_timer = loop.call_at(due, self._overdue_kick)
+        return False
+
+    def _overdue_kick(self) -> None:
+        self._overdue_timer = None
+        self._kick()
+
+    def _sent(self, slot: int) -> None:
         """A Txn got its answer (or gave up): another may be sent, even while
         this one's slot is still being fenced."""
-        self._sending -= 1
+        del self._sending[slot]
         if not self._closed:
             asyncio.get_running_loop().call_soon(self._kick)
 
