@@ -9,7 +9,7 @@ or more goes alone. At low load a commit goes out alone at once, so batching
 adds no latency.
 
 Two sent, the other slots when those are overdue. Only `max_sending` Txns
-(the backend: 2) go at once while they get answers within `overdue` (20 ms);
+(the backend: 2) go at once while they get answers within `overdue` (30 ms);
 once the oldest of them has been out longer, the other slots go too, one
 commit each, so a slow or stalled member or a leader election holds the
 queue's head up by at most `overdue` (a slot being fenced does not count as
@@ -72,7 +72,7 @@ log = logging.getLogger("waypost.storage.etcd")
 MAX_QUEUED = 10_000
 MAX_SCAN = 256  # queued commits looked at per Txn, to bound the cost of ordering
 MAX_SENDING = 2  # Txns sent at once by the etcd backend while they are answered in time
-OVERDUE = 0.02  # seconds after which the oldest Txn out lets the other slots go
+OVERDUE = 0.03  # seconds after which the oldest Txn out lets the other slots go
 
 Outcome = int | BaseException
 _NO_KEYS: frozenset[str] = frozenset()
