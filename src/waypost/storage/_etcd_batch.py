@@ -236,6 +236,9 @@ class GroupCommitter:
         self._free_slots = list(range(max_inflight - 1, -1, -1))
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
+        #: the loop of the first submit() (asyncio.get_running_loop() costs a
+        #: system call on Python 3.11; the committer wants it several times per commit)
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.txns = 0
         self.busy = 0
 
@@ -260,7 +263,9 @@ class GroupCommitter:
                 f"{self.max_queued}); this one was not queued. etcd is slow or unreachable: "
                 "retry later"
             )
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
         future: asyncio.Future[int] = loop.create_future()
         commit.future = future
         commit.state = "queued"
@@ -301,7 +306,7 @@ class GroupCommitter:
         """The head timer: expire the queued commits whose deadline passed, and
         arm the timer again for the new head."""
         self._timer = None
-        loop = asyncio.get_running_loop()
+        loop = self._running()
         now, queue = loop.time(), self._queue
         while queue and (queue[0].state != "queued" or queue[0].deadline <= now):
             self._expire(queue.popleft())
@@ -332,8 +337,12 @@ class GroupCommitter:
             ),
         )
 
+    def _running(self) -> asyncio.AbstractEventLoop:
+        assert self._loop is not None, "only called once a commit was submitted"
+        return self._loop
+
     def _kick(self) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._running()
         while self._queue and self._free_slots and not self._closed and self._may_send(loop):
             spare = len(self._sending) >= self._max_sending  # the others are overdue
             batch = self._take(1 if spare else MAX_SCAN)
@@ -342,13 +351,13 @@ class GroupCommitter:
             slot = self._free_slots.pop()
             self._sending[slot] = loop.time()
             self._flight.add_all(batch)
-            task = asyncio.get_running_loop().create_task(self._flush(slot, batch))
+            task = loop.create_task(self._flush(slot, batch))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
     def _take(self, most: int) -> list[Commit]:
         """The queued commits that may go together now (at most `most`), in queue order."""
-        now = asyncio.get_running_loop().time()
+        now = self._running().time()
         batch: list[Commit] = []
         # what a commit may depend on: the commits in flight and every commit
         # scanned before it, taken or not (one footprint, one test per commit)
@@ -420,7 +429,7 @@ class GroupCommitter:
             self._flight.remove_all(batch)
             self._free_slots.append(slot)
             if not self._closed:
-                asyncio.get_running_loop().call_soon(self._kick)
+                self._running().call_soon(self._kick)
 
     def _may_send(self, loop: asyncio.AbstractEventLoop) -> bool:
         """Whether another Txn may go now (see "Two sent" in the module docstring);
@@ -443,7 +452,7 @@ class GroupCommitter:
         this one's slot is still being fenced."""
         del self._sending[slot]
         if not self._closed:
-            asyncio.get_running_loop().call_soon(self._kick)
+            self._running().call_soon(self._kick)
 
 
 def _settle_all(batch: list[Commit], outcomes: list[Outcome]) -> bool:

@@ -110,14 +110,26 @@ class Context:
         self.closed = False
         self.healthy = False  # a member with a leader answered the last probe
         self.tasks: list[asyncio.Task[None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The loop the store runs on (its gRPC channels are bound to it).
+
+        Kept because `asyncio.get_running_loop()` makes a getpid() system call
+        on Python 3.11, and the write path wants the loop several times per commit."""
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        return loop
 
     def deadline(self) -> float:
         """`timeout` from now, in loop time."""
-        return asyncio.get_running_loop().time() + self.config.timeout
+        return self.loop.time() + self.config.timeout
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """Run a background task until close(); a crash is logged."""
-        task = asyncio.get_running_loop().create_task(coro)
+        task = self.loop.create_task(coro)
         task.add_done_callback(_report_crash)
         self.tasks.append(task)
         return task
