@@ -88,77 +88,59 @@ async def test_every_queued_commit_expires_at_its_own_deadline_whatever_the_orde
     await committer.close()
 
 
-async def test_at_most_max_sending_txns_go_at_once_and_the_rest_wait_to_go_together() -> None:
-    """With four slots but two Txns sent at once, commits that arrive while
-    both are out wait and then share one Txn (fewer Txns: less CPU in every
-    agent and in etcd), instead of each taking a free slot alone."""
-    held = Held()
-    committer = GroupCommitter(held.send, held.fence, max_inflight=4, max_sending=2, overdue=60)
-    tasks = []
-    for key in ("a", "b", "c", "d", "e"):
-        tasks.append(asyncio.ensure_future(committer.submit(commit(key))))
-        await asyncio.sleep(0)
-    assert held.sent == [["a"], ["b"]]
-    assert committer.waiting == 3
-    held.released.set()
-    assert await asyncio.wait_for(asyncio.gather(*tasks), 5) == [1] * 5
-    assert held.sent == [["a"], ["b"], ["c", "d", "e"]]
-    await committer.close()
-
-
-class Lost(Held):
-    """The first Txn's outcome is unknown, and its fence hangs until released."""
+class Gated:
+    """A `send` that holds each Txn until the test releases the one of a key."""
 
     def __init__(self) -> None:
-        super().__init__()
-        self.fenced = asyncio.Event()
+        self.sent: list[list[str]] = []
+        self.gates: dict[str, asyncio.Event] = {}
 
     async def send(self, slot: int, batch: list[Commit], deadline: float) -> list[Outcome]:
-        if not self.sent:
-            self.sent.append([op.key for c in batch for op in c.ops])
-            return [OutcomeUnknown("lost")] * len(batch)
-        return await super().send(slot, batch, deadline)
+        keys = [op.key for c in batch for op in c.ops]
+        self.sent.append(keys)
+        gate = self.gates.setdefault(keys[0], asyncio.Event())
+        await gate.wait()
+        return [1] * len(batch)
 
     async def fence(self, slot: int) -> None:
-        await self.fenced.wait()
+        raise AssertionError("no outcome is unknown here")
+
+    async def release(self, key: str) -> None:
+        self.gates.setdefault(key, asyncio.Event()).set()
+        for _ in range(5):  # the answer, the settling, the kick that follows
+            await asyncio.sleep(0)
 
 
-async def test_a_slot_being_fenced_does_not_count_as_sending() -> None:
-    """A Txn whose outcome is unknown keeps its slot while it is fenced, but
-    two other Txns may still be sent meanwhile (on the slots left)."""
-    lost = Lost()
-    committer = GroupCommitter(lost.send, lost.fence, max_inflight=4, max_sending=2, overdue=60)
-    with pytest.raises(OutcomeUnknown):
-        await asyncio.wait_for(committer.submit(commit("a")), 5)
-    tasks = []
-    for key in ("b", "c", "d"):
-        tasks.append(asyncio.ensure_future(committer.submit(commit(key))))
-        await asyncio.sleep(0)
-    assert lost.sent == [["a"], ["b"], ["c"]]  # "a" is still being fenced
-    lost.released.set()
-    assert await asyncio.wait_for(asyncio.gather(*tasks), 5) == [1] * 3
-    lost.fenced.set()
-    await committer.close()
+async def test_spare_slots_go_only_while_no_txn_out_is_shared() -> None:
+    """Up to four single-commit Txns go at once (no latency added at low load);
+    once commits share a Txn, no more than two are sent and the rest wait to
+    go together (fewer Txns: less CPU in every agent and in etcd)."""
+    gated = Gated()
+    committer = GroupCommitter(gated.send, gated.fence, max_inflight=4, max_sending=2)
+    tasks = {}
 
+    async def submit(*keys: str) -> None:
+        for key in keys:
+            tasks[key] = asyncio.ensure_future(committer.submit(commit(key)))
+        for _ in range(3):
+            await asyncio.sleep(0)
 
-async def test_once_the_txns_out_are_overdue_the_spare_slots_carry_one_commit_each() -> None:
-    """A stalled etcd holds the queue's head up by `overdue` at most: then the
-    other slots go, each with one commit (the rest stay queued, so they can
-    still fail cleanly as never sent)."""
-    held = Held()
-    committer = GroupCommitter(held.send, held.fence, max_inflight=4, max_sending=2, overdue=0.05)
-    started = time.monotonic()
-    tasks = [asyncio.ensure_future(committer.submit(commit(key))) for key in "abcde"]
-    for _ in range(3):
-        await asyncio.sleep(0)
-    assert held.sent == [["a"], ["b"]]
-    for _ in range(500):  # 5 s at most
-        if len(held.sent) == 4:
-            break
-        await asyncio.sleep(0.01)
-    assert time.monotonic() - started >= 0.045  # not before the two were overdue
-    assert held.sent == [["a"], ["b"], ["c"], ["d"]]
-    assert committer.waiting == 1  # "e": every slot is taken
-    held.released.set()
-    assert await asyncio.wait_for(asyncio.gather(*tasks), 5) == [1] * 5
+    for key in "abcd":
+        await submit(key)
+    assert gated.sent == [["a"], ["b"], ["c"], ["d"]]  # every slot: all out are single
+    await submit("e", "f", "g")
+    assert committer.waiting == 3  # no slot left
+    await gated.release("a")
+    assert gated.sent[-1] == ["e", "f", "g"]  # three out, all single: the spare slot goes
+    await gated.release("b")
+    await submit("h")
+    assert gated.sent[-1] == ["e", "f", "g"]  # c, d and the shared e-f-g out: h waits
+    assert committer.waiting == 1
+    await gated.release("c")
+    assert committer.waiting == 1  # still two out (d, e-f-g)
+    await gated.release("d")
+    assert gated.sent[-1] == ["h"]
+    for key in "eh":
+        await gated.release(key)
+    assert await asyncio.wait_for(asyncio.gather(*tasks.values()), 5) == [1] * 8
     await committer.close()

@@ -8,23 +8,21 @@ now, up to `max_ops` operations and `max_ops` compares; a commit of `max_ops`
 or more goes alone. At low load a commit goes out alone at once, so batching
 adds no latency.
 
-Two sent, the other slots when those are overdue. Only `max_sending` Txns
-(the backend: 2) go at once while they get answers within `overdue` (30 ms);
-once the oldest of them has been out longer, the other slots go too, one
-commit each, so a slow or stalled member or a leader election holds the
-queue's head up by at most `overdue` (a slot being fenced does not count as
-sending). One commit each because those Txns are likely to go into a stall:
-a commit that stays queued fails cleanly at its deadline ("never sent"),
-one sent into a stall gets OutcomeUnknown, and its slot must be fenced. Why: each Txn
-costs every agent far more than each commit in it (a gRPC call here, one
-watch message decoded by every agent, a raft proposal and an fsync on every
-member, all on the same few cores as the agents). With four sent at once,
-commits arriving while a Txn was out mostly left alone on a free slot (3.4
-commits per Txn at 64 concurrent registrations over two agents); with two,
-the others wait for an answer and then go together (7.5 per Txn), which cut
-the agents' CPU per registration by about a third and raised the rate
-(docs/benchmarks.md, "Cluster mode"). One at a time batches more still (10
-per Txn) but leaves etcd idle while each answer travels back: slower.
+Two sent while batching, four while not. Each Txn costs every agent far
+more than each commit in it (a gRPC call here, one watch message decoded by
+every agent, a raft proposal and an fsync on every member, all on the same
+few cores as the agents). With four Txns sent at once, commits arriving while
+one was out mostly took a free slot alone (3.4 commits per Txn at 64
+concurrent registrations over two agents). So once `max_sending` Txns (the
+backend: 2) are out, a third goes only while every Txn out carries a single
+commit: at low load commits keep going out at once, up to four in parallel,
+and no latency is added; as soon as commits share a Txn (load), the others
+wait for an answer and then go together (about 7 per Txn in that benchmark,
+and about a quarter less agent CPU per registration; docs/benchmarks.md,
+"Cluster mode"). A slot being fenced does not count as sending. Not a timer
+("the two out are late, send more"): a CPU-starved agent sees every Txn late,
+and single-commit Txns on the spare slots then shrank the batches further
+(measured: 5.5 commits per Txn under callgrind against 10 before).
 
 Order. A commit may not go while an earlier commit that it depends on is in
 flight or still waiting: one writes a key that the other writes, reads (an
@@ -71,8 +69,7 @@ log = logging.getLogger("waypost.storage.etcd")
 
 MAX_QUEUED = 10_000
 MAX_SCAN = 256  # queued commits looked at per Txn, to bound the cost of ordering
-MAX_SENDING = 2  # Txns sent at once by the etcd backend while they are answered in time
-OVERDUE = 0.03  # seconds after which the oldest Txn out lets the other slots go
+MAX_SENDING = 2  # Txns sent at once by the etcd backend once commits share them
 
 Outcome = int | BaseException
 _NO_KEYS: frozenset[str] = frozenset()
@@ -217,16 +214,13 @@ class GroupCommitter:
         max_ops: int = 100,
         max_queued: int = MAX_QUEUED,
         max_sending: int | None = None,
-        overdue: float = OVERDUE,
     ) -> None:
         self._send = send
         self._fence = fence
         self._max_ops = max_ops
         #: Txns being sent (a slot being fenced does not count): see the docstring
         self._max_sending = max_inflight if max_sending is None else max_sending
-        self._overdue = overdue
-        self._sending: dict[int, float] = {}  # slot -> when its Txn was sent (loop time)
-        self._overdue_timer: asyncio.TimerHandle | None = None
+        self._sending: dict[int, int] = {}  # slot -> commits in the Txn being sent on it
         self.max_queued = max_queued
         self._queue: deque[Commit] = deque()  # in the order of submit(), so of deadlines
         self._waiting = 0  # commits queued and not yet settled
@@ -282,9 +276,8 @@ class GroupCommitter:
     async def close(self) -> None:
         """Fail what is queued and stop the Txns in flight."""
         self._closed = True
-        for timer in (self._timer, self._overdue_timer):
-            if timer is not None:
-                timer.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
         while self._queue:
             self._fail(self._queue.popleft(), StorageError("the etcd store was closed"))
         for task in list(self._tasks):
@@ -343,20 +336,19 @@ class GroupCommitter:
 
     def _kick(self) -> None:
         loop = self._running()
-        while self._queue and self._free_slots and not self._closed and self._may_send(loop):
-            spare = len(self._sending) >= self._max_sending  # the others are overdue
-            batch = self._take(1 if spare else MAX_SCAN)
+        while self._queue and self._free_slots and not self._closed and self._may_send():
+            batch = self._take()
             if not batch:
                 return
             slot = self._free_slots.pop()
-            self._sending[slot] = loop.time()
+            self._sending[slot] = len(batch)
             self._flight.add_all(batch)
             task = loop.create_task(self._flush(slot, batch))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    def _take(self, most: int) -> list[Commit]:
-        """The queued commits that may go together now (at most `most`), in queue order."""
+    def _take(self) -> list[Commit]:
+        """The queued commits that may go together now, in queue order."""
         now = self._running().time()
         batch: list[Commit] = []
         # what a commit may depend on: the commits in flight and every commit
@@ -395,7 +387,7 @@ class GroupCommitter:
             earlier.add(commit)
             ops += len(commit.ops)
             compares += commit.compares
-            if ops >= max_ops or compares >= max_ops or len(batch) >= most:
+            if ops >= max_ops or compares >= max_ops:
                 break
         return batch
 
@@ -431,21 +423,10 @@ class GroupCommitter:
             if not self._closed:
                 self._running().call_soon(self._kick)
 
-    def _may_send(self, loop: asyncio.AbstractEventLoop) -> bool:
-        """Whether another Txn may go now (see "Two sent" in the module docstring);
-        if not, make sure the queue is looked at again once the oldest is overdue."""
-        if len(self._sending) < self._max_sending:
-            return True
-        due = min(self._sending.values()) + self._overdue
-        if loop.time() >= due:
-            return True
-        if self._overdue_timer is None:
-            self._overdue_timer = loop.call_at(due, self._overdue_kick)
-        return False
-
-    def _overdue_kick(self) -> None:
-        self._overdue_timer = None
-        self._kick()
+    def _may_send(self) -> bool:
+        """Whether another Txn may go now: see "Two sent while batching" above."""
+        sending = self._sending
+        return len(sending) < self._max_sending or all(n == 1 for n in sending.values())
 
     def _sent(self, slot: int) -> None:
         """A Txn got its answer (or gave up): another may be sent, even while
