@@ -111,12 +111,12 @@ class Gated:
             await asyncio.sleep(0)
 
 
-async def test_spare_slots_go_only_while_no_txn_out_is_shared() -> None:
-    """Up to four single-commit Txns go at once (no latency added at low load);
-    once commits share a Txn, no more than two are sent and the rest wait to
-    go together (fewer Txns: less CPU in every agent and in etcd)."""
+async def test_two_txns_are_sent_at_once_and_the_rest_wait_to_go_together() -> None:
+    """With four slots but two Txns sent at once, commits that arrive while
+    both are out wait for an answer and then share one Txn (fewer Txns: less
+    CPU in every agent and in etcd), instead of each taking a free slot alone."""
     gated = Gated()
-    committer = GroupCommitter(gated.send, gated.fence, max_inflight=4, max_sending=2)
+    committer = GroupCommitter(gated.send, gated.fence, max_inflight=4, max_sending=2, overdue=60)
     tasks = {}
 
     async def submit(*keys: str) -> None:
@@ -125,22 +125,61 @@ async def test_spare_slots_go_only_while_no_txn_out_is_shared() -> None:
         for _ in range(3):
             await asyncio.sleep(0)
 
-    for key in "abcd":
-        await submit(key)
-    assert gated.sent == [["a"], ["b"], ["c"], ["d"]]  # every slot: all out are single
-    await submit("e", "f", "g")
-    assert committer.waiting == 3  # no slot left
+    await submit("a", "b", "c", "d")
+    assert gated.sent == [["a"], ["b"]]
+    assert committer.waiting == 2
     await gated.release("a")
-    assert gated.sent[-1] == ["e", "f", "g"]  # three out, all single: the spare slot goes
-    await gated.release("b")
-    await submit("h")
-    assert gated.sent[-1] == ["e", "f", "g"]  # c, d and the shared e-f-g out: h waits
+    assert gated.sent[-1] == ["c", "d"]
+    await submit("e")
     assert committer.waiting == 1
-    await gated.release("c")
-    assert committer.waiting == 1  # still two out (d, e-f-g)
-    await gated.release("d")
-    assert gated.sent[-1] == ["h"]
-    for key in "eh":
+    await gated.release("b")
+    assert gated.sent[-1] == ["e"]
+    for key in "ce":
         await gated.release(key)
-    assert await asyncio.wait_for(asyncio.gather(*tasks.values()), 5) == [1] * 8
+    assert await asyncio.wait_for(asyncio.gather(*tasks.values()), 5) == [1] * 5
+    await committer.close()
+
+
+async def test_txns_that_carry_several_commits_never_open_the_spare_slots() -> None:
+    """However late the Txns out are, while one of them carries several commits
+    (load, or an agent short of CPU) the queue waits for an answer: spare
+    slots would only shrink the batches."""
+    gated = Gated()
+    committer = GroupCommitter(gated.send, gated.fence, max_inflight=4, max_sending=2, overdue=0.2)
+    tasks = [asyncio.ensure_future(committer.submit(commit(key))) for key in "abcd"]
+    for _ in range(3):
+        await asyncio.sleep(0)
+    await gated.release("a")
+    assert gated.sent == [["a"], ["b"], ["c", "d"]]
+    tasks.append(asyncio.ensure_future(committer.submit(commit("e"))))
+    await asyncio.sleep(0.5)  # b is long overdue, but c-d is shared
+    assert committer.waiting == 1
+    assert gated.sent[-1] == ["c", "d"]
+    for key in "bce":
+        await gated.release(key)
+    assert await asyncio.wait_for(asyncio.gather(*tasks), 5) == [1] * 5
+    await committer.close()
+
+
+async def test_once_the_txns_out_are_overdue_the_spare_slots_carry_one_commit_each() -> None:
+    """While the Txns out carry one commit each, a stalled etcd holds the
+    queue's head up by `overdue` at most: then the other slots go, each with
+    one commit (the rest stay queued, so they can still fail cleanly as
+    never sent)."""
+    held = Held()
+    committer = GroupCommitter(held.send, held.fence, max_inflight=4, max_sending=2, overdue=0.05)
+    started = time.monotonic()
+    tasks = [asyncio.ensure_future(committer.submit(commit(key))) for key in "abcde"]
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert held.sent == [["a"], ["b"]]
+    for _ in range(500):  # 5 s at most
+        if len(held.sent) == 4:
+            break
+        await asyncio.sleep(0.01)
+    assert time.monotonic() - started >= 0.045  # not before the two were overdue
+    assert held.sent == [["a"], ["b"], ["c"], ["d"]]
+    assert committer.waiting == 1  # "e": every slot is taken
+    held.released.set()
+    assert await asyncio.wait_for(asyncio.gather(*tasks), 5) == [1] * 5
     await committer.close()

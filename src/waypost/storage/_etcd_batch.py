@@ -8,21 +8,25 @@ now, up to `max_ops` operations and `max_ops` compares; a commit of `max_ops`
 or more goes alone. At low load a commit goes out alone at once, so batching
 adds no latency.
 
-Two sent while batching, four while not. Each Txn costs every agent far
-more than each commit in it (a gRPC call here, one watch message decoded by
-every agent, a raft proposal and an fsync on every member, all on the same
+Two sent at once; the spare slots for a stall. Each Txn costs every agent
+far more than each commit in it (a gRPC call here, one watch message decoded
+by every agent, a raft proposal and an fsync on every member, all on the same
 few cores as the agents). With four Txns sent at once, commits arriving while
 one was out mostly took a free slot alone (3.4 commits per Txn at 64
-concurrent registrations over two agents). So once `max_sending` Txns (the
-backend: 2) are out, a third goes only while every Txn out carries a single
-commit: at low load commits keep going out at once, up to four in parallel,
-and no latency is added; as soon as commits share a Txn (load), the others
-wait for an answer and then go together (about 7 per Txn in that benchmark,
-and about a quarter less agent CPU per registration; docs/benchmarks.md,
-"Cluster mode"). A slot being fenced does not count as sending. Not a timer
-("the two out are late, send more"): a CPU-starved agent sees every Txn late,
-and single-commit Txns on the spare slots then shrank the batches further
-(measured: 5.5 commits per Txn under callgrind against 10 before).
+concurrent registrations over two agents); with at most `max_sending` (the
+backend: 2) they wait for an answer and go together (6 to 7 per Txn, and
+about a quarter less agent CPU per registration; docs/benchmarks.md,
+"Cluster mode"). The other slots go only when the Txns out each carry one
+commit and the oldest has been out longer than `overdue` (30 ms): a write
+stuck on a hung member, at low load, must not hold up the next ones for
+long. Such a spare Txn carries one commit, because it may go into the same
+stall: a commit that stays queued can still fail cleanly as never sent, one
+sent into a stall gets OutcomeUnknown and its slot must be fenced. Txns that
+carry several commits never open the spare slots: under load (or in an agent
+short of CPU, which sees every Txn late) that only shrank the batches
+(measured: 4.9 to 5.0 commits per Txn when single-commit Txns opened them
+without a timer, 5.5 under callgrind with a timer alone). A slot being
+fenced does not count as sending.
 
 Order. A commit may not go while an earlier commit that it depends on is in
 flight or still waiting: one writes a key that the other writes, reads (an
@@ -69,7 +73,8 @@ log = logging.getLogger("waypost.storage.etcd")
 
 MAX_QUEUED = 10_000
 MAX_SCAN = 256  # queued commits looked at per Txn, to bound the cost of ordering
-MAX_SENDING = 2  # Txns sent at once by the etcd backend once commits share them
+MAX_SENDING = 2  # Txns sent at once by the etcd backend (see "Two sent" above)
+OVERDUE = 0.03  # seconds after which single-commit Txns out let a spare slot go
 
 Outcome = int | BaseException
 _NO_KEYS: frozenset[str] = frozenset()
@@ -214,13 +219,17 @@ class GroupCommitter:
         max_ops: int = 100,
         max_queued: int = MAX_QUEUED,
         max_sending: int | None = None,
+        overdue: float = OVERDUE,
     ) -> None:
         self._send = send
         self._fence = fence
         self._max_ops = max_ops
         #: Txns being sent (a slot being fenced does not count): see the docstring
         self._max_sending = max_inflight if max_sending is None else max_sending
-        self._sending: dict[int, int] = {}  # slot -> commits in the Txn being sent on it
+        self._overdue = overdue
+        #: slot -> (when its Txn was sent, in loop time; how many commits it carries)
+        self._sending: dict[int, tuple[float, int]] = {}
+        self._overdue_timer: asyncio.TimerHandle | None = None
         self.max_queued = max_queued
         self._queue: deque[Commit] = deque()  # in the order of submit(), so of deadlines
         self._waiting = 0  # commits queued and not yet settled
@@ -276,8 +285,9 @@ class GroupCommitter:
     async def close(self) -> None:
         """Fail what is queued and stop the Txns in flight."""
         self._closed = True
-        if self._timer is not None:
-            self._timer.cancel()
+        for timer in (self._timer, self._overdue_timer):
+            if timer is not None:
+                timer.cancel()
         while self._queue:
             self._fail(self._queue.popleft(), StorageError("the etcd store was closed"))
         for task in list(self._tasks):
@@ -336,19 +346,22 @@ class GroupCommitter:
 
     def _kick(self) -> None:
         loop = self._running()
-        while self._queue and self._free_slots and not self._closed and self._may_send():
-            batch = self._take()
+        while self._queue and self._free_slots and not self._closed:
+            most = self._may_carry(loop)
+            if not most:
+                return
+            batch = self._take(most)
             if not batch:
                 return
             slot = self._free_slots.pop()
-            self._sending[slot] = len(batch)
+            self._sending[slot] = (loop.time(), len(batch))
             self._flight.add_all(batch)
             task = loop.create_task(self._flush(slot, batch))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    def _take(self) -> list[Commit]:
-        """The queued commits that may go together now, in queue order."""
+    def _take(self, most: int) -> list[Commit]:
+        """The queued commits that may go together now (at most `most`), in queue order."""
         now = self._running().time()
         batch: list[Commit] = []
         # what a commit may depend on: the commits in flight and every commit
@@ -387,7 +400,7 @@ class GroupCommitter:
             earlier.add(commit)
             ops += len(commit.ops)
             compares += commit.compares
-            if ops >= max_ops or compares >= max_ops:
+            if ops >= max_ops or compares >= max_ops or len(batch) >= most:
                 break
         return batch
 
@@ -423,10 +436,25 @@ class GroupCommitter:
             if not self._closed:
                 self._running().call_soon(self._kick)
 
-    def _may_send(self) -> bool:
-        """Whether another Txn may go now: see "Two sent while batching" above."""
+    def _may_carry(self, loop: asyncio.AbstractEventLoop) -> int:
+        """How many commits a Txn sent now may carry; 0: none may go now (see
+        "Two sent at once" above). When a spare slot may open later, a timer
+        looks at the queue again then."""
         sending = self._sending
-        return len(sending) < self._max_sending or all(n == 1 for n in sending.values())
+        if len(sending) < self._max_sending:
+            return MAX_SCAN
+        if any(commits > 1 for _, commits in sending.values()):
+            return 0  # batching: the next answer frees a slot soon enough
+        due = min(sent for sent, _ in sending.values()) + self._overdue
+        if loop.time() >= due:
+            return 1
+        if self._overdue_timer is None:
+            self._overdue_timer = loop.call_at(due, self._overdue_kick)
+        return 0
+
+    def _overdue_kick(self) -> None:
+        self._overdue_timer = None
+        self._kick()
 
     def _sent(self, slot: int) -> None:
         """A Txn got its answer (or gave up): another may be sent, even while
