@@ -433,7 +433,7 @@ class GroupCommitter:
                 commit.state = "done"
             self._flight.remove_all(batch)
             self._free_slots.append(slot)
-            if not self._closed:
+            if self._queue and not self._closed:  # nothing queued: the next submit() kicks
                 self._running().call_soon(self._kick)
 
     def _may_carry(self, loop: asyncio.AbstractEventLoop) -> int:
@@ -460,7 +460,7 @@ class GroupCommitter:
         """A Txn got its answer (or gave up): another may be sent, even while
         this one's slot is still being fenced."""
         del self._sending[slot]
-        if not self._closed:
+        if self._queue and not self._closed:
             self._running().call_soon(self._kick)
 
 
