@@ -14,7 +14,7 @@ by every agent, a raft proposal and an fsync on every member, all on the same
 few cores as the agents). With four Txns sent at once, commits arriving while
 one was out mostly took a free slot alone (3.4 commits per Txn at 64
 concurrent registrations over two agents); with at most `max_sending` (the
-backend: 2) they wait for an answer and go together (6 to 7 per Txn, and
+backend: 2) they wait for an answer and go together (6 to 7.5 per Txn, and
 about a quarter less agent CPU per registration; docs/benchmarks.md,
 "Cluster mode"). The other slots go only when the Txns out each carry one
 commit and the oldest has been out longer than `overdue` (30 ms): a write
