@@ -5,8 +5,9 @@ Every commit, of any size, goes through one bounded queue. Up to
 backend keys its idempotency nonce by slot, see _etcd_txn.py). When a Txn may
 go the batcher scans the queue in order and takes every commit that may go
 now, up to `max_ops` operations and `max_ops` compares; a commit of `max_ops`
-or more goes alone. At low load a commit goes out alone at once, so batching
-adds no latency.
+or more goes alone. At low load (fewer than two Txns out) a commit goes out
+alone at once, so batching adds no latency; a third concurrent commit waits
+for one of the two answers (or 30 ms, below).
 
 Two sent at once; the spare slots for a stall. Each Txn costs every agent
 far more than each commit in it (a gRPC call here, one watch message decoded
