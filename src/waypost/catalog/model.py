@@ -182,9 +182,13 @@ class Intention(msgspec.Struct, frozen=True, omit_defaults=True):
 Record = Node | Service | Check | CARoot | Intention
 
 
+_RANK: Final = {"passing": 0, "warning": 1, "critical": 2, "maintenance": 3}
+
+
 def status_rank(status: str) -> int:
-    """Order statuses from best to worst, for "the worst of these checks"."""
-    return {"passing": 0, "warning": 1, "critical": 2, "maintenance": 3}.get(status, 2)
+    """Order statuses from best to worst, for "the worst of these checks"
+    (one table, not a dict built per call: it runs per check of every read)."""
+    return _RANK.get(status, 2)
 
 
 # -- ACL records (catalog/acl.py holds them; codec.py stores them under a/) ---

@@ -142,9 +142,15 @@ class Timeline:
     ) -> Transition | None:
         """The event of an instance that appeared or went (None: it changed in place)."""
         if old is None and isinstance(new, Service):
-            status = self._state.instance_status(new)
-            output = _worst_output(self._state.checks_of(new))
-            return self._event(now, index, "registered", new, status, after=status, output=output)
+            # The most common event (every registration): status and output
+            # from one read of the instance's checks, the event built positionally.
+            checks = self._state.checks_of(new)
+            status = _status_of(checks)
+            output = _cut(_worst_output(checks))
+            return Transition(
+                next(self._seq), now, index, "registered", new.name, new.id, new.node,
+                status, "", "", "", "", status, output,
+            )  # fmt: skip
         if new is None and isinstance(old, Service):
             removed = batch.removed_checks.get((old.node, old.id), [])
             reaped = self._reaped(removed, now)
@@ -348,6 +354,17 @@ def _check_state(record: Record | None) -> str:
 
 def _reap_after(check: Check) -> float:
     return check.definition.deregister_critical_after if check.definition else 0.0
+
+
+def _status_of(checks: list[Check]) -> str:
+    """`State.instance_status` from the instance's checks already read."""
+    worst = "passing"
+    for check in checks:
+        if check.type == "maintenance":
+            return "maintenance"
+        if status_rank(check.status) > status_rank(worst):
+            worst = check.status
+    return worst
 
 
 def _worst_status(checks: list[Check]) -> str:
