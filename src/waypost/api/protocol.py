@@ -6,7 +6,9 @@ each such connection would hold a socket until the file limit runs out. Here
 every connection must deliver a whole request, headers and body, within
 `read_timeout` seconds of connecting or of starting that request, or it is
 closed. One timer per connection, re-armed lazily (see `_arm`), rather than
-a timeout around every body read, also keeps the cost off the hot path.
+a timeout around every body read, also keeps the cost off the hot path; the
+same timer keeps uvicorn's keep-alive timeout (an idle connection is closed
+`timeout_keep_alive` seconds after its last answer).
 
 It also hands each request a future that resolves when the connection is lost
 (scope["extensions"]["waypost.connection_lost"]): a blocking query whose client
@@ -89,8 +91,10 @@ def guarded_protocol(
     writes: FastWrites | None = None,
 ) -> type[HttpToolsProtocol]:
     class GuardedHttpToolsProtocol(HttpToolsProtocol):
-        _read_deadline: asyncio.TimerHandle | None = None
+        _deadline: asyncio.TimerHandle | None = None  # the one timer (see _arm)
+        _fires_at = 0.0  # when it fires
         _reading_since: float | None = None  # when the request being read began
+        _idle_since: float | None = None  # when the last answer ended, nothing read since
         _lost: asyncio.Future[None]
         _client: str | None = None
         _parked: Any = None  # the fast path's parked query on this connection
@@ -115,8 +119,22 @@ def guarded_protocol(
             super()._start_asgi_task(cycle, app)
 
         def on_response_complete(self) -> None:
+            # uvicorn's, but the keep-alive timeout is the lazy timer's (below),
+            # not a loop timer armed here and cancelled by the next request.
             self._parked = None
-            super().on_response_complete()
+            self.server_state.total_requests += 1
+            if self.transport.is_closing():
+                return
+            self.flow.resume_reading()
+            if self.pipeline:
+                cycle, app = self.pipeline.pop()
+                self._start_asgi_task(cycle, app)
+            else:
+                self._idle_since = now = self.loop.time()
+                self._due(now + self.timeout_keep_alive)
+
+        def _unset_keepalive_if_required(self) -> None:
+            self._idle_since = None  # data came: not idle (uvicorn calls this)
 
         def shutdown(self) -> None:
             if self._parked is not None and fast is not None:
@@ -151,9 +169,10 @@ def guarded_protocol(
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
-            if self._read_deadline is not None:
-                self._read_deadline.cancel()
-                self._read_deadline = None
+            self._idle_since = None
+            if self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
             self._writing = None  # its body never came: nothing was done
             if self._parked is not None and fast is not None:
                 fast.release(self._parked)
@@ -165,28 +184,44 @@ def guarded_protocol(
                 self._lost.set_result(None)
             super().connection_lost(exc)
 
-        # The read deadline: one timer per connection, re-armed lazily. A
-        # request marks when its reading began and ends the mark when read
-        # whole; the timer, when it fires, closes the connection only if a
-        # request is still being read past its deadline, and otherwise waits
-        # for the current one. Two loop timers per request (armed, cancelled)
-        # were ~5k instructions of a registration; a clock read is ~100.
+        # The read deadline and the keep-alive timeout: one timer per
+        # connection, re-armed lazily. A request marks when its reading began
+        # and ends the mark when read whole; an answer marks when the
+        # connection went idle and the next data ends that mark. The timer,
+        # when it fires, closes the connection if a mark is past its deadline,
+        # and otherwise waits for the nearest mark's deadline. It is moved
+        # earlier only when a new deadline comes before it. Four loop timer
+        # operations per request (two deadlines, each armed and cancelled)
+        # were ~9k instructions of a registration; a clock read is ~100.
         def _arm(self) -> None:
             self._reading_since = now = self.loop.time()
-            if self._read_deadline is None:
-                self._read_deadline = self.loop.call_at(now + read_timeout, self._expire)
+            self._due(now + read_timeout)
 
         def _disarm(self) -> None:
             self._reading_since = None  # read whole: its timer finds nothing to do
 
+        def _due(self, when: float) -> None:
+            """Have the timer fire no later than `when`."""
+            if self._deadline is not None:
+                if self._fires_at <= when:
+                    return
+                self._deadline.cancel()
+            self._fires_at = when
+            self._deadline = self.loop.call_at(when, self._expire)
+
         def _expire(self, *_: Any) -> None:
-            self._read_deadline = None
-            since = self._reading_since
-            if since is None:
-                return  # between requests: the keep-alive timeout's business
-            if self.loop.time() >= since + read_timeout:
-                self.transport.close()
+            self._deadline = None
+            now = self.loop.time()
+            reading, idle = self._reading_since, self._idle_since
+            if reading is not None and now >= reading + read_timeout:
+                self.transport.close()  # a request not read whole in time
+            elif idle is not None and now >= idle + self.timeout_keep_alive:
+                if not self.transport.is_closing():
+                    self.transport.close()  # uvicorn's keep-alive timeout
             else:
-                self._read_deadline = self.loop.call_at(since + read_timeout, self._expire)
+                deadlines = [t + read_timeout for t in (reading,) if t is not None]
+                deadlines += [t + self.timeout_keep_alive for t in (idle,) if t is not None]
+                if deadlines:
+                    self._due(min(deadlines))
 
     return GuardedHttpToolsProtocol
