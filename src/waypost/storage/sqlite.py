@@ -406,20 +406,23 @@ class SqliteStorage(Storage):
         outcomes: list[int | StorageError] = []  # an index, or the Conflict
         index = self._index
         first_index = index + 1
+        # One cursor for the batch's statements: `conn.execute` makes (and
+        # registers with the connection) a new cursor per statement.
+        cursor = conn.cursor()
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            cursor.execute("BEGIN IMMEDIATE")
             for pending in batch:
-                conflict = _violated(conn, pending.conditions)
+                conflict = _violated(cursor, pending.conditions)
                 if conflict is not None:
                     outcomes.append(conflict)
                     continue
                 index += 1
-                self._write_ops(conn, index, pending.ops)
+                self._write_ops(cursor, index, pending.ops)
                 outcomes.append(index)
             if index == self._index:  # conflicts only: nothing to make durable
-                conn.execute("ROLLBACK")
+                cursor.execute("ROLLBACK")
             else:
-                conn.execute(_SET_INDEX, (index,))
+                cursor.execute(_SET_INDEX, (index,))
         except Exception as exc:
             if len(batch) > 1 and not _disk_full(exc):
                 self._rollback(conn)
@@ -431,7 +434,7 @@ class SqliteStorage(Storage):
         if index != self._index:
             try:
                 started = time.perf_counter()
-                self._end_transaction(conn)
+                self._end_transaction(cursor)
                 self._commit_took.observe(time.perf_counter() - started)
             except Exception as exc:
                 if _disk_full(exc):  # no complete commit frame: nothing stored
@@ -455,16 +458,16 @@ class SqliteStorage(Storage):
         self._post(list(zip(batch, outcomes, strict=True)))
 
     @staticmethod
-    def _write_ops(conn: sqlite3.Connection, index: int, ops: list[Entry]) -> None:
+    def _write_ops(cursor: sqlite3.Cursor, index: int, ops: list[Entry]) -> None:
         for op in ops:
             if op.value is None:
-                conn.execute("DELETE FROM kv WHERE key = ?", (op.key,))
+                cursor.execute("DELETE FROM kv WHERE key = ?", (op.key,))
             else:
-                conn.execute(_UPSERT, (op.key, op.value, index, index))
+                cursor.execute(_UPSERT, (op.key, op.value, index, index))
 
     @staticmethod
-    def _end_transaction(conn: sqlite3.Connection) -> None:
-        conn.execute("COMMIT")
+    def _end_transaction(cursor: sqlite3.Cursor) -> None:
+        cursor.execute("COMMIT")
 
     def _abandon(
         self, conn: sqlite3.Connection, batch: list[_Pending], error: StorageError
@@ -534,11 +537,11 @@ class SqliteStorage(Storage):
             pending.future.set_result(index)
 
 
-def _violated(conn: sqlite3.Connection, conditions: Sequence[Condition]) -> Conflict | None:
+def _violated(cursor: sqlite3.Cursor, conditions: Sequence[Condition]) -> Conflict | None:
     """The first condition that does not hold against the stored state, as a Conflict."""
     for condition in conditions:
         if not condition.range_end:
-            row = conn.execute(_MODIFY_INDEX, (condition.key,)).fetchone()
+            row = cursor.execute(_MODIFY_INDEX, (condition.key,)).fetchone()
             found = row[0] if row else 0
             if found != condition.index:
                 now = f"modified at index {found}" if found else "absent"
@@ -547,7 +550,7 @@ def _violated(conn: sqlite3.Connection, conditions: Sequence[Condition]) -> Conf
                     f"{condition.key} changed since it was read: {now}, expected {wanted}"
                 )
         else:
-            row = conn.execute(
+            row = cursor.execute(
                 _NEWER_IN_RANGE, (condition.key, condition.range_end, condition.index)
             ).fetchone()
             if row is not None:
