@@ -108,6 +108,31 @@ async def test_registration_and_check_transitions_with_time_and_output(
     assert events[2].index == catalog.state.index
 
 
+async def test_a_registration_without_checks_is_recorded_with_its_nodes_health(
+    catalog: Catalog, timeline: Timeline
+) -> None:
+    await register(catalog, "web-1")  # no checks of its own: serfHealth decides
+    (event,) = timeline.events("web")
+    assert (event.kind, event.instance, event.node, event.before, event.after) == (
+        "registered",
+        "web-1",
+        "n1",
+        "",
+        "passing",
+    )
+    assert (event.status, event.output, event.check_id, event.index) == (
+        "passing",
+        "",
+        "",
+        catalog.state.index,
+    )
+    await catalog.write(writes.node_maintenance, maintenance(NODE_MAINT_CHECK_ID), True)
+    await register(catalog, "web-2")
+    assert kinds(timeline, instance="web-2") == [
+        ("registered", "web-2", "", "maintenance", "maintenance")
+    ]
+
+
 async def test_a_check_added_or_removed_on_a_live_instance(
     catalog: Catalog, timeline: Timeline
 ) -> None:

@@ -120,6 +120,11 @@ class Timeline:
     def record(self, index: int, changes: list[Change]) -> None:
         """`Catalog.subscribe_records` listener: turn one applied batch into events."""
         now = self._wall()
+        if len(changes) == 1 and changes[0][0] is None and isinstance(changes[0][1], Service):
+            # A registration without checks, the most common batch: its one event.
+            self._append(self._registered(changes[0][1], index, now))
+            self._expire(now)
+            return
         batch = _Batch(changes)
         checks = False
         for old, new in changes:
@@ -137,20 +142,23 @@ class Timeline:
                     self._track_critical(old, new, now)
         self._expire(now)
 
+    def _registered(self, new: Service, index: int, now: float) -> Transition:
+        """An instance appeared: its status and output from one read of its
+        checks, the event built positionally (every registration makes one)."""
+        checks = self._state.checks_of(new)
+        status = _status_of(checks)
+        output = _cut(_worst_output(checks))
+        return Transition(
+            next(self._seq), now, index, "registered", new.name, new.id, new.node,
+            status, "", "", "", "", status, output,
+        )  # fmt: skip
+
     def _instance_event(
         self, old: Record | None, new: Record | None, batch: _Batch, index: int, now: float
     ) -> Transition | None:
         """The event of an instance that appeared or went (None: it changed in place)."""
         if old is None and isinstance(new, Service):
-            # The most common event (every registration): status and output
-            # from one read of the instance's checks, the event built positionally.
-            checks = self._state.checks_of(new)
-            status = _status_of(checks)
-            output = _cut(_worst_output(checks))
-            return Transition(
-                next(self._seq), now, index, "registered", new.name, new.id, new.node,
-                status, "", "", "", "", status, output,
-            )  # fmt: skip
+            return self._registered(new, index, now)
         if new is None and isinstance(old, Service):
             removed = batch.removed_checks.get((old.node, old.id), [])
             reaped = self._reaped(removed, now)
