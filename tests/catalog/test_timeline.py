@@ -133,6 +133,20 @@ async def test_a_registration_without_checks_is_recorded_with_its_nodes_health(
     ]
 
 
+async def test_a_registration_carries_the_output_of_its_worst_own_check(
+    catalog: Catalog, timeline: Timeline
+) -> None:
+    checks = [
+        CheckRegistration(name="a", ttl="1m", status="warning", output="slow"),
+        CheckRegistration(name="b", ttl="1m", status="critical", output="down " + "x" * 600),
+        CheckRegistration(name="c", ttl="1m", status="critical", output="also down"),
+    ]
+    await register(catalog, "web-1", *checks)
+    (event,) = timeline.events("web")
+    assert event.status == "critical"
+    assert event.output.startswith("down x") and len(event.output) == 512  # the first, cut
+
+
 async def test_a_check_added_or_removed_on_a_live_instance(
     catalog: Catalog, timeline: Timeline
 ) -> None:

@@ -145,9 +145,7 @@ class Timeline:
     def _registered(self, new: Service, index: int, now: float) -> Transition:
         """An instance appeared: its status and output from one read of its
         checks, the event built positionally (every registration makes one)."""
-        checks = self._state.checks_of(new)
-        status = _status_of(checks)
-        output = _cut(_worst_output(checks))
+        status, output = _status_and_output(self._state.checks_of(new))
         return Transition(
             next(self._seq), now, index, "registered", new.name, new.id, new.node,
             status, "", "", "", "", status, output,
@@ -364,15 +362,22 @@ def _reap_after(check: Check) -> float:
     return check.definition.deregister_critical_after if check.definition else 0.0
 
 
-def _status_of(checks: list[Check]) -> str:
-    """`State.instance_status` from the instance's checks already read."""
-    worst = "passing"
+def _status_and_output(checks: list[Check]) -> tuple[str, str]:
+    """`State.instance_status` and the output of the instance's own worst check
+    (the node's say nothing of it), cut, in one pass over the instance's
+    checks: "maintenance" if any is, else the worst status."""
+    worst, rank = "passing", 0
+    maintenance = False
+    output, own_rank = "", -1
     for check in checks:
+        current = status_rank(check.status)
         if check.type == "maintenance":
-            return "maintenance"
-        if status_rank(check.status) > status_rank(worst):
-            worst = check.status
-    return worst
+            maintenance = True
+        elif current > rank:
+            worst, rank = check.status, current
+        if check.service_id and current > own_rank:  # the first of the worst, as max()
+            output, own_rank = check.output, current
+    return ("maintenance" if maintenance else worst), _cut(output)
 
 
 def _worst_status(checks: list[Check]) -> str:
@@ -381,14 +386,6 @@ def _worst_status(checks: list[Check]) -> str:
         if not worst or status_rank(check.status) > status_rank(worst):
             worst = check.status
     return worst
-
-
-def _worst_output(checks: list[Check]) -> str:
-    """The output of the instance's own worst check (the node's say nothing of it)."""
-    own = [c for c in checks if c.service_id]
-    if not own:
-        return ""
-    return max(own, key=lambda c: status_rank(c.status)).output
 
 
 def _cut(text: str) -> str:
