@@ -183,3 +183,36 @@ async def test_once_the_txns_out_are_overdue_the_spare_slots_carry_one_commit_ea
     held.released.set()
     assert await asyncio.wait_for(asyncio.gather(*tasks), 5) == [1] * 5
     await committer.close()
+
+
+class Slow:
+    """A `send` that answers every Txn after `latency` seconds (a slow disk,
+    a distant member): slower than `overdue`, but never stalled."""
+
+    def __init__(self, latency: float) -> None:
+        self.latency = latency
+        self.sizes: list[int] = []
+
+    async def send(self, slot: int, batch: list[Commit], deadline: float) -> list[Outcome]:
+        self.sizes.append(len(batch))
+        await asyncio.sleep(self.latency)
+        return [1] * len(batch)
+
+    async def fence(self, slot: int) -> None:
+        raise AssertionError("no outcome is unknown here")
+
+
+async def test_txns_slower_than_overdue_under_steady_load_still_batch() -> None:
+    """The spare Txns opened once the first two were late do not count as the
+    two sent at once: later commits wait for an answer and go together again,
+    instead of one per Txn for as long as every Txn takes longer than `overdue`."""
+    slow = Slow(latency=0.05)
+    committer = GroupCommitter(slow.send, slow.fence, max_inflight=4, max_sending=2, overdue=0.01)
+    tasks = []
+    for i in range(150):  # a commit every 2 ms for 0.3 s: six Txn round trips
+        tasks.append(asyncio.ensure_future(committer.submit(commit(f"k{i}"))))
+        await asyncio.sleep(0.002)
+    assert await asyncio.wait_for(asyncio.gather(*tasks), 10) == [1] * 150
+    assert sum(slow.sizes) == 150
+    assert max(slow.sizes[4:]) >= 5, slow.sizes  # batches again after the spares
+    await committer.close()
