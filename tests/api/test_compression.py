@@ -5,8 +5,10 @@ protocol's fast path and the normal ASGI path."""
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import socket
+import threading
 from collections.abc import Iterator
 
 import consul
@@ -15,6 +17,7 @@ import pytest
 import requests
 
 from waypost.api import compress
+from waypost.api.http import Response
 
 from ..agentproc import AgentProcess
 from ..wait import until
@@ -77,7 +80,26 @@ def test_a_body_is_compressed_once_and_kept() -> None:
     body = b'{"Node":"n"}' * 500
     packed = compress.gzipped(body)
     assert gzip.decompress(packed) == body and len(packed) < len(body) // 10
-    assert compress.gzipped(bytes(body)) is packed  # equal bytes, the kept member
+    assert compress.gzipped(bytes(bytearray(body))) is packed  # equal bytes, the kept member
+
+
+def test_a_body_too_big_for_the_cache_is_compressed_off_the_event_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    body = (b'{"Node":"n%d"}' % 7) * (compress.OFF_LOOP // 8)
+    threads: list[int] = []
+    pack = compress._pack
+
+    def recorded(data: bytes) -> bytes:
+        threads.append(threading.get_ident())
+        return pack(data)
+
+    monkeypatch.setattr(compress, "_pack", recorded)
+    response = Response(200, body, [])
+    asyncio.run(compress.encode_off_loop(response, gzip=True))
+    assert gzip.decompress(response.body) == body
+    assert (b"content-encoding", b"gzip") in response.headers
+    assert threads and threading.get_ident() not in threads  # a worker thread packed it
 
 
 @pytest.mark.parametrize("method", ["GET", "HEAD"])

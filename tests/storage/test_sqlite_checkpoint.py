@@ -11,6 +11,7 @@ import logging
 import os
 import shutil
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -167,3 +168,34 @@ async def test_a_grown_wal_file_is_trimmed_once_it_starts_over(
     await store.commit([Entry("after", b"")])  # starts the WAL over, then trims the file
     assert _wal(db) <= 2 * 2**20
     await store.close()
+
+
+def test_a_thread_an_earlier_stop_timed_out_on_ends_once_it_can(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stop() that timed out (a checkpoint stuck on a slow disk) then a
+    start(): the old thread must still end when its checkpoint returns, not
+    run on beside the new one."""
+    db = tmp_path / "c.db"
+    sqlite3.connect(db).execute("PRAGMA journal_mode=WAL").connection.close()
+    stuck, entered = threading.Event(), threading.Event()
+
+    def slow(self: checkpoint.Checkpointer, conn: sqlite3.Connection) -> None:
+        entered.set()
+        stuck.wait(10)
+
+    monkeypatch.setattr(checkpoint.Checkpointer, "checkpoint", slow)
+    pointer = checkpoint.Checkpointer(db)
+    pointer.start()
+    pointer.committed()
+    assert entered.wait(5)
+    old = pointer._thread
+    assert old is not None
+    pointer.stop(timeout=0.05)
+    assert old.is_alive()  # the stop timed out
+    pointer.start()
+    stuck.set()
+    old.join(5)
+    assert not old.is_alive()
+    pointer.stop(timeout=5)
+    assert pointer._thread is None

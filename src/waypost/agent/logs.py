@@ -74,6 +74,8 @@ class _LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     def handle(self, record: logging.LogRecord) -> bool:
         admitted = self.filter(record)
+        if isinstance(admitted, logging.LogRecord):  # Python 3.12+: a filter's replacement
+            record = admitted
         if admitted:
             with self.lock:  # type: ignore[union-attr]  # created by Handler.__init__
                 self.emit(record)

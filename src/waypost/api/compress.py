@@ -28,6 +28,7 @@ failing the request.
 
 from __future__ import annotations
 
+import asyncio
 import zlib
 from collections.abc import Sequence
 
@@ -39,6 +40,10 @@ VARY = (b"vary", b"Accept-Encoding")
 GZIP = (b"content-encoding", b"gzip")
 COMPRESSED_BYTES = 16 << 20  # compressed bodies kept, keys (the plain bodies) included
 _PARSED_LIMIT = 256  # distinct Accept-Encoding values remembered
+# Bodies past this are too big for the cache (an entry may take a sixteenth of
+# it) and are compressed on a worker thread: zlib releases the GIL, and an
+# 8.7 MiB answer took 65-69 ms to compress, a stall of every other request.
+OFF_LOOP = 1 << 20
 
 # (plain, compressed): the key is the plain body, counted in the budget too.
 _compressed: ByteBoundedCache[tuple[bytes, bytes]] = ByteBoundedCache(
@@ -102,21 +107,39 @@ def gzipped(body: bytes) -> bytes:
     found = _compressed.get(body)
     if found is not None:
         return found[1]
-    # zlib's gzip wrapper writes mtime 0: the same body, the same bytes.
-    packer = zlib.compressobj(LEVEL, zlib.DEFLATED, 31)
-    packed = packer.compress(body) + packer.flush()
+    packed = _pack(body)
     _compressed.put(body, (body, packed))
     return packed
 
 
-def encode(response: Response, gzip: bool) -> None:
+def _pack(body: bytes) -> bytes:
+    # zlib's gzip wrapper writes mtime 0: the same body, the same bytes.
+    packer = zlib.compressobj(LEVEL, zlib.DEFLATED, 31)
+    return packer.compress(body) + packer.flush()
+
+
+def _wanted(response: Response, gzip: bool) -> bool:
     """Consul's gziphandler on one response: `Vary` always; the body gzipped
     when the client takes it, there is one, and it is not encoded already.
     Streamed bodies (`/v1/agent/monitor`) go as they are."""
     response.headers.append(VARY)
     if not gzip or not response.body:  # a Streaming response's body is b""
-        return
-    if any(name == b"content-encoding" for name, _ in response.headers):
-        return
-    response.body = gzipped(response.body)
-    response.headers.append(GZIP)
+        return False
+    return not any(name == b"content-encoding" for name, _ in response.headers)
+
+
+def encode(response: Response, gzip: bool) -> None:
+    """`_wanted`, compressed here (the fast path: once per answer, kept)."""
+    if _wanted(response, gzip):
+        response.body = gzipped(response.body)
+        response.headers.append(GZIP)
+
+
+async def encode_off_loop(response: Response, gzip: bool) -> None:
+    """`encode`, with a body past OFF_LOOP compressed on a worker thread."""
+    if _wanted(response, gzip):
+        body = response.body
+        response.body = (
+            gzipped(body) if len(body) < OFF_LOOP else await asyncio.to_thread(_pack, body)
+        )
+        response.headers.append(GZIP)

@@ -128,7 +128,12 @@ class FastWrites:
             raise
         if cycle.disconnected or cycle.transport.is_closing():
             return  # as uvicorn's send(): nobody to answer
-        FastReads._finish(cycle, _encode(response, cycle.default_headers, cycle.keep_alive))
+        try:
+            FastReads._finish(cycle, _encode(response, cycle.default_headers, cycle.keep_alive))
+        except Exception:  # a bug: as uvicorn does, log and close rather than leave it waiting
+            log.exception("the write fast path could not send its answer")
+            cycle.transport.close()
+            return
         self.answered += 1
 
     def statistics(self) -> dict[str, float]:

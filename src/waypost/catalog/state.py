@@ -105,7 +105,7 @@ class State:
         if snapshot:
             entries = self._deletions_for(entries) + entries
         self._start_lock_delays(entries)
-        report = changes is not None  # a replay's million records: no Change built
+        report = changes is not None  # nobody listens (a replay, no timeline): no Change built
         for entry in entries:
             change = self._apply_safely(index, entry, touched, woken, report)
             if changes is not None and change is not None:
@@ -168,11 +168,11 @@ class State:
             old = self._lookup(entry.key)
             if old is None:
                 return None
-            before = self._stored_of(old)
+            before = self._stored_of(old) if report else None
             self._remove(old, touched)
             if isinstance(old, Check):  # gone for good: nothing left to hold
                 self.held.pop((old.node, old.check_id), None)
-            return Change(before, None)
+            return Change(before, None) if before is not None else None
         record = codec.decode_stored(entry.key, entry.value)
         old = self._lookup_record(record)  # the decoded record names its own key
         created = entry.create_index or (old.create_index if old is not None else index)

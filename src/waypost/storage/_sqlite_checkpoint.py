@@ -127,9 +127,14 @@ class Checkpointer:
             conn.close()
             raise
         self._dirty.clear()
-        self._stopping.clear()
+        # Each thread its own stop: a thread an earlier stop() timed out on
+        # (a slow disk) still ends, and never runs beside this one for long.
+        self._stopping = threading.Event()
         self._thread = threading.Thread(
-            target=self._run, args=(conn,), name="waypost-sqlite-checkpoint", daemon=True
+            target=self._run,
+            args=(conn, self._stopping),
+            name="waypost-sqlite-checkpoint",
+            daemon=True,
         )
         self._thread.start()
 
@@ -150,15 +155,15 @@ class Checkpointer:
         if not thread.is_alive():
             self._thread = None
 
-    def _run(self, conn: sqlite3.Connection) -> None:
+    def _run(self, conn: sqlite3.Connection, stopping: threading.Event) -> None:
         try:
             while True:
                 self._dirty.wait()
-                if self._stopping.is_set():
+                if stopping.is_set():
                     return
                 self._dirty.clear()
                 self.checkpoint(conn)
-                if self._stopping.wait(INTERVAL):
+                if stopping.wait(INTERVAL):
                     return
         finally:
             conn.close()
@@ -171,9 +176,10 @@ class Checkpointer:
             if frames >= RESET_FRAMES and (quick or frames >= MAX_FRAMES):
                 with self.gate:  # between two of the writer's transactions
                     held = time.perf_counter()
-                    _busy, frames, copied = _run_checkpoint(conn)
+                    busy, frames, copied = _run_checkpoint(conn)
                     self.held.observe(time.perf_counter() - held)
-                self.resets += frames == copied  # the next transaction starts the WAL over
+                # all copied: the next transaction starts the WAL over (busy: -1, -1)
+                self.resets += not busy and frames == copied
         except Exception as exc:  # never let it stop the thread: commits do not need it
             self._failed(exc)
             return
