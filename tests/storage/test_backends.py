@@ -67,6 +67,26 @@ async def test_sqlite_replays_after_reopen(tmp_path: Path) -> None:
     await again.close()
 
 
+async def test_sqlite_values_are_stored_as_blobs_and_replay_as_bytes(tmp_path: Path) -> None:
+    # The writer binds values as bytearrays (the sqlite3 module's cheap path):
+    # what is stored and replayed must still be the exact bytes, as BLOBs.
+    url = f"sqlite:///{tmp_path}/c.db"
+    store = open_storage(url)
+    await store.open(Recorder())
+    values = {"e": b"", "z": b"\x00\xff\x80 not utf-8", "j": b'{"Name":"web"}'}
+    await store.commit([Entry(k, v) for k, v in values.items()])
+    await store.close()
+    with contextlib.closing(sqlite3.connect(tmp_path / "c.db")) as db:
+        kinds = dict(db.execute("SELECT key, typeof(value) FROM kv").fetchall())
+    assert kinds == {"e": "blob", "z": "blob", "j": "blob"}
+    again, seen = open_storage(url), Recorder()
+    await again.open(seen)
+    replayed = {e.key: e.value for _, entries, _ in seen.calls for e in entries}
+    assert replayed == values
+    assert {type(v) for v in replayed.values()} == {bytes}
+    await again.close()
+
+
 async def test_group_commit_batches_concurrent_writes(tmp_path: Path) -> None:
     store = open_storage(f"sqlite:///{tmp_path}/c.db")
     await store.open(Recorder())
