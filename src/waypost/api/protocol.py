@@ -34,8 +34,11 @@ the answer written without uvicorn's cycle.
 from __future__ import annotations
 
 import asyncio
+import urllib.parse
 from typing import Any
 
+import httptools
+from uvicorn.protocols.http.flow_control import service_unavailable
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from .fastpath import FastReads
@@ -154,10 +157,73 @@ def guarded_protocol(
                 self._client = client
             self._arm()
 
+        # The parser's per-request callbacks: uvicorn's, building the same
+        # scope and cycle with the same keys and values, with less interpreter
+        # work per request: one frame instead of a super() chain, the
+        # extensions and the read deadline in the same call, the cycle built
+        # from positional arguments (11 keywords made a dict per request).
+        # ~7k of the ~60k instructions the HTTP side cost a request.
         def on_message_begin(self) -> None:
-            super().on_message_begin()
-            self.scope["extensions"] = {LOST: self._lost}  # type: ignore[dict-item]
-            self._arm()
+            self.url = b""
+            self.expect_100_continue = False
+            headers: list[tuple[bytes, bytes]] = []
+            self.headers = headers
+            self.scope = {
+                "type": "http",
+                "asgi": {"version": self.asgi_version, "spec_version": "2.3"},
+                "http_version": "1.1",
+                "server": self.server,
+                "client": self.client,
+                "scheme": self.scheme,  # type: ignore[typeddict-item]
+                "root_path": self.root_path,
+                "headers": headers,
+                "state": self.app_state.copy(),
+                "extensions": {LOST: self._lost},  # type: ignore[dict-item]
+            }
+            self._reading_since = now = self.loop.time()  # _arm, inlined
+            self._due(now + read_timeout)
+
+        def on_headers_complete(self) -> None:
+            parser, scope = self.parser, self.scope
+            version = parser.get_http_version()
+            scope["method"] = parser.get_method().decode("ascii")
+            if version != "1.1":
+                scope["http_version"] = version
+            if parser.should_upgrade() and self._should_upgrade():
+                return  # data_received hands the connection to the websocket protocol
+            url = httptools.parse_url(self.url)
+            raw_path: bytes = url.path
+            path = raw_path.decode("ascii")
+            if "%" in path:
+                path = urllib.parse.unquote(path)
+            root = self.root_path
+            scope["path"] = root + path
+            scope["raw_path"] = root.encode("ascii") + raw_path if root else raw_path
+            scope["query_string"] = url.query or b""
+            app: Any = self.app
+            limit = self.limit_concurrency
+            if limit is not None and (len(self.connections) >= limit or len(self.tasks) >= limit):
+                app = service_unavailable
+                self.logger.warning("Exceeded concurrency limit.")
+            previous = self.cycle
+            self.cycle = cycle = RequestResponseCycle(
+                scope,
+                self.transport,
+                self.flow,
+                self.logger,
+                self.access_logger,
+                self.access_log,
+                self.server_state.default_headers,
+                asyncio.Event(),
+                self.expect_100_continue,
+                version != "1.0" and parser.should_keep_alive(),
+                self.on_response_complete,
+            )
+            if previous is None or previous.response_complete:
+                self._start_asgi_task(cycle, app)
+            else:  # pipelined behind an unanswered request: queued, reading paused
+                self.flow.pause_reading()
+                self.pipeline.appendleft((cycle, app))
 
         def on_message_complete(self) -> None:
             self._disarm()
