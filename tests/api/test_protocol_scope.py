@@ -66,11 +66,15 @@ def seen(base: type[HttpToolsProtocol], data: bytes, **config: Any) -> list[Any]
     cfg = Config(app, **config)
     cfg.load()
     state = ServerState()
-    protocol = Recording(cfg, state, {"lifespan": "state"})
-    transport = Transport()
-    protocol.connection_made(transport)
-    state.connections.add(protocol)
-    protocol.data_received(data)
+    loop = asyncio.new_event_loop()  # never run: the protocol only reads its clock
+    try:
+        protocol = Recording(cfg, state, {"lifespan": "state"}, _loop=loop)
+        transport = Transport()
+        protocol.connection_made(transport)
+        state.connections.add(protocol)
+        protocol.data_received(data)
+    finally:
+        loop.close()
     queued = list(reversed(protocol.pipeline))
     out = []
     for cycle, chosen in started + queued:
