@@ -187,6 +187,36 @@ async def test_exact_condition_is_the_modify_index_of_a_key(url: str, mirror: Mi
     await store.close()
 
 
+async def test_one_condition_on_the_written_key_checks_and_writes_as_two_steps_did(
+    tmp_path: Path, mirror: Mirror
+) -> None:
+    # sqlite checks a commit of one exact condition on its first put's key in
+    # the same statement as the write: the outcome, the message, the indexes
+    # stored and what is left must be those of a lookup, then a write.
+    store = open_storage(f"sqlite:///{tmp_path}/c.db")
+    await store.open(mirror)
+    first = await store.commit([Entry("a", b"1")], [Condition("a", 0)])
+    with pytest.raises(Conflict) as absent:
+        await store.commit([Entry("a", b"x"), Entry("b", b"x")], [Condition("a", 0)])
+    assert str(absent.value) == (
+        f"a changed since it was read: modified at index {first}, expected it absent"
+    )
+    with pytest.raises(Conflict) as stale:
+        await store.commit([Entry("a", b"x")], [Condition("a", first + 7)])
+    assert str(stale.value) == (
+        f"a changed since it was read: modified at index {first}, expected index {first + 7}"
+    )
+    with pytest.raises(Conflict, match="absent, expected index"):
+        await store.commit([Entry("gone", b"x")], [Condition("gone", first)])
+    second = await store.commit([Entry("a", b"2"), Entry("b", b"2")], [Condition("a", first)])
+    assert second == first + 1  # the conflicts used up no index
+    assert mirror.keys.keys() == {"a", "b"}  # nothing of the conflicting commits
+    await store.close()
+    with contextlib.closing(sqlite3.connect(tmp_path / "c.db")) as db:
+        rows = db.execute("SELECT key, value, create_index, modify_index FROM kv").fetchall()
+    assert sorted(rows) == [("a", b"2", first, second), ("b", b"2", second, second)]
+
+
 async def test_condition_index_zero_means_absent(url: str, mirror: Mirror) -> None:
     store = open_storage(url)
     await store.open(mirror)

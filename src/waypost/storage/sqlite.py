@@ -73,7 +73,6 @@ from pathlib import Path
 
 from .._exceptions import (
     ConfigError,
-    Conflict,
     OutcomeUnknown,
     StorageError,
     StoreBusy,
@@ -81,6 +80,7 @@ from .._exceptions import (
 )
 from .._lockfile import LockFile
 from ._sqlite_checkpoint import WAL_KEEP_BYTES, Checkpointer, Durations
+from ._sqlite_conditions import UPSERT, blob, fusable, put_if, violated
 from .base import ApplyFn, Condition, Entry, Storage
 
 log = logging.getLogger("waypost.storage")
@@ -104,17 +104,9 @@ CREATE TABLE IF NOT EXISTS kv (
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 
-_UPSERT = (
-    "INSERT INTO kv (key, value, create_index, modify_index) VALUES (?, ?, ?, ?) "
-    "ON CONFLICT(key) DO UPDATE SET value = excluded.value, modify_index = excluded.modify_index"
-)
 _SET_INDEX = (
     "INSERT INTO meta (name, value) VALUES ('index', ?) "
     "ON CONFLICT(name) DO UPDATE SET value = excluded.value"
-)
-_MODIFY_INDEX = "SELECT modify_index FROM kv WHERE key = ?"
-_NEWER_IN_RANGE = (
-    "SELECT key, modify_index FROM kv WHERE key >= ? AND key < ? AND modify_index > ? LIMIT 1"
 )
 
 # A commit's state, changed only under the queue's lock: the writer takes a
@@ -412,12 +404,17 @@ class SqliteStorage(Storage):
         try:
             cursor.execute("BEGIN IMMEDIATE")
             for pending in batch:
-                conflict = _violated(cursor, pending.conditions)
+                ops, conditions = pending.ops, pending.conditions
+                if fusable(ops, conditions):  # checked and written in one statement
+                    conflict = put_if(cursor, index + 1, ops[0], conditions[0])
+                    ops = ops[1:]
+                else:
+                    conflict = violated(cursor, conditions)
                 if conflict is not None:
                     outcomes.append(conflict)
                     continue
                 index += 1
-                self._write_ops(cursor, index, pending.ops)
+                self._write_ops(cursor, index, ops)
                 outcomes.append(index)
             if index == self._index:  # conflicts only: nothing to make durable
                 cursor.execute("ROLLBACK")
@@ -463,13 +460,7 @@ class SqliteStorage(Storage):
             if op.value is None:
                 cursor.execute("DELETE FROM kv WHERE key = ?", (op.key,))
             else:
-                # A bytearray, not the bytes: the sqlite3 module binds exact
-                # str/int/float/bytearray directly but runs any other type
-                # (bytes too) through its adapter protocol, whose failed
-                # `__adapt__`/`__conform__` lookups format and drop two
-                # AttributeErrors (~3k instructions per value). Stored alike:
-                # both are bound as the same BLOB and read back as bytes.
-                cursor.execute(_UPSERT, (op.key, bytearray(op.value), index, index))
+                cursor.execute(UPSERT, (op.key, blob(op.value), index, index))
 
     @staticmethod
     def _end_transaction(cursor: sqlite3.Cursor) -> None:
@@ -541,30 +532,6 @@ class SqliteStorage(Storage):
             return
         if not pending.future.done():
             pending.future.set_result(index)
-
-
-def _violated(cursor: sqlite3.Cursor, conditions: Sequence[Condition]) -> Conflict | None:
-    """The first condition that does not hold against the stored state, as a Conflict."""
-    for condition in conditions:
-        if not condition.range_end:
-            row = cursor.execute(_MODIFY_INDEX, (condition.key,)).fetchone()
-            found = row[0] if row else 0
-            if found != condition.index:
-                now = f"modified at index {found}" if found else "absent"
-                wanted = f"index {condition.index}" if condition.index else "it absent"
-                return Conflict(
-                    f"{condition.key} changed since it was read: {now}, expected {wanted}"
-                )
-        else:
-            row = cursor.execute(
-                _NEWER_IN_RANGE, (condition.key, condition.range_end, condition.index)
-            ).fetchone()
-            if row is not None:
-                return Conflict(
-                    f"{row[0]} (under {condition.key}) changed since it was read at index "
-                    f"{condition.index}: modified at index {row[1]}"
-                )
-    return None
 
 
 def _disk_full(exc: Exception) -> bool:
