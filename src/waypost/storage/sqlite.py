@@ -16,8 +16,9 @@ check and write (this agent is the only writer: see the lock below). Each is
 one lookup on the primary key (exact form) or one range scan of it that stops
 at the first newer key (range form), a few microseconds against the fsync
 that the batch shares; a commit whose one exact condition is on the key it
-puts is checked by that write's own statement (`_sqlite_conditions.py`). A commit whose condition fails writes nothing and gets
-no index; the rest of the batch goes on. Its Conflict travels back to the loop
+puts is checked by that write's own statement (`_sqlite_conditions.py`). A
+commit whose condition fails writes nothing and gets no index; the rest of
+the batch goes on. Its Conflict travels back to the loop
 in the same ordered stream as the batch's applies, so it reaches the caller
 only after every earlier commit has been applied. A batch of nothing but
 conflicts writes nothing and costs no fsync.
