@@ -18,8 +18,12 @@ from typing import Any
 
 import pytest
 import uvicorn
+from uvicorn.server import ServerState
 
+from waypost.api.fastpath import FastReads
 from waypost.api.protocol import guarded_protocol
+
+from .test_protocol_scope import Transport
 
 READ_TIMEOUT = 0.3
 KEEP_ALIVE = 1.5
@@ -95,3 +99,80 @@ def test_a_stalled_request_is_closed_by_the_read_deadline_not_the_keep_alive(por
         conn.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n")  # never finishes its headers
         took = closed_after(conn, 5)  # the timer was moved earlier for the read deadline
         assert READ_TIMEOUT * 0.8 <= took < (KEEP_ALIVE - READ_TIMEOUT - 0.1) * 0.8
+
+
+# -- requests pipelined behind one the fast path answers or parks ----------------
+# The protocol object driven directly (test_protocol_scope's transport), with a
+# stand-in fast path: `/fast` is answered inside data_received, anything else
+# parked as a blocking query would be.
+
+
+class _Transport(Transport):
+    closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+
+class _Parked:
+    def __init__(self, cycle: Any) -> None:
+        self.cycle = cycle
+
+
+class _Fast:
+    def serve(self, cycle: Any) -> Any:
+        if cycle.scope["path"] == "/fast":
+            FastReads._finish(cycle, b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+            return True
+        return _Parked(cycle)
+
+    def release(self, parked: Any) -> None:
+        pass
+
+    def answer_now(self, parked: Any) -> None:
+        pass
+
+
+async def _refused(scope: Any, receive: Any, send: Any) -> None:
+    raise AssertionError("every request here is the fast path's")
+
+
+def _connected(read_timeout: float, keep_alive: float) -> tuple[Any, _Transport]:
+    config = uvicorn.Config(_refused, timeout_keep_alive=keep_alive)  # type: ignore[arg-type]
+    config.load()
+    protocol_class = guarded_protocol(read_timeout, fast=_Fast())  # type: ignore[arg-type]
+    protocol = protocol_class(  # type: ignore[call-arg]
+        config, ServerState(), {"lifespan": "state"}, _loop=asyncio.get_running_loop()
+    )
+    transport = _Transport()
+    protocol.connection_made(transport)
+    return protocol, transport
+
+
+async def test_a_query_pipelined_behind_a_fast_answer_is_not_idle() -> None:
+    """The first request is answered inside data_received; the blocking query
+    in the same packet is parked: the keep-alive timeout must not close it."""
+    protocol, transport = _connected(read_timeout=30, keep_alive=0.2)
+    protocol.data_received(
+        b"GET /fast HTTP/1.1\r\nHost: a\r\n\r\n"
+        b"GET /v1/catalog/services?index=5&wait=5m HTTP/1.1\r\nHost: a\r\n\r\n"
+    )
+    assert protocol._parked is not None
+    await asyncio.sleep(0.5)
+    assert not transport.closed
+
+
+async def test_a_request_we_left_unread_behind_a_parked_query_keeps_its_connection() -> None:
+    """A PUT pipelined behind a parked query, its body half sent: reading is
+    paused by us (uvicorn's pipeline), so its read deadline must wait."""
+    protocol, transport = _connected(read_timeout=0.2, keep_alive=75)
+    protocol.data_received(
+        b"GET /v1/catalog/services?index=5&wait=5m HTTP/1.1\r\nHost: a\r\n\r\n"
+        b"PUT /v1/kv/x HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nhello"
+    )
+    assert transport.paused and len(protocol.pipeline) == 1
+    await asyncio.sleep(0.6)
+    assert not transport.closed

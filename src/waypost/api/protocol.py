@@ -129,6 +129,10 @@ def guarded_protocol(
             if self.transport.is_closing():
                 return
             self.flow.resume_reading()
+            if self._reading_since is not None:
+                # a pipelined request whose rest we left unread while this one
+                # was served: its read deadline starts now, not when it began
+                self._arm()
             if self.pipeline:
                 cycle, app = self.pipeline.pop()
                 self._start_asgi_task(cycle, app)
@@ -180,6 +184,9 @@ def guarded_protocol(
                 "state": self.app_state.copy(),
                 "extensions": {LOST: self._lost},  # type: ignore[dict-item]
             }
+            # Not idle: a request pipelined behind one answered inside
+            # data_received (the fast paths) begins with no data_received of its own.
+            self._idle_since = None
             self._reading_since = now = self.loop.time()  # _arm, inlined
             self._due(now + read_timeout)
 
@@ -292,6 +299,12 @@ def guarded_protocol(
             self._deadline = None
             now = self.loop.time()
             reading, idle = self._reading_since, self._idle_since
+            if reading is not None and self.flow.read_paused:
+                # We stopped reading it (a pipelined request waits, or the app
+                # has not taken the body yet): not the client's delay. Look
+                # again later; a resume from the pipeline restarts it.
+                reading = None
+                self._due(now + read_timeout)
             if reading is not None and now >= reading + read_timeout:
                 self.transport.close()  # a request not read whole in time
             elif idle is not None and now >= idle + self.timeout_keep_alive:
