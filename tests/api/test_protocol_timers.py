@@ -20,7 +20,7 @@ import pytest
 import uvicorn
 from uvicorn.server import ServerState
 
-from waypost.api.fastpath import FastReads
+from waypost.api import wire
 from waypost.api.protocol import guarded_protocol
 
 from .test_protocol_scope import Transport
@@ -125,7 +125,7 @@ class _Parked:
 class _Fast:
     def serve(self, cycle: Any) -> Any:
         if cycle.scope["path"] == "/fast":
-            FastReads._finish(cycle, b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+            wire.finish(cycle, b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
             return True
         return _Parked(cycle)
 

@@ -45,12 +45,12 @@ import time
 from collections.abc import Callable
 from typing import Any, Generic, NamedTuple, TypeVar
 
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, RequestResponseCycle
+from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
 from .._exceptions import ValidationError, WaypostError
 from ..catalog import Catalog
 from ..catalog.watch import Topic
-from . import compress, decode, http
+from . import compress, decode, http, wire
 from ._bounded import ByteBoundedCache
 from .access import token_in
 from .app import AgentApp, access_log
@@ -397,7 +397,7 @@ class FastReads:
             ):
                 pre = self._build(query, index, acl, health)
                 self._prebuilt.put(key, pre)
-            self._finish(cycle, pre.data)
+            wire.finish(cycle, pre.data)
             self.answered += 1
             self.app.metrics.observe(
                 prepared.group[0], pre.status, time.perf_counter() - query.started
@@ -412,19 +412,8 @@ class FastReads:
         compress.encode(response, query.gzip)  # once per answer, kept with the prebuilt bytes
         if prepared.group[0] == "HEAD":
             response.body = b""
-        data = _encode(response, cycle.default_headers, cycle.keep_alive)
+        data = wire.encode(response, cycle.default_headers, cycle.keep_alive)
         return _Prebuilt(index, acl, health, cycle.default_headers, data, response.status)
-
-    @staticmethod
-    def _finish(cycle: RequestResponseCycle, data: bytes) -> None:
-        """What uvicorn's cycle does once it has sent a whole response."""
-        cycle.response_started = cycle.response_complete = True
-        cycle.waiting_for_100_continue = False
-        cycle.transport.write(data)
-        cycle.message_event.set()
-        if not cycle.keep_alive:
-            cycle.transport.close()
-        cycle.on_response()
 
     def statistics(self) -> dict[str, float]:
         return {
@@ -432,20 +421,6 @@ class FastReads:
             "fast_fallbacks": self.fallbacks,
             "fast_parked": len(self._wheel),
         }
-
-
-def _encode(response: http.Response, defaults: list[tuple[bytes, bytes]], keep: bool) -> bytes:
-    """The bytes uvicorn writes for `response` (status line, its default
-    headers, the response's, Content-Length, Connection: close when the
-    connection ends), as one buffer."""
-    parts = [STATUS_LINE[response.status]]
-    for name, value in (*defaults, *response.headers):
-        parts += (name, b": ", value, b"\r\n")
-    parts += (b"content-length: ", str(len(response.body)).encode(), b"\r\n")
-    if not keep:
-        parts.append(b"connection: close\r\n")
-    parts += (b"\r\n", response.body)
-    return b"".join(parts)
 
 
 def _has_body(headers: list[tuple[bytes, bytes]]) -> bool:

@@ -39,9 +39,8 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
-from . import http
+from . import http, wire
 from .app import AgentApp, access_log
-from .fastpath import FastReads, _encode
 
 log = logging.getLogger("waypost.api")
 
@@ -129,7 +128,7 @@ class FastWrites:
         if cycle.disconnected or cycle.transport.is_closing():
             return  # as uvicorn's send(): nobody to answer
         try:
-            FastReads._finish(cycle, _encode(response, cycle.default_headers, cycle.keep_alive))
+            wire.finish(cycle, wire.encode(response, cycle.default_headers, cycle.keep_alive))
         except Exception:  # a bug: as uvicorn does, log and close rather than leave it waiting
             log.exception("the write fast path could not send its answer")
             cycle.transport.close()
