@@ -23,7 +23,7 @@ for extra in (ROOT, ROOT / "bench" / "agent"):
 
 from _common import cpu_seconds, free_port, header, line, median, rss_mb  # noqa: E402
 from tests.agentproc import AgentProcess  # noqa: E402
-from tests.mesh.envoyproc import EnvoyProcess  # noqa: E402
+from tests.mesh.envoyproc import EnvoyProcess, agent_with_xds  # noqa: E402
 
 __all__ = [
     "AgentProcess",
@@ -42,20 +42,7 @@ __all__ = [
 
 @contextlib.contextmanager
 def mesh_agent(*extra: str) -> Iterator[AgentProcess]:
-    proc = AgentProcess(
-        "--dev",
-        "--http",
-        "127.0.0.1:0",
-        "--dns",
-        "off",
-        "--grpc",
-        "127.0.0.1:0",
-        "--node",
-        "bench",
-        "--log-level",
-        "warning",
-        *extra,
-    ).start()
+    proc = agent_with_xds("bench", "--log-level", "warning", *extra).start()
     try:
         yield proc
     finally:

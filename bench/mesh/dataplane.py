@@ -114,26 +114,8 @@ def main() -> None:
     )
     with haproxy(backend_cfg + peer_cfg), mesh_agent() as agent, agent.client() as api:
         register(api, backend, sidecar, client_sidecar, upstream)
-        envoys = [
-            EnvoyProcess(
-                "connect",
-                "envoy",
-                "-sidecar-for",
-                name,
-                http_url=agent.http_url,
-                grpc_address=agent.grpc_address,
-            )
-            for name in ("bk", "ld")
-        ]
-        envoys.append(
-            EnvoyProcess(
-                "gateway",
-                "--listen",
-                f"127.0.0.1:{gw}",
-                http_url=agent.http_url,
-                grpc_address=agent.grpc_address,
-            )
-        )
+        envoys = [EnvoyProcess.sidecar(agent, name) for name in ("bk", "ld")]
+        envoys.append(EnvoyProcess.gateway(agent, gw))
         try:
             for envoy in envoys:
                 envoy.wait_ready()

@@ -14,9 +14,28 @@ from typing import Any
 
 import httpx
 
+from ..agentproc import AgentProcess
 from ..servers import free_port
 
 READY_TIMEOUT = 20.0
+
+
+def agent_with_xds(node: str, *extra: str, env: dict[str, str] | None = None) -> AgentProcess:
+    """A dev agent (not yet started) with its xDS server on a free loopback port,
+    DNS off, named `node`; `extra` are further agent flags."""
+    return AgentProcess(
+        "--dev",
+        "--http",
+        "127.0.0.1:0",
+        "--dns",
+        "off",
+        "--grpc",
+        "127.0.0.1:0",
+        "--node",
+        node,
+        *extra,
+        env=env,
+    )
 
 
 class EnvoyProcess:
@@ -44,6 +63,29 @@ class EnvoyProcess:
         ]
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
         self.admin = f"http://127.0.0.1:{self.admin_port}"
+
+    @classmethod
+    def sidecar(cls, agent: AgentProcess, service: str) -> EnvoyProcess:
+        """`waypost connect envoy -sidecar-for SERVICE` against `agent` (no token, plain gRPC)."""
+        return cls(
+            "connect",
+            "envoy",
+            "-sidecar-for",
+            service,
+            http_url=agent.http_url,
+            grpc_address=agent.grpc_address,
+        )
+
+    @classmethod
+    def gateway(cls, agent: AgentProcess, port: int) -> EnvoyProcess:
+        """`waypost gateway --listen 127.0.0.1:PORT` against `agent`."""
+        return cls(
+            "gateway",
+            "--listen",
+            f"127.0.0.1:{port}",
+            http_url=agent.http_url,
+            grpc_address=agent.grpc_address,
+        )
 
     def wait_ready(self) -> EnvoyProcess:
         deadline = time.monotonic() + READY_TIMEOUT

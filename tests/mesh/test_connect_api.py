@@ -10,19 +10,12 @@ import pytest
 from cryptography import x509
 
 from ..agentproc import AgentProcess
+from .envoyproc import agent_with_xds
 
 
 @pytest.fixture(scope="module")
 def mesh_agent() -> Iterator[AgentProcess]:
-    proc = AgentProcess(
-        "--dev",
-        "--http",
-        "127.0.0.1:0",
-        "--dns",
-        "off",
-        "--grpc",
-        "127.0.0.1:0",
-        "--node",
+    proc = agent_with_xds(
         "mesh-node",
         "--leaf-cert-ttl",
         "4s",

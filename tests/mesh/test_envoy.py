@@ -32,7 +32,7 @@ import trustme
 
 from ..agentproc import AgentProcess
 from ..servers import free_port
-from .envoyproc import App, EnvoyProcess
+from .envoyproc import App, EnvoyProcess, agent_with_xds
 
 
 @dataclass
@@ -80,19 +80,7 @@ def get(url: str, client: httpx.Client | None = None, **kw: object) -> httpx.Res
 
 @pytest.fixture(scope="module")
 def mesh() -> Iterator[Mesh]:
-    agent = AgentProcess(
-        "--dev",
-        "--http",
-        "127.0.0.1:0",
-        "--dns",
-        "off",
-        "--grpc",
-        "127.0.0.1:0",
-        "--node",
-        "envoy-node",
-        "--leaf-cert-ttl",
-        "8s",
-    ).start()
+    agent = agent_with_xds("envoy-node", "--leaf-cert-ttl", "8s").start()
     apps = {name: App(name).start() for name in ("web", "db1", "db2")}
     m = Mesh(agent, agent.client(), apps)
     m.sidecar = {name: free_port() for name in ("web", "db1", "db2", "ledger")}
@@ -100,21 +88,8 @@ def mesh() -> Iterator[Mesh]:
     try:
         _register(m)
         for name in ("web", "db1", "db2", "ledger"):
-            m.envoys[name] = EnvoyProcess(
-                "connect",
-                "envoy",
-                "-sidecar-for",
-                name,
-                http_url=agent.http_url,
-                grpc_address=agent.grpc_address,
-            )
-        m.envoys["gateway"] = EnvoyProcess(
-            "gateway",
-            "--listen",
-            f"127.0.0.1:{m.gateway}",
-            http_url=agent.http_url,
-            grpc_address=agent.grpc_address,
-        )
+            m.envoys[name] = EnvoyProcess.sidecar(agent, name)
+        m.envoys["gateway"] = EnvoyProcess.gateway(agent, m.gateway)
         for envoy in m.envoys.values():
             envoy.wait_ready()
         # Consul's sidecar TCP check runs every 10 s, first at a random point in it.

@@ -31,7 +31,7 @@ from waypost.mesh import rbac
 from ..agentproc import AgentProcess
 from ..servers import free_port
 from .adsclient import AdsClient, names_of, r
-from .envoyproc import App, EnvoyProcess
+from .envoyproc import App, EnvoyProcess, agent_with_xds
 from .test_envoy import tls_get, within
 
 MGMT = "0f6d2a9c-3b1e-4f7a-8c5d-2e9b4a6c1d03"
@@ -65,16 +65,8 @@ def acl_mesh() -> Iterator[AclMesh]:
     leaf = ca.issue_cert("127.0.0.1", "localhost")
     leaf.cert_chain_pems[0].write_to_path(str(folder / "agent.pem"))
     leaf.private_key_pem.write_to_path(str(folder / "agent-key.pem"))
-    agent = AgentProcess(
-        "--dev",
-        "--http",
-        "127.0.0.1:0",
-        "--dns",
-        "off",
-        "--node",
+    agent = agent_with_xds(
         "acl-mesh",
-        "--grpc",
-        "127.0.0.1:0",
         "--grpc-tls",
         "127.0.0.1:0",
         "--tls-cert-file",

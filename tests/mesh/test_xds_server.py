@@ -11,21 +11,12 @@ import pytest
 
 from ..agentproc import AgentProcess
 from .adsclient import AdsClient, endpoints_of, names_of, r
+from .envoyproc import agent_with_xds
 
 
 @pytest.fixture(scope="module")
 def xds_agent() -> Iterator[AgentProcess]:
-    proc = AgentProcess(
-        "--dev",
-        "--http",
-        "127.0.0.1:0",
-        "--dns",
-        "off",
-        "--grpc",
-        "127.0.0.1:0",
-        "--node",
-        "xds-node",
-    ).start()
+    proc = agent_with_xds("xds-node").start()
     yield proc
     assert proc.stop() == 0, "".join(proc.output)
 
