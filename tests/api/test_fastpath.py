@@ -331,6 +331,17 @@ def test_with_acls_a_parked_query_is_answered_on_a_change(
     assert b'"ID":"fastweb-2"' in answer
 
 
+def _service_and_node_reader(
+    admin: httpx.Client, name: str
+) -> tuple[dict[str, str], dict[str, str], bytes]:
+    """A policy `name` reading every service and node, a token with it, and that
+    token's header line: (the policy, the token, the header)."""
+    rules = 'service_prefix "" { policy = "read" }\nnode_prefix "" { policy = "read" }'
+    policy = admin.put("/v1/acl/policy", json={"Name": name, "Rules": rules}).json()
+    made = admin.put("/v1/acl/token", json={"Policies": [{"Name": name}]}).json()
+    return policy, made, f"X-Consul-Token: {made['SecretID']}\r\n".encode()
+
+
 def test_with_acls_a_changed_or_deleted_token_applies_at_the_next_request(
     acl_agent: tuple[AgentProcess, dict[str, str]],
 ) -> None:
@@ -338,10 +349,7 @@ def test_with_acls_a_changed_or_deleted_token_applies_at_the_next_request(
     resolves to the same authorizer: an ACL change is seen at once."""
     proc, _ = acl_agent
     with proc.client(headers={"X-Consul-Token": MGMT}) as admin:
-        rules = 'service_prefix "" { policy = "read" }\nnode_prefix "" { policy = "read" }'
-        policy = admin.put("/v1/acl/policy", json={"Name": "churn", "Rules": rules}).json()
-        made = admin.put("/v1/acl/token", json={"Policies": [{"Name": "churn"}]}).json()
-        token = f"X-Consul-Token: {made['SecretID']}\r\n".encode()
+        policy, made, token = _service_and_node_reader(admin, "churn")
         target = request(f"/v1/health/service/{SERVICE}", extra=token + b"\r\n")
         assert b'"ID":"fastweb-1"' in ask(proc, target)
         assert b'"ID":"fastweb-1"' in ask(proc, target)  # the verdict reused
@@ -361,10 +369,7 @@ def test_with_acls_a_query_parked_before_an_acl_change_does_not_serve_others_its
     answer must not be cached as valid for the token's new rights."""
     proc, _ = acl_agent
     with proc.client(headers={"X-Consul-Token": MGMT}) as admin:
-        rules = 'service_prefix "" { policy = "read" }\nnode_prefix "" { policy = "read" }'
-        policy = admin.put("/v1/acl/policy", json={"Name": "parked", "Rules": rules}).json()
-        made = admin.put("/v1/acl/token", json={"Policies": [{"Name": "parked"}]}).json()
-        token = f"X-Consul-Token: {made['SecretID']}\r\n".encode()
+        policy, _, token = _service_and_node_reader(admin, "parked")
         plain = request(f"/v1/health/service/{SERVICE}", extra=token + b"\r\n")
         current = index_of(ask(proc, plain))
         with connect(proc) as sock:
