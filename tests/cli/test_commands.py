@@ -31,6 +31,16 @@ def waypost(
     )
 
 
+def spawn(*args: str) -> subprocess.Popen[str]:
+    """`waypost ARGS` left running (watch, events -f), stdout and stderr on one text pipe."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "waypost.cli.main", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
 def rows(out: str) -> dict[str, list[str]]:
     return {line.split()[0]: line.split() for line in out.splitlines()[1:] if line.strip()}
 
@@ -200,18 +210,7 @@ def test_register_refused_by_the_agent_says_why(empty: AgentProcess) -> None:
 
 
 def test_watch_redraws_on_every_change(empty: AgentProcess) -> None:
-    cmd = [
-        sys.executable,
-        "-m",
-        "waypost.cli.main",
-        "watch",
-        "--http-addr",
-        empty.http_url,
-        "--count",
-        "3",
-        "shop",
-    ]
-    watcher = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    watcher = spawn("watch", "--http-addr", empty.http_url, "--count", "3", "shop")
     assert watcher.stdout is not None
     tables: list[list[str]] = [[]]
 
@@ -257,19 +256,7 @@ def test_events_lists_and_follows_the_timeline(empty: AgentProcess) -> None:
         assert lines[1].endswith(
             'check        beat/beat-1 node=cli-node check=service:beat-1 passing -> critical output="disk full"'
         ), lines
-        cmd = [
-            sys.executable,
-            "-m",
-            "waypost.cli.main",
-            "events",
-            "-f",
-            "--http-addr",
-            empty.http_url,
-            "beat",
-        ]
-        follower = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
+        follower = spawn("events", "-f", "--http-addr", empty.http_url, "beat")
         assert follower.stdout is not None
         try:
             for _ in lines:  # what was there already comes first
@@ -298,18 +285,7 @@ def test_watch_rides_out_an_agent_restart() -> None:
     first = AgentProcess("--dev", "--http", f"127.0.0.1:{port}", "--dns", "off").start()
     with first.client() as http:
         http.put("/v1/agent/service/register", json={"Name": "shop", "ID": "shop-1", "Port": 80})
-    cmd = [
-        sys.executable,
-        "-m",
-        "waypost.cli.main",
-        "watch",
-        "--http-addr",
-        f"127.0.0.1:{port}",
-        "--count",
-        "2",
-        "shop",
-    ]
-    watcher = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    watcher = spawn("watch", "--http-addr", f"127.0.0.1:{port}", "--count", "2", "shop")
     assert watcher.stdout is not None
     second = None
     try:
