@@ -119,12 +119,6 @@ def split_key(key: str) -> tuple[str, list[str]]:
     return kind, [_unesc(part) for part in rest.split("/")]
 
 
-def decode(key: str, value: bytes) -> Record:
-    """Decode a stored value; raises msgspec.DecodeError for a corrupt one."""
-    record: Record = _DECODERS[key[0]].decode(value)
-    return record
-
-
 def decode_stored(key: str, value: bytes) -> Record:
     """Decode a stored value into a record the state can keep: its repeated
     values shared (see `_share`), its indexes still to be set with `stamp`.

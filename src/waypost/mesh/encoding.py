@@ -33,7 +33,6 @@ LIMIT = 50_000  # distinct resources kept encoded
 class Encoder:
     def __init__(self) -> None:
         self._by_text: dict[str, tuple[str, any_pb2.Any | None]] = {}
-        self.parsed = 0  # resources turned into protobuf (statistics, tests)
 
     def digest(self, text: str) -> str:
         hit = self._by_text.get(text)
@@ -49,7 +48,6 @@ class Encoder:
         found = self._by_text[text][1]
         if found is None:
             found = json_format.ParseDict(resource, any_pb2.Any())
-            self.parsed += 1
             self._by_text[text] = (digest, found)
         return found
 
