@@ -63,7 +63,6 @@ log = logging.getLogger("waypost.api")
 # other one sends the request the normal way.
 _UNDERSTOOD = frozenset({"passing", "tag", "index", "wait", "token"})
 _METHODS = frozenset({"GET", "HEAD"})
-_BODY_HEADERS = frozenset({b"transfer-encoding", b"expect"})
 TICK = 0.05  # the timer wheel's resolution: `wait=` ends up to 50 ms late
 OTHER_ROUTE, DECLINED = 0, 1  # no fast path for this route; or not for this request
 PREPARED_LIMIT = 4096  # request lines remembered (each a parsed query and a plan)
@@ -425,7 +424,7 @@ class FastReads:
 
 def _has_body(headers: list[tuple[bytes, bytes]]) -> bool:
     for name, value in headers:
-        if name in _BODY_HEADERS or (name == b"content-length" and value.strip() != b"0"):
+        if name in wire.CYCLE_BODY_HEADERS or (name == b"content-length" and value.strip() != b"0"):
             return True
     return False
 

@@ -46,7 +46,6 @@ log = logging.getLogger("waypost.api")
 
 BODY_LIMIT = 1 << 16  # uvicorn's HIGH_WATER_LIMIT: a registration is a few KB
 ROUTES_LIMIT = 4096  # paths remembered (each names a service or check ID)
-_DECLINE = frozenset({b"transfer-encoding", b"expect"})
 
 Pending = tuple[RequestResponseCycle, http.Matched, float]  # a write waiting for its body
 
@@ -142,7 +141,7 @@ class FastWrites:
 def _plain(headers: list[tuple[bytes, bytes]]) -> bool:
     """No chunked body, no `Expect`, and a body small enough to take whole."""
     for name, value in headers:
-        if name in _DECLINE:
+        if name in wire.CYCLE_BODY_HEADERS:
             return False
         if name == b"content-length" and not (value.isdigit() and int(value) <= BODY_LIMIT):
             return False

@@ -13,6 +13,10 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, RequestResponseCy
 
 from . import http
 
+# Requests whose body uvicorn's cycle must read (a chunked body, `100 Continue`
+# before it): neither fast path takes them.
+CYCLE_BODY_HEADERS = frozenset({b"transfer-encoding", b"expect"})
+
 
 def encode(response: http.Response, defaults: list[tuple[bytes, bytes]], keep: bool) -> bytes:
     """The bytes uvicorn writes for `response` (status line, its default

@@ -115,10 +115,10 @@ class HealthRunner:
     async def _flush_outputs(self, check_ids: list[str]) -> None:
         if not check_ids:
             return
-        writes = (self.catalog.store_output(self.node, check_id) for check_id in check_ids)
+        stores = (self.catalog.store_output(self.node, check_id) for check_id in check_ids)
         try:
             results = await asyncio.wait_for(
-                asyncio.gather(*writes, return_exceptions=True), FLUSH_TIMEOUT
+                asyncio.gather(*stores, return_exceptions=True), FLUSH_TIMEOUT
             )
         except TimeoutError:
             log.warning("stopping: %d check outputs not stored in time", len(check_ids))
