@@ -17,6 +17,7 @@ from typing import Any
 
 import msgspec
 
+from .. import _tlsfiles
 from .._exceptions import AclDisabled, AclNotFound, ConfigError
 from ..api.access import Guard
 from ..catalog import Catalog, aclwrites
@@ -108,9 +109,12 @@ def https_options(config: AgentConfig) -> dict[str, Any]:
     """uvicorn's TLS settings for the HTTPS listener.
 
     Raises:
-        ConfigError: a certificate or key cannot be loaded.
+        ConfigError: a certificate, key or CA file does not load (naming it and why).
     """
-    server_context(config)  # fail at start-up, with the file's name, not at the first handshake
+    try:  # fail at start-up, naming the file, not at the first handshake
+        _tlsfiles.load(config.tls_cert_file, config.tls_key_file, config.tls_ca_file)
+    except ConfigError as exc:
+        raise ConfigError(f"--https: {exc}") from exc
     options: dict[str, Any] = {
         "ssl_certfile": config.tls_cert_file,
         "ssl_keyfile": config.tls_key_file,
@@ -122,33 +126,25 @@ def https_options(config: AgentConfig) -> dict[str, Any]:
     return options
 
 
-def server_context(config: AgentConfig) -> ssl.SSLContext:
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    try:
-        context.load_cert_chain(config.tls_cert_file, config.tls_key_file)
-        if config.tls_ca_file:
-            context.load_verify_locations(config.tls_ca_file)
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(
-            f"cannot load the TLS certificate {config.tls_cert_file} or key "
-            f"{config.tls_key_file}: {exc}"
-        ) from exc
-    return context
-
-
 def reload_certificates(context: ssl.SSLContext | None, config: AgentConfig) -> bool:
     """Load the certificate and key again into the listener's live context
     (SIGHUP): new handshakes get the new certificate, open connections keep
     theirs. A bad file leaves the old certificate in place. True if reloaded."""
     if context is None:
         return False
+    try:  # check first: a load_cert_chain that fails at the key keeps the new certificate
+        _tlsfiles.load(config.tls_cert_file, config.tls_key_file, config.tls_ca_file)
+    except ConfigError as exc:
+        log.error("SIGHUP: the HTTPS listener kept the old certificate: %s", exc)
+        return False
     try:
-        server_context(config)  # check the new files first: never half-load
         context.load_cert_chain(config.tls_cert_file, config.tls_key_file)
         if config.tls_ca_file:
             context.load_verify_locations(config.tls_ca_file)
-    except ConfigError as exc:
-        log.error("SIGHUP: kept the old certificate: %s", exc)
+    except (OSError, ssl.SSLError) as exc:  # replaced again in the microseconds since the check
+        log.error(
+            "SIGHUP: the HTTPS certificate files changed while loading (%s): send SIGHUP again", exc
+        )
         return False
-    log.info("SIGHUP: reloaded the TLS certificate %s", config.tls_cert_file)
+    log.info("SIGHUP: reloaded the HTTPS certificate %s", config.tls_cert_file)
     return True

@@ -1,22 +1,37 @@
 """The xDS server's TLS port (`--grpc-tls`, Consul's `grpc_tls`): the agent's
 certificate and key (`--tls-cert-file`, `--tls-key-file`), client
 certificates required when `--tls-verify-incoming` is set, reloaded on
-SIGHUP like the HTTPS listener's.
+SIGHUP like the HTTPS listener's and checked by the same function
+(`waypost/_tlsfiles.py`): a bad file fails the start, and on SIGHUP keeps the
+old certificate with a line naming the file and the reason.
 
-grpcio takes a *fetcher* for this: it asks before each new handshake
-whether the certificate changed, so a reload needs no restart; connections
-already open keep the certificate they began with.
+grpcio takes a *fetcher* for this (`dynamic_ssl_server_credentials`). Its
+C core calls it once per accepted connection, before that connection's
+handshake (`add_handshakers` in ssl_security_connector.cc), under the
+port's lock, from one of its threads: `None` means "unchanged", a
+configuration means "build a new handshaker factory from it and use it from
+now on". The first call (when the port is added) is answered by grpcio
+itself with the initial configuration, without calling the fetcher. So the
+fetcher hands over a reloaded configuration once and answers None after
+that: returning the same configuration on every call would also work, but
+rebuilds an SSL context for every connection. Open connections keep the
+certificate they began with.
+
+grpcio checks nothing it is given: a key that is not the certificate's only
+fails when its core builds the factory, at the next connection, which then
+keeps the old one and says so only on stderr. Hence the check here, before
+the configuration is handed over, and the "reloaded" line only after it.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from pathlib import Path
 from typing import Any
 
 import grpc  # type: ignore[import-untyped]
 
+from .. import _tlsfiles
 from .._exceptions import ConfigError
 
 log = logging.getLogger("waypost.mesh")
@@ -24,23 +39,19 @@ log = logging.getLogger("waypost.mesh")
 
 class GrpcTls:
     def __init__(self, cert_file: str, key_file: str, ca_file: str, verify: bool) -> None:
-        """Raises ConfigError naming a file that cannot be read."""
+        """Raises ConfigError naming the file that does not load and why."""
         self.files = (cert_file, key_file, ca_file)
         self.verify = verify
-        self._initial = self._load()
+        try:
+            self._initial = self._load()
+        except ConfigError as exc:
+            raise ConfigError(f"--grpc-tls: {exc}") from exc
         self._pending: Any = None
         self._lock = threading.Lock()  # the fetcher runs on grpc's own threads
 
     def _load(self) -> Any:
-        cert_file, key_file, ca_file = self.files
-        try:
-            cert, key = Path(cert_file).read_bytes(), Path(key_file).read_bytes()
-            roots = Path(ca_file).read_bytes() if ca_file else None
-        except OSError as exc:
-            raise ConfigError(f"--grpc-tls: cannot read {exc.filename}: {exc.strerror}") from exc
-        if b"CERTIFICATE" not in cert or b"PRIVATE KEY" not in key:
-            raise ConfigError(f"--grpc-tls: {cert_file} or {key_file} is not a PEM cert and key")
-        return grpc.ssl_server_certificate_configuration([(key, cert)], roots)
+        files = _tlsfiles.load(*self.files)
+        return grpc.ssl_server_certificate_configuration([(files.key, files.cert_chain)], files.ca)
 
     def credentials(self) -> Any:
         return grpc.dynamic_ssl_server_credentials(
@@ -57,7 +68,7 @@ class GrpcTls:
         try:
             fresh = self._load()
         except ConfigError as exc:
-            log.error("SIGHUP: the xDS TLS port kept its old certificate: %s", exc)
+            log.error("SIGHUP: the xDS TLS port kept the old certificate: %s", exc)
             return False
         with self._lock:
             self._pending = fresh
