@@ -8,9 +8,9 @@ keeps the old certificate), with the same messages.
 What is checked, with Python's ssl (OpenSSL): the certificate file holds a
 PEM certificate that parses, the key file an unencrypted private key, the
 key is the certificate's, and the CA file holds PEM certificates. Each
-refusal names the file and the reason. Not checked: expiry (neither
-listener refuses an expired certificate, as Consul's agent does not either;
-the clients refuse it) and whether the name matches (the clients' check).
+refusal names the file and the reason. Not checked: expiry (the HTTPS
+listener never refused an expired certificate, and grpcio serves one too;
+clients refuse it) and whether the name matches (the clients' check).
 
 Python's ssl loads a key pair only from paths, grpcio only from bytes, so
 the bytes are read before the check and again after it: a file replaced in

@@ -114,3 +114,36 @@ def test_banner_never_prints_store_credentials() -> None:
     config = AgentConfig(store="etcds://admin:s3cret@127.0.0.11:2379,127.0.0.12:2379?ca=/ca.pem")
     assert "s3cret" not in config.display_store()
     assert config.display_store() == "etcds://***@127.0.0.11:2379,127.0.0.12:2379?ca=/ca.pem"
+
+
+@pytest.mark.parametrize(
+    ("listener", "case"),
+    [
+        ("--https", "a key from another pair"),
+        ("--grpc-tls", "a key from another pair"),
+        ("--grpc-tls", "a certificate that is garbage"),
+    ],
+)
+def test_tls_files_that_do_not_load_fail_the_start_naming_the_file(
+    tmp_path: Path, listener: str, case: str
+) -> None:
+    """Both TLS listeners check their files with one function (waypost/_tlsfiles.py)."""
+    import trustme
+
+    ca = trustme.CA()
+    cert, key = tmp_path / "agent.pem", tmp_path / "agent-key.pem"
+    ca.issue_cert("127.0.0.1").cert_chain_pems[0].write_to_path(str(cert))
+    if case == "a key from another pair":
+        ca.issue_cert("127.0.0.1").private_key_pem.write_to_path(str(key))
+        reason = f"{key} is not the key of the certificate in {cert}"
+    else:
+        cert.write_text("garbage\n")
+        key.write_text("garbage\n")
+        reason = f"{cert} holds no PEM certificate"
+    result = waypost(
+        *("agent", "--dev", "--dns", "off", "--grpc", "off", listener, "127.0.0.1:0"),
+        *("--tls-cert-file", str(cert), "--tls-key-file", str(key)),
+    )
+    assert result.returncode == 2, result.stderr
+    assert f"waypost: error: {listener}: {reason}" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import signal
 import ssl
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -291,15 +293,43 @@ def test_envoy_with_the_wrong_token_is_refused_and_says_why(acl_mesh: AclMesh) -
 
 
 def _serves_with(m: AclMesh, ca: bytes) -> bool:
+    """Whether the TLS port answers a client that trusts `ca`: False as soon
+    as the stream ends (a refused handshake), so a retry comes at once."""
     client = AdsClient(m.agent.grpc_tls_address, "db-sidecar-proxy", token=m.db_token, ca=ca)
     try:
         client.send(r.CLUSTER)
-        try:
-            return bool(client.next(timeout=3).resources)
-        except Exception:  # queue.Empty: the handshake failed, nothing came
-            return False
+        deadline = time.monotonic() + 3
+        while client.error is None and time.monotonic() < deadline:
+            try:
+                return bool(client.next(timeout=0.05).resources)
+            except queue.Empty:
+                continue
+        return False
     finally:
         client.close()
+
+
+def _sighup(m: AclMesh) -> str:
+    """SIGHUP, and the agent's line saying what its xDS port made of it.
+
+    Waits for that line: the signal is handled asynchronously, and a
+    connection the port accepts before the reload is done gets the old
+    certificate (grpcio asks for it once per accepted connection). Probing
+    right after `send_signal` raced the reload and lost whenever the agent
+    was slower to run its handler than the client to connect: seen as "the
+    first certificate back: not within 3.0s", the lost probe then waiting
+    out its 3 s."""
+    assert m.agent.proc is not None
+    seen = len(m.agent.output)
+    m.agent.proc.send_signal(signal.SIGHUP)
+    lines: list[str] = []
+
+    def reported() -> bool:
+        lines[:] = [x for x in m.agent.output[seen:] if "SIGHUP:" in x and "xDS TLS" in x]
+        return bool(lines)
+
+    within(5.0, reported, "the agent's SIGHUP line")
+    return lines[0]
 
 
 def test_sighup_reloads_the_tls_port_certificate(acl_mesh: AclMesh) -> None:
@@ -307,19 +337,56 @@ def test_sighup_reloads_the_tls_port_certificate(acl_mesh: AclMesh) -> None:
     kept = [f.read_bytes() for f in files]
     fresh = trustme.CA()
     leaf = fresh.issue_cert("127.0.0.1")
-    assert m.agent.proc is not None
     try:
         files[0].write_bytes(leaf.cert_chain_pems[0].bytes())
         files[1].write_bytes(leaf.private_key_pem.bytes())
-        m.agent.proc.send_signal(signal.SIGHUP)
+        assert "reloaded the xDS TLS certificate" in _sighup(m)
         within(3.0, lambda: _serves_with(m, fresh.cert_pem.bytes()), "the new certificate served")
         assert not _serves_with(m, _ca(m))  # the old CA no longer verifies it
-        assert any("reloaded the xDS TLS certificate" in line for line in m.agent.output)
     finally:
         for f, content in zip(files, kept, strict=True):
             f.write_bytes(content)
-        m.agent.proc.send_signal(signal.SIGHUP)
+        assert "reloaded the xDS TLS certificate" in _sighup(m)
     within(3.0, lambda: _serves_with(m, _ca(m)), "the first certificate back")
+
+
+def _bad_files(case: str, folder: Path) -> tuple[bytes | None, bytes | None, str]:
+    """New contents for (cert, key) (None: leave it; b"": remove it), the reason expected."""
+    other = trustme.CA().issue_cert("127.0.0.1")
+    cert = str(folder / "agent.pem")
+    key = str(folder / "agent-key.pem")
+    return {
+        "a key from another pair": (
+            None,
+            other.private_key_pem.bytes(),
+            f"{key} is not the key of the certificate in {cert}",
+        ),
+        "a certificate that is garbage": (b"garbage\n", None, f"{cert} holds no PEM certificate"),
+        "a key file that is gone": (None, b"", f"cannot read {key}: No such file or directory"),
+    }[case]
+
+
+@pytest.mark.parametrize(
+    "case", ["a key from another pair", "a certificate that is garbage", "a key file that is gone"]
+)
+def test_sighup_with_a_bad_pair_keeps_the_old_certificate_and_says_why(
+    acl_mesh: AclMesh, case: str
+) -> None:
+    m, files = acl_mesh, (acl_mesh.folder / "agent.pem", acl_mesh.folder / "agent-key.pem")
+    kept = [f.read_bytes() for f in files]
+    *contents, reason = _bad_files(case, m.folder)
+    try:
+        for f, content in zip(files, contents, strict=True):
+            if content == b"":
+                f.unlink()
+            elif content is not None:
+                f.write_bytes(content)
+        line = _sighup(m)
+        assert "the xDS TLS port kept the old certificate: " + reason in line, line
+        assert _serves_with(m, _ca(m))  # still the first certificate, for new connections too
+    finally:
+        for f, content in zip(files, kept, strict=True):
+            f.write_bytes(content)
 
 
 def test_connect_envoy_writes_the_token_from_the_environment_and_tls_into_the_bootstrap(

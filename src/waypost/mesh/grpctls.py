@@ -17,9 +17,9 @@ that: returning the same configuration on every call would also work, but
 rebuilds an SSL context for every connection. Open connections keep the
 certificate they began with.
 
-grpcio checks nothing it is given: a key that is not the certificate's only
-fails when its core builds the factory, at the next connection, which then
-keeps the old one and says so only on stderr. Hence the check here, before
+grpcio checks nothing when it is given a configuration: a key that is not
+the certificate's only fails when its core builds the factory, at the next
+connection, which then keeps the old one (and says so only on stderr). Hence the check here, before
 the configuration is handed over, and the "reloaded" line only after it.
 """
 

@@ -1,0 +1,149 @@
+"""The agent's TLS files, checked once for the HTTPS listener and the xDS TLS
+port (waypost/_tlsfiles.py): every refusal names the file and the reason.
+Real certificates from a CA made here (trustme); the listeners themselves
+are tested with real agents (tests/api/test_tls.py, tests/mesh/test_envoy_acl.py,
+tests/agent/test_cli.py)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+import trustme
+from cryptography.hazmat.primitives import serialization
+
+from waypost import _tlsfiles
+from waypost._exceptions import ConfigError
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> tuple[Path, Path, trustme.LeafCert]:
+    leaf = trustme.CA().issue_cert("127.0.0.1")
+    cert, key = tmp_path / "agent.pem", tmp_path / "agent-key.pem"
+    leaf.cert_chain_pems[0].write_to_path(str(cert))
+    leaf.private_key_pem.write_to_path(str(key))
+    return cert, key, leaf
+
+
+def test_a_good_pair_loads_with_its_bytes(pair: tuple[Path, Path, trustme.LeafCert]) -> None:
+    cert, key, leaf = pair
+    files = _tlsfiles.load(str(cert), str(key))
+    assert files == _tlsfiles.TlsFiles(cert.read_bytes(), key.read_bytes(), None)
+    assert files.cert_chain == leaf.cert_chain_pems[0].bytes()
+
+
+def test_a_file_with_key_and_certificate_gives_grpc_only_the_certificate(
+    tmp_path: Path,
+) -> None:
+    leaf = trustme.CA().issue_cert("127.0.0.1")
+    both = tmp_path / "both.pem"
+    leaf.private_key_and_cert_chain_pem.write_to_path(str(both))
+    files = _tlsfiles.load(str(both), str(both))
+    assert files.cert_chain == leaf.cert_chain_pems[0].bytes()
+    assert b"PRIVATE KEY" not in files.cert_chain
+
+
+def _encrypted(leaf: trustme.LeafCert) -> bytes:
+    key = serialization.load_pem_private_key(leaf.private_key_pem.bytes(), None)
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"secret"),
+    )
+
+
+def _truncated(leaf: trustme.LeafCert) -> bytes:
+    """The certificate's PEM with half of its base64 lines gone."""
+    lines = leaf.cert_chain_pems[0].bytes().splitlines()
+    return b"\n".join([lines[0], *lines[1 : len(lines) // 2], lines[-1]]) + b"\n"
+
+
+BAD = {
+    "key of another pair": (
+        "key",
+        lambda leaf: trustme.CA().issue_cert("x").private_key_pem.bytes(),
+        "{key} is not the key of the certificate in {cert}",
+    ),
+    "garbage certificate": ("cert", lambda leaf: b"garbage", "{cert} holds no PEM certificate"),
+    "truncated certificate": (
+        "cert",
+        _truncated,
+        "{cert}: its certificate does not parse",
+    ),
+    "a key in the certificate file": (
+        "cert",
+        lambda leaf: leaf.private_key_pem.bytes(),
+        "{cert} holds no PEM certificate",
+    ),
+    "garbage key": ("key", lambda leaf: b"not a key\n", "{key} holds no PEM private key"),
+    "a certificate in the key file": (
+        "key",
+        lambda leaf: leaf.cert_chain_pems[0].bytes(),
+        "{key} holds no PEM private key",
+    ),
+    "encrypted key": ("key", _encrypted, "{key} is an encrypted key: waypost needs it unencrypted"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_a_bad_file_is_refused_naming_it_and_why(
+    pair: tuple[Path, Path, trustme.LeafCert], case: str
+) -> None:
+    cert, key, leaf = pair
+    which, content, reason = BAD[case]
+    (cert if which == "cert" else key).write_bytes(content(leaf))
+    with pytest.raises(ConfigError) as raised:
+        _tlsfiles.load(str(cert), str(key))
+    assert reason.format(cert=cert, key=key) in str(raised.value)
+
+
+def test_unreadable_files_are_refused_with_the_os_reason(
+    pair: tuple[Path, Path, trustme.LeafCert], tmp_path: Path
+) -> None:
+    cert, key, _ = pair
+    with pytest.raises(ConfigError, match=f"cannot read {tmp_path}/gone.pem: No such file"):
+        _tlsfiles.load(str(cert), str(tmp_path / "gone.pem"))
+    with pytest.raises(ConfigError, match=f"cannot read {tmp_path}: Is a directory"):
+        _tlsfiles.load(str(tmp_path), str(key))
+
+
+def test_the_ca_file_must_hold_certificates(
+    pair: tuple[Path, Path, trustme.LeafCert], tmp_path: Path
+) -> None:
+    cert, key, _ = pair
+    ca = tmp_path / "ca.pem"
+    ca.write_text("garbage\n")
+    with pytest.raises(ConfigError, match=f"{ca} holds no PEM CA certificate"):
+        _tlsfiles.load(str(cert), str(key), str(ca))
+    authority = trustme.CA()
+    authority.cert_pem.write_to_path(str(ca))
+    assert _tlsfiles.load(str(cert), str(key), str(ca)).ca == authority.cert_pem.bytes()
+
+
+def test_a_file_replaced_while_checked_is_refused(
+    pair: tuple[Path, Path, trustme.LeafCert], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """grpcio gets the bytes read before the check: never bytes that were not checked."""
+    cert, key, _ = pair
+    check = _tlsfiles._check_pair
+
+    def check_then_replace(cert_file: str, key_file: str) -> None:
+        check(cert_file, key_file)
+        key.write_bytes(trustme.CA().issue_cert("x").private_key_pem.bytes())
+
+    monkeypatch.setattr(_tlsfiles, "_check_pair", check_then_replace)
+    with pytest.raises(ConfigError, match=f"{key} changed while it was being read"):
+        _tlsfiles.load(str(cert), str(key))
+
+
+def test_an_expired_certificate_loads_as_the_https_listener_always_took_it(
+    tmp_path: Path,
+) -> None:
+    """Expiry is the clients' check: neither listener refuses an expired certificate."""
+    past = dt.datetime(2020, 1, 1, tzinfo=dt.UTC)
+    leaf = trustme.CA().issue_cert("127.0.0.1", not_before=past, not_after=past.replace(month=2))
+    cert, key = tmp_path / "old.pem", tmp_path / "old-key.pem"
+    leaf.cert_chain_pems[0].write_to_path(str(cert))
+    leaf.private_key_pem.write_to_path(str(key))
+    assert _tlsfiles.load(str(cert), str(key)).key == key.read_bytes()
