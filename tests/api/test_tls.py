@@ -178,7 +178,10 @@ def test_certificates_reload_on_sighup(tmp_path: Path) -> None:
         assert after != before
         pki.key_file.write_text("not a key")  # a bad file on the next SIGHUP keeps the certificate
         proc.proc.send_signal(signal.SIGHUP)
-        until(lambda: any("kept the old certificate" in line for line in proc.output))
+        refused = (
+            f"HTTPS listener kept the old certificate: {pki.key_file} holds no PEM private key"
+        )
+        until(lambda: any(refused in line for line in proc.output))
         assert _served_issuer(proc.https_url, new_ca_file) == after
     finally:
         assert proc.stop() == 0
