@@ -335,8 +335,8 @@ class Agent:
             await self.local.keep()
 
     async def reload(self) -> None:
-        """`/v1/agent/reload`: the HTTPS certificate is reloaded (as on SIGHUP);
-        every other setting of waypost is read at start-up."""
+        """`/v1/agent/reload`: the HTTPS and xDS TLS certificates are reloaded
+        (as on SIGHUP), before the answer; every other setting is read at start-up."""
         if not self.reload_tls():
             log.info(
                 "reload requested: waypost has no setting it can reload; restart to change one"
