@@ -55,6 +55,7 @@ from ._bounded import ByteBoundedCache
 from .access import token_in
 from .app import AgentApp, access_log
 from .consul import DEFAULT_WAIT, Read
+from .fanout import FanOut
 from .ports import StoreStatus
 
 log = logging.getLogger("waypost.api")
@@ -192,6 +193,7 @@ class FastReads:
         # Per watched topic, the future listened on and the callback registered on it.
         self._listening: dict[Topic, tuple[asyncio.Future[None], Callable[[Any], None]]] = {}
         self._wheel: TimerWheel[_Query] = TimerWheel(loop, self._expired)
+        self.fanout = FanOut()
         self.answered = 0  # statistics: requests answered here
         self.fallbacks = 0  # requests to a fast route sent the normal way
 
@@ -370,37 +372,44 @@ class FastReads:
     def _answer(self, queries: list[_Query]) -> None:
         """Write each query's answer, prebuilt once for every query asking the
         same question while its index, the store's health and uvicorn's Date
-        header stand still."""
+        header stand still; a large batch from two threads (api/fanout.py)."""
         health = self.store.health()
+        ready: list[tuple[_Query, _Prebuilt]] = []
         for query in queries:
             cycle = query.cycle
             if cycle.disconnected or cycle.transport.is_closing():
                 continue
-            prepared, authz = query.prepared, query.request.authz
-            index = self.state.index_of(prepared.plan[0])
-            # With ACLs on, an answer is the token's, as in ConsulApi.answer's cache.
-            acl = authz.generation if authz is not None else 0  # as ConsulApi.answer
-            key = (
-                prepared.group,
-                cycle.keep_alive,
-                query.gzip,
-                authz.key if authz is not None else None,
-            )
-            pre = self._prebuilt.get(key)
-            if (
-                pre is None
-                or pre.at != index
-                or pre.acl != acl
-                or pre.defaults is not cycle.default_headers
-                or pre.health != health
-            ):
-                pre = self._build(query, index, acl, health)
-                self._prebuilt.put(key, pre)
-            wire.finish(cycle, pre.data)
-            self.answered += 1
-            self.app.metrics.observe(
-                prepared.group[0], pre.status, time.perf_counter() - query.started
-            )
+            ready.append((query, self._prebuilt_for(query, health)))
+        self.fanout.write([(query.cycle.transport, pre.data) for query, pre in ready])
+        now = time.perf_counter()
+        observe = self.app.metrics.observe
+        for query, pre in ready:
+            wire.finished(query.cycle)
+            observe(query.prepared.group[0], pre.status, now - query.started)
+        self.answered += len(ready)
+
+    def _prebuilt_for(self, query: _Query, health: Any) -> _Prebuilt:
+        prepared, authz, cycle = query.prepared, query.request.authz, query.cycle
+        index = self.state.index_of(prepared.plan[0])
+        # With ACLs on, an answer is the token's, as in ConsulApi.answer's cache.
+        acl = authz.generation if authz is not None else 0  # as ConsulApi.answer
+        key = (
+            prepared.group,
+            cycle.keep_alive,
+            query.gzip,
+            authz.key if authz is not None else None,
+        )
+        pre = self._prebuilt.get(key)
+        if (
+            pre is None
+            or pre.at != index
+            or pre.acl != acl
+            or pre.defaults is not cycle.default_headers
+            or pre.health != health
+        ):
+            pre = self._build(query, index, acl, health)
+            self._prebuilt.put(key, pre)
+        return pre
 
     def _build(self, query: _Query, index: int, acl: int, health: Any) -> _Prebuilt:
         prepared, cycle = query.prepared, query.cycle

@@ -34,9 +34,14 @@ def encode(response: http.Response, defaults: list[tuple[bytes, bytes]], keep: b
 
 def finish(cycle: RequestResponseCycle, data: bytes) -> None:
     """Write `data` and do what uvicorn's cycle does once it has sent a whole response."""
+    cycle.transport.write(data)
+    finished(cycle)
+
+
+def finished(cycle: RequestResponseCycle) -> None:
+    """What uvicorn's cycle does once its whole response has been written."""
     cycle.response_started = cycle.response_complete = True
     cycle.waiting_for_100_continue = False
-    cycle.transport.write(data)
     cycle.message_event.set()
     if not cycle.keep_alive:
         cycle.transport.close()

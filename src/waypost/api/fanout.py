@@ -1,0 +1,117 @@
+"""Writing one change's answers to many connections from two cores.
+
+When a change wakes thousands of blocking queries, the agent writes an
+answer to each connection in one callback, and ~85% of that callback is the
+kernel's `send()`: on loopback the sender's call also runs the receiver's
+TCP work, ~9-14 µs per socket on this project's 2-core test machine (a C
+program writing prebuilt bytes pays the same: bench/agent/blocking.py
+`--watchers c` measures it as "the floor"). One event loop keeps that on one
+core. `FanOut.write` gives half of a large batch to a worker thread, which
+writes with `os.write` while the loop thread writes the other half: the GIL
+is released for every `send()`, so the two halves run on two cores.
+
+Only what is safe to write beside the transport is written this way: a plain
+TCP transport (never TLS: its socket carries records, not these bytes) with
+an empty write buffer (so no byte can overtake one it queued) and open. The
+loop thread waits for the worker before it returns to the loop, so no
+transport changes meanwhile. A partial write, a full socket (`EAGAIN`) or an
+error leaves the rest to `transport.write()`, which queues it or reports the
+error the way it always does.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+from concurrent.futures import Future
+from typing import Any
+
+# Below this many answers the worker's hand-off (~50 µs) is not worth it.
+PARALLEL_MIN = 256
+
+
+def _plain_transports() -> tuple[type, ...]:
+    """Transports whose socket carries exactly the bytes written to them
+    (private names of asyncio and uvloop: looked up, never assumed)."""
+    import asyncio.selector_events
+
+    found = [getattr(asyncio.selector_events, "_SelectorSocketTransport", None)]
+    try:
+        import uvloop.loop
+
+        found.append(getattr(uvloop.loop, "TCPTransport", None))
+    except ImportError:  # pragma: no cover - uvloop is a dependency; asyncio's loop works too
+        pass
+    return tuple(t for t in found if isinstance(t, type))
+
+
+_PLAIN = _plain_transports()
+
+
+class FanOut:
+    """Writes (transport, bytes) pairs, the larger batches from two threads."""
+
+    def __init__(self, threads: int | None = None) -> None:
+        cores = os.cpu_count() or 1
+        self.parallel = (threads if threads is not None else cores) >= 2
+        self._jobs: list[tuple[list[tuple[int, bytes]], Future[list[int]]]] = []
+        self._wake = threading.Condition()
+        self._worker: threading.Thread | None = None
+        self.batches = 0  # statistics: batches written from two threads
+
+    def write(self, pairs: Sequence[tuple[Any, bytes]]) -> None:
+        if not self.parallel or len(pairs) < PARALLEL_MIN:
+            for transport, data in pairs:
+                transport.write(data)
+            return
+        direct: list[tuple[int, bytes]] = []
+        owners: list[tuple[Any, bytes]] = []
+        for transport, data in pairs:
+            if type(transport) in _PLAIN and not transport.get_write_buffer_size():
+                direct.append((transport.get_extra_info("socket").fileno(), data))
+                owners.append((transport, data))
+            else:
+                transport.write(data)
+        half = len(direct) // 2
+        done = self._submit(direct[half:])
+        written = _write_fds(direct[:half]) + done.result()
+        self.batches += 1
+        for (transport, data), count in zip(owners, written, strict=True):
+            if count < len(data):
+                transport.write(data[count:] if count else data)
+
+    def _submit(self, share: list[tuple[int, bytes]]) -> Future[list[int]]:
+        done: Future[list[int]] = Future()
+        with self._wake:
+            if self._worker is None:
+                self._worker = threading.Thread(
+                    target=self._run, name="waypost-fanout", daemon=True
+                )
+                self._worker.start()
+            self._jobs.append((share, done))
+            self._wake.notify()
+        return done
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._jobs:
+                    self._wake.wait()
+                share, done = self._jobs.pop()
+            try:
+                done.set_result(_write_fds(share))
+            except BaseException as exc:  # never lose the loop thread's wait
+                done.set_exception(exc)
+
+
+def _write_fds(share: list[tuple[int, bytes]]) -> list[int]:
+    """Bytes written to each fd: all of them, fewer, or 0 (full or failed:
+    the transport's own write then finishes it or reports the error)."""
+    written = []
+    for fd, data in share:
+        try:
+            written.append(os.write(fd, data))
+        except OSError:
+            written.append(0)
+    return written
