@@ -205,6 +205,36 @@ def test_a_parked_query_is_answered_on_a_change(fast_agent: AgentProcess) -> Non
     httpx.put(f"{fast_agent.http_url}/v1/agent/service/deregister/{SERVICE}-late")
 
 
+def test_a_change_waking_150_queries_answers_each_from_two_threads(
+    fast_agent: AgentProcess,
+) -> None:
+    """150 parked queries (above fanout.PARALLEL_MIN; under the 200 a client may open): one batch written from
+    two threads, and every connection gets its whole answer, then the next."""
+    current = index_of(ask(fast_agent, request(f"/v1/health/service/{SERVICE}")))
+    before = counters(fast_agent)["http_fast_fanout_batches"]
+    socks = [connect(fast_agent) for _ in range(150)]
+    try:
+        target = f"/v1/health/service/{SERVICE}?index={current}&wait=5m"
+        for sock in socks:
+            sock.sendall(request(target))
+        until(lambda: counters(fast_agent)["http_fast_parked"] == 150)
+        body = {"Name": SERVICE, "ID": f"{SERVICE}-fan", "Port": 9997}
+        httpx.put(f"{fast_agent.http_url}/v1/agent/service/register", json=body).raise_for_status()
+        answers = [Reader(sock).response() for sock in socks]
+        indexes = {index_of(a) for a in answers}
+        assert len(indexes) == 1 and indexes.pop() > current
+        assert all(b'"ID":"fastweb-fan"' in a and a.startswith(b"HTTP/1.1 200") for a in answers)
+        assert counters(fast_agent)["http_fast_fanout_batches"] == before + 1
+        # Each connection carries its next request as before.
+        for sock in socks[:3]:
+            sock.sendall(request(f"/v1/health/service/{SERVICE}"))
+            assert Reader(sock).response().startswith(b"HTTP/1.1 200")
+    finally:
+        for sock in socks:
+            sock.close()
+        httpx.put(f"{fast_agent.http_url}/v1/agent/service/deregister/{SERVICE}-fan")
+
+
 def test_a_parked_query_ends_at_its_wait(fast_agent: AgentProcess) -> None:
     current = index_of(ask(fast_agent, request(f"/v1/health/service/{SERVICE}")))
     started = time.monotonic()

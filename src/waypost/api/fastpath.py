@@ -428,6 +428,7 @@ class FastReads:
             "fast_answered": self.answered,
             "fast_fallbacks": self.fallbacks,
             "fast_parked": len(self._wheel),
+            "fast_fanout_batches": self.fanout.batches,
         }
 
 
