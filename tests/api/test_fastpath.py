@@ -235,6 +235,43 @@ def test_a_change_waking_150_queries_answers_each_from_two_threads(
         httpx.put(f"{fast_agent.http_url}/v1/agent/service/deregister/{SERVICE}-fan")
 
 
+def test_queries_parked_in_different_seconds_share_one_answer_per_second(
+    fast_agent: AgentProcess,
+) -> None:
+    """Each parked request keeps the Date of the second it came in (as
+    uvicorn's cycle does). Woken together, in whatever order, they get one
+    encoded answer per Date, not one each time the Date differs from the
+    previous query's."""
+    current = index_of(ask(fast_agent, request(f"/v1/health/service/{SERVICE}")))
+    target = f"/v1/health/service/{SERVICE}?index={current}&wait=5m"
+    socks: list[socket.socket] = []
+
+    def all_parked() -> bool:
+        return counters(fast_agent)["http_fast_parked"] == len(socks)
+
+    try:
+        for second in range(3):
+            for _ in range(20):
+                socks.append(connect(fast_agent))
+                socks[-1].sendall(request(target))
+            until(all_parked)
+            if second < 2:
+                time.sleep(1.05)  # the next batch in another second: another Date header
+        before = counters(fast_agent)["http_fast_answers_built"]
+        body = {"Name": SERVICE, "ID": f"{SERVICE}-dates", "Port": 9996}
+        httpx.put(f"{fast_agent.http_url}/v1/agent/service/register", json=body).raise_for_status()
+        answers = [Reader(sock).response() for sock in socks]
+        assert all(b'"ID":"fastweb-dates"' in a for a in answers)
+        answer_dates = {a.split(b"\r\n")[1] for a in answers}
+        assert len(answer_dates) >= 2, answer_dates  # the test crossed seconds
+        built = counters(fast_agent)["http_fast_answers_built"] - before
+        assert built <= len(answer_dates) + 1, (built, answer_dates)  # +1: the write's own read
+    finally:
+        for sock in socks:
+            sock.close()
+        httpx.put(f"{fast_agent.http_url}/v1/agent/service/deregister/{SERVICE}-dates")
+
+
 def test_a_parked_query_ends_at_its_wait(fast_agent: AgentProcess) -> None:
     current = index_of(ask(fast_agent, request(f"/v1/health/service/{SERVICE}")))
     started = time.monotonic()

@@ -195,6 +195,7 @@ class FastReads:
         self._wheel: TimerWheel[_Query] = TimerWheel(loop, self._expired)
         self.fanout = FanOut()
         self.answered = 0  # statistics: requests answered here
+        self.built = 0  # answers encoded (the others reused a prebuilt one)
         self.fallbacks = 0  # requests to a fast route sent the normal way
 
     # -- a request arrives -------------------------------------------------
@@ -327,9 +328,16 @@ class FastReads:
             return  # a registration since dropped (its connections went away)
         self._stop_listening(topic)
         parked = self._topics.pop(topic)
-        ready = [
-            q for q in parked if not self._would_block(q.prepared.plan[0], q.prepared.min_index)
-        ]
+        # Thousands of queries repeat a few lines: decide once per line.
+        blocked: dict[_Prepared, bool] = {}
+        ready = []
+        for query in parked:
+            prepared = query.prepared
+            waits = blocked.get(prepared)
+            if waits is None:
+                waits = blocked[prepared] = self._would_block(prepared.plan[0], prepared.min_index)
+            if not waits:
+                ready.append(query)
         for query in ready:
             self._unpark(query)
         for query in parked.difference(ready):  # its index has not passed yet: wait on
@@ -374,12 +382,26 @@ class FastReads:
         same question while its index, the store's health and uvicorn's Date
         header stand still; a large batch from two threads (api/fanout.py)."""
         health = self.store.health()
+        # Each parked request keeps the Date list of the second it came in
+        # (uvicorn's cycle does): in a batch, one answer per question and Date,
+        # whatever order the queries come in.
+        built: dict[tuple[tuple[Any, ...], int], _Prebuilt] = {}
         ready: list[tuple[_Query, _Prebuilt]] = []
         for query in queries:
             cycle = query.cycle
             if cycle.disconnected or cycle.transport.is_closing():
                 continue
-            ready.append((query, self._prebuilt_for(query, health)))
+            authz = query.request.authz
+            token = authz.key if authz is not None else None
+            key = (query.prepared.group, cycle.keep_alive, query.gzip, token)
+            seen = (
+                key,
+                id(cycle.default_headers),
+            )  # the list outlives the batch: its cycles hold it
+            pre = built.get(seen)
+            if pre is None:
+                pre = built[seen] = self._prebuilt_for(query, key, health)
+            ready.append((query, pre))
         self.fanout.write([(query.cycle.transport, pre.data) for query, pre in ready])
         now = time.perf_counter()
         observe = self.app.metrics.observe
@@ -388,17 +410,12 @@ class FastReads:
             observe(query.prepared.group[0], pre.status, now - query.started)
         self.answered += len(ready)
 
-    def _prebuilt_for(self, query: _Query, health: Any) -> _Prebuilt:
+    def _prebuilt_for(self, query: _Query, key: tuple[Any, ...], health: Any) -> _Prebuilt:
+        """The prebuilt answer kept for `key` if it still holds, else a new one."""
         prepared, authz, cycle = query.prepared, query.request.authz, query.cycle
         index = self.state.index_of(prepared.plan[0])
         # With ACLs on, an answer is the token's, as in ConsulApi.answer's cache.
         acl = authz.generation if authz is not None else 0  # as ConsulApi.answer
-        key = (
-            prepared.group,
-            cycle.keep_alive,
-            query.gzip,
-            authz.key if authz is not None else None,
-        )
         pre = self._prebuilt.get(key)
         if (
             pre is None
@@ -413,6 +430,7 @@ class FastReads:
 
     def _build(self, query: _Query, index: int, acl: int, health: Any) -> _Prebuilt:
         prepared, cycle = query.prepared, query.cycle
+        self.built += 1
         try:
             response = self.consul.answer(query.request, index, prepared.plan[1])
         except Exception as exc:  # as AgentApp: every error becomes an answer
@@ -429,6 +447,7 @@ class FastReads:
             "fast_fallbacks": self.fallbacks,
             "fast_parked": len(self._wheel),
             "fast_fanout_batches": self.fanout.batches,
+            "fast_answers_built": self.built,
         }
 
 
