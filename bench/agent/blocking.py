@@ -8,27 +8,28 @@ from sending that write until its full answer arrives is recorded (the
 write's own durable commit is included). Like real watchers, each connection
 then parks the next query on the new index, and the round repeats.
 
-The client is raw asyncio (uvloop when installed) with httptools, so that it
-costs little next to the agent; both share this machine's cores. Like the
-real watchers (Go's net/http under consul-template, Nomad, Vault,
-Prometheus; requests and httpx) it sends `Accept-Encoding: gzip` and
-decompresses every answer, so that its own CPU figure is what a client pays;
-`--encoding identity` asks for plain answers instead. Its CPU per round (user
-+ system, from the write until every answer is in) is printed beside the
-agent's.
-
-`--watchers c` runs the watchers of `watchers.c` instead (built with the
-machine's C compiler): the same requests, each answer's arrival timed when
-its last byte is read, bodies counted but neither parsed nor decompressed,
-so that they cost ~4 µs of CPU per answer instead of the Python watchers'
-14-27 µs, on cores they share with the agent. With them the script also
-measures the floor, in the same run: `watchers serve`, a C server that
-parks the same 10,000 requests and writes one prebuilt answer of the
-agent's size to each (one thread, then two), timed by the same watchers.
+The watchers (default, `--watchers c`) are `watchers.c`, built with the
+machine's C compiler: each answer's arrival is timed when its last byte is
+read; bodies are counted, neither parsed nor decompressed, so that they cost
+~4-5 µs of CPU per answer on the cores they share with the agent. With them
+the script also measures the floor in the same run: `watchers serve`, a C
+server that parks the same 10,000 requests and writes one prebuilt answer of
+the agent's size to each (one thread, then two), timed by the same watchers.
 No server can answer these watchers faster on this machine than that.
 
+`--watchers python` runs raw asyncio (uvloop when installed) with httptools
+instead, in this process. Like the real watchers (Go's net/http under
+consul-template, Nomad, Vault, Prometheus; requests and httpx) it decompresses
+every gzipped answer, so that its own CPU figure is what a client pays
+(14-27 µs per answer, more than the agent's on this 2-core machine).
+
+Both send `Accept-Encoding: gzip`, as the real ones do; `--encoding identity`
+asks for plain answers instead. The watchers' CPU per round (user + system,
+from the write, or for watchers.c from their requests, until every answer is
+in) is printed beside the agent's.
+
 Usage: .venv/bin/python bench/agent/blocking.py [--reps 3] [--clients 10000]
-       [--encoding gzip|identity] [--watchers python|c]
+       [--encoding gzip|identity] [--watchers c|python]
 """
 
 from __future__ import annotations
@@ -373,8 +374,8 @@ def main() -> None:
     )
     parser.add_argument(
         "--watchers",
-        choices=("python", "c"),
-        default="python",
+        choices=("c", "python"),
+        default="c",
         help="python: asyncio+httptools, decompressing as clients do; c: watchers.c, and the floor",
     )
     args = parser.parse_args()
