@@ -338,11 +338,9 @@ class FastReads:
                 waits = blocked[prepared] = self._would_block(prepared.plan[0], prepared.min_index)
             if not waits:
                 ready.append(query)
-        for query in ready:
-            self._unpark(query)
         for query in parked.difference(ready):  # its index has not passed yet: wait on
             self._park(query)
-        self._answer(ready)
+        self._answer(ready, unpark=True)
 
     def _expired(self, query: _Query) -> None:
         self._forget(query)
@@ -377,10 +375,13 @@ class FastReads:
 
     # -- answering ---------------------------------------------------------
 
-    def _answer(self, queries: list[_Query]) -> None:
+    def _answer(self, queries: list[_Query], unpark: bool = False) -> None:
         """Write each query's answer, prebuilt once for every query asking the
         same question while its index, the store's health and uvicorn's Date
-        header stand still; a large batch from two threads (api/fanout.py)."""
+        header stand still; a large batch from two threads (api/fanout.py).
+        `unpark`: the queries are still parked; they leave the wheel and their
+        topics after the writes (the first answers go sooner), before their
+        cycles finish (which may start a pipelined request that parks again)."""
         health = self.store.health()
         # Each parked request keeps the Date list of the second it came in
         # (uvicorn's cycle does): in a batch, one answer per question and Date,
@@ -403,6 +404,9 @@ class FastReads:
                 pre = built[seen] = self._prebuilt_for(query, key, health)
             ready.append((query, pre))
         self.fanout.write([(query.cycle.transport, pre.data) for query, pre in ready])
+        if unpark:
+            for query in queries:
+                self._unpark(query)
         now = time.perf_counter()
         observe = self.app.metrics.observe
         for query, pre in ready:
