@@ -88,18 +88,48 @@ def test_a_body_too_big_for_the_cache_is_compressed_off_the_event_loop(
 ) -> None:
     body = (b'{"Node":"n%d"}' % 7) * (compress.OFF_LOOP // 8)
     threads: list[int] = []
-    pack = compress._pack
+    pack = compress.pack
 
     def recorded(data: bytes) -> bytes:
         threads.append(threading.get_ident())
         return pack(data)
 
-    monkeypatch.setattr(compress, "_pack", recorded)
+    monkeypatch.setattr(compress, "pack", recorded)
     response = Response(200, body, [])
     asyncio.run(compress.encode_off_loop(response, gzip=True))
     assert gzip.decompress(response.body) == body
     assert (b"content-encoding", b"gzip") in response.headers
     assert threads and threading.get_ident() not in threads  # a worker thread packed it
+
+
+def test_the_fast_path_gzips_an_answer_past_off_loop_on_a_worker(agent: AgentProcess) -> None:
+    """A service of a megabyte and more: the fast path's answer is compressed
+    on a worker thread (as the normal path's), to the same bytes; a parked
+    query waits for it too."""
+    big = f"{SERVICE}-big"
+    for i in range(4):  # 4 x 300 KB of meta: past compress.OFF_LOOP (1 MiB)
+        meta = {"blob": f"{i}-" + "0123456789abcdef" * 19_000}
+        body = {"Name": big, "ID": f"{big}-{i}", "Port": 80, "Meta": meta}
+        httpx.put(f"{agent.http_url}/v1/agent/service/register", json=body).raise_for_status()
+    target = f"/v1/health/service/{big}"
+    before = counters(agent)["http_fast_compressed_off_loop"]
+    both_paths(agent, target, "GET", extra=GZ)
+    assert counters(agent)["http_fast_compressed_off_loop"] == before + 1
+    headers, _ = split(ask(agent, request(target)))
+    current = int(headers[b"x-consul-index"])
+    with connect(agent) as sock:
+        sock.sendall(request(f"{target}?index={current}&wait=5m", extra=GZ + b"\r\n"))
+        until(lambda: counters(agent)["http_fast_parked"] == 1)
+        body = {"Name": big, "ID": f"{big}-late", "Port": 81}
+        httpx.put(f"{agent.http_url}/v1/agent/service/register", json=body).raise_for_status()
+        headers, packed = split(Reader(sock).response())
+    assert headers[b"content-encoding"] == b"gzip" and int(headers[b"x-consul-index"]) > current
+    plain = gzip.decompress(packed)
+    assert len(plain) > compress.OFF_LOOP and f'"ID":"{big}-late"'.encode() in plain
+    assert counters(agent)["http_fast_compressed_off_loop"] == before + 2
+    httpx.put(f"{agent.http_url}/v1/agent/service/deregister/{big}-late").raise_for_status()
+    for i in range(4):
+        httpx.put(f"{agent.http_url}/v1/agent/service/deregister/{big}-{i}").raise_for_status()
 
 
 @pytest.mark.parametrize("method", ["GET", "HEAD"])

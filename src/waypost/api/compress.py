@@ -107,12 +107,13 @@ def gzipped(body: bytes) -> bytes:
     found = _compressed.get(body)
     if found is not None:
         return found[1]
-    packed = _pack(body)
+    packed = pack(body)
     _compressed.put(body, (body, packed))
     return packed
 
 
-def _pack(body: bytes) -> bytes:
+def pack(body: bytes) -> bytes:
+    """`body` as a gzip member (no cache)."""
     # zlib's gzip wrapper writes mtime 0: the same body, the same bytes.
     packer = zlib.compressobj(LEVEL, zlib.DEFLATED, 31)
     return packer.compress(body) + packer.flush()
@@ -128,18 +129,21 @@ def _wanted(response: Response, gzip: bool) -> bool:
     return not any(name == b"content-encoding" for name, _ in response.headers)
 
 
-def encode(response: Response, gzip: bool) -> None:
-    """`_wanted`, compressed here (the fast path: once per answer, kept)."""
-    if _wanted(response, gzip):
-        response.body = gzipped(response.body)
-        response.headers.append(GZIP)
+def encode_or_defer(response: Response, gzip: bool) -> bytes | None:
+    """`_wanted`, compressed here; but a body past OFF_LOOP is returned, its
+    headers already set, for the caller to `pack` on a worker thread and set
+    as the body. None: the response is done."""
+    if not _wanted(response, gzip):
+        return None
+    response.headers.append(GZIP)
+    if len(response.body) >= OFF_LOOP:
+        return response.body
+    response.body = gzipped(response.body)
+    return None
 
 
 async def encode_off_loop(response: Response, gzip: bool) -> None:
-    """`encode`, with a body past OFF_LOOP compressed on a worker thread."""
-    if _wanted(response, gzip):
-        body = response.body
-        response.body = (
-            gzipped(body) if len(body) < OFF_LOOP else await asyncio.to_thread(_pack, body)
-        )
-        response.headers.append(GZIP)
+    """`encode_or_defer`, with the deferred body compressed on a worker thread."""
+    plain = encode_or_defer(response, gzip)
+    if plain is not None:
+        response.body = await asyncio.to_thread(pack, plain)

@@ -42,7 +42,7 @@ import heapq
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Generic, NamedTuple, TypeVar
 
 from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
@@ -154,6 +154,20 @@ class _Prebuilt(NamedTuple):
     status: int
 
 
+class _Packing:
+    """An answer whose body is being gzipped on a worker thread, and the
+    queries waiting for it."""
+
+    __slots__ = ("acl", "health", "index", "response", "waiting")
+
+    def __init__(self, response: http.Response, index: int, acl: int, health: Any) -> None:
+        self.response = response
+        self.index = index
+        self.acl = acl
+        self.health = health
+        self.waiting: list[_Query] = []
+
+
 class _Query:
     """A request on a connection, while it is being answered or is parked."""
 
@@ -196,6 +210,9 @@ class FastReads:
         self.fanout = FanOut()
         self.answered = 0  # statistics: requests answered here
         self.built = 0  # answers encoded (the others reused a prebuilt one)
+        self.packed_off_loop = 0  # of them, compressed on a worker thread
+        self._packing: dict[tuple[Any, ...], _Packing] = {}
+        self.loop = loop
         self.fallbacks = 0  # requests to a fast route sent the normal way
 
     # -- a request arrives -------------------------------------------------
@@ -385,8 +402,9 @@ class FastReads:
         health = self.store.health()
         # Each parked request keeps the Date list of the second it came in
         # (uvicorn's cycle does): in a batch, one answer per question and Date,
-        # whatever order the queries come in.
-        built: dict[tuple[tuple[Any, ...], int], _Prebuilt] = {}
+        # whatever order the queries come in. The list outlives the batch (its
+        # cycles hold it), so its id() names it.
+        built: dict[tuple[tuple[Any, ...], int], _Prebuilt | _Packing] = {}
         ready: list[tuple[_Query, _Prebuilt]] = []
         for query in queries:
             cycle = query.cycle
@@ -395,18 +413,20 @@ class FastReads:
             authz = query.request.authz
             token = authz.key if authz is not None else None
             key = (query.prepared.group, cycle.keep_alive, query.gzip, token)
-            seen = (
-                key,
-                id(cycle.default_headers),
-            )  # the list outlives the batch: its cycles hold it
+            seen = (key, id(cycle.default_headers))
             pre = built.get(seen)
             if pre is None:
                 pre = built[seen] = self._prebuilt_for(query, key, health)
-            ready.append((query, pre))
+            if isinstance(pre, _Packing):
+                pre.waiting.append(query)  # answered once its body is compressed
+            else:
+                ready.append((query, pre))
+        self._write(ready, queries if unpark else ())
+
+    def _write(self, ready: list[tuple[_Query, _Prebuilt]], unpark: Iterable[_Query] = ()) -> None:
         self.fanout.write([(query.cycle.transport, pre.data) for query, pre in ready])
-        if unpark:
-            for query in queries:
-                self._unpark(query)
+        for query in unpark:
+            self._unpark(query)
         now = time.perf_counter()
         observe = self.app.metrics.observe
         for query, pre in ready:
@@ -414,36 +434,91 @@ class FastReads:
             observe(query.prepared.group[0], pre.status, now - query.started)
         self.answered += len(ready)
 
-    def _prebuilt_for(self, query: _Query, key: tuple[Any, ...], health: Any) -> _Prebuilt:
-        """The prebuilt answer kept for `key` if it still holds, else a new one."""
+    def _prebuilt_for(
+        self, query: _Query, key: tuple[Any, ...], health: Any
+    ) -> _Prebuilt | _Packing:
+        """The prebuilt answer kept for `key` if it still holds, else a new one
+        (or the compression under way that will give it)."""
         prepared, authz, cycle = query.prepared, query.request.authz, query.cycle
         index = self.state.index_of(prepared.plan[0])
         # With ACLs on, an answer is the token's, as in ConsulApi.answer's cache.
         acl = authz.generation if authz is not None else 0  # as ConsulApi.answer
         pre = self._prebuilt.get(key)
         if (
-            pre is None
-            or pre.at != index
-            or pre.acl != acl
-            or pre.defaults is not cycle.default_headers
-            or pre.health != health
+            pre is not None
+            and pre.at == index
+            and pre.acl == acl
+            and pre.defaults is cycle.default_headers
+            and pre.health == health
         ):
-            pre = self._build(query, index, acl, health)
-            self._prebuilt.put(key, pre)
-        return pre
+            return pre
+        packing = self._packing.get((key, index, acl))
+        if packing is not None:
+            return packing
+        return self._build(query, key, index, acl, health)
 
-    def _build(self, query: _Query, index: int, acl: int, health: Any) -> _Prebuilt:
-        prepared, cycle = query.prepared, query.cycle
+    def _build(
+        self, query: _Query, key: tuple[Any, ...], index: int, acl: int, health: Any
+    ) -> _Prebuilt | _Packing:
         self.built += 1
         try:
-            response = self.consul.answer(query.request, index, prepared.plan[1])
+            response = self.consul.answer(query.request, index, query.prepared.plan[1])
         except Exception as exc:  # as AgentApp: every error becomes an answer
             response = http.error_response(exc)
-        compress.encode(response, query.gzip)  # once per answer, kept with the prebuilt bytes
-        if prepared.group[0] == "HEAD":
+        plain = compress.encode_or_defer(response, query.gzip)
+        if plain is None:
+            return self._encoded(query, key, response, (index, acl, health))
+        # Past compress.OFF_LOOP (a service of ~1,000 instances): gzip takes
+        # tens of ms, which would stall every connection; a worker does it.
+        packing = self._packing[(key, index, acl)] = _Packing(response, index, acl, health)
+        packed = self.loop.run_in_executor(None, compress.pack, plain)
+        packed.add_done_callback(functools.partial(self._packed, key, packing))
+        self.packed_off_loop += 1
+        return packing
+
+    def _packed(
+        self, key: tuple[Any, ...], packing: _Packing, packed: asyncio.Future[bytes]
+    ) -> None:
+        """A body compressed off the loop: answer the queries that waited for it."""
+        del self._packing[(key, packing.index, packing.acl)]
+        response = packing.response
+        try:
+            response.body = packed.result()
+        except Exception as exc:  # as AgentApp: every error becomes an answer
+            response = http.error_response(exc)
+        stamp = (packing.index, packing.acl, packing.health)
+        by_date: dict[int, _Prebuilt] = {}
+        ready = []
+        for query in packing.waiting:
+            cycle = query.cycle
+            if cycle.disconnected or cycle.transport.is_closing():
+                continue
+            pre = by_date.get(id(cycle.default_headers))
+            if pre is None:
+                pre = by_date[id(cycle.default_headers)] = self._encoded(
+                    query, key, response, stamp
+                )
+            ready.append((query, pre))
+        self._write(ready)
+
+    def _encoded(
+        self,
+        query: _Query,
+        key: tuple[Any, ...],
+        response: http.Response,
+        stamp: tuple[int, int, Any],
+    ) -> _Prebuilt:
+        """`response` (compressed if it is to be) as bytes for `query`'s
+        connection, kept for `key`; `stamp`: the index, ACL generation and
+        store health it was read at."""
+        cycle = query.cycle
+        if query.prepared.group[0] == "HEAD":
             response.body = b""
         data = wire.encode(response, cycle.default_headers, cycle.keep_alive)
-        return _Prebuilt(index, acl, health, cycle.default_headers, data, response.status)
+        index, acl, health = stamp
+        pre = _Prebuilt(index, acl, health, cycle.default_headers, data, response.status)
+        self._prebuilt.put(key, pre)
+        return pre
 
     def statistics(self) -> dict[str, float]:
         return {
@@ -452,6 +527,7 @@ class FastReads:
             "fast_parked": len(self._wheel),
             "fast_fanout_batches": self.fanout.batches,
             "fast_answers_built": self.built,
+            "fast_compressed_off_loop": self.packed_off_loop,
         }
 
 
