@@ -127,6 +127,9 @@ def test_the_fast_path_gzips_an_answer_past_off_loop_on_a_worker(agent: AgentPro
     plain = gzip.decompress(packed)
     assert len(plain) > compress.OFF_LOOP and f'"ID":"{big}-late"'.encode() in plain
     assert counters(agent)["http_fast_compressed_off_loop"] == before + 2
+    # Another encoding of that body (Connection: close) reuses its compression.
+    ask(agent, request(target, extra=GZ + b"Connection: close\r\n\r\n"))
+    assert counters(agent)["http_fast_compressed_off_loop"] == before + 2
     httpx.put(f"{agent.http_url}/v1/agent/service/deregister/{big}-late").raise_for_status()
     for i in range(4):
         httpx.put(f"{agent.http_url}/v1/agent/service/deregister/{big}-{i}").raise_for_status()

@@ -66,6 +66,20 @@ async def open_pairs(
     return [by_port[c.getsockname()[1]] for c in clients], clients
 
 
+async def nothing_more(servers: list[Server], clients: list[socket.socket]) -> None:
+    """After what each client read: the server side closes, and nothing else
+    comes (no byte written twice)."""
+    for server in servers:
+        server.transport.close()
+
+    def at_eof(client: socket.socket) -> None:
+        client.settimeout(10)
+        assert client.recv(65536) == b"", "bytes beyond the answer"
+        client.close()
+
+    await asyncio.to_thread(lambda: [at_eof(c) for c in clients])
+
+
 def read_exactly(sock: socket.socket, size: int) -> bytes:
     sock.settimeout(10)
     data = b""
@@ -82,10 +96,12 @@ def threads_seen(monkeypatch: pytest.MonkeyPatch) -> Iterator[set[str]]:
     seen: set[str] = set()
     original = fanout._write_fds
 
-    def recording(share: list[tuple[int, bytes]]) -> list[int]:
-        if share:
+    def recording(
+        pairs: list[tuple[int, bytes]], start: int, stop: int, written: list[int]
+    ) -> None:
+        if stop > start:
             seen.add(threading.current_thread().name)
-        return original(share)
+        original(pairs, start, stop, written)
 
     monkeypatch.setattr(fanout, "_write_fds", recording)
     yield seen
@@ -106,8 +122,7 @@ def test_a_large_batch_is_written_whole_from_two_threads(loop: str, threads_seen
         out.write([(s.transport, payload(i)) for i, s in enumerate(servers)])
         assert out.batches == 1
         got.extend(await asyncio.to_thread(lambda: [read_exactly(c, 20_000) for c in clients]))
-        for c in clients:
-            c.close()
+        await nothing_more(servers, clients)
 
     LOOPS[loop](main)
     assert got == [payload(i) for i in range(count)]
@@ -149,8 +164,7 @@ def test_bytes_a_transport_still_holds_go_first(monkeypatch: pytest.MonkeyPatch)
         rest = await asyncio.to_thread(read_exactly, clients[0], len(big) - len(taken) + 5)
         assert rest == big[len(taken) :] + b"after"
         assert [read_exactly(c, 5) for c in clients[1:]] == [b"after", b"after"]
-        for c in clients:
-            c.close()
+        await nothing_more(servers, clients)
 
     LOOPS["uvloop"](main)
 
@@ -170,8 +184,7 @@ def test_a_full_socket_gets_the_rest_through_its_transport(monkeypatch: pytest.M
             )
         )
         assert got == data
-        for c in clients:
-            c.close()
+        await nothing_more(servers, clients)
 
     LOOPS["uvloop"](main)
 
@@ -190,8 +203,7 @@ def test_a_tls_connection_is_written_through_its_transport(monkeypatch: pytest.M
         FanOut(threads=2).write([(s.transport, payload(i, 5_000)) for i, s in enumerate(servers)])
         got = await asyncio.to_thread(lambda: [read_exactly(c, 5_000) for c in clients])
         assert got == [payload(i, 5_000) for i in range(3)]
-        for c in clients:
-            c.close()
+        await nothing_more(servers, clients)
 
     LOOPS["uvloop"](main)
 
@@ -217,5 +229,51 @@ def test_a_reset_connection_is_reported_by_its_transport(monkeypatch: pytest.Mon
         for c in (clients[0], *clients[2:]):
             assert read_exactly(c, 10) == b"hellohello"
             c.close()
+
+    LOOPS["uvloop"](main)
+
+
+def test_a_batch_with_nothing_to_write_beside_stays_on_the_loop_thread(
+    monkeypatch: pytest.MonkeyPatch, threads_seen: set[str]
+) -> None:
+    """Every transport still holds queued bytes: none is written beside, so
+    the worker gets nothing and the batch is not counted as two threads'."""
+    monkeypatch.setattr(fanout, "PARALLEL_MIN", 2)
+    big = b"q" * 8_000_000
+
+    async def main() -> None:
+        servers, clients = await open_pairs(3)
+        for s in servers:
+            s.transport.write(big)
+        out = FanOut(threads=2)
+        out.write([(s.transport, b"after") for s in servers])
+        assert out.batches == 0
+        got = await asyncio.gather(
+            *(asyncio.to_thread(read_exactly, c, len(big) + 5) for c in clients)
+        )
+        assert all(g == big + b"after" for g in got)
+        await nothing_more(servers, clients)
+
+    LOOPS["uvloop"](main)
+    assert threads_seen == {"MainThread"} or threads_seen == set()
+
+
+def test_no_thread_to_be_had_writes_from_the_loop_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fanout, "PARALLEL_MIN", 2)
+
+    def refuse(self: threading.Thread) -> None:
+        raise RuntimeError("can't start new thread")
+
+    async def main() -> None:
+        servers, clients = await open_pairs(4)
+        out = FanOut(threads=2)
+        with monkeypatch.context() as patched:
+            patched.setattr(threading.Thread, "start", refuse)
+            out.write([(s.transport, payload(i)) for i, s in enumerate(servers)])
+            out.write([(s.transport, b"again") for s in servers])  # and it waits for no one
+        assert out.batches == 0 and not out.parallel
+        got = await asyncio.to_thread(lambda: [read_exactly(c, 20_005) for c in clients])
+        assert got == [payload(i) + b"again" for i in range(4)]
+        await nothing_more(servers, clients)
 
     LOOPS["uvloop"](main)

@@ -40,9 +40,10 @@ VARY = (b"vary", b"Accept-Encoding")
 GZIP = (b"content-encoding", b"gzip")
 COMPRESSED_BYTES = 16 << 20  # compressed bodies kept, keys (the plain bodies) included
 _PARSED_LIMIT = 256  # distinct Accept-Encoding values remembered
-# Bodies past this are too big for the cache (an entry may take a sixteenth of
-# it) and are compressed on a worker thread: zlib releases the GIL, and an
-# 8.7 MiB answer took 65-69 ms to compress, a stall of every other request.
+# Bodies past this are compressed on a worker thread: zlib releases the GIL,
+# and an 8.7 MiB answer took 65-69 ms to compress, a stall of every other
+# request. Those that fit the cache (an entry may take an eighth of it: about
+# 2 MiB with its compressed bytes) are kept as the smaller ones are (`keep`).
 OFF_LOOP = 1 << 20
 
 # (plain, compressed): the key is the plain body, counted in the budget too.
@@ -136,10 +137,21 @@ def encode_or_defer(response: Response, gzip: bool) -> bytes | None:
     if not _wanted(response, gzip):
         return None
     response.headers.append(GZIP)
-    if len(response.body) >= OFF_LOOP:
-        return response.body
-    response.body = gzipped(response.body)
+    body = response.body
+    if len(body) < OFF_LOOP:
+        response.body = gzipped(body)
+        return None
+    found = _compressed.get(body)
+    if found is None:
+        return body
+    response.body = found[1]
     return None
+
+
+def keep(plain: bytes, packed: bytes) -> None:
+    """A body `pack`ed off the loop, kept as `gzipped` keeps its own (the
+    cache takes what fits; call it on the loop: the cache has no lock)."""
+    _compressed.put(plain, (plain, packed))
 
 
 async def encode_off_loop(response: Response, gzip: bool) -> None:
@@ -147,3 +159,4 @@ async def encode_off_loop(response: Response, gzip: bool) -> None:
     plain = encode_or_defer(response, gzip)
     if plain is not None:
         response.body = await asyncio.to_thread(pack, plain)
+        keep(plain, response.body)

@@ -24,7 +24,6 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Sequence
-from concurrent.futures import Future
 from typing import Any
 
 # Below this many answers (~1 ms of sends) the worker's hand-off (~50 µs) is not worth it.
@@ -54,9 +53,9 @@ class FanOut:
     a transport already closing gets nothing."""
 
     def __init__(self, threads: int | None = None) -> None:
-        cores = os.cpu_count() or 1
-        self.parallel = (threads if threads is not None else cores) >= 2
-        self._jobs: list[tuple[list[tuple[int, bytes]], Future[list[int]]]] = []
+        cores = threads if threads is not None else len(os.sched_getaffinity(0))
+        self.parallel = cores >= 2
+        self._jobs: list[_Job] = []
         self._wake = threading.Condition()
         self._worker: threading.Thread | None = None
         self.batches = 0  # statistics: batches written from two threads
@@ -70,43 +69,63 @@ class FanOut:
         owners: list[tuple[Any, bytes]] = []
         for transport, data in pairs:
             if transport.is_closing():
-                continue  # as FastReads skips them; uvloop's write would raise
+                continue  # as FastReads skips them: a closed one takes no more bytes
             sock = _writable_beside(transport)
             if sock is None:
                 transport.write(data)
             else:
                 direct.append((sock.fileno(), data))
                 owners.append((transport, data))
-        half = len(direct) // 2
-        done = self._submit(direct[half:])
-        written = _write_fds(direct[:half]) + done.result()
-        self.batches += 1
+        written = [0] * len(direct)
+        job = self._submit(direct, written) if len(direct) >= PARALLEL_MIN else None
+        try:
+            _write_fds(direct, 0, job.start if job else len(direct), written)
+        finally:
+            if job is not None:
+                job.done.wait()  # always: the worker writes on these fds
+                self.batches += 1
         for (transport, data), count in zip(owners, written, strict=True):
             if count < len(data):
-                transport.write(data[count:] if count else data)
+                transport.write(memoryview(data)[count:] if count else data)
 
-    def _submit(self, share: list[tuple[int, bytes]]) -> Future[list[int]]:
-        done: Future[list[int]] = Future()
+    def _submit(self, direct: list[tuple[int, bytes]], written: list[int]) -> _Job | None:
+        """The second half of `direct` for the worker; None if it cannot run."""
         with self._wake:
             if self._worker is None:
-                self._worker = threading.Thread(
-                    target=self._run, name="waypost-fanout", daemon=True
-                )
-                self._worker.start()
-            self._jobs.append((share, done))
+                worker = threading.Thread(target=self._run, name="waypost-fanout", daemon=True)
+                try:
+                    worker.start()
+                except RuntimeError:  # no thread to be had: write from the loop alone
+                    self.parallel = False
+                    return None
+                self._worker = worker
+            job = _Job(direct, len(direct) // 2, written)
+            self._jobs.append(job)
             self._wake.notify()
-        return done
+        return job
 
     def _run(self) -> None:
         while True:
             with self._wake:
                 while not self._jobs:
                     self._wake.wait()
-                share, done = self._jobs.pop()
+                job = self._jobs.pop()
             try:
-                done.set_result(_write_fds(share))
-            except BaseException as exc:  # never lose the loop thread's wait
-                done.set_exception(exc)
+                _write_fds(job.pairs, job.start, len(job.pairs), job.written)
+            finally:
+                job.done.set()  # never leave the loop thread waiting
+
+
+class _Job:
+    """The worker's share of one batch: pairs[start:], counts into written."""
+
+    __slots__ = ("done", "pairs", "start", "written")
+
+    def __init__(self, pairs: list[tuple[int, bytes]], start: int, written: list[int]) -> None:
+        self.pairs = pairs
+        self.start = start
+        self.written = written
+        self.done = threading.Event()
 
 
 def _writable_beside(transport: Any) -> Any:
@@ -118,13 +137,13 @@ def _writable_beside(transport: Any) -> Any:
     return transport.get_extra_info("socket")
 
 
-def _write_fds(share: list[tuple[int, bytes]]) -> list[int]:
-    """Bytes written to each fd: all of them, fewer, or 0 (full or failed:
-    the transport's own write then finishes it or reports the error)."""
-    written = []
-    for fd, data in share:
-        try:
-            written.append(os.write(fd, data))
+def _write_fds(pairs: list[tuple[int, bytes]], start: int, stop: int, written: list[int]) -> None:
+    """Into written[i], the bytes written to pairs[i]'s fd: all of them, fewer,
+    or 0 (full or failed: the transport's own write then finishes it or
+    reports the error). Filled as it goes, so a count is never lost."""
+    for i in range(start, stop):
+        fd, data = pairs[i]
+        try:  # noqa: SIM105 - a context manager per write costs more than the try
+            written[i] = os.write(fd, data)
         except OSError:
-            written.append(0)
-    return written
+            pass
