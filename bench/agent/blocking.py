@@ -271,7 +271,7 @@ def floor(
 ) -> list[dict[str, float]]:
     """The same watchers against watchers.c's server: one prebuilt answer
     of `answer` bytes (head included) written to every connection."""
-    server = Child(binary, "serve", str(clients), str(max(answer - 90, 1)), str(threads))
+    server = Child(binary, "serve", str(clients), str(answer), str(threads))
     results: list[dict[str, float]] = []
     try:
         port = server.expect("port")[0]
@@ -392,8 +392,6 @@ def main() -> None:
         f"{args.clients} blocking queries on /v1/health/service/{SERVICE}, then one change "
         f"(Accept-Encoding: {args.encoding})"
     )
-    # Every watcher comes from 127.0.0.1: lift the per-client limit (200 by
-    # default, as Consul's http_max_conns_per_client) above the watcher count.
     with tempfile.TemporaryDirectory(prefix="waypost-watchers-") as tmp:
         binary = build_watchers(tmp) if args.watchers == "c" else ""
         # Every watcher comes from 127.0.0.1: lift the per-client limit (200 by

@@ -16,12 +16,12 @@
  *       answer's last byte, the clock Python's time.monotonic() reads)
  *     or "error ..." for a non-200 answer or a closed connection.
  *
- *   watchers serve CLIENTS BODY_BYTES THREADS
+ *   watchers serve CLIENTS ANSWER_BYTES THREADS
  *     The floor: a server that does nothing but write one prebuilt answer.
  *     Listens on 127.0.0.1 (port printed as "port N"), accepts CLIENTS
  *     connections; then, each round, reads one request from every connection
  *     (up to its blank line), prints "parked", waits for "go" on stdin and
- *     writes the same 200 answer with a BODY_BYTES body to every connection
+ *     writes the same 200 answer of ANSWER_BYTES (head included) to every connection
  *     from THREADS threads, and prints "sent WALL_MS USER_MS SYS_MS".
  *
  * Build: cc -O2 -pthread -o watchers watchers.c (blocking.py does this).
@@ -58,10 +58,22 @@ static double cpu_ms(void) {
            (u.ru_utime.tv_usec + u.ru_stime.tv_usec) / 1e3;
 }
 
-static void die(const char *what) {
+static void fail(const char *what) {
+    printf("error %s\n", what);
+    fflush(stdout);
+    exit(1);
+}
+
+static void die(const char *what) {  /* a failed call: errno says why */
     printf("error %s: %s\n", what, strerror(errno));
     fflush(stdout);
     exit(1);
+}
+
+static void *alloc(size_t count, size_t size) {
+    void *p = calloc(count, size);
+    if (p == NULL) fail("out of memory");
+    return p;
 }
 
 static void raise_nofile(void) {
@@ -107,48 +119,40 @@ static int parse_head(Conn *c) {
         if ((p == c->head || p[-1] == '\n') && strncasecmp(p, "content-length:", 15) == 0)
             length = atol(p + 15);
     }
-    if (length < 0) {
-        printf("error an answer without Content-Length\n");
-        fflush(stdout);
-        exit(1);
-    }
+    if (length < 0) fail("an answer without Content-Length");
     c->need = (end + 4 - c->head) + length;
     return 1;
 }
 
-/* Reads what is there; returns 1 when the answer is complete. */
+/* Reads what is there; returns 1 when the answer is complete. A connection
+ * whose answer is complete must stay silent until the next request: any byte
+ * or EOF then is an error (level-triggered epoll reports it at once). */
 static int take(Conn *c, char *scratch, size_t size) {
     for (;;) {
         ssize_t n = read(c->fd, scratch, size);
         if (n < 0 && (errno == EAGAIN || errno == EINTR)) return 0;
-        if (n <= 0) {
-            printf("error connection closed (read returned %zd)\n", n);
-            fflush(stdout);
-            exit(1);
-        }
+        if (n < 0) die("read");
+        if (n == 0) fail("the server closed a connection");
+        if (c->done != 0) fail("bytes after a whole answer (an answer written twice?)");
         if (c->need < 0) {
             size_t room = HEAD_MAX - c->head_len;
             size_t copy = (size_t)n < room ? (size_t)n : room;
             memcpy(c->head + c->head_len, scratch, copy);
             c->head_len += copy;
-            parse_head(c);
+            if (!parse_head(c) && c->head_len == HEAD_MAX) fail("an answer head over 4 KiB");
         }
         c->got += n;
         if (c->need >= 0 && c->got >= c->need) {
-            if (c->got > c->need) {
-                printf("error more bytes than one answer\n");
-                fflush(stdout);
-                exit(1);
-            }
+            if (c->got > c->need) fail("more bytes than one answer");
             return 1;
         }
     }
 }
 
 static int watch(const char *host, int port, int clients, const char *service, int gzip) {
-    Conn *conns = calloc((size_t)clients, sizeof(Conn));
+    Conn *conns = alloc((size_t)clients, sizeof(Conn));
     struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    inet_pton(AF_INET, host, &addr.sin_addr);
+    if (inet_pton(AF_INET, host, &addr.sin_addr) != 1) fail("HOST is not an IPv4 address");
     int ep = epoll_create1(0);
     for (int i = 0; i < clients; i++) {
         int fd = socket(AF_INET, SOCK_STREAM, 0);
@@ -174,6 +178,7 @@ static int watch(const char *host, int port, int clients, const char *service, i
                            "GET /v1/health/service/%s?index=%ld&wait=5m HTTP/1.1\r\n"
                            "Host: %s:%d\r\n%s\r\n",
                            service, index, host, port, gzip ? "Accept-Encoding: gzip\r\n" : "");
+        if (len < 0 || (size_t)len >= sizeof request) fail("the request line is too long");
         for (int i = 0; i < clients; i++) {
             Conn *c = &conns[i];
             c->head_len = 0, c->need = -1, c->got = 0, c->done = 0;
@@ -184,12 +189,13 @@ static int watch(const char *host, int port, int clients, const char *service, i
         double cpu0 = cpu_ms();
         long bytes = 0;
         for (int left = clients; left > 0;) {
-            int n = epoll_wait(ep, events, 1024, -1);
+            int n = epoll_wait(ep, events, 1024, 120000);
             if (n < 0 && errno == EINTR) continue;
             if (n < 0) die("epoll_wait");
+            if (n == 0) fail("no answer for 120 s");
             for (int k = 0; k < n; k++) {
                 Conn *c = &conns[events[k].data.u32];
-                if (c->done == 0 && take(c, scratch, sizeof scratch)) {
+                if (take(c, scratch, sizeof scratch)) {
                     c->done = now();
                     bytes += c->got;
                     left--;
@@ -229,14 +235,15 @@ static void read_requests(int clients) {
         size_t len = 0;
         while (len < 4 || memcmp(buf + len - 4, "\r\n\r\n", 4) != 0) {
             ssize_t n = read(served[i], buf + len, 1);  /* byte by byte: never past the request */
-            if (n <= 0) die("read request");
+            if (n < 0) die("read request");
+            if (n == 0) fail("a watcher closed its connection");
             len++;
-            if (len == sizeof buf) die("request too long");
+            if (len == sizeof buf) fail("request too long");
         }
     }
 }
 
-static int serve(int clients, long body, int threads) {
+static int serve(int clients, long total, int threads) {
     int ls = socket(AF_INET, SOCK_STREAM, 0);
     int one = 1;
     setsockopt(ls, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
@@ -247,19 +254,28 @@ static int serve(int clients, long body, int threads) {
     getsockname(ls, (struct sockaddr *)&addr, &alen);
     printf("port %d\n", ntohs(addr.sin_port));
     fflush(stdout);
-    served = calloc((size_t)clients, sizeof(int));
+    served = alloc((size_t)clients, sizeof(int));
     for (int i = 0; i < clients; i++) {
         served[i] = accept(ls, NULL, NULL);
         if (served[i] < 0) die("accept");
         setsockopt(served[i], IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     }
     served_count = clients, sending_threads = threads;
+    /* The head's length depends on the body's digits: settle it first. */
     char head[256];
-    int hlen = snprintf(head, sizeof head,
+    long body = total;
+    int hlen = 0;
+    for (int round = 0; round < 3; round++) {
+        hlen = snprintf(head, sizeof head,
                         "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
                         "x-consul-index: 1\r\ncontent-length: %ld\r\n\r\n", body);
+        body = total - hlen > 1 ? total - hlen : 1;
+    }
+    hlen = snprintf(head, sizeof head,
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                    "x-consul-index: 1\r\ncontent-length: %ld\r\n\r\n", body);
     answer_len = (size_t)hlen + (size_t)body;
-    answer = malloc(answer_len);
+    answer = alloc(answer_len, 1);
     memcpy(answer, head, (size_t)hlen);
     memset(answer + hlen, 'x', (size_t)body);
     char line[64];
@@ -272,7 +288,8 @@ static int serve(int clients, long body, int threads) {
         getrusage(RUSAGE_SELF, &u0);
         double t0 = now();
         pthread_t others[16];
-        for (long k = 1; k < threads; k++) pthread_create(&others[k], NULL, send_share, (void *)k);
+        for (long k = 1; k < threads; k++)
+            if (pthread_create(&others[k], NULL, send_share, (void *)k) != 0) fail("pthread_create");
         send_share((void *)0);
         for (long k = 1; k < threads; k++) pthread_join(others[k], NULL);
         double wall = (now() - t0) * 1e3;
@@ -297,6 +314,6 @@ int main(int argc, char **argv) {
     }
     fprintf(stderr,
             "usage: watchers watch HOST PORT CLIENTS SERVICE GZIP\n"
-            "       watchers serve CLIENTS BODY_BYTES THREADS\n");
+            "       watchers serve CLIENTS ANSWER_BYTES THREADS\n");
     return 2;
 }
