@@ -66,6 +66,8 @@ class Keys:
         self.prefix_end = range_end(self.prefix)
         self.meta = self.prefix + META_KEY.encode()
         slot_dir = self.prefix + SLOT_DIR.encode()
+        self._slot_dir = slot_dir
+        self._cut = len(self.prefix)
         #: the internal ranges a condition's range must skip: `_rev` and the slot keys
         self.internal = ((self.meta, self.meta + b"\0"), (slot_dir, range_end(slot_dir)))
 
@@ -90,13 +92,19 @@ class Keys:
         return pieces
 
     def entry(self, kv: Any, deleted: bool = False) -> Entry | None:
-        """The catalog entry of an etcd key-value (None for an internal key)."""
-        key = kv.key[len(self.prefix) :].decode("utf-8", "replace")
-        if key[:1] == "_" and (key == META_KEY or key.startswith(SLOT_DIR)):
+        """The catalog entry of an etcd key-value (None for an internal key).
+
+        Every agent runs this for every key of every watch event, two of them
+        internal per Txn: internal keys are told apart on the bytes, before
+        any decoding, and each field of `kv` (a protobuf message: every
+        attribute read builds a Python object) is read once."""
+        raw, cut = kv.key, self._cut
+        if raw[cut : cut + 1] == b"_" and (raw == self.meta or raw.startswith(self._slot_dir)):
             return None
+        key = raw[cut:].decode("utf-8", "replace")
         if deleted:
             return Entry(key, None, 0, kv.mod_revision)
-        return Entry(key, kv.value, kv.create_revision, kv.mod_revision, ephemeral=kv.lease != 0)
+        return Entry(key, kv.value, kv.create_revision, kv.mod_revision, kv.lease != 0)
 
 
 class Context:

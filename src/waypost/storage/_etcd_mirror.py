@@ -44,6 +44,7 @@ log = logging.getLogger("waypost.storage.etcd")
 PAGE_SIZE: Final = 2000
 APPLY_ATTEMPTS: Final = 3  # tries of one revision before its entries are applied one by one
 _SKIPPED_KEPT: Final = 1000  # revisions whose skipped entries are remembered
+_DELETE: Final = rpc.Event.DELETE
 
 
 class _ApplyFailed(Exception):
@@ -67,10 +68,13 @@ class _Waiters:
         self._seq = itertools.count()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
+        self._loop: asyncio.AbstractEventLoop | None = None  # of the first wait()
 
     async def wait(self, revision: int, deadline: float, what: str) -> None:
         """Raises: StoreUnavailable once `deadline` (loop time) passes."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:  # kept: get_running_loop() is a getpid() system call on 3.11
+            loop = self._loop = asyncio.get_running_loop()
         deadline = max(deadline, loop.time() + 0.01)
         future: asyncio.Future[None] = loop.create_future()
         heapq.heappush(self._heap, (revision, next(self._seq), deadline, what, future))
@@ -103,7 +107,8 @@ class _Waiters:
     def _expire(self) -> None:
         """Fail the waiters whose deadline passed; arm again for the next one."""
         self._timer, self._timer_at = None, float("inf")
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        assert loop is not None, "armed by wait()"
         now = loop.time()
         for revision, _, deadline, what, future in self._heap:
             if deadline <= now and not future.done():
@@ -294,8 +299,9 @@ class Mirror:
         Raises:
             _ApplyFailed: apply() raised for a revision (not yet retried enough).
         """
-        entry_of, delete = self._keys.entry, rpc.Event.DELETE
+        entry_of, delete = self._keys.entry, _DELETE
         revision = 0  # the revision being gathered
+        fresh = False  # whether it is past the mirror's (not seen on an earlier watch)
         entries: list[Entry] = []
         try:
             for event in events:  # a revision's events are consecutive
@@ -303,7 +309,8 @@ class Mirror:
                 if kv.mod_revision != revision:
                     self._applied(revision, entries)
                     revision, entries = kv.mod_revision, []
-                if revision > self.revision and (entry := entry_of(kv, event.type == delete)):
+                    fresh = revision > self.revision
+                if fresh and (entry := entry_of(kv, event.type == delete)):
                     entries.append(entry)
             self._applied(revision, entries)
         finally:

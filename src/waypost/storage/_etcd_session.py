@@ -108,6 +108,17 @@ class Session:
         self.last_contact = time.monotonic()
         self.retries = 0
         self.on_failed: list[Callable[[Endpoint], None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The loop of the first call, kept: `asyncio.get_running_loop()` is a
+        getpid() system call on Python 3.11, and every Txn asks (the channels
+        are bound to that loop anyway)."""
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        return loop
 
     # -- endpoints ---------------------------------------------------------
 
@@ -171,7 +182,7 @@ class Session:
             StorageError: etcd answered with an error that retrying cannot fix.
             LeaseNotFound: a put named a lease etcd no longer has.
         """
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         refused: set[int] = set()
         delay = 0.05
         while True:
@@ -206,7 +217,7 @@ class Session:
             StorageError: etcd refused the request; nothing of it was applied.
             LeaseNotFound: a put named a lease etcd no longer has.
         """
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         refused: set[int] = set()
         delay = 0.05
         maybe_sent = False

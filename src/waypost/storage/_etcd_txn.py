@@ -61,6 +61,12 @@ from .base import Condition, Entry
 log = logging.getLogger("waypost.storage.etcd")
 
 MAX_INFLIGHT: Final = 4
+# the Compare enums, looked up once (the Txn is built for every commit)
+_MOD: Final = rpc.Compare.MOD
+_VALUE: Final = rpc.Compare.VALUE
+_VERSION: Final = rpc.Compare.VERSION
+_EQUAL: Final = rpc.Compare.EQUAL
+_LESS: Final = rpc.Compare.LESS
 _SLOT_MOVES: Final = 3  # a slot key found changed more often than this is an error
 _REJUDGES: Final = 3  # refused Txns whose revision was compacted before they were judged
 _MAYBE_WRITTEN: Final = (int, OutcomeUnknown)  # outcomes after which a commit's ops may be in etcd
@@ -86,15 +92,13 @@ class _Slot:
     def fresh(self) -> bytes:
         return b"%d" % next(self._counter)
 
-    def guard(self) -> rpc.Compare:
-        """The compare that holds only while etcd still has this slot's last nonce."""
+    def add_guard(self, compares: Any) -> None:
+        """Add to `compares` (a Txn's repeated field) the compare that holds only
+        while etcd still has this slot's last nonce."""
         if self.nonce is None:
-            return rpc.Compare(
-                key=self.key, target=rpc.Compare.VERSION, result=rpc.Compare.EQUAL, version=0
-            )
-        return rpc.Compare(
-            key=self.key, target=rpc.Compare.VALUE, result=rpc.Compare.EQUAL, value=self.nonce
-        )
+            compares.add(key=self.key, target=_VERSION, result=_EQUAL, version=0)
+        else:
+            compares.add(key=self.key, target=_VALUE, result=_EQUAL, value=self.nonce)
 
 
 class _Span:
@@ -107,21 +111,20 @@ class _Span:
         self.start = start
         self.end = end  # b"" for the exact form
 
-    def compare(self) -> rpc.Compare:
+    def add_compare(self, compares: Any) -> None:
+        """Add this span's compare to `compares` (a Txn's repeated field)."""
         if not self.end:
-            return rpc.Compare(
-                key=self.start,
-                target=rpc.Compare.MOD,
-                result=rpc.Compare.EQUAL,
-                mod_revision=self.condition.index,
+            compares.add(
+                key=self.start, target=_MOD, result=_EQUAL, mod_revision=self.condition.index
             )
-        return rpc.Compare(
-            key=self.start,
-            range_end=self.end,
-            target=rpc.Compare.MOD,
-            result=rpc.Compare.LESS,
-            mod_revision=self.condition.index + 1,
-        )
+        else:
+            compares.add(
+                key=self.start,
+                range_end=self.end,
+                target=_MOD,
+                result=_LESS,
+                mod_revision=self.condition.index + 1,
+            )
 
     def read(self, revision: int) -> rpc.RequestOp:
         """The read, as of `revision`, that tells whether this compare held there."""
@@ -388,15 +391,34 @@ class Writer:
         """The Txn: compare the slot's nonce and every condition; on success write the
         ops, `_rev` and the new nonce; on failure read the slot and write `_rev` (so
         the failure has a revision the mirror will see)."""
-        compare = [slot.guard()]
-        compare += [span.compare() for commit in commits for span in commit.spans]
-        request_op = self._request_op
-        success = [request_op(op, lease) for commit in commits for op in commit.ops]
-        meta = rpc.RequestOp(request_put=rpc.PutRequest(key=self._keys.meta, value=b""))
-        mark = rpc.RequestOp(request_put=rpc.PutRequest(key=slot.key, value=nonce, lease=lease))
-        success += [meta, mark]
-        failure = [rpc.RequestOp(request_range=rpc.RangeRequest(key=slot.key)), meta]
-        return rpc.TxnRequest(compare=compare, success=success, failure=failure)
+        # Built in place: a message passed to a constructor is copied into
+        # its parent (upb's MergeFrom), so building the ops first and the
+        # TxnRequest from them made every op twice; this is 2.5x cheaper
+        # (16 against 40 µs for a Txn of 7 registrations).
+        request = rpc.TxnRequest()
+        compares = request.compare
+        slot.add_guard(compares)
+        for commit in commits:
+            for span in commit.spans:
+                span.add_compare(compares)
+        add = request.success.add
+        of = self._keys.of
+        for commit in commits:
+            for op in commit.ops:
+                if op.value is None:
+                    add().request_delete_range.key = of(op.key)
+                    continue
+                put = add().request_put
+                put.key, put.value = of(op.key), op.value
+                if op.ephemeral:
+                    put.lease = lease
+        add().request_put.key = self._keys.meta
+        mark = add().request_put
+        mark.key, mark.value, mark.lease = slot.key, nonce, lease
+        failure = request.failure
+        failure.add().request_range.key = slot.key
+        failure.add().request_put.key = self._keys.meta
+        return request
 
     def _spans(self, condition: Condition) -> list[_Span]:
         """A condition's compares: one for a key, one per piece of a range that
@@ -407,9 +429,3 @@ class Writer:
         pieces = self._keys.cut(start, self._keys.of(condition.range_end))
         return [_Span(condition, a, b) for a, b in pieces]
 
-    def _request_op(self, op: Entry, lease: int) -> rpc.RequestOp:
-        key = self._keys.of(op.key)
-        if op.value is None:
-            return rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=key))
-        put = rpc.PutRequest(key=key, value=op.value, lease=lease if op.ephemeral else 0)
-        return rpc.RequestOp(request_put=put)
