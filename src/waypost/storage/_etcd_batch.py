@@ -5,33 +5,42 @@ Every commit, of any size, goes through one bounded queue. Up to
 backend keys its idempotency nonce by slot, see _etcd_txn.py). When a Txn may
 go the batcher scans the queue in order and takes every commit that may go
 now, up to `max_ops` operations and `max_ops` compares; a commit of `max_ops`
-or more goes alone. At low load (fewer than two Txns out) a commit goes out
-alone at once, so batching adds no latency; a third concurrent commit waits
-for one of the two answers (or 30 ms, below).
+or more goes alone. At low load (no Txn out) a commit goes out alone at
+once, so batching adds no latency; a commit that comes while the backend's
+one Txn is out waits for its answer (or 30 ms, below) and goes with every
+other commit that came meanwhile.
 
-Two sent at once; the spare slots for a stall. Each Txn costs every agent
-far more than each commit in it (a gRPC call here, one watch message decoded
-by every agent, a raft proposal and an fsync on every member, all on the same
-few cores as the agents). With four Txns sent at once, commits arriving while
-one was out mostly took a free slot alone (3.4 commits per Txn at 64
-concurrent registrations over two agents); with at most `max_sending` (the
-backend: 2) they wait for an answer and go together (6 to 7.5 per Txn, and
-about a quarter less agent CPU per registration; docs/benchmarks.md,
-"Cluster mode"). The other slots go only when the Txns out each carry one
-commit and the oldest has been out longer than `overdue` (30 ms): a write
-stuck on a hung member, at low load, must not hold up the next ones for
-long. Such a spare Txn carries one commit, because it may go into the same
-stall: a commit that stays queued can still fail cleanly as never sent, one
-sent into a stall gets OutcomeUnknown and its slot must be fenced. Txns that
-carry several commits never open the spare slots: under load (or in an agent
-short of CPU, which sees every Txn late) that only shrank the batches
-(measured: 4.9 to 5.0 commits per Txn when single-commit Txns opened them
-without a timer, 5.5 under callgrind with a timer alone). Spares do not
-count as the two sent at once: counted, they kept every later Txn at one
-commit for as long as Txns took longer than `overdue` (a slow disk, a
-distant member: 1.0 commits per Txn and p99 5 s at 50 ms per Txn and 500
-commits/s, in a review's simulation). A slot being fenced does not count as
-sending.
+One sent at once; the spare slots for a stall. Each Txn costs every agent
+far more than each commit in it: a gRPC call here (an empty Range took 130
+to 160 µs of the calling thread's CPU on this machine under load, and about
+as much again in gRPC's threads), one watch message read by every agent, a
+raft proposal and an fsync on every member, all on the same few cores as
+the agents. With four Txns sent at once, commits arriving while one was out
+mostly took a free slot alone (3.4 commits per Txn at 64 concurrent
+registrations over two agents); two at once made 6 to 8 per Txn; one at a
+time (the backend's `max_sending`) 11 to 13, with less agent CPU per
+registration and a higher rate (docs/benchmarks.md, "Cluster mode"). etcd
+is not left idle by it: every agent has its own Txn out, and a cluster has
+several agents.
+
+The other slots (spares) go only when the Txns out each carry one commit
+and the oldest has been out longer than `overdue` (30 ms): a write stuck on
+a hung member, at low load, must not hold up the next ones for long. Such a
+spare Txn carries one commit, because it may go into the same stall: a
+commit that stays queued can still fail cleanly as never sent, one sent
+into a stall gets OutcomeUnknown and its slot must be fenced. Unless etcd
+answered a Txn (applied it) after the oldest one out was sent: then the
+stall is that Txn's own (a retry on another member), not etcd's, and a
+spare takes whatever may go, so that one slow Txn does not leave every
+other commit to a one-commit Txn of its own. Txns that carry several
+commits never open the spare slots: under load (or in an agent short of
+CPU, which sees every Txn late) that only shrank the batches (measured: 4.9
+to 5.0 commits per Txn when single-commit Txns opened them without a timer,
+5.5 under callgrind with a timer alone). Spares do not count as the Txns
+sent at once: counted, they kept every later Txn at one commit for as long
+as Txns took longer than `overdue` (a slow disk, a distant member: 1.0
+commits per Txn and p99 5 s at 50 ms per Txn and 500 commits/s, in a
+review's simulation). A slot being fenced does not count as sending.
 
 Order. A commit may not go while an earlier commit that it depends on is in
 flight or still waiting: one writes a key that the other writes, reads (an
@@ -78,7 +87,7 @@ log = logging.getLogger("waypost.storage.etcd")
 
 MAX_QUEUED = 10_000
 MAX_SCAN = 256  # queued commits looked at per Txn, to bound the cost of ordering
-MAX_SENDING = 2  # Txns sent at once by the etcd backend (see "Two sent" above)
+MAX_SENDING = 1  # Txns sent at once by the etcd backend (see "One sent" above)
 OVERDUE = 0.03  # seconds after which single-commit Txns out let a spare slot go
 
 Outcome = int | BaseException
@@ -239,6 +248,8 @@ class GroupCommitter:
         # longer than `overdue` (a slow disk, a distant member)
         self._sending: dict[int, tuple[float, int, bool]] = {}
         self._overdue_timer: asyncio.TimerHandle | None = None
+        #: loop time of the last answer that applied a Txn (see the spares above)
+        self._answered = float("-inf")
         self.max_queued = max_queued
         self._queue: deque[Commit] = deque()  # in the order of submit(), so of deadlines
         self._waiting = 0  # commits queued and not yet settled
@@ -421,6 +432,8 @@ class GroupCommitter:
             self.txns += 1
             try:
                 outcomes = await self._send(slot, batch, min(c.deadline for c in batch))
+                if any(type(outcome) is int for outcome in outcomes):
+                    self._answered = self._running().time()
             except StorageError as exc:
                 outcomes = [exc] * len(batch)
             except Exception as exc:  # a bug: the Txn may or may not have gone out
@@ -454,9 +467,11 @@ class GroupCommitter:
             return MAX_SCAN, False
         if any(commits > 1 for _, commits in normal):
             return 0, False  # batching: the next answer frees a slot soon enough
-        due = min(sent for sent, _ in normal) + self._overdue
+        oldest = min(sent for sent, _ in normal)
+        due = oldest + self._overdue
         if loop.time() >= due:
-            return 1, True
+            # etcd applied a Txn since the oldest went out: the stall is its own
+            return (MAX_SCAN if self._answered > oldest else 1), True
         if self._overdue_timer is None:
             self._overdue_timer = loop.call_at(due, self._overdue_kick)
         return 0, False

@@ -56,7 +56,7 @@ from ._etcd_batch import Commit, Outcome
 from ._etcd_common import BACKOFF_MAX, BACKOFF_START, Context
 from ._etcd_lease import Lease
 from ._etcd_session import LeaseNotFound
-from .base import Condition, Entry
+from .base import Condition
 
 log = logging.getLogger("waypost.storage.etcd")
 
@@ -428,4 +428,3 @@ class Writer:
             return [_Span(condition, start, b"")]
         pieces = self._keys.cut(start, self._keys.of(condition.range_end))
         return [_Span(condition, a, b) for a, b in pieces]
-
