@@ -185,6 +185,31 @@ async def test_once_the_txns_out_are_overdue_the_spare_slots_carry_one_commit_ea
     await committer.close()
 
 
+async def test_once_etcd_answers_a_spare_the_next_spares_carry_what_is_queued() -> None:
+    """One Txn is stuck (a retry on another member) while etcd answers the
+    others: after the first one-commit spare is answered, a spare takes the
+    whole queue, instead of one commit per Txn for as long as the stuck one
+    lasts (the backend sends one Txn at a time: nothing else would go)."""
+    gated = Gated()
+    committer = GroupCommitter(gated.send, gated.fence, max_inflight=2, max_sending=1, overdue=0.05)
+    tasks = [asyncio.ensure_future(committer.submit(commit(key))) for key in "abcdef"]
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert gated.sent == [["a"]] and committer.waiting == 5  # one sent at once
+    for _ in range(500):  # 5 s at most: the first spare, once "a" is overdue
+        if len(gated.sent) == 2:
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.1)
+    assert gated.sent == [["a"], ["b"]]  # etcd answered nothing since "a": one commit
+    await gated.release("b")
+    assert gated.sent[-1] == ["c", "d", "e", "f"]  # it answered "b": the rest together
+    for key in "ac":
+        await gated.release(key)
+    assert await asyncio.wait_for(asyncio.gather(*tasks), 5) == [1] * 6
+    await committer.close()
+
+
 class Slow:
     """A `send` that answers every Txn after `latency` seconds (a slow disk,
     a distant member): slower than `overdue`, but never stalled."""
