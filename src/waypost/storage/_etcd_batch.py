@@ -11,7 +11,7 @@ one Txn is out waits for its answer (or 30 ms, below) and goes with every
 other commit that came meanwhile.
 
 One sent at once; the spare slots for a stall. Each Txn costs every agent
-far more than each commit in it: a gRPC call here (an empty Range took 130
+far more than each commit in it: a gRPC call here (an empty Range took 125
 to 160 µs of the calling thread's CPU on this machine under load, and about
 as much again in gRPC's threads), one watch message read by every agent, a
 raft proposal and an fsync on every member, all on the same few cores as
