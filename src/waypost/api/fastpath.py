@@ -268,7 +268,7 @@ class FastReads:
         """
         guard = self.app.guard
         assert guard is not None
-        secret = token_in(prepared.request.query, cycle.scope["headers"]) or guard.default_token
+        secret = token_in(prepared.request.query, cycle.scope["headers"]) or guard.default_token()
         try:
             authz = guard.resolver.resolve(secret)
         except WaypostError:
