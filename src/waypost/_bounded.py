@@ -1,6 +1,8 @@
 """A dict bounded by the bytes of what it holds, evicting the oldest first.
 
-The API's encoded-answer cache used to be bounded by entries (4,096): one
+Used by the API's answer caches and the xDS encoder (mesh/encoding.py): a
+top-level private module, so adapters of one layer share it. The API's
+encoded-answer cache used to be bounded by entries (4,096): one
 service with 900 KB of Meta, read with 4,096 distinct query strings, held
 3.6 GB. Bounded by bytes, the same flood costs at most the budget, and an
 answer too large to be worth a slot (over an eighth of the budget) is not
