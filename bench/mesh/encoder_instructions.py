@@ -60,7 +60,7 @@ def count(tree: Path, kind: str, rounds: int) -> int:
     out = f"{tempfile.mkdtemp()}/callgrind.out"
     cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable]
     cmd += [__file__, "--work", kind, str(rounds)]
-    env = {**os.environ, "PYTHONPATH": str(tree / "src")}
+    env = {**os.environ, "PYTHONPATH": str(tree / "src"), "PYTHONHASHSEED": "0"}  # same dicts
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
     found = re.search(r"Collected : (\d+)", done.stderr)
     assert found is not None, done.stderr
