@@ -33,7 +33,8 @@ from . import resources as r
 
 BUDGET = 64 << 20  # bytes of resources kept encoded (their text and message)
 
-# A resource's canonical text -> (its version digest, its message once parsed).
+# A resource's canonical text -> (the text again, for its size; its version
+# digest; its message, once parsed).
 _Entry = tuple[str, str, any_pb2.Any | None]
 
 
