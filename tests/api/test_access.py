@@ -56,7 +56,7 @@ def test_token_sources_in_consuls_order(
 
 def test_an_undeclared_route_is_for_management_tokens_only() -> None:
     table = AclTable()
-    guard = access.Guard(Resolver(table, "dc1", default_allow=True), "", State(), "n1")
+    guard = access.Guard(Resolver(table, "dc1", default_allow=True), lambda: "", State(), "n1")
     with pytest.raises(PermissionDenied, match="declares no ACL rule"):
         guard.enforce(request("/v1/new/thing"), "", None)  # default allow does not open it
     assert guard.enforce(request("/v1/status/leader"), "", access.OPEN) is None

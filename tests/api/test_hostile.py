@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from waypost._bounded import ByteBoundedCache
 from waypost.api import consul as consul_api
-from waypost.api._bounded import ByteBoundedCache
 from waypost.api.consul import ConsulApi
 from waypost.api.http import Request
 

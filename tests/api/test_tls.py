@@ -5,6 +5,7 @@ the certificate reloaded on SIGHUP."""
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import os
 import re
 import signal
@@ -14,6 +15,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import consul
 import httpx
@@ -125,6 +127,44 @@ def test_client_library_and_cli_honour_consul_cacert(
             env=env,
         )
         assert unverified.returncode == 0 and unique in unverified.stdout
+
+
+def _trusting(pki: Pki) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=str(pki.ca_file))
+
+
+def test_connect_envoy_reaches_an_https_agent_as_every_command_does(
+    tls_agent: AgentProcess, pki: Pki, unique: str
+) -> None:
+    """`waypost connect envoy` looks its sidecar up with the CLI's one agent
+    client: host:port with CONSUL_HTTP_SSL=true means https://, verified with
+    CONSUL_CACERT, or with -ca-file instead."""
+    body = {"Name": unique, "Port": 4100, "Connect": {"SidecarService": {}}}
+    with httpx.Client(base_url=tls_agent.https_url, verify=_trusting(pki)) as http:
+        http.put("/v1/agent/service/register", json=body).raise_for_status()
+    env = {
+        **os.environ,
+        "CONSUL_HTTP_ADDR": tls_agent.https_url.removeprefix("https://"),
+        "CONSUL_HTTP_SSL": "true",
+        "CONSUL_CACERT": str(pki.ca_file),
+    }
+    command = [sys.executable, "-m", "waypost.cli.main", "connect", "envoy", "-bootstrap"]
+    command += ["-sidecar-for", unique]
+
+    def bootstrap(*extra: str) -> dict[str, Any]:
+        done = subprocess.run(
+            command + list(extra), capture_output=True, text=True, timeout=30, env=env
+        )
+        assert done.returncode == 0, done.stderr
+        found: dict[str, Any] = json.loads(done.stdout)
+        return found
+
+    assert bootstrap()["node"]["id"] == f"{unique}-sidecar-proxy"
+    env.pop("CONSUL_CACERT")
+    assert bootstrap("-ca-file", str(pki.ca_file))["node"]["id"] == f"{unique}-sidecar-proxy"
+    with httpx.Client(base_url=tls_agent.https_url, verify=_trusting(pki)) as http:
+        http.put(f"/v1/agent/service/deregister/{unique}-sidecar-proxy").raise_for_status()
+        http.put(f"/v1/agent/service/deregister/{unique}").raise_for_status()
 
 
 def test_client_certificates_when_the_agent_verifies_incoming(pki: Pki) -> None:

@@ -123,6 +123,14 @@ def test_denied_message_names_the_permission() -> None:
         authz(HCL).require("acl", "", WRITE)
 
 
+def test_require_all_checks_every_permission_and_names_the_first_missing() -> None:
+    """The one loop both the API's Guard and the agent's own writes use."""
+    a = authz('service "web" { policy = "write" }')
+    a.require_all([("service", "web", WRITE)])
+    with pytest.raises(PermissionDenied, match=r"'node:write' on \"n1\"$"):
+        a.require_all([("service", "web", WRITE), ("node", "n1", WRITE), ("key", "k", READ)])
+
+
 # -- the resolver ---------------------------------------------------------------
 
 

@@ -97,13 +97,13 @@ async def test_the_reaper_deregisters_as_the_agent_token(
     anonymous token, default deny), the instance stays and the refusal is
     logged once however many passes retry it; allowed, the next pass reaps."""
     catalog, clock, runner = await setup(CheckDefinition(ttl=5, deregister_critical_after=10))
-    runner.identity = Identity(Resolver(catalog.state.acl, "dc1", False), "", "no token")
+    runner.identity = Identity(Resolver(catalog.state.acl, "dc1", False), lambda: ("", "no token"))
     await clock.advance(30)  # critical since t=5: due at t=15, fifteen passes since
     assert ("n1", "web-1") in catalog.state.services
     blocked = [r.getMessage() for r in caplog.records if "blocked by ACLs" in r.getMessage()]
     assert len(blocked) == 1 and "Service web-1 deregistration blocked" in blocked[0]
     assert r"'node:write' on \"n1\"" in blocked[0]
-    runner.identity = Identity(Resolver(catalog.state.acl, "dc1", True), "", "no token")
+    runner.identity = Identity(Resolver(catalog.state.acl, "dc1", True), lambda: ("", "no token"))
     await clock.advance(1)
     assert ("n1", "web-1") not in catalog.state.services
     await runner.stop()

@@ -21,6 +21,7 @@ import pytest
 
 import waypost
 from waypost._exceptions import ConfigError, ExecPluginError, KubernetesError
+from waypost._kube import config as kubeconfig_module
 from waypost._kube.api import SyncApiClient
 from waypost._kube.config import load_config
 
@@ -314,3 +315,51 @@ def test_v1beta1_may_leave_interactive_mode_out(kube: FakeKubeApi, tmp_path: Pat
     config = load_config(str(path))
     assert config.exec_plugin is not None
     assert config.exec_plugin.spec.interactive_mode == "IfAvailable"
+
+
+def inline_ca(path: Path, data: str) -> None:
+    """The kubeconfig's cluster with `certificate-authority-data` instead of a file."""
+    doc = json.loads(path.read_text())
+    cluster = doc["clusters"][0]["cluster"]
+    del cluster["certificate-authority"]
+    cluster["certificate-authority-data"] = data
+    path.write_text(json.dumps(doc))
+
+
+def test_inline_ca_data_verifies_from_memory_and_reaches_the_plugin(
+    kube: FakeKubeApi, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`certificate-authority-data` (base64 PEM, line breaks allowed) verifies
+    the API server from memory, no temporary file, and the plugin's cluster
+    info carries the same bytes."""
+
+    def no_file(name: str, data: bytes) -> str:
+        raise AssertionError(f"{name} was written to a temporary file")
+
+    monkeypatch.setattr(kubeconfig_module, "_private_file", no_file)
+    kube.tokens = {"t"}
+    answer(tmp_path, token="t")
+    path = kubeconfig(kube, tmp_path)
+    ca = (kube.dir / "ca.crt").read_bytes()
+    encoded = base64.b64encode(ca).decode()
+    inline_ca(path, "\n".join(encoded[i : i + 64] for i in range(0, len(encoded), 64)))
+    config = load_config(str(path))
+    assert config.ca_file is None and config.ca_data == ca
+    client = SyncApiClient(config)
+    client.request("GET", SLICES)  # verified with the inline CA
+    client.close()
+    sent = runs(tmp_path)[0]["info"]["spec"]["cluster"]["certificate-authority-data"]
+    assert base64.b64decode(sent) == ca
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [("not base64!", "certificate-authority-data is not base64"), ("bm90IFBFTQ==", "cannot load")],
+)
+def test_malformed_inline_ca_data_is_a_clear_error(
+    kube: FakeKubeApi, tmp_path: Path, data: str, message: str
+) -> None:
+    path = kubeconfig(kube, tmp_path, provideClusterInfo=False)
+    inline_ca(path, data)
+    with pytest.raises(ConfigError, match=message):
+        load_config(str(path)).ssl_context()

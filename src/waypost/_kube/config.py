@@ -15,10 +15,11 @@ by default) and the kubelet rotates the file, so a token read once at start
 stops working. `TokenSource` re-reads it every minute (client-go's period) and
 at once after a 401. `exec` credential plugins (cloud logins) are run by
 `execauth.py`: their token or client certificate is used until it expires,
-and the plugin runs again then or after a 401. Client certificates given
-inline (`client-certificate-data`, or from a plugin) are written to a private
-temporary directory, since Python's ssl module loads certificate chains only
-from files.
+and the plugin runs again then or after a 401. CA data given inline
+(`certificate-authority-data`) stays in memory (ssl's `cadata`); client
+certificates given inline (`client-certificate-data`, or from a plugin) are
+written to a private temporary directory, since Python's ssl module loads
+certificate chains only from files.
 """
 
 from __future__ import annotations
@@ -95,7 +96,8 @@ class KubeConfig:
         server: Base URL, `https://host:port`.
         namespace: The default namespace (the pod's, or the context's).
         token: The bearer token source, if any.
-        ca_file: CA bundle to verify the server with (None: system CAs).
+        ca_file: CA bundle to verify the server with.
+        ca_data: The same given inline, PEM (neither: the system's CAs).
         insecure: Skip TLS verification (kubeconfig `insecure-skip-tls-verify`).
         client_cert: (certificate file, key file) for client-certificate auth.
         exec_plugin: The kubeconfig's exec credential plugin, if any: its token
@@ -107,6 +109,7 @@ class KubeConfig:
     namespace: str = "default"
     token: TokenSource | None = None
     ca_file: str | None = None
+    ca_data: bytes | None = None
     insecure: bool = False
     client_cert: tuple[str, str] | None = None
     exec_plugin: ExecPlugin | None = None
@@ -116,16 +119,32 @@ class KubeConfig:
     cert_generation: int = 0  # moves when a plugin's new certificate replaced the old
 
     def ssl_context(self) -> ssl.SSLContext:
-        """The TLS context for this server (built once)."""
+        """The TLS context for this server (built once).
+
+        Raises:
+            ConfigError: The CA or client certificate does not load.
+        """
         if self._ssl is None:
-            ctx = ssl.create_default_context(cafile=self.ca_file)
+            try:
+                ctx = ssl.create_default_context(cafile=self.ca_file, cadata=self._cadata())
+                if self.client_cert is not None:
+                    ctx.load_cert_chain(*self.client_cert)
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError(f"{self.source}: cannot load its TLS files: {exc}") from exc
             if self.insecure:
                 ctx.check_hostname = False
                 ctx.verify_mode = ssl.CERT_NONE
-            if self.client_cert is not None:
-                ctx.load_cert_chain(*self.client_cert)
             self._ssl = ctx
         return self._ssl
+
+    def _cadata(self) -> str | None:
+        """`ca_data` as ssl's `cadata` takes PEM: text."""
+        if self.ca_data is None:
+            return None
+        try:
+            return self.ca_data.decode("ascii")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{self.source}: certificate-authority-data is not PEM") from exc
 
     def auth_due(self) -> bool:
         """True if the next `auth_headers()` runs a plugin (async callers use a thread)."""
@@ -277,19 +296,26 @@ def from_kubeconfig(paths: list[str], context: str | None = None) -> KubeConfig:
     if not server.startswith(("https://", "http://")):
         raise ConfigError(f"kubeconfig {where}: cluster of context {name!r} has no server URL")
     user, user_file = user_entry.get("user") or {}, user_entry.get("_file", "")
-    ca_file = _file_or_data(cluster, "certificate-authority", cluster_entry["_file"])
+    ca_data = _data(cluster, "certificate-authority", where)
+    ca_file = None if ca_data else _path(cluster, "certificate-authority", cluster_entry["_file"])
     plugin = None
     if user.get("exec"):
-        spec = parse_spec(user["exec"], user_file, f"kubeconfig {user_file} user {user_name!r}")
-        info = cluster_info(cluster, _read_ca(ca_file)) if spec.provide_cluster_info else None
+        spec = parse_spec(
+            user["exec"],
+            lambda path: _relative(path, user_file),
+            f"kubeconfig {user_file} user {user_name!r}",
+        )
+        ca_pem = ca_data or _read_ca(ca_file)
+        info = cluster_info(cluster, ca_pem) if spec.provide_cluster_info else None
         plugin = ExecPlugin(spec, info)
     return KubeConfig(
         server=server.rstrip("/"),
         namespace=str(ctx.get("namespace") or "default"),
         token=_token(user, user_file),
         ca_file=ca_file,
+        ca_data=ca_data,
         insecure=bool(cluster.get("insecure-skip-tls-verify", False)),
-        client_cert=_client_cert(user, user_file),
+        client_cert=_client_cert(user, user_file, where),
         exec_plugin=plugin,
         source=f"kubeconfig {where} context {name}",
     )
@@ -328,12 +354,35 @@ def _relative(path: str, kubeconfig_file: str) -> str:
     return str(Path(kubeconfig_file).parent / path) if kubeconfig_file else path
 
 
-def _file_or_data(section: dict[str, Any], key: str, kubeconfig_file: str) -> str | None:
-    if section.get(f"{key}-data"):
-        return _private_file(key, base64.b64decode(section[f"{key}-data"]))
-    if section.get(key):
-        return _relative(str(section[key]), kubeconfig_file)
-    return None
+def _data(section: dict[str, Any], key: str, where: str) -> bytes | None:
+    """`<key>-data`, decoded (base64, as kubectl writes it).
+
+    Raises:
+        ConfigError: It is not base64.
+    """
+    raw = section.get(f"{key}-data")
+    if not raw:
+        return None
+    text = "".join(str(raw).split())  # line breaks (a folded YAML value) are not data
+    try:
+        return base64.b64decode(text, validate=True)
+    except ValueError as exc:  # binascii.Error
+        raise ConfigError(f"kubeconfig {where}: {key}-data is not base64: {exc}") from exc
+
+
+def _path(section: dict[str, Any], key: str, kubeconfig_file: str) -> str | None:
+    return _relative(str(section[key]), kubeconfig_file) if section.get(key) else None
+
+
+def _file_or_data(
+    section: dict[str, Any], key: str, kubeconfig_file: str, where: str
+) -> str | None:
+    """`<key>-data` written to a private file (what ssl loads certificate
+    chains from), else `<key>` as a path."""
+    data = _data(section, key, where)
+    if data is not None:
+        return _private_file(key, data)
+    return _path(section, key, kubeconfig_file)
 
 
 def _read_ca(path: str | None) -> bytes | None:
@@ -356,9 +405,9 @@ def _token(user: dict[str, Any], kubeconfig_file: str) -> TokenSource | None:
     return None
 
 
-def _client_cert(user: dict[str, Any], kubeconfig_file: str) -> tuple[str, str] | None:
-    cert = _file_or_data(user, "client-certificate", kubeconfig_file)
-    key = _file_or_data(user, "client-key", kubeconfig_file)
+def _client_cert(user: dict[str, Any], kubeconfig_file: str, where: str) -> tuple[str, str] | None:
+    cert = _file_or_data(user, "client-certificate", kubeconfig_file, where)
+    key = _file_or_data(user, "client-key", kubeconfig_file, where)
     return (cert, key) if cert and key else None
 
 

@@ -44,7 +44,6 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from .._exceptions import ConfigError, ExecPluginError
@@ -79,8 +78,14 @@ class ExecSpec:
     where: str  # "kubeconfig PATH user NAME", for messages
 
 
-def parse_spec(raw: Any, kubeconfig_file: str, where: str) -> ExecSpec:
+def parse_spec(raw: Any, relative: Callable[[str], str], where: str) -> ExecSpec:
     """Check a user's `exec` section.
+
+    Args:
+        raw: The section, as read from the kubeconfig.
+        relative: A path as the kubeconfig that names it means it (config.py's
+            rule for every path in a kubeconfig).
+        where: "kubeconfig PATH user NAME", for messages.
 
     Raises:
         ConfigError: A field is missing or invalid (what client-go refuses too).
@@ -94,8 +99,8 @@ def parse_spec(raw: Any, kubeconfig_file: str, where: str) -> ExecSpec:
     command = str(raw.get("command") or "")
     if not command:
         raise ConfigError(f"{where}: exec has no command")
-    if os.sep in command and not os.path.isabs(command) and kubeconfig_file:
-        command = str(Path(kubeconfig_file).parent / command)  # as clientcmd resolves it
+    if os.sep in command:  # as clientcmd: a path is the kubeconfig's, a bare name is on PATH
+        command = relative(command)
     return ExecSpec(
         api_version=version,
         command=command,

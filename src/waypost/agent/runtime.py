@@ -160,10 +160,7 @@ class Agent:
             self.security.intentions_default_allow,
         )
         resolver = self.security.resolver
-        security = self.security
-        guard = (
-            StreamGuard(resolver, lambda: security.tokens.default, translator) if resolver else None
-        )
+        guard = StreamGuard(resolver, self.security.default_token, translator) if resolver else None
         self.xds = XdsServer(self.catalog, translator, guard)
         plain = split_address(c.grpc, "--grpc") if c.grpc != "off" else None
         tls = None

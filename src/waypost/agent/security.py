@@ -45,8 +45,24 @@ class Security:
         if self.enabled:
             allow = config.acl.default_policy == "allow"
             self.resolver = Resolver(catalog.state.acl, config.datacenter, allow)
-            self.guard = Guard(self.resolver, self.tokens.default, catalog.state, node)
-            self.identity = agent_identity(self.resolver, self.tokens)
+            self.guard = Guard(self.resolver, self.default_token, catalog.state, node)
+            self.identity = Identity(self.resolver, self.agent_token)
+
+    # `self.tokens` changes at run time (`set_token`): everyone reads it through
+    # these two, asked at each use, never a copy taken at start-up.
+    def default_token(self) -> str:
+        """For requests, xDS streams and DNS lookups that carry no token."""
+        return self.tokens.default
+
+    def agent_token(self) -> tuple[str, str]:
+        """(secret, where it came from): the agent token, else the default
+        token, else the anonymous one; what Consul's agent uses for its own
+        writes (its `AgentToken()`)."""
+        if self.tokens.agent:
+            return self.tokens.agent, "acl.tokens.agent"
+        if self.tokens.default:
+            return self.tokens.default, "acl.tokens.default (no agent token is set)"
+        return "", "no token (neither acl.tokens.agent nor default is set)"
 
     def set_token(self, kind: str, secret: str) -> None:
         """Replace the default or the agent token (`PUT /v1/agent/token/...`)
@@ -56,13 +72,9 @@ class Security:
         Raises:
             AclDisabled: ACLs are off (Consul answers 401 here too).
         """
-        if self.resolver is None or self.guard is None:
+        if self.resolver is None:
             raise AclDisabled()
         self.tokens = msgspec.structs.replace(self.tokens, **{kind: secret})
-        self.guard.default_token = self.tokens.default
-        fresh = agent_identity(self.resolver, self.tokens)
-        if self.identity is not None:  # the runner and the local agent hold this one
-            self.identity.secret, self.identity.source = fresh.secret, fresh.source
         log.info("Updated agent's ACL token: token=%s", kind)
 
     async def start(self) -> None:
@@ -88,21 +100,11 @@ class Security:
 
         def allow(resource: str, name: str) -> bool:
             try:  # the default token as it is now (PUT /v1/agent/token/default)
-                return resolver.resolve(self.tokens.default).allowed(resource, name, READ)
+                return resolver.resolve(self.default_token()).allowed(resource, name, READ)
             except AclNotFound:  # a default token that does not exist reads nothing
                 return False
 
         return allow
-
-
-def agent_identity(resolver: Resolver, tokens: AclTokens) -> Identity:
-    """The agent token, else the default token, else the anonymous one: what
-    Consul's agent uses for its own writes (its `AgentToken()`)."""
-    if tokens.agent:
-        return Identity(resolver, tokens.agent, "acl.tokens.agent")
-    if tokens.default:
-        return Identity(resolver, tokens.default, "acl.tokens.default (no agent token is set)")
-    return Identity(resolver, "", "no token (neither acl.tokens.agent nor default is set)")
 
 
 def https_options(config: AgentConfig) -> dict[str, Any]:

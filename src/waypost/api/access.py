@@ -30,15 +30,14 @@ from typing import Any, Final, TypeVar
 
 from .._exceptions import PermissionDenied
 from ..catalog.aclrules import LIST, READ, WRITE
-from ..catalog.authz import Authorizer, Resolver
+from ..catalog.authz import Authorizer, Perm, Resolver
 from ..catalog.state import State
 from . import decode
 from .http import Request
 
-__all__ = ["LIST", "READ", "WRITE", "Access", "Guard"]
+__all__ = ["LIST", "READ", "WRITE", "Access", "Guard", "Perm"]
 
 T = TypeVar("T")
-Perm = tuple[str, str, int]  # (resource, name, level): ("service", "web", WRITE)
 Filter = Callable[[Authorizer, Any], tuple[Any, bool]]  # (answer, whether anything went)
 
 
@@ -205,12 +204,15 @@ class Guard:
 
     Args:
         resolver: Secrets to authorizers (catalog/authz.py).
-        default_token: Used when a request carries none ("" means anonymous).
+        default_token: Asked for when a request carries none ("" means
+            anonymous): `PUT /v1/agent/token/default` changes it at run time.
         state: The catalog state, for declarations that look names up.
         node: This agent's node name.
     """
 
-    def __init__(self, resolver: Resolver, default_token: str, state: State, node: str) -> None:
+    def __init__(
+        self, resolver: Resolver, default_token: Callable[[], str], state: State, node: str
+    ) -> None:
         self.resolver = resolver
         self.default_token = default_token
         self.state = state
@@ -218,7 +220,7 @@ class Guard:
 
     def authorize(self, req: Request) -> Authorizer:
         """The request's authorizer (AclNotFound for an unknown or expired token)."""
-        return self.resolver.resolve(token_of(req) or self.default_token)
+        return self.resolver.resolve(token_of(req) or self.default_token())
 
     def enforce(self, req: Request, rest: str, access: Access | None) -> Awaitable[None] | None:
         """Let the request through, with `req.authz` and `req.access` set, or raise.
@@ -248,17 +250,12 @@ class Guard:
         perms = access.needs(Ctx(req, rest, self.state, self.node))
         if inspect.isawaitable(perms):
             return _require_later(authz, perms)
-        _require(authz, perms)
+        authz.require_all(perms)
         return None
 
 
-def _require(authz: Authorizer, perms: Iterable[Perm]) -> None:
-    for resource, name, level in perms:
-        authz.require(resource, name, level)
-
-
 async def _require_later(authz: Authorizer, perms: Awaitable[Iterable[Perm]]) -> None:
-    _require(authz, await perms)
+    authz.require_all(await perms)
 
 
 # -- names looked up in the catalog (an ID in the path names a service or check)

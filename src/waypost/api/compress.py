@@ -32,7 +32,7 @@ import asyncio
 import zlib
 from collections.abc import Sequence
 
-from ._bounded import ByteBoundedCache
+from .._bounded import ByteBoundedCache
 from .http import Response
 
 LEVEL = 6  # Go's gzip.DefaultCompression, what gziphandler uses

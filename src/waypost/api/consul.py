@@ -15,6 +15,7 @@ from typing import Any, Final, NamedTuple
 
 import msgspec
 
+from .._bounded import ByteBoundedCache
 from .._exceptions import NotFoundError, RefusedError, ValidationError
 from ..catalog import Catalog, Service, writes
 from ..catalog.aclrules import READ, WRITE
@@ -29,7 +30,6 @@ from ..catalog.model import CONSUL_SERVICE_ID, SERF_CHECK_ID, STATUSES
 from ..catalog.watch import CHECKS, NODES, SERVICES, Topic, node_topic, service_topic
 from . import access, decode, encode, filter_fields
 from . import consul_needs as acl
-from ._bounded import ByteBoundedCache
 from .access import check_names, filtered, items, values
 from .filter import Predicate, compile_filter
 from .http import Request, Response, Router, empty, json, json_bytes

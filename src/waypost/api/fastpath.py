@@ -47,11 +47,11 @@ from typing import Any, Generic, NamedTuple, TypeVar
 
 from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
+from .._bounded import ByteBoundedCache
 from .._exceptions import ValidationError, WaypostError
 from ..catalog import Catalog
 from ..catalog.watch import Topic
 from . import compress, decode, http, wire
-from ._bounded import ByteBoundedCache
 from .access import token_in
 from .app import AgentApp, access_log
 from .consul import DEFAULT_WAIT, Read
@@ -268,7 +268,7 @@ class FastReads:
         """
         guard = self.app.guard
         assert guard is not None
-        secret = token_in(prepared.request.query, cycle.scope["headers"]) or guard.default_token
+        secret = token_in(prepared.request.query, cycle.scope["headers"]) or guard.default_token()
         try:
             authz = guard.resolver.resolve(secret)
         except WaypostError:

@@ -20,34 +20,38 @@ from .._exceptions import AccessDenied, AclNotFound
 from .._logfmt import quote
 from .acl import ANONYMOUS_ACCESSOR
 from .aclrules import WRITE
-from .authz import Resolver
+from .authz import Perm, Resolver
 from .txn import Txn
 
 T = TypeVar("T")
-Perm = tuple[str, str, int]  # (resource, name, level)
 
 
 class Identity:
-    """A token the agent writes as, resolved again at every write (an ACL
-    change, or the token being created after the agent started, applies at
-    the next anti-entropy pass).
+    """A token the agent writes as, asked for and resolved again at every
+    write (an ACL change, the token being created after the agent started, or
+    a new one set through the API, applies at the next anti-entropy pass).
 
     Args:
         resolver: Secrets to authorizers.
-        secret: The agent token, else the default token ("" is anonymous).
-        source: Where the secret came from, for the log ("acl.tokens.agent").
+        token: (secret, where it came from, for the log: "acl.tokens.agent"),
+            as it is now: the agent token, else the default token ("" is anonymous).
     """
 
-    def __init__(self, resolver: Resolver, secret: str, source: str) -> None:
+    def __init__(self, resolver: Resolver, token: Callable[[], tuple[str, str]]) -> None:
         self.resolver = resolver
-        self.secret = secret
-        self.source = source
+        self.token = token
+
+    @property
+    def secret(self) -> str:
+        return self.token()[0]
+
+    @property
+    def source(self) -> str:
+        return self.token()[1]
 
     def require(self, perms: Iterable[Perm]) -> None:
         """Raises AclNotFound (an unknown token) or PermissionDenied."""
-        authz = self.resolver.resolve(self.secret)
-        for resource, name, level in perms:
-            authz.require(resource, name, level)
+        self.resolver.resolve(self.secret).require_all(perms)
 
     def accessor(self) -> str:
         """The token's AccessorID as Consul logs it ("anonymous token" for it)."""

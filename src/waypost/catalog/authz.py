@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hmac
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Final
 
 from .._exceptions import AclNotFound, PermissionDenied
@@ -27,6 +27,7 @@ from .acl import ANONYMOUS_ACCESSOR, MANAGEMENT_POLICY_ID, AclTable
 from .aclrules import DENY, LEVEL_NAMES, UNNAMED, WRITE, Rules
 from .model import NodeIdentity, ServiceIdentity, Token
 
+Perm = tuple[str, str, int]  # (resource, name, level): ("service", "web", WRITE)
 _DECISIONS_LIMIT: Final = 4096  # names come from callers: never let them grow this without end
 
 
@@ -94,6 +95,11 @@ class Authorizer:
         """Raise PermissionDenied naming the permission, as Consul words it."""
         if not self.allowed(resource, name, level):
             raise PermissionDenied(denied_message(self.accessor, resource, name, level))
+
+    def require_all(self, perms: Iterable[Perm]) -> None:
+        """`require` each, in order: the first missing one is named."""
+        for resource, name, level in perms:
+            self.require(resource, name, level)
 
 
 def denied_message(accessor: str, resource: str, name: str, level: int) -> str:

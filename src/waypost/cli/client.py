@@ -13,6 +13,7 @@ error) is explained, not dumped.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
@@ -30,11 +31,11 @@ class AgentError(WaypostError):
     """The agent could not be reached, refused the request, or is not an agent."""
 
 
-def agent_url(flag: str | None) -> str:
+def agent_url(flag: str | None, environ: Mapping[str, str] = os.environ) -> str:
     """The agent's base URL from the flag, the environment or the default."""
-    value = (flag or os.environ.get(ADDR_ENV) or DEFAULT_ADDR).strip().rstrip("/")
+    value = (flag or environ.get(ADDR_ENV) or DEFAULT_ADDR).strip().rstrip("/")
     if "://" not in value:
-        value = _tls.agent_url(value)
+        value = _tls.agent_url(value, environ)
     scheme = value.split("://", 1)[0]
     if scheme not in ("http", "https"):
         raise ConfigError(f"--http-addr {value!r}: expected http://HOST:PORT or HOST:PORT")
@@ -47,11 +48,27 @@ def segment(name: str) -> str:
 
 
 class AgentClient:
-    def __init__(self, addr: str | None = None, token: str | None = None, timeout: float = 10):
-        self.base = agent_url(addr)
-        token = _tls.token(token) or ""
-        headers = {"X-Consul-Token": token} if token else {}
-        options: Any = _tls.client_options(self.base)
+    """The agent's HTTP API, reached as Consul's CLI does.
+
+    Args:
+        addr: `--http-addr` (None: the environment's, else the default).
+        token: `--token` (None: the environment's).
+        timeout: Seconds a request may take.
+        environ: Where the `CONSUL_HTTP_*` / `CONSUL_CACERT` settings are read
+            (a command's flags such as `-ca-file` override them in a copy).
+    """
+
+    def __init__(
+        self,
+        addr: str | None = None,
+        token: str | None = None,
+        timeout: float = 10,
+        environ: Mapping[str, str] = os.environ,
+    ) -> None:
+        self.base = agent_url(addr, environ)
+        self.token = _tls.token(token, environ) or ""
+        headers = {"X-Consul-Token": self.token} if self.token else {}
+        options: Any = _tls.client_options(self.base, environ)
         self.http = httpx.Client(base_url=self.base, headers=headers, timeout=timeout, **options)
 
     def __enter__(self) -> AgentClient:

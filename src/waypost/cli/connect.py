@@ -5,7 +5,10 @@
 bootstrap whose node ID is the sidecar's service ID, and execs Envoy with
 it (`--bootstrap` prints it instead). Consul's single-dash spellings
 (`-sidecar-for`, `-admin-bind`...) are accepted, so its docs can be
-followed; arguments after `--` go to Envoy.
+followed; arguments after `--` go to Envoy. The agent is reached with the
+CLI's one client (cli/client.py), so `-http-addr` / `$CONSUL_HTTP_ADDR`,
+`$CONSUL_HTTP_SSL`, `$CONSUL_CACERT` (or `-ca-file`) and the client
+certificate apply as for every other command.
 
 With ACLs, the token (`-token`, `-token-file`, `$CONSUL_HTTP_TOKEN`,
 `$CONSUL_HTTP_TOKEN_FILE`) is sent on the HTTP look-up and written into the
@@ -23,13 +26,10 @@ import os
 import sys
 from typing import Any
 
-import httpx
-
-from .. import _tls
 from .._address import split_address
 from .._exceptions import ConfigError
+from .client import DEFAULT_ADDR, AgentClient
 
-DEFAULT_HTTP = "http://127.0.0.1:8500"
 DEFAULT_GRPC = "127.0.0.1:8502"
 DEFAULT_ADMIN = "127.0.0.1:19000"
 # Envoy drains a changed listener's connections for --drain-time-s (600 s by
@@ -44,7 +44,10 @@ def _option(parser: argparse.ArgumentParser, name: str, **kw: Any) -> None:
 
 def _common(parser: argparse.ArgumentParser, admin: str) -> None:
     _option(
-        parser, "http-addr", metavar="URL", help=f"the agent's HTTP API (default {DEFAULT_HTTP})"
+        parser,
+        "http-addr",
+        metavar="URL",
+        help=f"the agent's HTTP API (default $CONSUL_HTTP_ADDR, else {DEFAULT_ADDR})",
     )
     _option(
         parser, "grpc-addr", metavar="ADDR:PORT", help=f"its xDS server (default {DEFAULT_GRPC})"
@@ -116,8 +119,8 @@ def run(args: argparse.Namespace) -> int:
 def _sidecar(args: argparse.Namespace) -> int:
     from ..mesh.bootstrap import envoy_bootstrap
 
-    agent = _Agent(args)
-    proxy_id, proxy = _find_sidecar(agent, args.sidecar_for)
+    with _agent(args) as agent:
+        proxy_id, proxy = _find_sidecar(agent, args.sidecar_for)
     admin = split_address(args.admin_bind, "--admin-bind")
     boot = envoy_bootstrap(
         proxy_id, proxy["Service"], _grpc_addr(args), admin, xds=_xds_security(args, agent)
@@ -129,8 +132,8 @@ def _gateway(args: argparse.Namespace) -> int:
     from ..mesh.bootstrap import envoy_bootstrap, gateway_metadata
 
     listen = split_address(args.listen, "--listen")
-    agent = _Agent(args)
-    agent.get("/v1/agent/self")  # fail here if the agent is not there
+    with _agent(args) as agent:
+        agent.get("/v1/agent/self")  # fail here if the agent is not there
     admin = split_address(args.admin_bind, "--admin-bind")
     node_id = f"waypost-gateway-{listen[0]}-{listen[1]}"
     boot = envoy_bootstrap(
@@ -161,9 +164,10 @@ def _emit(boot: dict[str, Any], args: argparse.Namespace) -> int:
     return 0  # not reached
 
 
-def _find_sidecar(agent: _Agent, service_id: str) -> tuple[str, dict[str, Any]]:
+def _find_sidecar(agent: AgentClient, service_id: str) -> tuple[str, dict[str, Any]]:
     """The sidecar of `service_id` on the agent (or `service_id` itself if it is one)."""
-    services: dict[str, Any] = agent.get("/v1/agent/services")
+    services: dict[str, Any]
+    services, response = agent.request("GET", "/v1/agent/services")
     candidates = [service_id] + [
         sid
         for sid, s in services.items()
@@ -176,18 +180,13 @@ def _find_sidecar(agent: _Agent, service_id: str) -> tuple[str, dict[str, Any]]:
     hint = (
         " (the agent left out services this token may not read: give one with service:write "
         "on the service, -token or $CONSUL_HTTP_TOKEN)"
-        if agent.filtered
+        if response.headers.get("X-Consul-Results-Filtered-By-ACLs") == "true"
         else ""
     )
     raise ConfigError(
-        f'no sidecar for service ID "{service_id}" on the agent at {agent.url}: register it with '
+        f'no sidecar for service ID "{service_id}" on the agent at {agent.base}: register it with '
         '"Connect": {"SidecarService": {}}' + hint
     )
-
-
-def _http_addr(args: argparse.Namespace) -> str:
-    value = args.http_addr or os.environ.get("CONSUL_HTTP_ADDR") or DEFAULT_HTTP
-    return value if "://" in value else f"http://{value}"
 
 
 def _grpc_target(args: argparse.Namespace) -> tuple[bool, tuple[str, int]]:
@@ -201,37 +200,19 @@ def _grpc_addr(args: argparse.Namespace) -> tuple[str, int]:
     return _grpc_target(args)[1]
 
 
-class _Agent:
-    """The agent's HTTP API as the command reaches it: URL, token, CA."""
-
-    def __init__(self, args: argparse.Namespace) -> None:
-        self.url = _http_addr(args)
-        environ = dict(os.environ)
-        if args.token_file:
-            environ["CONSUL_HTTP_TOKEN_FILE"] = args.token_file
-        if args.ca_file:
-            environ["CONSUL_CACERT"] = args.ca_file
-        self.token = _tls.token(args.token or None, environ) or ""
-        self.verify: Any = _tls.client_options(self.url, environ).get("verify", True)
-        self.filtered = False  # the last answer left out what the token may not read
-
-    def get(self, path: str) -> Any:
-        headers = {"X-Consul-Token": self.token} if self.token else {}
-        try:
-            response = httpx.get(
-                self.url.rstrip("/") + path, timeout=10, headers=headers, verify=self.verify
-            )
-        except httpx.HTTPError as exc:
-            raise ConfigError(f"cannot reach the agent at {self.url}: {exc}") from exc
-        if response.status_code != 200:
-            raise ConfigError(
-                f"the agent at {self.url} answered {response.status_code}: {response.text}"
-            )
-        self.filtered = response.headers.get("X-Consul-Results-Filtered-By-ACLs") == "true"
-        return response.json()
+def _agent(args: argparse.Namespace) -> AgentClient:
+    """The CLI's one agent client, with `-token-file` and `-ca-file` over the
+    environment's CONSUL_HTTP_TOKEN_FILE and CONSUL_CACERT (the other
+    CONSUL_HTTP_* settings, CONSUL_HTTP_SSL among them, apply as for every command)."""
+    environ = dict(os.environ)
+    if args.token_file:
+        environ["CONSUL_HTTP_TOKEN_FILE"] = args.token_file
+    if args.ca_file:
+        environ["CONSUL_CACERT"] = args.ca_file
+    return AgentClient(args.http_addr, args.token or None, environ=environ)
 
 
-def _xds_security(args: argparse.Namespace, agent: _Agent) -> dict[str, str]:
+def _xds_security(args: argparse.Namespace, agent: AgentClient) -> dict[str, str]:
     """What the bootstrap's ADS connection needs: the token, and the CA for TLS."""
     tls, _ = _grpc_target(args)
     found = {"token": agent.token}

@@ -7,8 +7,11 @@ same ones (every client of `db` gets the same `upstream:db` endpoints). So:
 - `Encoder` maps a resource's canonical JSON text to its version digest and
   its protobuf `Any`, for every node: a resource is parsed into protobuf
   (`json_format.ParseDict`, the costly step) once per distinct content, not
-  once per node and generation. The cache is bounded: past `LIMIT` entries it
-  starts again (what is in use is encoded again on the next push).
+  once per node and generation. The cache is bounded by bytes (`BUDGET`, the
+  text and the serialized message of each entry), the oldest entries going
+  first: a flood of distinct or large resources costs at most the budget, and
+  what is in use stays encoded (a cache cleared whole when full encoded every
+  resource again at the next push).
 - `Built` is one node's snapshot at one generation; it serializes the
   `DiscoveryResponse` for a (type, names) once, without a nonce, and every
   stream of that node sends those bytes with its own nonce appended: a
@@ -25,30 +28,41 @@ import json
 from envoy.service.discovery.v3 import discovery_pb2  # type: ignore[import-untyped]
 from google.protobuf import any_pb2, json_format  # type: ignore[import-untyped]
 
+from .._bounded import ByteBoundedCache
 from . import resources as r
 
-LIMIT = 50_000  # distinct resources kept encoded
+BUDGET = 64 << 20  # bytes of resources kept encoded (their text and message)
+
+# A resource's canonical text -> (the text again, for its size; its version
+# digest; its message, once parsed).
+_Entry = tuple[str, str, any_pb2.Any | None]
+
+
+def _size(entry: _Entry) -> int:
+    text, _, message = entry
+    return len(text) + (message.ByteSize() if message is not None else 0)
 
 
 class Encoder:
-    def __init__(self) -> None:
-        self._by_text: dict[str, tuple[str, any_pb2.Any | None]] = {}
+    def __init__(self, budget: int = BUDGET) -> None:
+        self._by_text: ByteBoundedCache[_Entry] = ByteBoundedCache(budget, _size)
 
-    def digest(self, text: str) -> str:
+    def _entry(self, text: str) -> _Entry:
         hit = self._by_text.get(text)
         if hit is None:
-            if len(self._by_text) >= LIMIT:
-                self._by_text.clear()
-            hit = (hashlib.blake2b(text.encode(), digest_size=8).hexdigest(), None)
-            self._by_text[text] = hit
-        return hit[0]
+            hit = (text, hashlib.blake2b(text.encode(), digest_size=8).hexdigest(), None)
+            self._by_text.put(text, hit)
+        return hit
+
+    def digest(self, text: str) -> str:
+        hit = self._by_text.get(text)  # `_entry` inlined: this runs per resource and node
+        return (hit or self._entry(text))[1]
 
     def message(self, text: str, resource: r.JSON) -> any_pb2.Any:
-        digest = self.digest(text)
-        found = self._by_text[text][1]
+        _, digest, found = self._by_text.get(text) or self._entry(text)
         if found is None:
             found = json_format.ParseDict(resource, any_pb2.Any())
-            self._by_text[text] = (digest, found)
+            self._by_text.put(text, (text, digest, found))
         return found
 
 

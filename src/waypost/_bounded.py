@@ -1,6 +1,8 @@
 """A dict bounded by the bytes of what it holds, evicting the oldest first.
 
-The API's encoded-answer cache used to be bounded by entries (4,096): one
+Used by the API's answer caches and the xDS encoder (mesh/encoding.py): a
+top-level private module, so adapters of one layer share it. The API's
+encoded-answer cache used to be bounded by entries (4,096): one
 service with 900 KB of Meta, read with 4,096 distinct query strings, held
 3.6 GB. Bounded by bytes, the same flood costs at most the budget, and an
 answer too large to be worth a slot (over an eighth of the budget) is not
@@ -22,11 +24,11 @@ class ByteBoundedCache(Generic[V]):
         self.size_of = size_of
         self.bytes = 0
         self.evictions = 0
-        self._items: OrderedDict[Hashable, tuple[V, int]] = OrderedDict()
-
-    def get(self, key: Hashable) -> V | None:
-        hit = self._items.get(key)
-        return hit[0] if hit is not None else None
+        self._items: OrderedDict[Hashable, V] = OrderedDict()
+        self._sizes: dict[Hashable, int] = {}
+        # A hit is the dict's own get, no Python frame: the xDS encoder asks
+        # for every resource of every node at every push.
+        self.get: Callable[[Hashable], V | None] = self._items.get
 
     def put(self, key: Hashable, value: V) -> None:
         size = self.size_of(value) + 200  # the key and the bookkeeping cost something too
@@ -34,16 +36,18 @@ class ByteBoundedCache(Generic[V]):
         if size > self.budget // 8:
             return
         while self._items and self.bytes + size > self.budget:
-            _, (_, old) = self._items.popitem(last=False)
-            self.bytes -= old
+            old, _ = self._items.popitem(last=False)
+            self.bytes -= self._sizes.pop(old)
             self.evictions += 1
-        self._items[key] = (value, size)
+        self._items[key] = value
+        self._sizes[key] = size
         self.bytes += size
 
     def pop(self, key: Hashable) -> None:
-        old = self._items.pop(key, None)
-        if old is not None:
-            self.bytes -= old[1]
+        size = self._sizes.pop(key, None)
+        if size is not None:
+            del self._items[key]
+            self.bytes -= size
 
     def __len__(self) -> int:
         return len(self._items)
