@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import os
 import random
-import shutil
 import sys
 import tempfile
 import threading
@@ -32,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import header, line, percentile
+from _common import copy_store, header, line, percentile
 
 from waypost.storage import Condition, Entry, sqlite
 from waypost.storage.sqlite import SqliteStorage
@@ -257,7 +256,7 @@ def main() -> None:
         _sqlite_checkpoint.RESET_FRAMES = args.reset_frames
     with tempfile.TemporaryDirectory(prefix="waypost-commit-timing-", dir="/tmp") as tmp:
         copy = Path(tmp) / "catalog.db"
-        shutil.copyfile(args.store, copy)
+        copy_store(args.store, copy)
         asyncio.run(run(copy, args))
 
 

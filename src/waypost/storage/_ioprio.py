@@ -1,0 +1,69 @@
+"""A thread's I/O priority (Linux `ioprio_set(2)` / `ioprio_get(2)`).
+
+Why: the sqlite checkpointer's writes into the db file and its fsync share
+the disk with the writer's WAL fsync, which every durable commit waits for.
+The checkpointer's thread runs in the idle class so that, where the block
+layer orders requests by class (mq-deadline since Linux 5.14, BFQ; `none`
+ignores it), the WAL's writes are dispatched before the checkpoint's that
+are still queued. The idle class needs no privilege, and raising a thread
+back to best-effort needs none either (only the real-time class does).
+mq-deadline dispatches idle requests anyway once they waited
+`prio_aging_expire` (10 s by default), so a busy disk delays checkpoints,
+never stops them.
+
+The C library has no wrapper for these calls, so they go through
+`syscall(2)` by number; on other platforms and architectures
+`get_priority` answers None and `set_priority` False, and the caller
+carries on at the normal priority.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import platform
+import sys
+from collections.abc import Callable
+
+#: (ioprio_set, ioprio_get) by machine: x86_64's own table, and the generic
+#: one that arm64 and riscv64 share (asm-generic/unistd.h).
+_NUMBERS = {"x86_64": (251, 252), "aarch64": (30, 31), "arm64": (30, 31), "riscv64": (30, 31)}
+#: IOPRIO_WHO_PROCESS: `who` is a process or thread id, 0 the calling thread.
+_WHO_PROCESS = 1
+_CLASS_SHIFT = 13
+#: IOPRIO_CLASS_IDLE, level 0 (the idle class has no levels).
+IDLE = 3 << _CLASS_SHIFT
+
+
+def _syscall() -> tuple[Callable[..., int], int, int] | None:
+    numbers = _NUMBERS.get(platform.machine()) if sys.platform == "linux" else None
+    if numbers is None:
+        return None
+    call = ctypes.CDLL(None, use_errno=True).syscall
+    call.restype = ctypes.c_long
+    return call, *numbers
+
+
+_CALL = _syscall()
+
+
+def get_priority(tid: int = 0) -> int | None:
+    """The I/O priority of thread `tid` (0: the calling thread), as the
+    kernel encodes it (class << 13 | level); None where it cannot be read."""
+    if _CALL is None:
+        return None
+    call, _set, number = _CALL
+    value = int(call(number, _WHO_PROCESS, tid))
+    return None if value < 0 else value
+
+
+def set_priority(value: int) -> bool:
+    """Set the calling thread's I/O priority; whether the kernel took it."""
+    if _CALL is None:
+        return False
+    call, number, _get = _CALL
+    return int(call(number, _WHO_PROCESS, 0, value)) == 0
+
+
+def class_of(value: int) -> int:
+    """The class part of an encoded priority (0 none, 1 real-time, 2 best-effort, 3 idle)."""
+    return value >> _CLASS_SHIFT
