@@ -21,10 +21,10 @@ Issue 13's scale target. Three phases, bounded in count and time:
    each flipping its check between passing and warning: a real change every
    time) for `--seconds`. Meanwhile this process keeps one blocking query on
    `svc-0` (`/v1/health/service/svc-0?index=`) and changes one `svc-0` check
-   `--pause` after each answer (0.05 s: ~13 changes a second, ~370 samples in
-   30 s, so the p99 is not the 2nd-largest of ~130 as with the 0.2 s before;
-   they are not counted in `--rate`): the wake-up latency is from sending that write to the
-   blocking query's answer (so it includes the durable commit, queued behind
+   `--pause` after each answer (0.05 s: ~13 changes a second, ~370 samples
+   in 30 s, so the p99 is not the 2nd-largest of ~130 as with the 0.2 s
+   before; they are not counted in `--rate`): the wake-up latency is from
+   sending that write to the blocking query's answer (so it includes the durable commit, queued behind
    the churn's writes). And a second, plain reader `GET`s
    `/v1/health/service/svc-0` (100 instances) 20 times a second: read latency.
    Both also run for a few seconds before the churn starts, as the quiet
