@@ -24,8 +24,8 @@ Issue 13's scale target. Three phases, bounded in count and time:
    `--pause` after each answer (0.05 s: ~13 changes a second, ~370 samples
    in 30 s, so the p99 is not the 2nd-largest of ~130 as with the 0.2 s
    before; they are not counted in `--rate`): the wake-up latency is from
-   sending that write to the blocking query's answer (so it includes the durable commit, queued behind
-   the churn's writes). And a second, plain reader `GET`s
+   sending that write to the blocking query's answer (so it includes the
+   durable commit, queued behind the churn's writes). And a second, plain reader `GET`s
    `/v1/health/service/svc-0` (100 instances) 20 times a second: read latency.
    Both also run for a few seconds before the churn starts, as the quiet
    baseline.
