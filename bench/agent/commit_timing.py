@@ -16,7 +16,7 @@ on its own thread, its checkpoint counters are printed too.
 
 Usage: .venv/bin/python bench/agent/commit_timing.py --store /tmp/scale-1m.db
        [--rate 1000] [--seconds 20] [--instances 1000000] [--services 10000]
-       [--interval S] [--reset-frames N] [--normal-io]
+       [--interval S] [--reset-frames N]
 """
 
 from __future__ import annotations
@@ -245,9 +245,6 @@ def main() -> None:
     parser.add_argument("--services", type=int, default=10_000)
     parser.add_argument("--interval", type=float, help="override the checkpointer's INTERVAL")
     parser.add_argument("--reset-frames", type=int, help="override its RESET_FRAMES")
-    parser.add_argument(
-        "--normal-io", action="store_true", help="keep the checkpointer at the normal I/O priority"
-    )
     args = parser.parse_args()
     header(f"sqlite writer under {args.rate} commits/s for {args.seconds:g} s on {args.store}")
     if args.interval is not None:
@@ -258,10 +255,6 @@ def main() -> None:
         from waypost.storage import _sqlite_checkpoint
 
         _sqlite_checkpoint.RESET_FRAMES = args.reset_frames
-    if args.normal_io:
-        from waypost.storage import _sqlite_checkpoint
-
-        _sqlite_checkpoint.IDLE_IO = False
     with tempfile.TemporaryDirectory(prefix="waypost-commit-timing-", dir="/tmp") as tmp:
         copy = Path(tmp) / "catalog.db"
         copy_store(args.store, copy)

@@ -26,9 +26,8 @@ import threading
 import time
 from pathlib import Path
 
+import _ioprio
 from _common import copy_store, header, line, percentile
-
-from waypost.storage import _ioprio
 
 WAL_BYTES = 32 << 20
 RECORD = os.urandom(12288)

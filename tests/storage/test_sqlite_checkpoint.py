@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from waypost.storage import Entry, _ioprio, open_storage
+from waypost.storage import Entry, open_storage
 from waypost.storage import _sqlite_checkpoint as checkpoint
 from waypost.storage import sqlite as sqlite_backend
 from waypost.storage.sqlite import SqliteStorage
@@ -199,62 +199,3 @@ def test_a_thread_an_earlier_stop_timed_out_on_ends_once_it_can(
     assert not old.is_alive()
     pointer.stop(timeout=5)
     assert pointer._thread is None
-
-
-def _wal_db(tmp_path: Path) -> Path:
-    db = tmp_path / "c.db"
-    sqlite3.connect(db).execute("PRAGMA journal_mode=WAL").connection.close()
-    return db
-
-
-@pytest.mark.skipif(_ioprio.get_priority() is None, reason="no ioprio_get(2) here")
-def test_the_checkpoint_thread_runs_in_the_idle_io_class(tmp_path: Path) -> None:
-    """Read from outside, by the thread's id: the kernel has it in the idle
-    class (its writes queue behind the WAL's), and the store says so."""
-    pointer = checkpoint.Checkpointer(_wal_db(tmp_path))
-    pointer.start()
-    try:
-        thread = pointer._thread
-        assert thread is not None and thread.native_id is not None
-        for _ in range(500):  # the thread lowers it first thing
-            if pointer.statistics()["checkpoint_io_idle"] == 1:
-                break
-            threading.Event().wait(0.01)
-        priority = _ioprio.get_priority(thread.native_id)
-        assert priority is not None and _ioprio.class_of(priority) == 3  # IOPRIO_CLASS_IDLE
-        assert pointer.statistics()["checkpoint_io_idle"] == 1
-    finally:
-        pointer.stop(timeout=5)
-    assert _ioprio.class_of(_ioprio.get_priority() or 0) != 3  # the caller's own is untouched
-
-
-@pytest.mark.skipif(_ioprio.get_priority() is None, reason="no ioprio_get(2) here")
-def test_the_checkpoint_that_holds_the_writer_runs_at_the_normal_io_priority(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Every commit waits for the held checkpoint: it must not queue behind
-    other I/O in the idle class; the passive ones before and after it do."""
-    seen: list[tuple[bool, int | None]] = []
-    pointer = checkpoint.Checkpointer(_wal_db(tmp_path))
-
-    def recorded(conn: sqlite3.Connection) -> tuple[int, int, int]:
-        seen.append((pointer.gate.locked(), _ioprio.get_priority()))
-        return 0, checkpoint.RESET_FRAMES, checkpoint.RESET_FRAMES  # all copied, quick
-
-    monkeypatch.setattr(checkpoint, "_run_checkpoint", recorded)
-    normal = _ioprio.get_priority()
-    done = threading.Event()
-
-    def run() -> None:
-        pointer._lower_io_priority()
-        conn = sqlite3.connect(pointer.path)
-        pointer.checkpoint(conn)  # one passive (quick, at RESET_FRAMES), then the held one
-        pointer.checkpoint(conn)
-        conn.close()
-        done.set()
-
-    threading.Thread(target=run).start()
-    assert done.wait(10)
-    idle = _ioprio.IDLE
-    assert seen == [(False, idle), (True, normal), (False, idle), (True, normal)]
-    assert pointer.resets == 2

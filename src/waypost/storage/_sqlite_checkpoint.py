@@ -40,29 +40,17 @@ is free. The writer's `journal_size_limit` trims a WAL file that grew past
 `WAL_KEEP_BYTES` once it starts over (a file that keeps its size is cheaper
 to fsync: overwriting its blocks does not change the file's metadata).
 
-I/O priority: the checkpoints' writes into the db file and their fsync share
-the disk with the WAL fsync every durable commit waits for, so this thread
-runs in the idle I/O class (`_ioprio.py`: where the block layer orders by
-class, the WAL's requests go first). Not while it holds the writer: that
-short checkpoint runs at the thread's normal priority, since every commit
-waits for it. The priority orders only what waits in the guest's queue; it
-changes nothing of what is written or when a COMMIT returns.
-
 A failed checkpoint is logged (once, until one succeeds again) and counted;
 it never fails a commit.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
-
-from waypost.storage import _ioprio
 
 log = logging.getLogger("waypost.storage")
 
@@ -80,8 +68,6 @@ MAX_FRAMES = 4 * RESET_FRAMES
 #: then copies only what landed during a quick one.
 CATCH_UP = 4
 QUICK = 0.005
-#: Run the checkpoints (but for the held one) in the idle I/O class.
-IDLE_IO = True
 #: The writer's journal_size_limit: a WAL file past this is trimmed back to
 #: it once it starts over.
 WAL_KEEP_BYTES = 64 * 2**20
@@ -132,8 +118,6 @@ class Checkpointer:
         self.took = Durations()  # each checkpoint (the writer goes on meanwhile)
         self.held = Durations()  # each hold of the writer, to start the WAL over
         self._failing = False
-        #: The thread's own I/O priority, where it lowered it to the idle class.
-        self._normal_io: int | None = None
 
     def start(self) -> None:
         conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
@@ -173,7 +157,6 @@ class Checkpointer:
 
     def _run(self, conn: sqlite3.Connection, stopping: threading.Event) -> None:
         try:
-            self._lower_io_priority()
             while True:
                 self._dirty.wait()
                 if stopping.is_set():
@@ -191,7 +174,7 @@ class Checkpointer:
         try:
             frames, quick = self._catch_up(conn)
             if frames >= RESET_FRAMES and (quick or frames >= MAX_FRAMES):
-                with self.gate, self._normal_io_priority():  # between two transactions
+                with self.gate:  # between two of the writer's transactions
                     held = time.perf_counter()
                     busy, frames, copied = _run_checkpoint(conn)
                     self.held.observe(time.perf_counter() - held)
@@ -207,28 +190,8 @@ class Checkpointer:
         self.wal_frames = max(frames, 0)
         self.took.observe(time.perf_counter() - started)
 
-    def _lower_io_priority(self) -> None:
-        """On the thread: the idle I/O class; a kernel without it changes nothing."""
-        normal = _ioprio.get_priority() if IDLE_IO else None
-        if normal is not None and _ioprio.set_priority(_ioprio.IDLE):
-            self._normal_io = normal
-
-    @contextlib.contextmanager
-    def _normal_io_priority(self) -> Iterator[None]:
-        """The thread's normal I/O priority while the writer waits for it."""
-        normal = self._normal_io
-        if normal is None:
-            yield
-            return
-        _ioprio.set_priority(normal)
-        try:
-            yield
-        finally:
-            _ioprio.set_priority(_ioprio.IDLE)
-
     def statistics(self) -> dict[str, float]:
         return {
-            "checkpoint_io_idle": int(self._normal_io is not None),
             "checkpoints": self.checkpoints,
             "checkpoint_failures": self.failures,
             "wal_resets": self.resets,

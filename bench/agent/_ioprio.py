@@ -1,15 +1,8 @@
 """A thread's I/O priority (Linux `ioprio_set(2)` / `ioprio_get(2)`).
 
-Why: the sqlite checkpointer's writes into the db file and its fsync share
-the disk with the writer's WAL fsync, which every durable commit waits for.
-The checkpointer's thread runs in the idle class so that, where the block
-layer orders requests by class (mq-deadline since Linux 5.14, BFQ; `none`
-ignores it), the WAL's writes are dispatched before the checkpoint's that
-are still queued. The idle class needs no privilege, and raising a thread
-back to best-effort needs none either (only the real-time class does).
-mq-deadline dispatches idle requests anyway once they waited
-`prio_aging_expire` (10 s by default), so a busy disk delays checkpoints,
-never stops them.
+For bench/agent/wal_fsync.py: whether checkpoint-like writes in the idle
+class let a WAL-like fdatasync go first on this disk (they did not,
+measurably; docs/benchmarks.md 5b). The idle class needs no privilege.
 
 The C library has no wrapper for these calls, so they go through
 `syscall(2)` by number; on other platforms and architectures
