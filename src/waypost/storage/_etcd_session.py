@@ -13,7 +13,9 @@ StoreUnavailable.
 nonce). It retries the same way, but keeps track of whether any attempt may
 have reached etcd: a connection refused, "no leader" (the member checked
 before proposing, because writes send `hasleader`) and "too many requests"
-are answers from before the request was proposed; a timeout, a cancelled
+(RESOURCE_EXHAUSTED: the member's apply lags, and it refuses before
+proposing) are answers from before the request was proposed, retried with
+backoff without counting as sent; a timeout, a cancelled
 call, a connection lost mid-call, "request timed out" or "leader changed" are
 not. When the deadline passes it raises OutcomeUnknown if some attempt may
 have been applied, StoreUnavailable if none can have been.
@@ -58,11 +60,14 @@ _CHANNEL_OPTIONS: Final = (
 )
 _REFUSED_HINTS: Final = ("connection refused", "failed to connect", "connect failed")
 #: etcd's own UNAVAILABLE answers that come before the request is proposed to raft
-_UNPROPOSED_HINTS: Final = ("etcdserver: no leader", "etcdserver: too many requests")
-#: etcd refusals about the request itself: an earlier copy of it was refused too
-_SHAPE_CODES: Final = frozenset(
-    {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED}
-)
+_UNPROPOSED_HINTS: Final = ("etcdserver: no leader",)
+#: etcd's "too many requests" (rpctypes.ErrGRPCRequestTooManyRequests, code
+#: RESOURCE_EXHAUSTED): the member's applied index lags its committed one, and
+#: it refuses before proposing; retried with backoff like the other refusals
+#: from before the proposal, on the same member (it is busy, not gone)
+_BUSY_HINT: Final = "etcdserver: too many requests"
+#: gRPC's own size refusal (RESOURCE_EXHAUSTED), of the message's bytes
+_SIZE_HINT: Final = "larger than max"
 _TLS_HINTS: Final = ("handshake failed", "ssl_error", "tsi_", "certificate_verify")
 _CONNECT_PREFIX: Final = "failed to connect to all addresses; last error: "
 
@@ -238,8 +243,10 @@ class Session:
                     await self.reauthenticate(endpoint)  # refused before it was applied
                 elif code == grpc.StatusCode.NOT_FOUND and "lease not found" in details:
                     raise LeaseNotFound(details, maybe_applied=maybe_sent) from exc
+                elif _busy(exc):
+                    pass  # refused before it was proposed: maybe_sent stays as it was
                 elif code not in TRANSIENT:
-                    if maybe_sent and code not in _SHAPE_CODES:
+                    if maybe_sent and not _refuses_every_copy(exc):
                         raise self._lost(what, exc, maybe_sent=True, refused=True) from exc
                     raise StorageError(f"etcd refused the {what}: {_hint(details)}") from exc
                 else:
@@ -292,6 +299,8 @@ class Session:
             return
         if code == grpc.StatusCode.NOT_FOUND and "lease not found" in details:
             raise LeaseNotFound(details) from exc
+        if _busy(exc):
+            return  # a lease grant goes through raft too: wait, the member is busy
         if code not in TRANSIENT:
             raise StorageError(f"etcd refused the {what}: {_hint(details)}") from exc
         self.failed(endpoint)
@@ -374,6 +383,34 @@ class Session:
                     f"etcd rejected user {self.config.user!r}: {exc.details()}"
                 ) from exc
             self._token = response.token
+
+
+def _busy(exc: grpc.aio.AioRpcError) -> bool:
+    """etcd's "too many requests": refused before it was proposed, so retried."""
+    return exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and _BUSY_HINT in (
+        (exc.details() or "").lower()
+    )
+
+
+def _refuses_every_copy(exc: grpc.aio.AioRpcError) -> bool:
+    """True when etcd refused the request for its bytes alone, so that every
+    earlier copy of it (the same bytes: a retry sends the very same request)
+    was refused too, and nothing of it can have been applied.
+
+    INVALID_ARGUMENT is etcd's check of the request itself before it is
+    proposed (too many operations, a duplicate key, "request is too large"),
+    against the member's --max-txn-ops and --max-request-bytes, which every
+    member of a cluster is given alike (a cluster whose members differ could
+    have applied the copy a laxer member took: not supported). gRPC's own
+    RESOURCE_EXHAUSTED "larger than max" is of the message size alone. Any
+    other RESOURCE_EXHAUSTED is not: "database space exceeded" depends on
+    the state, and an earlier copy may have been applied before the quota
+    filled; "too many requests" is retried (_busy) before this is asked.
+    """
+    code = exc.code()
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        return True
+    return code == grpc.StatusCode.RESOURCE_EXHAUSTED and _SIZE_HINT in (exc.details() or "")
 
 
 def _hint(details: str) -> str:
