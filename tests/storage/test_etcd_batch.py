@@ -13,9 +13,10 @@ import time
 
 import pytest
 
-from waypost._exceptions import OutcomeUnknown, StoreBusy, StoreUnavailable
+from waypost._exceptions import Conflict, OutcomeUnknown, StorageError, StoreBusy, StoreUnavailable
 from waypost.storage import Entry
-from waypost.storage._etcd_batch import Commit, GroupCommitter, Outcome
+from waypost.storage._etcd_batch import MAX_SENDING, STALLED, Commit, GroupCommitter, Outcome
+from waypost.storage._etcd_txn import MAX_INFLIGHT
 
 
 class Held:
@@ -140,10 +141,10 @@ async def test_two_txns_are_sent_at_once_and_the_rest_wait_to_go_together() -> N
     await committer.close()
 
 
-async def test_txns_that_carry_several_commits_never_open_the_spare_slots() -> None:
-    """However late the Txns out are, while one of them carries several commits
-    (load, or an agent short of CPU) the queue waits for an answer: spare
-    slots would only shrink the batches."""
+async def test_txns_that_carry_several_commits_open_no_spare_slot_when_merely_late() -> None:
+    """While a Txn out carries several commits (load, or an agent short of
+    CPU) and is late but not stalled (STALLED times overdue), the queue waits
+    for an answer: spare slots would only shrink the batches."""
     gated = Gated()
     committer = GroupCommitter(gated.send, gated.fence, max_inflight=4, max_sending=2, overdue=0.2)
     tasks = [asyncio.ensure_future(committer.submit(commit(key))) for key in "abcd"]
@@ -240,4 +241,116 @@ async def test_txns_slower_than_overdue_under_steady_load_still_batch() -> None:
     assert await asyncio.wait_for(asyncio.gather(*tasks), 10) == [1] * 150
     assert sum(slow.sizes) == 150
     assert max(slow.sizes[4:]) >= 5, slow.sizes  # batches again after the spares
+    await committer.close()
+
+
+class Stuck:
+    """A `send` that holds each Txn that carries a key of `stuck` until the
+    test releases that key, and answers every other Txn at once with
+    `answers[key]` for each commit (revision 1 by default)."""
+
+    def __init__(self, *stuck: str, answers: dict[str, Outcome] | None = None) -> None:
+        self.gates = {key: asyncio.Event() for key in stuck}
+        self.answers = answers or {}
+        self.sent: list[list[str]] = []
+
+    async def send(self, slot: int, batch: list[Commit], deadline: float) -> list[Outcome]:
+        keys = [op.key for c in batch for op in c.ops]
+        self.sent.append(keys)
+        for key in keys:
+            if key in self.gates:
+                await self.gates[key].wait()
+        return [self.answers.get(c.ops[0].key, 1) for c in batch]
+
+    async def fence(self, slot: int) -> None:
+        raise AssertionError("no outcome is unknown here")
+
+
+async def settled(tasks: list[asyncio.Future[int]], seconds: float = 5) -> list[object]:
+    return await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), seconds)
+
+
+async def test_a_stalled_txn_of_several_commits_does_not_hold_every_other_write() -> None:
+    """The backend's one Txn at a time carries three commits and stalls (sent
+    again commit by commit, a lease renewal): once it is STALLED times overdue
+    the spares go with one commit each, as for a stalled single-commit Txn,
+    and once etcd applied one, the rest go together; the stalled Txn's own
+    commits still wait for their answer."""
+    stuck = Stuck("p", "a")
+    overdue = 0.02
+    committer = GroupCommitter(
+        stuck.send, stuck.fence, max_inflight=4, max_sending=1, overdue=overdue
+    )
+    first = asyncio.ensure_future(committer.submit(commit("p")))
+    await asyncio.sleep(0)
+    stalled = [asyncio.ensure_future(committer.submit(commit(k))) for k in "abc"]
+    await asyncio.sleep(0)
+    stuck.gates["p"].set()  # "p" answered: a, b and c go together, and stall
+    assert await settled([first]) == [1]
+    started = time.monotonic()
+    others = [asyncio.ensure_future(committer.submit(commit(k))) for k in "defgh"]
+    assert await settled(others) == [1] * 5  # within 5 s: not at the stalled Txn's answer
+    assert time.monotonic() - started >= overdue * STALLED * 0.9  # not merely late
+    assert stuck.sent == [["p"], ["a", "b", "c"], ["d"], ["e"], ["f"], ["g", "h"]]
+    assert not any(task.done() for task in stalled)
+    stuck.gates["a"].set()
+    assert await settled(stalled) == [1] * 3
+    await committer.close()
+
+
+async def spares_after_a_stall(answers: dict[str, Outcome]) -> list[list[str]]:
+    """Answer "x" (its outcome from `answers`), stall "a", then queue b-h: the
+    Txns sent, once "a" is overdue (three spare slots)."""
+    stuck = Stuck("a", answers=answers)
+    committer = GroupCommitter(stuck.send, stuck.fence, max_inflight=4, max_sending=1, overdue=0.02)
+    assert await settled([asyncio.ensure_future(committer.submit(commit("x")))]) == [1]
+    head = asyncio.ensure_future(committer.submit(commit("a")))
+    await asyncio.sleep(0)
+    await settled([asyncio.ensure_future(committer.submit(commit(k))) for k in "bcdefgh"])
+    stuck.gates["a"].set()
+    await settled([head])
+    await committer.close()
+    return stuck.sent
+
+
+async def test_an_answer_from_before_the_stall_does_not_open_the_spares_wide() -> None:
+    """etcd applied "x" before "a" went out and stalled: that says nothing about
+    the stall, so the spares carry one commit each; only "b", applied after
+    "a" was sent, lets the next spare take the rest."""
+    sent = await spares_after_a_stall({})
+    assert sent == [["x"], ["a"], ["b"], ["c"], ["d"], ["e", "f", "g", "h"]]
+
+
+async def test_only_an_applied_answer_opens_the_spares_wide() -> None:
+    """A spare that etcd refused (a Conflict, an error) says nothing of whether
+    etcd applies Txns: the next spares still carry one commit each."""
+    refused: dict[str, Outcome] = {
+        "b": Conflict("b changed"),
+        "c": StorageError("etcd refused the write"),
+        "d": Conflict("d changed"),
+        "e": StorageError("etcd refused the write"),
+    }
+    sent = await spares_after_a_stall(refused)
+    assert sent == [["x"], ["a"], ["b"], ["c"], ["d"], ["e"], ["f"], ["g"], ["h"]]
+
+
+async def test_the_backend_sends_one_txn_at_once() -> None:
+    """The production setting (MAX_SENDING, MAX_INFLIGHT): while one Txn is
+    out and not overdue, every other commit waits for its answer and they
+    share the next Txn (two at once made 6 to 8 commits per Txn, one 11 to
+    13: docs/benchmarks.md)."""
+    gated = Gated()
+    committer = GroupCommitter(
+        gated.send, gated.fence, max_inflight=MAX_INFLIGHT, max_sending=MAX_SENDING
+    )
+    tasks = [asyncio.ensure_future(committer.submit(commit("a")))]
+    await asyncio.sleep(0)
+    tasks += [asyncio.ensure_future(committer.submit(commit(k))) for k in "bcd"]
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert gated.sent == [["a"]] and committer.waiting == 3
+    await gated.release("a")
+    assert gated.sent == [["a"], ["b", "c", "d"]]
+    await gated.release("b")
+    assert await settled(tasks) == [1] * 4
     await committer.close()

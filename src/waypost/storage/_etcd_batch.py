@@ -33,10 +33,13 @@ answered a Txn (applied it) after the oldest one out was sent: then the
 stall is that Txn's own (a retry on another member), not etcd's, and a
 spare takes whatever may go, so that one slow Txn does not leave every
 other commit to a one-commit Txn of its own. Txns that carry several
-commits never open the spare slots: under load (or in an agent short of
-CPU, which sees every Txn late) that only shrank the batches (measured: 4.9
-to 5.0 commits per Txn when single-commit Txns opened them without a timer,
-5.5 under callgrind with a timer alone). Spares do not count as the Txns
+commits open the spare slots only once the oldest is `STALLED` times
+overdue (210 ms): sooner, under load (or in an agent short of CPU, which
+sees every Txn late) that only shrank the batches (measured: 4.9 to 5.0
+commits per Txn when single-commit Txns opened them without a timer, 5.5
+under callgrind with a timer alone); never, one slow batched Txn (sent
+again commit by commit after a refusal, judged after a failed compare,
+waiting for a lease) held every other write of the agent. Spares do not count as the Txns
 sent at once: counted, they kept every later Txn at one commit for as long
 as Txns took longer than `overdue` (a slow disk, a distant member: 1.0
 commits per Txn and p99 5 s at 50 ms per Txn and 500 commits/s, in a
@@ -89,6 +92,10 @@ MAX_QUEUED = 10_000
 MAX_SCAN = 256  # queued commits looked at per Txn, to bound the cost of ordering
 MAX_SENDING = 1  # Txns sent at once by the etcd backend (see "One sent" above)
 OVERDUE = 0.03  # seconds after which single-commit Txns out let a spare slot go
+#: how many `overdue`s a Txn carrying several commits may take before a spare
+#: goes anyway (about 200 ms): a slow batched Txn (sent again commit by commit,
+#: judged after a refused compare, a lease renewed) must not hold every write
+STALLED = 7
 
 Outcome = int | BaseException
 _NO_KEYS: frozenset[str] = frozenset()
@@ -241,13 +248,13 @@ class GroupCommitter:
         #: Txns being sent (a slot being fenced does not count): see the docstring
         self._max_sending = max_inflight if max_sending is None else max_sending
         self._overdue = overdue
-        #: slot -> (when its Txn was sent, in loop time; how many commits it carries)
-        # slot -> (sent at, commits carried, spare?): only the Txns that are not
-        # spares count against max_sending, else spares opened by one stall
-        # would keep every later Txn at one commit for as long as Txns take
-        # longer than `overdue` (a slow disk, a distant member)
+        #: slot -> (when its Txn was sent, in loop time; how many commits it
+        #: carries; whether it is a spare). Spares do not count against
+        #: max_sending, else spares opened by one stall would keep every later
+        #: Txn at one commit for as long as Txns take longer than `overdue`
         self._sending: dict[int, tuple[float, int, bool]] = {}
         self._overdue_timer: asyncio.TimerHandle | None = None
+        self._overdue_at = float("inf")  # when that timer fires
         #: loop time of the last answer that applied a Txn (see the spares above)
         self._answered = float("-inf")
         self.max_queued = max_queued
@@ -460,24 +467,27 @@ class GroupCommitter:
 
     def _may_carry(self, loop: asyncio.AbstractEventLoop) -> tuple[int, bool]:
         """How many commits a Txn sent now may carry (0: none may go now), and
-        whether it is a spare (see "Two sent at once" above). When a spare slot
+        whether it is a spare (see "One sent at once" above). When a spare slot
         may open later, a timer looks at the queue again then."""
         normal = [(sent, commits) for sent, commits, spare in self._sending.values() if not spare]
         if len(normal) < self._max_sending:
             return MAX_SCAN, False
-        if any(commits > 1 for _, commits in normal):
-            return 0, False  # batching: the next answer frees a slot soon enough
         oldest = min(sent for sent, _ in normal)
-        due = oldest + self._overdue
+        # batching: the next answer frees a slot soon enough, unless it is stalled
+        late = STALLED if any(commits > 1 for _, commits in normal) else 1
+        due = oldest + self._overdue * late
         if loop.time() >= due:
             # etcd applied a Txn since the oldest went out: the stall is its own
             return (MAX_SCAN if self._answered > oldest else 1), True
-        if self._overdue_timer is None:
+        if due < self._overdue_at:  # none armed, or armed for a later Txn's due
+            if self._overdue_timer is not None:
+                self._overdue_timer.cancel()
             self._overdue_timer = loop.call_at(due, self._overdue_kick)
+            self._overdue_at = due
         return 0, False
 
     def _overdue_kick(self) -> None:
-        self._overdue_timer = None
+        self._overdue_timer, self._overdue_at = None, float("inf")
         self._kick()
 
     def _sent(self, slot: int) -> None:

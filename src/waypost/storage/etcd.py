@@ -9,8 +9,9 @@ modules, each with a design comment on what it owns:
   the slot keys) and the context the parts share;
 - `_etcd_session.py`: gRPC channels to the members, tokens, the retry loops
   for reads and for idempotent writes;
-- `_etcd_batch.py`: group commit: one bounded queue, at most 2 Txns sent
-  at once (on 4 slots), commits that touch one key never reordered;
+- `_etcd_batch.py`: group commit: one bounded queue, one Txn sent at once
+  (4 slots: the others are spares for a stalled Txn), commits that touch one
+  key never reordered;
 - `_etcd_txn.py`: the write path: conditions as Txn compares, per-slot
   nonces that make retries idempotent, fences after an unknown outcome;
 - `_etcd_mirror.py`: the list and the watch that feed `apply()`, every
