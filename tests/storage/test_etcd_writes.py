@@ -258,6 +258,73 @@ async def test_a_write_whose_answer_is_lost_is_applied_once_and_never_undoes_a_l
     assert proxy.cuts == 1
 
 
+async def test_too_many_requests_after_a_lost_answer_never_applies_a_merged_txn_twice(
+    stores: Stores, mirror: Mirror
+) -> None:
+    """etcd applies agent A's Txn of two merged commits but the answer is lost
+    (DEADLINE_EXCEEDED, injected after the real call); B then writes one of
+    the keys and is acknowledged; A's retry is refused with etcd's "too many
+    requests" (RESOURCE_EXHAUSTED, injected: a real etcd answers it only when
+    its apply lags by 5000 entries). A must retry and find its own nonce: both
+    callers get the revision of the one apply, and B's write stays (sending
+    each commit again alone, as if nothing was applied, undid it)."""
+    a = await stores.open(Mirror())
+    b = await stores.open(mirror)
+    tag = uuid.uuid4().hex[:8]
+    gate_key, k1, k2 = f"n/gate-{tag}", f"n/m1-{tag}", f"n/m2-{tag}"
+    gate, applied, theirs_done = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    attempts: list[str] = []
+
+    def wrap(request: Any, call: Callable[..., Awaitable[Any]]) -> Any:
+        keys = {key.removeprefix(stores.prefix.encode()).decode() for key in puts_of(request)}
+        if gate_key in keys:  # hold A's Txn out until k1 and k2 are queued behind it
+
+            async def held(endpoint: Any, timeout: float) -> Any:
+                await gate.wait()
+                return await call(endpoint, timeout)
+
+            return held
+        if not {k1, k2} <= keys or attempts:
+            return None
+
+        async def flaky(endpoint: Any, timeout: float) -> Any:
+            step = ["lost", "busy", "real"][min(len(attempts), 2)]
+            attempts.append(step)
+            if step == "busy":
+                code, details = grpc.StatusCode.RESOURCE_EXHAUSTED, "etcdserver: too many requests"
+            else:
+                response = await call(endpoint, timeout)
+                if step == "real":
+                    return response
+                applied.set()
+                await theirs_done.wait()
+                code, details = grpc.StatusCode.DEADLINE_EXCEEDED, "injected: answer lost"
+            raise grpc.aio.AioRpcError(
+                code, grpc.aio.Metadata(), grpc.aio.Metadata(), details=details
+            )
+
+        return flaky
+
+    intercept_txns(a, wrap)
+    first = asyncio.ensure_future(a.commit([put(gate_key)]))
+    await asyncio.sleep(0.001)
+    merged = [asyncio.ensure_future(a.commit([put(key, b"a")])) for key in (k1, k2)]
+    for _ in range(3):
+        await asyncio.sleep(0)
+    gate.set()
+    await asyncio.wait_for(first, 10)
+    await asyncio.wait_for(applied.wait(), 10)
+    theirs = await b.commit([put(k1, b"b")])
+    theirs_done.set()
+    mine = await asyncio.wait_for(asyncio.gather(*merged), 10)
+    assert attempts == ["lost", "busy", "real"]
+    assert mine[0] == mine[1] < theirs  # one Txn, applied once, before B's write
+    later = await a.commit([put(f"n/after-{tag}")])
+    await eventually(lambda: mirror.index >= later)
+    assert history(mirror, k1) == [(mine[0], b"a"), (theirs, b"b")]
+    assert history(mirror, k2) == [(mine[0], b"a")]
+
+
 async def test_a_stalled_member_mid_commit_gives_a_definite_answer_within_the_deadline(
     stores: Stores, proxies: Proxies, mirror: Mirror, cluster: EtcdCluster
 ) -> None:
