@@ -354,3 +354,35 @@ async def test_the_backend_sends_one_txn_at_once() -> None:
     await gated.release("b")
     assert await settled(tasks) == [1] * 4
     await committer.close()
+
+
+async def test_a_single_commit_stall_after_a_batched_one_opens_a_spare_at_its_own_due() -> None:
+    """The timer armed for a batched Txn's later due (STALLED x overdue) is
+    moved up when the next Txn out carries one commit and stalls: its spare
+    goes `overdue` after it, not when the batched Txn's timer would fire."""
+    stuck = Stuck("p", "a", "d")
+    overdue = 0.1
+    committer = GroupCommitter(
+        stuck.send, stuck.fence, max_inflight=4, max_sending=1, overdue=overdue
+    )
+    first = asyncio.ensure_future(committer.submit(commit("p")))
+    await asyncio.sleep(0)
+    batched = [asyncio.ensure_future(committer.submit(commit(k))) for k in "abc"]
+    await asyncio.sleep(0)
+    stuck.gates["p"].set()
+    assert await settled([first]) == [1]
+    # a-b-c are out; once the timer armed for "p" has fired, the one armed
+    # now is for a-b-c's due, 0.7 s after they went
+    await asyncio.sleep(overdue * 1.5)
+    stalled = asyncio.ensure_future(committer.submit(commit("d")))
+    await asyncio.sleep(0)
+    assert stuck.sent[-1] == ["a", "b", "c"] and committer.waiting == 1
+    stuck.gates["a"].set()
+    assert await settled(batched) == [1] * 3  # answered: "d" goes, and stalls
+    assert stuck.sent[-1] == ["d"]
+    started = time.monotonic()
+    assert await settled([asyncio.ensure_future(committer.submit(commit("e")))]) == [1]
+    assert time.monotonic() - started < overdue * 3, "waited for a-b-c's timer"
+    stuck.gates["d"].set()
+    assert await settled([stalled]) == [1]
+    await committer.close()

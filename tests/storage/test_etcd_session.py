@@ -96,3 +96,15 @@ async def test_a_refusal_after_a_lost_answer_is_unapplied_only_if_every_copy_was
         await asyncio.wait_for(write(etcd), 10)
     assert isinstance(info.value, OutcomeUnknown) is unknown, info.value
     assert etcd.attempts == 2
+
+
+async def test_a_read_or_lease_grant_refused_as_busy_is_retried() -> None:
+    """request() (reads, lease grants: a grant goes through raft too) waits
+    out "too many requests" instead of failing with StorageError."""
+    etcd = Etcd(TOO_MANY, TOO_MANY, "ok")
+    session = Session(parse_url("etcd://127.0.0.1:2"))
+    try:
+        result = await session.request("lease grant", etcd.call, session.loop.time() + 2)
+    finally:
+        await session.close()
+    assert result == "response" and etcd.attempts == 3
