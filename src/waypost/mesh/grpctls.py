@@ -63,14 +63,16 @@ class GrpcTls:
             pending, self._pending = self._pending, None
         return pending  # None: keep the current one
 
-    def reload(self) -> bool:
-        """Read the files again for the next handshakes. A bad file keeps the old ones."""
+    def reload(self) -> None:
+        """Read the files again for the next handshakes.
+
+        Raises:
+            ConfigError: a file does not load; the port keeps the old ones.
+        """
         try:
             fresh = self._load()
         except ConfigError as exc:
-            log.error("SIGHUP: the xDS TLS port kept the old certificate: %s", exc)
-            return False
+            raise ConfigError(f"the xDS TLS port kept the old certificate: {exc}") from exc
         with self._lock:
             self._pending = fresh
         log.info("SIGHUP: reloaded the xDS TLS certificate %s", self.files[0])
-        return True
