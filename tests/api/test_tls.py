@@ -228,8 +228,15 @@ def test_certificates_reload_on_sighup(tmp_path: Path) -> None:
         )
         until(lambda: any(refused in line for line in proc.output))
         assert _served_issuer(proc.https_url, new_ca_file) == after
+        # Consul's PUT /v1/agent/reload answers its reload's error: 500 with the reason
+        answer = httpx.put(f"{proc.https_url}/v1/agent/reload", verify=_trusting(new_ca_file))
+        assert answer.status_code == 500 and refused in answer.text, answer.text
     finally:
         assert proc.stop() == 0
+
+
+def _trusting(ca_file: Path) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=str(ca_file))
 
 
 def _try_issuer(url: str, ca_file: Path) -> str:
@@ -330,7 +337,9 @@ def test_a_reload_failing_half_way_puts_the_old_pair_back(
         install(ctx, files)
 
     monkeypatch.setattr(_tlsfiles, "install", install_with_the_old_key)
-    with pytest.raises(ConfigError, match="HTTPS listener kept the old certificate: .* not the key"):
+    with pytest.raises(
+        ConfigError, match=r"HTTPS listener kept the old certificate: .* not the key"
+    ):
         https.reload()
     assert _handshake_issuer(context, pki.ca_file)
     assert https.files is old
