@@ -6,6 +6,7 @@ tests/agent/test_cli.py)."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import datetime as dt
 import ssl
 import subprocess
@@ -194,11 +195,30 @@ def test_a_trusted_certificate_loads_as_pythons_ssl_takes_it(tmp_path: Path) -> 
     certificate and for CA files."""
     cert, key, ca = tmp_path / "c.pem", tmp_path / "k.pem", tmp_path / "ca.pem"
     _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=x", "-days", "1",
-             "-keyout", str(key), "-out", str(cert))  # fmt: skip
+             "-addext", "subjectAltName=DNS:x", "-keyout", str(key), "-out", str(cert))  # fmt: skip
     _openssl("x509", "-in", str(cert), "-trustout", "-addtrust", "serverAuth", "-out", str(ca))
     files = _tlsfiles.load(str(ca), str(key), str(ca))
-    assert files.cert_chain == files.ca == ca.read_bytes()
-    assert files.cert_chain.startswith(b"-----BEGIN TRUSTED CERTIFICATE-----")
+    assert files.ca == ca.read_bytes()  # as written: OpenSSL honours its trust settings
+    assert files.cert_chain == cert.read_bytes()  # as served: the certificate alone
+    _serves_over_grpc(files, cert)
+
+
+def _serves_over_grpc(files: _tlsfiles.TlsFiles, ca: Path) -> None:
+    """grpcio (BoringSSL) refuses a TRUSTED CERTIFICATE chain: the plain one handshakes."""
+    grpc = pytest.importorskip("grpc")
+    from waypost.mesh.grpctls import GrpcTls
+
+    server = grpc.server(concurrent.futures.ThreadPoolExecutor(1))
+    tls = GrpcTls(files.paths[0], files.paths[1], "", verify=False)
+    port = server.add_secure_port("127.0.0.1:0", tls.credentials())
+    server.start()
+    try:
+        options = [("grpc.ssl_target_name_override", "x")]
+        creds = grpc.ssl_channel_credentials(ca.read_bytes())
+        with grpc.secure_channel(f"127.0.0.1:{port}", creds, options=options) as channel:
+            grpc.channel_ready_future(channel).result(timeout=10)
+    finally:
+        server.stop(0)
 
 
 def test_an_expired_certificate_loads_as_the_https_listener_always_took_it(
@@ -211,3 +231,20 @@ def test_an_expired_certificate_loads_as_the_https_listener_always_took_it(
     leaf.cert_chain_pems[0].write_to_path(str(cert))
     leaf.private_key_pem.write_to_path(str(key))
     assert _tlsfiles.load(str(cert), str(key)).key == key.read_bytes()
+
+
+def test_an_os_error_while_loading_names_the_files_not_none(
+    pair: tuple[Path, Path, trustme.LeafCert], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CPython's load_cert_chain raises OSError with filename None."""
+    cert, key, _ = pair
+    private = _tlsfiles._private
+
+    def lose_the_key_copy(path: Path, content: bytes) -> str:
+        copy = private(path, content)
+        return copy + ".gone" if path.name == "key.pem" else copy
+
+    monkeypatch.setattr(_tlsfiles, "_private", lose_the_key_copy)
+    with pytest.raises(ConfigError) as raised:
+        _tlsfiles.load(str(cert), str(key))
+    assert str(raised.value) == f"cannot load {cert} and {key}: No such file or directory"

@@ -26,6 +26,7 @@ A top-level private module: the agent and the mesh both use it.
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import ssl
@@ -75,9 +76,9 @@ def load(cert_file: str, key_file: str, ca_file: str = "") -> TlsFiles:
             key is not the certificate's or is encrypted; the message names
             the file and the reason.
     """
-    chain = _certificates(_read(cert_file), cert_file, "certificate")
+    chain = _join([_plain(b) for b in _certificates(_read(cert_file), cert_file, "certificate")])
     key = _read(key_file)
-    ca = _certificates(_read(ca_file), ca_file, "CA certificate") if ca_file else None
+    ca = _join(_certificates(_read(ca_file), ca_file, "CA certificate")) if ca_file else None
     files = TlsFiles(chain, key, ca, (cert_file, key_file, ca_file))
     install(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), files)  # the check: these very bytes
     return files
@@ -117,7 +118,7 @@ def _private(path: Path, content: bytes) -> str:
     return str(path)
 
 
-def _certificates(content: bytes, path: str, what: str) -> bytes:
+def _certificates(content: bytes, path: str, what: str) -> list[bytes]:
     """The PEM certificate blocks of a file, each checked to parse."""
     _refuse_partial_blocks(content, path)
     blocks = [match.group(0) for match in _CERT_BLOCK.finditer(content)]
@@ -125,7 +126,27 @@ def _certificates(content: bytes, path: str, what: str) -> bytes:
         raise ConfigError(f"{path} holds no PEM {what} (no BEGIN CERTIFICATE block)")
     for block in blocks:  # parses each block: a truncated or corrupted one fails here
         _parse(block, path, what)
+    return blocks
+
+
+def _join(blocks: list[bytes]) -> bytes:
     return b"\n".join(blocks) + b"\n"
+
+
+def _plain(block: bytes) -> bytes:
+    """A served certificate as a plain CERTIFICATE block: grpcio (BoringSSL)
+    refuses TRUSTED CERTIFICATE, whose DER is the certificate followed by
+    trust settings that mean nothing to the peer it is sent to. The block
+    parsed already, so its DER starts with the certificate's SEQUENCE."""
+    if not block.startswith(b"-----BEGIN TRUSTED"):
+        return block
+    body = block.split(b"-----")[2]
+    der = base64.b64decode(b"".join(body.split()))
+    size, header = der[1], 2
+    if size & 0x80:  # long form: the next (size & 0x7f) bytes hold the length
+        header += size & 0x7F
+        size = int.from_bytes(der[2:header], "big")
+    return ssl.DER_cert_to_PEM_cert(der[: header + size]).encode("ascii").rstrip(b"\n")
 
 
 def _refuse_partial_blocks(content: bytes, path: str) -> None:

@@ -51,6 +51,12 @@ class GrpcTls:
 
     def _load(self) -> Any:
         files = _tlsfiles.load(*self.files)
+        if files.ca is not None and b"TRUSTED CERTIFICATE" in files.ca:
+            # BoringSSL does not read it, and dropping its trust settings would widen them
+            raise ConfigError(
+                f"{self.files[2]} holds a TRUSTED CERTIFICATE, which grpcio does not read: "
+                f"write it as a plain one (openssl x509 -in {self.files[2]} -out ca.pem)"
+            )
         return grpc.ssl_server_certificate_configuration([(files.key, files.cert_chain)], files.ca)
 
     def credentials(self) -> Any:
