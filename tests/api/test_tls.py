@@ -229,14 +229,11 @@ def test_certificates_reload_on_sighup(tmp_path: Path) -> None:
         until(lambda: any(refused in line for line in proc.output))
         assert _served_issuer(proc.https_url, new_ca_file) == after
         # Consul's PUT /v1/agent/reload answers its reload's error: 500 with the reason
-        answer = httpx.put(f"{proc.https_url}/v1/agent/reload", verify=_trusting(new_ca_file))
+        trusting = ssl.create_default_context(cafile=str(new_ca_file))
+        answer = httpx.put(f"{proc.https_url}/v1/agent/reload", verify=trusting)
         assert answer.status_code == 500 and refused in answer.text, answer.text
     finally:
         assert proc.stop() == 0
-
-
-def _trusting(ca_file: Path) -> ssl.SSLContext:
-    return ssl.create_default_context(cafile=str(ca_file))
 
 
 def _try_issuer(url: str, ca_file: Path) -> str:

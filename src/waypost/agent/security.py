@@ -149,11 +149,15 @@ class HttpsTls:
         if self.context is None:
             return
         c = self.config
-        try:
+        kept = "the HTTPS listener kept the old certificate"
+        try:  # refused here, the live context is untouched
             fresh = _tlsfiles.load(c.tls_cert_file, c.tls_key_file, c.tls_ca_file)
-            _tlsfiles.install(self.context, fresh)
         except ConfigError as exc:
+            raise ConfigError(f"{kept}: {exc}") from exc
+        try:
+            _tlsfiles.install(self.context, fresh)
+        except ConfigError as exc:  # it may hold the new certificate without a key now
             _tlsfiles.install(self.context, self.files)  # checked and served before: loads
-            raise ConfigError(f"the HTTPS listener kept the old certificate: {exc}") from exc
+            raise ConfigError(f"{kept}: {exc}") from exc
         self.files = fresh
         log.info("SIGHUP: reloaded the HTTPS certificate %s", c.tls_cert_file)
