@@ -6,7 +6,10 @@ tests/agent/test_cli.py)."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import datetime as dt
+import ssl
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -121,20 +124,101 @@ def test_the_ca_file_must_hold_certificates(
     assert _tlsfiles.load(str(cert), str(key), str(ca)).ca == authority.cert_pem.bytes()
 
 
-def test_a_file_replaced_while_checked_is_refused(
+def test_the_bytes_returned_are_the_bytes_checked(
     pair: tuple[Path, Path, trustme.LeafCert], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """grpcio gets the bytes read before the check: never bytes that were not checked."""
-    cert, key, _ = pair
-    check = _tlsfiles._check_pair
+    """A renewal writing the key just after the check changes nothing that
+    was checked: both listeners get the bytes read once, never the paths again."""
+    cert, key, leaf = pair
+    install = _tlsfiles.install
 
-    def check_then_replace(cert_file: str, key_file: str) -> None:
-        check(cert_file, key_file)
+    def install_then_renew(context: ssl.SSLContext, files: _tlsfiles.TlsFiles) -> None:
+        install(context, files)
         key.write_bytes(trustme.CA().issue_cert("x").private_key_pem.bytes())
 
-    monkeypatch.setattr(_tlsfiles, "_check_pair", check_then_replace)
-    with pytest.raises(ConfigError, match=f"{key} changed while it was being read"):
+    monkeypatch.setattr(_tlsfiles, "install", install_then_renew)
+    files = _tlsfiles.load(str(cert), str(key))
+    assert files.key == leaf.private_key_pem.bytes() != key.read_bytes()
+    monkeypatch.undo()
+    _tlsfiles.install(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), files)  # still a pair
+
+
+def _cut(pem: bytes) -> bytes:
+    """A PEM block cut short: its END line and the base64 before it gone."""
+    return pem[: len(pem) // 2]
+
+
+@pytest.mark.parametrize("where", ["last", "first"])
+def test_a_cut_off_block_in_the_ca_file_is_refused_naming_it(
+    pair: tuple[Path, Path, trustme.LeafCert], tmp_path: Path, where: str
+) -> None:
+    """OpenSSL skips or half-reads such a block and fails later naming no file."""
+    cert, key, _ = pair
+    good, other = trustme.CA().cert_pem.bytes(), trustme.CA().cert_pem.bytes()
+    ca = tmp_path / "ca.pem"
+    ca.write_bytes(good + _cut(other) if where == "last" else _cut(other) + good)
+    with pytest.raises(ConfigError, match=f"{ca} holds an incomplete PEM block"):
+        _tlsfiles.load(str(cert), str(key), str(ca))
+
+
+def test_a_cut_off_intermediate_is_refused_naming_the_certificate_file(
+    pair: tuple[Path, Path, trustme.LeafCert],
+) -> None:
+    cert, key, leaf = pair
+    intermediate = trustme.CA().cert_pem.bytes()
+    cert.write_bytes(leaf.cert_chain_pems[0].bytes() + _cut(intermediate))
+    with pytest.raises(ConfigError, match=f"{cert} holds an incomplete PEM block"):
         _tlsfiles.load(str(cert), str(key))
+
+
+def _openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+
+def test_certificate_problems_name_the_certificate_not_the_key(tmp_path: Path) -> None:
+    """A 1024-bit RSA certificate (too weak for OpenSSL's level) and an RSA
+    certificate with an EC key: not "holds no PEM private key"."""
+    cert, key, ec = tmp_path / "c.pem", tmp_path / "k.pem", tmp_path / "ec.pem"
+    _openssl("req", "-x509", "-newkey", "rsa:1024", "-nodes", "-subj", "/CN=x", "-days", "1",
+             "-keyout", str(key), "-out", str(cert))  # fmt: skip
+    with pytest.raises(ConfigError, match=f"{cert}: OpenSSL refuses the certificate as too weak"):
+        _tlsfiles.load(str(cert), str(key))
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=x", "-days", "1",
+             "-keyout", str(key), "-out", str(cert))  # fmt: skip
+    _openssl("ecparam", "-genkey", "-name", "prime256v1", "-noout", "-out", str(ec))
+    with pytest.raises(ConfigError, match=f"{ec} is not the key of the certificate in {cert}"):
+        _tlsfiles.load(str(cert), str(ec))
+
+
+def test_a_trusted_certificate_loads_as_pythons_ssl_takes_it(tmp_path: Path) -> None:
+    """`openssl x509 -trustout` writes BEGIN TRUSTED CERTIFICATE, for the
+    certificate and for CA files."""
+    cert, key, ca = tmp_path / "c.pem", tmp_path / "k.pem", tmp_path / "ca.pem"
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=x", "-days", "1",
+             "-addext", "subjectAltName=DNS:x", "-keyout", str(key), "-out", str(cert))  # fmt: skip
+    _openssl("x509", "-in", str(cert), "-trustout", "-addtrust", "serverAuth", "-out", str(ca))
+    files = _tlsfiles.load(str(ca), str(key), str(ca))
+    assert files.ca == ca.read_bytes()  # as written: OpenSSL honours its trust settings
+    assert files.cert_chain == cert.read_bytes()  # as served: the certificate alone
+    _serves_over_grpc(files, cert)
+
+
+def _serves_over_grpc(files: _tlsfiles.TlsFiles, ca: Path) -> None:
+    """grpcio (BoringSSL) refuses a TRUSTED CERTIFICATE chain: the plain one handshakes."""
+    grpc = pytest.importorskip("grpc")
+    from waypost.mesh.grpctls import GrpcTls
+
+    server = grpc.server(concurrent.futures.ThreadPoolExecutor(1))
+    tls = GrpcTls(files.paths[0], files.paths[1], "", verify=False)
+    port = server.add_secure_port("127.0.0.1:0", tls.credentials())
+    server.start()
+    try:
+        options = [("grpc.ssl_target_name_override", "x")]
+        creds = grpc.ssl_channel_credentials(ca.read_bytes())
+        with grpc.secure_channel(f"127.0.0.1:{port}", creds, options=options) as channel:
+            grpc.channel_ready_future(channel).result(timeout=10)
+    finally:
+        server.stop(0)
 
 
 def test_an_expired_certificate_loads_as_the_https_listener_always_took_it(
@@ -147,3 +231,20 @@ def test_an_expired_certificate_loads_as_the_https_listener_always_took_it(
     leaf.cert_chain_pems[0].write_to_path(str(cert))
     leaf.private_key_pem.write_to_path(str(key))
     assert _tlsfiles.load(str(cert), str(key)).key == key.read_bytes()
+
+
+def test_an_os_error_while_loading_names_the_files_not_none(
+    pair: tuple[Path, Path, trustme.LeafCert], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CPython's load_cert_chain raises OSError with filename None."""
+    cert, key, _ = pair
+    private = _tlsfiles._private
+
+    def lose_the_key_copy(path: Path, content: bytes) -> str:
+        copy = private(path, content)
+        return copy + ".gone" if path.name == "key.pem" else copy
+
+    monkeypatch.setattr(_tlsfiles, "_private", lose_the_key_copy)
+    with pytest.raises(ConfigError) as raised:
+        _tlsfiles.load(str(cert), str(key))
+    assert str(raised.value) == f"cannot load {cert} and {key}: No such file or directory"

@@ -122,6 +122,7 @@ def test_banner_never_prints_store_credentials() -> None:
         ("--https", "a key from another pair"),
         ("--grpc-tls", "a key from another pair"),
         ("--grpc-tls", "a certificate that is garbage"),
+        ("--https", "a CA file cut short"),  # uvicorn's own load named no file (exit 1)
     ],
 )
 def test_tls_files_that_do_not_load_fail_the_start_naming_the_file(
@@ -133,9 +134,15 @@ def test_tls_files_that_do_not_load_fail_the_start_naming_the_file(
     ca = trustme.CA()
     cert, key = tmp_path / "agent.pem", tmp_path / "agent-key.pem"
     ca.issue_cert("127.0.0.1").cert_chain_pems[0].write_to_path(str(cert))
+    ca_file = tmp_path / "ca.pem"
+    ca_file.write_bytes(ca.cert_pem.bytes() + trustme.CA().cert_pem.bytes()[:300])
+    ca.issue_cert("127.0.0.1").private_key_pem.write_to_path(str(key))
     if case == "a key from another pair":
-        ca.issue_cert("127.0.0.1").private_key_pem.write_to_path(str(key))
         reason = f"{key} is not the key of the certificate in {cert}"
+    elif case == "a CA file cut short":
+        cert.write_bytes(ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.bytes())
+        key.write_bytes(cert.read_bytes())
+        reason = f"{ca_file} holds an incomplete PEM block"
     else:
         cert.write_text("garbage\n")
         key.write_text("garbage\n")
@@ -143,6 +150,7 @@ def test_tls_files_that_do_not_load_fail_the_start_naming_the_file(
     result = waypost(
         *("agent", "--dev", "--dns", "off", "--grpc", "off", listener, "127.0.0.1:0"),
         *("--tls-cert-file", str(cert), "--tls-key-file", str(key)),
+        *(("--tls-ca-file", str(ca_file)) if case == "a CA file cut short" else ()),
     )
     assert result.returncode == 2, result.stderr
     assert f"waypost: error: {listener}: {reason}" in result.stderr, result.stderr

@@ -5,6 +5,7 @@ the certificate reloaded on SIGHUP."""
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
 import os
 import re
@@ -15,6 +16,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import consul
@@ -23,7 +25,10 @@ import pytest
 import requests
 import trustme
 
-from waypost import Discovery, Registration
+from waypost import Discovery, Registration, _tlsfiles
+from waypost._exceptions import ConfigError
+from waypost.agent.config import AgentConfig
+from waypost.agent.security import HttpsTls
 
 from ..agentproc import AgentProcess
 from ..wait import until
@@ -223,6 +228,10 @@ def test_certificates_reload_on_sighup(tmp_path: Path) -> None:
         )
         until(lambda: any(refused in line for line in proc.output))
         assert _served_issuer(proc.https_url, new_ca_file) == after
+        # Consul's PUT /v1/agent/reload answers its reload's error: 500 with the reason
+        trusting = ssl.create_default_context(cafile=str(new_ca_file))
+        answer = httpx.put(f"{proc.https_url}/v1/agent/reload", verify=trusting)
+        assert answer.status_code == 500 and refused in answer.text, answer.text
     finally:
         assert proc.stop() == 0
 
@@ -261,3 +270,73 @@ def test_the_fast_path_serves_and_parks_over_https(
         assert int(woken.headers["x-consul-index"]) > index
         assert len(woken.json()) == 2
         assert fast_answered(http) == before + 2
+
+
+def _handshake_issuer(server: ssl.SSLContext, ca_file: Path) -> str:
+    """One TLS handshake in memory against the listener's context: the issuer it served."""
+    client = ssl.create_default_context(cafile=str(ca_file))
+    c_in, c_out, s_in, s_out = (ssl.MemoryBIO() for _ in range(4))
+    conn = client.wrap_bio(c_in, c_out, server_hostname="localhost")
+    serv = server.wrap_bio(s_in, s_out, server_side=True)
+    for _ in range(10):
+        for side, out, peer_in in ((conn, c_out, s_in), (serv, s_out, c_in)):
+            with contextlib.suppress(ssl.SSLWantReadError):
+                side.do_handshake()
+            peer_in.write(out.read())
+    cert = conn.getpeercert()
+    return str(dict(x[0] for x in cert["issuer"]))
+
+
+def _https_tls(pki: Pki) -> tuple[HttpsTls, ssl.SSLContext]:
+    config = AgentConfig(tls_cert_file=str(pki.cert_file), tls_key_file=str(pki.key_file))
+    https = HttpsTls(config)
+    return https, https.options()["ssl_context_factory"](SimpleNamespace(ssl_ciphers=""), None)
+
+
+def test_a_renewal_between_the_check_and_the_load_serves_a_consistent_pair(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The certificate rewritten after the check, before the key: the listener
+    loads the bytes it checked, never the half-renewed files."""
+    pki = Pki(tmp_path)
+    https, context = _https_tls(pki)
+    new_ca, newer_ca = trustme.CA(), trustme.CA()
+    pki.issue(new_ca)
+    load = _tlsfiles.load
+
+    def load_then_renew_the_certificate(*paths: str) -> _tlsfiles.TlsFiles:
+        files = load(*paths)
+        newer_ca.issue_cert("localhost").cert_chain_pems[0].write_to_path(str(pki.cert_file))
+        return files
+
+    monkeypatch.setattr(_tlsfiles, "load", load_then_renew_the_certificate)
+    https.reload()
+    new_ca.cert_pem.write_to_path(str(tmp_path / "new-ca.pem"))
+    assert _handshake_issuer(context, tmp_path / "new-ca.pem")  # the checked new pair
+
+
+def test_a_reload_failing_half_way_puts_the_old_pair_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """OpenSSL installs a new certificate (dropping the old key) before it
+    fails at the key: the listener loads its last pair again, and handshakes
+    keep working. The live context gets the new certificate with a key not
+    its own."""
+    pki = Pki(tmp_path)
+    https, context = _https_tls(pki)
+    old = https.files
+    pki.issue(trustme.CA())
+    install = _tlsfiles.install
+
+    def install_with_the_old_key(ctx: ssl.SSLContext, files: _tlsfiles.TlsFiles) -> None:
+        if ctx is context and files.cert_chain != old.cert_chain:  # not load()'s own check
+            files = _tlsfiles.TlsFiles(files.cert_chain, old.key, None, files.paths)
+        install(ctx, files)
+
+    monkeypatch.setattr(_tlsfiles, "install", install_with_the_old_key)
+    with pytest.raises(
+        ConfigError, match=r"HTTPS listener kept the old certificate: .* not the key"
+    ):
+        https.reload()
+    assert _handshake_issuer(context, pki.ca_file)
+    assert https.files is old

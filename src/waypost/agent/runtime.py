@@ -52,7 +52,7 @@ from . import describe
 from .config import AgentConfig
 from .datadir import LOCK_FILE, node_id
 from .local import LocalAgent
-from .security import Security, https_options, reload_certificates
+from .security import HttpsTls, Security
 from .sessions import SessionRunner
 
 log = logging.getLogger("waypost.agent")
@@ -119,7 +119,7 @@ class Agent:
         self.https_address: tuple[str, int] | None = None
         self.dns_address: tuple[str, int] | None = None
         self._servers: list[tuple[_Server, asyncio.Task[None]]] = []
-        self._https: _Server | None = None
+        self._https: HttpsTls | None = None
         self.fast: FastReads | None = None
         self.fast_writes: FastWrites | None = None
         self._dns: Any = None
@@ -180,11 +180,12 @@ class Agent:
         self.fast = FastReads(app, self.catalog, self.storage, asyncio.get_running_loop())
         self.fast_writes = FastWrites(app, asyncio.get_running_loop())
         if self.config.http != "off":
-            server, self.http_address = await self._serve(app, self.config.http, "--http", {})
+            _, self.http_address = await self._serve(app, self.config.http, "--http", {})
         if self.config.https:
-            tls = https_options(self.config)
-            server, self.https_address = await self._serve(app, self.config.https, "--https", tls)
-            self._https = server
+            https = HttpsTls(self.config)
+            opts = https.options()
+            _, self.https_address = await self._serve(app, self.config.https, "--https", opts)
+            self._https = https
 
     async def _serve(
         self, app: AgentApp, address: str, flag: str, tls: dict[str, Any]
@@ -232,12 +233,27 @@ class Agent:
         mounts += [ui_reads.routes, view.routes, acl.routes, mount_ui]
         return AgentApp(consul, metrics, mounts=mounts, guard=self.security.guard)
 
-    def reload_tls(self) -> bool:
-        """SIGHUP (and /v1/agent/reload): load the HTTPS and xDS TLS certificates again."""
-        reloaded = self._grpc_tls is not None and self._grpc_tls.reload()
-        if self._https is None:
-            return reloaded
-        return reload_certificates(self._https.config.ssl, self.config) or reloaded
+    def reload_tls(self) -> None:
+        """SIGHUP (and /v1/agent/reload): load the HTTPS and xDS TLS certificates again.
+
+        Raises:
+            ConfigError: naming each listener that kept its old certificate, and why.
+        """
+        refused = []
+        for listener in (self._https, self._grpc_tls):
+            try:
+                if listener is not None:
+                    listener.reload()
+            except ConfigError as exc:
+                refused.append(str(exc))
+        if refused:
+            raise ConfigError("; ".join(refused))
+
+    def _on_sighup(self) -> None:
+        try:
+            self.reload_tls()
+        except ConfigError as exc:
+            log.error("SIGHUP: %s", exc)
 
     async def _start_dns(self) -> None:
         from ..dns import DnsConfig, DnsServer  # imported here: the DNS layer is optional to load
@@ -290,7 +306,7 @@ class Agent:
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        loop.add_signal_handler(signal.SIGHUP, self.reload_tls)
+        loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         waiters = [asyncio.create_task(stop.wait()), asyncio.create_task(self._leave.wait())]
         await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         for waiter in waiters:
@@ -333,11 +349,18 @@ class Agent:
 
     async def reload(self) -> None:
         """`/v1/agent/reload`: the HTTPS and xDS TLS certificates are reloaded
-        (as on SIGHUP), before the answer; every other setting is read at start-up."""
-        if not self.reload_tls():
+        (as on SIGHUP), before the answer; every other setting is read at start-up.
+
+        Raises:
+            ConfigError: a certificate did not reload (Consul's reload answers
+                its error too); the listeners keep the old ones.
+        """
+        if self._https is None and self._grpc_tls is None:
             log.info(
                 "reload requested: waypost has no setting it can reload; restart to change one"
             )
+            return
+        self.reload_tls()
 
     def statistics(self) -> dict[str, dict[str, float]]:
         stats = {

@@ -107,46 +107,57 @@ class Security:
         return allow
 
 
-def https_options(config: AgentConfig) -> dict[str, Any]:
-    """uvicorn's TLS settings for the HTTPS listener.
+class HttpsTls:
+    """The HTTPS listener's TLS: the checked bytes of the files (`_tlsfiles`),
+    loaded into the context uvicorn serves with, and the last pair that
+    loaded, put back if a reload fails half-way (OpenSSL installs the new
+    certificate before it reads the key)."""
 
-    Raises:
-        ConfigError: a certificate, key or CA file does not load (naming it and why).
-    """
-    try:  # fail at start-up, naming the file, not at the first handshake
-        _tlsfiles.load(config.tls_cert_file, config.tls_key_file, config.tls_ca_file)
-    except ConfigError as exc:
-        raise ConfigError(f"--https: {exc}") from exc
-    options: dict[str, Any] = {
-        "ssl_certfile": config.tls_cert_file,
-        "ssl_keyfile": config.tls_key_file,
-    }
-    if config.tls_ca_file:
-        options["ssl_ca_certs"] = config.tls_ca_file
-    if config.tls_verify_incoming:
-        options["ssl_cert_reqs"] = ssl.CERT_REQUIRED
-    return options
+    def __init__(self, config: AgentConfig) -> None:
+        """Raises ConfigError: a certificate, key or CA file does not load
+        (naming it and why), at start-up rather than at the first handshake."""
+        self.config = config
+        try:
+            self.files = _tlsfiles.load(
+                config.tls_cert_file, config.tls_key_file, config.tls_ca_file
+            )
+        except ConfigError as exc:
+            raise ConfigError(f"--https: {exc}") from exc
+        self.context: ssl.SSLContext | None = None
 
+    def options(self) -> dict[str, Any]:
+        """uvicorn's settings: our context, built from the checked bytes."""
+        return {"ssl_context_factory": self._context_factory}
 
-def reload_certificates(context: ssl.SSLContext | None, config: AgentConfig) -> bool:
-    """Load the certificate and key again into the listener's live context
-    (SIGHUP): new handshakes get the new certificate, open connections keep
-    theirs. A bad file leaves the old certificate in place. True if reloaded."""
-    if context is None:
-        return False
-    try:  # check first: a load_cert_chain that fails at the key keeps the new certificate
-        _tlsfiles.load(config.tls_cert_file, config.tls_key_file, config.tls_ca_file)
-    except ConfigError as exc:
-        log.error("SIGHUP: the HTTPS listener kept the old certificate: %s", exc)
-        return False
-    try:
-        context.load_cert_chain(config.tls_cert_file, config.tls_key_file)
-        if config.tls_ca_file:
-            context.load_verify_locations(config.tls_ca_file)
-    except (OSError, ssl.SSLError) as exc:  # replaced again in the microseconds since the check
-        log.error(
-            "SIGHUP: the HTTPS certificate files changed while loading (%s): send SIGHUP again", exc
-        )
-        return False
-    log.info("SIGHUP: reloaded the HTTPS certificate %s", config.tls_cert_file)
-    return True
+    def _context_factory(self, uvicorn_config: Any, _default: Any) -> ssl.SSLContext:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)  # what uvicorn's own factory makes
+        _tlsfiles.install(context, self.files)
+        if self.config.tls_verify_incoming:
+            context.verify_mode = ssl.CERT_REQUIRED
+        if uvicorn_config.ssl_ciphers:
+            context.set_ciphers(uvicorn_config.ssl_ciphers)
+        self.context = context
+        return context
+
+    def reload(self) -> None:
+        """Load the files again into the live context (SIGHUP): new handshakes
+        get the new certificate, open connections keep theirs.
+
+        Raises:
+            ConfigError: a file does not load; the listener keeps the old pair.
+        """
+        if self.context is None:
+            return
+        c = self.config
+        kept = "the HTTPS listener kept the old certificate"
+        try:  # refused here, the live context is untouched
+            fresh = _tlsfiles.load(c.tls_cert_file, c.tls_key_file, c.tls_ca_file)
+        except ConfigError as exc:
+            raise ConfigError(f"{kept}: {exc}") from exc
+        try:
+            _tlsfiles.install(self.context, fresh)
+        except ConfigError as exc:  # it may hold the new certificate without a key now
+            _tlsfiles.install(self.context, self.files)  # checked and served before: loads
+            raise ConfigError(f"{kept}: {exc}") from exc
+        self.files = fresh
+        log.info("SIGHUP: reloaded the HTTPS certificate %s", c.tls_cert_file)

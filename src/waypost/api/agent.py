@@ -3,7 +3,8 @@
 `/v1/agent/metrics` answers in Consul's JSON shape (gauges from every
 component's statistics; `?format=prometheus` gives the Prometheus text of
 `/metrics`), `/v1/agent/monitor` streams the agent's log lines, `/leave`
-shuts the agent down, `/reload` says there is nothing to reload. The
+shuts the agent down, `/reload` reloads the TLS certificates (500 with the
+reason if one did not load, as Consul answers a failed reload). The
 endpoints waypost does not build answer 501 with a message naming what is
 missing, rather than the router's "no endpoint" 404, so a client's error
 says why.
@@ -20,7 +21,7 @@ from typing import Any, Final
 
 import msgspec
 
-from .._exceptions import NotFoundError, ValidationError
+from .._exceptions import ConfigError, NotFoundError, ValidationError
 from .._logfmt import ConsulFormatter
 from ..catalog.aclrules import READ, WRITE
 from . import access, decode
@@ -113,7 +114,10 @@ class AgentEndpoints:
             r.add("GET HEAD PUT POST DELETE", path, self.not_built)
 
     async def reload(self, req: Request, _: str) -> Response:
-        await self.info.reload()
+        try:
+            await self.info.reload()
+        except ConfigError as exc:  # a certificate kept: Consul answers 500 with the reason
+            raise HttpError(500, str(exc)) from exc
         return empty()
 
     async def leave(self, req: Request, _: str) -> Response:

@@ -51,6 +51,12 @@ class GrpcTls:
 
     def _load(self) -> Any:
         files = _tlsfiles.load(*self.files)
+        if files.ca is not None and b"TRUSTED CERTIFICATE" in files.ca:
+            # BoringSSL does not read it, and dropping its trust settings would widen them
+            raise ConfigError(
+                f"{self.files[2]} holds a TRUSTED CERTIFICATE, which grpcio does not read: "
+                f"write it as a plain one (openssl x509 -in {self.files[2]} -out ca.pem)"
+            )
         return grpc.ssl_server_certificate_configuration([(files.key, files.cert_chain)], files.ca)
 
     def credentials(self) -> Any:
@@ -63,14 +69,16 @@ class GrpcTls:
             pending, self._pending = self._pending, None
         return pending  # None: keep the current one
 
-    def reload(self) -> bool:
-        """Read the files again for the next handshakes. A bad file keeps the old ones."""
+    def reload(self) -> None:
+        """Read the files again for the next handshakes.
+
+        Raises:
+            ConfigError: a file does not load; the port keeps the old ones.
+        """
         try:
             fresh = self._load()
         except ConfigError as exc:
-            log.error("SIGHUP: the xDS TLS port kept the old certificate: %s", exc)
-            return False
+            raise ConfigError(f"the xDS TLS port kept the old certificate: {exc}") from exc
         with self._lock:
             self._pending = fresh
         log.info("SIGHUP: reloaded the xDS TLS certificate %s", self.files[0])
-        return True
