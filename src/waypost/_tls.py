@@ -8,7 +8,9 @@ tools read them from the environment.
     CONSUL_CLIENT_KEY       its key
     CONSUL_HTTP_SSL_VERIFY  "false" skips verifying the agent (tests only: anyone can then
                             impersonate it)
-    CONSUL_HTTP_TOKEN       ACL token; CONSUL_HTTP_TOKEN_FILE reads it from a file
+    CONSUL_HTTP_TOKEN       ACL token
+    CONSUL_HTTP_TOKEN_FILE  a file holding it; as in Consul, a token file (flag or
+                            environment) wins over a token (flag or environment)
 
 Used by the client library (discovery, `Registration`) and the CLI. A
 top-level private module: any layer may import it; it imports no package.
@@ -64,16 +66,27 @@ def client_options(url: str, environ: Mapping[str, str] = os.environ) -> dict[st
     return {"verify": verify(environ)} if url.startswith("https://") else {}
 
 
-def token(explicit: str | None = None, environ: Mapping[str, str] = os.environ) -> str | None:
-    """The ACL token: `explicit`, else CONSUL_HTTP_TOKEN, else CONSUL_HTTP_TOKEN_FILE's content."""
-    if explicit:
-        return explicit
-    if environ.get("CONSUL_HTTP_TOKEN"):
-        return environ["CONSUL_HTTP_TOKEN"]
-    path = environ.get("CONSUL_HTTP_TOKEN_FILE")
-    if not path:
-        return None
-    try:
-        return Path(path).read_text().strip() or None
-    except OSError as exc:
-        raise ConfigError(f"cannot read CONSUL_HTTP_TOKEN_FILE {path}: {exc.strerror}") from exc
+def token(
+    explicit: str | None = None,
+    environ: Mapping[str, str] = os.environ,
+    file: str | None = None,
+) -> str | None:
+    """The ACL token, with Consul's precedence: a token file (`file`, else
+    CONSUL_HTTP_TOKEN_FILE) beats a token (`explicit`, else CONSUL_HTTP_TOKEN).
+
+    Consul's `-token-file` is the token "instead of" `-token` / CONSUL_HTTP_TOKEN
+    and its api.NewClient uses a TokenFile "even if a Token is configured": a
+    shell that exports a management token must not leak it into a command
+    (or a sidecar's bootstrap) that was handed a file. An empty file means
+    no token, not a fall-back to CONSUL_HTTP_TOKEN.
+
+    Raises:
+        ConfigError: the token file cannot be read.
+    """
+    path = file or environ.get("CONSUL_HTTP_TOKEN_FILE")
+    if path:
+        try:
+            return Path(path).read_text().strip() or None
+        except OSError as exc:
+            raise ConfigError(f"cannot read the token file {path}: {exc.strerror}") from exc
+    return explicit or environ.get("CONSUL_HTTP_TOKEN") or None

@@ -103,6 +103,39 @@ def test_the_token_is_sent_from_the_flag_or_the_environment() -> None:
     assert sent == ["t-env", "t-flag"]
 
 
+def test_a_token_file_wins_over_a_token_as_in_consul(tmp_path: Path) -> None:
+    """Consul: a token file (-token-file, else CONSUL_HTTP_TOKEN_FILE) is used
+    "even if a Token is configured" (-token or CONSUL_HTTP_TOKEN): an exported
+    management token must not override the file a command was given."""
+    held = tmp_path / "token"
+    held.write_text("t-file\n")
+    with HealthServer(body=b"{}") as server:
+        addr = f"127.0.0.1:{server.port}"
+        waypost(
+            "services",
+            "--token-file",
+            str(held),
+            env={"CONSUL_HTTP_ADDR": addr, "CONSUL_HTTP_TOKEN": "t-env"},
+        )
+        waypost(
+            "services",
+            "-token",
+            "t-flag",
+            env={"CONSUL_HTTP_ADDR": addr, "CONSUL_HTTP_TOKEN_FILE": str(held)},
+        )
+        waypost(
+            "services",
+            "-token",
+            "t-flag",
+            env={"CONSUL_HTTP_ADDR": addr, "CONSUL_HTTP_TOKEN": "t-env"},
+        )
+        sent = [headers.get("X-Consul-Token") for _, _, headers in server.requests]
+    assert sent == ["t-file", "t-file", "t-flag"]
+    missing = waypost("services", "--http-addr", "127.0.0.1:1", "--token-file", "/nonexistent")
+    assert missing.returncode == 2
+    assert "cannot read the token file /nonexistent: No such file" in missing.stderr
+
+
 def test_a_server_that_is_not_an_agent_is_explained() -> None:
     with HealthServer(body=b"<html><body>It works!</body></html>") as server:
         result = waypost("services", "--http-addr", f"127.0.0.1:{server.port}")

@@ -390,7 +390,7 @@ def test_sighup_with_a_bad_pair_keeps_the_old_certificate_and_says_why(
 
 
 def test_connect_envoy_writes_the_token_from_the_environment_and_tls_into_the_bootstrap(
-    acl_mesh: AclMesh,
+    acl_mesh: AclMesh, tmp_path: Path
 ) -> None:
     m = acl_mesh
     env = {**os.environ, "CONSUL_HTTP_TOKEN": m.db_token, "CONSUL_GRPC_CACERT": m.ca_file}
@@ -413,6 +413,18 @@ def test_connect_envoy_writes_the_token_from_the_environment_and_tls_into_the_bo
     )
     ads = boot["dynamicResources"]["adsConfig"]["grpcServices"][0]
     assert ads["initialMetadata"] == [{"key": "x-consul-token", "value": m.db_token}]
+    # A management token exported in the shell loses to -token-file, as in Consul.
+    held = tmp_path / "db-token"
+    held.write_text(m.db_token)
+    filed = subprocess.run(
+        [*command, "-token-file", str(held)],
+        env={**env, "CONSUL_HTTP_TOKEN": MGMT},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    metadata = json.loads(filed.stdout)["dynamicResources"]["adsConfig"]["grpcServices"][0]
+    assert metadata["initialMetadata"] == [{"key": "x-consul-token", "value": m.db_token}]
     tls = boot["staticResources"]["clusters"][0]["transportSocket"]["typedConfig"][
         "commonTlsContext"
     ]

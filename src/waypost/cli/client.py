@@ -2,8 +2,9 @@
 
 The agent's address comes from `--http-addr`, else `CONSUL_HTTP_ADDR`, else
 127.0.0.1:8500, with or without a scheme (`127.0.0.1:8500` means http://);
-the token from `--token`, else `CONSUL_HTTP_TOKEN` (or `CONSUL_HTTP_TOKEN_FILE`),
-sent as `X-Consul-Token`; an https:// agent (or `CONSUL_HTTP_SSL=true`) is
+the token from `--token-file`, else `CONSUL_HTTP_TOKEN_FILE`, else `--token`,
+else `CONSUL_HTTP_TOKEN` (a file wins over a token, as in Consul), sent as
+`X-Consul-Token`; an https:// agent (or `CONSUL_HTTP_SSL=true`) is
 verified with `CONSUL_CACERT` and shown `CONSUL_CLIENT_CERT` (waypost/_tls.py).
 Names in paths are percent-encoded (a service named `q?x` is asked for as
 `q%3Fx`). An answer that is not an agent's (a web server's HTML page, a proxy's
@@ -53,6 +54,7 @@ class AgentClient:
     Args:
         addr: `--http-addr` (None: the environment's, else the default).
         token: `--token` (None: the environment's).
+        token_file: `--token-file`; a file (this or the environment's) wins over `token`.
         timeout: Seconds a request may take.
         environ: Where the `CONSUL_HTTP_*` / `CONSUL_CACERT` settings are read
             (a command's flags such as `-ca-file` override them in a copy).
@@ -64,9 +66,10 @@ class AgentClient:
         token: str | None = None,
         timeout: float = 10,
         environ: Mapping[str, str] = os.environ,
+        token_file: str | None = None,
     ) -> None:
         self.base = agent_url(addr, environ)
-        self.token = _tls.token(token, environ) or ""
+        self.token = _tls.token(token, environ, token_file) or ""
         headers = {"X-Consul-Token": self.token} if self.token else {}
         options: Any = _tls.client_options(self.base, environ)
         self.http = httpx.Client(base_url=self.base, headers=headers, timeout=timeout, **options)

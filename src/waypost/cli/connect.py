@@ -11,8 +11,9 @@ CLI's one client (cli/client.py), so `-http-addr` / `$CONSUL_HTTP_ADDR`,
 certificate apply as for every other command.
 
 With ACLs, the token (`-token`, `-token-file`, `$CONSUL_HTTP_TOKEN`,
-`$CONSUL_HTTP_TOKEN_FILE`) is sent on the HTTP look-up and written into the
-bootstrap as the ADS stream's `x-consul-token` metadata, as Consul's does. A
+`$CONSUL_HTTP_TOKEN_FILE`; a file wins over a token, as in Consul) is sent
+on the HTTP look-up and written into the bootstrap as the ADS stream's
+`x-consul-token` metadata, as Consul's does. A
 `-grpc-addr https://...` means the agent's `--grpc-tls` port: Envoy then
 verifies it with `-grpc-ca-file`, `-ca-file` or `$CONSUL_GRPC_CACERT` /
 `$CONSUL_CACERT`.
@@ -201,15 +202,15 @@ def _grpc_addr(args: argparse.Namespace) -> tuple[str, int]:
 
 
 def _agent(args: argparse.Namespace) -> AgentClient:
-    """The CLI's one agent client, with `-token-file` and `-ca-file` over the
-    environment's CONSUL_HTTP_TOKEN_FILE and CONSUL_CACERT (the other
-    CONSUL_HTTP_* settings, CONSUL_HTTP_SSL among them, apply as for every command)."""
+    """The CLI's one agent client, with `-ca-file` over the environment's
+    CONSUL_CACERT (the other CONSUL_HTTP_* settings, CONSUL_HTTP_SSL among
+    them, apply as for every command); the token as `_tls.token` picks it."""
     environ = dict(os.environ)
-    if args.token_file:
-        environ["CONSUL_HTTP_TOKEN_FILE"] = args.token_file
     if args.ca_file:
         environ["CONSUL_CACERT"] = args.ca_file
-    return AgentClient(args.http_addr, args.token or None, environ=environ)
+    return AgentClient(
+        args.http_addr, args.token or None, environ=environ, token_file=args.token_file or None
+    )
 
 
 def _xds_security(args: argparse.Namespace, agent: AgentClient) -> dict[str, str]:

@@ -8,8 +8,9 @@
     waypost demo                 the order/payment scenario (cli/demo.py)
 
 Every command that talks to an agent takes `--http-addr` (Consul's name; also
-`CONSUL_HTTP_ADDR`) and `--token` (`CONSUL_HTTP_TOKEN`). Errors print one
-line, `waypost: error: ...`, and exit 2.
+`CONSUL_HTTP_ADDR`), `--token` (`CONSUL_HTTP_TOKEN`) and `--token-file`
+(`CONSUL_HTTP_TOKEN_FILE`; a file wins over a token, as in Consul). Errors
+print one line, `waypost: error: ...`, and exit 2.
 """
 
 from __future__ import annotations
@@ -58,6 +59,12 @@ def _client(sub: argparse._SubParsersAction, name: str, text: str) -> argparse.A
         help=f"the agent, HOST:PORT or a URL (default ${ADDR_ENV}, else 127.0.0.1:8500)",
     )
     cmd.add_argument("--token", "-token", help=f"ACL token (default ${TOKEN_ENV})")
+    cmd.add_argument(
+        "--token-file",
+        "-token-file",
+        metavar="FILE",
+        help="a file holding the token; wins over --token (default $CONSUL_HTTP_TOKEN_FILE)",
+    )
     return cmd
 
 
@@ -131,7 +138,7 @@ def _run_register(args: argparse.Namespace, agent: AgentClient) -> int:
 
 
 def _run_client(args: argparse.Namespace) -> int:
-    with AgentClient(args.http_addr, args.token) as agent:
+    with AgentClient(args.http_addr, args.token, token_file=args.token_file) as agent:
         out = sys.stdout
         if args.command == "services":
             return commands.services(agent, out)

@@ -84,7 +84,8 @@ class Registration:
         tags: Registry tags.
         meta: Registry metadata (e.g. `{"zone": "a"}`).
         weight: Passing weight for weighted balancing.
-        token: ACL token; default `$CONSUL_HTTP_TOKEN` (or `$CONSUL_HTTP_TOKEN_FILE`).
+        token: ACL token; default `$CONSUL_HTTP_TOKEN`. `$CONSUL_HTTP_TOKEN_FILE`,
+            if set, wins over both (Consul's api.NewClient does the same).
             An https:// agent is verified with `$CONSUL_CACERT` (or the system's
             CAs), and `$CONSUL_CLIENT_CERT`/`$CONSUL_CLIENT_KEY` are presented.
         handle_signals: Deregister on SIGTERM/SIGINT before the process ends.
