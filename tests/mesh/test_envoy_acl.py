@@ -292,6 +292,19 @@ def test_envoy_with_the_wrong_token_is_refused_and_says_why(acl_mesh: AclMesh) -
         envoy.stop()
 
 
+def test_envoys_command_line_holds_no_token(acl_mesh: AclMesh) -> None:
+    """The bootstrap (with `x-consul-token`) reaches the running Envoy as an
+    inherited, unlinked file, as Consul's does: not in its argv, which any
+    local user reads in /proc/PID/cmdline."""
+    pid = acl_mesh.envoy.proc.pid if acl_mesh.envoy else 0
+    argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    assert acl_mesh.db_token.encode() not in b" ".join(argv)
+    path = argv[argv.index(b"--config-path") + 1].decode()
+    assert path.startswith("/dev/fd/")
+    held = os.readlink(f"/proc/{pid}/fd/{path.removeprefix('/dev/fd/')}")
+    assert held.endswith(" (deleted)"), held  # no file left behind, none to open by name
+
+
 def _serves_with(m: AclMesh, ca: bytes) -> bool:
     """Whether the TLS port answers a client that trusts `ca`: False as soon
     as the stream ends (a refused handshake), so a retry comes at once."""

@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 from typing import Any
 
 from .._address import split_address
@@ -156,13 +157,37 @@ def _emit(boot: dict[str, Any], args: argparse.Namespace) -> int:
         print(text)
         return 0
     binary = envoy_binary(args.envoy_binary)
-    extra = [a for a in args.envoy_args if a != "--"]
-    argv = [binary, "--config-yaml", text, "--disable-hot-restart"]
+    argv = envoy_argv(binary, _bootstrap_fd(text), args.envoy_args)
+    sys.stdout.flush()
+    os.execv(binary, argv)
+    return 0  # not reached
+
+
+def envoy_argv(binary: str, fd: int, envoy_args: list[str]) -> list[str]:
+    """Envoy's command line: the bootstrap read from the inherited `fd`, never
+    its text (it holds the ACL token, and argv is world-readable in /proc)."""
+    extra = [a for a in envoy_args if a != "--"]
+    argv = [binary, "--config-path", f"/dev/fd/{fd}", "--disable-hot-restart"]
     if "--drain-time-s" not in extra:
         argv += ["--drain-time-s", DRAIN_TIME]
-    sys.stdout.flush()
-    os.execv(binary, argv + extra)
-    return 0  # not reached
+    return argv + extra
+
+
+def _bootstrap_fd(text: str) -> int:
+    """A descriptor of the bootstrap that Envoy inherits across exec, as Consul's
+    `connect envoy` does on unix: a 0600 temporary file, unlinked at once (no
+    other process can open it by name, nothing is left behind when Envoy
+    exits), inheritable, rewound so that Envoy reads it from the start."""
+    fd, path = tempfile.mkstemp(prefix="waypost-envoy-", suffix=".json")
+    try:
+        os.unlink(path)
+        os.write(fd, text.encode())
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.set_inheritable(fd, True)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _find_sidecar(agent: AgentClient, service_id: str) -> tuple[str, dict[str, Any]]:
