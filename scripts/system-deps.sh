@@ -9,6 +9,7 @@
 #   firefox-esr                                the web UI in Firefox too (Marionette)
 #   dockerd, docker-compose, debootstrap       the Docker Compose example, end to end
 #   victoria-metrics                           a real consul_sd_configs consumer
+#   openssl                                    hashed CA directories (CONSUL_CAPATH)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
@@ -29,6 +30,7 @@ command -v dockerd >/dev/null || need+=(docker.io)
 command -v docker-compose >/dev/null || need+=(docker-compose)
 command -v debootstrap >/dev/null || need+=(debootstrap)
 command -v victoria-metrics >/dev/null || need+=(victoria-metrics)
+command -v openssl >/dev/null || need+=(openssl)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing system packages: ${need[*]}"
   scripts/apt-install.sh "${need[@]}"

@@ -3,7 +3,8 @@ tools read them from the environment.
 
     CONSUL_HTTP_ADDR        host:port or a URL; https:// (or CONSUL_HTTP_SSL=true) means TLS
     CONSUL_CACERT           CA bundle (PEM) to verify the agent's certificate with
-    CONSUL_CAPATH           a directory of CA certificates, the same
+    CONSUL_CAPATH           a directory of CA certificates, the same (unused when
+                            there is a CA file: it takes precedence, as in Consul)
     CONSUL_CLIENT_CERT      client certificate (PEM), for agents that verify incoming
     CONSUL_CLIENT_KEY       its key
     CONSUL_HTTP_SSL_VERIFY  "false" skips verifying the agent (tests only: anyone can then
@@ -47,7 +48,10 @@ def verify(environ: Mapping[str, str] = os.environ) -> ssl.SSLContext:
         ConfigError: a file named there cannot be read or is not PEM.
     """
     cafile = environ.get("CONSUL_CACERT") or None
-    capath = environ.get("CONSUL_CAPATH") or None
+    # A CA file takes precedence over a CA path, as in Consul's rootcerts: the
+    # operator who names one bundle (-ca-file) trusts it alone, not also a
+    # directory left in the environment.
+    capath = None if cafile else environ.get("CONSUL_CAPATH") or None
     try:
         context = ssl.create_default_context(cafile=cafile, capath=capath)
         cert, key = environ.get("CONSUL_CLIENT_CERT"), environ.get("CONSUL_CLIENT_KEY")

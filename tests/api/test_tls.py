@@ -25,7 +25,7 @@ import pytest
 import requests
 import trustme
 
-from waypost import Discovery, Registration, _tlsfiles
+from waypost import Discovery, Registration, _tls, _tlsfiles
 from waypost._exceptions import ConfigError
 from waypost.agent.config import AgentConfig
 from waypost.agent.security import HttpsTls
@@ -132,6 +132,28 @@ def test_client_library_and_cli_honour_consul_cacert(
             env=env,
         )
         assert unverified.returncode == 0 and unique in unverified.stdout
+
+
+def test_a_ca_file_takes_precedence_over_a_ca_path(
+    tls_agent: AgentProcess, pki: Pki, tmp_path: Path
+) -> None:
+    """As in Consul: with CONSUL_CACERT (or -ca-file) set, CONSUL_CAPATH is not
+    also trusted; alone, the path is used."""
+    hashed = subprocess.run(
+        ["openssl", "x509", "-hash", "-noout", "-in", str(pki.ca_file)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    (tmp_path / f"{hashed}.0").write_bytes(pki.ca_file.read_bytes())  # OpenSSL's lookup name
+    other = tmp_path / "other-ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(other))
+    url = f"{tls_agent.https_url}/v1/agent/self"
+    by_path = _tls.verify({"CONSUL_CAPATH": str(tmp_path)})
+    assert httpx.get(url, verify=by_path).status_code == 200
+    both = _tls.verify({"CONSUL_CAPATH": str(tmp_path), "CONSUL_CACERT": str(other)})
+    with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+        httpx.get(url, verify=both)
 
 
 def _trusting(pki: Pki) -> ssl.SSLContext:
