@@ -118,10 +118,17 @@ def _private(path: Path, content: bytes) -> str:
     return str(path)
 
 
+def certificate_blocks(content: bytes) -> list[bytes]:
+    """The PEM certificate blocks (CERTIFICATE, TRUSTED CERTIFICATE) in
+    `content`, in order, without what is around them (comments, `openssl x509
+    -text` output, in any encoding). Nothing checked: see `_certificates`."""
+    return [match.group(0) for match in _CERT_BLOCK.finditer(content)]
+
+
 def _certificates(content: bytes, path: str, what: str) -> list[bytes]:
     """The PEM certificate blocks of a file, each checked to parse."""
     _refuse_partial_blocks(content, path)
-    blocks = [match.group(0) for match in _CERT_BLOCK.finditer(content)]
+    blocks = certificate_blocks(content)
     if not blocks:
         raise ConfigError(f"{path} holds no PEM {what} (no BEGIN CERTIFICATE block)")
     for block in blocks:  # parses each block: a truncated or corrupted one fails here

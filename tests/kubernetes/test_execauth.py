@@ -352,9 +352,34 @@ def test_inline_ca_data_verifies_from_memory_and_reaches_the_plugin(
     assert base64.b64decode(sent) == ca
 
 
+def test_inline_ca_data_with_non_ascii_text_around_the_blocks_loads(
+    kube: FakeKubeApi, tmp_path: Path
+) -> None:
+    """A bundle as `openssl` or a distribution writes it, with comments in any
+    language around the PEM blocks: the blocks verify the server."""
+    kube.tokens = {"t"}
+    answer(tmp_path, token="t")
+    path = kubeconfig(kube, tmp_path, provideClusterInfo=False)
+    ca = (kube.dir / "ca.crt").read_bytes()
+    commented = "# Issuer: CN=Főtanúsítvány\n".encode() + ca + "# vége\n".encode()
+    inline_ca(path, base64.b64encode(commented).decode())
+    client = SyncApiClient(load_config(str(path)))
+    client.request("GET", SLICES)  # verified with the inline CA
+    client.close()
+
+
 @pytest.mark.parametrize(
     ("data", "message"),
-    [("not base64!", "certificate-authority-data is not base64"), ("bm90IFBFTQ==", "cannot load")],
+    [
+        ("not base64!", "certificate-authority-data is not base64"),
+        ("bm90IFBFTQ==", "certificate-authority-data holds no PEM certificate"),
+        (
+            base64.b64encode(
+                b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+            ).decode(),
+            "cannot load",
+        ),
+    ],
 )
 def test_malformed_inline_ca_data_is_a_clear_error(
     kube: FakeKubeApi, tmp_path: Path, data: str, message: str

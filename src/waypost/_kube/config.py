@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from .._exceptions import ConfigError
+from .._tlsfiles import certificate_blocks
 from .execauth import Credential, ExecPlugin, cluster_info, parse_spec
 
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
@@ -138,13 +139,24 @@ class KubeConfig:
         return self._ssl
 
     def _cadata(self) -> str | None:
-        """`ca_data` as ssl's `cadata` takes PEM: text."""
+        """`ca_data`'s certificate blocks, as ssl's `cadata` takes PEM: ASCII
+        text. What is around the blocks is dropped, as OpenSSL skips it in a
+        file: a bundle with `# Issuer: CN=Főtanúsítvány` comments loads."""
         if self.ca_data is None:
             return None
+        blocks = certificate_blocks(self.ca_data)
+        if not blocks:
+            raise ConfigError(
+                f"{self.source}: certificate-authority-data holds no PEM certificate "
+                "(no BEGIN CERTIFICATE block)"
+            )
         try:
-            return self.ca_data.decode("ascii")
+            return b"\n".join(blocks).decode("ascii")
         except UnicodeDecodeError as exc:
-            raise ConfigError(f"{self.source}: certificate-authority-data is not PEM") from exc
+            raise ConfigError(
+                f"{self.source}: certificate-authority-data has a certificate block "
+                "that is not PEM (not ASCII)"
+            ) from exc
 
     def auth_due(self) -> bool:
         """True if the next `auth_headers()` runs a plugin (async callers use a thread)."""
