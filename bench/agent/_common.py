@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from tests import agentproc  # noqa: E402, F401  (re-exported: scale.py sets its READY_TIMEOUT)
 from tests.agentproc import AgentProcess  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")

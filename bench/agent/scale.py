@@ -50,8 +50,7 @@ import urllib.request
 from pathlib import Path
 
 import aiohttp
-import tests.agentproc
-from _common import AgentProcess, copy_store, header, line, median, percentile, rss_mb
+from _common import AgentProcess, agentproc, copy_store, header, line, median, percentile, rss_mb
 
 from waypost.api import decode
 from waypost.catalog import writes
@@ -139,7 +138,7 @@ def fill(path: Path, instances: int, nodes: int, services: int) -> float:
 def agent_on(store: Path, data_dir: str) -> tuple[AgentProcess, float]:
     """A real agent on a copy of `store`; (the process, seconds until it is running)."""
     copy_store(store, Path(data_dir) / "catalog.db")
-    tests.agentproc.READY_TIMEOUT = 600.0  # a replay of a million takes longer than tests wait
+    agentproc.READY_TIMEOUT = 600.0  # a replay of a million takes longer than tests wait
     args = ("--data-dir", data_dir, "--http", "127.0.0.1:0", "--dns", "off", "--node", "n1")
     started = time.monotonic()
     proc = AgentProcess(*args, "--log-level", "warning").start()
