@@ -47,6 +47,17 @@ class HealthServer:
         self.server.server_close()
 
 
+def recv_exactly(sock: socket.socket, size: int) -> bytes:
+    """`size` bytes off a blocking socket (its own timeout applies); the peer
+    closing first fails the test."""
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        assert chunk, f"the peer closed after {len(data)} of {size} bytes"
+        data += chunk
+    return data
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -19,6 +19,8 @@ import uvloop
 from waypost.api import fanout
 from waypost.api.fanout import FanOut
 
+from ..servers import recv_exactly
+
 Loop = Callable[[Callable[[], Awaitable[None]]], None]
 LOOPS: dict[str, Loop] = {
     "uvloop": lambda main: uvloop.run(main()),
@@ -82,12 +84,7 @@ async def nothing_more(servers: list[Server], clients: list[socket.socket]) -> N
 
 def read_exactly(sock: socket.socket, size: int) -> bytes:
     sock.settimeout(10)
-    data = b""
-    while len(data) < size:
-        chunk = sock.recv(size - len(data))
-        assert chunk, "closed early"
-        data += chunk
-    return data
+    return recv_exactly(sock, size)
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ import dns.rdatatype
 import pytest
 
 from ..agentproc import AgentProcess
+from ..servers import recv_exactly
 from .conftest import (
     answers,
     deregister,
@@ -206,25 +207,16 @@ def test_tcp_pipelining_and_garbage(agent: AgentProcess) -> None:
             b"".join(struct.pack("!H", len(w)) + w for w in (q.to_wire() for q in queries))
         )
         for q in queries:
-            (size,) = struct.unpack("!H", _recv_exact(sock, 2))
-            reply = dns.message.from_wire(_recv_exact(sock, size))
+            (size,) = struct.unpack("!H", recv_exactly(sock, 2))
+            reply = dns.message.from_wire(recv_exactly(sock, size))
             assert reply.id == q.id and reply.answer
         garbage = b"\x12\x34" + b"\x00\x00\x00\x01" + b"\x00" * 6 + b"\x3fhello"
         sock.sendall(struct.pack("!H", len(garbage)) + garbage)
-        (size,) = struct.unpack("!H", _recv_exact(sock, 2))
-        assert _recv_exact(sock, size)[3] & 0xF == dns.rcode.FORMERR
+        (size,) = struct.unpack("!H", recv_exactly(sock, 2))
+        assert recv_exactly(sock, size)[3] & 0xF == dns.rcode.FORMERR
         sock.sendall(b"\x00\x05hello")  # not even a header: the stream is closed
         assert sock.recv(10) == b""
     assert answers(query(agent, "ns.consul", tcp=True), "A") == ["127.0.0.1"]
-
-
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        assert chunk, "connection closed"
-        data += chunk
-    return data
 
 
 def test_statistics_are_exposed(agent: AgentProcess) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import pytest
 
@@ -270,6 +271,23 @@ async def settled(tasks: list[asyncio.Future[int]], seconds: float = 5) -> list[
     return await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), seconds)
 
 
+async def abc_behind_p(
+    stuck: Stuck, overdue: float
+) -> tuple[GroupCommitter, list[asyncio.Future[Any]]]:
+    """One Txn at a time: "p" goes alone; "a", "b", "c", queued behind it,
+    go together once it is answered (and stay out while `stuck` holds "a")."""
+    committer = GroupCommitter(
+        stuck.send, stuck.fence, max_inflight=4, max_sending=1, overdue=overdue
+    )
+    first = asyncio.ensure_future(committer.submit(commit("p")))
+    await asyncio.sleep(0)
+    batched = [asyncio.ensure_future(committer.submit(commit(k))) for k in "abc"]
+    await asyncio.sleep(0)
+    stuck.gates["p"].set()
+    assert await settled([first]) == [1]
+    return committer, batched
+
+
 async def test_a_stalled_txn_of_several_commits_does_not_hold_every_other_write() -> None:
     """The backend's one Txn at a time carries three commits and stalls (sent
     again commit by commit, a lease renewal): once it is STALLED times overdue
@@ -278,15 +296,7 @@ async def test_a_stalled_txn_of_several_commits_does_not_hold_every_other_write(
     commits still wait for their answer."""
     stuck = Stuck("p", "a")
     overdue = 0.02
-    committer = GroupCommitter(
-        stuck.send, stuck.fence, max_inflight=4, max_sending=1, overdue=overdue
-    )
-    first = asyncio.ensure_future(committer.submit(commit("p")))
-    await asyncio.sleep(0)
-    stalled = [asyncio.ensure_future(committer.submit(commit(k))) for k in "abc"]
-    await asyncio.sleep(0)
-    stuck.gates["p"].set()  # "p" answered: a, b and c go together, and stall
-    assert await settled([first]) == [1]
+    committer, stalled = await abc_behind_p(stuck, overdue)  # a, b and c stall
     started = time.monotonic()
     others = [asyncio.ensure_future(committer.submit(commit(k))) for k in "defgh"]
     assert await settled(others) == [1] * 5  # within 5 s: not at the stalled Txn's answer
@@ -362,15 +372,7 @@ async def test_a_single_commit_stall_after_a_batched_one_opens_a_spare_at_its_ow
     goes `overdue` after it, not when the batched Txn's timer would fire."""
     stuck = Stuck("p", "a", "d")
     overdue = 0.1
-    committer = GroupCommitter(
-        stuck.send, stuck.fence, max_inflight=4, max_sending=1, overdue=overdue
-    )
-    first = asyncio.ensure_future(committer.submit(commit("p")))
-    await asyncio.sleep(0)
-    batched = [asyncio.ensure_future(committer.submit(commit(k))) for k in "abc"]
-    await asyncio.sleep(0)
-    stuck.gates["p"].set()
-    assert await settled([first]) == [1]
+    committer, batched = await abc_behind_p(stuck, overdue)
     # a-b-c are out; once the timer armed for "p" has fired, the one armed
     # now is for a-b-c's due, 0.7 s after they went
     await asyncio.sleep(overdue * 1.5)
