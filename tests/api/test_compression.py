@@ -83,7 +83,7 @@ def test_a_body_is_compressed_once_and_kept() -> None:
     assert compress.gzipped(bytes(bytearray(body))) is packed  # equal bytes, the kept member
 
 
-def test_a_body_too_big_for_the_cache_is_compressed_off_the_event_loop(
+def test_a_body_past_off_loop_is_compressed_off_the_event_loop(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     body = (b'{"Node":"n%d"}' % 7) * (compress.OFF_LOOP // 8)

@@ -217,7 +217,7 @@ def test_a_reset_connection_is_reported_by_its_transport(monkeypatch: pytest.Mon
         await asyncio.sleep(0.05)
         FanOut(threads=2).write([(s.transport, b"hello") for s in servers])
         FanOut(threads=2).write([(s.transport, b"hello") for s in servers])  # it is closing now
-        for _ in range(100):
+        for _ in range(1000):  # up to 10 s: it ends at once when the loss is seen
             if servers[1].lost:
                 break
             await asyncio.sleep(0.01)
@@ -252,7 +252,7 @@ def test_a_batch_with_nothing_to_write_beside_stays_on_the_loop_thread(
         await nothing_more(servers, clients)
 
     LOOPS["uvloop"](main)
-    assert threads_seen == {"MainThread"} or threads_seen == set()
+    assert threads_seen == set()
 
 
 def test_no_thread_to_be_had_writes_from_the_loop_alone(monkeypatch: pytest.MonkeyPatch) -> None:

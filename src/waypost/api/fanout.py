@@ -22,6 +22,7 @@ error the way it always does.
 from __future__ import annotations
 
 import os
+import queue
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -50,26 +51,25 @@ _PLAIN = _plain_transports()
 
 class FanOut:
     """Writes (transport, bytes) pairs, the larger batches from two threads;
-    a transport already closing gets nothing."""
+    a transport already closing gets nothing (a closed one takes no more bytes)."""
 
     def __init__(self, threads: int | None = None) -> None:
-        cores = threads if threads is not None else len(os.sched_getaffinity(0))
-        self.parallel = cores >= 2
-        self._jobs: list[_Job] = []
-        self._wake = threading.Condition()
+        self.parallel = (threads if threads is not None else _cores()) >= 2
+        self._jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
         self._worker: threading.Thread | None = None
         self.batches = 0  # statistics: batches written from two threads
 
     def write(self, pairs: Sequence[tuple[Any, bytes]]) -> None:
         if not self.parallel or len(pairs) < PARALLEL_MIN:
             for transport, data in pairs:
-                transport.write(data)
+                if not transport.is_closing():
+                    transport.write(data)
             return
         direct: list[tuple[int, bytes]] = []
         owners: list[tuple[Any, bytes]] = []
         for transport, data in pairs:
             if transport.is_closing():
-                continue  # as FastReads skips them: a closed one takes no more bytes
+                continue
             sock = _writable_beside(transport)
             if sock is None:
                 transport.write(data)
@@ -89,31 +89,34 @@ class FanOut:
                 transport.write(memoryview(data)[count:] if count else data)
 
     def _submit(self, direct: list[tuple[int, bytes]], written: list[int]) -> _Job | None:
-        """The second half of `direct` for the worker; None if it cannot run."""
-        with self._wake:
-            if self._worker is None:
-                worker = threading.Thread(target=self._run, name="waypost-fanout", daemon=True)
-                try:
-                    worker.start()
-                except RuntimeError:  # no thread to be had: write from the loop alone
-                    self.parallel = False
-                    return None
-                self._worker = worker
-            job = _Job(direct, len(direct) // 2, written)
-            self._jobs.append(job)
-            self._wake.notify()
+        """The second half of `direct` for the worker (started at the first
+        batch); None if no thread can be had: the loop then writes alone."""
+        if self._worker is None:
+            worker = threading.Thread(target=self._run, name="waypost-fanout", daemon=True)
+            try:
+                worker.start()
+            except RuntimeError:
+                self.parallel = False
+                return None
+            self._worker = worker
+        job = _Job(direct, len(direct) // 2, written)
+        self._jobs.put(job)
         return job
 
     def _run(self) -> None:
         while True:
-            with self._wake:
-                while not self._jobs:
-                    self._wake.wait()
-                job = self._jobs.pop()
+            job = self._jobs.get()
             try:
                 _write_fds(job.pairs, job.start, len(job.pairs), job.written)
             finally:
                 job.done.set()  # never leave the loop thread waiting
+
+
+def _cores() -> int:
+    """The cores this process may run on (os.cpu_count() where the platform
+    cannot say, as on macOS)."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    return len(affinity(0)) if affinity is not None else os.cpu_count() or 1
 
 
 class _Job:
