@@ -233,7 +233,7 @@ class FastReads:
         if jittered <= 0 or not self._would_block(prepared.plan[0], prepared.min_index):
             self._answer([query])
             return True
-        query.slot = self._wheel.add(query, self._wheel.loop.time() + jittered)
+        query.slot = self._wheel.add(query, self.loop.time() + jittered)
         self._park(query)
         self.catalog.parked += 1
         return query
@@ -455,7 +455,7 @@ class FastReads:
             and pre.health == health
         ):
             return pre
-        packing = self._packing.get((key, index, acl))
+        packing = self._packing.get((key, (index, acl, health)))
         if packing is not None:
             return packing
         return self._build(query, key, index, acl, health)
@@ -474,7 +474,7 @@ class FastReads:
         # Past compress.OFF_LOOP (a service of ~1,000 instances): gzip takes
         # tens of ms, which would stall every connection; a worker does it.
         packed = self.loop.run_in_executor(None, compress.pack, plain)
-        packing = self._packing[(key, index, acl)] = _Packing(response, plain, stamp)
+        packing = self._packing[(key, stamp)] = _Packing(response, plain, stamp)
         packed.add_done_callback(functools.partial(self._packed, key, packing))
         self.packed_off_loop += 1
         return packing
@@ -483,8 +483,7 @@ class FastReads:
         self, key: tuple[Any, ...], packing: _Packing, packed: asyncio.Future[bytes]
     ) -> None:
         """A body compressed off the loop: answer the queries that waited for it."""
-        index, acl, _ = packing.stamp
-        del self._packing[(key, index, acl)]
+        del self._packing[(key, packing.stamp)]
         response = packing.response
         try:
             response.body = packed.result()
