@@ -131,8 +131,7 @@ def _certificates(content: bytes, path: str, what: str) -> list[bytes]:
     blocks = certificate_blocks(content)
     if not blocks:
         raise ConfigError(f"{path} holds no PEM {what} (no BEGIN CERTIFICATE block)")
-    for block in blocks:  # parses each block: a truncated or corrupted one fails here
-        _parse(block, path, what)
+    _parse(_join(blocks), path, what)  # one load of them all: a corrupt block fails it
     return blocks
 
 
