@@ -180,19 +180,19 @@ class Agent:
         self.fast = FastReads(app, self.catalog, self.storage, asyncio.get_running_loop())
         self.fast_writes = FastWrites(app, asyncio.get_running_loop())
         if self.config.http != "off":
-            _, self.http_address = await self._serve(app, self.config.http, "--http", {})
+            self.http_address = await self._serve(app, self.config.http, "--http", {})
         if self.config.https:
             https = HttpsTls(self.config)
             opts = https.options()
-            _, self.https_address = await self._serve(app, self.config.https, "--https", opts)
+            self.https_address = await self._serve(app, self.config.https, "--https", opts)
             self._https = https
 
     async def _serve(
         self, app: AgentApp, address: str, flag: str, tls: dict[str, Any]
-    ) -> tuple[_Server, tuple[str, int]]:
+    ) -> tuple[str, int]:
         host, port = split_address(address, flag)
         sock = _listen(host, port)
-        bound = sock.getsockname()[:2]
+        bound: tuple[str, int] = sock.getsockname()[:2]
         config = uvicorn.Config(
             app,
             loop="none",
@@ -217,7 +217,7 @@ class Agent:
             if task.done():
                 task.result()  # surfaces the bind or startup error
             await asyncio.sleep(0.01)
-        return server, bound
+        return bound
 
     def _app(self) -> AgentApp:
         consul = ConsulApi(self.catalog, self.local, self, self.storage)
