@@ -379,6 +379,12 @@ def test_inline_ca_data_with_non_ascii_text_around_the_blocks_loads(
             ).decode(),
             "cannot load",
         ),
+        (
+            base64.b64encode(
+                b"-----BEGIN TRUSTED CERTIFICATE-----\nMIIB\n-----END TRUSTED CERTIFICATE-----\n"
+            ).decode(),
+            "holds a TRUSTED CERTIFICATE block",
+        ),
     ],
 )
 def test_malformed_inline_ca_data_is_a_clear_error(

@@ -150,6 +150,13 @@ class KubeConfig:
                 f"{self.source}: certificate-authority-data holds no PEM certificate "
                 "(no BEGIN CERTIFICATE block)"
             )
+        if any(block.startswith(b"-----BEGIN TRUSTED") for block in blocks):
+            # ssl's cadata reads no trust settings (nor does client-go, which
+            # takes CERTIFICATE blocks only): refused rather than half-loaded.
+            raise ConfigError(
+                f"{self.source}: certificate-authority-data holds a TRUSTED CERTIFICATE "
+                "block; give it as a plain CERTIFICATE (`openssl x509 -in ca.pem`)"
+            )
         try:
             return b"\n".join(blocks).decode("ascii")
         except UnicodeDecodeError as exc:
