@@ -168,11 +168,11 @@ class State:
             old = self._lookup(entry.key)
             if old is None:
                 return None
-            before = self._stored_of(old) if report else None
+            change = Change(self._stored_of(old), None) if report else None
             self._remove(old, touched)
             if isinstance(old, Check):  # gone for good: nothing left to hold
                 self.held.pop((old.node, old.check_id), None)
-            return Change(before, None) if before is not None else None
+            return change
         record = codec.decode_stored(entry.key, entry.value)
         old = self._lookup_record(record)  # the decoded record names its own key
         created = entry.create_index or (old.create_index if old is not None else index)
