@@ -39,13 +39,13 @@ def _syscall() -> tuple[Callable[..., int], int, int] | None:
 _CALL = _syscall()
 
 
-def get_priority(tid: int = 0) -> int | None:
-    """The I/O priority of thread `tid` (0: the calling thread), as the
-    kernel encodes it (class << 13 | level); None where it cannot be read."""
+def get_priority() -> int | None:
+    """The calling thread's I/O priority, as the kernel encodes it
+    (class << 13 | level); None where it cannot be read."""
     if _CALL is None:
         return None
     call, _set, number = _CALL
-    value = int(call(number, _WHO_PROCESS, tid))
+    value = int(call(number, _WHO_PROCESS, 0))
     return None if value < 0 else value
 
 
@@ -55,8 +55,3 @@ def set_priority(value: int) -> bool:
         return False
     call, number, _get = _CALL
     return int(call(number, _WHO_PROCESS, 0, value)) == 0
-
-
-def class_of(value: int) -> int:
-    """The class part of an encoded priority (0 none, 1 real-time, 2 best-effort, 3 idle)."""
-    return value >> _CLASS_SHIFT

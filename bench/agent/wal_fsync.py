@@ -90,6 +90,11 @@ def main() -> None:
     parser.add_argument("--pages-per-s", type=int, default=2000)
     args = parser.parse_args()
     variants = args.variants.split(",")
+    normal = _ioprio.get_priority()
+    if any(v.startswith("idle@") for v in variants):  # else an "idle" phase would run normal
+        if not _ioprio.set_priority(_ioprio.IDLE):
+            raise SystemExit("this kernel or platform refuses the idle I/O class")
+        _ioprio.set_priority(normal or 0)
     header(f"WAL fdatasync beside checkpoint-like writes of {args.store}: {variants}")
     with tempfile.TemporaryDirectory(prefix="waypost-wal-fsync-", dir="/tmp") as tmp:
         copy_store(args.store, Path(tmp) / "db")
