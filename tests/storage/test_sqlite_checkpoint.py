@@ -199,3 +199,17 @@ def test_a_thread_an_earlier_stop_timed_out_on_ends_once_it_can(
     assert not old.is_alive()
     pointer.stop(timeout=5)
     assert pointer._thread is None
+
+
+@pytest.mark.parametrize(("outcome", "resets"), [((0, 9, 9), 1), ((1, -1, -1), 0), ((0, 9, 5), 0)])
+def test_a_reset_is_counted_only_when_the_held_checkpoint_copied_everything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, outcome: tuple[int, int, int], resets: int
+) -> None:
+    """The held checkpoint's (busy, frames, copied): only all frames copied,
+    not busy, lets the next transaction start the WAL over (busy gives -1, -1,
+    which compare equal)."""
+    pointer = checkpoint.Checkpointer(tmp_path / "c.db")
+    monkeypatch.setattr(pointer, "_catch_up", lambda conn: (checkpoint.RESET_FRAMES, True))
+    monkeypatch.setattr(checkpoint, "_run_checkpoint", lambda conn: outcome)
+    pointer.checkpoint(sqlite3.connect(":memory:"))
+    assert (pointer.resets, pointer.checkpoints) == (resets, 1)
