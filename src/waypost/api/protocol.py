@@ -244,7 +244,7 @@ def guarded_protocol(
             super().on_body(body)
 
         def on_message_complete(self) -> None:
-            self._reading_since = None  # _disarm, inlined: read whole
+            self._reading_since = None  # read whole: its timer finds nothing to do
             pending = self._writing
             if pending is not None and pending[0] is self.cycle and writes is not None:
                 self._writing = None
@@ -254,9 +254,7 @@ def guarded_protocol(
             super().on_message_complete()
 
         def connection_lost(self, exc: Exception | None) -> None:
-            self._disarm()
-            self._idle_since = None
-            if self._deadline is not None:
+            if self._deadline is not None:  # the marks need no clearing: nothing reads them now
                 self._deadline.cancel()
                 self._deadline = None
             self._writing = None  # its body never came: nothing was done
@@ -283,9 +281,6 @@ def guarded_protocol(
             self._reading_since = now = self.loop.time()
             self._due(now + read_timeout)
 
-        def _disarm(self) -> None:
-            self._reading_since = None  # read whole: its timer finds nothing to do
-
         def _due(self, when: float) -> None:
             """Have the timer fire no later than `when`."""
             if self._deadline is not None:
@@ -311,8 +306,11 @@ def guarded_protocol(
                 if not self.transport.is_closing():
                     self.transport.close()  # uvicorn's keep-alive timeout
             else:
-                deadlines = [t + read_timeout for t in (reading,) if t is not None]
-                deadlines += [t + self.timeout_keep_alive for t in (idle,) if t is not None]
+                deadlines = []
+                if reading is not None:
+                    deadlines.append(reading + read_timeout)
+                if idle is not None:
+                    deadlines.append(idle + self.timeout_keep_alive)
                 if deadlines:
                     self._due(min(deadlines))
 
