@@ -332,7 +332,7 @@ def test_a_renewal_between_the_check_and_the_load_serves_a_consistent_pair(
         return files
 
     monkeypatch.setattr(_tlsfiles, "load", load_then_renew_the_certificate)
-    https.reload()
+    https.use(_tlsfiles.load(str(pki.cert_file), str(pki.key_file), None))
     new_ca.cert_pem.write_to_path(str(tmp_path / "new-ca.pem"))
     assert _handshake_issuer(context, tmp_path / "new-ca.pem")  # the checked new pair
 
@@ -359,6 +359,6 @@ def test_a_reload_failing_half_way_puts_the_old_pair_back(
     with pytest.raises(
         ConfigError, match=r"HTTPS listener kept the old certificate: .* not the key"
     ):
-        https.reload()
+        https.use(_tlsfiles.load(str(pki.cert_file), str(pki.key_file), None))
     assert _handshake_issuer(context, pki.ca_file)
     assert https.files is old

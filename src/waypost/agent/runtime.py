@@ -26,7 +26,7 @@ from typing import Any
 
 import uvicorn
 
-from .. import _duration
+from .. import _duration, _tlsfiles
 from .._address import split_address
 from .._exceptions import ConfigError
 from .._lockfile import LockFile
@@ -239,12 +239,19 @@ class Agent:
         Raises:
             ConfigError: naming each listener that kept its old certificate, and why.
         """
+        listeners = [listener for listener in (self._https, self._grpc_tls) if listener]
+        if not listeners:
+            return
+        c = self.config
+        try:  # read and checked once for both: a renewal between two reads would split them
+            files = _tlsfiles.load(c.tls_cert_file, c.tls_key_file, c.tls_ca_file)
+        except ConfigError as exc:
+            raise ConfigError("; ".join(f"{lis.KEPT}: {exc}" for lis in listeners)) from exc
         refused = []
-        for listener in (self._https, self._grpc_tls):
+        for listener in listeners:
             try:
-                if listener is not None:
-                    listener.reload()
-            except ConfigError as exc:
+                listener.use(files)
+            except ConfigError as exc:  # it says which listener kept its old certificate
                 refused.append(str(exc))
         if refused:
             raise ConfigError("; ".join(refused))

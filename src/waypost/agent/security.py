@@ -113,6 +113,8 @@ class HttpsTls:
     loaded, put back if a reload fails half-way (OpenSSL installs the new
     certificate before it reads the key)."""
 
+    KEPT = "the HTTPS listener kept the old certificate"
+
     def __init__(self, config: AgentConfig) -> None:
         """Raises ConfigError: a certificate, key or CA file does not load
         (naming it and why), at start-up rather than at the first handshake."""
@@ -139,25 +141,20 @@ class HttpsTls:
         self.context = context
         return context
 
-    def reload(self) -> None:
-        """Load the files again into the live context (SIGHUP): new handshakes
-        get the new certificate, open connections keep theirs.
+    def use(self, files: _tlsfiles.TlsFiles) -> None:
+        """Serve `files` (checked by `_tlsfiles.load`) in the live context
+        (SIGHUP): new handshakes get the new certificate, open connections
+        keep theirs.
 
         Raises:
-            ConfigError: a file does not load; the listener keeps the old pair.
+            ConfigError: they do not install; the listener keeps the old pair.
         """
         if self.context is None:
             return
-        c = self.config
-        kept = "the HTTPS listener kept the old certificate"
-        try:  # refused here, the live context is untouched
-            fresh = _tlsfiles.load(c.tls_cert_file, c.tls_key_file, c.tls_ca_file)
-        except ConfigError as exc:
-            raise ConfigError(f"{kept}: {exc}") from exc
         try:
-            _tlsfiles.install(self.context, fresh)
+            _tlsfiles.install(self.context, files)
         except ConfigError as exc:  # it may hold the new certificate without a key now
             _tlsfiles.install(self.context, self.files)  # checked and served before: loads
-            raise ConfigError(f"{kept}: {exc}") from exc
-        self.files = fresh
-        log.info("SIGHUP: reloaded the HTTPS certificate %s", c.tls_cert_file)
+            raise ConfigError(f"{self.KEPT}: {exc}") from exc
+        self.files = files
+        log.info("SIGHUP: reloaded the HTTPS certificate %s", self.config.tls_cert_file)

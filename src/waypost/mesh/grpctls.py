@@ -38,6 +38,8 @@ log = logging.getLogger("waypost.mesh")
 
 
 class GrpcTls:
+    KEPT = "the xDS TLS port kept the old certificate"
+
     def __init__(self, cert_file: str, key_file: str, ca_file: str, verify: bool) -> None:
         """Raises ConfigError naming the file that does not load and why."""
         self.files = (cert_file, key_file, ca_file)
@@ -50,7 +52,9 @@ class GrpcTls:
         self._lock = threading.Lock()  # the fetcher runs on grpc's own threads
 
     def _load(self) -> Any:
-        files = _tlsfiles.load(*self.files)
+        return self._configuration(_tlsfiles.load(*self.files))
+
+    def _configuration(self, files: _tlsfiles.TlsFiles) -> Any:
         if files.ca is not None and b"TRUSTED CERTIFICATE" in files.ca:
             # BoringSSL does not read it, and dropping its trust settings would widen them
             raise ConfigError(
@@ -69,16 +73,16 @@ class GrpcTls:
             pending, self._pending = self._pending, None
         return pending  # None: keep the current one
 
-    def reload(self) -> None:
-        """Read the files again for the next handshakes.
+    def use(self, files: _tlsfiles.TlsFiles) -> None:
+        """Serve `files` (checked by `_tlsfiles.load`) from the next handshake on.
 
         Raises:
-            ConfigError: a file does not load; the port keeps the old ones.
+            ConfigError: grpcio cannot take them; the port keeps the old ones.
         """
         try:
-            fresh = self._load()
+            fresh = self._configuration(files)
         except ConfigError as exc:
-            raise ConfigError(f"the xDS TLS port kept the old certificate: {exc}") from exc
+            raise ConfigError(f"{self.KEPT}: {exc}") from exc
         with self._lock:
             self._pending = fresh
         log.info("SIGHUP: reloaded the xDS TLS certificate %s", self.files[0])
