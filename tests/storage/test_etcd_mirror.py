@@ -19,7 +19,8 @@ from waypost.storage._etcd_mirror import _Waiters
 
 def waiters(applied: int = 0) -> tuple[_Waiters, Any]:
     mirror = SimpleNamespace(revision=applied)
-    return _Waiters(mirror), mirror  # type: ignore[arg-type]
+    ctx = SimpleNamespace(loop=asyncio.get_running_loop())
+    return _Waiters(mirror, ctx), mirror  # type: ignore[arg-type]
 
 
 def later(seconds: float) -> float:

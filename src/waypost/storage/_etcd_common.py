@@ -118,18 +118,11 @@ class Context:
         self.closed = False
         self.healthy = False  # a member with a leader answered the last probe
         self.tasks: list[asyncio.Task[None]] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
-        """The loop the store runs on (its gRPC channels are bound to it).
-
-        Kept because `asyncio.get_running_loop()` makes a getpid() system call
-        on Python 3.11, and the write path wants the loop several times per commit."""
-        loop = self._loop
-        if loop is None:
-            loop = self._loop = asyncio.get_running_loop()
-        return loop
+        """The loop the store runs on, as its session keeps it (see Session.loop)."""
+        return self.session.loop
 
     def deadline(self) -> float:
         """`timeout` from now, in loop time."""

@@ -62,19 +62,17 @@ class _Waiters:
     watch has not delivered yet), so that scan is short.
     """
 
-    def __init__(self, mirror: Mirror) -> None:
+    def __init__(self, mirror: Mirror, ctx: Context) -> None:
         self._mirror = mirror
+        self._ctx = ctx  # its loop: the store's
         self._heap: list[tuple[int, int, float, str, asyncio.Future[None]]] = []
         self._seq = itertools.count()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
-        self._loop: asyncio.AbstractEventLoop | None = None  # of the first wait()
 
     async def wait(self, revision: int, deadline: float, what: str) -> None:
         """Raises: StoreUnavailable once `deadline` (loop time) passes."""
-        loop = self._loop
-        if loop is None:  # kept: get_running_loop() is a getpid() system call on 3.11
-            loop = self._loop = asyncio.get_running_loop()
+        loop = self._ctx.loop
         deadline = max(deadline, loop.time() + 0.01)
         future: asyncio.Future[None] = loop.create_future()
         heapq.heappush(self._heap, (revision, next(self._seq), deadline, what, future))
@@ -107,8 +105,7 @@ class _Waiters:
     def _expire(self) -> None:
         """Fail the waiters whose deadline passed; arm again for the next one."""
         self._timer, self._timer_at = None, float("inf")
-        loop = self._loop
-        assert loop is not None, "armed by wait()"
+        loop = self._ctx.loop
         now = loop.time()
         for revision, _, deadline, what, future in self._heap:
             if deadline <= now and not future.done():
@@ -137,7 +134,7 @@ class Mirror:
         self.revision = 0  # last revision applied
         self._failing: tuple[int, int] = (0, 0)  # (revision, failures) of apply()
         self._skipped: dict[int, set[str]] = {}  # revision -> keys apply() could not take
-        self._waiters = _Waiters(self)
+        self._waiters = _Waiters(self, ctx)
         self.watching = False  # the watch stream is established
         self._watch_ready = asyncio.Event()
         self._watch_call: tuple[Endpoint, Any] | None = None  # the live watch stream
@@ -151,7 +148,7 @@ class Mirror:
 
     async def wait_watching(self, deadline: float) -> bool:
         """True once the watch stream is established, False if `deadline` passed first."""
-        remaining = deadline - asyncio.get_running_loop().time()
+        remaining = deadline - self._ctx.loop.time()
         try:
             await asyncio.wait_for(self._watch_ready.wait(), max(remaining, 0.5))
         except TimeoutError:
