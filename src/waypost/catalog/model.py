@@ -14,6 +14,7 @@ a full collection during churn stalled the loop for seconds.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, Final, Literal
 
 import msgspec
@@ -189,6 +190,16 @@ def status_rank(status: str) -> int:
     """Order statuses from best to worst, for "the worst of these checks"
     (one table, not a dict built per call: it runs per check of every read)."""
     return _RANK.get(status, 2)
+
+
+def worst_status(checks: Iterable[Check], none: str = "passing") -> str:
+    """The worst status among `checks` (the first of equals); `none` if there are none."""
+    worst, rank = none, -1
+    for check in checks:
+        current = status_rank(check.status)
+        if current > rank:
+            worst, rank = check.status, current
+    return worst
 
 
 # -- ACL records (catalog/acl.py holds them; codec.py stores them under a/) ---

@@ -19,7 +19,16 @@ from ..storage import Entry
 from . import codec
 from .acl import ACL_PREFIX, AclTable
 from .kv import KV_PREFIX, KvTable
-from .model import SERF_CHECK_ID, CARoot, Check, Intention, Node, Record, Service, status_rank
+from .model import (
+    SERF_CHECK_ID,
+    CARoot,
+    Check,
+    Intention,
+    Node,
+    Record,
+    Service,
+    worst_status,
+)
 from .sessions import EVENT_PREFIX, SESSION_PREFIX, EventRing, SessionTable
 from .watch import (
     CHECKS,
@@ -523,11 +532,7 @@ class State:
 
     def aggregate_status(self, service: Service) -> str:
         """The worst status among an instance's checks; passing when it has none."""
-        worst = "passing"
-        for check in self.checks_of(service):
-            if status_rank(check.status) > status_rank(worst):
-                worst = check.status
-        return worst
+        return worst_status(self.checks_of(service))
 
     def instance_status(self, service: Service) -> str:
         """The status an operator reads for an instance: "maintenance" while a
@@ -535,11 +540,7 @@ class State:
         checks = self.checks_of(service)
         if any(c.type == "maintenance" for c in checks):
             return "maintenance"
-        worst = "passing"
-        for check in checks:
-            if status_rank(check.status) > status_rank(worst):
-                worst = check.status
-        return worst
+        return worst_status(checks)
 
     def service_tags(self) -> dict[str, list[str]]:
         """`/v1/catalog/services`: every service name with the union of its tags."""

@@ -46,7 +46,7 @@ from typing import Final
 
 import msgspec
 
-from .model import Check, Record, Service, status_rank
+from .model import Check, Record, Service, status_rank, worst_status
 from .state import Change, State
 
 RETENTION: Final = 3600.0
@@ -161,7 +161,7 @@ class Timeline:
             removed = batch.removed_checks.get((old.node, old.id), [])
             reaped = self._reaped(removed, now)
             kind = "reaped" if reaped else "deregistered"
-            before = _worst_status(removed)
+            before = worst_status(removed, none="")
             return self._event(now, index, kind, old, "", before=before, output=reaped)
         return None
 
@@ -378,14 +378,6 @@ def _status_and_output(checks: list[Check]) -> tuple[str, str]:
         if check.service_id and current > own_rank:  # the first of the worst, as max()
             output, own_rank = check.output, current
     return ("maintenance" if maintenance else worst), _cut(output)
-
-
-def _worst_status(checks: list[Check]) -> str:
-    worst = ""
-    for check in checks:
-        if not worst or status_rank(check.status) > status_rank(worst):
-            worst = check.status
-    return worst
 
 
 def _cut(text: str) -> str:
