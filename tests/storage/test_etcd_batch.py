@@ -393,3 +393,33 @@ async def test_a_single_commit_stall_after_a_batched_one_opens_a_spare_at_its_ow
     stuck.gates["d"].set()
     assert await settled([stalled]) == [1]
     await committer.close()
+
+
+class Fenced(Stuck):
+    """A `Stuck` whose fence holds until the test releases it."""
+
+    def __init__(self, *stuck: str, answers: dict[str, Outcome] | None = None) -> None:
+        super().__init__(*stuck, answers=answers)
+        self.fencing, self.release = asyncio.Event(), asyncio.Event()
+
+    async def fence(self, slot: int) -> None:
+        self.fencing.set()
+        await self.release.wait()
+
+
+async def test_commits_queued_behind_a_txn_being_fenced_go_out_meanwhile() -> None:
+    """A Txn whose outcome is unknown keeps its slot while it is fenced, not
+    the right to send: a commit queued behind it goes out on another slot."""
+    stuck = Fenced("u", answers={"u": OutcomeUnknown("no answer")})
+    committer = GroupCommitter(stuck.send, stuck.fence, max_inflight=2, max_sending=1, overdue=60)
+    lost = asyncio.ensure_future(committer.submit(commit("u")))
+    await asyncio.sleep(0)
+    queued = asyncio.ensure_future(committer.submit(commit("v")))
+    await asyncio.sleep(0)
+    assert stuck.sent == [["u"]]  # one Txn at a time: "v" waits behind it
+    stuck.gates["u"].set()
+    assert isinstance((await settled([lost]))[0], OutcomeUnknown)
+    assert await settled([queued]) == [1]
+    assert stuck.fencing.is_set() and not stuck.release.is_set()  # still fencing "u"'s slot
+    stuck.release.set()
+    await committer.close()

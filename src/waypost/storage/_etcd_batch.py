@@ -447,8 +447,10 @@ class GroupCommitter:
                 log.exception("etcd group commit failed unexpectedly")
                 outcomes = [OutcomeUnknown(f"the write got no answer ({exc!r})")] * len(batch)
             finally:
-                self._sent(slot)
+                del self._sending[slot]  # answered (or given up): another may be sent
             if _settle_all(batch, outcomes):
+                if self._queue and not self._closed:  # not held by this slot's fence
+                    self._running().call_soon(self._kick)
                 # The Txn may still be applied later; keep its keys and slot
                 # until the backend has made sure it either did or never will.
                 await self._fence(slot)
@@ -489,13 +491,6 @@ class GroupCommitter:
     def _overdue_kick(self) -> None:
         self._overdue_timer, self._overdue_at = None, float("inf")
         self._kick()
-
-    def _sent(self, slot: int) -> None:
-        """A Txn got its answer (or gave up): another may be sent, even while
-        this one's slot is still being fenced."""
-        del self._sending[slot]
-        if self._queue and not self._closed:
-            self._running().call_soon(self._kick)
 
 
 def _settle_all(batch: list[Commit], outcomes: list[Outcome]) -> bool:
