@@ -16,7 +16,14 @@ import pytest
 
 from waypost._exceptions import Conflict, OutcomeUnknown, StorageError, StoreBusy, StoreUnavailable
 from waypost.storage import Entry
-from waypost.storage._etcd_batch import MAX_SENDING, STALLED, Commit, GroupCommitter, Outcome
+from waypost.storage._etcd_batch import (
+    MAX_BYTES,
+    MAX_SENDING,
+    STALLED,
+    Commit,
+    GroupCommitter,
+    Outcome,
+)
 from waypost.storage._etcd_txn import MAX_INFLIGHT
 
 
@@ -139,6 +146,33 @@ async def test_two_txns_are_sent_at_once_and_the_rest_wait_to_go_together() -> N
     for key in "ce":
         await gated.release(key)
     assert await asyncio.wait_for(asyncio.gather(*tasks.values()), 5) == [1] * 5
+    await committer.close()
+
+
+async def test_a_merged_txn_carries_at_most_max_bytes_of_keys_and_values() -> None:
+    """etcd refuses a request over its --max-request-bytes before proposing it,
+    and a refused merged Txn is sent again commit by commit: commits whose
+    values would add up past MAX_BYTES go in separate Txns instead, in order,
+    and one larger than MAX_BYTES still goes (alone)."""
+    gated = Gated()
+    committer = GroupCommitter(gated.send, gated.fence, max_inflight=4, max_sending=1, overdue=60)
+    loop = asyncio.get_running_loop()
+    third = MAX_BYTES // 3
+    sizes = {"a": 1, "b": third, "c": third, "d": third, "e": MAX_BYTES + 1, "f": 1}
+    tasks = [
+        asyncio.ensure_future(
+            committer.submit(Commit([Entry(key, b"v" * size)], (), loop.time() + 5))
+        )
+        for key, size in sizes.items()
+    ]
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert gated.sent == [["a"]]
+    for key in "abde":
+        await gated.release(key)
+    assert gated.sent == [["a"], ["b", "c"], ["d"], ["e"], ["f"]]
+    await gated.release("f")
+    assert await asyncio.wait_for(asyncio.gather(*tasks), 5) == [1] * len(sizes)
     await committer.close()
 
 

@@ -4,8 +4,9 @@ Every commit, of any size, goes through one bounded queue. Up to
 `max_inflight` Txns are in flight at once, each on a "slot" of its own (the
 backend keys its idempotency nonce by slot, see _etcd_txn.py). When a Txn may
 go the batcher scans the queue in order and takes every commit that may go
-now, up to `max_ops` operations and `max_ops` compares; a commit of `max_ops`
-or more goes alone. At low load (no Txn out) a commit goes out alone at
+now, up to `max_ops` operations, `max_ops` compares and `MAX_BYTES` of keys
+and values; a commit of `max_ops` or more, or larger than `MAX_BYTES`, goes
+alone. At low load (no Txn out) a commit goes out alone at
 once, so batching adds no latency; a commit that comes while the backend's
 one Txn is out waits for its answer (or 30 ms, below) and goes with every
 other commit that came meanwhile.
@@ -97,6 +98,13 @@ OVERDUE = 0.03  # seconds after which single-commit Txns out let a spare slot go
 #: judged after a refused compare, a lease renewed) must not hold every write
 STALLED = 7
 
+#: the keys and values one merged Txn may carry: etcd refuses a request over
+#: its --max-request-bytes (1.5 MiB by default) before proposing it, and the
+#: merged batch would then be sent again commit by commit, N+1 round trips.
+#: A commit larger than this goes alone (three 512 KiB KV values, Consul's
+#: largest, would otherwise merge into a refused Txn).
+MAX_BYTES = 1024 * 1024
+
 Outcome = int | BaseException
 _NO_KEYS: frozenset[str] = frozenset()
 Send = Callable[[int, "list[Commit]", float], Awaitable[list[Outcome]]]
@@ -115,6 +123,7 @@ class Commit:
         "ranges",
         "reads",
         "refresh",
+        "size",
         "spans",
         "state",
         "timer",
@@ -141,6 +150,8 @@ class Commit:
         #: the state at that moment (the lease re-put uses it)
         self.refresh = refresh
         self.writes = frozenset([op.key for op in ops])
+        #: keys and values, for the batcher's byte cap (a refresh re-puts the same keys)
+        self.size = sum([len(op.key) + len(op.value or b"") for op in ops])
         if self.conditions:
             self.reads = frozenset([c.key for c in self.conditions if not c.range_end])
             self.ranges = tuple([(c.key, c.range_end) for c in self.conditions if c.range_end])
@@ -238,6 +249,7 @@ class GroupCommitter:
         fence: Fence,
         max_inflight: int = 4,
         max_ops: int = 100,
+        max_bytes: int = MAX_BYTES,
         max_queued: int = MAX_QUEUED,
         max_sending: int | None = None,
         overdue: float = OVERDUE,
@@ -245,6 +257,7 @@ class GroupCommitter:
         self._send = send
         self._fence = fence
         self._max_ops = max_ops
+        self._max_bytes = max_bytes
         #: Txns being sent (a slot being fenced does not count): see the docstring
         self._max_sending = max_inflight if max_sending is None else max_sending
         self._overdue = overdue
@@ -394,8 +407,8 @@ class GroupCommitter:
         # what a commit may depend on: the commits in flight and every commit
         # scanned before it, taken or not (one footprint, one test per commit)
         earlier = self._flight.copy()
-        max_ops = self._max_ops
-        ops = compares = scanned = 0
+        max_ops, max_bytes = self._max_ops, self._max_bytes
+        ops = compares = size = scanned = 0
         index = 0
         queue = self._queue
         while index < len(queue) and scanned < MAX_SCAN:
@@ -414,7 +427,11 @@ class GroupCommitter:
                 earlier.add(commit)  # later commits on its keys must wait for it too
                 index += 1
                 continue
-            if batch and (ops + len(commit.ops) > max_ops or compares + commit.compares > max_ops):
+            if batch and (
+                ops + len(commit.ops) > max_ops
+                or compares + commit.compares > max_ops
+                or size + commit.size > max_bytes
+            ):
                 break  # does not fit: it goes first next time, nothing overtakes it
             del queue[index]
             commit.state = "sent"
@@ -427,6 +444,7 @@ class GroupCommitter:
             earlier.add(commit)
             ops += len(commit.ops)
             compares += commit.compares
+            size += commit.size
             if ops >= max_ops or compares >= max_ops or len(batch) >= most:
                 break
         return batch
