@@ -28,6 +28,7 @@ endpoint only, without TLS and without per-call deadlines.
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -70,6 +71,18 @@ _BUSY_HINT: Final = "etcdserver: too many requests"
 _SIZE_HINT: Final = "larger than max"
 _TLS_HINTS: Final = ("handshake failed", "ssl_error", "tsi_", "certificate_verify")
 _CONNECT_PREFIX: Final = "failed to connect to all addresses; last error: "
+
+
+class _Failure(enum.Enum):
+    """How a failed gRPC attempt is taken (Session._sort)."""
+
+    TOKEN = "etcd refused the token: authenticate again, then retry"
+    LEASE = "a put named a lease etcd no longer has"
+    BUSY = "too many requests: refused before it was proposed, retried"
+    REFUSED = "etcd refused the request itself: not retried"
+    MEMBER_DOWN = "the member cannot be reached: the next one is tried"
+    UNPROPOSED = "the member answered before proposing it (no leader): retried"
+    MAYBE_APPLIED = "no answer: the request may have been applied"
 
 
 class LeaseNotFound(Exception):
@@ -238,25 +251,26 @@ class Session:
                 result = await call(endpoint, max(0.01, min(remaining, ATTEMPT_TIMEOUT)))
             except grpc.aio.AioRpcError as exc:
                 last = exc
-                code, details = exc.code(), exc.details() or ""
-                if self.token_refused(exc):
+                failure = self._sort(exc)
+                if failure is _Failure.TOKEN:
                     await self.reauthenticate(endpoint)  # refused before it was applied
-                elif code == grpc.StatusCode.NOT_FOUND and "lease not found" in details:
-                    raise LeaseNotFound(details, maybe_applied=maybe_sent) from exc
-                elif _busy(exc):
+                elif failure is _Failure.LEASE:
+                    raise LeaseNotFound(exc.details() or "", maybe_applied=maybe_sent) from exc
+                elif failure is _Failure.BUSY:
                     pass  # refused before it was proposed: maybe_sent stays as it was
-                elif code not in TRANSIENT:
+                elif failure is _Failure.REFUSED:
                     if maybe_sent and not _refuses_every_copy(exc):
                         raise self._lost(what, exc, maybe_sent=True, refused=True) from exc
-                    raise StorageError(f"etcd refused the {what}: {_hint(details)}") from exc
+                    raise StorageError(
+                        f"etcd refused the {what}: {_hint(exc.details() or '')}"
+                    ) from exc
                 else:
                     self.failed(endpoint)
-                    lowered = details.lower()
-                    if any(hint in lowered for hint in _REFUSED_HINTS):
+                    if failure is _Failure.MEMBER_DOWN:
                         refused.add(endpoint.index)
                         if len(refused) == len(self._endpoints) and not maybe_sent:
                             raise self.unavailable(what, exc) from exc
-                    elif not any(hint in lowered for hint in _UNPROPOSED_HINTS):
+                    elif failure is _Failure.MAYBE_APPLIED:
                         # It may have been applied: from now on keep trying until the
                         # deadline, to learn the outcome (the request is idempotent).
                         maybe_sent = True
@@ -293,21 +307,39 @@ class Session:
         self, what: str, endpoint: Endpoint, exc: grpc.aio.AioRpcError, refused: set[int]
     ) -> None:
         """Decide whether a failed attempt may be retried; raise if it may not."""
+        failure = self._sort(exc)
+        if failure is _Failure.TOKEN:
+            await self.reauthenticate(endpoint)
+        elif failure is _Failure.LEASE:
+            raise LeaseNotFound(exc.details() or "") from exc
+        elif failure is _Failure.BUSY:
+            pass  # a lease grant goes through raft too: wait, the member is busy
+        elif failure is _Failure.REFUSED:
+            raise StorageError(f"etcd refused the {what}: {_hint(exc.details() or '')}") from exc
+        else:
+            self.failed(endpoint)
+            if failure is _Failure.MEMBER_DOWN:
+                refused.add(endpoint.index)
+                if len(refused) == len(self._endpoints):
+                    raise self.unavailable(what, exc) from exc
+
+    def _sort(self, exc: grpc.aio.AioRpcError) -> _Failure:
+        """What a failed attempt tells, the one sorting for reads and writes."""
         code, details = exc.code(), exc.details() or ""
         if self.token_refused(exc):
-            await self.reauthenticate(endpoint)
-            return
+            return _Failure.TOKEN
         if code == grpc.StatusCode.NOT_FOUND and "lease not found" in details:
-            raise LeaseNotFound(details) from exc
+            return _Failure.LEASE
         if _busy(exc):
-            return  # a lease grant goes through raft too: wait, the member is busy
+            return _Failure.BUSY
         if code not in TRANSIENT:
-            raise StorageError(f"etcd refused the {what}: {_hint(details)}") from exc
-        self.failed(endpoint)
-        if any(hint in details.lower() for hint in _REFUSED_HINTS):
-            refused.add(endpoint.index)
-            if len(refused) == len(self._endpoints):
-                raise self.unavailable(what, exc) from exc
+            return _Failure.REFUSED
+        lowered = details.lower()
+        if any(hint in lowered for hint in _REFUSED_HINTS):
+            return _Failure.MEMBER_DOWN
+        if any(hint in lowered for hint in _UNPROPOSED_HINTS):
+            return _Failure.UNPROPOSED
+        return _Failure.MAYBE_APPLIED
 
     async def stream_failed(self, what: str, endpoint: Endpoint, exc: grpc.aio.AioRpcError) -> None:
         """A stream (watch, keep-alive) on `endpoint` broke: get a new token if
