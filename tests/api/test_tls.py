@@ -10,6 +10,7 @@ import json
 import os
 import re
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -362,3 +363,39 @@ def test_a_reload_failing_half_way_puts_the_old_pair_back(
         https.use(_tlsfiles.load(str(pki.cert_file), str(pki.key_file), None))
     assert _handshake_issuer(context, pki.ca_file)
     assert https.files is old
+
+
+def test_clients_that_never_answer_close_notify_hold_nothing(tmp_path: Path, pki: Pki) -> None:
+    """A TLS close waits for the peer's close_notify, which a client that has
+    stopped sending (timed out by the read deadline) or sits idle on a
+    keep-alive connection never sends: the agent cuts such a socket after
+    CLOSE_GRACE (api/protocol.py) instead of keeping it, and its client's place
+    under --http-max-conns-per-client, for asyncio's 30 s, and its graceful
+    shutdown no longer waits the whole 10 s for an idle connection."""
+    config = tmp_path / "agent.toml"
+    config.write_text("http_read_timeout = 0.5\n")
+    proc = AgentProcess(
+        "--dev", "--http", "off", "--https", "127.0.0.1:0", "--dns", "off", *pki.flags(),
+        "--config-file", str(config), "--http-max-conns-per-client", "1",
+    ).start()  # fmt: skip
+    port = port_of(proc.https_url)
+    trusting = ssl.create_default_context(cafile=str(pki.ca_file))
+    stalled = trusting.wrap_socket(
+        socket.create_connection(("127.0.0.1", port)), server_hostname="127.0.0.1"
+    )
+    idle = httpx.Client(base_url=proc.https_url, verify=trusting, timeout=10)
+    try:
+        stalled.sendall(b"GET /v1/status/leader HTTP/1.1\r\nHost: x\r\n")  # never finished
+
+        def answered() -> bool:  # a new connection each time, from the same client
+            with httpx.Client(base_url=proc.https_url, verify=trusting) as fresh:
+                return fresh.get("/v1/status/leader").status_code == 200
+
+        until(answered, timeout=10, interval=0.2)  # 30 s before: the slot stayed taken
+        assert idle.get("/v1/status/leader").status_code == 200  # then left idle, open
+        assert proc.stop() == 0
+        assert not [line for line in proc.output if "graceful shutdown exceeded" in line]
+    finally:
+        idle.close()
+        stalled.close()
+        proc.stop()

@@ -45,6 +45,8 @@ from .fastpath import FastReads
 from .fastwrite import FastWrites, Pending
 
 LOST = "waypost.connection_lost"
+#: seconds a TLS peer gets to answer our close_notify before the socket is cut (_close)
+CLOSE_GRACE = 1.0
 _TOO_MANY = (
     b"HTTP/1.1 429 Too Many Requests\r\ncontent-type: text/plain; charset=utf-8\r\n"
     b"connection: close\r\ncontent-length: %d\r\n\r\n%s"
@@ -102,6 +104,7 @@ def guarded_protocol(
         _client: str | None = None
         _parked: Any = None  # the fast path's parked query on this connection
         _writing: Pending | None = None  # a fast write waiting for the rest of its body
+        _tls = False  # the transport is TLS: see _close
 
         def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
             # `app` is uvicorn's 503 stand-in past limit_concurrency: leave that to it.
@@ -148,10 +151,36 @@ def guarded_protocol(
                 self._parked.cycle.keep_alive = False  # answered now, then closed
                 fast.answer_now(self._parked)
             super().shutdown()
+            if self._tls:  # closed now if idle, else once its answer is sent
+                self.loop.call_later(CLOSE_GRACE, self._abort)
+
+        def _close(self) -> None:
+            """Close the connection from our side.
+
+            A TLS close sends close_notify and then waits for the peer's
+            before the socket goes (asyncio's ssl_shutdown_timeout: 30 s). An
+            idle keep-alive client, or one that stopped sending, does not read
+            until its next request, so it never answers: the graceful shutdown
+            waited its whole 10 s for such a connection, and a timed-out one
+            kept its socket and its place in the per-client limit for 30 s.
+            Go's server, Consul's, closes without waiting; here the peer gets
+            CLOSE_GRACE to answer, then the socket is cut."""
+            self.transport.close()
+            if self._tls:
+                self.loop.call_later(CLOSE_GRACE, self._abort)
+
+        def _abort(self) -> None:
+            if self._lost.done():
+                return
+            if self.transport.is_closing():
+                self.transport.abort()
+            else:  # still answering its last request (a shutdown): look again
+                self.loop.call_later(CLOSE_GRACE, self._abort)
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
             self._lost = self.loop.create_future()
+            self._tls = transport.get_extra_info("sslcontext") is not None
             if limiter is not None:
                 client = client_of(transport)
                 if not limiter.acquire(client):
@@ -301,10 +330,10 @@ def guarded_protocol(
                 reading = None
                 self._due(now + read_timeout)
             if reading is not None and now >= reading + read_timeout:
-                self.transport.close()  # a request not read whole in time
+                self._close()  # a request not read whole in time
             elif idle is not None and now >= idle + self.timeout_keep_alive:
                 if not self.transport.is_closing():
-                    self.transport.close()  # uvicorn's keep-alive timeout
+                    self._close()  # uvicorn's keep-alive timeout
             else:
                 deadlines = []
                 if reading is not None:
