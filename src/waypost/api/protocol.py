@@ -185,7 +185,7 @@ def guarded_protocol(
                 client = client_of(transport)
                 if not limiter.acquire(client):
                     transport.write(limiter.refusal())
-                    transport.close()
+                    self._close()  # over TLS, a flood of these must not pile up for 30 s
                     return
                 self._client = client
             self._arm()
