@@ -94,11 +94,11 @@ def threads_seen(monkeypatch: pytest.MonkeyPatch) -> Iterator[set[str]]:
     original = fanout._write_fds
 
     def recording(
-        pairs: list[tuple[int, bytes]], start: int, stop: int, written: list[int]
+        fds: list[int], datas: list[bytes], start: int, stop: int, written: list[int]
     ) -> None:
         if stop > start:
             seen.add(threading.current_thread().name)
-        original(pairs, start, stop, written)
+        original(fds, datas, start, stop, written)
 
     monkeypatch.setattr(fanout, "_write_fds", recording)
     yield seen

@@ -55,7 +55,7 @@ from . import compress, decode, http, wire
 from .access import token_in
 from .app import AgentApp, access_log
 from .consul import DEFAULT_WAIT, Read
-from .fanout import FanOut
+from .fanout import PARALLEL_MIN, Batch, FanOut
 from .ports import StoreStatus
 
 log = logging.getLogger("waypost.api")
@@ -168,19 +168,47 @@ class _Packing:
 
 
 class _Query:
-    """A request on a connection, while it is being answered or is parked."""
+    """A request on a connection, while it is being answered or is parked.
 
-    __slots__ = ("cycle", "gzip", "prepared", "request", "slot", "started")
+    What a wake-up needs of it is worked out here, when it arrives, not for
+    thousands of queries at once when a change wakes them: its answer's key
+    and its connection's fd (from the protocol, which asks once)."""
+
+    __slots__ = (
+        "cycle",
+        "fd",
+        "gzip",
+        "keep_alive",
+        "prepared",
+        "request",
+        "seen",
+        "slot",
+        "started",
+    )
 
     def __init__(
-        self, cycle: RequestResponseCycle, prepared: _Prepared, request: http.Request
+        self, cycle: RequestResponseCycle, prepared: _Prepared, request: http.Request, fd: int
     ) -> None:
         self.cycle = cycle
         self.prepared = prepared
         self.request = request  # the prepared one; with ACLs on, this request's own
         self.gzip = compress.accepts_gzip(cycle.scope["headers"])  # type: ignore[arg-type]
+        self.fd = fd  # fanout.plain_fd of its connection's transport
         self.slot = 0  # its timer wheel slot while parked; 0 when not
         self.started = time.perf_counter()
+        self.keyed()
+
+    def keyed(self) -> None:
+        """`seen`: (its answer's key, its Date list's id). The key names the
+        prebuilt answer (question, Connection, encoding, token). Each request
+        keeps the Date list of the second it came in (uvicorn's cycle does);
+        the list outlives any batch it is answered in (its cycle holds it), so
+        its id() names it. Again if the connection's keep-alive ends (shutdown)."""
+        authz, cycle = self.request.authz, self.cycle
+        token = authz.key if authz is not None else None
+        self.keep_alive = cycle.keep_alive
+        key = (self.prepared.group, cycle.keep_alive, self.gzip, token)
+        self.seen = (key, id(cycle.default_headers))
 
 
 class FastReads:
@@ -202,7 +230,8 @@ class FastReads:
         self._prebuilt: ByteBoundedCache[_Prebuilt] = ByteBoundedCache(
             PREBUILT_BYTES, lambda p: len(p.data)
         )
-        self._topics: dict[Topic, set[_Query]] = {}
+        # Per topic, its parked queries by request line: a wake-up decides per line.
+        self._topics: dict[Topic, dict[_Prepared, set[_Query]]] = {}
         # Per watched topic, the future listened on and the callback registered on it.
         self._listening: dict[Topic, tuple[asyncio.Future[None], Callable[[Any], None]]] = {}
         self._wheel: TimerWheel[_Query] = TimerWheel(loop, self._expired)
@@ -216,9 +245,10 @@ class FastReads:
 
     # -- a request arrives -------------------------------------------------
 
-    def serve(self, cycle: RequestResponseCycle) -> _Query | bool:
+    def serve(self, cycle: RequestResponseCycle, fd: int = -1) -> _Query | bool:
         """Answer `cycle`'s request (True), park it (the parked query: its
-        connection releases it if it closes), or False: go the normal way."""
+        connection releases it if it closes), or False: go the normal way.
+        `fd`: fanout.plain_fd of the connection's transport."""
         prepared = self._understand(cycle)
         if not isinstance(prepared, _Prepared):
             self.fallbacks += prepared  # DECLINED counts, OTHER_ROUTE does not
@@ -227,7 +257,7 @@ class FastReads:
         if request is None:
             self.fallbacks += 1
             return False
-        query = _Query(cycle, prepared, request)
+        query = _Query(cycle, prepared, request, fd)
         wait = prepared.wait
         jittered = wait + self.consul.rng.uniform(0, wait / 16)  # as ConsulApi.block
         if jittered <= 0 or not self._would_block(prepared.plan[0], prepared.min_index):
@@ -321,14 +351,18 @@ class FastReads:
 
     def _park(self, query: _Query) -> None:
         """One entry per topic; one registration per topic on its shared future."""
-        for topic in query.prepared.plan[0]:
-            parked = self._topics.get(topic)
-            if parked is None:
-                parked = self._topics[topic] = set()
+        prepared = query.prepared
+        for topic in prepared.plan[0]:
+            lines = self._topics.get(topic)
+            if lines is None:
+                lines = self._topics[topic] = {}
                 future = self.watches.listen(topic)
                 callback = functools.partial(self._fired, topic)
                 future.add_done_callback(callback)
                 self._listening[topic] = (future, callback)
+            parked = lines.get(prepared)
+            if parked is None:
+                parked = lines[prepared] = set()
             parked.add(query)
 
     def _stop_listening(self, topic: Topic) -> None:
@@ -343,19 +377,15 @@ class FastReads:
         if listening is None or listening[0] is not future:
             return  # a registration since dropped (its connections went away)
         self._stop_listening(topic)
-        parked = self._topics.pop(topic)
-        # Thousands of queries repeat a few lines: decide once per line.
-        blocked: dict[_Prepared, bool] = {}
-        ready = []
-        for query in parked:
-            prepared = query.prepared
-            waits = blocked.get(prepared)
-            if waits is None:
-                waits = blocked[prepared] = self._would_block(prepared.plan[0], prepared.min_index)
-            if not waits:
-                ready.append(query)
-        for query in parked.difference(ready):  # its index has not passed yet: wait on
-            self._park(query)
+        # Thousands of queries repeat a few lines: decided once per line, with
+        # no pass over the queries in Python before their answers are made.
+        ready: list[_Query] = []
+        for prepared, parked in self._topics.pop(topic).items():
+            if self._would_block(prepared.plan[0], prepared.min_index):
+                for query in parked:  # its index has not passed yet: wait on
+                    self._park(query)
+            else:
+                ready.extend(parked)
         self._answer(ready, unpark=True)
 
     def _expired(self, query: _Query) -> None:
@@ -372,6 +402,7 @@ class FastReads:
         """Answer a parked query with what is there now (the server shuts down)."""
         if query.slot:
             self._unpark(query)
+            query.keyed()  # the shutdown ended its keep-alive: another answer
             self._answer([query])
 
     def _unpark(self, query: _Query) -> None:
@@ -381,11 +412,16 @@ class FastReads:
 
     def _forget(self, query: _Query) -> None:
         query.slot = 0
-        for topic in query.prepared.plan[0]:
-            parked = self._topics.get(topic)
-            if parked is not None:
-                parked.discard(query)
-                if not parked:
+        prepared = query.prepared
+        for topic in prepared.plan[0]:
+            lines = self._topics.get(topic)
+            parked = lines.get(prepared) if lines is not None else None
+            if lines is None or parked is None:
+                continue
+            parked.discard(query)
+            if not parked:
+                del lines[prepared]
+                if not lines:
                     del self._topics[topic]
                     self._stop_listening(topic)
 
@@ -397,34 +433,46 @@ class FastReads:
         header stand still; a large batch from two threads (api/fanout.py).
         `unpark`: the queries are still parked; they leave the wheel and their
         topics after the writes (the first answers go sooner), before their
-        cycles finish (which may start a pipelined request that parks again)."""
+        cycles finish (which may start a pipelined request that parks again).
+
+        One pass over the queries before the first byte is sent: at 10,000
+        this loop is what stands between the change and the first answer, so
+        it only looks up what each query worked out when it came (_Query)."""
         health = self.store.health()
-        # Each parked request keeps the Date list of the second it came in
-        # (uvicorn's cycle does): in a batch, one answer per question and Date,
-        # whatever order the queries come in. The list outlives the batch (its
-        # cycles hold it), so its id() names it.
+        # In a batch, one answer per question and Date (see _Query.keyed),
+        # whatever order the queries come in.
         built: dict[tuple[tuple[Any, ...], int], _Prebuilt | _Packing] = {}
-        ready: list[tuple[_Query, _Prebuilt]] = []
+        beside = self.fanout.parallel and len(queries) >= PARALLEL_MIN
+        batch, ready, pres = Batch(), [], []
         for query in queries:
             cycle = query.cycle
-            if cycle.disconnected or cycle.transport.is_closing():
+            transport = cycle.transport
+            if cycle.disconnected or transport.is_closing():
                 continue
-            authz = query.request.authz
-            token = authz.key if authz is not None else None
-            key = (query.prepared.group, cycle.keep_alive, query.gzip, token)
-            seen = (key, id(cycle.default_headers))
-            pre = built.get(seen)
+            if query.keep_alive is not cycle.keep_alive:  # cannot happen while parked: be sure
+                query.keyed()
+            pre = built.get(query.seen)
             if pre is None:
-                pre = built[seen] = self._prebuilt_for(query, key, health)
+                pre = built[query.seen] = self._prebuilt_for(query, query.seen[0], health)
             if isinstance(pre, _Packing):
                 pre.waiting.append(query)  # answered once its body is compressed
-            else:
-                ready.append((query, pre))
-        self._write(ready, queries if unpark else ())
+                continue
+            batch.add(transport, query.fd if beside else -1, pre.data)
+            ready.append(query)
+            pres.append(pre)
+        self._write(batch, ready, pres, queries if unpark else ())
 
-    def _write(self, ready: list[tuple[_Query, _Prebuilt]], unpark: Iterable[_Query] = ()) -> None:
+    def _write(
+        self,
+        batch: Batch,
+        ready: list[_Query],
+        pres: list[_Prebuilt],
+        unpark: Iterable[_Query] = (),
+    ) -> None:
+        """Send `batch` (what is left of `ready`'s answers, `pres`: those not
+        written already through their transports), then finish their cycles."""
         try:
-            self.fanout.write([(query.cycle.transport, pre.data) for query, pre in ready])
+            self.fanout.send(batch)
         finally:  # whatever was written: never parked again, never answered twice
             for query in unpark:
                 self._unpark(query)
@@ -432,7 +480,7 @@ class FastReads:
             # the earlier ones' over by at most the batch's writes (~0.1 s at 10,000).
             now = time.perf_counter()
             observe = self.app.metrics.observe
-            for query, pre in ready:
+            for query, pre in zip(ready, pres, strict=True):
                 wire.finished(query.cycle)
                 observe(query.prepared.group[0], pre.status, now - query.started)
             self.answered += len(ready)
@@ -495,7 +543,8 @@ class FastReads:
         # One encoding per Date and Connection (shutdown may have ended
         # keep-alive meanwhile); only one that matches `key` is kept.
         encoded: dict[tuple[int, bool], _Prebuilt] = {}
-        ready = []
+        beside = self.fanout.parallel and len(packing.waiting) >= PARALLEL_MIN
+        batch, ready, pres = Batch(), [], []
         for query in packing.waiting:
             cycle = query.cycle
             if cycle.disconnected or cycle.transport.is_closing():
@@ -505,8 +554,10 @@ class FastReads:
             if pre is None:
                 keep = cycle.keep_alive == key[1]
                 pre = encoded[seen] = self._encoded(query, key, response, packing.stamp, keep)
-            ready.append((query, pre))
-        self._write(ready)
+            batch.add(cycle.transport, query.fd if beside else -1, pre.data)
+            ready.append(query)
+            pres.append(pre)
+        self._write(batch, ready, pres)
 
     def _encoded(
         self,
