@@ -42,7 +42,7 @@ import heapq
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import Any, Generic, NamedTuple, TypeVar
 
 from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
@@ -71,6 +71,8 @@ PREBUILT_BYTES = 32 << 20  # encoded answers, heads included
 ADMITTED_LIMIT = 64  # tokens remembered per request line
 
 Planner = Callable[[http.Request, str], Read]
+# A query's answer, for grouping: (its key, the id of its Date header list); _Query.keyed.
+Seen = tuple[tuple[Any, ...], int]
 T = TypeVar("T")
 
 
@@ -174,17 +176,7 @@ class _Query:
     thousands of queries at once when a change wakes them: its answer's key
     and its connection's fd (from the protocol, which asks once)."""
 
-    __slots__ = (
-        "cycle",
-        "fd",
-        "gzip",
-        "keep_alive",
-        "prepared",
-        "request",
-        "seen",
-        "slot",
-        "started",
-    )
+    __slots__ = ("cycle", "fd", "gzip", "prepared", "request", "seen", "slot", "started")
 
     def __init__(
         self, cycle: RequestResponseCycle, prepared: _Prepared, request: http.Request, fd: int
@@ -196,9 +188,9 @@ class _Query:
         self.fd = fd  # fanout.plain_fd of its connection's transport
         self.slot = 0  # its timer wheel slot while parked; 0 when not
         self.started = time.perf_counter()
-        self.keyed()
+        self.seen = self.keyed()  # changed only once it has left its topics (answer_now)
 
-    def keyed(self) -> None:
+    def keyed(self) -> Seen:
         """`seen`: (its answer's key, its Date list's id). The key names the
         prebuilt answer (question, Connection, encoding, token). Each request
         keeps the Date list of the second it came in (uvicorn's cycle does);
@@ -206,9 +198,8 @@ class _Query:
         its id() names it. Again if the connection's keep-alive ends (shutdown)."""
         authz, cycle = self.request.authz, self.cycle
         token = authz.key if authz is not None else None
-        self.keep_alive = cycle.keep_alive
         key = (self.prepared.group, cycle.keep_alive, self.gzip, token)
-        self.seen = (key, id(cycle.default_headers))
+        return key, id(cycle.default_headers)
 
 
 class FastReads:
@@ -230,8 +221,9 @@ class FastReads:
         self._prebuilt: ByteBoundedCache[_Prebuilt] = ByteBoundedCache(
             PREBUILT_BYTES, lambda p: len(p.data)
         )
-        # Per topic, its parked queries by request line: a wake-up decides per line.
-        self._topics: dict[Topic, dict[_Prepared, set[_Query]]] = {}
+        # Per topic, its parked queries by request line (a wake-up decides per
+        # line), then by answer (_Query.seen: it finds each answer once per group).
+        self._topics: dict[Topic, dict[_Prepared, dict[Seen, set[_Query]]]] = {}
         # Per watched topic, the future listened on and the callback registered on it.
         self._listening: dict[Topic, tuple[asyncio.Future[None], Callable[[Any], None]]] = {}
         self._wheel: TimerWheel[_Query] = TimerWheel(loop, self._expired)
@@ -261,7 +253,7 @@ class FastReads:
         wait = prepared.wait
         jittered = wait + self.consul.rng.uniform(0, wait / 16)  # as ConsulApi.block
         if jittered <= 0 or not self._would_block(prepared.plan[0], prepared.min_index):
-            self._answer([query])
+            self._answer([(query.seen, (query,))])
             return True
         query.slot = self._wheel.add(query, self.loop.time() + jittered)
         self._park(query)
@@ -351,7 +343,7 @@ class FastReads:
 
     def _park(self, query: _Query) -> None:
         """One entry per topic; one registration per topic on its shared future."""
-        prepared = query.prepared
+        prepared, seen = query.prepared, query.seen
         for topic in prepared.plan[0]:
             lines = self._topics.get(topic)
             if lines is None:
@@ -360,9 +352,12 @@ class FastReads:
                 callback = functools.partial(self._fired, topic)
                 future.add_done_callback(callback)
                 self._listening[topic] = (future, callback)
-            parked = lines.get(prepared)
+            answers = lines.get(prepared)
+            if answers is None:
+                answers = lines[prepared] = {}
+            parked = answers.get(seen)
             if parked is None:
-                parked = lines[prepared] = set()
+                parked = answers[seen] = set()
             parked.add(query)
 
     def _stop_listening(self, topic: Topic) -> None:
@@ -377,21 +372,21 @@ class FastReads:
         if listening is None or listening[0] is not future:
             return  # a registration since dropped (its connections went away)
         self._stop_listening(topic)
-        # Thousands of queries repeat a few lines: decided once per line, with
-        # no pass over the queries in Python before their answers are made.
-        ready: list[_Query] = []
-        for prepared, parked in self._topics.pop(topic).items():
-            if self._would_block(prepared.plan[0], prepared.min_index):
+        # Thousands of queries repeat a few lines: decided once per line.
+        ready: list[tuple[Seen, Collection[_Query]]] = []
+        for prepared, answers in self._topics.pop(topic).items():
+            if not self._would_block(prepared.plan[0], prepared.min_index):
+                ready += answers.items()
+                continue
+            for parked in answers.values():
                 for query in parked:  # its index has not passed yet: wait on
                     self._park(query)
-            else:
-                ready.extend(parked)
         self._answer(ready, unpark=True)
 
     def _expired(self, query: _Query) -> None:
         self._forget(query)
         self.catalog.parked -= 1
-        self._answer([query])
+        self._answer([(query.seen, (query,))])
 
     def release(self, query: _Query) -> None:
         """The client closed its connection: drop its parked query."""
@@ -402,8 +397,8 @@ class FastReads:
         """Answer a parked query with what is there now (the server shuts down)."""
         if query.slot:
             self._unpark(query)
-            query.keyed()  # the shutdown ended its keep-alive: another answer
-            self._answer([query])
+            query.seen = query.keyed()  # the shutdown ended its keep-alive: another answer
+            self._answer([(query.seen, (query,))])
 
     def _unpark(self, query: _Query) -> None:
         self._wheel.remove(query, query.slot)
@@ -412,55 +407,59 @@ class FastReads:
 
     def _forget(self, query: _Query) -> None:
         query.slot = 0
-        prepared = query.prepared
-        for topic in prepared.plan[0]:
+        for topic in query.prepared.plan[0]:
             lines = self._topics.get(topic)
-            parked = lines.get(prepared) if lines is not None else None
-            if lines is None or parked is None:
-                continue
-            parked.discard(query)
-            if not parked:
-                del lines[prepared]
-                if not lines:
-                    del self._topics[topic]
-                    self._stop_listening(topic)
+            if lines is not None and _drop(lines, query):
+                del self._topics[topic]
+                self._stop_listening(topic)
 
     # -- answering ---------------------------------------------------------
 
-    def _answer(self, queries: list[_Query], unpark: bool = False) -> None:
-        """Write each query's answer, prebuilt once for every query asking the
-        same question while its index, the store's health and uvicorn's Date
-        header stand still; a large batch from two threads (api/fanout.py).
+    def _answer(self, groups: list[tuple[Seen, Collection[_Query]]], unpark: bool = False) -> None:
+        """Write each group's answer (the queries of a group have the same
+        `_Query.seen`), prebuilt once for every query asking the same question
+        while its index, the store's health and uvicorn's Date header stand
+        still; a large batch from two threads (api/fanout.py).
         `unpark`: the queries are still parked; they leave the wheel and their
         topics after the writes (the first answers go sooner), before their
         cycles finish (which may start a pipelined request that parks again).
 
-        One pass over the queries before the first byte is sent: at 10,000
-        this loop is what stands between the change and the first answer, so
-        it only looks up what each query worked out when it came (_Query)."""
+        At 10,000 queries this loop is what stands between the change and the
+        first send(): per query it only checks the connection and files the
+        group's bytes for it; what else it needs, each query worked out when it
+        came (_Query) and its connection when it opened (its fd)."""
         health = self.store.health()
-        # In a batch, one answer per question and Date (see _Query.keyed),
-        # whatever order the queries come in.
-        built: dict[tuple[tuple[Any, ...], int], _Prebuilt | _Packing] = {}
-        beside = self.fanout.parallel and len(queries) >= PARALLEL_MIN
-        batch, ready, pres = Batch(), [], []
-        for query in queries:
-            cycle = query.cycle
-            transport = cycle.transport
-            if cycle.disconnected or transport.is_closing():
-                continue
-            if query.keep_alive is not cycle.keep_alive:  # cannot happen while parked: be sure
-                query.keyed()
-            pre = built.get(query.seen)
-            if pre is None:
-                pre = built[query.seen] = self._prebuilt_for(query, query.seen[0], health)
-            if isinstance(pre, _Packing):
-                pre.waiting.append(query)  # answered once its body is compressed
-                continue
-            batch.add(transport, query.fd if beside else -1, pre.data)
-            ready.append(query)
-            pres.append(pre)
-        self._write(batch, ready, pres, queries if unpark else ())
+        beside = self.fanout.parallel and sum(map(len, (g for _, g in groups))) >= PARALLEL_MIN
+        batch = Batch()
+        fds, datas, owners = batch.fds, batch.datas, batch.owners
+        ready: list[_Query] = []
+        pres: list[_Prebuilt] = []
+        todo = list(groups)  # a query whose key changed is appended as a group of its own
+        for seen, parked in todo:
+            pre: _Prebuilt | _Packing | None = None
+            for query in parked:
+                cycle = query.cycle
+                transport = cycle.transport
+                if cycle.disconnected or transport.is_closing():
+                    continue
+                if seen[0][1] is not cycle.keep_alive:  # answer_now re-keys first: be sure
+                    todo.append((query.keyed(), (query,)))  # its own answer (seen: its topics')
+                    continue
+                if pre is None:
+                    pre = self._prebuilt_for(query, seen[0], health)
+                if isinstance(pre, _Packing):
+                    pre.waiting.append(query)  # answered once its body is compressed
+                    continue
+                # Batch.add, inline: this runs 10,000 times before the first send.
+                if beside and query.fd >= 0 and not transport.get_write_buffer_size():
+                    fds.append(query.fd)
+                    datas.append(pre.data)
+                    owners.append(transport)
+                else:
+                    transport.write(pre.data)
+                ready.append(query)
+                pres.append(pre)
+        self._write(batch, ready, pres, (q for _, g in groups for q in g) if unpark else ())
 
     def _write(
         self,
@@ -590,6 +589,20 @@ class FastReads:
             "fast_answers_built": self.built,
             "fast_compressed_off_loop": self.packed_off_loop,
         }
+
+
+def _drop(lines: dict[_Prepared, dict[Seen, set[_Query]]], query: _Query) -> bool:
+    """Take `query` out of one topic's parked queries; True if none are left."""
+    answers = lines.get(query.prepared)
+    parked = answers.get(query.seen) if answers is not None else None
+    if answers is None or parked is None:
+        return False
+    parked.discard(query)
+    if not parked:
+        del answers[query.seen]
+        if not answers:
+            del lines[query.prepared]
+    return not lines
 
 
 def _has_body(headers: list[tuple[bytes, bytes]]) -> bool:
