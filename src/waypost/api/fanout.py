@@ -13,6 +13,8 @@ is released for every `send()`, so the two halves run on two cores.
 Only what is safe to write beside the transport is written this way: a plain
 TCP transport (never TLS: its socket carries records, not these bytes) with
 an empty write buffer (so no byte can overtake one it queued) and open. The
+first (`plain_fd`) cannot change while the connection lives, so the protocol
+asks it once per connection; the others are checked for every answer. The
 loop thread waits for the worker before it returns to the loop, so no
 transport changes meanwhile. A partial write, a full socket (`EAGAIN`) or an
 error leaves the rest to `transport.write()`, which queues it or reports the
