@@ -42,12 +42,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import heapq
 import logging
-import math
 import time
 from collections.abc import Callable, Collection, Iterable
-from typing import Any, Generic, NamedTuple, TypeVar
+from typing import Any, NamedTuple
 
 from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
@@ -61,6 +59,7 @@ from .app import AgentApp, access_log
 from .consul import DEFAULT_WAIT, Read
 from .fanout import PARALLEL_MIN, Batch, FanOut
 from .ports import StoreStatus
+from .wheel import TimerWheel
 
 log = logging.getLogger("waypost.api")
 
@@ -68,7 +67,6 @@ log = logging.getLogger("waypost.api")
 # other one sends the request the normal way.
 _UNDERSTOOD = frozenset({"passing", "tag", "index", "wait", "token"})
 _METHODS = frozenset({"GET", "HEAD"})
-TICK = 0.05  # the timer wheel's resolution: `wait=` ends up to 50 ms late
 OTHER_ROUTE, DECLINED = 0, 1  # no fast path for this route; or not for this request
 PREPARED_LIMIT = 4096  # request lines remembered (each a parsed query and a plan)
 PREBUILT_BYTES = 32 << 20  # encoded answers, heads included
@@ -77,54 +75,6 @@ ADMITTED_LIMIT = 64  # tokens remembered per request line
 Planner = Callable[[http.Request, str], Read]
 # A query's answer, for grouping: (its key, the id of its Date header list); _Query.keyed.
 Seen = tuple[tuple[Any, ...], int]
-T = TypeVar("T")
-
-
-class TimerWheel(Generic[T]):
-    """Deadlines rounded up to TICK seconds, in buckets: one loop timer for the
-    earliest bucket instead of one per parked query."""
-
-    def __init__(self, loop: Any, expire: Callable[[T], None]) -> None:
-        self.loop = loop
-        self.expire = expire
-        self._buckets: dict[int, set[T]] = {}
-        self._slots: list[int] = []  # a heap of the buckets' slots
-        self._armed: tuple[int, Any] | None = None  # (slot, TimerHandle)
-
-    def add(self, item: T, deadline: float) -> int:
-        slot = math.ceil(deadline / TICK)
-        bucket = self._buckets.get(slot)
-        if bucket is None:
-            bucket = self._buckets[slot] = set()
-            heapq.heappush(self._slots, slot)
-            if self._armed is None or slot < self._armed[0]:
-                self._arm(slot)
-        bucket.add(item)
-        return slot
-
-    def remove(self, item: T, slot: int) -> None:
-        bucket = self._buckets.get(slot)
-        if bucket is not None:
-            bucket.discard(item)  # an empty bucket goes when its time comes
-
-    def _arm(self, slot: int) -> None:
-        if self._armed is not None:
-            self._armed[1].cancel()
-        self._armed = (slot, self.loop.call_at(slot * TICK, self._tick))
-
-    def _tick(self) -> None:
-        self._armed = None
-        now = self.loop.time()
-        while self._slots and self._slots[0] * TICK <= now:
-            bucket = self._buckets.pop(heapq.heappop(self._slots))
-            for item in list(bucket):
-                self.expire(item)
-        # expire() may have added (a pipelined query parked): arm for the earliest.
-        if self._slots and (self._armed is None or self._slots[0] < self._armed[0]):
-            self._arm(self._slots[0])
-
-    def __len__(self) -> int:
-        return sum(len(b) for b in self._buckets.values())
 
 
 class _Prepared:
