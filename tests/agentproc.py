@@ -14,6 +14,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 
 import httpx
 
@@ -21,8 +22,11 @@ READY_TIMEOUT = 30.0
 
 
 class AgentProcess:
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, *args: str, env: dict[str, str] | None = None, prefix: Sequence[str] = ()
+    ) -> None:
         self.args = list(args)
+        self.prefix = list(prefix)  # a command the agent runs under (benchmarks: valgrind)
         if "--data-dir" not in self.args and "--dev" not in self.args:
             # Never the user's own data dir; and each agent its own (it locks it).
             self.args += ["--data-dir", tempfile.mkdtemp(prefix="waypost-agent-")]
@@ -40,11 +44,12 @@ class AgentProcess:
         self._reader: threading.Thread | None = None
 
     def start(self) -> AgentProcess:
-        cmd = [sys.executable, "-m", "waypost.cli.main", "agent", *self.args]
+        cmd = [*self.prefix, sys.executable, "-m", "waypost.cli.main", "agent", *self.args]
         self.proc = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=self.env
         )
-        deadline = time.monotonic() + READY_TIMEOUT
+        # Under valgrind an agent starts some 20x slower.
+        deadline = time.monotonic() + READY_TIMEOUT * (10 if self.prefix else 1)
         assert self.proc.stdout is not None
         while time.monotonic() < deadline:
             line = self.proc.stdout.readline()

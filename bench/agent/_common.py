@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,8 +44,9 @@ def raise_nofile(wanted: int = 65536) -> int:
 
 
 @contextlib.contextmanager
-def agent(store: str = "sqlite", *extra: str) -> Iterator[AgentProcess]:
-    """A `waypost agent` on 127.0.0.1:0 with its data in a fresh temp dir (same disk as /tmp)."""
+def agent(store: str = "sqlite", *extra: str, prefix: Sequence[str] = ()) -> Iterator[AgentProcess]:
+    """A `waypost agent` on 127.0.0.1:0 with its data in a fresh temp dir (same
+    disk as /tmp); under `prefix` (valgrind) if given."""
     with tempfile.TemporaryDirectory(prefix="waypost-bench-") as tmp:
         args = ["--dev"] if store == "memory" else ["--data-dir", tmp]
         proc = AgentProcess(
@@ -59,6 +60,7 @@ def agent(store: str = "sqlite", *extra: str) -> Iterator[AgentProcess]:
             "--log-level",
             "warning",
             *extra,
+            prefix=prefix,
         )
         proc.start()
         try:

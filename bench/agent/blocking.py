@@ -28,14 +28,24 @@ asks for plain answers instead. The watchers' CPU per round (user + system,
 from the write, or for watchers.c from their requests, until every answer is
 in) is printed beside the agent's.
 
+`--callgrind` (C watchers) runs the agent under valgrind's callgrind,
+instrumenting only each round's window (from just before the write until
+the agent is idle again: the write, the wake-up, the sends' user-space
+part, the cycles finished), and prints the agent's instructions per answer:
+unlike the wall clock, the count does not move with the machine's load, so
+it compares trees on a busy machine (its latencies are valgrind's, not the
+agent's: ignore them). `--no-floor` skips the floor. (perf's counters are not
+available on this VM.)
+
 Usage: .venv/bin/python bench/agent/blocking.py [--reps 3] [--clients 10000]
-       [--encoding gzip|identity] [--watchers c|python]
+       [--encoding gzip|identity] [--watchers c|python] [--callgrind] [--no-floor]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import glob
 import os
 import resource
 import shutil
@@ -50,6 +60,7 @@ import httpx
 from _common import agent, cpu_seconds, header, line, median, percentile, raise_nofile, rss_mb
 
 SERVICE = "web"
+CALLGRIND = ""  # --callgrind: the agent's callgrind output file (Instructions)
 
 
 class Watcher(asyncio.Protocol):
@@ -212,6 +223,34 @@ def arrivals(words: list[str], sent: float) -> tuple[list[float], float, int]:
     return sorted((float(t) - sent) * 1000 for t in times), cpu, size
 
 
+class Instructions:
+    """The agent's instructions (callgrind, all its threads) over one round:
+    instrumentation on from just before the write until the agent is idle
+    again, then dumped to its own file."""
+
+    def __init__(self, pid: int, out: str) -> None:
+        self.pid, self.out = pid, out
+        subprocess.run(["callgrind_control", "-i", "on", str(pid)], capture_output=True, check=True)
+
+    def stop(self) -> float:
+        before = set(glob.glob(self.out + ".*"))
+        for args in (["-i", "off"], ["--dump"]):
+            subprocess.run(
+                ["callgrind_control", *args, str(self.pid)], capture_output=True, check=True
+            )
+        for _ in range(600):  # the dump is written by the agent's process: wait for it
+            new = set(glob.glob(self.out + ".*")) - before
+            if new:
+                text = Path(new.pop()).read_text(errors="replace")
+                rows = text.splitlines()
+                # "summary:" heads the file, "totals:" ends it; either may be left at 0.
+                return max(
+                    float(r.split()[1]) for r in rows if r.startswith(("summary:", "totals:"))
+                )
+            time.sleep(0.1)
+        raise RuntimeError(f"callgrind wrote no dump next to {self.out}")
+
+
 def c_round(
     http: httpx.Client, watchers: Child, pid: int, rep: int, index: int
 ) -> tuple[dict[str, float], int]:
@@ -221,6 +260,7 @@ def c_round(
     asyncio.run(settle(pid))
     parked_rss = rss_mb(pid)
     body = {"Name": SERVICE, "ID": f"{SERVICE}-extra-{rep}", "Address": "10.0.1.1", "Port": 8080}
+    counter = Instructions(pid, CALLGRIND) if CALLGRIND else None
     cpu0 = cpu_seconds(pid)
     sent = time.monotonic()
     # The watchers are another process: this synchronous write holds nothing of theirs.
@@ -230,6 +270,8 @@ def c_round(
     cpu = cpu_seconds(pid) - cpu0
     result = summary(latencies, (acked - sent) * 1000, own)
     result.update(rss=max(parked_rss, rss_mb(pid)), cpu_us=cpu / len(latencies) * 1e6)
+    if counter is not None:
+        result["instructions"] = counter.stop() / len(latencies)
     return result, size
 
 
@@ -260,7 +302,10 @@ def run_c(
             for rep in range(reps):
                 result, size = c_round(http, watchers, pid, rep, current_index(http))
                 results.append(result)
-                report(rep, result, f"{size // clients} bytes per answer with its head")
+                extra = f"{size // clients} bytes per answer with its head"
+                if "instructions" in result:
+                    extra += f"  {result['instructions']:,.0f} agent instructions per answer"
+                report(rep, result, extra)
         finally:
             watchers.close()
     return results, size // clients
@@ -378,7 +423,12 @@ def main() -> None:
         default="c",
         help="python: asyncio+httptools, decompressing as clients do; c: watchers.c, and the floor",
     )
+    parser.add_argument(
+        "--callgrind", action="store_true", help="count the agent's instructions (valgrind)"
+    )
+    parser.add_argument("--floor", action=argparse.BooleanOptionalAction, default=True)
     args = parser.parse_args()
+    global CALLGRIND
     limit = raise_nofile(args.clients * 2 + 1024)  # inherited by the agent as well
     if limit < args.clients + 256:
         raise SystemExit(f"RLIMIT_NOFILE is {limit}; need {args.clients + 256}")
@@ -396,7 +446,13 @@ def main() -> None:
         binary = build_watchers(tmp) if args.watchers == "c" else ""
         # Every watcher comes from 127.0.0.1: lift the per-client limit (200 by
         # default, as Consul's http_max_conns_per_client) above the watcher count.
-        with agent("sqlite", "--http-max-conns-per-client", str(args.clients + 100)) as proc:
+        prefix: list[str] = []
+        if args.callgrind:
+            CALLGRIND = f"{tmp}/callgrind.out"
+            prefix = ["valgrind", "--tool=callgrind", "--instr-atstart=no"]
+            prefix.append(f"--callgrind-out-file={CALLGRIND}")
+        limit_arg = ("--http-max-conns-per-client", str(args.clients + 100))
+        with agent("sqlite", *limit_arg, prefix=prefix) as proc:
             pid = proc.proc.pid  # type: ignore[union-attr]
             line(f"agent pid {pid}, RSS at start {rss_mb(pid):.0f} MB; driver pid {os.getpid()}")
             if binary:
@@ -414,7 +470,11 @@ def main() -> None:
         line(
             f"median agent RSS {rss:.0f} MB (target <= 300 MB: {'PASS' if rss <= 300 else 'MISS'})"
         )
-        if binary:
+        if CALLGRIND and binary:
+            counts = " ".join(f"{r['instructions']:,.0f}" for r in results)
+            per = median([r["instructions"] for r in results])
+            line(f"median agent instructions (user) per answer {per:,.0f} ({counts})")
+        if binary and args.floor:
             for threads in (1, 2):
                 verdict(
                     f"floor, {threads} thread(s)",

@@ -94,11 +94,11 @@ def threads_seen(monkeypatch: pytest.MonkeyPatch) -> Iterator[set[str]]:
     original = fanout._write_fds
 
     def recording(
-        pairs: list[tuple[int, bytes]], start: int, stop: int, written: list[int]
+        fds: list[int], datas: list[bytes], start: int, stop: int, written: list[int]
     ) -> None:
         if stop > start:
             seen.add(threading.current_thread().name)
-        original(pairs, start, stop, written)
+        original(fds, datas, start, stop, written)
 
     monkeypatch.setattr(fanout, "_write_fds", recording)
     yield seen
@@ -274,3 +274,24 @@ def test_no_thread_to_be_had_writes_from_the_loop_alone(monkeypatch: pytest.Monk
         await nothing_more(servers, clients)
 
     LOOPS["uvloop"](main)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_only_a_plain_tcp_transport_has_an_fd_to_write_beside(loop: str) -> None:
+    """plain_fd, which the protocol asks once per connection: the socket's fd
+    for plain TCP, -1 for TLS (its socket carries records, not these bytes)."""
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(server_ctx)
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+
+    async def main() -> None:
+        plain, plain_clients = await open_pairs(1)
+        tls, tls_clients = await open_pairs(1, (server_ctx, client_ctx))
+        sock = plain[0].transport.get_extra_info("socket")
+        assert fanout.plain_fd(plain[0].transport) == sock.fileno() >= 0
+        assert fanout.plain_fd(tls[0].transport) == -1
+        await nothing_more(plain + tls, plain_clients + tls_clients)
+
+    LOOPS[loop](main)

@@ -285,6 +285,22 @@ def test_a_parked_query_ends_at_its_wait(fast_agent: AgentProcess) -> None:
     assert index_of(answer) == current
 
 
+def test_a_query_that_ended_at_its_wait_is_not_answered_again_by_a_change(
+    fast_agent: AgentProcess,
+) -> None:
+    """Its wait's answer takes it out of its topic's parked queries (grouped
+    by answer): the next change writes nothing more on its connection."""
+    current = index_of(ask(fast_agent, request(f"/v1/health/service/{SERVICE}")))
+    with connect(fast_agent) as sock:
+        sock.sendall(request(f"/v1/health/service/{SERVICE}?index={current}&wait=200ms"))
+        assert index_of(Reader(sock).response()) == current
+        body = {"Name": SERVICE, "ID": f"{SERVICE}-after-wait", "Port": 9996}
+        httpx.put(f"{fast_agent.http_url}/v1/agent/service/register", json=body).raise_for_status()
+        sock.sendall(request("/v1/health/service/no-such-service"))
+        assert Reader(sock).response().endswith(b"\r\n\r\n[]")  # its answer, nothing before it
+    httpx.put(f"{fast_agent.http_url}/v1/agent/service/deregister/{SERVICE}-after-wait")
+
+
 def test_a_closed_connection_releases_its_parked_query(fast_agent: AgentProcess) -> None:
     current = index_of(ask(fast_agent, request(f"/v1/health/service/{SERVICE}")))
     socks = [connect(fast_agent) for _ in range(5)]

@@ -123,7 +123,7 @@ class _Parked:
 
 
 class _Fast:
-    def serve(self, cycle: Any) -> Any:
+    def serve(self, cycle: Any, fd: int) -> Any:
         if cycle.scope["path"] == "/fast":
             wire.finish(cycle, b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
             return True

@@ -1,11 +1,11 @@
-"""The fast path's timer wheel (api/fastpath.py TimerWheel), on a fake loop."""
+"""The fast path's timer wheel (api/wheel.py TimerWheel), on a fake loop."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
 
-from waypost.api.fastpath import TICK, TimerWheel
+from waypost.api.wheel import TICK, TimerWheel
 
 
 class FakeLoop:

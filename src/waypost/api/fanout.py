@@ -13,6 +13,8 @@ is released for every `send()`, so the two halves run on two cores.
 Only what is safe to write beside the transport is written this way: a plain
 TCP transport (never TLS: its socket carries records, not these bytes) with
 an empty write buffer (so no byte can overtake one it queued) and open. The
+first (`plain_fd`) cannot change while the connection lives, so the protocol
+asks it once per connection; the others are checked for every answer. The
 loop thread waits for the worker before it returns to the loop, so no
 transport changes meanwhile. A partial write, a full socket (`EAGAIN`) or an
 error leaves the rest to `transport.write()`, which queues it or reports the
@@ -65,31 +67,30 @@ class FanOut:
                 if not transport.is_closing():
                     transport.write(data)
             return
-        direct: list[tuple[int, bytes]] = []
-        owners: list[tuple[Any, bytes]] = []
+        batch = Batch()
         for transport, data in pairs:
-            if transport.is_closing():
-                continue
-            sock = _writable_beside(transport)
-            if sock is None:
-                transport.write(data)
-            else:
-                direct.append((sock.fileno(), data))
-                owners.append((transport, data))
-        written = [0] * len(direct)
-        job = self._submit(direct, written) if len(direct) >= PARALLEL_MIN else None
+            if not transport.is_closing():
+                batch.add(transport, plain_fd(transport), data)
+        self.send(batch)
+
+    def send(self, batch: Batch) -> None:
+        """Write the batch's direct bytes, half from the worker when there are
+        enough of them; what a socket did not take goes through its transport."""
+        fds, datas = batch.fds, batch.datas
+        written = [0] * len(fds)
+        job = self._submit(fds, datas, written) if len(fds) >= PARALLEL_MIN else None
         try:
-            _write_fds(direct, 0, job.start if job else len(direct), written)
+            _write_fds(fds, datas, 0, job.start if job else len(fds), written)
         finally:
             if job is not None:
                 job.done.wait()  # always: the worker writes on these fds
                 self.batches += 1
-        for (transport, data), count in zip(owners, written, strict=True):
+        for transport, data, count in zip(batch.owners, datas, written, strict=True):
             if count < len(data):
                 transport.write(memoryview(data)[count:] if count else data)
 
-    def _submit(self, direct: list[tuple[int, bytes]], written: list[int]) -> _Job | None:
-        """The second half of `direct` for the worker (started at the first
+    def _submit(self, fds: list[int], datas: list[bytes], written: list[int]) -> _Job | None:
+        """The second half of the batch for the worker (started at the first
         batch); None if no thread can be had: the loop then writes alone."""
         if self._worker is None:
             worker = threading.Thread(target=self._run, name="waypost-fanout", daemon=True)
@@ -99,7 +100,7 @@ class FanOut:
                 self.parallel = False
                 return None
             self._worker = worker
-        job = _Job(direct, len(direct) // 2, written)
+        job = _Job(fds, datas, len(fds) // 2, written)
         self._jobs.put(job)
         return job
 
@@ -107,9 +108,47 @@ class FanOut:
         while True:
             job = self._jobs.get()
             try:
-                _write_fds(job.pairs, job.start, len(job.pairs), job.written)
+                _write_fds(job.fds, job.datas, job.start, len(job.fds), job.written)
             finally:
                 job.done.set()  # never leave the loop thread waiting
+
+
+class Batch:
+    """One wake-up's answers for `FanOut.send`: the bytes for sockets that may
+    be written beside their transport, as parallel lists (no tuple per answer:
+    at 10,000 answers the allocations alone would start a collection in the
+    middle of the wake-up); the others are written through their transport
+    at once."""
+
+    __slots__ = ("datas", "fds", "owners")
+
+    def __init__(self) -> None:
+        self.fds: list[int] = []
+        self.datas: list[bytes] = []
+        self.owners: list[Any] = []  # each fd's transport: the rest of what its socket refused
+
+    def add(self, transport: Any, fd: int, data: bytes) -> None:
+        """`data` for `transport` (open: the caller checked), whose `plain_fd` is `fd`."""
+        if (
+            fd < 0 or transport.get_write_buffer_size()
+        ):  # not plain TCP; or bytes it queued go first
+            transport.write(data)
+        else:
+            self.fds.append(fd)
+            self.datas.append(data)
+            self.owners.append(transport)
+
+
+def plain_fd(transport: Any) -> int:
+    """The fd of a plain TCP transport's socket, which bytes may be written to
+    beside it (while it is open and queues nothing); -1 for any other (TLS:
+    its socket carries records, not these bytes). Neither can change while the
+    transport lives, so a connection asks once (api/protocol.py), not every
+    wake-up."""
+    if type(transport) not in _PLAIN:
+        return -1
+    sock = transport.get_extra_info("socket")
+    return sock.fileno() if sock is not None else -1
 
 
 def _cores() -> int:
@@ -120,33 +159,26 @@ def _cores() -> int:
 
 
 class _Job:
-    """The worker's share of one batch: pairs[start:], counts into written."""
+    """The worker's share of one batch: fds[start:], counts into written."""
 
-    __slots__ = ("done", "pairs", "start", "written")
+    __slots__ = ("datas", "done", "fds", "start", "written")
 
-    def __init__(self, pairs: list[tuple[int, bytes]], start: int, written: list[int]) -> None:
-        self.pairs = pairs
+    def __init__(self, fds: list[int], datas: list[bytes], start: int, written: list[int]) -> None:
+        self.fds = fds
+        self.datas = datas
         self.start = start
         self.written = written
         self.done = threading.Event()
 
 
-def _writable_beside(transport: Any) -> Any:
-    """The transport's socket if bytes may be written to it directly, else None."""
-    if type(transport) not in _PLAIN:
-        return None
-    if transport.get_write_buffer_size():
-        return None  # bytes it queued go first
-    return transport.get_extra_info("socket")
-
-
-def _write_fds(pairs: list[tuple[int, bytes]], start: int, stop: int, written: list[int]) -> None:
-    """Into written[i], the bytes written to pairs[i]'s fd: all of them, fewer,
-    or 0 (full or failed: the transport's own write then finishes it or
+def _write_fds(
+    fds: list[int], datas: list[bytes], start: int, stop: int, written: list[int]
+) -> None:
+    """Into written[i], the bytes of datas[i] written to fds[i]: all of them,
+    fewer, or 0 (full or failed: the transport's own write then finishes it or
     reports the error). Filled as it goes, so a count is never lost."""
     for i in range(start, stop):
-        fd, data = pairs[i]
         try:  # noqa: SIM105 - a context manager per write costs more than the try
-            written[i] = os.write(fd, data)
+            written[i] = os.write(fds[i], datas[i])
         except OSError:
             pass

@@ -13,12 +13,16 @@ answered at once from the same code the ASGI route runs (the route's
 `*_read` planner and `ConsulApi.answer`, so the same encoded-answer cache and
 headers), encoded as one prebuilt head+body and written in one
 `transport.write()`. A blocking query whose index is current is parked: one
-entry in a set per topic, registered once on the topic's shared future
-(`Watches.listen`), with its `wait=` expiry in a coarse timer wheel, and no
-task, future or timer of its own. When the topic fires, every parked
-connection with the same question gets the same bytes, encoded once (and,
-for the clients that take gzip, compressed once: api/compress.py; the
-prebuilt bytes are kept per encoding).
+entry per topic (by request line, then by answer), registered once on the
+topic's shared future (`Watches.listen`), with its `wait=` expiry in a
+coarse timer wheel, and no task, future or timer of its own. When the topic
+fires, every parked connection with the same question gets the same bytes,
+encoded once (and, for the clients that take gzip, compressed once:
+api/compress.py; the prebuilt bytes are kept per encoding). What a wake-up
+needs of each query (its answer's key, its connection's fd) is worked out
+when it arrives, so that before the first send() a wake-up of 10,000 makes
+one pass over them, checking each connection (~1 µs per query; four
+passes, ~3 µs, before: docs/benchmarks.md, Agent 3).
 
 With ACLs on, each request goes through the same `Guard.enforce`
 (api/access.py) as on the normal path, with its own headers; the answer is
@@ -38,12 +42,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import heapq
 import logging
-import math
 import time
-from collections.abc import Callable, Iterable
-from typing import Any, Generic, NamedTuple, TypeVar
+from collections.abc import Callable, Collection, Iterable
+from typing import Any, NamedTuple
 
 from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
@@ -55,8 +57,9 @@ from . import compress, decode, http, wire
 from .access import token_in
 from .app import AgentApp, access_log
 from .consul import DEFAULT_WAIT, Read
-from .fanout import FanOut
+from .fanout import PARALLEL_MIN, Batch, FanOut
 from .ports import StoreStatus
+from .wheel import TimerWheel
 
 log = logging.getLogger("waypost.api")
 
@@ -64,61 +67,14 @@ log = logging.getLogger("waypost.api")
 # other one sends the request the normal way.
 _UNDERSTOOD = frozenset({"passing", "tag", "index", "wait", "token"})
 _METHODS = frozenset({"GET", "HEAD"})
-TICK = 0.05  # the timer wheel's resolution: `wait=` ends up to 50 ms late
 OTHER_ROUTE, DECLINED = 0, 1  # no fast path for this route; or not for this request
 PREPARED_LIMIT = 4096  # request lines remembered (each a parsed query and a plan)
 PREBUILT_BYTES = 32 << 20  # encoded answers, heads included
 ADMITTED_LIMIT = 64  # tokens remembered per request line
 
 Planner = Callable[[http.Request, str], Read]
-T = TypeVar("T")
-
-
-class TimerWheel(Generic[T]):
-    """Deadlines rounded up to TICK seconds, in buckets: one loop timer for the
-    earliest bucket instead of one per parked query."""
-
-    def __init__(self, loop: Any, expire: Callable[[T], None]) -> None:
-        self.loop = loop
-        self.expire = expire
-        self._buckets: dict[int, set[T]] = {}
-        self._slots: list[int] = []  # a heap of the buckets' slots
-        self._armed: tuple[int, Any] | None = None  # (slot, TimerHandle)
-
-    def add(self, item: T, deadline: float) -> int:
-        slot = math.ceil(deadline / TICK)
-        bucket = self._buckets.get(slot)
-        if bucket is None:
-            bucket = self._buckets[slot] = set()
-            heapq.heappush(self._slots, slot)
-            if self._armed is None or slot < self._armed[0]:
-                self._arm(slot)
-        bucket.add(item)
-        return slot
-
-    def remove(self, item: T, slot: int) -> None:
-        bucket = self._buckets.get(slot)
-        if bucket is not None:
-            bucket.discard(item)  # an empty bucket goes when its time comes
-
-    def _arm(self, slot: int) -> None:
-        if self._armed is not None:
-            self._armed[1].cancel()
-        self._armed = (slot, self.loop.call_at(slot * TICK, self._tick))
-
-    def _tick(self) -> None:
-        self._armed = None
-        now = self.loop.time()
-        while self._slots and self._slots[0] * TICK <= now:
-            bucket = self._buckets.pop(heapq.heappop(self._slots))
-            for item in list(bucket):
-                self.expire(item)
-        # expire() may have added (a pipelined query parked): arm for the earliest.
-        if self._slots and (self._armed is None or self._slots[0] < self._armed[0]):
-            self._arm(self._slots[0])
-
-    def __len__(self) -> int:
-        return sum(len(b) for b in self._buckets.values())
+# A query's answer, for grouping: (its key, the id of its Date header list); _Query.keyed.
+Seen = tuple[tuple[Any, ...], int]
 
 
 class _Prepared:
@@ -168,19 +124,36 @@ class _Packing:
 
 
 class _Query:
-    """A request on a connection, while it is being answered or is parked."""
+    """A request on a connection, while it is being answered or is parked.
 
-    __slots__ = ("cycle", "gzip", "prepared", "request", "slot", "started")
+    What a wake-up needs of it is worked out here, when it arrives, not for
+    thousands of queries at once when a change wakes them: its answer's key
+    and its connection's fd (from the protocol, which asks once)."""
+
+    __slots__ = ("cycle", "fd", "gzip", "prepared", "request", "seen", "slot", "started")
 
     def __init__(
-        self, cycle: RequestResponseCycle, prepared: _Prepared, request: http.Request
+        self, cycle: RequestResponseCycle, prepared: _Prepared, request: http.Request, fd: int
     ) -> None:
         self.cycle = cycle
         self.prepared = prepared
         self.request = request  # the prepared one; with ACLs on, this request's own
         self.gzip = compress.accepts_gzip(cycle.scope["headers"])  # type: ignore[arg-type]
+        self.fd = fd  # fanout.plain_fd of its connection's transport
         self.slot = 0  # its timer wheel slot while parked; 0 when not
         self.started = time.perf_counter()
+        self.seen = self.keyed()  # changed only once it has left its topics (answer_now)
+
+    def keyed(self) -> Seen:
+        """`seen`: (its answer's key, its Date list's id). The key names the
+        prebuilt answer (question, Connection, encoding, token). Each request
+        keeps the Date list of the second it came in (uvicorn's cycle does);
+        the list outlives any batch it is answered in (its cycle holds it), so
+        its id() names it. Again if the connection's keep-alive ends (shutdown)."""
+        authz, cycle = self.request.authz, self.cycle
+        token = authz.key if authz is not None else None
+        key = (self.prepared.group, cycle.keep_alive, self.gzip, token)
+        return key, id(cycle.default_headers)
 
 
 class FastReads:
@@ -202,7 +175,9 @@ class FastReads:
         self._prebuilt: ByteBoundedCache[_Prebuilt] = ByteBoundedCache(
             PREBUILT_BYTES, lambda p: len(p.data)
         )
-        self._topics: dict[Topic, set[_Query]] = {}
+        # Per topic, its parked queries by request line (a wake-up decides per
+        # line), then by answer (_Query.seen: it finds each answer once per group).
+        self._topics: dict[Topic, dict[_Prepared, dict[Seen, set[_Query]]]] = {}
         # Per watched topic, the future listened on and the callback registered on it.
         self._listening: dict[Topic, tuple[asyncio.Future[None], Callable[[Any], None]]] = {}
         self._wheel: TimerWheel[_Query] = TimerWheel(loop, self._expired)
@@ -216,9 +191,10 @@ class FastReads:
 
     # -- a request arrives -------------------------------------------------
 
-    def serve(self, cycle: RequestResponseCycle) -> _Query | bool:
+    def serve(self, cycle: RequestResponseCycle, fd: int = -1) -> _Query | bool:
         """Answer `cycle`'s request (True), park it (the parked query: its
-        connection releases it if it closes), or False: go the normal way."""
+        connection releases it if it closes), or False: go the normal way.
+        `fd`: fanout.plain_fd of the connection's transport."""
         prepared = self._understand(cycle)
         if not isinstance(prepared, _Prepared):
             self.fallbacks += prepared  # DECLINED counts, OTHER_ROUTE does not
@@ -227,11 +203,11 @@ class FastReads:
         if request is None:
             self.fallbacks += 1
             return False
-        query = _Query(cycle, prepared, request)
+        query = _Query(cycle, prepared, request, fd)
         wait = prepared.wait
         jittered = wait + self.consul.rng.uniform(0, wait / 16)  # as ConsulApi.block
         if jittered <= 0 or not self._would_block(prepared.plan[0], prepared.min_index):
-            self._answer([query])
+            self._answer([(query.seen, (query,))])
             return True
         query.slot = self._wheel.add(query, self.loop.time() + jittered)
         self._park(query)
@@ -321,14 +297,21 @@ class FastReads:
 
     def _park(self, query: _Query) -> None:
         """One entry per topic; one registration per topic on its shared future."""
-        for topic in query.prepared.plan[0]:
-            parked = self._topics.get(topic)
-            if parked is None:
-                parked = self._topics[topic] = set()
+        prepared, seen = query.prepared, query.seen
+        for topic in prepared.plan[0]:
+            lines = self._topics.get(topic)
+            if lines is None:
+                lines = self._topics[topic] = {}
                 future = self.watches.listen(topic)
                 callback = functools.partial(self._fired, topic)
                 future.add_done_callback(callback)
                 self._listening[topic] = (future, callback)
+            answers = lines.get(prepared)
+            if answers is None:
+                answers = lines[prepared] = {}
+            parked = answers.get(seen)
+            if parked is None:
+                parked = answers[seen] = set()
             parked.add(query)
 
     def _stop_listening(self, topic: Topic) -> None:
@@ -343,25 +326,21 @@ class FastReads:
         if listening is None or listening[0] is not future:
             return  # a registration since dropped (its connections went away)
         self._stop_listening(topic)
-        parked = self._topics.pop(topic)
-        # Thousands of queries repeat a few lines: decide once per line.
-        blocked: dict[_Prepared, bool] = {}
-        ready = []
-        for query in parked:
-            prepared = query.prepared
-            waits = blocked.get(prepared)
-            if waits is None:
-                waits = blocked[prepared] = self._would_block(prepared.plan[0], prepared.min_index)
-            if not waits:
-                ready.append(query)
-        for query in parked.difference(ready):  # its index has not passed yet: wait on
-            self._park(query)
+        # Thousands of queries repeat a few lines: decided once per line.
+        ready: list[tuple[Seen, Collection[_Query]]] = []
+        for prepared, answers in self._topics.pop(topic).items():
+            if not self._would_block(prepared.plan[0], prepared.min_index):
+                ready += answers.items()
+                continue
+            for parked in answers.values():
+                for query in parked:  # its index has not passed yet: wait on
+                    self._park(query)
         self._answer(ready, unpark=True)
 
     def _expired(self, query: _Query) -> None:
         self._forget(query)
         self.catalog.parked -= 1
-        self._answer([query])
+        self._answer([(query.seen, (query,))])
 
     def release(self, query: _Query) -> None:
         """The client closed its connection: drop its parked query."""
@@ -372,7 +351,8 @@ class FastReads:
         """Answer a parked query with what is there now (the server shuts down)."""
         if query.slot:
             self._unpark(query)
-            self._answer([query])
+            query.seen = query.keyed()  # the shutdown ended its keep-alive: another answer
+            self._answer([(query.seen, (query,))])
 
     def _unpark(self, query: _Query) -> None:
         self._wheel.remove(query, query.slot)
@@ -382,49 +362,70 @@ class FastReads:
     def _forget(self, query: _Query) -> None:
         query.slot = 0
         for topic in query.prepared.plan[0]:
-            parked = self._topics.get(topic)
-            if parked is not None:
-                parked.discard(query)
-                if not parked:
-                    del self._topics[topic]
-                    self._stop_listening(topic)
+            lines = self._topics.get(topic)
+            if lines is not None and _drop(lines, query):
+                del self._topics[topic]
+                self._stop_listening(topic)
 
     # -- answering ---------------------------------------------------------
 
-    def _answer(self, queries: list[_Query], unpark: bool = False) -> None:
-        """Write each query's answer, prebuilt once for every query asking the
-        same question while its index, the store's health and uvicorn's Date
-        header stand still; a large batch from two threads (api/fanout.py).
+    def _answer(self, groups: list[tuple[Seen, Collection[_Query]]], unpark: bool = False) -> None:
+        """Write each group's answer (the queries of a group have the same
+        `_Query.seen`), prebuilt once for every query asking the same question
+        while its index, the store's health and uvicorn's Date header stand
+        still; a large batch from two threads (api/fanout.py).
         `unpark`: the queries are still parked; they leave the wheel and their
         topics after the writes (the first answers go sooner), before their
-        cycles finish (which may start a pipelined request that parks again)."""
-        health = self.store.health()
-        # Each parked request keeps the Date list of the second it came in
-        # (uvicorn's cycle does): in a batch, one answer per question and Date,
-        # whatever order the queries come in. The list outlives the batch (its
-        # cycles hold it), so its id() names it.
-        built: dict[tuple[tuple[Any, ...], int], _Prebuilt | _Packing] = {}
-        ready: list[tuple[_Query, _Prebuilt]] = []
-        for query in queries:
-            cycle = query.cycle
-            if cycle.disconnected or cycle.transport.is_closing():
-                continue
-            authz = query.request.authz
-            token = authz.key if authz is not None else None
-            key = (query.prepared.group, cycle.keep_alive, query.gzip, token)
-            seen = (key, id(cycle.default_headers))
-            pre = built.get(seen)
-            if pre is None:
-                pre = built[seen] = self._prebuilt_for(query, key, health)
-            if isinstance(pre, _Packing):
-                pre.waiting.append(query)  # answered once its body is compressed
-            else:
-                ready.append((query, pre))
-        self._write(ready, queries if unpark else ())
+        cycles finish (which may start a pipelined request that parks again).
 
-    def _write(self, ready: list[tuple[_Query, _Prebuilt]], unpark: Iterable[_Query] = ()) -> None:
+        At 10,000 queries this loop is what stands between the change and the
+        first send(): per query it only checks the connection and files the
+        group's bytes for it; what else it needs, each query worked out when it
+        came (_Query) and its connection when it opened (its fd)."""
+        health = self.store.health()
+        beside = self.fanout.parallel and sum(map(len, (g for _, g in groups))) >= PARALLEL_MIN
+        batch = Batch()
+        fds, datas, owners = batch.fds, batch.datas, batch.owners
+        ready: list[_Query] = []
+        pres: list[_Prebuilt] = []
+        todo = list(groups)  # a query whose key changed is appended as a group of its own
+        for seen, parked in todo:
+            pre: _Prebuilt | _Packing | None = None
+            for query in parked:
+                cycle = query.cycle
+                transport = cycle.transport
+                if cycle.disconnected or transport.is_closing():
+                    continue
+                if seen[0][1] is not cycle.keep_alive:  # answer_now re-keys first: be sure
+                    todo.append((query.keyed(), (query,)))  # its own answer (seen: its topics')
+                    continue
+                if pre is None:
+                    pre = self._prebuilt_for(query, seen[0], health)
+                if isinstance(pre, _Packing):
+                    pre.waiting.append(query)  # answered once its body is compressed
+                    continue
+                # Batch.add, inline: this runs 10,000 times before the first send.
+                if beside and query.fd >= 0 and not transport.get_write_buffer_size():
+                    fds.append(query.fd)
+                    datas.append(pre.data)
+                    owners.append(transport)
+                else:
+                    transport.write(pre.data)
+                ready.append(query)
+                pres.append(pre)
+        self._write(batch, ready, pres, (q for _, g in groups for q in g) if unpark else ())
+
+    def _write(
+        self,
+        batch: Batch,
+        ready: list[_Query],
+        pres: list[_Prebuilt],
+        unpark: Iterable[_Query] = (),
+    ) -> None:
+        """Send `batch` (what is left of `ready`'s answers, `pres`: those not
+        written already through their transports), then finish their cycles."""
         try:
-            self.fanout.write([(query.cycle.transport, pre.data) for query, pre in ready])
+            self.fanout.send(batch)
         finally:  # whatever was written: never parked again, never answered twice
             for query in unpark:
                 self._unpark(query)
@@ -432,7 +433,7 @@ class FastReads:
             # the earlier ones' over by at most the batch's writes (~0.1 s at 10,000).
             now = time.perf_counter()
             observe = self.app.metrics.observe
-            for query, pre in ready:
+            for query, pre in zip(ready, pres, strict=True):
                 wire.finished(query.cycle)
                 observe(query.prepared.group[0], pre.status, now - query.started)
             self.answered += len(ready)
@@ -495,7 +496,8 @@ class FastReads:
         # One encoding per Date and Connection (shutdown may have ended
         # keep-alive meanwhile); only one that matches `key` is kept.
         encoded: dict[tuple[int, bool], _Prebuilt] = {}
-        ready = []
+        beside = self.fanout.parallel and len(packing.waiting) >= PARALLEL_MIN
+        batch, ready, pres = Batch(), [], []
         for query in packing.waiting:
             cycle = query.cycle
             if cycle.disconnected or cycle.transport.is_closing():
@@ -505,8 +507,10 @@ class FastReads:
             if pre is None:
                 keep = cycle.keep_alive == key[1]
                 pre = encoded[seen] = self._encoded(query, key, response, packing.stamp, keep)
-            ready.append((query, pre))
-        self._write(ready)
+            batch.add(cycle.transport, query.fd if beside else -1, pre.data)
+            ready.append(query)
+            pres.append(pre)
+        self._write(batch, ready, pres)
 
     def _encoded(
         self,
@@ -539,6 +543,20 @@ class FastReads:
             "fast_answers_built": self.built,
             "fast_compressed_off_loop": self.packed_off_loop,
         }
+
+
+def _drop(lines: dict[_Prepared, dict[Seen, set[_Query]]], query: _Query) -> bool:
+    """Take `query` out of one topic's parked queries; True if none are left."""
+    answers = lines.get(query.prepared)
+    parked = answers.get(query.seen) if answers is not None else None
+    if answers is None or parked is None:
+        return False
+    parked.discard(query)
+    if not parked:
+        del answers[query.seen]
+        if not answers:
+            del lines[query.prepared]
+    return not lines
 
 
 def _has_body(headers: list[tuple[bytes, bytes]]) -> bool:

@@ -41,6 +41,7 @@ import httptools
 from uvicorn.protocols.http.flow_control import service_unavailable
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
+from .fanout import plain_fd
 from .fastpath import FastReads
 from .fastwrite import FastWrites, Pending
 
@@ -103,6 +104,7 @@ def guarded_protocol(
         _lost: asyncio.Future[None]
         _client: str | None = None
         _parked: Any = None  # the fast path's parked query on this connection
+        _fd = -1  # fanout.plain_fd of the transport, asked once per connection
         _writing: Pending | None = None  # a fast write waiting for the rest of its body
         _tls = False  # the transport is TLS: see _close
 
@@ -117,7 +119,7 @@ def guarded_protocol(
                         writes.start(pending, self.tasks)  # a pipelined one, read whole
                     return
             if fast is not None and app is self.app:
-                served = fast.serve(cycle)
+                served = fast.serve(cycle, self._fd)
                 if served is not False:
                     if served is not True:
                         self._parked = served
@@ -181,6 +183,8 @@ def guarded_protocol(
             super().connection_made(transport)
             self._lost = self.loop.create_future()
             self._tls = transport.get_extra_info("sslcontext") is not None
+            if fast is not None:
+                self._fd = plain_fd(transport)
             if limiter is not None:
                 client = client_of(transport)
                 if not limiter.acquire(client):
