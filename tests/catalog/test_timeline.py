@@ -7,9 +7,11 @@ what is recorded is what an agent would record; only the wall clock is fake.
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from waypost.catalog import Catalog, Check, codec, writes
@@ -345,3 +347,25 @@ async def test_a_failing_record_listener_stops_nothing(catalog: Catalog) -> None
     catalog.subscribe_records(broken)
     await register(catalog, "web-1", ttl("passing"))  # acknowledged and applied all the same
     assert catalog.state.instance("n1", "web-1") is not None
+
+
+async def test_recorded_events_give_the_collector_nothing_to_walk(
+    catalog: Catalog, timeline: Timeline
+) -> None:
+    """Events and their eviction order are held without a tracked object per
+    event: at 1,000 changes/s every such object would sit in the young
+    generation until its next collection, which walks each one (agent/runtime.py)."""
+    await register(catalog, "a-1", ttl("passing"))
+    passing = catalog.state.checks[("n1", "service:a-1")]
+    critical = msgspec.structs.replace(passing, status="critical")
+    flips = [Change(passing, critical), Change(critical, passing)] * 250
+    gc.disable()
+    try:
+        before = len(gc.get_objects(0))
+        for n, change in enumerate(flips):
+            timeline.record(100 + n, [change])
+        grown = len(gc.get_objects(0)) - before
+    finally:
+        gc.enable()
+    assert timeline.statistics()["events"] == 501  # the registration and the 500 flips
+    assert grown < 50  # 500 with a (seq, time, service) tuple per event

@@ -22,7 +22,7 @@ import socket
 import time
 import uuid
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Final
 
 import uvicorn
 
@@ -418,6 +418,9 @@ def _lock_data_dir(config: AgentConfig) -> LockFile | None:
     return lock
 
 
+YOUNG_THRESHOLD: Final = 10_000  # allocations between young collections (see _tune_gc)
+
+
 def _node_id(config: AgentConfig) -> str:
     """The ID kept in the data dir; without one (an in-memory store), derived
     from the name, which is then the only identity the agent has."""
@@ -428,15 +431,22 @@ def _node_id(config: AgentConfig) -> str:
 
 
 def _tune_gc() -> None:
-    """Collect the young generation every 50,000 allocations, not 700.
+    """Collect the young generation every 10,000 allocations (not 700), the
+    middle one every 100 young collections (not 10).
 
     Every parked blocking query keeps a few dozen objects alive for seconds, so
     they reach the old generations, and with the default thresholds the
     collector kept traversing 10,000 connections' objects: a quarter of the
-    agent's CPU in bench/agent/blocking.py (0.89 s of 3.16 s), 0.23 s of 2.62 s
-    with these. Cyclic garbage waits a little longer; nothing else changes.
+    agent's CPU in bench/agent/blocking.py (0.89 s of 3.16 s). (50,000, 20)
+    took that to 0.23 s, but a young collection walks every object allocated
+    since the last one that is still alive, about 1 µs each on a 1M-instance
+    heap, so each was a pause of 50 ms or more of the loop (the timeline's
+    events alone keep one object per change alive until then). Young
+    collections of 10,000 pause for ~10 ms; the older generations are still
+    collected every 1,000,000 allocations, as with (50,000, 20), so the
+    parked queries' objects are walked no more often than then.
     """
-    gc.set_threshold(50_000, 20, 10)
+    gc.set_threshold(YOUNG_THRESHOLD, 100, 10)
 
 
 async def _open_frozen(catalog: Catalog) -> None:

@@ -189,13 +189,12 @@ class State:
         if old is None:
             inserted = self._insert(record, touched)
             return Change(None, self._stored_of(inserted)) if report else None
-        if not report:
+        replaced = self._stored_of(old) if report else None
+        shown = self._replace(old, record, touched)
+        if shown is None:
             self._remove(old, touched)
-            self._insert(record, touched)
-            return None
-        replaced = self._stored_of(old)
-        self._remove(old, touched)
-        return Change(replaced, self._stored_of(self._insert(record, touched)))
+            shown = self._insert(record, touched)
+        return Change(replaced, self._stored_of(shown)) if replaced is not None else None
 
     def _deletions_for(self, snapshot: list[Entry]) -> list[Entry]:
         keep = {e.key for e in snapshot}
@@ -289,18 +288,48 @@ class State:
                 self.proxies_of.setdefault(dest, {})[key] = record
                 touched.add(connect_topic(dest))
         else:
-            if record.check_id == SERF_CHECK_ID and not record.service_id:
-                record = self._with_liveness(record)
-            held = self.held.get((record.node, record.check_id))
-            if held is not None:
-                self._stored[(record.node, record.check_id)] = record
-                record = msgspec.structs.replace(record, status="critical", output=held)
+            record = self._shown(record)
             self.checks[(record.node, record.check_id)] = record
             self._check_table(record).setdefault(self._check_owner(record), {})[record.check_id] = (
                 record
             )
             self._touch_check(record, touched)
         return record
+
+    def _replace(self, old: Record, new: Record, touched: set[Topic]) -> Record | None:
+        """Overwrite an instance or check where it stands in every index, if
+        it stays in the same places (same name, owner, proxy destination);
+        None if not (then it is removed and inserted).
+
+        Why not always remove and insert: the indexes are keyed by tuples, and
+        a removal drops the old key tuple, which the replay left in the
+        collector's permanent generation, while the insert adds a new one to
+        the young generation. Freeing a frozen object lowers the young
+        generation's count as much as the new one raised it, so at 1,000
+        re-registrations/s of a replayed catalog the young generation grew by
+        ~3 tuples a write without a collection being due, and the first one
+        then walked 112k objects (157 ms, docs/benchmarks.md 5b). An
+        assignment to a key already there keeps the key object it has."""
+        if isinstance(new, Service) and isinstance(old, Service):
+            if new.name != old.name or _proxy_dest(new) != _proxy_dest(old):
+                return None
+            key = (new.node, new.id)
+            self.services[key] = new
+            self.by_name[new.name][key] = new
+            self.node_services[new.node][new.id] = new
+            touched.update((SERVICES, service_topic(new.name), node_topic(new.node)))
+            if new.proxy is not None:
+                self.proxies_of[new.proxy.destination_service_name][key] = new
+                touched.add(connect_topic(new.proxy.destination_service_name))
+            return new
+        if isinstance(new, Check) and isinstance(old, Check) and new.service_id == old.service_id:
+            self._stored.pop((new.node, new.check_id), None)
+            shown = self._shown(new)
+            self.checks[(new.node, new.check_id)] = shown
+            self._check_table(shown)[self._check_owner(shown)][new.check_id] = shown
+            self._touch_check(shown, touched)
+            return shown
+        return None
 
     def _remove(self, record: Record, touched: set[Topic]) -> None:
         if isinstance(record, CARoot | Intention):
@@ -339,6 +368,17 @@ class State:
         else:
             self.intentions.pop((record.source, record.destination), None)
             touched.add(INTENTIONS)
+
+    def _shown(self, check: Check) -> Check:
+        """A check as the state holds it: serfHealth derived, a held check
+        critical (the stored one kept aside in `_stored`)."""
+        if check.check_id == SERF_CHECK_ID and not check.service_id:
+            check = self._with_liveness(check)
+        held = self.held.get((check.node, check.check_id))
+        if held is not None:
+            self._stored[(check.node, check.check_id)] = check
+            check = msgspec.structs.replace(check, status="critical", output=held)
+        return check
 
     def _with_liveness(self, check: Check) -> Check:
         """serfHealth is derived: passing while the node's liveness key exists.
@@ -616,6 +656,10 @@ class State:
 
 def _instance_order(service: Service) -> tuple[str, str]:
     return (service.node, service.id)
+
+
+def _proxy_dest(service: Service) -> str | None:
+    return service.proxy.destination_service_name if service.proxy is not None else None
 
 
 def _discard(table: dict, outer: object, inner: object) -> None:  # type: ignore[type-arg]

@@ -29,10 +29,15 @@ cut to `OUTPUT_LIMIT` characters. The timeline lives in memory: a restarted
 agent starts an empty one (output-only changes, which the catalog keeps in
 memory too, are not transitions and are not recorded).
 
-Eviction order: `_order` lists (seq, time, service) in arrival order, so its
+Eviction order: `_order` holds the same events in arrival order, so its
 head is always the oldest live event; an event removed early (the per-service
 cap) leaves a stale entry that is skipped when it reaches the head, and the
 list is rebuilt once stale entries outnumber live ones (amortised O(1)).
+It holds the events themselves, not a (seq, time, service) tuple each: a
+`Transition` holds only strings and numbers, so msgspec leaves it untracked by
+the cyclic collector, while every tuple was one more object for the next young
+collection to walk (at 1,000 changes/s most of what it walked; see
+`agent/runtime.py`, `_tune_gc`).
 """
 
 from __future__ import annotations
@@ -78,11 +83,6 @@ class Transition(msgspec.Struct, frozen=True):
     output: str = ""
 
 
-# An entry of the eviction order: (seq, time, service). A plain tuple: one is
-# made per event, and a NamedTuple's constructor is a Python-level call.
-_Slot = tuple[int, float, str]
-
-
 class Timeline:
     """Records transitions from applied changes; answers per service and instance.
 
@@ -109,7 +109,7 @@ class Timeline:
         self.per_service = per_service
         self.total = total
         self._rings: dict[str, deque[Transition]] = {}
-        self._order: deque[_Slot] = deque()
+        self._order: deque[Transition] = deque()
         self._count = 0
         self._seq = itertools.count(1)
         self._critical_since: dict[tuple[str, str], float] = {}  # checks that can be reaped
@@ -253,7 +253,7 @@ class Timeline:
         if ring is None:
             ring = self._rings[event.service] = deque()
         ring.append(event)
-        self._order.append((event.seq, event.time, event.service))
+        self._order.append(event)
         self._count += 1
         self.recorded += 1
         if len(ring) > self.per_service:
@@ -266,21 +266,21 @@ class Timeline:
 
     def _expire(self, now: float) -> None:
         cutoff = now - self.retention
-        while self._order and self._order[0][1] < cutoff:
+        while self._order and self._order[0].time < cutoff:
             self._pop_oldest()
 
     def _pop_oldest(self) -> None:
-        seq, _, service = self._order.popleft()
-        ring = self._rings.get(service)
-        if ring and ring[0].seq == seq:
+        oldest = self._order.popleft()
+        ring = self._rings.get(oldest.service)
+        if ring and ring[0] is oldest:
             ring.popleft()
             self._count -= 1
             if not ring:
-                del self._rings[service]
+                del self._rings[oldest.service]
 
     def _rebuild_order(self) -> None:
-        slots = ((e.seq, e.time, name) for name, ring in self._rings.items() for e in ring)
-        self._order = deque(sorted(slots))
+        live = (e for ring in self._rings.values() for e in ring)
+        self._order = deque(sorted(live, key=_seq))
 
     # -- reads ----------------------------------------------------------------
 
@@ -350,6 +350,10 @@ class _Batch:
             elif isinstance(old, Check) and new is None and old.service_id:
                 removed_checks.setdefault((old.node, old.service_id), []).append(old)
         return added, removed, removed_checks
+
+
+def _seq(event: Transition) -> int:
+    return event.seq
 
 
 def _check_state(record: Record | None) -> str:
