@@ -10,7 +10,9 @@ condition per key, as the HTTP path's plans carry) for `--seconds`, and times,
 in the writer thread, every transaction: its batch size, the time from BEGIN
 to COMMIT (conditions and writes) and the COMMIT itself (the WAL append and
 its fsync, plus sqlite's auto-checkpoint when the WAL passes 1,000 pages:
-that one writes and fsyncs the main db file inside the COMMIT). On the loop it
+that one writes and fsyncs the main db file inside the COMMIT), and whether
+the COMMIT left the WAL file larger than it found it (then its fdatasync also
+commits the file's new size to the file system's journal). On the loop it
 times each commit from `commit()` to its answer. Where the store checkpoints
 on its own thread, its checkpoint counters are printed too.
 
@@ -115,6 +117,15 @@ def _timed_checkpoints(spans: list[tuple[float, float, str]]) -> None:
 
 shm: list[Path] = [Path("/nonexistent")]
 inside: list[float] = []  # durations of COMMITs that ran a checkpoint
+grew: list[float] = []  # durations of COMMITs after which the WAL file was larger
+
+
+def _wal_size() -> int:
+    """The WAL file's size (its path beside the wal-index's)."""
+    try:
+        return os.stat(str(shm[0])[: -len("-shm")] + "-wal").st_size
+    except OSError:
+        return 0
 
 
 def _timed_writer(timings: list[tuple[int, float, float, float]]) -> None:
@@ -124,10 +135,11 @@ def _timed_writer(timings: list[tuple[int, float, float, float]]) -> None:
     state: dict[str, float] = {}
 
     def ended(conn: Any) -> None:
-        before = _backfilled(shm[0])
+        before, size = _backfilled(shm[0]), _wal_size()
         t = time.perf_counter()
         end(conn)
         state["inside"] = _backfilled(shm[0]) > before  # this COMMIT checkpointed
+        state["grew"] = _wal_size() > size  # a new file size: fdatasync commits its metadata too
         state["commit"] = time.perf_counter() - t
         state["body"] = t - state["begin"]
         state["end"] = time.perf_counter()
@@ -140,6 +152,8 @@ def _timed_writer(timings: list[tuple[int, float, float, float]]) -> None:
             timings.append((len(pending), state["body"], state["commit"], state["end"]))
             if state["inside"]:
                 inside.append(state["commit"])
+            if state["grew"]:
+                grew.append(state["commit"])
 
     SqliteStorage._write_batch = batch  # type: ignore[method-assign]
     SqliteStorage._end_transaction = staticmethod(ended)  # type: ignore[method-assign]
@@ -219,6 +233,9 @@ def report(
         )
     )
     line(_dist("the writer's waits for the checkpointer's gate", [w * 1000 for w in gate_waits]))
+    line(_dist("COMMITs that grew the WAL file", [c * 1000 for c in grew]))
+    over = sum(c > 0.02 for _, _, c, _ in timings)
+    line(f"COMMITs over 20 ms: {over}, of which {sum(c > 0.02 for c in grew)} grew the WAL file")
     line(f"largest WAL file seen: {wal_max / 2**20:.1f} MB")
     extra = {k: v for k, v in stats.items() if k.startswith("checkpoint") or k.startswith("wal")}
     if extra:
