@@ -14,7 +14,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from waypost.catalog import Catalog, Check, codec, writes
+from waypost.catalog import Catalog, Check, Service, codec, writes
 from waypost.catalog.definitions import CheckRegistration, ServiceRegistration
 from waypost.catalog.model import NODE_MAINT_CHECK_ID, SERF_CHECK_ID, SERVICE_MAINT_PREFIX
 from waypost.catalog.state import Change
@@ -352,20 +352,24 @@ async def test_a_failing_record_listener_stops_nothing(catalog: Catalog) -> None
 async def test_recorded_events_give_the_collector_nothing_to_walk(
     catalog: Catalog, timeline: Timeline
 ) -> None:
-    """Events and their eviction order are held without a tracked object per
-    event: at 1,000 changes/s every such object would sit in the young
-    generation until its next collection, which walks each one (agent/runtime.py)."""
+    """Events, their eviction order and the per-service rings are held
+    without a tracked object per event or per service: at 1,000 changes/s
+    over 10,000 services every such object would sit in the young generation
+    until its next collection, which walks each one, and then in the older
+    ones (agent/runtime.py)."""
     await register(catalog, "a-1", ttl("passing"))
     passing = catalog.state.checks[("n1", "service:a-1")]
     critical = msgspec.structs.replace(passing, status="critical")
     flips = [Change(passing, critical), Change(critical, passing)] * 250
+    others = [Change(None, Service(node="n1", id=f"s{n}", name=f"svc-{n}")) for n in range(300)]
     gc.disable()
     try:
         before = len(gc.get_objects(0))
-        for n, change in enumerate(flips):
+        for n, change in enumerate(flips + others):
             timeline.record(100 + n, [change])
         grown = len(gc.get_objects(0)) - before
     finally:
         gc.enable()
-    assert timeline.statistics()["events"] == 501  # the registration and the 500 flips
-    assert grown < 50  # 500 with a (seq, time, service) tuple per event
+    assert timeline.statistics()["events"] == 801  # the registration, 500 flips, 300 more
+    assert timeline.statistics()["services"] == 301
+    assert grown < 50  # 800: a (seq, time, service) tuple per event, a deque per service

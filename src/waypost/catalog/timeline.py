@@ -33,11 +33,14 @@ Eviction order: `_order` holds the same events in arrival order, so its
 head is always the oldest live event; an event removed early (the per-service
 cap) leaves a stale entry that is skipped when it reaches the head, and the
 list is rebuilt once stale entries outnumber live ones (amortised O(1)).
-It holds the events themselves, not a (seq, time, service) tuple each: a
-`Transition` holds only strings and numbers, so msgspec leaves it untracked by
-the cyclic collector, while every tuple was one more object for the next young
-collection to walk (at 1,000 changes/s most of what it walked; see
-`agent/runtime.py`, `_tune_gc`).
+It holds the events themselves, not a (seq, time, service) tuple each, and
+each service's ring is a dict of seq to event (insertion order is seq
+order), not a deque: a `gc=False` event and a dict of only such events are
+not tracked by the cyclic collector, while every tuple and every deque was
+one more object for its collections to walk (at 1,000 changes/s over 10,000
+services most of what they walked; see `agent/runtime.py`, `_tune_gc`). A
+ring's oldest event is dropped by key when it is the oldest of all, and by
+`next(iter(ring))` under the per-service cap.
 """
 
 from __future__ import annotations
@@ -62,10 +65,12 @@ OUTPUT_LIMIT: Final = 512
 InstanceKey = tuple[str, str]  # (node, service id)
 
 
-class Transition(msgspec.Struct, frozen=True):
+class Transition(msgspec.Struct, frozen=True, gc=False):
     """One event of an instance. `before`/`after` are the check's statuses
     ("" where it did not exist; "maintenance" for maintenance mode); `status`
-    is the instance's own status right after the change ("" once removed)."""
+    is the instance's own status right after the change ("" once removed).
+    `gc=False`: it holds only strings and numbers, and a dict holding only
+    such values is not tracked by the collector either (the rings below)."""
 
     seq: int
     time: float  # unix seconds
@@ -108,7 +113,7 @@ class Timeline:
         self.retention = retention
         self.per_service = per_service
         self.total = total
-        self._rings: dict[str, deque[Transition]] = {}
+        self._rings: dict[str, dict[int, Transition]] = {}  # service -> seq -> event
         self._order: deque[Transition] = deque()
         self._count = 0
         self._seq = itertools.count(1)
@@ -251,13 +256,13 @@ class Timeline:
     def _append(self, event: Transition) -> None:
         ring = self._rings.get(event.service)
         if ring is None:
-            ring = self._rings[event.service] = deque()
-        ring.append(event)
+            ring = self._rings[event.service] = {}
+        ring[event.seq] = event
         self._order.append(event)
         self._count += 1
         self.recorded += 1
         if len(ring) > self.per_service:
-            ring.popleft()  # leaves a stale slot in _order, skipped at the head
+            del ring[next(iter(ring))]  # leaves a stale slot in _order, skipped at the head
             self._count -= 1
         while self._count > self.total:
             self._pop_oldest()
@@ -272,14 +277,13 @@ class Timeline:
     def _pop_oldest(self) -> None:
         oldest = self._order.popleft()
         ring = self._rings.get(oldest.service)
-        if ring and ring[0] is oldest:
-            ring.popleft()
+        if ring is not None and ring.pop(oldest.seq, None) is not None:
             self._count -= 1
             if not ring:
                 del self._rings[oldest.service]
 
     def _rebuild_order(self) -> None:
-        live = (e for ring in self._rings.values() for e in ring)
+        live = (e for ring in self._rings.values() for e in ring.values())
         self._order = deque(sorted(live, key=_seq))
 
     # -- reads ----------------------------------------------------------------
@@ -291,10 +295,10 @@ class Timeline:
         only one instance's with `instance` (and `node`, IDs being per node),
         only those with a seq above `after`."""
         self._expire(self._wall())
-        found = self._rings.get(service, ())
+        found = self._rings.get(service)
         return [
             e
-            for e in found
+            for e in (found.values() if found else ())
             if e.seq > after
             and (not instance or e.instance == instance)
             and (not node or e.node == node)
@@ -304,7 +308,7 @@ class Timeline:
         """Every service's events, oldest first: the newest `limit` above `after`."""
         self._expire(self._wall())
         merged = sorted(
-            (e for ring in self._rings.values() for e in ring if e.seq > after),
+            (e for ring in self._rings.values() for e in ring.values() if e.seq > after),
             key=lambda e: e.seq,
         )
         return merged[-limit:] if limit else merged
