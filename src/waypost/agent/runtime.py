@@ -441,9 +441,9 @@ def _tune_gc() -> None:
     agent's CPU in bench/agent/blocking.py (0.89 s of 3.16 s). (50,000, 20)
     took that to 0.23 s, but a young collection walks every object allocated
     since the last one that is still alive, about 1 µs each on a 1M-instance
-    heap, so each was a pause of 50 ms or more of the loop (the timeline's
-    events alone keep one object per change alive until then). Young
-    collections of 10,000 pause for ~10 ms; the older generations are still
+    heap, so each was a pause of 50 ms or more of the loop under churn.
+    Young collections of 10,000 paused for 1.5-8 ms at 1M instances and
+    1,000 writes/s (docs/benchmarks.md 5b); the older generations are still
     collected every 1,000,000 allocations, as with (50,000, 20), so the
     parked queries' objects are walked no more often than then.
     """
