@@ -457,3 +457,31 @@ async def test_commits_queued_behind_a_txn_being_fenced_go_out_meanwhile() -> No
     assert stuck.fencing.is_set() and not stuck.release.is_set()  # still fencing "u"'s slot
     stuck.release.set()
     await committer.close()
+
+
+async def test_a_spare_still_out_does_not_count_as_the_txn_sent_at_once() -> None:
+    """The head "a" stalls, a spare goes with "b" and stalls too; "a" is answered. With
+    "b" (a spare) the only Txn out, the next commit goes at once as the one
+    Txn sent at once, not as a spare once "b" is overdue: counted, a spare
+    would hold every later commit to its own due."""
+    stuck = Stuck("a", "b", "c")
+    committer = GroupCommitter(stuck.send, stuck.fence, max_inflight=4, max_sending=1, overdue=0.05)
+    head = asyncio.ensure_future(committer.submit(commit("a")))
+    await asyncio.sleep(0)
+    spare = asyncio.ensure_future(committer.submit(commit("b")))
+    for _ in range(500):  # 5 s at most: the spare goes once "a" is overdue
+        if len(stuck.sent) == 2:
+            break
+        await asyncio.sleep(0.01)
+    assert stuck.sent == [["a"], ["b"]]
+    stuck.gates["a"].set()
+    assert await settled([head]) == [1]
+    after = asyncio.ensure_future(committer.submit(commit("c")))
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert stuck.sent[-1] == ["c"], "waited for the spare's due"
+    assert [spare for _, _, spare in committer._sending.values()] == [True, False]
+    stuck.gates["b"].set()
+    stuck.gates["c"].set()
+    assert await settled([spare, after]) == [1, 1]
+    await committer.close()
