@@ -79,17 +79,20 @@ def test_py_consul_over_https_with_the_tests_ca(
     tls_agent: AgentProcess, pki: Pki, unique: str
 ) -> None:
     assert tls_agent.http_url == "" and tls_agent.https_url.startswith("https://127.0.0.1:")
-    c = consul.Consul(
-        host="127.0.0.1", port=port_of(tls_agent.https_url), scheme="https", verify=str(pki.ca_file)
-    )
-    assert c.agent.service.register(unique, service_id=unique, port=80)
-    assert [r["Service"]["ID"] for r in c.health.service(unique)[1]] == [unique]
-    untrusting = consul.Consul(host="127.0.0.1", port=port_of(tls_agent.https_url), scheme="https")
-    with pytest.raises(requests.exceptions.SSLError):
-        untrusting.agent.services()  # the system's CAs do not know the tests' CA
-    plain = consul.Consul(host="127.0.0.1", port=port_of(tls_agent.https_url), scheme="http")
-    with pytest.raises(requests.exceptions.ConnectionError):
-        plain.agent.services()
+    port = port_of(tls_agent.https_url)
+    c = consul.Consul(host="127.0.0.1", port=port, scheme="https", verify=str(pki.ca_file))
+    untrusting = consul.Consul(host="127.0.0.1", port=port, scheme="https")
+    plain = consul.Consul(host="127.0.0.1", port=port, scheme="http")
+    try:
+        assert c.agent.service.register(unique, service_id=unique, port=80)
+        assert [r["Service"]["ID"] for r in c.health.service(unique)[1]] == [unique]
+        with pytest.raises(requests.exceptions.SSLError):
+            untrusting.agent.services()  # the system's CAs do not know the tests' CA
+        with pytest.raises(requests.exceptions.ConnectionError):
+            plain.agent.services()
+    finally:
+        for client in (c, untrusting, plain):  # before the agent stops: see below (10 s)
+            client.http.session.close()
 
 
 def test_client_library_and_cli_honour_consul_cacert(
@@ -200,19 +203,23 @@ def test_client_certificates_when_the_agent_verifies_incoming(pki: Pki) -> None:
         "--dev", "--http", "off", "--https", "127.0.0.1:0", "--dns", "off", *pki.flags(),
         "--tls-ca-file", str(pki.ca_file), "--tls-verify-incoming",
     ).start()  # fmt: skip
+    port = port_of(proc.https_url)
+    with_cert = consul.Consul(
+        host="127.0.0.1", port=port, scheme="https", verify=str(pki.ca_file),
+        cert=(str(pki.client_cert), str(pki.client_key)),
+    )  # fmt: skip
+    without = consul.Consul(host="127.0.0.1", port=port, scheme="https", verify=str(pki.ca_file))
     try:
-        port = port_of(proc.https_url)
-        with_cert = consul.Consul(
-            host="127.0.0.1", port=port, scheme="https", verify=str(pki.ca_file),
-            cert=(str(pki.client_cert), str(pki.client_key)),
-        )  # fmt: skip
         assert with_cert.status.leader()
-        without = consul.Consul(
-            host="127.0.0.1", port=port, scheme="https", verify=str(pki.ca_file)
-        )
         with pytest.raises((requests.exceptions.SSLError, requests.exceptions.ConnectionError)):
             without.status.leader()
     finally:
+        # Closed before the agent stops: an idle keep-alive TLS connection held
+        # open makes its graceful shutdown wait for the client's close_notify
+        # until uvicorn's timeout_graceful_shutdown (10 s), which is not what
+        # these tests check.
+        with_cert.http.session.close()
+        without.http.session.close()
         proc.stop()
 
 
