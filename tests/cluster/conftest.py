@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from typing import Protocol
 
 import pytest
 
@@ -12,7 +13,10 @@ from ..agentproc import AgentProcess
 
 LEASE_TTL = 3  # seconds: short, so a dead agent's node turns critical quickly
 
-AgentFactory = Callable[[str], AgentProcess]
+
+
+class AgentFactory(Protocol):
+    def __call__(self, node: str, *extra: str) -> AgentProcess: ...
 
 
 @pytest.fixture
@@ -23,12 +27,13 @@ def store_url(cluster: etcd_cluster.EtcdCluster) -> str:
 
 @pytest.fixture
 def start_agent(store_url: str) -> Iterator[AgentFactory]:
-    """Start `waypost agent --store <etcd> --node NAME` processes; all stopped after the test."""
+    """Start `waypost agent --store <etcd> --node NAME [EXTRA...]` processes; all
+    stopped after the test."""
     started: list[AgentProcess] = []
 
-    def start(node: str) -> AgentProcess:
+    def start(node: str, *extra: str) -> AgentProcess:
         args = ["--store", store_url, "--node", node, "--http", "127.0.0.1:0"]
-        proc = AgentProcess(*args, "--dns", "127.0.0.1:0").start()
+        proc = AgentProcess(*args, "--dns", "127.0.0.1:0", *extra).start()
         started.append(proc)
         return proc
 

@@ -6,6 +6,7 @@ import threading
 import time
 
 import consul
+import httpx
 import pytest
 
 from ..agentproc import AgentProcess
@@ -13,12 +14,15 @@ from ..wait import until
 from .conftest import LEASE_TTL, AgentFactory
 
 pytestmark = pytest.mark.etcd
+TTL_ONLY = 6  # seconds: see test_kill_9_of_the_owning_agent_releases_its_locks_elsewhere
 
 
-def _clients(start_agent: AgentFactory) -> tuple[AgentProcess, consul.Consul, consul.Consul]:
+def _clients(
+    start_agent: AgentFactory, *extra: str
+) -> tuple[AgentProcess, consul.Consul, consul.Consul]:
     """Two agents, once each sees both nodes' serfHealth passing (a session
     is refused while one of its checks is critical)."""
-    a, b = start_agent("node-a"), start_agent("node-b")
+    a, b = start_agent("node-a", *extra), start_agent("node-b", *extra)
     ca = consul.Consul(host="127.0.0.1", port=a.http_port)
     cb = consul.Consul(host="127.0.0.1", port=b.http_port)
 
@@ -82,9 +86,16 @@ def test_kill_9_of_the_owning_agent_releases_its_locks_elsewhere(
 ) -> None:
     """The session names node-a with serfHealth (the default): once node-a's
     lease lapses, node-b sees serfHealth critical and invalidates it."""
-    a, ca, cb = _clients(start_agent)
+    # A TTL of 6 s (Consul's shortest is 10 s, lowered with the agent's flag;
+    # py-consul refuses less than 10, so that one is created over plain HTTP):
+    # it still outlives node-a's lease (LEASE_TTL + 5 s at most, asserted
+    # below), and its invalidation at 2 x TTL comes 8 s sooner than at 10 s.
+    a, ca, cb = _clients(start_agent, "--session-ttl-min", "1s")
     session = ca.session.create(name="a-lock", lock_delay=0)
-    ttl_only = ca.session.create(name="ttl-only", checks=[], ttl=10, lock_delay=0)
+    body = {"Name": "ttl-only", "Checks": [], "TTL": f"{TTL_ONLY}s", "LockDelay": "0s"}
+    created = httpx.put(f"{a.http_url}/v1/session/create", json=body, timeout=30)
+    assert created.status_code == 200, created.text
+    ttl_only = created.json()["ID"]
     assert ca.kv.put("jobs/leader", "node-a", acquire=session)
     until(lambda: cb.kv.get("jobs/leader")[1] and cb.session.info(ttl_only)[1])
     index, _ = cb.session.info(session)
@@ -101,4 +112,4 @@ def test_kill_9_of_the_owning_agent_releases_its_locks_elsewhere(
     # A session without checks outlives its agent until its TTL lapses (x2),
     # which node-b's timer (started when it saw the session) enforces.
     assert cb.session.info(ttl_only)[1] is not None
-    until(lambda: cb.session.info(ttl_only)[1] is None, timeout=25)
+    until(lambda: cb.session.info(ttl_only)[1] is None, timeout=TTL_ONLY * 2 + 5)
