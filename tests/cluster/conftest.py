@@ -14,7 +14,6 @@ from ..agentproc import AgentProcess
 LEASE_TTL = 3  # seconds: short, so a dead agent's node turns critical quickly
 
 
-
 class AgentFactory(Protocol):
     def __call__(self, node: str, *extra: str) -> AgentProcess: ...
 
