@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
+import sys
 from collections import Counter
 
 import httpx
@@ -51,4 +53,7 @@ if __name__ == "__main__":
     )
     parser.add_argument("--rate", type=int, default=10)
     args = parser.parse_args()
+    # In a container this is PID 1, for which SIGTERM's default action does
+    # nothing: without a handler, `docker-compose down` waited its 10 s, then killed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     asyncio.run(main(args.agent, args.rate))
