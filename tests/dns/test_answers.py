@@ -122,11 +122,14 @@ def test_answers_are_shuffled_evenly(agent: AgentProcess, svc: str) -> None:
     assert min(first.values()) >= 20, first  # rotations: every instance leads about 40 times
 
 
-@pytest.fixture
-def fifty(agent: AgentProcess, svc: str) -> str:
+@pytest.fixture(scope="module")
+def fifty(agent: AgentProcess) -> str:
+    """Fifty instances of one service, registered once for the module: the
+    tests that use it only query it (registering them per test cost 2-3 s each)."""
+    name = "dnsfifty"  # no other test registers it (their names are dns<N>)
     for n in range(1, 51):
-        register(agent, instance(svc, n, f"10.8.0.{n}"))
-    return svc
+        register(agent, instance(name, n, f"10.8.0.{n}"))
+    return name
 
 
 def test_udp_truncates_to_512_and_tcp_carries_everything(agent: AgentProcess, fifty: str) -> None:
