@@ -91,7 +91,7 @@ def test_py_consul_over_https_with_the_tests_ca(
         with pytest.raises(requests.exceptions.ConnectionError):
             plain.agent.services()
     finally:
-        for client in (c, untrusting, plain):  # before the agent stops: see below (10 s)
+        for client in (c, untrusting, plain):  # before the agent stops: see below
             client.http.session.close()
 
 
@@ -214,10 +214,9 @@ def test_client_certificates_when_the_agent_verifies_incoming(pki: Pki) -> None:
         with pytest.raises((requests.exceptions.SSLError, requests.exceptions.ConnectionError)):
             without.status.leader()
     finally:
-        # Closed before the agent stops: an idle keep-alive TLS connection held
-        # open makes its graceful shutdown wait for the client's close_notify
-        # until uvicorn's timeout_graceful_shutdown (10 s), which is not what
-        # these tests check.
+        # Closed before the agent stops: at SIGTERM an idle keep-alive TLS
+        # connection held open gets 1 s for its close_notify (protocol.py;
+        # 10 s before that bound), which is not what these tests check.
         with_cert.http.session.close()
         without.http.session.close()
         proc.stop()
