@@ -11,18 +11,21 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import trustme
 import uvicorn
 from uvicorn.server import ServerState
 
 from waypost.api import wire
-from waypost.api.protocol import guarded_protocol
+from waypost.api.protocol import CLOSE_GRACE, guarded_protocol
 
+from ..wait import until
 from .test_protocol_scope import Transport
 
 READ_TIMEOUT = 0.3
@@ -176,3 +179,57 @@ async def test_a_request_we_left_unread_behind_a_parked_query_keeps_its_connecti
     assert transport.paused and len(protocol.pipeline) == 1
     await asyncio.sleep(0.6)
     assert not transport.closed
+
+
+BIG = 4 * 1024 * 1024
+
+
+async def big(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    headers = [(b"content-length", str(BIG).encode())]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": b"x" * BIG})
+
+
+def test_a_shutdown_cuts_a_tls_socket_only_after_its_answer_is_sent(tmp_path: Any) -> None:
+    """At shutdown a TLS connection the agent closes is cut CLOSE_GRACE after
+    its transport has handed its last byte on (a peer that never answers
+    close_notify must not hold the shutdown), never while it still holds
+    part of an answer: a slow reader of 4 MiB that reads nothing for longer
+    than the grace still gets all of it."""
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "cert.pem"))
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(
+        big,
+        http=guarded_protocol(READ_TIMEOUT),
+        lifespan="off",
+        log_level="warning",
+        ssl_certfile=str(tmp_path / "cert.pem"),
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[sock])))
+    thread.start()
+    try:
+        until(lambda: server.started, timeout=10, interval=0.01)
+        raw = socket.socket()
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # the answer stays queued
+        raw.connect(sock.getsockname())
+        context = ssl.create_default_context()
+        ca.configure_trust(context)
+        with context.wrap_socket(raw, server_hostname="127.0.0.1") as conn:
+            conn.sendall(REQUEST)
+            got = conn.recv(4096)
+            server.should_exit = True  # the answer was handed over whole: uvicorn closes it
+            time.sleep(CLOSE_GRACE * 1.5)
+            conn.settimeout(10)
+            while chunk := conn.recv(65536):
+                got += chunk
+        body = len(got.partition(b"\r\n\r\n")[2])
+        assert body == BIG
+        thread.join(10)
+        assert not thread.is_alive()  # and the server did stop
+    finally:
+        server.should_exit = True
+        thread.join(10)

@@ -389,30 +389,42 @@ class FastReads:
         ready: list[_Query] = []
         pres: list[_Prebuilt] = []
         todo = list(groups)  # a query whose key changed is appended as a group of its own
-        for seen, parked in todo:
-            pre: _Prebuilt | _Packing | None = None
-            for query in parked:
-                cycle = query.cycle
-                transport = cycle.transport
-                if cycle.disconnected or transport.is_closing():
-                    continue
-                if seen[0][1] is not cycle.keep_alive:  # answer_now re-keys first: be sure
-                    todo.append((query.keyed(), (query,)))  # its own answer (seen: its topics')
-                    continue
-                if pre is None:
-                    pre = self._prebuilt_for(query, seen[0], health)
-                if isinstance(pre, _Packing):
-                    pre.waiting.append(query)  # answered once its body is compressed
-                    continue
-                # Batch.add, inline: this runs 10,000 times before the first send.
-                if beside and query.fd >= 0 and not transport.get_write_buffer_size():
-                    fds.append(query.fd)
-                    datas.append(pre.data)
-                    owners.append(transport)
-                else:
-                    transport.write(pre.data)
-                ready.append(query)
-                pres.append(pre)
+        packings: list[_Packing] = []
+        try:
+            for seen, parked in todo:
+                pre: _Prebuilt | _Packing | None = None
+                for query in parked:
+                    cycle = query.cycle
+                    transport = cycle.transport
+                    if cycle.disconnected or transport.is_closing():
+                        continue
+                    if seen[0][1] is not cycle.keep_alive:  # answer_now re-keys first: be sure
+                        todo.append((query.keyed(), (query,)))  # its own answer (seen: its topics')
+                        continue
+                    if pre is None:
+                        pre = self._prebuilt_for(query, seen[0], health)
+                        if isinstance(pre, _Packing):
+                            packings.append(pre)
+                    if isinstance(pre, _Packing):
+                        pre.waiting.append(query)  # answered once its body is compressed
+                        continue
+                    # Batch.add, inline: this runs 10,000 times before the first send.
+                    if beside and query.fd >= 0 and not transport.get_write_buffer_size():
+                        fds.append(query.fd)
+                        datas.append(pre.data)
+                        owners.append(transport)
+                    else:
+                        transport.write(pre.data)
+                    ready.append(query)
+                    pres.append(pre)
+        except BaseException:
+            # Some answers may be written already (through their transports):
+            # those queries, and those waiting for a compression, leave the
+            # wheel now, so that their expiry cannot answer them a second
+            # time; the others stay parked and are answered when their wait ends.
+            answered = ready + [q for packing in packings for q in packing.waiting]
+            self._write(batch, ready, pres, [q for q in answered if q.slot] if unpark else ())
+            raise
         self._write(batch, ready, pres, (q for _, g in groups for q in g) if unpark else ())
 
     def _write(

@@ -48,6 +48,8 @@ from .fastwrite import FastWrites, Pending
 LOST = "waypost.connection_lost"
 #: seconds a TLS peer gets to answer our close_notify before the socket is cut (_close)
 CLOSE_GRACE = 1.0
+#: how often a closing TLS connection still sending its answer is looked at again
+DRAIN_POLL = 0.1
 _TOO_MANY = (
     b"HTTP/1.1 429 Too Many Requests\r\ncontent-type: text/plain; charset=utf-8\r\n"
     b"connection: close\r\ncontent-length: %d\r\n\r\n%s"
@@ -154,7 +156,7 @@ def guarded_protocol(
                 fast.answer_now(self._parked)
             super().shutdown()
             if self._tls:  # closed now if idle, else once its answer is sent
-                self.loop.call_later(CLOSE_GRACE, self._abort)
+                self._abort_when_sent()
 
         def _close(self) -> None:
             """Close the connection from our side.
@@ -169,15 +171,21 @@ def guarded_protocol(
             CLOSE_GRACE to answer, then the socket is cut."""
             self.transport.close()
             if self._tls:
-                self.loop.call_later(CLOSE_GRACE, self._abort)
+                self._abort_when_sent()
 
-        def _abort(self) -> None:
+        def _abort_when_sent(self, sent: bool = False) -> None:
+            """Cut the socket CLOSE_GRACE after the transport, closing, has
+            handed the last of its answer on: never while it still holds some
+            (a slow reader's large answer at shutdown). asyncio's own
+            ssl_shutdown_timeout still bounds a peer that reads nothing."""
             if self._lost.done():
                 return
-            if self.transport.is_closing():
+            if not self.transport.is_closing() or self.transport.get_write_buffer_size():
+                self.loop.call_later(DRAIN_POLL, self._abort_when_sent)  # still answering
+            elif sent:
                 self.transport.abort()
-            else:  # still answering its last request (a shutdown): look again
-                self.loop.call_later(CLOSE_GRACE, self._abort)
+            else:
+                self.loop.call_later(CLOSE_GRACE, self._abort_when_sent, True)
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
