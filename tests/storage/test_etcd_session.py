@@ -108,3 +108,21 @@ async def test_a_read_or_lease_grant_refused_as_busy_is_retried() -> None:
     finally:
         await session.close()
     assert result == "response" and etcd.attempts == 3
+
+
+@pytest.mark.parametrize(
+    "answer,unknown",
+    [((Code.UNAVAILABLE, "etcdserver: no leader"), False), (LOST, True)],
+    ids=["no-leader", "answer-lost"],
+)
+async def test_at_the_deadline_only_a_write_that_may_have_been_applied_is_unknown(
+    answer: tuple[grpc.StatusCode, str], unknown: bool
+) -> None:
+    """"no leader" comes before the proposal: a write that only ever got it
+    was not made (StoreUnavailable), while a lost answer may have been applied
+    (OutcomeUnknown), though both are UNAVAILABLE-class errors retried alike."""
+    etcd = Etcd(answer)
+    with pytest.raises(StoreUnavailable) as info:
+        await asyncio.wait_for(write(etcd, timeout=0.3), 10)
+    assert isinstance(info.value, OutcomeUnknown) is unknown, info.value
+    assert etcd.attempts >= 2
