@@ -118,7 +118,7 @@ async def test_a_read_or_lease_grant_refused_as_busy_is_retried() -> None:
 async def test_at_the_deadline_only_a_write_that_may_have_been_applied_is_unknown(
     answer: tuple[grpc.StatusCode, str], unknown: bool
 ) -> None:
-    """"no leader" comes before the proposal: a write that only ever got it
+    """etcd's "no leader" comes before the proposal: a write that only got it
     was not made (StoreUnavailable), while a lost answer may have been applied
     (OutcomeUnknown), though both are UNAVAILABLE-class errors retried alike."""
     etcd = Etcd(answer)
