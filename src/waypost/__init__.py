@@ -3,9 +3,16 @@
 The agent (`waypost agent`) is a Consul-compatible registry with health checks
 and DNS; the client library (`waypost.AsyncDiscovery`, `waypost.ServiceClient`,
 ...) finds healthy instances and balances requests across them.
+
+The client's names are imported on first use (PEP 562 module `__getattr__`):
+every `waypost ...` command imports this package, and most of them (the agent,
+`services`, `--help`) never use the client library, which costs a tenth of a
+second to import (httpx, asyncio, the balancers).
 """
 
 from __future__ import annotations
+
+import typing
 
 from ._exceptions import (
     CircuitOpen,
@@ -21,18 +28,37 @@ from ._exceptions import (
     ValidationError,
     WaypostError,
 )
-from .client import (
-    AsyncDiscovery,
-    AsyncServiceClient,
-    AsyncTransport,
-    Discovery,
-    HttpCheck,
-    Instance,
-    Registration,
-    ServiceClient,
-    TcpCheck,
-    Transport,
-    TtlCheck,
+
+if typing.TYPE_CHECKING:
+    from .client import (
+        AsyncDiscovery,
+        AsyncServiceClient,
+        AsyncTransport,
+        Discovery,
+        HttpCheck,
+        Instance,
+        Registration,
+        ServiceClient,
+        TcpCheck,
+        Transport,
+        TtlCheck,
+    )
+
+# The names `__getattr__` loads from waypost.client.
+_CLIENT = frozenset(
+    {
+        "AsyncDiscovery",
+        "AsyncServiceClient",
+        "AsyncTransport",
+        "Discovery",
+        "HttpCheck",
+        "Instance",
+        "Registration",
+        "ServiceClient",
+        "TcpCheck",
+        "Transport",
+        "TtlCheck",
+    }
 )
 
 __version__ = "0.1.0"
@@ -63,3 +89,17 @@ __all__ = [
     "WaypostError",
     "__version__",
 ]
+
+
+def __getattr__(name: str) -> typing.Any:
+    if name in _CLIENT:
+        from . import client
+
+        value = getattr(client, name)
+        globals()[name] = value  # found once, then a plain attribute
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | _CLIENT)

@@ -1,8 +1,20 @@
-"""The registry core: records, the indexed in-memory state, watches, the catalog."""
+"""The registry core: records, the indexed in-memory state, watches, the catalog.
 
-from .catalog import Catalog
+`Catalog` and `State` are imported on first use (PEP 562 module `__getattr__`):
+the records (catalog/model.py) are light, but the catalog pulls in storage and
+the write plans, which `waypost services` (it only ranks check statuses) must
+not pay for at start-up.
+"""
+
+from __future__ import annotations
+
+import typing
+
 from .model import Check, CheckDefinition, Node, Service, ServiceAddress, Weights
-from .state import State
+
+if typing.TYPE_CHECKING:
+    from .catalog import Catalog
+    from .state import State
 
 __all__ = [
     "Catalog",
@@ -14,3 +26,15 @@ __all__ = [
     "State",
     "Weights",
 ]
+
+
+def __getattr__(name: str) -> typing.Any:
+    if name == "Catalog":
+        from .catalog import Catalog
+
+        return Catalog
+    if name == "State":
+        from .state import State
+
+        return State
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

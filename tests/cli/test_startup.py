@@ -1,0 +1,58 @@
+"""What `waypost` imports before it runs a command: only what that command needs.
+
+Every command pays its imports before doing anything, so a client command
+(`services`, `--help`) must not load the agent's runtime (uvicorn, the API,
+storage), the mesh's gRPC or the Kubernetes code; only `waypost agent`,
+`connect`/`gateway` and `k8s-sync` do, inside their own functions. Checked on
+`sys.modules` in a fresh interpreter, not on the clock, so it is load-proof.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+# Loaded only by the commands that run them: the agent (its runtime, the web
+# server, the API, storage, the health checker, DNS, the UI), the mesh (gRPC,
+# the Envoy bootstrap), Kubernetes, and the client library (only the demo).
+HEAVY = (
+    "waypost.agent.runtime",
+    "waypost.api",
+    "waypost.storage",
+    "waypost.health",
+    "waypost.dns",
+    "waypost.ui",
+    "waypost.mesh",
+    "waypost.kubernetes",
+    "waypost._kube",
+    "waypost.client",
+    "uvicorn",
+    "grpc",
+    "prometheus_client",
+)
+
+# Build the parser and parse a command line (what every command does first),
+# then list what got imported.
+PROBE = """
+import json, sys
+from waypost.cli.main import build_parser
+build_parser().parse_args(sys.argv[1:])
+print(json.dumps(sorted(sys.modules)))
+"""
+
+
+def imported(*argv: str) -> set[str]:
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, *argv], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    return set(json.loads(done.stdout))
+
+
+def heavy(modules: set[str]) -> list[str]:
+    return sorted(m for m in modules if any(m == h or m.startswith(h + ".") for h in HEAVY))
+
+
+def test_a_client_command_imports_no_agent_mesh_kubernetes_or_client_code() -> None:
+    assert heavy(imported("services", "-http-addr", "127.0.0.1:1")) == []
