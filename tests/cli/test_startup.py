@@ -15,7 +15,8 @@ import sys
 
 # Loaded only by the commands that run them: the agent (its runtime, the web
 # server, the API, storage, the health checker, DNS, the UI), the mesh (gRPC,
-# the Envoy bootstrap), Kubernetes, and the client library (only the demo).
+# the Envoy bootstrap), Kubernetes, the client library (only the demo), and
+# httpx (loaded when a command first sends a request, not to parse its flags).
 HEAVY = (
     "waypost.agent.runtime",
     "waypost.api",
@@ -30,6 +31,7 @@ HEAVY = (
     "uvicorn",
     "grpc",
     "prometheus_client",
+    "httpx",
 )
 
 # Build the parser and parse a command line (what every command does first),

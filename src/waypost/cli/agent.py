@@ -8,7 +8,6 @@ so `--node 'a b'` and `node = "a b"` fail alike, naming the flag or the file.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
 from typing import Any
@@ -18,7 +17,6 @@ import msgspec
 from .._exceptions import ConfigError
 from ..agent import AgentConfig
 from ..agent.config import LOG_LEVELS, AclSettings, flag_name, load_config_file, validate
-from ..agent.logs import setup as setup_logging
 
 log = logging.getLogger("waypost.agent")
 
@@ -210,7 +208,12 @@ def agent_config(args: argparse.Namespace) -> AgentConfig:
 
 
 def run_agent(config: AgentConfig) -> int:
+    # Imported here, not with the module: the parser is built for every
+    # command, and only this one runs an event loop and the agent's runtime.
+    import asyncio
+
     from ..agent import Agent
+    from ..agent.logs import setup as setup_logging
 
     setup_logging(config.log_level, config.log_json)
     try:

@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
-
-import httpx
 
 from .. import _tls
 from .._exceptions import ConfigError, WaypostError
+
+# httpx (~60 ms to import) is loaded by the methods that send requests, not with
+# the module: `waypost agent` and `--help` import this module for its defaults.
+if TYPE_CHECKING:
+    import httpx
 
 DEFAULT_ADDR = "127.0.0.1:8500"
 ADDR_ENV = "CONSUL_HTTP_ADDR"
@@ -72,6 +75,8 @@ class AgentClient:
         self.token = _tls.token(token, environ, token_file) or ""
         headers = {"X-Consul-Token": self.token} if self.token else {}
         options: Any = _tls.client_options(self.base, environ)
+        import httpx
+
         self.http = httpx.Client(base_url=self.base, headers=headers, timeout=timeout, **options)
 
     def __enter__(self) -> AgentClient:
@@ -95,6 +100,8 @@ class AgentClient:
 
     def request(self, method: str, path: str, **kw: Any) -> tuple[Any, httpx.Response]:
         """Raises AgentError, saying what went wrong in words an operator can act on."""
+        import httpx
+
         kw = {k: v for k, v in kw.items() if not (k == "timeout" and v is None)}
         try:
             response = self.http.request(method, path, **kw)
@@ -132,6 +139,8 @@ def _is_json(response: httpx.Response) -> bool:
 
 
 def _reason(exc: httpx.HTTPError) -> str:
+    import httpx
+
     if "SSL" in str(exc) or "CERTIFICATE" in str(exc):  # httpx reports TLS failures as ConnectError
         return (
             f"TLS: {exc} (CONSUL_CACERT names the CA that signed the agent's certificate; "
