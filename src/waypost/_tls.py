@@ -66,8 +66,17 @@ def verify(environ: Mapping[str, str] = os.environ) -> ssl.SSLContext:
 
 
 def client_options(url: str, environ: Mapping[str, str] = os.environ) -> dict[str, object]:
-    """httpx client arguments for an agent at `url` (`verify=` for https:// only)."""
-    return {"verify": verify(environ)} if url.startswith("https://") else {}
+    """httpx client arguments for an agent at `url`: `verify=` the agent's TLS
+    context for https://; for http://, a context that trusts no CA at all.
+
+    httpx's default context loads certifi's whole bundle (~75 ms, most of a
+    `waypost services` run) for a client that never speaks TLS to a plain-HTTP
+    agent; an empty context is nearly free, and should an https:// URL ever
+    reach it, verification fails instead of trusting anyone.
+    """
+    if url.startswith("https://"):
+        return {"verify": verify(environ)}
+    return {"verify": ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)}  # CERT_REQUIRED, no CAs
 
 
 def token(

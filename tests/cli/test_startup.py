@@ -10,8 +10,11 @@ storage), the mesh's gRPC or the Kubernetes code; only `waypost agent`,
 from __future__ import annotations
 
 import json
+import ssl
 import subprocess
 import sys
+
+from waypost import _tls
 
 # Loaded only by the commands that run them: the agent (its runtime, the web
 # server, the API, storage, the health checker, DNS, the UI), the mesh (gRPC,
@@ -58,3 +61,13 @@ def heavy(modules: set[str]) -> list[str]:
 
 def test_a_client_command_imports_no_agent_mesh_kubernetes_or_client_code() -> None:
     assert heavy(imported("services", "-http-addr", "127.0.0.1:1")) == []
+
+
+def test_a_plain_http_agent_client_loads_no_ca_bundle_and_trusts_no_one() -> None:
+    # httpx's default context reads certifi's bundle (~75 ms per command);
+    # a client of an http:// agent never uses TLS, so it gets an empty one
+    # that still verifies (CERT_REQUIRED, hostname checked): it trusts nothing.
+    context = _tls.client_options("http://127.0.0.1:8501")["verify"]
+    assert isinstance(context, ssl.SSLContext)
+    assert context.cert_store_stats()["x509_ca"] == 0
+    assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
