@@ -38,18 +38,19 @@ HEAVY = (
 )
 
 # Build the parser and parse a command line (what every command does first),
-# then list what got imported.
+# run `then`, and list what got imported.
 PROBE = """
 import json, sys
 from waypost.cli.main import build_parser
-build_parser().parse_args(sys.argv[1:])
+build_parser().parse_args(sys.argv[2:])
+exec(sys.argv[1])
 print(json.dumps(sorted(sys.modules)))
 """
 
 
-def imported(*argv: str) -> set[str]:
+def imported(*argv: str, then: str = "") -> set[str]:
     done = subprocess.run(
-        [sys.executable, "-c", PROBE, *argv], capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", PROBE, then, *argv], capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0, done.stderr
     return set(json.loads(done.stdout))
@@ -61,6 +62,13 @@ def heavy(modules: set[str]) -> list[str]:
 
 def test_a_client_command_imports_no_agent_mesh_kubernetes_or_client_code() -> None:
     assert heavy(imported("services", "-http-addr", "127.0.0.1:1")) == []
+
+
+def test_the_agent_loads_its_runtime_but_not_the_client_library_or_httpx() -> None:
+    # The suite starts dozens of agents, each `python -m waypost.cli.main agent`.
+    loaded = imported("agent", "--dev", then="import waypost.agent.runtime")
+    assert "uvicorn" in loaded  # the probe did import the runtime
+    assert [m for m in heavy(loaded) if m.startswith(("waypost.client", "httpx"))] == []
 
 
 def test_a_plain_http_agent_client_loads_no_ca_bundle_and_trusts_no_one() -> None:
