@@ -50,15 +50,12 @@ def wall(tree: str, *argv: str) -> float:
     return time.perf_counter() - start
 
 
-def instructions(tree: str) -> int:
+def instructions(tree: str, *argv: str) -> int:
+    """The whole process's instructions: interpreter start, imports, the command."""
     with tempfile.TemporaryDirectory(prefix="waypost-bench-cli-") as tmp:
         out = f"{tmp}/callgrind.out"
-        run(
-            tree,
-            *CLI,
-            "--help",
-            prefix=("valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"),
-        )
+        grind = ("valgrind", "--tool=callgrind", f"--callgrind-out-file={out}")
+        run(tree, *CLI, *argv, prefix=grind)
         totals = [
             r for r in Path(out).read_text().splitlines() if r.startswith(("summary:", "totals:"))
         ]
