@@ -89,7 +89,8 @@ class AgentApp:
             response = await handler(request, rest)
         except Exception as exc:  # every error becomes an answer, never a dropped connection
             response = http.error_response(exc)
-        await compress.encode_off_loop(response, compress.accepts_gzip(request.headers))
+        if not compress.vary_only(response):
+            await compress.encode_off_loop(response, compress.accepts_gzip(request.headers))
         if request.method == "HEAD":
             response.body = b""
         self.metrics.observe(request.method, response.status, time.perf_counter() - started)
