@@ -92,12 +92,35 @@ def client_of(transport: asyncio.BaseTransport) -> str:
     return str(peer[0]) if isinstance(peer, tuple) and peer else ""
 
 
+URLS_LIMIT = 4096  # request targets remembered per protocol class
+URL_KEPT_BYTES = 512  # a longer target is parsed every time, not kept
+
+
+def _parse_target(target: bytes, root: str) -> tuple[str, bytes, bytes]:
+    """`scope`'s path, raw_path and query_string of a request target, as
+    uvicorn's on_headers_complete computes them."""
+    url = httptools.parse_url(target)
+    raw_path: bytes = url.path
+    path = raw_path.decode("ascii")
+    if "%" in path:
+        path = urllib.parse.unquote(path)
+    return root + path, root.encode("ascii") + raw_path if root else raw_path, url.query or b""
+
+
 def guarded_protocol(
     read_timeout: float,
     limiter: ConnectionLimiter | None = None,
     fast: FastReads | None = None,
     writes: FastWrites | None = None,
 ) -> type[HttpToolsProtocol]:
+    # Request target -> (path, raw_path, query_string), as uvicorn derives
+    # them: clients send the same few targets again and again (a registration,
+    # a health read), and parsing one (httptools.parse_url, the decode, the
+    # root path) was ~2k instructions of every request. Keyed by the target
+    # and the root path. A target that does not parse is not kept (it raises
+    # as before).
+    urls: dict[tuple[bytes, str], tuple[str, bytes, bytes]] = {}
+
     class GuardedHttpToolsProtocol(HttpToolsProtocol):
         _deadline: asyncio.TimerHandle | None = None  # the one timer (see _arm)
         _fires_at = 0.0  # when it fires
@@ -239,15 +262,15 @@ def guarded_protocol(
                 scope["http_version"] = version
             if parser.should_upgrade() and self._should_upgrade():
                 return  # data_received hands the connection to the websocket protocol
-            url = httptools.parse_url(self.url)
-            raw_path: bytes = url.path
-            path = raw_path.decode("ascii")
-            if "%" in path:
-                path = urllib.parse.unquote(path)
-            root = self.root_path
-            scope["path"] = root + path
-            scope["raw_path"] = root.encode("ascii") + raw_path if root else raw_path
-            scope["query_string"] = url.query or b""
+            target = (self.url, self.root_path)
+            parsed = urls.get(target)
+            if parsed is None:
+                parsed = _parse_target(*target)
+                if len(self.url) <= URL_KEPT_BYTES:  # the table stays small whatever comes
+                    if len(urls) >= URLS_LIMIT:
+                        urls.clear()  # targets are the clients'
+                    urls[target] = parsed
+            scope["path"], scope["raw_path"], scope["query_string"] = parsed
             app: Any = self.app
             limit = self.limit_concurrency
             if limit is not None and (len(self.connections) >= limit or len(self.tasks) >= limit):
