@@ -89,8 +89,10 @@ class AgentApp:
             response = await handler(request, rest)
         except Exception as exc:  # every error becomes an answer, never a dropped connection
             response = http.error_response(exc)
-        if not compress.vary_only(response):
+        if response.body:
             await compress.encode_off_loop(response, compress.accepts_gzip(request.headers))
+        else:  # compress.vary_only, inline (most writes): no Accept-Encoding walk
+            response.headers.append(compress.VARY)
         if request.method == "HEAD":
             response.body = b""
         self.metrics.observe(request.method, response.status, time.perf_counter() - started)

@@ -77,7 +77,8 @@ class FastWrites:
         scope: dict[str, Any] = cycle.scope  # type: ignore[assignment]
         if scope["method"] != "PUT":
             return None
-        route = self._route(scope["path"])
+        path, routes = scope["path"], self._routes
+        route = routes[path] if path in routes else self._route(path)  # a seen path: no call
         if route is None:
             return None
         if (

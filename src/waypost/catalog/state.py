@@ -116,7 +116,11 @@ class State:
         self._start_lock_delays(entries)
         report = changes is not None  # nobody listens (a replay, no timeline): no Change built
         for entry in entries:
-            change = self._apply_safely(index, entry, touched, woken, report)
+            try:  # an unreadable entry is skipped, not the rest of the batch
+                change = self._apply_one(index, entry, touched, woken, report)
+            except (msgspec.DecodeError, KeyError, ValueError, IndexError) as exc:
+                log.error("skipping unreadable stored entry %r: %s", entry.key, exc)
+                continue
             if changes is not None and change is not None:
                 changes.append(change)
         self.index = max(self.index, index)
@@ -142,15 +146,6 @@ class State:
                 session = self.sessions.get(entry.key[len(SESSION_PREFIX) :])
                 if session is not None:
                     self.kv.start_lock_delay(session.id, session.lock_delay)
-
-    def _apply_safely(
-        self, index: int, entry: Entry, touched: set[Topic], woken: set[Topic], report: bool
-    ) -> Change | None:
-        try:
-            return self._apply_one(index, entry, touched, woken, report)
-        except (msgspec.DecodeError, KeyError, ValueError, IndexError) as exc:
-            log.error("skipping unreadable stored entry %r: %s", entry.key, exc)
-            return None
 
     def _apply_one(
         self, index: int, entry: Entry, touched: set[Topic], woken: set[Topic], report: bool

@@ -523,35 +523,40 @@ class SqliteStorage(Storage):
             log.debug("the sqlite store %s: answers dropped, the loop is closed", self.path)
 
     def _answer(self, answers: list[tuple[_Pending, int | StorageError]]) -> None:
-        """On the loop: an index is applied to the catalog, then returned; an error raised."""
+        """On the loop: an index is applied to the catalog, then returned; an
+        error raised. Each commit's delivery inline: this runs once per commit."""
+        apply = self._apply
         for pending, outcome in answers:
-            if isinstance(outcome, int):
-                self._deliver(pending, outcome)
-            else:
+            if not isinstance(outcome, int):
                 _fail(pending.future, outcome)
+            elif apply is None:
+                if not pending.future.done():
+                    pending.future.set_result(outcome)
+            else:  # _deliver's common case inline: once per commit
+                try:
+                    apply(outcome, pending.ops)
+                except Exception as exc:
+                    self._undelivered(pending, outcome, exc)
+                    continue
+                if not pending.future.done():
+                    pending.future.set_result(outcome)
 
-    def _deliver(self, pending: _Pending, index: int) -> None:
-        """On the loop: apply a durable commit to the catalog, then answer the caller."""
-        try:
-            if self._apply is not None:
-                self._apply(index, pending.ops)
-        except Exception as exc:
-            log.exception(
-                "the sqlite store %s stored a commit at index %d that the catalog could not "
-                "apply; restart the agent to reload the catalog from the store",
-                self.path,
-                index,
-            )
-            _fail(
-                pending.future,
-                StorageError(
-                    f"the write is stored at index {index} but could not be applied to the "
-                    f"catalog ({type(exc).__name__}: {exc}): restart the agent to reload it"
-                ),
-            )
-            return
-        if not pending.future.done():
-            pending.future.set_result(index)
+    def _undelivered(self, pending: _Pending, index: int, exc: Exception) -> None:
+        """On the loop, inside the handler of `exc`: a durable commit the
+        catalog could not apply is logged and its caller told."""
+        log.exception(
+            "the sqlite store %s stored a commit at index %d that the catalog could not "
+            "apply; restart the agent to reload the catalog from the store",
+            self.path,
+            index,
+        )
+        _fail(
+            pending.future,
+            StorageError(
+                f"the write is stored at index {index} but could not be applied to the "
+                f"catalog ({type(exc).__name__}: {exc}): restart the agent to reload it"
+            ),
+        )
 
 
 def _disk_full(exc: Exception) -> bool:
