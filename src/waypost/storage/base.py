@@ -36,7 +36,7 @@ The contract, in order of importance:
 from __future__ import annotations
 
 import abc
-from collections.abc import Awaitable, Sequence
+from collections.abc import Sequence
 from typing import Protocol
 
 import msgspec
@@ -108,10 +108,9 @@ class Storage(abc.ABC):
     shared: bool = False
 
     @abc.abstractmethod
-    def commit(self, ops: list[Entry], conditions: Sequence[Condition] = ()) -> Awaitable[int]:
+    async def commit(self, ops: list[Entry], conditions: Sequence[Condition] = ()) -> int:
         """Make `ops` durable as one batch, if every condition holds, and return
-        the index it was given. Awaitable: a coroutine, or (sqlite) the commit's
-        own future, its errors raised when awaited either way.
+        the index it was given.
 
         Raises:
             Conflict: a condition did not hold; nothing was written, and the

@@ -232,24 +232,21 @@ class SqliteStorage(Storage):
         if not applied:
             apply(self._index, [])
 
-    def commit(self, ops: list[Entry], conditions: Sequence[Condition] = ()) -> asyncio.Future[int]:
-        """The commit's own future, not a coroutine awaiting it: every write
-        awaits this, and a coroutine frame less is one less to make and to
-        pass the answer through. A commit refused here is a future failed at
-        once: raised when awaited, as from a coroutine (an answer after the
-        deadline is dropped, not its apply)."""
+    async def commit(self, ops: list[Entry], conditions: Sequence[Condition] = ()) -> int:
         loop = asyncio.get_running_loop()
         pending = _Pending(ops, tuple(conditions), loop, COMMIT_TIMEOUT)
         with self._lock:
-            if (
-                self._thread is None
-                or self._closing
-                or loop is not self._loop
-                or self._writer_exited
-                or self._waiting >= MAX_QUEUED
-            ):
-                pending.future.set_exception(self._refusal(loop))
-                return pending.future
+            if self._thread is None or self._closing:
+                raise StorageError(f"the sqlite store {self.path} is closed")
+            if loop is not self._loop:  # apply() must run where the catalog lives
+                raise StorageError(f"the sqlite store {self.path} was opened on another event loop")
+            if self._writer_exited:  # cannot happen; if it does, say so at once
+                raise StorageError(f"the sqlite store {self.path} has no writer: restart the agent")
+            if self._waiting >= MAX_QUEUED:
+                raise StoreBusy(
+                    f"the sqlite store {self.path} already has {self._waiting} commits waiting "
+                    "to be written: this one was not queued (the disk is slow or stuck)"
+                )
             self._queue.append(pending)
             self._waiting += 1
             if len(self._queue) > 2 * MAX_QUEUED:  # mostly expired: drop them
@@ -257,22 +254,7 @@ class SqliteStorage(Storage):
             if self._writer_idle:  # a busy writer takes it when it next looks
                 self._wakeup.notify()
         self._track(pending)
-        return pending.future
-
-    def _refusal(self, loop: asyncio.AbstractEventLoop) -> StorageError:
-        """Why a commit cannot be queued now (under the lock)."""
-        if self._thread is None or self._closing:
-            return StorageError(f"the sqlite store {self.path} is closed")
-        if loop is not self._loop:  # apply() must run where the catalog lives
-            return StorageError(f"the sqlite store {self.path} was opened on another event loop")
-        if self._writer_exited:  # cannot happen; if it does, say so at once
-            return StorageError(f"the sqlite store {self.path} has no writer: restart the agent")
-        if self._waiting >= MAX_QUEUED:
-            return StoreBusy(
-                f"the sqlite store {self.path} already has {self._waiting} commits waiting "
-                "to be written: this one was not queued (the disk is slow or stuck)"
-            )
-        return StorageError(f"the sqlite store {self.path} cannot take commits")  # unreachable
+        return await pending.future  # an answer after the deadline is dropped (not its apply)
 
     def _track(self, pending: _Pending) -> None:
         """Watch a new commit's deadline. One timer for the oldest, not one per
