@@ -261,6 +261,8 @@ def _weights_of(body: ServiceRegistration) -> Weights:
 
 
 def _tagged_of(body: ServiceRegistration) -> dict[str, ServiceAddress]:
+    if not body.taggedaddresses:  # most bodies: no comprehension frame for nothing
+        return {}
     return {k: ServiceAddress(v.address, v.port) for k, v in body.taggedaddresses.items()}
 
 

@@ -74,6 +74,8 @@ def _drop_sidecar(txn: Txn, node: str, parent: Service) -> None:
     """Remove the sidecar registered with `parent`, if it has one. Looked up
     among the proxies of its name (and of its name before this write), not
     among every instance of the node: registration is the hot path."""
+    if not txn.state.proxies_of:  # no proxy anywhere (no mesh): no sidecar to drop
+        return
     before = txn.state.instance(node, parent.id)
     names = [parent.name]
     if before is not None and before.name != parent.name:
