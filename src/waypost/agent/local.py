@@ -173,11 +173,8 @@ class LocalAgent:
 
     def _describe_checks(self, service_id: str) -> str:
         """`service:web-1(http, critical)`: what an operator needs to see at registration."""
-        state = self.catalog.state
-        if (self.node.name, service_id) not in state.service_checks:
-            return ""  # an instance without checks (check_ids_of would be empty)
         described = []
-        for check_id in state.check_ids_of(self.name, service_id):
+        for check_id in self.catalog.state.check_ids_of(self.name, service_id):
             check = self.catalog.state.check(self.name, check_id)
             if check is not None:
                 described.append(f"{check_id}({check.type or 'manual'}, {check.status})")
