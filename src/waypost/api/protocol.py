@@ -158,7 +158,9 @@ def guarded_protocol(
             self.server_state.total_requests += 1
             if self.transport.is_closing():
                 return
-            self.flow.resume_reading()
+            flow = self.flow
+            if flow.read_paused:  # FlowControl.resume_reading's own test: no call when not
+                flow.resume_reading()
             if self._reading_since is not None:
                 # a pipelined request whose rest we left unread while this one
                 # was served: its read deadline starts now, not when it began
@@ -168,7 +170,9 @@ def guarded_protocol(
                 self._start_asgi_task(cycle, app)
             else:
                 self._idle_since = now = self.loop.time()
-                self._due(now + self.timeout_keep_alive)
+                when = now + self.timeout_keep_alive
+                if self._deadline is None or self._fires_at > when:  # _due's own test
+                    self._due(when)
 
         def _unset_keepalive_if_required(self) -> None:
             self._idle_since = None  # data came: not idle (uvicorn calls this)
