@@ -60,6 +60,10 @@ ALIVE_OUTPUT = "Agent alive and reachable"
 DEAD_OUTPUT = "Agent not live or unreachable"
 
 
+# A tuple, not `CARoot | Intention`: the union would be built at every insert.
+_MESH_KINDS = (CARoot, Intention)
+
+
 class State:
     def __init__(self) -> None:
         self.index = 0
@@ -123,20 +127,24 @@ class State:
                 continue
             if changes is not None and change is not None:
                 changes.append(change)
-        self.index = max(self.index, index)
+        if index > self.index:  # max(), without the builtin's call (every commit)
+            self.index = index
         self._advance(touched, index, replay)
-        return touched | woken
+        return touched | woken if woken else touched
 
     def _advance(self, topics: set[Topic], index: int, replay: bool = False) -> None:
         """Move the topics' index to `index`, or one past where a hold put it:
         a topic's index never stands still across a change, nor goes back
         (in a replay it may stand still: no reader has seen it)."""
         topic_index = self.topic_index
+        highest = self._highest
         for topic in topics:
             old = topic_index.get(topic, 0)
             new = index if index > old or (replay and index == old) else old + 1
             topic_index[topic] = new
-            self._highest = max(self._highest, new)
+            if new > highest:
+                highest = new
+        self._highest = highest
 
     def _start_lock_delays(self, entries: list[Entry]) -> None:
         """A batch that deletes a session starts the lock delay of the keys it
@@ -266,7 +274,7 @@ class State:
 
     def _insert(self, record: Record, touched: set[Topic]) -> Record:
         """Insert `record`; returns it as shown (serfHealth derived, a held check critical)."""
-        if isinstance(record, CARoot | Intention):
+        if isinstance(record, _MESH_KINDS):
             self._insert_mesh(record, touched)
         elif isinstance(record, Node):
             self.nodes[record.name] = record
@@ -327,7 +335,7 @@ class State:
         return None
 
     def _remove(self, record: Record, touched: set[Topic]) -> None:
-        if isinstance(record, CARoot | Intention):
+        if isinstance(record, _MESH_KINDS):
             self._remove_mesh(record, touched)
         elif isinstance(record, Node):
             self.nodes.pop(record.name, None)
