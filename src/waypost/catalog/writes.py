@@ -100,7 +100,7 @@ def put_instance(
     unless a status was given (re-registering must not flap a healthy
     instance: Consul does the same); with `replace_checks`, the instance's
     checks not named again are removed."""
-    named = {c.check_id for c in checks}
+    named = {c.check_id for c in checks} if checks else set()  # no comprehension for none
     if len(named) != len(checks):
         raise ValidationError("Two checks of the service have the same CheckID")
     old = txn.service(service.node, service.id)
