@@ -254,9 +254,12 @@ def build_proxy(body: ProxyDefinition) -> Proxy:
     )
 
 
+_DEFAULT_WEIGHTS = Weights()  # frozen: one shared by every body without Weights
+
+
 def _weights_of(body: ServiceRegistration) -> Weights:
     if body.weights is None:
-        return Weights()
+        return _DEFAULT_WEIGHTS
     return Weights(body.weights.passing, body.weights.warning)
 
 
