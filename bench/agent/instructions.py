@@ -13,6 +13,12 @@ registrations, instrumentation is switched on for COUNT registrations
 (16 concurrent keep-alive connections, unique services, no checks) and off
 again. Only the agent process is counted (all its threads: the event loop and
 the sqlite writer), not the client.
+
+`--dump DIR` keeps callgrind's output, one file per thread
+(`--separate-threads=yes`: the loop, the sqlite writer, the WAL
+checkpointer), prints each thread's share, and leaves the files for
+`callgrind_annotate --inclusive=yes` (docs/benchmarks.md, Agent 6: the
+per-layer table).
 """
 
 from __future__ import annotations
