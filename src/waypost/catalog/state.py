@@ -63,6 +63,10 @@ DEAD_OUTPUT = "Agent not live or unreachable"
 # A tuple, not `CARoot | Intention`: the union would be built at every insert.
 _MESH_KINDS = (CARoot, Intention)
 
+# A Change made as NamedTuple's own __new__ makes it, without that
+# Python-level frame (~190 ns of every applied record the timeline hears of).
+_change = tuple.__new__
+
 
 class State:
     def __init__(self) -> None:
@@ -180,7 +184,7 @@ class State:
             old = self._lookup(entry.key)
             if old is None:
                 return None
-            change = Change(self._stored_of(old), None) if report else None
+            change = _change(Change, (self._stored_of(old), None)) if report else None
             self._remove(old, touched)
             if isinstance(old, Check):  # gone for good: nothing left to hold
                 self.held.pop((old.node, old.check_id), None)
@@ -191,13 +195,13 @@ class State:
         codec.stamp(record, created, entry.modify_index or index)
         if old is None:
             inserted = self._insert(record, touched)
-            return Change(None, self._stored_of(inserted)) if report else None
+            return _change(Change, (None, self._stored_of(inserted))) if report else None
         replaced = self._stored_of(old) if report else None
         shown = self._replace(old, record, touched)
         if shown is None:
             self._remove(old, touched)
             shown = self._insert(record, touched)
-        return Change(replaced, self._stored_of(shown)) if replaced is not None else None
+        return _change(Change, (replaced, self._stored_of(shown))) if replaced is not None else None
 
     def _deletions_for(self, snapshot: list[Entry]) -> list[Entry]:
         keep = {e.key for e in snapshot}
