@@ -91,7 +91,8 @@ class AgentApp:
             response = http.error_response(exc)
         if response.body:
             await compress.encode_off_loop(response, compress.accepts_gzip(request.headers))
-        else:  # compress.vary_only, inline (most writes): no Accept-Encoding walk
+        else:  # what encode_off_loop does for no body (most writes), without
+            # walking the request's headers for Accept-Encoding
             response.headers.append(compress.VARY)
         if request.method == "HEAD":
             response.body = b""

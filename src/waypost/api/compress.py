@@ -154,18 +154,6 @@ def keep(plain: bytes, packed: bytes) -> None:
     _compressed.put(plain, (plain, packed))
 
 
-def vary_only(response: Response) -> bool:
-    """For an answer without a body (a write's, most of them), what `_wanted`
-    does whatever the request accepts: `Vary` added, nothing to compress.
-    True if so; the caller then need not read the request's Accept-Encoding
-    (its header walk and the deferred-encode step were ~3k instructions of a
-    registration, docs/benchmarks.md Agent 6)."""
-    if response.body:
-        return False
-    response.headers.append(VARY)
-    return True
-
-
 async def encode_off_loop(response: Response, gzip: bool) -> None:
     """`encode_or_defer`, with the deferred body compressed on a worker thread."""
     plain = encode_or_defer(response, gzip)
