@@ -13,6 +13,12 @@ registrations, instrumentation is switched on for COUNT registrations
 (16 concurrent keep-alive connections, unique services, no checks) and off
 again. Only the agent process is counted (all its threads: the event loop and
 the sqlite writer), not the client.
+
+`--dump DIR` keeps callgrind's output, one file per thread
+(`--separate-threads=yes`: the loop, the sqlite writer, the WAL
+checkpointer), prints each thread's share, and leaves the files for
+`callgrind_annotate --inclusive=yes` (docs/benchmarks.md, Agent 6: the
+per-layer table).
 """
 
 from __future__ import annotations
@@ -56,7 +62,7 @@ async def drive(url: str, count: int, offset: int) -> None:
         await asyncio.gather(*(one(offset + i) for i in range(count)))
 
 
-def start(tree: Path, out: str) -> tuple[subprocess.Popen[str], str]:
+def start(tree: Path, out: str, threads: bool = False) -> tuple[subprocess.Popen[str], str]:
     src = tree / "src"
     help_text = subprocess.run(
         [sys.executable, "-m", "waypost.cli.main", "agent", "--help"],
@@ -67,6 +73,7 @@ def start(tree: Path, out: str) -> tuple[subprocess.Popen[str], str]:
     extra = ["--grpc", "off"] if "--grpc" in help_text else []  # never bind 8502
     cmd = [
         "valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
+        *(["--separate-threads=yes"] if threads else []),
         sys.executable, "-m", "waypost.cli.main", "agent", "--data-dir", tempfile.mkdtemp(),
         "--http", "127.0.0.1:0", "--dns", "off", *extra,
     ]  # fmt: skip
@@ -84,9 +91,9 @@ def start(tree: Path, out: str) -> tuple[subprocess.Popen[str], str]:
     raise RuntimeError(f"the agent of {tree} did not start")
 
 
-def instructions(tree: Path, count: int) -> float:
-    out = f"{tempfile.mkdtemp()}/callgrind.out"
-    proc, url = start(tree, out)
+def instructions(tree: Path, count: int, dump: Path | None = None) -> float:
+    out = f"{dump or tempfile.mkdtemp()}/callgrind.out"
+    proc, url = start(tree, out, threads=dump is not None)
     try:
         asyncio.run(drive(url, 200, 10**6))  # warm-up: imports, caches, first pages
         subprocess.run(
@@ -99,12 +106,15 @@ def instructions(tree: Path, count: int) -> float:
     finally:
         proc.terminate()
         proc.wait(120)
-    total = 0
+    totals = {}
     for path in glob.glob(out + "*"):
         for text in Path(path).read_text(errors="replace").splitlines():
             if text.startswith(("summary:", "totals:")):
-                total = max(total, int(text.split()[1]))
-    return total / count
+                totals[path] = max(totals.get(path, 0), int(text.split()[1]))
+    if dump is not None:  # one file per thread: say what each counted
+        for path, total in sorted(totals.items()):
+            line(f"  {path}: {total / count / 1e3:.1f}k per registration")
+    return sum(totals.values()) / count
 
 
 def _instrument(pid: int, state: str) -> None:
@@ -115,14 +125,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tree", action="append", type=Path, required=True, help="a checkout")
     parser.add_argument("--count", type=int, default=1000)
+    parser.add_argument(
+        "--dump",
+        type=Path,
+        help="keep callgrind's files here, one per thread (read with callgrind_annotate)",
+    )
     args = parser.parse_args()
     header(f"instructions per durable registration (callgrind), {args.count} registrations")
     first = None
-    for tree in args.tree:
+    for n, tree in enumerate(args.tree):
         rev = subprocess.run(
             ["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
         ).stdout.strip()
-        per = instructions(tree.resolve(), args.count)
+        dump = None
+        if args.dump is not None:
+            dump = args.dump / f"{n}-{rev}"
+            dump.mkdir(parents=True, exist_ok=True)
+        per = instructions(tree.resolve(), args.count, dump)
         first = first or per
         line(f"{tree} ({rev}): {per / 1e3:.0f}k instructions per registration ({per / first:.2f}x)")
 

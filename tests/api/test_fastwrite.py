@@ -154,6 +154,7 @@ def test_a_body_split_across_packets_is_collected(agent: AgentProcess) -> None:
     ("why", "raw", "status"),
     [
         ("expect", put("/v1/agent/check/pass/fw-no", extra=b"Expect: 100-continue\r\n"), 404),
+        ("chunked", put("/v1/agent/service/register", registration("fw-ch"), chunked=True), 200),
         (
             "a body over 64 KiB",
             put("/v1/agent/service/register", registration("fw-big", Meta={"k": "v" * 70_000})),

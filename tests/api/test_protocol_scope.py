@@ -143,3 +143,27 @@ def test_the_scope_is_fresh_per_request() -> None:
     assert len(scopes) == 3
     for key in ("asgi", "state", "headers"):
         assert len({id(scope[key]) for scope in scopes}) == 3
+
+
+def test_a_target_seen_before_gives_the_same_scope() -> None:
+    # The protocol keeps each request target's parsed path and query (one
+    # table per protocol class): a second request to the same target, on
+    # another connection, under another root path, or with targets past the
+    # table's length bound, must see what uvicorn would make of it.
+    ours = guarded_protocol(30.0)
+    long = b"/v1/kv/" + b"x%20" * 200
+    requests = {**REQUESTS, "long": b"GET " + long + b"?a=1 HTTP/1.1\r\nHost: a\r\n\r\n"}
+    for config in ({}, {"root_path": "/base"}, {}, {"root_path": "/other"}):
+        for name in sorted(requests):
+            data = requests[name]
+            assert seen(ours, data, ws="none", **config) == seen(
+                HttpToolsProtocol, data, ws="none", **config
+            ), (name, config)
+
+
+def test_an_invalid_target_is_refused_each_time() -> None:
+    # parse_url raises for it: nothing is kept, and the second one is refused too.
+    ours = guarded_protocol(30.0)
+    data = b"GET http://[::1 HTTP/1.1\r\nHost: a\r\n\r\n"
+    for _ in range(2):
+        assert seen(ours, data, ws="none") == seen(HttpToolsProtocol, data, ws="none")

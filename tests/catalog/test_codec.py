@@ -16,6 +16,13 @@ def test_service_key_round_trip(node: str, service_id: str) -> None:
     assert (kind, parts) == ("s", [node, service_id])
 
 
+@given(st.text(alphabet="ab/%2F5", max_size=6), st.text(alphabet="ab/%2F5", max_size=6))
+def test_two_part_keys_escape_each_part_as_esc_does(node: str, child: str) -> None:
+    # service_key and check_key skip `esc` for parts with nothing to escape.
+    assert codec.service_key(node, child) == f"s/{codec.esc(node)}/{codec.esc(child)}"
+    assert codec.check_key(node, child) == f"c/{codec.esc(node)}/{codec.esc(child)}"
+
+
 def test_escaping_is_exact() -> None:
     assert codec.check_key("n/1", "a%2Fb") == "c/n%2F1/a%252Fb"
     assert codec.split_key("c/n%2F1/a%252Fb") == ("c", ["n/1", "a%2Fb"])

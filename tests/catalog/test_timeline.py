@@ -302,6 +302,8 @@ async def test_changes_report_the_stored_record_before_and_after(catalog: Catalo
     ((old, new),) = seen[-1]
     assert isinstance(old, Check) and isinstance(new, Check)
     assert (old.status, new.status) == ("passing", "warning")
+    # Changes are made without NamedTuple's constructor (state.py): still Changes.
+    assert type(seen[-1][0]) is Change and seen[-1][0].old is old and seen[-1][0].new is new
     assert catalog.state.check("n1", "service:web-1").status == "critical"  # still held
 
 

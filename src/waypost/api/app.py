@@ -89,7 +89,11 @@ class AgentApp:
             response = await handler(request, rest)
         except Exception as exc:  # every error becomes an answer, never a dropped connection
             response = http.error_response(exc)
-        await compress.encode_off_loop(response, compress.accepts_gzip(request.headers))
+        if response.body:
+            await compress.encode_off_loop(response, compress.accepts_gzip(request.headers))
+        else:  # what encode_off_loop does for no body (most writes), without
+            # walking the request's headers for Accept-Encoding
+            response.headers.append(compress.VARY)
         if request.method == "HEAD":
             response.body = b""
         self.metrics.observe(request.method, response.status, time.perf_counter() - started)

@@ -77,7 +77,8 @@ class FastWrites:
         scope: dict[str, Any] = cycle.scope  # type: ignore[assignment]
         if scope["method"] != "PUT":
             return None
-        route = self._route(scope["path"])
+        path, routes = scope["path"], self._routes
+        route = routes[path] if path in routes else self._route(path)  # a seen path: no call
         if route is None:
             return None
         if (
@@ -141,9 +142,12 @@ class FastWrites:
 def _plain(headers: list[tuple[bytes, bytes]]) -> bool:
     """No chunked body, no `Expect`, and a body small enough to take whole."""
     for name, value in headers:
-        if name in wire.CYCLE_BODY_HEADERS:
-            return False
-        if name == b"content-length" and not (value.isdigit() and int(value) <= BODY_LIMIT):
+        # wire.CYCLE_BODY_HEADERS by equality: bytes compare their lengths
+        # first, where a set lookup hashes each name (six per request).
+        if name == b"content-length":
+            if not (value.isdigit() and int(value) <= BODY_LIMIT):
+                return False
+        elif name == b"transfer-encoding" or name == b"expect":
             return False
     return True
 

@@ -86,6 +86,12 @@ class Request:
     def has(self, name: str) -> bool:
         return name in self.query
 
+    def read_already(self, limit: int = MAX_BODY) -> bytes | None:
+        """The body if it is in already and within `limit` (what `body()`
+        would return at once), else None: then await `body()`."""
+        body = self._body
+        return body if body is not None and len(body) <= limit else None
+
     async def body(self, limit: int = MAX_BODY) -> bytes:
         """The whole body, at most `limit` bytes (413 past it).
 

@@ -92,12 +92,35 @@ def client_of(transport: asyncio.BaseTransport) -> str:
     return str(peer[0]) if isinstance(peer, tuple) and peer else ""
 
 
+URLS_LIMIT = 4096  # request targets remembered per protocol class
+URL_KEPT_BYTES = 512  # a longer target is parsed every time, not kept
+
+
+def _parse_target(target: bytes, root: str) -> tuple[str, bytes, bytes]:
+    """`scope`'s path, raw_path and query_string of a request target, as
+    uvicorn's on_headers_complete computes them."""
+    url = httptools.parse_url(target)
+    raw_path: bytes = url.path
+    path = raw_path.decode("ascii")
+    if "%" in path:
+        path = urllib.parse.unquote(path)
+    return root + path, root.encode("ascii") + raw_path if root else raw_path, url.query or b""
+
+
 def guarded_protocol(
     read_timeout: float,
     limiter: ConnectionLimiter | None = None,
     fast: FastReads | None = None,
     writes: FastWrites | None = None,
 ) -> type[HttpToolsProtocol]:
+    # Request target -> (path, raw_path, query_string), as uvicorn derives
+    # them: clients send the same few targets again and again (a registration,
+    # a health read), and parsing one (httptools.parse_url, the decode, the
+    # root path) was ~2k instructions of every request. Keyed by the target
+    # and the root path. A target that does not parse is not kept (it raises
+    # as before).
+    urls: dict[tuple[bytes, str], tuple[str, bytes, bytes]] = {}
+
     class GuardedHttpToolsProtocol(HttpToolsProtocol):
         _deadline: asyncio.TimerHandle | None = None  # the one timer (see _arm)
         _fires_at = 0.0  # when it fires
@@ -135,7 +158,9 @@ def guarded_protocol(
             self.server_state.total_requests += 1
             if self.transport.is_closing():
                 return
-            self.flow.resume_reading()
+            flow = self.flow
+            if flow.read_paused:  # FlowControl.resume_reading's own test: no call when not
+                flow.resume_reading()
             if self._reading_since is not None:
                 # a pipelined request whose rest we left unread while this one
                 # was served: its read deadline starts now, not when it began
@@ -145,7 +170,9 @@ def guarded_protocol(
                 self._start_asgi_task(cycle, app)
             else:
                 self._idle_since = now = self.loop.time()
-                self._due(now + self.timeout_keep_alive)
+                when = now + self.timeout_keep_alive
+                if self._deadline is None or self._fires_at > when:  # _due's own test
+                    self._due(when)
 
         def _unset_keepalive_if_required(self) -> None:
             self._idle_since = None  # data came: not idle (uvicorn calls this)
@@ -239,15 +266,15 @@ def guarded_protocol(
                 scope["http_version"] = version
             if parser.should_upgrade() and self._should_upgrade():
                 return  # data_received hands the connection to the websocket protocol
-            url = httptools.parse_url(self.url)
-            raw_path: bytes = url.path
-            path = raw_path.decode("ascii")
-            if "%" in path:
-                path = urllib.parse.unquote(path)
-            root = self.root_path
-            scope["path"] = root + path
-            scope["raw_path"] = root.encode("ascii") + raw_path if root else raw_path
-            scope["query_string"] = url.query or b""
+            target = (self.url, self.root_path)
+            parsed = urls.get(target)
+            if parsed is None:
+                parsed = _parse_target(*target)
+                if len(self.url) <= URL_KEPT_BYTES:  # the table stays small whatever comes
+                    if len(urls) >= URLS_LIMIT:
+                        urls.clear()  # targets are the clients'
+                    urls[target] = parsed
+            scope["path"], scope["raw_path"], scope["query_string"] = parsed
             app: Any = self.app
             limit = self.limit_concurrency
             if limit is not None and (len(self.connections) >= limit or len(self.tasks) >= limit):

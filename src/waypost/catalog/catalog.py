@@ -126,8 +126,20 @@ class Catalog:
             ValidationError, NotFoundError, ConfigError: the plan refused.
             StorageError: the store failed, or the conflicts did not stop.
         """
-        result, _ = await self.write_at(plan, *args, **kw)
-        return result
+        # write_at's loop, not a call to it: every registration comes through
+        # here, and one coroutine less in the chain is one frame less to make
+        # and to pass the commit's wake-up through.
+        for _ in range(MAX_ATTEMPTS):
+            txn = Txn(self.state)
+            result = plan(txn, *args, **kw)
+            if not txn.ops:
+                return result
+            try:
+                await self.storage.commit(list(txn.ops.values()), list(txn.conditions.values()))
+                return result
+            except Conflict:
+                self.conflicts += 1
+        raise self._kept_conflicting()
 
     async def write_at(
         self, plan: Callable[Concatenate[Txn, P], T], *args: P.args, **kw: P.kwargs
@@ -143,7 +155,11 @@ class Catalog:
                 return result, await self.storage.commit(ops, conditions)
             except Conflict:
                 self.conflicts += 1
-        raise StorageError(
+        raise self._kept_conflicting()
+
+    @staticmethod
+    def _kept_conflicting() -> StorageError:
+        return StorageError(
             f"the write kept conflicting with concurrent writes ({MAX_ATTEMPTS} attempts); "
             "nothing was written: try again"
         )

@@ -254,13 +254,18 @@ def build_proxy(body: ProxyDefinition) -> Proxy:
     )
 
 
+_DEFAULT_WEIGHTS = Weights()  # frozen: one shared by every body without Weights
+
+
 def _weights_of(body: ServiceRegistration) -> Weights:
     if body.weights is None:
-        return Weights()
+        return _DEFAULT_WEIGHTS
     return Weights(body.weights.passing, body.weights.warning)
 
 
 def _tagged_of(body: ServiceRegistration) -> dict[str, ServiceAddress]:
+    if not body.taggedaddresses:  # most bodies: no comprehension frame for nothing
+        return {}
     return {k: ServiceAddress(v.address, v.port) for k, v in body.taggedaddresses.items()}
 
 

@@ -40,6 +40,9 @@ R = TypeVar("R", Node, Service, Check, Intention)
 class Txn:
     """Reads that record conditions, and the entries a plan stages."""
 
+    # One Txn per write: slots spare it an instance dict to build and free.
+    __slots__ = ("_staged", "_staged_kv", "_staged_sessions", "conditions", "ops", "state")
+
     def __init__(self, state: State) -> None:
         self.state = state
         self.ops: dict[str, Entry] = {}

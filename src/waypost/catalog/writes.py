@@ -74,6 +74,8 @@ def _drop_sidecar(txn: Txn, node: str, parent: Service) -> None:
     """Remove the sidecar registered with `parent`, if it has one. Looked up
     among the proxies of its name (and of its name before this write), not
     among every instance of the node: registration is the hot path."""
+    if not txn.state.proxies_of:  # no proxy anywhere (no mesh): no sidecar to drop
+        return
     before = txn.state.instance(node, parent.id)
     names = [parent.name]
     if before is not None and before.name != parent.name:
@@ -98,7 +100,7 @@ def put_instance(
     unless a status was given (re-registering must not flap a healthy
     instance: Consul does the same); with `replace_checks`, the instance's
     checks not named again are removed."""
-    named = {c.check_id for c in checks}
+    named = {c.check_id for c in checks} if checks else set()  # no comprehension for none
     if len(named) != len(checks):
         raise ValidationError("Two checks of the service have the same CheckID")
     old = txn.service(service.node, service.id)

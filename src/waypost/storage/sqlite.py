@@ -82,7 +82,7 @@ from .._exceptions import (
 )
 from .._lockfile import LockFile
 from ._sqlite_checkpoint import WAL_KEEP_BYTES, Checkpointer, Durations
-from ._sqlite_conditions import UPSERT, blob, fusable, put_if, violated
+from ._sqlite_conditions import UPSERT, blob, fusable, put_all_if, put_if, violated
 from .base import ApplyFn, Condition, Entry, Storage
 
 log = logging.getLogger("waypost.storage")
@@ -405,19 +405,11 @@ class SqliteStorage(Storage):
         cursor = conn.cursor()
         try:
             cursor.execute("BEGIN IMMEDIATE")
-            for pending in batch:
-                ops, conditions = pending.ops, pending.conditions
-                if fusable(ops, conditions):  # checked and written in one statement
-                    conflict = put_if(cursor, index + 1, ops[0], conditions[0])
-                    ops = ops[1:]
-                else:
-                    conflict = violated(cursor, conditions)
-                if conflict is not None:
-                    outcomes.append(conflict)
-                    continue
-                index += 1
-                self._write_ops(cursor, index, ops)
-                outcomes.append(index)
+            if len(batch) > 1 and put_all_if(cursor, index + 1, batch):  # one statement
+                outcomes.extend(range(index + 1, index + 1 + len(batch)))
+                index += len(batch)
+            else:
+                index = self._write_each(cursor, index, batch, outcomes)
             if index == self._index:  # conflicts only: nothing to make durable
                 cursor.execute("ROLLBACK")
             else:
@@ -455,6 +447,30 @@ class SqliteStorage(Storage):
         self._commits += written
         self._conflicts += len(batch) - written
         self._post(list(zip(batch, outcomes, strict=True)))
+
+    def _write_each(
+        self,
+        cursor: sqlite3.Cursor,
+        index: int,
+        batch: list[_Pending],
+        outcomes: list[int | StorageError],
+    ) -> int:
+        """Check and write the batch's commits one by one after `index`; each
+        one's index or Conflict goes to `outcomes`. Returns the last index."""
+        for pending in batch:
+            ops, conditions = pending.ops, pending.conditions
+            if fusable(ops, conditions):  # checked and written in one statement
+                conflict = put_if(cursor, index + 1, ops[0], conditions[0])
+                ops = ops[1:]
+            else:
+                conflict = violated(cursor, conditions)
+            if conflict is not None:
+                outcomes.append(conflict)
+                continue
+            index += 1
+            self._write_ops(cursor, index, ops)
+            outcomes.append(index)
+        return index
 
     @staticmethod
     def _write_ops(cursor: sqlite3.Cursor, index: int, ops: list[Entry]) -> None:
@@ -505,35 +521,40 @@ class SqliteStorage(Storage):
             log.debug("the sqlite store %s: answers dropped, the loop is closed", self.path)
 
     def _answer(self, answers: list[tuple[_Pending, int | StorageError]]) -> None:
-        """On the loop: an index is applied to the catalog, then returned; an error raised."""
+        """On the loop: an index is applied to the catalog, then returned; an
+        error raised. Each commit's delivery inline: this runs once per commit."""
+        apply = self._apply
         for pending, outcome in answers:
-            if isinstance(outcome, int):
-                self._deliver(pending, outcome)
-            else:
+            if not isinstance(outcome, int):
                 _fail(pending.future, outcome)
+            elif apply is None:
+                if not pending.future.done():
+                    pending.future.set_result(outcome)
+            else:  # _deliver's common case inline: once per commit
+                try:
+                    apply(outcome, pending.ops)
+                except Exception as exc:
+                    self._undelivered(pending, outcome, exc)
+                    continue
+                if not pending.future.done():
+                    pending.future.set_result(outcome)
 
-    def _deliver(self, pending: _Pending, index: int) -> None:
-        """On the loop: apply a durable commit to the catalog, then answer the caller."""
-        try:
-            if self._apply is not None:
-                self._apply(index, pending.ops)
-        except Exception as exc:
-            log.exception(
-                "the sqlite store %s stored a commit at index %d that the catalog could not "
-                "apply; restart the agent to reload the catalog from the store",
-                self.path,
-                index,
-            )
-            _fail(
-                pending.future,
-                StorageError(
-                    f"the write is stored at index {index} but could not be applied to the "
-                    f"catalog ({type(exc).__name__}: {exc}): restart the agent to reload it"
-                ),
-            )
-            return
-        if not pending.future.done():
-            pending.future.set_result(index)
+    def _undelivered(self, pending: _Pending, index: int, exc: Exception) -> None:
+        """On the loop, inside the handler of `exc`: a durable commit the
+        catalog could not apply is logged and its caller told."""
+        log.exception(
+            "the sqlite store %s stored a commit at index %d that the catalog could not "
+            "apply; restart the agent to reload the catalog from the store",
+            self.path,
+            index,
+        )
+        _fail(
+            pending.future,
+            StorageError(
+                f"the write is stored at index {index} but could not be applied to the "
+                f"catalog ({type(exc).__name__}: {exc}): restart the agent to reload it"
+            ),
+        )
 
 
 def _disk_full(exc: Exception) -> bool:
