@@ -33,15 +33,9 @@ def encode(response: http.Response, defaults: list[tuple[bytes, bytes]], keep: b
 
 
 def finish(cycle: RequestResponseCycle, data: bytes) -> None:
-    """Write `data` and do what uvicorn's cycle does once it has sent a whole
-    response (`finished`, inline: every fast write ends here)."""
+    """Write `data` and do what uvicorn's cycle does once it has sent a whole response."""
     cycle.transport.write(data)
-    cycle.response_started = cycle.response_complete = True
-    cycle.waiting_for_100_continue = False
-    cycle.message_event.set()
-    if not cycle.keep_alive:
-        cycle.transport.close()
-    cycle.on_response()
+    finished(cycle)
 
 
 def finished(cycle: RequestResponseCycle) -> None:
