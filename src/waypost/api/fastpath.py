@@ -123,6 +123,10 @@ class _Packing:
         self.waiting: list[_Query] = []
 
 
+#: the batch of an answer too small to be written beside its transport: it stays empty
+_NOTHING_BESIDE = Batch()
+
+
 class _Query:
     """A request on a connection, while it is being answered or is parked.
 
@@ -383,8 +387,12 @@ class FastReads:
         group's bytes for it; what else it needs, each query worked out when it
         came (_Query) and its connection when it opened (its fd)."""
         health = self.store.health()
-        beside = self.fanout.parallel and sum(map(len, (g for _, g in groups))) >= PARALLEL_MIN
-        batch = Batch()
+        # Most calls answer one query (a read that does not block): nothing
+        # here may cost it more than the batch needs (each line below is ~1-3k
+        # instructions of a ~100k read when done for nothing).
+        count = len(groups[0][1]) if len(groups) == 1 else sum([len(g) for _, g in groups])
+        beside = count >= PARALLEL_MIN and self.fanout.parallel
+        batch = Batch() if beside else _NOTHING_BESIDE  # nothing is added to it then
         fds, datas, owners = batch.fds, batch.datas, batch.owners
         ready: list[_Query] = []
         pres: list[_Prebuilt] = []
@@ -437,7 +445,8 @@ class FastReads:
         """Send `batch` (what is left of `ready`'s answers, `pres`: those not
         written already through their transports), then finish their cycles."""
         try:
-            self.fanout.send(batch)
+            if batch.fds:
+                self.fanout.send(batch)
         finally:  # whatever was written: never parked again, never answered twice
             for query in unpark:
                 self._unpark(query)
