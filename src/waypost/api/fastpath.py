@@ -396,18 +396,17 @@ class FastReads:
         fds, datas, owners = batch.fds, batch.datas, batch.owners
         ready: list[_Query] = []
         pres: list[_Prebuilt] = []
-        todo = list(groups)  # a query whose key changed is appended as a group of its own
         packings: list[_Packing] = []
         try:
-            for seen, parked in todo:
+            # A group's key names its Connection header: a query's keep-alive
+            # only changes at shutdown, and answer_now re-keys it before it
+            # comes here.
+            for seen, parked in groups:
                 pre: _Prebuilt | _Packing | None = None
                 for query in parked:
                     cycle = query.cycle
                     transport = cycle.transport
                     if cycle.disconnected or transport.is_closing():
-                        continue
-                    if seen[0][1] is not cycle.keep_alive:  # answer_now re-keys first: be sure
-                        todo.append((query.keyed(), (query,)))  # its own answer (seen: its topics')
                         continue
                     if pre is None:
                         pre = self._prebuilt_for(query, seen[0], health)
