@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import typing
 
+from . import _lazy
 from ._exceptions import (
     CircuitOpen,
     ClientError,
@@ -91,14 +92,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> typing.Any:
-    if name in _CLIENT:
-        from . import client
-
-        value = getattr(client, name)
-        globals()[name] = value  # found once, then a plain attribute
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = _lazy.attributes(__name__, dict.fromkeys(_CLIENT, ".client"))
 
 
 def __dir__() -> list[str]:

@@ -8,8 +8,9 @@ them (PEP 562 module `__getattr__`).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from .. import _lazy
 from .config import AgentConfig
 
 if TYPE_CHECKING:
@@ -18,9 +19,4 @@ if TYPE_CHECKING:
 __all__ = ["Agent", "AgentConfig"]
 
 
-def __getattr__(name: str) -> Any:
-    if name == "Agent":
-        from .runtime import Agent
-
-        return Agent
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = _lazy.attributes(__name__, {"Agent": ".runtime"})

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import typing
 
+from .. import _lazy
 from .model import Check, CheckDefinition, Node, Service, ServiceAddress, Weights
 
 if typing.TYPE_CHECKING:
@@ -28,13 +29,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> typing.Any:
-    if name == "Catalog":
-        from .catalog import Catalog
-
-        return Catalog
-    if name == "State":
-        from .state import State
-
-        return State
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = _lazy.attributes(__name__, {"Catalog": ".catalog", "State": ".state"})
