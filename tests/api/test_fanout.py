@@ -104,6 +104,16 @@ def threads_seen(monkeypatch: pytest.MonkeyPatch) -> Iterator[set[str]]:
     yield seen
 
 
+def tls_contexts() -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """A server context with a certificate for localhost, and a client trusting it."""
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(server_ctx)
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+    return server_ctx, client_ctx
+
+
 def payload(i: int, size: int = 20_000) -> bytes:
     return f"answer {i}:".encode().ljust(size, b"x")
 
@@ -189,11 +199,7 @@ def test_a_full_socket_gets_the_rest_through_its_transport(monkeypatch: pytest.M
 def test_a_tls_connection_is_written_through_its_transport(monkeypatch: pytest.MonkeyPatch) -> None:
     """Its socket carries TLS records: raw bytes there would break it."""
     monkeypatch.setattr(fanout, "PARALLEL_MIN", 2)
-    ca = trustme.CA()
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("localhost").configure_cert(server_ctx)
-    client_ctx = ssl.create_default_context()
-    ca.configure_trust(client_ctx)
+    server_ctx, client_ctx = tls_contexts()
 
     async def main() -> None:
         servers, clients = await open_pairs(3, (server_ctx, client_ctx))
@@ -280,11 +286,7 @@ def test_no_thread_to_be_had_writes_from_the_loop_alone(monkeypatch: pytest.Monk
 def test_only_a_plain_tcp_transport_has_an_fd_to_write_beside(loop: str) -> None:
     """plain_fd, which the protocol asks once per connection: the socket's fd
     for plain TCP, -1 for TLS (its socket carries records, not these bytes)."""
-    ca = trustme.CA()
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("localhost").configure_cert(server_ctx)
-    client_ctx = ssl.create_default_context()
-    ca.configure_trust(client_ctx)
+    server_ctx, client_ctx = tls_contexts()
 
     async def main() -> None:
         plain, plain_clients = await open_pairs(1)

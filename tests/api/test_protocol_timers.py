@@ -10,6 +10,7 @@ is closed by the read deadline even while the keep-alive timeout is longer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import ssl
 import threading
@@ -39,26 +40,31 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": b"ok"})
 
 
-@pytest.fixture(scope="module")
-def port() -> Iterator[int]:
+@contextlib.contextmanager
+def serving(asgi: Any, **config: Any) -> Iterator[tuple[uvicorn.Server, tuple[str, int]]]:
+    """A real uvicorn server with the agent's protocol class, in a thread, on
+    127.0.0.1: the server and its address; stopped on leaving."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(
-        app,
-        http=guarded_protocol(READ_TIMEOUT),
-        lifespan="off",
-        log_level="warning",
-        timeout_keep_alive=KEEP_ALIVE,  # type: ignore[arg-type]
+    http = guarded_protocol(READ_TIMEOUT)
+    server = uvicorn.Server(
+        uvicorn.Config(asgi, http=http, lifespan="off", log_level="warning", **config)
     )
-    server = uvicorn.Server(config)
     thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[sock])))
     thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.01)
-    yield sock.getsockname()[1]
-    server.should_exit = True
-    thread.join(10)
+    try:
+        until(lambda: server.started, timeout=10, interval=0.01)
+        yield server, sock.getsockname()
+    finally:
+        server.should_exit = True
+        thread.join(10)
+    assert not thread.is_alive()  # the server did stop
+
+
+@pytest.fixture(scope="module")
+def port() -> Iterator[int]:
+    with serving(app, timeout_keep_alive=KEEP_ALIVE) as (_, address):
+        yield address[1]
 
 
 def ask(conn: socket.socket) -> None:
@@ -199,23 +205,10 @@ def test_a_shutdown_cuts_a_tls_socket_only_after_its_answer_is_sent(tmp_path: An
     ca = trustme.CA()
     cert = ca.issue_cert("127.0.0.1")
     cert.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "cert.pem"))
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(
-        big,
-        http=guarded_protocol(READ_TIMEOUT),
-        lifespan="off",
-        log_level="warning",
-        ssl_certfile=str(tmp_path / "cert.pem"),
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[sock])))
-    thread.start()
-    try:
-        until(lambda: server.started, timeout=10, interval=0.01)
+    with serving(big, ssl_certfile=str(tmp_path / "cert.pem")) as (server, address):
         raw = socket.socket()
         raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # the answer stays queued
-        raw.connect(sock.getsockname())
+        raw.connect(address)
         context = ssl.create_default_context()
         ca.configure_trust(context)
         with context.wrap_socket(raw, server_hostname="127.0.0.1") as conn:
@@ -228,8 +221,3 @@ def test_a_shutdown_cuts_a_tls_socket_only_after_its_answer_is_sent(tmp_path: An
                 got += chunk
         body = len(got.partition(b"\r\n\r\n")[2])
         assert body == BIG
-        thread.join(10)
-        assert not thread.is_alive()  # and the server did stop
-    finally:
-        server.should_exit = True
-        thread.join(10)
