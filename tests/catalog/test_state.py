@@ -194,3 +194,23 @@ async def test_a_reregistration_of_a_frozen_catalog_leaves_nothing_young() -> No
     assert catalog.state.services[("n1", "i7")].tags == ("v2",)
     assert catalog.state.checks[("n1", "c-i7")].status == "warning"
     assert grown < 20  # 600 (3 per instance) when each is removed and inserted
+
+
+async def test_a_check_keeps_its_place_whatever_changes_it() -> None:
+    """A re-registration, a hold and its release all show the same check where
+    it stood among its instance's checks: clients that compare answers
+    (consul-template's deep equality) must not see an order change as a change."""
+    catalog = await open_catalog()
+    await catalog.put(node(), service("i1"), check("c1", "i1"), check("c2", "i1"))
+    state = catalog.state
+
+    def order() -> list[str]:
+        return [c.check_id for c in state.checks_of(state.services[("n1", "i1")])]
+
+    first = order()
+    await catalog.put(check("c1", "i1", status="warning"))
+    assert order() == first
+    state.hold("n1", "c1", "the store refused the result")
+    assert order() == first and state.checks[("n1", "c1")].status == "critical"
+    state.release("n1", "c1")
+    assert order() == first and state.checks[("n1", "c1")].status == "warning"

@@ -243,8 +243,9 @@ class State:
         if check is None:
             return None
         before = self._stored_of(check)
-        self._remove(check, touched)
-        return Change(before, self._stored_of(self._insert(check, touched)))
+        shown = self._replace(check, before, touched)  # same check: always in place
+        assert shown is not None
+        return Change(before, self._stored_of(shown))
 
     def _stored_of(self, record: Record) -> Record:
         """A record as stored (a held check unheld)."""
@@ -467,11 +468,10 @@ class State:
     def _reinsert(self, node: str, check_id: str) -> set[Topic]:
         """Show the check as it is held (or stored) now; the topics it touches
         get a new index so that every reader, blocking ones included, sees it."""
-        check = self._stored.pop((node, check_id), None) or self.checks.get((node, check_id))
+        shown = self.checks.get((node, check_id))
         touched: set[Topic] = set()
-        if check is not None:
-            self._remove(check, touched)
-            self._insert(check, touched)
+        if shown is not None:  # the same check again: in place, where it stands
+            self._replace(shown, self._stored_of(shown), touched)
         self._advance(touched, 0)
         return touched
 
