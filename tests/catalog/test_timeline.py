@@ -18,7 +18,7 @@ from waypost.catalog import Catalog, Check, Service, codec, writes
 from waypost.catalog.definitions import CheckRegistration, ServiceRegistration
 from waypost.catalog.model import NODE_MAINT_CHECK_ID, SERF_CHECK_ID, SERVICE_MAINT_PREFIX
 from waypost.catalog.state import Change
-from waypost.catalog.timeline import Timeline
+from waypost.catalog.timeline import STALE_SHARE, Timeline
 from waypost.storage import open_storage
 
 from ..helpers import check, node, open_catalog
@@ -266,7 +266,7 @@ async def test_memory_stays_bounded_under_stale_slots(catalog: Catalog, wall: Wa
     for n in range(1500):
         await set_status(catalog, "service:a-1", "critical" if n % 2 == 0 else "passing", "")
     assert len(tl.events("a")) == 3
-    assert len(tl._order) <= 2 * 3 + 1024
+    assert len(tl._order) <= 3 + 3 // STALE_SHARE + 1024
 
 
 async def test_outputs_are_cut(catalog: Catalog, timeline: Timeline) -> None:

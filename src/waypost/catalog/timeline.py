@@ -32,7 +32,9 @@ memory too, are not transitions and are not recorded).
 Eviction order: `_order` holds the same events in arrival order, so its
 head is always the oldest live event; an event removed early (the per-service
 cap) leaves a stale entry that is skipped when it reaches the head, and the
-list is rebuilt once stale entries outnumber live ones (amortised O(1)).
+list is filtered (in order, O(n)) once stale entries pass a quarter of the
+live ones: amortised O(1), and since a stale entry is a whole event, the
+events held stay within 1.25x the live ones (+1024).
 It holds the events themselves, not a (seq, time, service) tuple each, and
 each service's ring is a dict of seq to event (insertion order is seq
 order), not a deque: a `gc=False` event and a dict of only such events are
@@ -60,6 +62,8 @@ from .state import Change, State
 RETENTION: Final = 3600.0
 PER_SERVICE: Final = 2000
 TOTAL: Final = 100_000
+#: stale entries in the eviction order may reach 1/STALE_SHARE of the live ones
+STALE_SHARE: Final = 4
 OUTPUT_LIMIT: Final = 512
 
 InstanceKey = tuple[str, str]  # (node, service id)
@@ -266,7 +270,7 @@ class Timeline:
             self._count -= 1
         while self._count > self.total:
             self._pop_oldest()
-        if len(self._order) > 2 * self._count + 1024:
+        if len(self._order) > self._count + self._count // STALE_SHARE + 1024:
             self._rebuild_order()
 
     def _expire(self, now: float) -> None:
@@ -283,8 +287,11 @@ class Timeline:
                 del self._rings[oldest.service]
 
     def _rebuild_order(self) -> None:
-        live = (e for ring in self._rings.values() for e in ring.values())
-        self._order = deque(sorted(live, key=_seq))
+        """Drop the stale entries, in place of order: O(n), no sort."""
+        rings = self._rings
+        self._order = deque(
+            [e for e in self._order if (ring := rings.get(e.service)) and ring.get(e.seq) is e]
+        )
 
     # -- reads ----------------------------------------------------------------
 
@@ -354,10 +361,6 @@ class _Batch:
             elif isinstance(old, Check) and new is None and old.service_id:
                 removed_checks.setdefault((old.node, old.service_id), []).append(old)
         return added, removed, removed_checks
-
-
-def _seq(event: Transition) -> int:
-    return event.seq
 
 
 def _check_state(record: Record | None) -> str:
