@@ -46,6 +46,19 @@ BATCHES: dict[str, tuple[list[Commit], bool]] = {
     ),
     "one stale index": ([put("s/a", b"x", 1), put("s/b", b"x", 1), put("s/c", b"x", 3)], False),
     "the same new key twice": ([put("s/d", b"1", 0), put("s/d", b"2", 0)], False),
+    "seven new keys (statements of 4, 2, 1 rows)": (
+        [put(f"s/n{i}", b"v%d" % i, 0) for i in range(7)],
+        True,
+    ),
+    "six new keys, the last already there (a later statement fails)": (
+        [*(put(f"s/n{i}", b"v", 0) for i in range(5)), put("s/a", b"x", 0)],
+        False,
+    ),
+    "the last re-put stale": (
+        [put("s/a", b"x", 1), put("s/b", b"x", 2), put("s/c", b"x", 1)],
+        False,
+    ),
+    "the same re-put twice": ([put("s/a", b"x", 1), put("s/a", b"y", 1)], False),
     "puts of both kinds": ([put("s/n0", b"x", 0), put("s/a", b"x", 1)], False),
     "a commit of two puts": (
         [
@@ -86,11 +99,19 @@ async def _written(tmp: Path, batch: list[Commit], together: bool) -> tuple[Any,
     return shown, given, sorted(rows)
 
 
-@pytest.mark.parametrize("name", sorted(BATCHES))
+# An sqlite before 3.33 (no UPDATE .. FROM) writes re-puts a step a row.
+OLD_SQLITE = ["re-puts at their indexes", "the last re-put stale", "the same re-put twice"]
+
+
+@pytest.mark.parametrize(
+    ("name", "update_from"),
+    [(name, True) for name in sorted(BATCHES)] + [(name, False) for name in OLD_SQLITE],
+)
 async def test_a_batch_is_written_as_its_commits_one_by_one(
-    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    name: str, update_from: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     batch, shortcut = BATCHES[name]
+    monkeypatch.setattr(_sqlite_conditions, "UPDATE_FROM", update_from)
     taken: list[bool] = []
 
     def spy(cursor: sqlite3.Cursor, first: int, pending: Any) -> bool:
@@ -105,3 +126,32 @@ async def test_a_batch_is_written_as_its_commits_one_by_one(
     alone = await _written(tmp_path / "b", batch, together=False)
     assert taken == [shortcut]  # batches of one never take it
     assert together == alone
+
+
+@pytest.mark.parametrize("at", [0, 1], ids=["new keys", "re-puts"])
+def test_a_batch_takes_a_few_statements_not_one_step_a_row(at: int) -> None:
+    """22 commits go in statements of 16, 4 and 2 rows: the sqlite3 module
+    releases and retakes the GIL around every step, so `executemany` (a step
+    a row) would hand it to the event loop and back 22 times."""
+    db = sqlite3.connect(":memory:", isolation_level=None)
+    db.executescript(sqlite_backend._SCHEMA)
+    keys = [f"s/k{i}" for i in range(22)]
+    if at:
+        db.executemany("INSERT INTO kv VALUES (?, x'', 1, 1)", [(k,) for k in keys])
+    steps: list[str] = []
+    db.set_trace_callback(steps.append)
+    cursor = db.cursor()
+    cursor.execute("BEGIN IMMEDIATE")
+    batch = [Pending(*put(k, b"v", at)) for k in keys]
+    assert _sqlite_conditions.put_all_if(cursor, 10, batch)
+    cursor.execute("COMMIT")
+    assert [s.count("'s/k") for s in steps[1:-1]] == [16, 4, 2]  # the expanded statements
+    rows = db.execute("SELECT key, value, create_index, modify_index FROM kv").fetchall()
+    assert sorted(rows) == sorted(
+        (k, b"v", 1 if at else 10 + i, 10 + i) for i, k in enumerate(keys)
+    )
+
+
+class Pending:
+    def __init__(self, ops: list[Entry], conditions: list[Condition]) -> None:
+        self.ops, self.conditions = ops, conditions

@@ -13,7 +13,9 @@ statement: `INSERT ... ON CONFLICT DO NOTHING` when the key must be absent,
 changes a row exactly when the condition holds, and changes nothing when it
 does not, as the separate lookup and write did. A statement through the
 sqlite3 module costs ~10k instructions, most of it the module's own (its
-statement cache, binding, five GIL hand-offs): one of two per commit.
+statement cache, binding, five GIL hand-offs): one of two per commit. A
+batch made only of such commits, all of one kind, goes in a few multi-row
+statements (`put_all_if`).
 """
 
 from __future__ import annotations
@@ -88,14 +90,23 @@ class Commit(Protocol):
 def put_all_if(cursor: sqlite3.Cursor, first_index: int, batch: Sequence[Commit]) -> bool:
     """Write a batch of fusable commits of one kind (each one put on the
     condition that its key is absent, or each on the condition that its key is
-    at an index) by one `executemany`, commit i at `first_index + i`: True if
-    every condition held and so every row was written, as the statements one
-    by one (`put_if`) would have. False, with nothing of the batch left (the
-    transaction rolled back and begun again), when a commit is of another
-    shape or any condition failed: the caller then goes commit by commit, and
-    finds each outcome as before. The sqlite3 module's per-call work (~4k of
-    each statement's ~10k instructions) is then paid once per batch."""
-    rows: list[tuple[object, ...]] = []
+    at an index), commit i at `first_index + i`: True if every condition held
+    and so every row was written, as the statements one by one (`put_if`)
+    would have. False, with nothing of the batch left (the transaction rolled
+    back and begun again), when a commit is of another shape or any condition
+    failed: the caller then goes commit by commit, and finds each outcome as
+    before.
+
+    The rows go in multi-row statements (`_chunks`), not one `executemany`:
+    the sqlite3 module releases and retakes the GIL around each row's step
+    and reset, and while the event loop holds it each retake is a futex wait
+    and a wake-up of this thread (~1 per registration, by strace); a
+    statement of many rows is one step. Rows of distinct keys do not depend on
+    each other, so one statement changes exactly the rows that one by one
+    would; a key twice in a batch changes fewer rows than the batch has
+    (`INSERT`: the second conflicts with the first; `UPDATE .. FROM`: one
+    source row per target row), so that batch goes one by one too."""
+    rows: list[object] = []
     absent: bool | None = None
     index = first_index
     for commit in batch:
@@ -109,16 +120,74 @@ def put_all_if(cursor: sqlite3.Cursor, first_index: int, batch: Sequence[Commit]
             return False  # a mix of both statements: one by one
         value = bytearray(op.value or b"")  # blob(): fusable() admits puts only
         if absent:
-            rows.append((op.key, value, index, index))
+            rows += (op.key, value, index, index)
         else:
-            rows.append((value, index, op.key, condition.index))
+            rows += (op.key, value, index, condition.index)
         index += 1
-    cursor.executemany(_INSERT_IF_ABSENT if absent else _UPDATE_IF_AT, rows)
-    if cursor.rowcount == len(rows):
+    if _wrote_all(cursor, bool(absent), rows):
         return True
     cursor.execute("ROLLBACK")  # a condition failed: which one, the one-by-one path says
     cursor.execute("BEGIN IMMEDIATE")
     return False
+
+
+def _wrote_all(cursor: sqlite3.Cursor, absent: bool, rows: list[object]) -> bool:
+    """Put `rows` (key, value, index, condition index: four values a row)
+    each on its condition: True if every one changed a row."""
+    count = len(rows) // 4
+    if not absent and not UPDATE_FROM:  # an sqlite before 3.33: one step a row
+        at = [(rows[i + 1], rows[i + 2], rows[i], rows[i + 3]) for i in range(0, len(rows), 4)]
+        cursor.executemany(_UPDATE_IF_AT, at)
+        return cursor.rowcount == count
+    done = 0
+    for size in _chunks(count):
+        cursor.execute(_many(absent, size), rows[4 * done : 4 * (done + size)])
+        if cursor.rowcount != size:
+            return False
+        done += size
+    return True
+
+
+#: Whether this sqlite has `UPDATE .. FROM` (3.33, 2020); multi-row VALUES is 3.7.11.
+UPDATE_FROM = sqlite3.sqlite_version_info >= (3, 33, 0)
+#: Most rows in one statement: 4 values each, under sqlite's 32,766 variables.
+_MOST_ROWS: Final = 256
+
+
+def _chunks(rows: int) -> list[int]:
+    """Statement sizes for `rows` rows: powers of two, largest first, so that
+    a few texts per kind (at most 9 below `_MOST_ROWS`) stay in the sqlite3
+    module's statement cache whatever the batch sizes are."""
+    sizes = []
+    while rows:
+        size = min(_MOST_ROWS, 1 << (rows.bit_length() - 1))
+        sizes.append(size)
+        rows -= size
+    return sizes
+
+
+_MANY: dict[tuple[bool, int], str] = {}
+
+
+def _many(absent: bool, size: int) -> str:
+    """The statement that puts `size` rows (key, value, index, condition
+    index each) if each key is absent (`absent`) or at its condition index."""
+    text = _MANY.get((absent, size))
+    if text is None:
+        values = ", ".join(["(?, ?, ?, ?)"] * size)
+        if absent:  # create and modify index are both the commit's
+            text = (
+                "INSERT INTO kv (key, value, create_index, modify_index) "
+                f"VALUES {values} ON CONFLICT(key) DO NOTHING"
+            )
+        else:  # VALUES' columns are column1..column4
+            text = (
+                "UPDATE kv SET value = v.column2, modify_index = v.column3 "
+                f"FROM (VALUES {values}) AS v "
+                "WHERE kv.key = v.column1 AND kv.modify_index = v.column4"
+            )
+        _MANY[absent, size] = text
+    return text
 
 
 def violated(cursor: sqlite3.Cursor, conditions: Sequence[Condition]) -> Conflict | None:
