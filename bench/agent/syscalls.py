@@ -18,9 +18,8 @@ batch sizes (so per-batch calls per registration are higher than at full
 speed: the commits per transaction are printed beside them).
 
 Threads are named by what they do: the loop is the process's first thread;
-the sqlite writer is the thread that calls fdatasync/fsync after a pwrite to
-the WAL; the checkpointer, the one that calls it on the db file; anything
-else is "other".
+the checkpointer is the thread that fsyncs the db file; the sqlite writer,
+the one that fsyncs only the WAL; anything else is "other".
 """
 
 from __future__ import annotations
@@ -102,25 +101,29 @@ def name_threads(
     for tid in fds:
         if tid == pid:
             continue
-        wal = any(os.readlink(f"/proc/{pid}/fd/{fd}").endswith("-wal") for fd in fds[tid]
-                  if os.path.exists(f"/proc/{pid}/fd/{fd}"))  # fmt: skip
-        names[tid] = "sqlite writer" if wal else "checkpointer"
+        paths = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in fds[tid]
+                 if os.path.exists(f"/proc/{pid}/fd/{fd}")]  # fmt: skip
+        # Both fsync a WAL (each connection has its own fd); only the
+        # checkpointer fsyncs the db file itself.
+        db = any(not p.endswith("-wal") for p in paths)
+        names[tid] = "checkpointer" if db else "sqlite writer"
     return names
 
 
 def measure(
-    tree: Path, count: int, concurrency: int
-) -> tuple[dict[str, collections.Counter[str]], float]:
+    tree: Path, count: int, cpu_count: int, concurrency: int
+) -> tuple[dict[str, collections.Counter[str]], tuple[float, float]]:
     data = tempfile.mkdtemp(prefix="reg2-sys-")
     proc, base = start(tree, data)
     url = f"{base}/v1/agent/service/register"
     out = Path(tempfile.mkdtemp(prefix="reg2-strace-")) / "trace"
     try:
         asyncio.run(drive(url, 500, concurrency, 0))
-        cpu0 = _thread_cpu(proc.pid)
-        asyncio.run(drive(url, count, concurrency, 2))  # untraced: CPU per thread
-        cpu = {tid: [b - a for a, b in zip(cpu0.get(tid, (0, 0)), t, strict=True)]
+        cpu0, before = _thread_cpu(proc.pid), _transactions(base)
+        asyncio.run(drive(url, cpu_count, concurrency, 2))  # untraced: CPU per thread
+        cpu = {tid: [b - a for a, b in zip(cpu0.get(tid, (0,) * 5), t, strict=True)]
                for tid, t in _thread_cpu(proc.pid).items()}  # fmt: skip
+        untraced = cpu_count / max(1, _transactions(base) - before)
         before = _transactions(base)
         tracer = subprocess.Popen(
             ["strace", "-f", "-qq", "-o", str(out), "-p", str(proc.pid)], stderr=subprocess.DEVNULL
@@ -129,7 +132,7 @@ def measure(
         asyncio.run(drive(url, count, concurrency, 1))
         tracer.send_signal(signal.SIGINT)
         tracer.wait(30)
-        per_batch = count / max(1, _transactions(base) - before)
+        per_batch = untraced, count / max(1, _transactions(base) - before)
         calls = parse(out, proc.pid)
         names = name_threads(out, proc.pid, calls)
     finally:
@@ -138,19 +141,32 @@ def measure(
     merged: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
     for tid, counter in calls.items():
         merged[names[tid]].update(counter)
-    for tid, (user, system) in cpu.items():  # jiffies, as "cpu:user" and "cpu:system" calls
-        merged[names.get(tid, "other")]["cpu:user"] += user
-        merged[names.get(tid, "other")]["cpu:system"] += system
+    for tid, values in cpu.items():  # carried as pseudo-calls "cpu:..."
+        for name, value in zip(_CPU_FIELDS, values, strict=True):
+            merged[names.get(tid, "other")][name] += value
     return merged, per_batch
 
 
-def _thread_cpu(pid: int) -> dict[int, tuple[int, int]]:
-    """utime and stime of each thread of `pid`, in clock ticks."""
+_CPU_FIELDS = ("cpu:user", "cpu:system", "cpu:ns", "cpu:voluntary", "cpu:involuntary")
+
+
+def _thread_cpu(pid: int) -> dict[int, tuple[int, ...]]:
+    """Of each thread of `pid`: utime and stime (clock ticks: the split),
+    time on CPU (ns, from schedstat: the total), and its voluntary and
+    involuntary context switches (a futex or epoll wait that slept is one
+    voluntary switch: the GIL hand-offs, counted without strace's slowing)."""
     out = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
         stat = (task / "stat").read_text()
         fields = stat[stat.rindex(")") + 2 :].split()
-        out[int(task.name)] = (int(fields[11]), int(fields[12]))
+        ns = int((task / "schedstat").read_text().split()[0])
+        status = dict(
+            row.split(":\t", 1)
+            for row in (task / "status").read_text().splitlines()
+            if ":\t" in row
+        )
+        switches = int(status["voluntary_ctxt_switches"]), int(status["nonvoluntary_ctxt_switches"])
+        out[int(task.name)] = (int(fields[11]), int(fields[12]), ns, *switches)
     return out
 
 
@@ -161,15 +177,23 @@ def _transactions(base: str) -> int:
     return int(stats["transactions"])
 
 
-def report(merged: dict[str, collections.Counter[str]], count: int, per_batch: float) -> None:
-    line(f"  {per_batch:.1f} registrations per transaction")
+def report(
+    merged: dict[str, collections.Counter[str]],
+    count: int,
+    cpu_count: int,
+    per_batch: tuple[float, float],
+) -> None:
+    line(f"  registrations per transaction: {per_batch[0]:.1f} untraced, {per_batch[1]:.1f} traced")
     for thread in ("loop", "sqlite writer", "checkpointer", "other"):
         counter = merged.get(thread)
         if not counter:
             continue
-        tick = 1e6 / os.sysconf("SC_CLK_TCK") / count
-        user, system = counter.pop("cpu:user", 0), counter.pop("cpu:system", 0)
-        line(f"  {thread}: CPU untraced {user * tick:.1f} us user, {system * tick:.1f} us kernel")
+        user, system, ns, vol, invol = (counter.pop(name, 0) for name in _CPU_FIELDS)
+        line(
+            f"  {thread}: untraced, per registration: CPU {ns / 1e3 / cpu_count:.1f} us "
+            f"({system / max(1, user + system):.0%} kernel), context switches "
+            f"{vol / cpu_count:.2f} voluntary, {invol / cpu_count:.2f} involuntary"
+        )
         total = sum(counter.values())
         top = ", ".join(f"{name} {n / count:.2f}" for name, n in counter.most_common(12))
         line(f"  {thread}: {total / count:.2f} calls per registration: {top}")
@@ -178,7 +202,10 @@ def report(merged: dict[str, collections.Counter[str]], count: int, per_batch: f
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tree", action="append", type=Path, required=True, help="a checkout")
-    parser.add_argument("--count", type=int, default=3000)
+    parser.add_argument("--count", type=int, default=3000, help="registrations traced")
+    parser.add_argument(
+        "--cpu-count", type=int, default=15000, help="registrations for CPU and switches, untraced"
+    )
     parser.add_argument("--concurrency", type=int, default=64)
     args = parser.parse_args()
     header(f"system calls per durable registration (strace -f), {args.count} registrations")
@@ -187,8 +214,8 @@ def main() -> None:
             ["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
         ).stdout.strip()
         line(f"{tree} ({rev}):")
-        merged, per_batch = measure(tree.resolve(), args.count, args.concurrency)
-        report(merged, args.count, per_batch)
+        merged, per_batch = measure(tree.resolve(), args.count, args.cpu_count, args.concurrency)
+        report(merged, args.count, args.cpu_count, per_batch)
 
 
 if __name__ == "__main__":
