@@ -98,10 +98,11 @@ def put_all_if(cursor: sqlite3.Cursor, first_index: int, batch: Sequence[Commit]
     before.
 
     The rows go in multi-row statements (`_chunks`), not one `executemany`:
-    the sqlite3 module releases and retakes the GIL around each row's step
-    and reset, and while the event loop holds it each retake is a futex wait
-    and a wake-up of this thread (~1 per registration, by strace); a
-    statement of many rows is one step. Rows of distinct keys do not depend on
+    that is a step and a reset per row, each through the sqlite3 module's
+    per-step work and a release and retake of the GIL (a futex wait whenever
+    the event loop holds it); a statement of many rows is one step (the
+    writer's instructions per commit 27.0k -> 25.0k at 24 commits a batch,
+    bench/agent/writer_batch.py). Rows of distinct keys do not depend on
     each other, so one statement changes exactly the rows that one by one
     would; a key twice in a batch changes fewer rows than the batch has
     (`INSERT`: the second conflicts with the first; `UPDATE .. FROM`: one
