@@ -113,31 +113,13 @@ def name_threads(
 def measure(
     tree: Path, count: int, cpu_count: int, concurrency: int
 ) -> tuple[dict[str, collections.Counter[str]], tuple[float, float]]:
-    data = tempfile.mkdtemp(prefix="reg2-sys-")
-    proc, base = start(tree, data)
-    url = f"{base}/v1/agent/service/register"
-    out = Path(tempfile.mkdtemp(prefix="reg2-strace-")) / "trace"
-    try:
-        asyncio.run(drive(url, 500, concurrency, 0))
-        cpu0, before = _thread_cpu(proc.pid), _transactions(base)
-        asyncio.run(drive(url, cpu_count, concurrency, 2))  # untraced: CPU per thread
-        cpu = {tid: [b - a for a, b in zip(cpu0.get(tid, (0,) * 5), t, strict=True)]
-               for tid, t in _thread_cpu(proc.pid).items()}  # fmt: skip
-        untraced = cpu_count / max(1, _transactions(base) - before)
-        before = _transactions(base)
-        tracer = subprocess.Popen(
-            ["strace", "-f", "-qq", "-o", str(out), "-p", str(proc.pid)], stderr=subprocess.DEVNULL
-        )
-        time.sleep(1.0)  # strace attaches to every thread before the run starts
-        asyncio.run(drive(url, count, concurrency, 1))
-        tracer.send_signal(signal.SIGINT)
-        tracer.wait(30)
-        per_batch = untraced, count / max(1, _transactions(base) - before)
-        calls = parse(out, proc.pid)
-        names = name_threads(out, proc.pid, calls)
-    finally:
-        proc.terminate()
-        proc.wait(30)
+    with tempfile.TemporaryDirectory(prefix="waypost-bench-syscalls-") as tmp:
+        proc, base = start(tree, f"{tmp}/data")
+        try:
+            cpu, calls, names, per_batch = _runs(proc.pid, base, count, cpu_count, concurrency, tmp)
+        finally:
+            proc.terminate()
+            proc.wait(30)
     merged: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
     for tid, counter in calls.items():
         merged[names[tid]].update(counter)
@@ -145,6 +127,33 @@ def measure(
         for name, value in zip(_CPU_FIELDS, values, strict=True):
             merged[names.get(tid, "other")][name] += value
     return merged, per_batch
+
+
+def _runs(
+    pid: int, base: str, count: int, cpu_count: int, concurrency: int, tmp: str
+) -> tuple[
+    dict[int, list[int]], dict[int, collections.Counter[str]], dict[int, str], tuple[float, float]
+]:
+    """The untraced run (CPU and switches per thread), then the traced one."""
+    url = f"{base}/v1/agent/service/register"
+    out = Path(tmp) / "trace"
+    asyncio.run(drive(url, 500, concurrency, 0))
+    cpu0, before = _thread_cpu(pid), _transactions(base)
+    asyncio.run(drive(url, cpu_count, concurrency, 2))
+    cpu = {tid: [b - a for a, b in zip(cpu0.get(tid, (0,) * 5), t, strict=True)]
+           for tid, t in _thread_cpu(pid).items()}  # fmt: skip
+    untraced = cpu_count / max(1, _transactions(base) - before)
+    before = _transactions(base)
+    tracer = subprocess.Popen(
+        ["strace", "-f", "-qq", "-o", str(out), "-p", str(pid)], stderr=subprocess.DEVNULL
+    )
+    time.sleep(1.0)  # strace attaches to every thread before the run starts
+    asyncio.run(drive(url, count, concurrency, 1))
+    tracer.send_signal(signal.SIGINT)
+    tracer.wait(30)
+    traced = count / max(1, _transactions(base) - before)
+    calls = parse(out, pid)
+    return cpu, calls, name_threads(out, pid, calls), (untraced, traced)
 
 
 _CPU_FIELDS = ("cpu:user", "cpu:system", "cpu:ns", "cpu:voluntary", "cpu:involuntary")
