@@ -445,6 +445,20 @@ async def test_sqlite_refuses_commits_from_another_event_loop(tmp_path: Path) ->
     await store.close()
 
 
+def test_sqlite_refuses_commits_from_a_later_loop_on_its_thread(tmp_path: Path) -> None:
+    """The loop check without get_running_loop(): the opener's thread is not
+    enough, the opener's loop must be the one running (its answers go there)."""
+    store = open_storage(sqlite_url(tmp_path))
+    asyncio.run(store.open(Mirror()))  # that loop ends; the store stays open
+
+    async def commit_from_another_loop() -> None:
+        with pytest.raises(StorageError, match="another event loop"):
+            await asyncio.wait_for(store.commit([Entry("k", b"")]), 2)
+        await store.close()
+
+    asyncio.run(commit_from_another_loop())
+
+
 class FailingMirror(Mirror):
     def __call__(self, index: int, entries: list[Entry], snapshot: bool = False) -> None:
         if any(e.key == "poison" for e in entries):

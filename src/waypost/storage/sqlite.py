@@ -163,6 +163,7 @@ class SqliteStorage(Storage):
         # Deadlines, on the loop that opened the store: its unanswered commits
         # in queue order (so in deadline order) and one timer for the oldest.
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0  # threading.get_ident() of the thread running _loop
         self._outstanding: collections.deque[_Pending] = collections.deque()
         self._sweeper: asyncio.TimerHandle | None = None
         self._writer_exited = False
@@ -202,6 +203,7 @@ class SqliteStorage(Storage):
             raise
         self._apply = apply
         self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
         self._outstanding.clear()
         if self._sweeper is not None:
             self._sweeper.cancel()
@@ -233,12 +235,19 @@ class SqliteStorage(Storage):
             apply(self._index, [])
 
     async def commit(self, ops: list[Entry], conditions: Sequence[Condition] = ()) -> int:
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:
+            raise StorageError(f"the sqlite store {self.path} is closed")
         pending = _Pending(ops, tuple(conditions), loop, COMMIT_TIMEOUT)
         with self._lock:
             if self._thread is None or self._closing:
                 raise StorageError(f"the sqlite store {self.path} is closed")
-            if loop is not self._loop:  # apply() must run where the catalog lives
+            # apply() must run where the catalog lives. One loop runs per
+            # thread at a time, so "on the opener's thread, with its loop
+            # running" is "inside that loop", without asyncio's
+            # get_running_loop(), whose fork check is a getpid() system call
+            # per commit on Python 3.11.
+            if threading.get_ident() != self._loop_thread or not loop.is_running():
                 raise StorageError(f"the sqlite store {self.path} was opened on another event loop")
             if self._writer_exited:  # cannot happen; if it does, say so at once
                 raise StorageError(f"the sqlite store {self.path} has no writer: restart the agent")
