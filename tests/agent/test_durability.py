@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from pathlib import Path
@@ -17,6 +18,14 @@ def start(data: Path) -> AgentProcess:
     return AgentProcess(
         "--data-dir", str(data), "--http", "127.0.0.1:0", "--dns", "off", "--node", "n1"
     ).start()
+
+
+def parked(agent: AgentProcess) -> float:
+    """Blocking queries waiting in the agent (either path counts in this gauge)."""
+    text = httpx.get(f"{agent.http_url}/metrics", timeout=5).text
+    found = re.search(r"(?m)^waypost_catalog_parked_queries (\S+)$", text)
+    assert found is not None, "no waypost_catalog_parked_queries on /metrics"
+    return float(found.group(1))
 
 
 def test_kill_9_loses_no_acknowledged_registration(tmp_path: Path) -> None:
@@ -131,7 +140,7 @@ def test_sigterm_answers_open_blocking_queries_and_exits_cleanly(tmp_path: Path)
     pollers = [threading.Thread(target=long_poll) for _ in range(5)]
     for t in pollers:
         t.start()
-    time.sleep(0.5)  # let the queries park
+    until(lambda: parked(agent) == 5, timeout=10)  # every query is waiting in the agent
     started = time.monotonic()
     assert agent.stop() == 0
     assert time.monotonic() - started < 5

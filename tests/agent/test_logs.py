@@ -111,16 +111,17 @@ def test_debug_adds_the_access_log_and_json_lines_parse() -> None:
 def test_monitor_streams_the_same_lines_as_the_log(agent: AgentProcess, unique: str) -> None:
     """`/v1/agent/monitor` (what `consul monitor` reads) shows the agent's own layout."""
     import threading
-    import time
 
     import httpx
 
     lines: list[str] = []
+    streaming = threading.Event()
 
     def read() -> None:
         with httpx.stream(
             "GET", f"{agent.http_url}/v1/agent/monitor?loglevel=info", timeout=10
         ) as r:
+            streaming.set()  # the agent subscribed before it sent the headers
             for line in r.iter_lines():
                 if unique in line:
                     lines.append(line)
@@ -128,7 +129,7 @@ def test_monitor_streams_the_same_lines_as_the_log(agent: AgentProcess, unique: 
 
     reader = threading.Thread(target=read)
     reader.start()
-    time.sleep(0.3)
+    assert streaming.wait(10), "the monitor sent no headers"
     httpx.put(f"{agent.http_url}/v1/agent/service/register", json={"Name": unique, "Port": 1})
     reader.join(10)
     assert re.fullmatch(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import consul
 import consul.exceptions
@@ -95,12 +94,14 @@ def test_agent_metrics_json_and_prometheus(http: httpx.Client) -> None:
 
 def test_monitor_streams_log_lines_until_the_client_leaves(agent: AgentProcess) -> None:
     lines: list[str] = []
+    streaming = threading.Event()
 
     def read() -> None:
         with httpx.stream(
             "GET", f"{agent.http_url}/v1/agent/monitor?loglevel=info", timeout=10
         ) as r:
             assert r.status_code == 200
+            streaming.set()  # the agent subscribed before it sent the headers
             for line in r.iter_lines():
                 if line:
                     lines.append(line)
@@ -108,7 +109,7 @@ def test_monitor_streams_log_lines_until_the_client_leaves(agent: AgentProcess) 
 
     reader = threading.Thread(target=read)
     reader.start()
-    time.sleep(0.3)
+    assert streaming.wait(10), "the monitor sent no headers"
     httpx.put(f"{agent.http_url}/v1/agent/reload")  # logs a line at info
     reader.join(10)
     assert not reader.is_alive()

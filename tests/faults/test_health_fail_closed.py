@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import subprocess
 import time
 from collections.abc import Iterator
@@ -75,6 +76,14 @@ def fill(mnt: Path) -> Path:
 def passing_ids(http: httpx.Client, name: str) -> list[str]:
     rows = ok(http.get(f"/v1/health/service/{name}", params={"passing": "1"}), "?passing").json()
     return [row["Service"]["ID"] for row in rows]
+
+
+def held_checks(http: httpx.Client) -> float:
+    """Checks the agent holds critical because the store refused their status."""
+    text = ok(http.get("/metrics"), "GET /metrics").text
+    found = re.search(r"(?m)^waypost_catalog_held_checks (\S+)$", text)
+    assert found is not None, "no waypost_catalog_held_checks on /metrics"
+    return float(found.group(1))
 
 
 def check_status(http: httpx.Client, check_id: str) -> str | None:
@@ -145,10 +154,16 @@ def test_ttl_expiry_on_a_full_disk_fails_closed_and_is_stored_once_space_is_back
 
             filler.unlink()
             filler = None
-            # The bound under test, not a wait for an event: the status must be
-            # durable RECOVERY seconds after space is back, whatever the retry
-            # schedule; only a kill and a restart can tell.
-            time.sleep(RECOVERY)
+            # The bound under test: the status must be stored within RECOVERY
+            # seconds of space being back. The agent releases its hold on the
+            # check once the store took the critical status (held_checks on
+            # /metrics); only the kill and restart below tell it is durable.
+            eventually(
+                lambda: held_checks(http) == 0,
+                RECOVERY,
+                lambda: f"the agent still holds {held_checks(http):g} check(s) critical "
+                "unstored after the disk had space again",
+            )
         agent.kill()
         agent = None
 
