@@ -459,6 +459,33 @@ def test_sqlite_refuses_commits_from_a_later_loop_on_its_thread(tmp_path: Path) 
     asyncio.run(commit_from_another_loop())
 
 
+def test_sqlite_takes_commits_from_its_loop_run_on_another_thread(tmp_path: Path) -> None:
+    """The same loop is the same place for apply(), whichever thread runs it:
+    the thread check is only the quick answer."""
+    store = open_storage(sqlite_url(tmp_path))
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(store.open(Mirror()))  # opened on this thread
+    results: list[object] = []
+
+    async def commit_and_close() -> None:
+        try:
+            results.append(await asyncio.wait_for(store.commit([Entry("k", b"v")]), 5))
+        finally:
+            await store.close()
+
+    def other_thread() -> None:
+        try:
+            loop.run_until_complete(commit_and_close())
+        except BaseException as exc:  # reported below, not lost in the thread
+            results.append(exc)
+
+    thread = threading.Thread(target=other_thread)
+    thread.start()
+    thread.join(20)
+    loop.close()
+    assert len(results) == 1 and isinstance(results[0], int), results
+
+
 class FailingMirror(Mirror):
     def __call__(self, index: int, entries: list[Entry], snapshot: bool = False) -> None:
         if any(e.key == "poison" for e in entries):

@@ -67,6 +67,7 @@ import collections
 import contextlib
 import errno
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -95,6 +96,20 @@ MAX_QUEUED = 10_000
 REPLAY_CHUNK = 10_000
 #: Seconds a commit may take from being queued to being answered.
 COMMIT_TIMEOUT = 10.0
+
+# True in a child forked from this process: its thread ids and its loops'
+# running state are copies of the parent's, so SqliteStorage._inside asks
+# asyncio (which knows the process changed) instead of trusting them.
+_forked = False
+
+
+def _after_fork() -> None:
+    global _forked
+    _forked = True
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows
+    os.register_at_fork(after_in_child=_after_fork)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS kv (
@@ -234,6 +249,24 @@ class SqliteStorage(Storage):
         if not applied:
             apply(self._index, [])
 
+    def _inside(self, loop: asyncio.AbstractEventLoop) -> bool:
+        """Whether the caller runs inside `loop`, the opener's. The common
+        case is answered without `asyncio.get_running_loop()`, whose fork
+        check is a getpid() system call per call on Python 3.11: a running
+        loop runs on one thread, so on the thread where `loop` last committed,
+        with `loop` running, the caller is inside it. Anything else (a loop
+        moved to another thread, a forked child, whose thread ids and loop
+        states are copies) is asked the full question."""
+        if threading.get_ident() == self._loop_thread and loop.is_running() and not _forked:
+            return True
+        try:
+            inside = asyncio.get_running_loop() is loop
+        except RuntimeError:  # no loop running in this thread (of this process)
+            return False
+        if inside:
+            self._loop_thread = threading.get_ident()
+        return inside
+
     async def commit(self, ops: list[Entry], conditions: Sequence[Condition] = ()) -> int:
         loop = self._loop
         if loop is None:
@@ -242,12 +275,7 @@ class SqliteStorage(Storage):
         with self._lock:
             if self._thread is None or self._closing:
                 raise StorageError(f"the sqlite store {self.path} is closed")
-            # apply() must run where the catalog lives. One loop runs per
-            # thread at a time, so "on the opener's thread, with its loop
-            # running" is "inside that loop", without asyncio's
-            # get_running_loop(), whose fork check is a getpid() system call
-            # per commit on Python 3.11.
-            if threading.get_ident() != self._loop_thread or not loop.is_running():
+            if not self._inside(loop):  # apply() must run where the catalog lives
                 raise StorageError(f"the sqlite store {self.path} was opened on another event loop")
             if self._writer_exited:  # cannot happen; if it does, say so at once
                 raise StorageError(f"the sqlite store {self.path} has no writer: restart the agent")
