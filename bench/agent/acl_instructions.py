@@ -48,12 +48,12 @@ RULES = (
 )
 
 
-def start(acl: bool, out: str, tls: list[str]) -> tuple[subprocess.Popen[str], str]:
+def start(acl: bool, out: str, data: str, tls: list[str]) -> tuple[subprocess.Popen[str], str]:
     flags = ["--acl-default-policy", "deny"] if acl else []
     flags += tls
     cmd = [
         "valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
-        sys.executable, "-m", "waypost.cli.main", "agent", "--data-dir", tempfile.mkdtemp(),
+        sys.executable, "-m", "waypost.cli.main", "agent", "--data-dir", data,
         "--http", "127.0.0.1:0", "--dns", "off", "--grpc", "off", *flags,
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "PYTHONUNBUFFERED": "1"}
@@ -149,8 +149,14 @@ def measure(
     """Instructions per read and per registration. With `header` (and ACLs
     off) every request carries an X-Consul-Token the agent ignores: what the
     header alone costs the HTTP layer, apart from anything ACLs do."""
-    out = f"{tempfile.mkdtemp()}/callgrind.out"
-    proc, url = start(acl, out, tls or [])
+    with tempfile.TemporaryDirectory(prefix="waypost-acl-instructions-") as tmp:
+        return _measured(acl, count, tls, header, f"{tmp}/callgrind.out", f"{tmp}/data")
+
+
+def _measured(
+    acl: bool, count: int, tls: list[str] | None, header: bool, out: str, data: str
+) -> tuple[float, float]:
+    proc, url = start(acl, out, data, tls or [])
     try:
         if tls:
             return _tls_reads(proc.pid, out, url, count), 0.0
@@ -195,10 +201,14 @@ def main() -> None:
         )
 
 
+# The TLS run's certificate files, removed when the script exits.
+_TLS_DIR = tempfile.TemporaryDirectory(prefix="waypost-acl-instructions-tls-")
+
+
 def _tls_flags() -> list[str]:
     import trustme
 
-    folder = tempfile.mkdtemp()
+    folder = _TLS_DIR.name
     ca = trustme.CA()
     issued = ca.issue_cert("127.0.0.1")
     TLS_FILES.update(ca=f"{folder}/ca.pem", cert=f"{folder}/cert.pem", key=f"{folder}/key.pem")

@@ -62,7 +62,9 @@ async def drive(url: str, count: int, offset: int) -> None:
         await asyncio.gather(*(one(offset + i) for i in range(count)))
 
 
-def start(tree: Path, out: str, threads: bool = False) -> tuple[subprocess.Popen[str], str]:
+def start(
+    tree: Path, out: str, data: str, threads: bool = False
+) -> tuple[subprocess.Popen[str], str]:
     src = tree / "src"
     help_text = subprocess.run(
         [sys.executable, "-m", "waypost.cli.main", "agent", "--help"],
@@ -74,7 +76,7 @@ def start(tree: Path, out: str, threads: bool = False) -> tuple[subprocess.Popen
     cmd = [
         "valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
         *(["--separate-threads=yes"] if threads else []),
-        sys.executable, "-m", "waypost.cli.main", "agent", "--data-dir", tempfile.mkdtemp(),
+        sys.executable, "-m", "waypost.cli.main", "agent", "--data-dir", data,
         "--http", "127.0.0.1:0", "--dns", "off", *extra,
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(src), "PYTHONUNBUFFERED": "1"}
@@ -92,8 +94,13 @@ def start(tree: Path, out: str, threads: bool = False) -> tuple[subprocess.Popen
 
 
 def instructions(tree: Path, count: int, dump: Path | None = None) -> float:
-    out = f"{dump or tempfile.mkdtemp()}/callgrind.out"
-    proc, url = start(tree, out, threads=dump is not None)
+    # The agent's data (and callgrind's output, unless kept) in one directory, removed after.
+    with tempfile.TemporaryDirectory(prefix="waypost-instructions-") as tmp:
+        return _counted(tree, count, f"{dump or tmp}/callgrind.out", f"{tmp}/data", dump)
+
+
+def _counted(tree: Path, count: int, out: str, data: str, dump: Path | None) -> float:
+    proc, url = start(tree, out, data, threads=dump is not None)
     try:
         asyncio.run(drive(url, 200, 10**6))  # warm-up: imports, caches, first pages
         subprocess.run(

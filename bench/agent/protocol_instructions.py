@@ -78,7 +78,11 @@ async def _feed(count: int) -> None:
 
 
 def _total(tree: Path, count: int) -> int:
-    out = f"{tempfile.mkdtemp()}/callgrind.out"
+    with tempfile.TemporaryDirectory(prefix="waypost-protocol-instructions-") as tmp:
+        return _total_in(tree, count, f"{tmp}/callgrind.out")
+
+
+def _total_in(tree: Path, count: int, out: str) -> int:
     env = {**os.environ, "PYTHONPATH": f"{tree / 'src'}{os.pathsep}{Path(__file__).parent}"}
     cmd = [
         "valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",

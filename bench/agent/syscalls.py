@@ -10,7 +10,9 @@ fdatasync. This counts them:
     .venv/bin/python bench/agent/syscalls.py --tree /path/to/old/checkout --tree .
 
 Each tree's agent (sqlite store, `--log-level warning` as registrations.py
-runs it) gets a warm-up of 500 registrations, then `strace -f -p PID` is
+runs it) gets a warm-up of 500 registrations; then CPU_COUNT registrations
+untraced give each thread's CPU time, its kernel share and its context
+switches (/proc/PID/task/TID: schedstat, stat, status); then `strace -f -p PID` is
 attached for COUNT registrations (CONCURRENCY keep-alive connections, unique
 services, no checks, the body of registrations.py) and detached. Counts are
 exact; strace slows the agent down several times, which moves group commit's
@@ -31,13 +33,12 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import aiohttp
-from _common import header, line
+from _common import AgentProcess, header, line
 from registrations import registration
 
 _CALL = re.compile(r"^(\d+)\s+(?:<\.\.\. )?(\w+)(?:\(| resumed>)")
@@ -55,23 +56,11 @@ async def drive(url: str, count: int, concurrency: int, run: int) -> None:
         await asyncio.gather(*(one(i) for i in range(count)))
 
 
-def start(tree: Path, data: str) -> tuple[subprocess.Popen[str], str]:
-    cmd = [
-        sys.executable, "-m", "waypost.cli.main", "agent", "--data-dir", data,
-        "--http", "127.0.0.1:0", "--dns", "off", "--grpc", "off", "--log-level", "warning",
-    ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(tree / "src"), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
-    )
-    assert proc.stdout is not None
-    url = ""
-    for text in proc.stdout:
-        if m := re.match(r"HTTP API: (http://\S+)", text):
-            url = m.group(1)
-        if text.startswith("waypost agent running"):
-            return proc, url
-    raise RuntimeError(f"the agent of {tree} did not start")
+def start(tree: Path, data: str) -> AgentProcess:
+    """The tree's agent, as registrations.py runs it (the shared launcher: it
+    waits for the agent with a deadline, drains its output, never binds 8502)."""
+    args = ("--data-dir", data, "--http", "127.0.0.1:0", "--dns", "off", "--log-level", "warning")
+    return AgentProcess(*args, env={"PYTHONPATH": str(tree / "src")}).start()
 
 
 def parse(path: Path, pid: int) -> dict[int, collections.Counter[str]]:
@@ -114,12 +103,14 @@ def measure(
     tree: Path, count: int, cpu_count: int, concurrency: int
 ) -> tuple[dict[str, collections.Counter[str]], tuple[float, float]]:
     with tempfile.TemporaryDirectory(prefix="waypost-bench-syscalls-") as tmp:
-        proc, base = start(tree, f"{tmp}/data")
+        agent = start(tree, f"{tmp}/data")
+        assert agent.proc is not None
         try:
-            cpu, calls, names, per_batch = _runs(proc.pid, base, count, cpu_count, concurrency, tmp)
+            cpu, calls, names, per_batch = _runs(
+                agent.proc.pid, agent.http_url, count, cpu_count, concurrency, tmp
+            )
         finally:
-            proc.terminate()
-            proc.wait(30)
+            agent.stop(timeout=30)  # SIGKILL after that: the data dir goes next
     merged: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
     for tid, counter in calls.items():
         merged[names[tid]].update(counter)
@@ -147,10 +138,12 @@ def _runs(
     tracer = subprocess.Popen(
         ["strace", "-f", "-qq", "-o", str(out), "-p", str(pid)], stderr=subprocess.DEVNULL
     )
-    time.sleep(1.0)  # strace attaches to every thread before the run starts
-    asyncio.run(drive(url, count, concurrency, 1))
-    tracer.send_signal(signal.SIGINT)
-    tracer.wait(30)
+    try:
+        time.sleep(1.0)  # strace attaches to every thread before the run starts
+        asyncio.run(drive(url, count, concurrency, 1))
+    finally:
+        tracer.send_signal(signal.SIGINT)
+        tracer.wait(30)
     traced = count / max(1, _transactions(base) - before)
     calls = parse(out, pid)
     return cpu, calls, name_threads(out, pid, calls), (untraced, traced)
