@@ -137,10 +137,14 @@ def test_sigterm_answers_open_blocking_queries_and_exits_cleanly(tmp_path: Path)
                 ).status_code
             )
 
-    pollers = [threading.Thread(target=long_poll) for _ in range(5)]
+    pollers = [threading.Thread(target=long_poll, daemon=True) for _ in range(5)]
     for t in pollers:
         t.start()
-    until(lambda: parked(agent) == 5, timeout=10)  # every query is waiting in the agent
+    try:
+        until(lambda: parked(agent) == 5, timeout=10)  # every query is waiting in the agent
+    except BaseException:
+        agent.kill()  # the pollers' queries end with it, not after their 10 minutes
+        raise
     started = time.monotonic()
     assert agent.stop() == 0
     assert time.monotonic() - started < 5

@@ -121,7 +121,7 @@ def test_monitor_streams_the_same_lines_as_the_log(agent: AgentProcess, unique: 
         with httpx.stream(
             "GET", f"{agent.http_url}/v1/agent/monitor?loglevel=info", timeout=10
         ) as r:
-            streaming.set()  # the agent subscribed before it sent the headers
+            streaming.set()  # subscribed in the step that sent the headers (nothing awaits between)
             for line in r.iter_lines():
                 if unique in line:
                     lines.append(line)

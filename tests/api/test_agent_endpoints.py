@@ -101,7 +101,7 @@ def test_monitor_streams_log_lines_until_the_client_leaves(agent: AgentProcess) 
             "GET", f"{agent.http_url}/v1/agent/monitor?loglevel=info", timeout=10
         ) as r:
             assert r.status_code == 200
-            streaming.set()  # the agent subscribed before it sent the headers
+            streaming.set()  # subscribed in the step that sent the headers (nothing awaits between)
             for line in r.iter_lines():
                 if line:
                     lines.append(line)
