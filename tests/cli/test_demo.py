@@ -3,6 +3,7 @@ a narration of why no order failed."""
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -61,6 +62,12 @@ def test_demo_on_the_users_agent_leaves_the_users_services_alone() -> None:
     traffic = [line for line in lines[kill + 2 :] if line.startswith("t=")]
     assert traffic and all("payment-3" not in line for line in traffic)  # gone after the kill
     story = "\n".join(lines[kill:])
-    assert "retried on another instance" in story
-    assert "payment-3: the agent's health check marked it critical" in story
+    removed = re.search(r"payment-3: the agent's health check marked it critical ([\d.]+)s", story)
+    assert removed, story
+    # The story of why no order failed: one that tried payment-3 was retried
+    # elsewhere; or (about one run in 17) the agent's 1 s check took payment-3
+    # out of discovery before round robin came back to it, and the first
+    # narration after the kill says so. (Retries that do not work fail orders:
+    # the last line's "0 failed".)
+    assert "retried on another instance" in story or float(removed.group(1)) < 1.5, story
     assert lines[-1] == "40 orders, 0 failed"
