@@ -4,6 +4,12 @@ The agent's data dir lives on a 4 MiB tmpfs. A TTL check passes, the disk is
 filled, the TTL runs out: the expiry cannot be written, yet the instance must
 leave `?passing` and DNS and the check must read critical. Once space is back
 the critical status must reach the store: a `kill -9` and restart read it.
+
+About one run in 14 the full disk does not refuse the expiry: sqlite writes it
+into WAL pages the file already has (the WAL is reused after a checkpoint and
+kept up to WAL_KEEP_BYTES), so nothing needs a new block. That run checks the
+same outcome on the ordinary path; asserting that the hold happened would make
+the test fail in those runs without anything being wrong.
 """
 
 from __future__ import annotations
