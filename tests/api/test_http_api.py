@@ -124,6 +124,17 @@ def test_multiple_tags_must_all_match(http: httpx.Client, unique: str) -> None:
     assert [r["Service"]["ID"] for r in rows] == ["a"]
 
 
+def test_a_tag_matches_whatever_its_case_as_in_consul(http: httpx.Client, unique: str) -> None:
+    """Consul's tag filter compares lowercased tags (a scrape config's `tags:`
+    in another case than the registration's must still find its targets)."""
+    register(http, {"Name": unique, "ID": "a", "Tags": ["Primary", "v1"]})
+    register(http, {"Name": unique, "ID": "b", "Tags": ["v1"]})
+    for path in (f"/v1/health/service/{unique}", f"/v1/catalog/service/{unique}"):
+        rows = http.get(path, params=[("tag", "PRIMARY"), ("tag", "V1")]).json()
+        ids = [r["Service"]["ID"] if "Service" in r else r["ServiceID"] for r in rows]
+        assert ids == ["a"], path
+
+
 def test_replace_existing_checks(http: httpx.Client, unique: str) -> None:
     sid = f"{unique}-1"
     register(

@@ -53,7 +53,8 @@ def test_put_get_cas_flags_delete(c: consul.Consul, unique: str) -> None:
     assert c.kv.put(key, "v2", cas=entry["ModifyIndex"] + 100) is False
     assert c.kv.put(key, "v2", cas=entry["ModifyIndex"]) is True
     _, entry2 = c.kv.get(key)
-    assert entry2["Value"] == b"v2" and entry2["Flags"] == 7  # flags kept when not given
+    # Consul stores the request's flags on every write: 0 when it sends none.
+    assert entry2["Value"] == b"v2" and entry2["Flags"] == 0
     assert entry2["CreateIndex"] == entry["CreateIndex"] < entry2["ModifyIndex"]
     assert c.kv.put(f"{unique}/new", "x", cas=0) is True
     assert c.kv.delete(key, cas=entry["ModifyIndex"]) is False  # stale

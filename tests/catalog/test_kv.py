@@ -60,6 +60,45 @@ async def test_lock_delay_starts_when_the_holding_session_goes() -> None:
     assert cat.state.kv.get("lock").lock_index == 2  # type: ignore[union-attr]
 
 
+async def test_a_lock_delay_is_at_most_a_minute_as_in_consul() -> None:
+    cat = await _catalog()
+    slow = await _session(cat, lock_delay=70)
+    await cat.write(kvwrites.kv_acquire, "lock", b"x", slow)
+    await cat.write(kvwrites.session_destroy, slow)
+    assert 59 < cat.state.kv.lock_delay_left("lock") <= 60
+
+
+async def test_a_write_without_flags_stores_flags_0_as_consul_does() -> None:
+    cat = await _catalog()
+    s = await _session(cat)
+    await cat.write(kvwrites.kv_set, "f", b"1", 42)
+    await cat.write(kvwrites.kv_set, "f", b"2")
+    assert cat.state.kv.get("f").flags == 0  # type: ignore[union-attr]
+    await cat.write(kvwrites.kv_acquire, "f", b"3", s, 7)
+    await cat.write(kvwrites.kv_acquire, "f", b"4", s)  # the holder again, no flags
+    assert cat.state.kv.get("f").flags == 0  # type: ignore[union-attr]
+    await cat.write(kvwrites.kv_set, "g", b"1", 9)
+    assert cat.state.kv.get("g").flags == 9  # type: ignore[union-attr]
+
+
+async def test_releasing_with_a_session_that_is_gone_is_false_not_an_error() -> None:
+    cat = await _catalog()
+    s = await _session(cat)
+    await cat.write(kvwrites.kv_acquire, "lock", b"x", s)
+    await cat.write(kvwrites.session_destroy, s)
+    assert await cat.write(kvwrites.kv_release, "lock", b"x", s) is False
+    with pytest.raises(ValidationError, match="Missing session"):
+        await cat.write(kvwrites.kv_release, "lock", b"x", "")
+
+
+async def test_a_cas_delete_of_a_key_that_is_not_there_is_true() -> None:
+    cat = await _catalog()
+    assert await cat.write(kvwrites.kv_delete_cas, "nothing", 5) is True
+    await cat.write(kvwrites.kv_set, "k", b"1")
+    assert await cat.write(kvwrites.kv_delete_cas, "k", 0) is False
+    assert cat.state.kv.get("k") is not None
+
+
 async def test_an_explicit_release_has_no_lock_delay() -> None:
     cat = await _catalog()
     s, other = await _session(cat, lock_delay=30), await _session(cat)

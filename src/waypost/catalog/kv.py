@@ -33,6 +33,8 @@ from .watch import Topic
 
 KV_PREFIX: Final = "k/"
 MAX_TOMBSTONES: Final = 50_000
+#: Longest lock delay, seconds (Consul's structs.MaxLockDelay).
+MAX_LOCK_DELAY: Final = 60.0
 
 
 class KvEntry(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -134,10 +136,12 @@ class KvTable:
                 self.floor = max(self.floor, at)
 
     def start_lock_delay(self, session: str, delay: float) -> None:
-        """The session is going: its keys may not be acquired for `delay` seconds."""
+        """The session is going: its keys may not be acquired for `delay`
+        seconds, at most MAX_LOCK_DELAY (Consul caps it too; the session keeps
+        what it was given)."""
         if delay <= 0:
             return
-        until = time.monotonic() + delay
+        until = time.monotonic() + min(delay, MAX_LOCK_DELAY)
         for key in self.held.get(session, ()):
             self.delays[key] = until
 

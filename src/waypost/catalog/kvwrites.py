@@ -38,7 +38,7 @@ def validate_key(key: str) -> None:
 
 
 def kv_set(txn: Txn, key: str, value: bytes, flags: int | None = None) -> bool:
-    """An unconditional write; an existing entry keeps its lock and indexes."""
+    """An unconditional write; an existing entry keeps its lock and create index."""
     validate_key(key)
     old = txn.kv(key)
     txn.put_kv(_updated(old, key, value, flags))
@@ -76,9 +76,12 @@ def kv_acquire(txn: Txn, key: str, value: bytes, session_id: str, flags: int | N
 
 
 def kv_release(txn: Txn, key: str, value: bytes, session_id: str, flags: int | None = None) -> bool:
-    """Let go of the lock if `session_id` holds it (and write the value)."""
+    """Let go of the lock if `session_id` holds it (and write the value).
+    A session that is gone holds nothing: False, not an error, as in Consul
+    (a client's `finally: release` after its session expired)."""
     validate_key(key)
-    _live_session(txn, session_id)
+    if not session_id:
+        raise ValidationError("Missing session")
     old = txn.kv(key)
     if old is None or old.session != session_id:
         return False
@@ -94,10 +97,14 @@ def kv_delete(txn: Txn, key: str) -> bool:
 
 
 def kv_delete_cas(txn: Txn, key: str, cas: int) -> bool:
-    """Delete only if the key's modify index is `cas`; Consul never deletes for 0."""
+    """Delete only if the key's modify index is `cas`; Consul never deletes for 0.
+    A key that is not there is deleted already: True, whatever `cas` (Consul's
+    kvsDeleteCASTxn), e.g. a leader key its Behavior=delete session removed."""
     validate_key(key)
     old = txn.kv(key)
-    if old is None or cas == 0 or old.modify_index != cas:
+    if old is None:
+        return True
+    if cas == 0 or old.modify_index != cas:
         return False
     txn.delete_kv(key)
     return True
@@ -114,9 +121,11 @@ def _updated(old: KvEntry | None, key: str, value: bytes, flags: int | None) -> 
         raise ValidationError(
             f"Value for key {key!r} too large ({len(value)} bytes), max size: {MAX_VALUE} bytes"
         )
+    # Flags are the request's, 0 when it sends none, as Consul stores them
+    # on every set, cas, acquire and release (a session's end keeps them).
     if old is None:
         return KvEntry(key, value, flags or 0)
-    return msgspec.structs.replace(old, value=value, flags=old.flags if flags is None else flags)
+    return msgspec.structs.replace(old, value=value, flags=flags or 0)
 
 
 def _live_session(txn: Txn, session_id: str) -> Session:

@@ -559,10 +559,12 @@ class State:
         return result
 
     def instances(self, name: str, tags: Iterable[str] = ()) -> list[Service]:
-        wanted = set(tags)
+        """The instances of `name` with every one of `tags`, compared without
+        case as Consul's tag filter does (`?tag=` on catalog and health reads)."""
+        wanted = {t.lower() for t in tags}
         found = self.by_name.get(name, {}).values()
         if wanted:
-            return [s for s in found if wanted.issubset(s.tags)]
+            return [s for s in found if wanted.issubset({t.lower() for t in s.tags})]
         return list(found)
 
     def health(
