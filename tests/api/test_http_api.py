@@ -135,6 +135,22 @@ def test_a_tag_matches_whatever_its_case_as_in_consul(http: httpx.Client, unique
         assert ids == ["a"], path
 
 
+def test_enterprise_namespaces_and_partitions_are_refused_as_consul_oss_does(
+    http: httpx.Client, unique: str
+) -> None:
+    register(http, {"Name": unique, "ID": "a"})
+    for path in (f"/v1/health/service/{unique}", f"/v1/catalog/service/{unique}", "/v1/kv/x"):
+        r = http.get(path, params={"ns": "team-a"})
+        assert r.status_code == 400, path
+        assert r.text == 'Invalid query parameter: "ns" - Namespaces are a Consul Enterprise feature'
+        r = http.get(path, params={"partition": "p1"})
+        assert r.status_code == 400 and "Partitions are a Consul Enterprise feature" in r.text
+    r = http.put("/v1/agent/service/register?ns=team-a", json={"Name": f"{unique}-ns"})
+    assert r.status_code == 400
+    assert f"{unique}-ns" not in http.get("/v1/agent/services").json()  # nothing written
+    assert http.get(f"/v1/health/service/{unique}", params={"ns": ""}).status_code == 200
+
+
 def test_replace_existing_checks(http: httpx.Client, unique: str) -> None:
     sid = f"{unique}-1"
     register(

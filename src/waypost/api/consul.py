@@ -56,6 +56,10 @@ NO_DC_PATH: Final = "No path to datacenter"
 _LOCAL_ONLY: Final = ("/v1/agent/", "/v1/catalog/datacenters")
 
 
+# Query parameters of Consul Enterprise, which Consul OSS refuses (agent/http_ce.go).
+_ENTERPRISE: Final = (("ns", "Namespaces"), ("partition", "Partitions"))
+
+
 def takes_datacenter(path: str) -> bool:
     """Whether `?dc=` names the datacenter a request is for (Consul's endpoints
     that forward to another datacenter), rather than being ignored."""
@@ -124,7 +128,15 @@ class ConsulApi:
         """A request for another datacenter (`?dc=` on an endpoint that takes
         it, or a body's Datacenter): Consul answers 500 "No path to datacenter"
         and writes nothing; waypost serves one datacenter, so it does the same
-        rather than serve this one's data. Every endpoint goes through here."""
+        rather than serve this one's data. Every endpoint goes through here.
+        So do Consul Enterprise's `?ns=` and `?partition=`, refused with Consul
+        OSS's 400 rather than ignored (a scrape config with a namespace would
+        otherwise get the whole registry)."""
+        for name, feature in _ENTERPRISE:
+            if req.arg(name):
+                raise ValidationError(
+                    f'Invalid query parameter: "{name}" - {feature} are a Consul Enterprise feature'
+                )
         dc = named or (req.arg("dc") if takes_datacenter(req.path) else "")
         if dc and dc != self.info.datacenter:
             raise RefusedError(no_dc_path(dc, self.info.datacenter))
