@@ -111,10 +111,15 @@ def test_passing_filter_counts_warning_and_node_checks(http: httpx.Client, uniqu
     register(
         http, {"Name": unique, "ID": f"{unique}-2", "Check": {"TTL": "1m", "Status": "passing"}}
     )
-    for flag in ("", "1", "true"):
+    for flag in ("", "1", "true", "T", "TRUE"):
         rows = http.get(f"/v1/health/service/{unique}?passing={flag}").json()
         assert [r["Service"]["ID"] for r in rows] == [f"{unique}-2"]
     assert len(http.get(f"/v1/health/service/{unique}").json()) == 2
+    for flag in ("0", "f", "False"):  # Go's ParseBool, as Consul reads ?passing
+        assert len(http.get(f"/v1/health/service/{unique}?passing={flag}").json()) == 2
+    for flag in ("nope", "yes", "no"):
+        r = http.get(f"/v1/health/service/{unique}?passing={flag}")
+        assert (r.status_code, r.text) == (400, "Invalid value for ?passing"), flag
 
 
 def test_multiple_tags_must_all_match(http: httpx.Client, unique: str) -> None:

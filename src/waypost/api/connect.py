@@ -107,7 +107,7 @@ class ConnectApi:
     # -- the sidecars of a service -------------------------------------------------
 
     async def health_connect(self, req: Request, name: str) -> Response:
-        passing = req.has("passing") and req.arg("passing").lower() not in ("false", "0")
+        passing = decode.passing(req)
         return await self.consul.read(
             req,
             (connect_topic(name),),

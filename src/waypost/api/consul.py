@@ -353,7 +353,7 @@ class ConsulApi:
 
     def health_service_read(self, req: Request, name: str) -> Read:
         """What `/v1/health/service/<name>` watches and how it answers."""
-        passing = req.has("passing") and req.arg("passing").lower() not in ("false", "0")
+        passing = decode.passing(req)
         tags = req.query.get("tag", [])
         keep = _selection(req, filter_fields.HEALTH_ROW, "Node.Meta")
         topics = (service_topic(name),)

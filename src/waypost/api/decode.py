@@ -142,6 +142,24 @@ def parse_wait(text: str) -> float:
     return min(seconds, MAX_WAIT)
 
 
+# The spellings of Go's strconv.ParseBool, with which Consul reads ?passing.
+_GO_TRUE: Final = frozenset({"1", "t", "T", "TRUE", "true", "True"})
+_GO_FALSE: Final = frozenset({"0", "f", "F", "FALSE", "false", "False"})
+
+
+def passing(req: Request) -> bool:
+    """`?passing` as Consul reads it: absent is false, no value is true,
+    anything else is a Go boolean or a 400 ("nope" is not quietly true)."""
+    if not req.has("passing"):
+        return False
+    value = req.arg("passing")
+    if value == "" or value in _GO_TRUE:
+        return True
+    if value in _GO_FALSE:
+        return False
+    raise ValidationError("Invalid value for ?passing")
+
+
 def parse_index(text: str) -> int:
     """`?index=`: an unsigned 64-bit integer in ASCII digits. `str.isdigit()`
     alone would take "²" (which int() refuses) and 5,000 digits (which int()
