@@ -45,23 +45,6 @@ if typing.TYPE_CHECKING:
         TtlCheck,
     )
 
-# The names `__getattr__` loads from waypost.client.
-_CLIENT = frozenset(
-    {
-        "AsyncDiscovery",
-        "AsyncServiceClient",
-        "AsyncTransport",
-        "Discovery",
-        "HttpCheck",
-        "Instance",
-        "Registration",
-        "ServiceClient",
-        "TcpCheck",
-        "Transport",
-        "TtlCheck",
-    }
-)
-
 __version__ = "0.1.0"
 
 __all__ = [
@@ -92,6 +75,9 @@ __all__ = [
 ]
 
 
+# The names `__getattr__` loads from waypost.client: those `__all__` lists
+# and this module does not define.
+_CLIENT = frozenset(__all__) - globals().keys()
 __getattr__ = _lazy.attributes(__name__, dict.fromkeys(_CLIENT, ".client"))
 
 
