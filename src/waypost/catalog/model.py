@@ -92,6 +92,13 @@ class Service(msgspec.Struct, frozen=True, omit_defaults=True, gc=False):
     modify_index: int = 0
 
 
+def carries(service: Service, tag: str) -> bool:
+    """Whether `service` has `tag` (given in lowercase), compared without
+    case, as Consul's tag filter does (serviceTagFilter): the one rule for
+    `?tag=` reads (State.instances) and DNS tag lookups (dns/answers.py)."""
+    return any(t.lower() == tag for t in service.tags)
+
+
 class CheckDefinition(msgspec.Struct, frozen=True, omit_defaults=True, gc=False):
     """How the owning agent runs a check. Durations are in seconds."""
 

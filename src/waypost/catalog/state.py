@@ -27,6 +27,7 @@ from .model import (
     Node,
     Record,
     Service,
+    carries,
     worst_status,
 )
 from .sessions import EVENT_PREFIX, SESSION_PREFIX, EventRing, SessionTable
@@ -559,12 +560,12 @@ class State:
         return result
 
     def instances(self, name: str, tags: Iterable[str] = ()) -> list[Service]:
-        """The instances of `name` with every one of `tags`, compared without
-        case as Consul's tag filter does (`?tag=` on catalog and health reads)."""
+        """The instances of `name` that carry every one of `tags` (`?tag=` on
+        catalog and health reads)."""
         wanted = {t.lower() for t in tags}
         found = self.by_name.get(name, {}).values()
         if wanted:
-            return [s for s in found if wanted.issubset({t.lower() for t in s.tags})]
+            return [s for s in found if all(carries(s, tag) for tag in wanted)]
         return list(found)
 
     def health(

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
-from ..catalog.model import Node, Service
+from ..catalog.model import Node, Service, carries
 from ..catalog.watch import NODES, SERVICES, Topic, node_topic, service_topic
 from . import names, wire
 from .names import Lookup
@@ -100,7 +100,7 @@ class Answerer:
             return []
         result = []
         for service in self.state.instances_of(name):
-            if tag and not any(t.lower() == tag for t in service.tags):
+            if tag and not carries(service, tag):
                 continue
             if allow is not None and not allow("node", service.node):
                 continue
