@@ -81,7 +81,7 @@ class AgentApp:
         try:
             handler, rest, declared = route or self.router.route(request.method, request.path)
             if request.query:
-                self.consul.check_datacenter(request)  # ?dc=dc2: 500, nothing done
+                self.consul.check_scope(request)  # ?dc=dc2: 500, ?ns=x: 400, nothing done
             if self.guard is not None:
                 pending = self.guard.enforce(request, rest, declared)  # the one ACL check
                 if pending is not None:  # a declaration that reads the body

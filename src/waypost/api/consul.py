@@ -124,19 +124,24 @@ class ConsulApi:
         ):
             r.add("PUT", path, writer, declared)
 
-    def check_datacenter(self, req: Request, named: str = "") -> None:
-        """A request for another datacenter (`?dc=` on an endpoint that takes
-        it, or a body's Datacenter): Consul answers 500 "No path to datacenter"
-        and writes nothing; waypost serves one datacenter, so it does the same
-        rather than serve this one's data. Every endpoint goes through here.
-        So do Consul Enterprise's `?ns=` and `?partition=`, refused with Consul
-        OSS's 400 rather than ignored (a scrape config with a namespace would
-        otherwise get the whole registry)."""
+    def check_scope(self, req: Request) -> None:
+        """The scope a request's query asks for, which every endpoint checks
+        first (AgentApp.respond): Consul Enterprise's `?ns=` and `?partition=`
+        are refused with Consul OSS's 400 rather than ignored (a scrape config
+        with a namespace would otherwise get the whole registry), and another
+        datacenter as `check_datacenter` says."""
         for name, feature in _ENTERPRISE:
             if req.arg(name):
                 raise ValidationError(
                     f'Invalid query parameter: "{name}" - {feature} are a Consul Enterprise feature'
                 )
+        self.check_datacenter(req)
+
+    def check_datacenter(self, req: Request, named: str = "") -> None:
+        """A request for another datacenter (`?dc=` on an endpoint that takes
+        it, or a body's Datacenter): Consul answers 500 "No path to datacenter"
+        and writes nothing; waypost serves one datacenter, so it does the same
+        rather than serve this one's data. Every endpoint goes through here."""
         dc = named or (req.arg("dc") if takes_datacenter(req.path) else "")
         if dc and dc != self.info.datacenter:
             raise RefusedError(no_dc_path(dc, self.info.datacenter))
