@@ -96,7 +96,7 @@ def carries(service: Service, tag: str) -> bool:
     """Whether `service` has `tag` (given in lowercase), compared without
     case, as Consul's tag filter does (serviceTagFilter): the one rule for
     `?tag=` reads (State.instances) and DNS tag lookups (dns/answers.py)."""
-    return any(t.lower() == tag for t in service.tags)
+    return tag in map(str.lower, service.tags)  # no Python frame per tag: the DNS answer path
 
 
 class CheckDefinition(msgspec.Struct, frozen=True, omit_defaults=True, gc=False):

@@ -564,6 +564,9 @@ class State:
         catalog and health reads)."""
         wanted = {t.lower() for t in tags}
         found = self.by_name.get(name, {}).values()
+        if len(wanted) == 1:  # the usual question: no generator per instance
+            (tag,) = wanted
+            return [s for s in found if carries(s, tag)]
         if wanted:
             return [s for s in found if all(carries(s, tag) for tag in wanted)]
         return list(found)
