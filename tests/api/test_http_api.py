@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import socket
 import time
+from collections.abc import Callable
 
 import httpx
 import pytest
@@ -528,3 +529,154 @@ def test_ids_are_percent_decoded_once(http: httpx.Client, unique: str) -> None:
     register(http, {"Name": unique, "ID": "a%41"})
     assert http.put("/v1/agent/service/deregister/a%2541").status_code == 200
     assert http.get(f"/v1/catalog/service/{unique}").json() == []
+
+
+# -- a write that changes nothing moves no index and wakes nobody (as in Consul) --
+
+WAIT = 1.0  # the blocking reads below: a no-op write must leave them to time out
+
+
+def blocked(
+    agent: AgentProcess, path: str, index: str, write: Callable[[httpx.Client], object]
+) -> tuple[float, httpx.Response]:
+    """A blocking read of `path` at `index`, and `write` made while it waits:
+    how long the read took, and its answer."""
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    with agent.client() as reader, agent.client() as writer, pool:
+        started = time.monotonic()
+        waiting = pool.submit(reader.get, path, params={"index": index, "wait": f"{WAIT}s"})
+        time.sleep(0.2)
+        write(writer)
+        r = waiting.result(10)
+    return time.monotonic() - started, r
+
+
+def timed_out(elapsed: float, r: httpx.Response, index: str) -> bool:
+    return elapsed >= WAIT * 0.95 and r.headers["x-consul-index"] == index
+
+
+def woken(elapsed: float, r: httpx.Response, index: str) -> bool:
+    return elapsed < WAIT * 0.9 and int(r.headers["x-consul-index"]) > int(index)
+
+
+def web_body(name: str, **change: object) -> dict[str, object]:
+    body: dict[str, object] = {
+        "Name": name,
+        "ID": f"{name}-1",
+        "Port": 80,
+        "Tags": ["a"],
+        "Meta": {"v": "1"},
+        "Checks": [
+            {"CheckID": f"{name}-given", "TTL": "1m", "Status": "passing"},
+            {"CheckID": f"{name}-kept", "TTL": "1m"},  # keeps the status a heartbeat gave it
+        ],
+    }
+    return {**body, **change}
+
+
+def test_an_identical_agent_reregistration_moves_no_index_and_wakes_nobody(
+    agent: AgentProcess, unique: str
+) -> None:
+    path = f"/v1/health/service/{unique}"
+    with agent.client() as http:
+        assert register(http, web_body(unique)).status_code == 200
+        assert http.put(f"/v1/agent/check/pass/{unique}-kept").status_code == 200
+        index = http.get(path).headers["x-consul-index"]
+        (instance,) = http.get(f"/v1/catalog/service/{unique}").json()
+
+        def again(w: httpx.Client) -> httpx.Response:
+            return register(w, web_body(unique))
+
+        elapsed, r = blocked(agent, path, index, again)
+        assert timed_out(elapsed, r, index), (elapsed, r.headers["x-consul-index"], index)
+        assert [c["Status"] for c in r.json()[0]["Checks"][1:]] == ["passing", "passing"]
+        assert again(http).status_code == 200 and again(http).text == ""  # as Consul answers
+        assert http.get(path).headers["x-consul-index"] == index
+        (after,) = http.get(f"/v1/catalog/service/{unique}").json()
+        assert after["ModifyIndex"] == instance["ModifyIndex"]
+
+
+@pytest.mark.parametrize(
+    ("change", "params"),
+    [
+        ({"Tags": ["b"]}, {}),
+        ({"Checks": [{"CheckID": "{name}-given", "TTL": "2m", "Status": "passing"}]}, {}),
+        (
+            {"Checks": [{"CheckID": "{name}-given", "TTL": "1m", "Status": "passing"}]},
+            {"replace-existing-checks": "true"},  # {name}-kept goes
+        ),
+    ],
+    ids=["tag", "check-definition", "check-removed"],
+)
+def test_a_reregistration_that_changes_something_moves_the_index_and_wakes(
+    agent: AgentProcess, unique: str, change: dict[str, object], params: dict[str, str]
+) -> None:
+    path = f"/v1/health/service/{unique}"
+    change = with_name(change, unique)
+
+    def changed(w: httpx.Client) -> httpx.Response:
+        return register(w, web_body(unique, **change), **params)
+
+    with agent.client() as http:
+        register(http, web_body(unique))
+        index = http.get(path).headers["x-consul-index"]
+        elapsed, r = blocked(agent, path, index, changed)
+        assert woken(elapsed, r, index), (elapsed, r.headers["x-consul-index"], index)
+
+
+def with_name(change: dict[str, object], name: str) -> dict[str, object]:
+    """`change` with `{name}` in its check IDs filled in."""
+    checks = change.get("Checks")
+    if not isinstance(checks, list):
+        return change
+    return {**change, "Checks": [{**c, "CheckID": c["CheckID"].format(name=name)} for c in checks]}
+
+
+def test_an_identical_catalog_registration_moves_no_index(agent: AgentProcess, unique: str) -> None:
+    body = {
+        "Node": f"{unique}-ext",
+        "Address": "10.0.0.9",
+        "NodeMeta": {"rack": "r1"},
+        "Service": {"Service": unique, "ID": f"{unique}-e1", "Port": 5432, "Tags": ["x"]},
+        "Check": {"Name": "alive", "ServiceID": f"{unique}-e1", "Status": "passing"},
+    }
+    path = f"/v1/health/service/{unique}"
+    with agent.client() as http:
+        assert http.put("/v1/catalog/register", json=body).json() is True
+        index = http.get(path).headers["x-consul-index"]
+        node_before = http.get(f"/v1/catalog/node/{unique}-ext").json()["Node"]["ModifyIndex"]
+
+        def again(w: httpx.Client, body: dict[str, object] = body) -> httpx.Response:
+            return w.put("/v1/catalog/register", json=body)
+
+        elapsed, r = blocked(agent, path, index, again)
+        assert timed_out(elapsed, r, index), (elapsed, r.headers["x-consul-index"], index)
+        assert again(http).json() is True
+        node_after = http.get(f"/v1/catalog/node/{unique}-ext").json()["Node"]["ModifyIndex"]
+        assert node_after == node_before
+        moved = {**body, "NodeMeta": {"rack": "r2"}}  # a change of the node: health shows it
+        elapsed, r = blocked(agent, path, index, lambda w: again(w, moved))
+        assert woken(elapsed, r, index), (elapsed, r.headers["x-consul-index"], index)
+
+
+def test_a_kv_put_of_the_same_value_and_flags_moves_no_index(
+    agent: AgentProcess, unique: str
+) -> None:
+    """Consul's kvsSetTxn skips a set equal to the entry: ModifyIndex stays."""
+    path = f"/v1/kv/{unique}/k"
+    with agent.client() as http:
+        assert http.put(path, content=b"v", params={"flags": "3"}).json() is True
+        r = http.get(path)
+        (entry,) = r.json()
+        index = r.headers["x-consul-index"]
+
+        def put(w: httpx.Client, flags: str = "3") -> httpx.Response:
+            return w.put(path, content=b"v", params={"flags": flags})
+
+        elapsed, r = blocked(agent, path, index, put)
+        assert timed_out(elapsed, r, index), (elapsed, r.headers["x-consul-index"], index)
+        assert put(http).json() is True
+        assert http.get(path).json()[0]["ModifyIndex"] == entry["ModifyIndex"]
+        elapsed, r = blocked(agent, path, index, lambda w: put(w, "4"))  # other flags: a change
+        assert woken(elapsed, r, index), (elapsed, r.headers["x-consul-index"], index)
+        assert r.json()[0]["Flags"] == 4

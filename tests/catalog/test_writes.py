@@ -9,19 +9,24 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from waypost import ConfigError, NotFoundError, ValidationError
-from waypost.catalog import Catalog, Node, writes
+from waypost._exceptions import Conflict
+from waypost.catalog import Catalog, Node, codec, kv, kvwrites, writes
 from waypost.catalog.definitions import (
     CatalogDeregistration,
     CatalogRegistration,
     CheckRegistration,
+    ConnectDefinition,
     ServiceRegistration,
 )
+from waypost.catalog.kv import KvEntry, key_topic
+from waypost.catalog.kvwrites import SessionRequest
 from waypost.catalog.model import SERF_CHECK_ID
 from waypost.catalog.txn import Txn
 from waypost.catalog.watch import service_topic
@@ -255,3 +260,213 @@ async def test_checks_joining_and_leaving_an_instance_leave_its_modify_index_alo
     await cat.write(writes.deregister_check, "n1", "extra")
     assert cat.state.instance("n1", "w1").modify_index == before  # type: ignore[union-attr]
     assert cat.state.guards[("n1", "w1")] > before  # the set's guard moved instead
+
+
+# -- a write that changes nothing (Consul: IsSame, DirEntry.Equal) ---------------
+
+
+def web(**kw: object) -> ServiceRegistration:
+    fields: dict[str, object] = {"name": "web", "id": "w1", "port": 80, "tags": ["a"]}
+    fields["checks"] = [ttl_check("t1"), ttl_check("t2")]
+    fields.update(kw)
+    return ServiceRegistration(**fields)  # type: ignore[arg-type]
+
+
+async def wakes(cat: Catalog, write: Awaitable[object]) -> bool:
+    """Whether `write` wakes a blocking query on the `web` service parked before it."""
+    topics = [service_topic("web")]
+    waiter = asyncio.ensure_future(cat.block(topics, cat.state.index_of(topics), 5.0))
+    await asyncio.sleep(0)  # parked
+    await write
+    await asyncio.sleep(0.02)  # a commit is applied before write() returns: time to wake
+    woken = waiter.done()
+    waiter.cancel()
+    return woken
+
+
+def indexes(cat: Catalog) -> tuple[int, ...]:
+    """The service topic's index and the ModifyIndex of the instance and its checks."""
+    instance = cat.state.instance("n1", "w1")
+    assert instance is not None
+    records = [instance, *cat.state.checks_of(instance)]
+    return (cat.state.index_of([service_topic("web")]), *(r.modify_index for r in records))
+
+
+async def test_an_identical_reregistration_moves_no_index_and_wakes_nobody(
+    catalog: Catalog,
+) -> None:
+    await catalog.write(writes.register, "n1", web(), False, False)
+    # The checks' status moved since: re-registered without one, they keep it (keep_status).
+    await catalog.write(writes.set_status, "n1", "t1", "passing", "ok")
+    before = indexes(catalog)
+    assert not await wakes(catalog, catalog.write(writes.register, "n1", web(), False, False))
+    assert indexes(catalog) == before
+    assert catalog.state.check("n1", "t1").status == "passing"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("change", "replace"),
+    [
+        ({"tags": ["b"]}, False),
+        (
+            {"checks": [ttl_check("t1"), CheckRegistration(name="t2", checkid="t2", ttl="1m")]},
+            False,
+        ),
+        ({"checks": [ttl_check("t1")]}, True),  # t2 removed, with replace-existing-checks
+    ],
+    ids=["tag", "check-definition", "check-removed"],
+)
+async def test_a_reregistration_that_changes_something_writes_and_wakes(
+    catalog: Catalog, change: dict[str, object], replace: bool
+) -> None:
+    await catalog.write(writes.register, "n1", web(), False, False)
+    index = catalog.state.index_of([service_topic("web")])
+    assert await wakes(catalog, catalog.write(writes.register, "n1", web(**change), replace, False))
+    assert catalog.state.index_of([service_topic("web")]) > index
+
+
+async def test_unchanged_registrations_commit_nothing() -> None:
+    """The agent's endpoints and the catalog's: nothing reaches the store."""
+    cat = Catalog(open_storage("memory://"))
+    await cat.open()
+    await cat.put(node())
+    ext = CatalogRegistration(
+        node="ext",
+        address="10.0.0.2",
+        nodemeta={"rack": "r1"},
+        service=ServiceRegistration(service="db", id="d1", port=5432),
+        check=CheckRegistration(name="alive", serviceid="d1", status="passing"),
+    )
+    sidecar = ConnectDefinition(sidecarservice=ServiceRegistration())
+    writes_ = [
+        (writes.register, "n1", web(connect=sidecar), False, False),
+        (writes.register_check, "n1", ttl_check("extra", "w1"), False),
+        (writes.node_maintenance, check("_node_maintenance", status="critical"), True),
+        (writes.catalog_register, ext, "dc1"),
+    ]
+    for plan, *args in writes_:
+        await cat.write(plan, *args)  # type: ignore[operator]
+        commits = cat.storage.statistics()["commits"]
+        await cat.write(plan, *args)  # type: ignore[operator]
+        assert cat.storage.statistics()["commits"] == commits, plan.__name__
+    assert ("n1", "w1-sidecar-proxy") in cat.state.services
+    # Without its sidecar, an instance registered again is a change: the sidecar goes.
+    await cat.write(writes.register, "n1", web(), False, False)
+    assert ("n1", "w1-sidecar-proxy") not in cat.state.services
+    moved = msgspec.structs.replace(ext, nodemeta={"rack": "r2"})
+    await cat.write(writes.catalog_register, moved, "dc1")
+    assert cat.storage.statistics()["commits"] == commits + 2
+
+
+async def test_a_kv_write_of_what_the_key_holds_writes_nothing() -> None:
+    """Consul's kvsSetTxn skips a set equal to the entry (value, flags, session,
+    lock index): ModifyIndex stays and no watcher wakes. Its answer stays true."""
+    cat = Catalog(open_storage("memory://"))
+    await cat.open()
+    await cat.put(node())
+    session = await cat.write(
+        kvwrites.session_create, SessionRequest(node="n1", checks=[]), 10, 1e5
+    )
+    await cat.write(kvwrites.kv_set, "k", b"v", 3)
+    entry = cat.state.kv.get("k")
+    assert entry is not None
+    commits = cat.storage.statistics()["commits"]
+    assert await cat.write(kvwrites.kv_set, "k", b"v", 3) is True
+    assert await cat.write(kvwrites.kv_cas, "k", b"v", entry.modify_index, 3) is True
+    assert await cat.write(kvwrites.kv_cas, "k", b"v", entry.modify_index + 1, 3) is False
+    assert cat.storage.statistics()["commits"] == commits
+    assert cat.state.kv.get("k") == entry
+    assert cat.state.index_of([key_topic("k")]) == entry.modify_index
+    assert await cat.write(kvwrites.kv_set, "k", b"v", 4) is True  # other flags: a change
+    assert await cat.write(kvwrites.kv_acquire, "k", b"v", session, 4) is True
+    commits = cat.storage.statistics()["commits"]
+    assert await cat.write(kvwrites.kv_acquire, "k", b"v", session, 4) is True  # held already
+    assert cat.storage.statistics()["commits"] == commits
+    assert await cat.write(kvwrites.kv_release, "k", b"v", session, 4) is True  # a change
+    assert cat.storage.statistics()["commits"] == commits + 1
+
+
+class Lagging(Storage):
+    """A shared store where "another agent" writes that this catalog has not
+    applied yet; they are applied when a commit conflicts with them (the
+    contract: Conflict only once the conflicting change is applied)."""
+
+    shared = True
+
+    def __init__(self) -> None:
+        self.index = 0
+        self.modified: dict[str, int] = {}
+        self.unseen: list[tuple[int, list[Entry]]] = []
+        self.commits: list[list[Entry]] = []
+
+    async def open(self, apply):  # type: ignore[no-untyped-def]
+        self.apply = apply
+
+    def write_elsewhere(self, *entries: Entry) -> None:
+        self.index += 1
+        self.modified.update(dict.fromkeys((e.key for e in entries), self.index))
+        self.unseen.append((self.index, list(entries)))
+
+    async def commit(self, ops: list[Entry], conditions: Sequence[Condition] = ()) -> int:
+        self.commits.append(ops)
+        if not all(c.holds(self.modified) for c in conditions):
+            for index, entries in self.unseen:
+                self.apply(index, entries)
+            self.unseen.clear()
+            raise Conflict("changed since it was read")
+        self.index += 1
+        self.modified.update(dict.fromkeys((op.key for op in ops), self.index))
+        self.apply(self.index, ops)
+        return self.index
+
+    async def close(self) -> None:
+        pass
+
+
+def keys(commits: list[list[Entry]]) -> list[list[str]]:
+    return [[e.key for e in entries] for entries in commits]
+
+
+async def shared_catalog() -> tuple[Catalog, Lagging]:
+    store = Lagging()
+    cat = Catalog(store)
+    await cat.open()
+    await cat.put(node())
+    return cat, store
+
+
+async def test_on_a_shared_store_the_store_confirms_what_this_agent_found_unchanged() -> None:
+    """This agent's copy may lack another agent's write: an unchanged write is
+    judged on it, then its conditions go to the store alone (no entries: no
+    index moves, nobody wakes)."""
+    cat, store = await shared_catalog()
+    await cat.write(writes.register, "n1", web(), False, False)
+    before, commits = indexes(cat), len(store.commits)
+    assert not await wakes(cat, cat.write(writes.register, "n1", web(), False, False))
+    assert store.commits[commits:] == [[]] and indexes(cat) == before
+
+
+async def test_on_a_shared_store_an_unchanged_write_another_agent_overtook_is_judged_again() -> (
+    None
+):
+    """A conflict on the confirmation runs the plan again on the newer state."""
+    cat, store = await shared_catalog()
+    # A set after another agent's set of the key wins, though this agent still saw its value.
+    await cat.write(kvwrites.kv_set, "k", b"mine")
+    store.write_elsewhere(kv.encode(KvEntry("k", b"theirs")))
+    commits = len(store.commits)
+    assert await cat.write(kvwrites.kv_set, "k", b"mine") is True
+    assert keys(store.commits[commits:]) == [[], ["k/k"]]  # refused, then written again
+    assert cat.state.kv.get("k").value == b"mine"  # type: ignore[union-attr]
+    # A cas on the index this agent saw fails once the key moved in the store.
+    seen = cat.state.kv.get("k").modify_index  # type: ignore[union-attr]
+    store.write_elsewhere(kv.encode(KvEntry("k", b"theirs")))
+    assert await cat.write(kvwrites.kv_cas, "k", b"mine", seen) is False
+    assert cat.state.kv.get("k").value == b"theirs"  # type: ignore[union-attr]
+    # The same for an instance: registered again after another agent changed it.
+    await cat.write(writes.register, "n1", web(), False, False)
+    store.write_elsewhere(codec.put(service("w1", port=81)))
+    commits = len(store.commits)
+    await cat.write(writes.register, "n1", web(), False, False)
+    assert keys(store.commits[commits:]) == [[], ["s/n1/w1"]]  # port 80 again, in the store
+    assert cat.state.instance("n1", "w1").port == 80  # type: ignore[union-attr]

@@ -132,7 +132,7 @@ class Catalog:
         for _ in range(MAX_ATTEMPTS):
             txn = Txn(self.state)
             result = plan(txn, *args, **kw)
-            if not txn.ops:
+            if not txn.ops and not self._confirms(txn):
                 return result
             try:
                 await self.storage.commit(list(txn.ops.values()), list(txn.conditions.values()))
@@ -144,18 +144,30 @@ class Catalog:
     async def write_at(
         self, plan: Callable[Concatenate[Txn, P], T], *args: P.args, **kw: P.kwargs
     ) -> tuple[T, int]:
-        """`write()`, returning the plan's result and the commit's index (0: none)."""
+        """`write()`, returning the plan's result and the commit's index (0: nothing written)."""
         for _ in range(MAX_ATTEMPTS):
             txn = Txn(self.state)
             result = plan(txn, *args, **kw)
-            if not txn.ops:
+            if not txn.ops and not self._confirms(txn):
                 return result, 0
             try:
                 ops, conditions = list(txn.ops.values()), list(txn.conditions.values())
-                return result, await self.storage.commit(ops, conditions)
+                index = await self.storage.commit(ops, conditions)
+                return result, index if ops else 0
             except Conflict:
                 self.conflicts += 1
         raise self._kept_conflicting()
+
+    def _confirms(self, txn: Txn) -> bool:
+        """Whether a plan that staged nothing must have the store check its
+        conditions anyway (a commit of no entries: nothing is applied, no
+        topic's index moves, nobody wakes). So when a put was dropped as
+        unchanged (txn.py) on a shared store: this agent's copy may not have
+        another agent's change yet, and a write judged on it must not be lost
+        (a set after another agent's set, a cas or acquire that would now
+        fail); a Conflict runs the plan again on the newer state. A store only
+        this agent opens holds nothing its copy lacks: nothing to confirm."""
+        return txn.unchanged and self.storage.shared
 
     @staticmethod
     def _kept_conflicting() -> StorageError:

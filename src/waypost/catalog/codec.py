@@ -107,12 +107,13 @@ def key_of(record: Record) -> str:
     return check_key(record.node, record.check_id)
 
 
-def put(record: Record, *, ephemeral: bool = False) -> Entry:
-    """An entry that stores `record` (its indexes are set when it is applied)."""
+def put(record: Record, *, ephemeral: bool = False, key: str = "") -> Entry:
+    """An entry that stores `record` (its indexes are set when it is applied);
+    `key`: its key, when the caller has it already (Txn.put)."""
     plain = record  # a record a plan built has no indexes yet: nothing to reset
     if record.create_index or record.modify_index:
         plain = msgspec.structs.replace(record, create_index=0, modify_index=0)
-    return Entry(key_of(record), _ENCODER.encode(plain), ephemeral=ephemeral)
+    return Entry(key or key_of(record), _ENCODER.encode(plain), ephemeral=ephemeral)
 
 
 def delete(key: str) -> Entry:

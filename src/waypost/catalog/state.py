@@ -480,6 +480,12 @@ class State:
         """A check as the store has it, whether or not it is held."""
         return self._stored.get((node, check_id)) or self.checks.get((node, check_id))
 
+    def stored_record(self, record: Record) -> Record | None:
+        """The record under the key of `record` now (a check as stored, held or not)."""
+        if isinstance(record, Check):
+            return self.stored_check(record.node, record.check_id)
+        return self._lookup_record(record)
+
     # -- reads -------------------------------------------------------------
     # Named queries: code outside catalog/ reads through these, never the dicts.
 

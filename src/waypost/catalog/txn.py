@@ -21,11 +21,21 @@ a whole node (rare: catalog deregistration of a node) the plan guards the
 node's key ranges instead: nothing under them may have changed since the
 state's index. Liveness keys are read the same way (`live()`), so a decision
 that an agent is gone cannot race that agent's return.
+
+A put of what the key already holds (indexes aside) is dropped, as Consul's
+state store drops it (ensureNodeTxn, ensureServiceTxn and ensureCheckTxn
+compare with IsSame, kvsSetTxn with DirEntry.Equal): a re-registration that
+changes nothing moves no index and wakes no blocking query. The comparison
+is with this agent's copy; on a shared store `Catalog.write` then has the
+store confirm the plan's conditions (`unchanged`), so a record another agent
+changed meanwhile is written after all.
 """
 
 from __future__ import annotations
 
 from typing import TypeVar
+
+import msgspec
 
 from ..storage import Condition, Entry, prefix_end
 from . import codec, kv
@@ -41,7 +51,15 @@ class Txn:
     """Reads that record conditions, and the entries a plan stages."""
 
     # One Txn per write: slots spare it an instance dict to build and free.
-    __slots__ = ("_staged", "_staged_kv", "_staged_sessions", "conditions", "ops", "state")
+    __slots__ = (
+        "_staged",
+        "_staged_kv",
+        "_staged_sessions",
+        "conditions",
+        "ops",
+        "state",
+        "unchanged",
+    )
 
     def __init__(self, state: State) -> None:
         self.state = state
@@ -50,6 +68,7 @@ class Txn:
         self._staged: dict[str, Record | None] = {}  # reads see the plan's own writes
         self._staged_kv: dict[str, KvEntry | None] = {}
         self._staged_sessions: dict[str, Session | None] = {}
+        self.unchanged = False  # a put was dropped: the key holds it already (see above)
 
     # -- reads -------------------------------------------------------------
 
@@ -154,18 +173,40 @@ class Txn:
 
     # -- writes ------------------------------------------------------------
 
-    def put(self, record: Record, *, ephemeral: bool = False) -> None:
-        entry = codec.put(record, ephemeral=ephemeral)
-        self.ops[entry.key] = entry
-        self._staged[entry.key] = record
+    def put(self, record: Record, *, ephemeral: bool = False, always: bool = False) -> bool:
+        """Stage `record`; False, staging nothing, if the state holds it under
+        its key already and this plan has not staged that key (see above).
+        `always`: stage it all the same (store_output: the state shows an
+        output the store does not have yet)."""
+        key = codec.key_of(record)
+        if not always and key not in self._staged:
+            # Looked up only here, and compared only when the key holds a record
+            # (a new instance costs one dict lookup): registration is the hot path.
+            current = self.state.stored_record(record)
+            if current is not None and _same(current, record):
+                self._guard(key, current.modify_index)
+                self.unchanged = True
+                return False
+        self.ops[key] = codec.put(record, ephemeral=ephemeral, key=key)
+        self._staged[key] = record
+        return True
 
     def delete(self, key: str) -> None:
         self.ops[key] = codec.delete(key)
         self._staged[key] = None
 
-    def put_kv(self, entry: KvEntry) -> None:
+    def put_kv(self, entry: KvEntry) -> bool:
+        """Stage a KV entry; False, staging nothing, if the key holds it already
+        (Consul's kvsSetTxn: the same value, flags, session and lock index)."""
+        if entry.key not in self._staged_kv:
+            current = self.state.kv.get(entry.key)
+            if current is not None and _same_kv(current, entry):
+                self._guard(kv.storage_key(entry.key), current.modify_index)
+                self.unchanged = True
+                return False
         self.stage(kv.encode(entry))
         self._staged_kv[entry.key] = entry
+        return True
 
     def delete_kv(self, key: str) -> None:
         self.ops[kv.storage_key(key)] = codec.delete(kv.storage_key(key))
@@ -185,3 +226,21 @@ class Txn:
     def touch(self, service: Service) -> None:
         """Rewrite an instance's guard: its set of checks changed (see above)."""
         self.stage(codec.guard(service.node, service.id))
+
+
+def _same(current: Record, wanted: Record) -> bool:
+    """Equal but for the indexes (Consul's IsSame ignores the RaftIndex)."""
+    created, modified = current.create_index, current.modify_index
+    if wanted.create_index != created or wanted.modify_index != modified:
+        wanted = msgspec.structs.replace(wanted, create_index=created, modify_index=modified)
+    return current == wanted
+
+
+def _same_kv(current: KvEntry, wanted: KvEntry) -> bool:
+    """Consul's DirEntry.Equal: the indexes aside (the key is the same)."""
+    return (
+        current.value == wanted.value
+        and current.flags == wanted.flags
+        and current.session == wanted.session
+        and current.lock_index == wanted.lock_index
+    )

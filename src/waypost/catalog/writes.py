@@ -99,7 +99,9 @@ def put_instance(
     """Store an instance with its checks. Existing checks keep their status
     unless a status was given (re-registering must not flap a healthy
     instance: Consul does the same); with `replace_checks`, the instance's
-    checks not named again are removed."""
+    checks not named again are removed. The instance and each check are
+    written only if they differ from what is stored (txn.py), so an
+    identical re-registration commits nothing, as in Consul."""
     named = {c.check_id for c in checks} if checks else set()  # no comprehension for none
     if len(named) != len(checks):
         raise ValidationError("Two checks of the service have the same CheckID")
@@ -160,14 +162,17 @@ def register_check(txn: Txn, node: str, reg: CheckRegistration, allow_scripts: b
 
 
 def put_check(txn: Txn, check: Check) -> None:
-    """Store a check; the instance it belongs to (and any it leaves) is touched."""
+    """Store a check; the instance it belongs to (and any it leaves) is touched.
+    A check stored as it is already is not written (txn.py): no set changed,
+    so its instance is not touched either, and nothing is committed."""
     _move_from_other_owner(txn, check)
+    owner = None
     if check.service_id:
         owner = txn.service(check.node, check.service_id)
         if owner is None:
             raise ValidationError(f'ServiceID "{check.service_id}" does not exist')
+    if txn.put(check) and owner is not None:
         txn.touch(owner)
-    txn.put(check)
 
 
 def deregister_check(txn: Txn, node: str, check_id: str) -> None:
@@ -200,8 +205,8 @@ def store_output(txn: Txn, node: str, check_id: str) -> None:
     sync of `check_update_interval`). Read here, not by the caller: re-run on
     a conflict, the plan must store the newer record (its status and output),
     never an older output over a newer status. Always staged: the state
-    already shows this output (State.set_output), so there is nothing to
-    compare it with.
+    already shows this output (State.set_output), so Txn.put would find it
+    unchanged; the store does not have it.
 
     Raises:
         NotFoundError: the check does not exist (it may have just been removed).
@@ -209,7 +214,7 @@ def store_output(txn: Txn, node: str, check_id: str) -> None:
     check = txn.check(node, check_id)
     if check is None:
         raise NotFoundError(f'Unknown check ID "{check_id}"')
-    txn.put(check)
+    txn.put(check, always=True)
 
 
 def service_maintenance(txn: Txn, check: Check, enable: bool) -> None:
