@@ -87,52 +87,20 @@ def read_exactly(sock: socket.socket, size: int) -> bytes:
     return recv_exactly(sock, size)
 
 
-Chunks = list[tuple[str, int, int]]
-Hook = Callable[[str, int, Callable[[], None], int], None]
-
-
-def record(monkeypatch: pytest.MonkeyPatch, hook: Hook) -> Chunks:
-    """Every call of fanout._write_fds as (thread, start, stop), in the order
-    the calls finished; `hook(thread, call number on that thread, write, answers)`
-    does the write, holding or failing it as a test needs."""
-    calls: Chunks = []
-    counts: dict[str, int] = {}
+@pytest.fixture
+def threads_seen(monkeypatch: pytest.MonkeyPatch) -> Iterator[set[str]]:
+    """The threads that wrote with os.write (every call of fanout._write_fds)."""
+    seen: set[str] = set()
     original = fanout._write_fds
 
     def recording(
         fds: list[int], datas: list[bytes], start: int, stop: int, written: list[int]
     ) -> None:
-        name = threading.current_thread().name
-        counts[name] = counts.get(name, 0) + 1
-        hook(name, counts[name], lambda: original(fds, datas, start, stop, written), stop - start)
-        calls.append((name, start, stop))
+        if stop > start:
+            seen.add(threading.current_thread().name)
+        original(fds, datas, start, stop, written)
 
     monkeypatch.setattr(fanout, "_write_fds", recording)
-    return calls
-
-
-def written_by(calls: Chunks, name: str) -> int:
-    return sum(stop - start for thread, start, stop in calls if thread == name)
-
-
-@pytest.fixture
-def threads_seen(monkeypatch: pytest.MonkeyPatch) -> Iterator[set[str]]:
-    """The threads that wrote with os.write. The loop thread's second chunk
-    waits (up to 10 s) for the worker's first, so that both write whenever
-    the batch has chunks enough for two, however late the worker wakes."""
-    worker_wrote = threading.Event()
-    seen: set[str] = set()
-
-    def hook(name: str, call: int, write: Callable[[], None], size: int) -> None:
-        if name == "MainThread" and call == 2:
-            worker_wrote.wait(10)
-        write()
-        if size:
-            seen.add(name)
-        if name == "waypost-fanout":
-            worker_wrote.set()
-
-    record(monkeypatch, hook)
     yield seen
 
 
@@ -166,82 +134,6 @@ def test_a_large_batch_is_written_whole_from_two_threads(loop: str, threads_seen
     LOOPS[loop](main)
     assert got == [payload(i) for i in range(count)]
     assert threads_seen == {"MainThread", "waypost-fanout"}
-
-
-def test_a_held_worker_leaves_every_other_chunk_to_the_loop_thread(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """The threads claim chunks rather than halves, so that one which gets
-    less of a core writes less: while the worker is held in its first chunk,
-    the loop thread writes all the others (halves would leave it waiting)."""
-    count = fanout.CHUNK * 6
-    worker_in, rest_written = threading.Event(), threading.Event()
-    mine = 0
-
-    def hook(name: str, call: int, write: Callable[[], None], size: int) -> None:
-        nonlocal mine
-        if name == "waypost-fanout":
-            worker_in.set()
-            rest_written.wait(10)
-        elif call == 2:
-            worker_in.wait(10)  # the worker has claimed a chunk before this one is written
-        write()
-        if name == "MainThread":
-            mine += size
-            if mine == count - fanout.CHUNK:
-                rest_written.set()
-
-    calls = record(monkeypatch, hook)
-
-    async def main() -> None:
-        servers, clients = await open_pairs(count)
-        FanOut(threads=2).write([(s.transport, payload(i, 100)) for i, s in enumerate(servers)])
-        got = await asyncio.to_thread(lambda: [read_exactly(c, 100) for c in clients])
-        assert got == [payload(i, 100) for i in range(count)]
-        await nothing_more(servers, clients)
-
-    LOOPS["uvloop"](main)
-    assert written_by(calls, "waypost-fanout") == fanout.CHUNK
-    assert written_by(calls, "MainThread") == count - fanout.CHUNK
-    assert sorted((start, stop) for _, start, stop in calls) == [
-        (i, i + fanout.CHUNK) for i in range(0, count, fanout.CHUNK)
-    ]
-
-
-def test_an_error_on_the_loop_thread_waits_for_the_worker_and_ends_the_claims(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """The loop thread fails in its second chunk while the worker writes its
-    first: `write` raises only once the worker is done with its chunk (it
-    writes on the transports' sockets), and no chunk is written after."""
-    count = fanout.CHUNK * 6
-    worker_in = threading.Event()
-
-    def hook(name: str, call: int, write: Callable[[], None], size: int) -> None:
-        if name == "waypost-fanout":
-            worker_in.set()
-            time.sleep(0.2)  # the loop thread fails meanwhile
-        elif call == 2:
-            worker_in.wait(10)
-            raise RuntimeError("a bug in the loop thread's chunk")
-        write()
-
-    calls = record(monkeypatch, hook)
-
-    async def main() -> None:
-        servers, clients = await open_pairs(count)
-        with pytest.raises(RuntimeError, match="a bug"):
-            FanOut(threads=2).write([(s.transport, b"x") for s in servers])
-        assert [name for name, _, _ in calls] == ["MainThread", "waypost-fanout"]
-        await asyncio.sleep(0.3)  # a claim after the failure would have written by now
-        for client in clients:
-            client.close()
-        for server in servers:
-            server.transport.close()
-
-    LOOPS["uvloop"](main)
-    assert written_by(calls, "waypost-fanout") == written_by(calls, "MainThread") == fanout.CHUNK
-    assert len(calls) == 2
 
 
 def test_a_small_batch_or_one_core_writes_through_the_transports(threads_seen: set[str]) -> None:

@@ -6,12 +6,9 @@ kernel's `send()`: on loopback the sender's call also runs the receiver's
 TCP work, ~9-14 µs per socket on this project's 2-core test machine (a C
 program writing prebuilt bytes pays the same: bench/agent/blocking.py
 `--watchers c` measures it as "the floor"). One event loop keeps that on one
-core. `FanOut.write` shares a large batch with a worker thread: the two claim
-it CHUNK answers at a time and write them with `os.write`, and the GIL is
-released for every `send()`, so they run on two cores. They claim, rather
-than split it in halves, because the scheduler rarely gives them a core each:
-the watchers' processes want one too, and a fixed half left one thread
-waiting up to ~40 ms for the other (docs/benchmarks.md, section 3).
+core. `FanOut.write` gives half of a large batch to a worker thread, which
+writes with `os.write` while the loop thread writes the other half: the GIL
+is released for every `send()`, so the two halves run on two cores.
 
 Only what is safe to write beside the transport is written this way: a plain
 TCP transport (never TLS: its socket carries records, not these bytes) with
@@ -34,9 +31,6 @@ from typing import Any
 
 # Below this many answers (~1 ms of sends) the worker's hand-off (~50 µs) is not worth it.
 PARALLEL_MIN = 128
-# Answers per claim: ~0.4 ms of sends, so the threads finish within that of
-# each other, for two lock round trips (~0.3 µs) per 32 sends.
-CHUNK = 32
 
 
 def _plain_transports() -> tuple[type, ...]:
@@ -80,40 +74,43 @@ class FanOut:
         self.send(batch)
 
     def send(self, batch: Batch) -> None:
-        """Write the batch's direct bytes, shared with the worker when there
-        are enough of them; what a socket did not take goes through its transport."""
+        """Write the batch's direct bytes, half from the worker when there are
+        enough of them; what a socket did not take goes through its transport."""
         fds, datas = batch.fds, batch.datas
         written = [0] * len(fds)
-        job = _Job(fds, datas, written)
-        if len(fds) < PARALLEL_MIN or not self._submit(job):
-            _write_fds(fds, datas, 0, len(fds), written)
-        else:
-            try:
-                job.work()
-            finally:
-                job.close()  # always: the worker may be writing on these fds
+        job = self._submit(fds, datas, written) if len(fds) >= PARALLEL_MIN else None
+        try:
+            _write_fds(fds, datas, 0, job.start if job else len(fds), written)
+        finally:
+            if job is not None:
+                job.done.wait()  # always: the worker writes on these fds
                 self.batches += 1
         for transport, data, count in zip(batch.owners, datas, written, strict=True):
             if count < len(data):
                 transport.write(memoryview(data)[count:] if count else data)
 
-    def _submit(self, job: _Job) -> bool:
-        """Offer the job to the worker (started at the first batch); False if
-        no thread can be had: the loop then writes alone."""
+    def _submit(self, fds: list[int], datas: list[bytes], written: list[int]) -> _Job | None:
+        """The second half of the batch for the worker (started at the first
+        batch); None if no thread can be had: the loop then writes alone."""
         if self._worker is None:
             worker = threading.Thread(target=self._run, name="waypost-fanout", daemon=True)
             try:
                 worker.start()
             except RuntimeError:
                 self.parallel = False
-                return False
+                return None
             self._worker = worker
+        job = _Job(fds, datas, len(fds) // 2, written)
         self._jobs.put(job)
-        return True
+        return job
 
     def _run(self) -> None:
         while True:
-            self._jobs.get().work()  # a job the loop thread already finished has nothing left
+            job = self._jobs.get()
+            try:
+                _write_fds(job.fds, job.datas, job.start, len(job.fds), job.written)
+            finally:
+                job.done.set()  # never leave the loop thread waiting
 
 
 class Batch:
@@ -162,45 +159,16 @@ def _cores() -> int:
 
 
 class _Job:
-    """One batch, written by whichever thread claims each CHUNK of it next."""
+    """The worker's share of one batch: fds[start:], counts into written."""
 
-    __slots__ = ("_claimed", "_cond", "_writing", "datas", "fds", "written")
+    __slots__ = ("datas", "done", "fds", "start", "written")
 
-    def __init__(self, fds: list[int], datas: list[bytes], written: list[int]) -> None:
+    def __init__(self, fds: list[int], datas: list[bytes], start: int, written: list[int]) -> None:
         self.fds = fds
         self.datas = datas
+        self.start = start
         self.written = written
-        self._cond = threading.Condition(threading.Lock())
-        self._claimed = 0  # answers handed out
-        self._writing = 0  # chunks handed out and not yet written
-
-    def work(self) -> None:
-        """Claim and write chunks until none is left."""
-        total = len(self.fds)
-        while True:
-            with self._cond:
-                start = self._claimed
-                if start >= total:
-                    return
-                self._claimed = start + CHUNK
-                self._writing += 1
-            try:
-                _write_fds(self.fds, self.datas, start, min(start + CHUNK, total), self.written)
-            finally:
-                with self._cond:
-                    self._writing -= 1
-                    if not self._writing:
-                        self._cond.notify_all()
-
-    def close(self) -> None:
-        """Hand out nothing more (unwritten answers stay at 0 in `written`) and
-        return once no thread is writing a chunk of this job."""
-        with self._cond:
-            self._claimed = len(self.fds)
-            self._cond.wait_for(self._idle)
-
-    def _idle(self) -> bool:
-        return not self._writing
+        self.done = threading.Event()
 
 
 def _write_fds(
