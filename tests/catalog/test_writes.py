@@ -17,7 +17,7 @@ import pytest
 
 from waypost import ConfigError, NotFoundError, ValidationError
 from waypost._exceptions import Conflict
-from waypost.catalog import Catalog, Node, codec, kv, kvwrites, writes
+from waypost.catalog import Catalog, Node, codec, kv, kvtxn, kvwrites, writes
 from waypost.catalog.definitions import (
     CatalogDeregistration,
     CatalogRegistration,
@@ -26,6 +26,7 @@ from waypost.catalog.definitions import (
     ServiceRegistration,
 )
 from waypost.catalog.kv import KvEntry, key_topic
+from waypost.catalog.kvtxn import KvOp, TxnOp
 from waypost.catalog.kvwrites import SessionRequest
 from waypost.catalog.model import SERF_CHECK_ID
 from waypost.catalog.txn import Txn
@@ -470,3 +471,19 @@ async def test_on_a_shared_store_an_unchanged_write_another_agent_overtook_is_ju
     await cat.write(writes.register, "n1", web(), False, False)
     assert keys(store.commits[commits:]) == [[], ["s/n1/w1"]]  # port 80 again, in the store
     assert cat.state.instance("n1", "w1").port == 80  # type: ignore[union-attr]
+
+
+async def test_on_a_shared_store_a_failed_txn_commits_nothing() -> None:
+    """A /v1/txn whose unchanged set is followed by a failing op drops its
+    conditions with its ops (kvtxn.run): nothing is left to confirm, so no
+    commit reaches the store (on etcd it would cost a raft write for nothing)."""
+    cat, store = await shared_catalog()
+    await cat.write(kvwrites.kv_set, "k", b"v")
+    commits = len(store.commits)
+    ops = [
+        TxnOp(kv=KvOp(verb="set", key="k", value=b"v")),  # unchanged
+        TxnOp(kv=KvOp(verb="get", key="missing")),  # fails the whole txn
+    ]
+    outcome = await cat.write(kvtxn.run, ops)
+    assert [e.op_index for e in outcome.errors] == [1]
+    assert store.commits[commits:] == []

@@ -167,7 +167,9 @@ class Catalog:
         (a set after another agent's set, a cas or acquire that would now
         fail); a Conflict runs the plan again on the newer state. A store only
         this agent opens holds nothing its copy lacks: nothing to confirm."""
-        return txn.unchanged and self.storage.shared
+        # No conditions left: a /v1/txn that failed dropped them with its ops
+        # (kvtxn.run); there is nothing to confirm, and no reason to commit.
+        return txn.unchanged and bool(txn.conditions) and self.storage.shared
 
     @staticmethod
     def _kept_conflicting() -> StorageError:

@@ -196,7 +196,8 @@ def set_status(txn: Txn, node: str, check_id: str, status: str, output: str) -> 
         raise NotFoundError(f'Unknown check ID "{check_id}"')
     if check.status == status:
         return False
-    txn.put(msgspec.structs.replace(check, status=status, output=output))
+    # A status unlike the one held: nothing to compare (Txn.put's sameness test).
+    txn.put(msgspec.structs.replace(check, status=status, output=output), always=True)
     return True
 
 
