@@ -13,6 +13,7 @@ answered, still gets its answer when its wait ends.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
@@ -24,16 +25,19 @@ from waypost.api.wheel import TimerWheel
 
 
 class Transport:
-    def __init__(self) -> None:
+    def __init__(self, closing: bool = False, gate: Callable[[], None] = lambda: None) -> None:
         self.writes: list[bytes] = []
+        self.closing = closing
+        self.gate = gate  # called before each write: may raise (a bug's stand-in)
 
     def is_closing(self) -> bool:
-        return False
+        return self.closing
 
     def get_write_buffer_size(self) -> int:
         return 0
 
     def write(self, data: bytes) -> None:
+        self.gate()
         self.writes.append(data)
 
 
@@ -46,10 +50,10 @@ class Line:
         self.min_index = 1
 
 
-def cycle() -> Any:
+def cycle(transport: Transport | None = None, defaults: list[Any] | None = None) -> Any:
     return SimpleNamespace(
-        scope={"headers": []}, transport=Transport(), disconnected=False, keep_alive=True,
-        default_headers=[], response_started=False, response_complete=False,
+        scope={"headers": []}, transport=transport or Transport(), disconnected=False, keep_alive=True,
+        default_headers=[] if defaults is None else defaults, response_started=False, response_complete=False,
         waiting_for_100_continue=False, message_event=asyncio.Event(), on_response=lambda: None,
     )  # fmt: skip
 
@@ -94,5 +98,80 @@ def test_a_wake_up_failing_half_way_answers_no_query_twice() -> None:
         assert first.cycle.transport.writes == [b"ANSWER"]  # not a second time
         assert second.cycle.transport.writes == [b"ANSWER"]
         assert fast.catalog.parked == 0
+    finally:
+        loop.close()
+
+
+ANSWER = fastpath._Prebuilt(0, 0, "ok", [], b"ANSWER", 200)
+
+
+def parked_on_one_line(loop: asyncio.AbstractEventLoop, transports: list[Transport]) -> Any:
+    """A FastReads of stand-ins with one parked query per transport, all on
+    one request line and one answer (one group): (fast, fired, queries)."""
+    fast = fastpath.FastReads.__new__(fastpath.FastReads)
+    fired: asyncio.Future[None] = loop.create_future()
+    fast.loop, fast.answered = loop, 0
+    fast.store = SimpleNamespace(health=lambda: "ok")
+    fast.fanout = FanOut(threads=1)
+    fast.app = SimpleNamespace(metrics=SimpleNamespace(observe=lambda *_: None))
+    fast.catalog = SimpleNamespace(parked=0)
+    fast.watches = SimpleNamespace(listen=lambda _: fired, unlisten=lambda _: None)
+    fast._topics, fast._listening = {}, {}
+    fast._wheel = TimerWheel(loop, fast._expired)
+    fast._would_block = lambda *_: False
+    fast._prebuilt_for = lambda *_: ANSWER
+    line, defaults = Line("/one"), []  # one Date list: came in the same second, one group
+    queries = [
+        fastpath._Query(cycle(t, defaults), line, SimpleNamespace(authz=None), -1)
+        for t in transports
+    ]
+    assert len({q.seen for q in queries}) == 1
+    for query in queries:
+        query.slot = fast._wheel.add(query, loop.time() + 0.1)
+        fast._park(query)
+        fast.catalog.parked += 1
+    return fast, fired, queries
+
+
+def test_a_wake_up_failing_inside_a_group_answers_no_query_twice() -> None:
+    """The group's answer written before the failure counts as given: its
+    query's cycle is finished and it leaves the wheel; the one whose write
+    failed, and the one after it, stay parked and are answered when their
+    waits end (the transport works again)."""
+    loop = asyncio.new_event_loop()
+    try:
+        count = 0
+
+        def second_write_fails_once() -> None:  # whichever query the set gives second
+            nonlocal count
+            count += 1
+            if count == 2:
+                raise RuntimeError("the write failed")
+
+        transports = [Transport(gate=second_write_fails_once) for _ in range(3)]
+        fast, fired, queries = parked_on_one_line(loop, transports)
+        with pytest.raises(RuntimeError, match="the write failed"):
+            fast._fired("T", fired)
+        assert sorted(len(t.writes) for t in transports) == [0, 0, 1]
+        for query in queries:  # an answer written is a response complete (its cycle finished)
+            assert query.cycle.response_complete == bool(query.transport.writes)
+            assert bool(query.slot) == (not query.transport.writes)  # the others still parked
+        loop.run_until_complete(asyncio.sleep(0.3))  # past every wait: the wheel ends them
+        assert [t.writes for t in transports] == [[b"ANSWER"]] * 3  # each once
+        assert fast.answered == 3 and fast.catalog.parked == 0
+    finally:
+        loop.close()
+
+
+def test_a_closing_connection_gets_no_answer() -> None:
+    """A transport that is closing (its connection_lost has not run yet) is
+    skipped, and only the others count as answered."""
+    loop = asyncio.new_event_loop()
+    try:
+        transports = [Transport(), Transport(closing=True), Transport()]
+        fast, fired, _ = parked_on_one_line(loop, transports)
+        fast._fired("T", fired)
+        assert [t.writes for t in transports] == [[b"ANSWER"], [], [b"ANSWER"]]
+        assert fast.answered == 2 and fast.catalog.parked == 0
     finally:
         loop.close()
