@@ -415,10 +415,13 @@ class FastReads:
             # only changes at shutdown, and answer_now re-keys it before it
             # comes here.
             for seen, parked in groups:
-                first = next((q for q in parked if not q.transport.is_closing()), None)
-                if first is None:
+                pre: _Prebuilt | _Packing | None = None
+                for query in parked:  # the first open connection's query builds it
+                    if not query.transport.is_closing():
+                        pre = self._prebuilt_for(query, seen[0], health)
+                        break
+                if pre is None:
                     continue  # every connection of the group is closing
-                pre = self._prebuilt_for(first, seen[0], health)
                 if isinstance(pre, _Packing):  # answered once its body is compressed
                     packings.append(pre)
                     pre.waiting += [q for q in parked if not q.transport.is_closing()]
@@ -441,7 +444,8 @@ class FastReads:
                             transport.write(data)
                         add_ready(query)
                 finally:  # the group's answers so far, whatever happened
-                    batch.datas += [data] * (len(fds) - before)
+                    if len(fds) > before:
+                        batch.datas += [data] * (len(fds) - before)
                     runs.append((pre, len(ready) - start))
         except BaseException:
             # Some answers may be written already (through their transports):
