@@ -131,3 +131,4 @@ def test_every_writer_speaks_the_same_grammar() -> None:
 def test_wait_speaks_the_grammar_and_is_clamped_to_ten_minutes() -> None:
     assert decode.parse_wait("1m30s") == 90.0
     assert decode.parse_wait("2h") == 600.0
+    assert decode.parse_wait("0s") == decode.parse_wait("0") == 300.0  # Consul: the default wait

@@ -226,6 +226,24 @@ def test_blocking_query_returns_on_change_only_for_its_service(
         assert len(r.json()) == 2
 
 
+@pytest.mark.parametrize("path", ["/v1/health/service/{}", "/v1/catalog/service/{}"])
+def test_wait_0s_blocks_for_the_default_wait(agent: AgentProcess, unique: str, path: str) -> None:
+    """`?wait=0s` is Consul's default wait (5 minutes), not an answer at once:
+    a watcher that sends it must not spin (both routes: the fast path's too)."""
+    url = path.format(unique)
+    with agent.client() as http:
+        register(http, {"Name": unique, "ID": f"{unique}-1"})
+        index = int(http.get(url).headers["x-consul-index"])
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            waiting = pool.submit(http.get, url, params={"index": index, "wait": "0s"})
+            time.sleep(0.5)
+            assert not waiting.done()  # parked, as with no ?wait= at all
+            with agent.client() as writer:
+                register(writer, {"Name": unique, "ID": f"{unique}-2"})
+            r = waiting.result(10)
+        assert int(r.headers["x-consul-index"]) > index
+
+
 def test_blocking_query_times_out_with_same_index(http: httpx.Client, unique: str) -> None:
     index = http.get(f"/v1/health/service/{unique}").headers["x-consul-index"]
     started = time.monotonic()

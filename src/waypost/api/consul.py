@@ -37,7 +37,7 @@ from .ports import AgentInfo, LocalAgentOps, StoreStatus
 
 log = logging.getLogger("waypost.api")
 
-DEFAULT_WAIT = 300.0
+DEFAULT_WAIT = decode.DEFAULT_WAIT
 # The answer cache is bounded by bytes, not entries: one service with 900 KB of
 # Meta read with distinct query strings would otherwise hold 4,096 copies.
 CACHE_BYTES = 64 << 20
