@@ -155,6 +155,24 @@ def test_enterprise_namespaces_and_partitions_are_refused_as_consul_oss_does(
     assert r.status_code == 400
     assert f"{unique}-ns" not in http.get("/v1/agent/services").json()  # nothing written
     assert http.get(f"/v1/health/service/{unique}", params={"ns": ""}).status_code == 200
+    # Their headers too (the fast path's health read included), checked first, as Consul OSS does.
+    for path in (f"/v1/health/service/{unique}", f"/v1/catalog/service/{unique}", "/v1/kv/x"):
+        r = http.get(path, headers={"X-Consul-Namespace": "team-a"}, params={"ns": "team-a"})
+        assert (r.status_code, r.text) == (
+            400,
+            'Invalid header: "X-Consul-Namespace" - Namespaces are a Consul Enterprise feature',
+        ), path
+        r = http.get(path, headers={"X-Consul-Partition": "p1"})
+        assert (r.status_code, r.text) == (
+            400,
+            'Invalid header: "X-Consul-Partition" - Partitions are a Consul Enterprise feature',
+        ), path
+    body = {"Name": f"{unique}-hdr"}
+    r = http.put("/v1/agent/service/register", json=body, headers={"X-Consul-Namespace": "x"})
+    assert r.status_code == 400
+    assert f"{unique}-hdr" not in http.get("/v1/agent/services").json()  # nothing written
+    r = http.get(f"/v1/health/service/{unique}", headers={"X-Consul-Namespace": ""})
+    assert r.status_code == 200  # an empty header names nothing (Header.Get returns "")
 
 
 def test_replace_existing_checks(http: httpx.Client, unique: str) -> None:

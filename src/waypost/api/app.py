@@ -80,8 +80,7 @@ class AgentApp:
         router's match when the caller has it already."""
         try:
             handler, rest, declared = route or self.router.route(request.method, request.path)
-            if request.query:
-                self.consul.check_scope(request)  # ?dc=dc2: 500, ?ns=x: 400, nothing done
+            self.consul.check_scope(request)  # ?dc=dc2: 500, ?ns=x: 400, nothing done
             if self.guard is not None:
                 pending = self.guard.enforce(request, rest, declared)  # the one ACL check
                 if pending is not None:  # a declaration that reads the body

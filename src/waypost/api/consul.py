@@ -57,7 +57,12 @@ _LOCAL_ONLY: Final = ("/v1/agent/", "/v1/catalog/datacenters")
 
 
 # Query parameters of Consul Enterprise, which Consul OSS refuses (agent/http_ce.go).
-_ENTERPRISE: Final = (("ns", "Namespaces"), ("partition", "Partitions"))
+# Consul Enterprise's scopes: (query parameter, header as ASGI spells it, header, feature).
+_ENTERPRISE: Final = (
+    ("ns", b"x-consul-namespace", "X-Consul-Namespace", "Namespaces"),
+    ("partition", b"x-consul-partition", "X-Consul-Partition", "Partitions"),
+)
+SCOPE_HEADERS: Final = frozenset(h for _, h, _, _ in _ENTERPRISE)
 
 
 def takes_datacenter(path: str) -> bool:
@@ -125,12 +130,20 @@ class ConsulApi:
             r.add("PUT", path, writer, declared)
 
     def check_scope(self, req: Request) -> None:
-        """The scope a request's query asks for, which every endpoint checks
-        first (AgentApp.respond): Consul Enterprise's `?ns=` and `?partition=`
-        are refused with Consul OSS's 400 rather than ignored (a scrape config
+        """The scope a request asks for, which every endpoint checks first
+        (AgentApp.respond): Consul Enterprise's `?ns=` and `?partition=`, and
+        their headers `X-Consul-Namespace` and `X-Consul-Partition`, are
+        refused with Consul OSS's 400 rather than ignored (a scrape config
         with a namespace would otherwise get the whole registry), and another
         datacenter as `check_datacenter` says."""
-        for name, feature in _ENTERPRISE:
+        given = {n for n, value in req.headers if n in SCOPE_HEADERS and value}  # one pass
+        if not (given or req.query):
+            return  # the common case: nothing to check
+        for name, header, spelled, feature in _ENTERPRISE:  # in Consul OSS's order
+            if header in given:
+                raise ValidationError(
+                    f'Invalid header: "{spelled}" - {feature} are a Consul Enterprise feature'
+                )
             if req.arg(name):
                 raise ValidationError(
                     f'Invalid query parameter: "{name}" - {feature} are a Consul Enterprise feature'

@@ -57,7 +57,7 @@ from ..catalog.watch import Topic
 from . import compress, decode, http, wire
 from .access import token_in
 from .app import AgentApp, access_log
-from .consul import DEFAULT_WAIT, Read
+from .consul import DEFAULT_WAIT, SCOPE_HEADERS, Read
 from .fanout import PARALLEL_MIN, Batch, FanOut
 from .ports import StoreStatus
 from .wheel import TimerWheel
@@ -241,7 +241,7 @@ class FastReads:
             prepared = self._prepared[line] = self._prepare(*line)
         if not isinstance(prepared, _Prepared):
             return prepared
-        if cycle.flow.write_paused or _has_body(scope["headers"]):
+        if cycle.flow.write_paused or _declined(scope["headers"]):
             return DECLINED  # a client not reading its answers waits for them the normal way
         if access_log.isEnabledFor(logging.DEBUG):
             return DECLINED  # the normal path logs each request
@@ -606,9 +606,13 @@ def _drop(lines: dict[_Prepared, dict[Seen, set[_Query]]], query: _Query) -> boo
     return not lines
 
 
-def _has_body(headers: list[tuple[bytes, bytes]]) -> bool:
+def _declined(headers: list[tuple[bytes, bytes]]) -> bool:
+    """A request the normal path takes: it has a body, or names an Enterprise
+    scope (ConsulApi.check_scope refuses it there)."""
     for name, value in headers:
         if name in wire.CYCLE_BODY_HEADERS or (name == b"content-length" and value.strip() != b"0"):
+            return True
+        if name in SCOPE_HEADERS and value:
             return True
     return False
 
