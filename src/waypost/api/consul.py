@@ -136,17 +136,25 @@ class ConsulApi:
         refused with Consul OSS's 400 rather than ignored (a scrape config
         with a namespace would otherwise get the whole registry), and another
         datacenter as `check_datacenter` says."""
-        given = {n for n, value in req.headers if n in SCOPE_HEADERS and value}  # one pass
-        if not (given or req.query):
+        # Every request comes here: a plain loop (no comprehension's frame and
+        # set), and a name hashed only at the headers' length (both are 18 bytes).
+        scoped = False
+        for header, value in req.headers:
+            if len(header) == 18 and header in SCOPE_HEADERS and value:
+                scoped = True
+                break
+        if not (scoped or req.query):
             return  # the common case: nothing to check
-        for name, header, spelled, feature in _ENTERPRISE:  # in Consul OSS's order
+        given = {h for h, value in req.headers if h in SCOPE_HEADERS and value} if scoped else ()
+        for param, header, spelled, feature in _ENTERPRISE:  # in Consul OSS's order
             if header in given:
                 raise ValidationError(
                     f'Invalid header: "{spelled}" - {feature} are a Consul Enterprise feature'
                 )
-            if req.arg(name):
+            if req.arg(param):
                 raise ValidationError(
-                    f'Invalid query parameter: "{name}" - {feature} are a Consul Enterprise feature'
+                    f'Invalid query parameter: "{param}" - {feature} are a Consul Enterprise'
+                    " feature"
                 )
         self.check_datacenter(req)
 
