@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import itertools
 import logging
 import time
 from collections.abc import Callable, Collection, Iterable
@@ -477,12 +476,13 @@ class FastReads:
             # the earlier ones' over by at most the batch's writes (~0.1 s at 10,000).
             now = time.perf_counter()
             observe = self.app.metrics.observe
-            queries = iter(ready)
+            start = 0
             for pre, count in runs:
                 status = pre.status
-                for query in itertools.islice(queries, count):
+                for query in ready[start : start + count] if len(runs) > 1 else ready:
                     wire.finished(query.cycle)
                     observe(query.prepared.group[0], status, now - query.started)
+                start += count
             self.answered += len(ready)
 
     def _prebuilt_for(
@@ -612,7 +612,7 @@ def _declined(headers: list[tuple[bytes, bytes]]) -> bool:
     for name, value in headers:
         if name in wire.CYCLE_BODY_HEADERS or (name == b"content-length" and value.strip() != b"0"):
             return True
-        if name in SCOPE_HEADERS and value:
+        if len(name) == 18 and name in SCOPE_HEADERS and value:  # both are 18 bytes
             return True
     return False
 
