@@ -217,6 +217,68 @@ async def test_a_check_whose_task_ended_is_restarted_on_reregistration() -> None
     await runner.stop()
 
 
+class BrokenProbe(ScriptedProbe):
+    """Raises (a probe's bug) on the runs named, else answers as scripted."""
+
+    def __init__(self, raises_on: set[int], *results: str) -> None:
+        super().__init__(*results)
+        self.raises_on, self.calls = raises_on, 0
+
+    async def __call__(self, defn: CheckDefinition) -> tuple[str, str]:
+        self.calls += 1
+        if self.calls in self.raises_on:
+            raise RuntimeError("a bug in the probe")
+        return await super().__call__(defn)
+
+
+async def test_a_probe_that_raises_fails_the_check_closed_and_it_runs_on() -> None:
+    probe = BrokenProbe({2}, "passing")
+    defn = CheckDefinition(tcp="127.0.0.1:1", interval=10)
+    catalog, clock, runner = await setup(defn, status="passing", probe=probe)
+    await clock.advance(10)
+    assert (runner.runs, status(catalog)) == (1, "passing")
+    await clock.advance(10)
+    assert (runner.runs, status(catalog)) == (2, "critical")
+    output = catalog.state.checks[("n1", "c1")].output
+    assert output == "the tcp probe failed: RuntimeError('a bug in the probe')"
+    await clock.advance(10)
+    assert (runner.runs, status(catalog)) == (3, "passing")  # the check ran on
+    await runner.stop()
+
+
+async def test_a_check_task_that_dies_of_a_bug_starts_again_after_a_growing_delay(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Anything that escapes a check's loop (a bug: not a probe's failure,
+    not a store's refusal) ends its task; the runner logs it and starts the
+    task again after RESTART_START, then twice as long at the next death."""
+    probe = ScriptedProbe("passing")
+    defn = CheckDefinition(tcp="127.0.0.1:1", interval=10)
+    catalog, clock, runner = await setup(defn, status="critical", probe=probe)
+    report = runner._report
+    failures = 2
+
+    async def failing_report(*args, **kwargs):  # type: ignore[no-untyped-def]
+        nonlocal failures
+        if failures:
+            failures -= 1
+            raise RuntimeError("a bug after the probe")
+        return await report(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "_report", failing_report)
+    await clock.advance(100)
+    assert runner._deaths == {"c1": 2}
+    restarts = [r.getMessage() for r in caplog.records if "restarting" in r.getMessage()]
+    assert restarts == [
+        "check task failed, restarting: check=c1 in=1s",
+        "check task failed, restarting: check=c1 in=2s",
+    ]
+    assert status(catalog) == "passing"  # the third task's result was stored
+    assert not runner._tasks["c1"][1].done()  # and it runs on
+    await runner.stop()
+    assert not runner._restarts
+
+
 async def test_unfired_watch_futures_do_not_accumulate() -> None:
     from waypost.catalog.watch import service_topic
 

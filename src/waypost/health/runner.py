@@ -18,7 +18,8 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
+from typing import Any
 
 from .._clock import Clock, SystemClock
 from .._duration import format as go_duration
@@ -39,6 +40,8 @@ RETRY_START = 0.1  # first retry of a result the store refused, in seconds
 RETRY_MAX = 0.5  # so every agent sees the result within about a second of the store's return
 OUTPUT_INTERVAL = 300.0  # Consul's check_update_interval default (5m)
 FLUSH_TIMEOUT = 5.0  # seconds a graceful stop gives the outputs not stored yet
+RESTART_START = 1.0  # a check's task that died of a bug starts again after this,
+RESTART_MAX = 60.0  # doubling at each death of the same check up to this
 
 
 class HealthRunner:
@@ -73,6 +76,8 @@ class HealthRunner:
         self._unstored: set[str] = set()  # checks whose last result the store refused
         self._output_due: dict[str, asyncio.Task[None]] = {}  # output shown, not yet stored
         self._beat_retry: dict[str, asyncio.Task[None]] = {}  # refused heartbeats, retried
+        self._restarts: dict[str, asyncio.Task[None]] = {}  # tasks that died, started again
+        self._deaths: dict[str, int] = {}  # per check, how many times its task died
         self._reaper: asyncio.Task[None] | None = None
         self._prefix = codec.check_key(node, "")  # c/<node>/: the keys of this node's checks
         self.runs = 0
@@ -101,7 +106,7 @@ class HealthRunner:
         self._stopped = True
         unstored_outputs = list(self._output_due)
         tasks = [task for _, task in self._tasks.values()]
-        tasks += [*self._output_due.values(), *self._beat_retry.values()]
+        tasks += [*self._output_due.values(), *self._beat_retry.values(), *self._restarts.values()]
         if self._reaper is not None:
             tasks.append(self._reaper)
         for task in tasks:
@@ -171,7 +176,37 @@ class HealthRunner:
             coro = self._run_alias(check.check_id, defn.alias_service)
         else:
             coro = self._run_interval(check, defn)
-        self._tasks[check.check_id] = (defn, asyncio.create_task(coro, name=check.check_id))
+        self._spawn(check.check_id, defn, coro)
+
+    def _spawn(self, check_id: str, defn: CheckDefinition, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro, name=check_id)
+        task.add_done_callback(self._ended)
+        self._tasks[check_id] = (defn, task)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        """A check's task that died of an exception (a bug: results, probes'
+        failures and the store's refusals are all handled inside it) is logged
+        and started again after a growing delay: one bug must not stop a
+        check for good (a TTL check that never expires would fail open)."""
+        if task.cancelled() or task.exception() is None or self._stopped:
+            return  # cancelled, or ended as designed (a check gone, a TTL expired)
+        check_id = task.get_name()
+        deaths = self._deaths[check_id] = self._deaths.get(check_id, 0) + 1
+        delay = min(RESTART_START * 2 ** (deaths - 1), RESTART_MAX)
+        log.error(
+            "check task failed, restarting: check=%s in=%s",
+            check_id,
+            go_duration(delay),
+            exc_info=task.exception(),
+        )
+        self._restarts[check_id] = asyncio.create_task(self._restart(check_id, task, delay))
+
+    async def _restart(self, check_id: str, dead: asyncio.Task[None], delay: float) -> None:
+        await self.clock.sleep(delay)
+        self._restarts.pop(check_id, None)
+        running = self._tasks.get(check_id)
+        if running is not None and running[1] is dead:  # nothing replaced it meanwhile
+            self.refresh([check_id])
 
     # -- interval checks ---------------------------------------------------
 
@@ -189,7 +224,11 @@ class HealthRunner:
             if defn.kind == "script" and not self.enable_scripts:
                 status, output = "critical", "script checks are disabled on this agent"
             else:
-                status, output = await probe(defn)
+                try:
+                    status, output = await probe(defn)
+                except Exception as exc:  # a probe's bug: the check fails closed, and runs on
+                    log.error("check probe failed: check=%s", check.check_id, exc_info=exc)
+                    status, output = "critical", f"the {defn.kind} probe failed: {exc!r}"
             self.runs += 1
             if status != "passing" and log.isEnabledFor(logging.DEBUG):
                 log.debug("check failed: check=%s output=%s", check.check_id, quote(output))
@@ -376,8 +415,7 @@ class HealthRunner:
         self._ttl_deadline[check_id] = self.clock.now() + check.definition.ttl
         running = self._tasks.get(check_id)
         if running is None or running[1].done():  # the timer runs whatever the store does
-            coro = self._run_ttl(check_id, check.definition.ttl)
-            self._tasks[check_id] = (check.definition, asyncio.create_task(coro, name=check_id))
+            self._spawn(check_id, check.definition, self._run_ttl(check_id, check.definition.ttl))
         self._drop_retry(check_id)  # an older refused heartbeat is superseded
         before, shown = self._shown(check_id)
         try:
