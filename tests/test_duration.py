@@ -132,3 +132,4 @@ def test_wait_speaks_the_grammar_and_is_clamped_to_ten_minutes() -> None:
     assert decode.parse_wait("1m30s") == 90.0
     assert decode.parse_wait("2h") == 600.0
     assert decode.parse_wait("0s") == decode.parse_wait("0") == 300.0  # Consul: the default wait
+    assert decode.parse_wait("-1s") == 300.0  # Consul's parseWait takes it; blocking: the default

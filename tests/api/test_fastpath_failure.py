@@ -13,27 +13,35 @@ answered, still gets its answer when its wait ends.
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from waypost.api import fastpath
+from waypost.api import fanout, fastpath
 from waypost.api.fanout import FanOut
 from waypost.api.wheel import TimerWheel
 
 
 class Transport:
-    def __init__(self, closing: bool = False, gate: Callable[[], None] = lambda: None) -> None:
+    def __init__(
+        self,
+        closing: bool = False,
+        gate: Callable[[], None] = lambda: None,
+        buffer_gate: Callable[[], None] = lambda: None,
+    ) -> None:
         self.writes: list[bytes] = []
         self.closing = closing
         self.gate = gate  # called before each write: may raise (a bug's stand-in)
+        self.buffer_gate = buffer_gate  # the same, before each write buffer check
 
     def is_closing(self) -> bool:
         return self.closing
 
     def get_write_buffer_size(self) -> int:
+        self.buffer_gate()
         return 0
 
     def write(self, data: bytes) -> None:
@@ -174,4 +182,52 @@ def test_a_closing_connection_gets_no_answer() -> None:
         assert [t.writes for t in transports] == [[b"ANSWER"], [], [b"ANSWER"]]
         assert fast.answered == 2 and fast.catalog.parked == 0
     finally:
+        loop.close()
+
+
+def test_a_wake_up_failing_inside_a_group_of_a_batch_answers_no_query_twice(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The same on the batch path (two threads, answers written beside the
+    transports on their sockets): the answer filed before the failure is sent
+    on its socket once; the others are answered when their waits end."""
+    monkeypatch.setattr(fastpath, "PARALLEL_MIN", 2)
+    monkeypatch.setattr(fanout, "PARALLEL_MIN", 2)
+    loop = asyncio.new_event_loop()
+    pairs = [socket.socketpair() for _ in range(3)]
+    try:
+        count = 0
+
+        def second_check_fails_once() -> None:
+            nonlocal count
+            count += 1
+            if count == 2:
+                raise RuntimeError("the check failed")
+
+        transports = [Transport(buffer_gate=second_check_fails_once) for _ in pairs]
+        fast, fired, queries = parked_on_one_line(loop, transports)
+        fast.fanout = FanOut(threads=2)
+        for query, (mine, _) in zip(queries, pairs, strict=True):
+            query.fd = mine.fileno()
+        with pytest.raises(RuntimeError, match="the check failed"):
+            fast._fired("T", fired)
+        sent = {}
+        for query, (_, theirs) in zip(queries, pairs, strict=True):
+            theirs.setblocking(False)
+            try:
+                sent[id(query)] = theirs.recv(100)
+            except BlockingIOError:
+                sent[id(query)] = b""
+        assert sorted(sent.values()) == [b"", b"", b"ANSWER"]
+        for query in queries:  # the one sent: finished and out of the wheel; the others parked
+            answered = sent[id(query)] == b"ANSWER"
+            assert query.cycle.response_complete == answered and bool(query.slot) != answered
+        loop.run_until_complete(asyncio.sleep(0.3))  # their waits end: each answered once
+        for query in queries:  # a single answer goes through its transport
+            assert query.transport.writes == ([] if sent[id(query)] else [b"ANSWER"])
+        assert fast.answered == 3 and fast.catalog.parked == 0
+    finally:
+        for a, b in pairs:
+            a.close()
+            b.close()
         loop.close()

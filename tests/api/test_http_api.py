@@ -148,7 +148,9 @@ def test_enterprise_namespaces_and_partitions_are_refused_as_consul_oss_does(
     for path in (f"/v1/health/service/{unique}", f"/v1/catalog/service/{unique}", "/v1/kv/x"):
         r = http.get(path, params={"ns": "team-a"})
         assert r.status_code == 400, path
-        assert r.text == 'Invalid query parameter: "ns" - Namespaces are a Consul Enterprise feature'
+        assert (
+            r.text == 'Invalid query parameter: "ns" - Namespaces are a Consul Enterprise feature'
+        )
         r = http.get(path, params={"partition": "p1"})
         assert r.status_code == 400 and "Partitions are a Consul Enterprise feature" in r.text
     r = http.put("/v1/agent/service/register?ns=team-a", json={"Name": f"{unique}-ns"})
@@ -244,10 +246,13 @@ def test_blocking_query_returns_on_change_only_for_its_service(
         assert len(r.json()) == 2
 
 
-@pytest.mark.parametrize("path", ["/v1/health/service/{}", "/v1/catalog/service/{}"])
+@pytest.mark.parametrize(
+    "path", ["/v1/health/service/{}", "/v1/catalog/service/{}", "/v1/health/service/{}?stale"]
+)
 def test_wait_0s_blocks_for_the_default_wait(agent: AgentProcess, unique: str, path: str) -> None:
     """`?wait=0s` is Consul's default wait (5 minutes), not an answer at once:
-    a watcher that sends it must not spin (both routes: the fast path's too)."""
+    a watcher that sends it must not spin (the fast path's two routes, and
+    the normal path: `?stale` is not a parameter the fast path takes)."""
     url = path.format(unique)
     with agent.client() as http:
         register(http, {"Name": unique, "ID": f"{unique}-1"})

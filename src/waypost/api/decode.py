@@ -27,7 +27,7 @@ T = TypeVar("T")
 # `config` is a proxy's or upstream's opaque map (`protocol`, `connect_timeout_ms`).
 _OPAQUE: Final = frozenset({"meta", "nodemeta", "servicemeta", "header", "config"})
 MAX_WAIT: Final = 600.0
-DEFAULT_WAIT: Final = 300.0  # Consul's default_query_time: no ?wait=, or ?wait=0s
+DEFAULT_WAIT: Final = 300.0  # Consul's default_query_time: no ?wait=, or one <= 0
 MAX_DEPTH: Final = 32  # no Consul body nests deeper than a few levels
 MAX_INDEX: Final = 2**64 - 1  # Consul's indexes are uint64
 _FOLDED: dict[str, str] = {}  # key as sent -> folded key
@@ -133,16 +133,15 @@ def decode(raw: bytes, kind: type[T]) -> T:
 
 @functools.lru_cache(maxsize=256)  # clients send the same few waits ("5m", "30s") every time
 def parse_wait(text: str) -> float:
-    """`?wait=`: a Go duration, clamped to ten minutes; zero means the default
-    five minutes, as in Consul's blockingQuery (a watcher sending `wait=0s`
-    must not come back at once and spin). Raises ValidationError."""
+    """`?wait=`: a Go duration, clamped to ten minutes; zero or less means the
+    default five minutes, as in Consul (its parseWait takes any duration, its
+    blockingQuery gives a timeout <= 0 the default): a watcher sending
+    `wait=0s` must not come back at once and spin. Raises ValidationError."""
     try:
         seconds = _duration.parse(text, "wait")
     except ValidationError:
         raise ValidationError("Invalid wait time") from None
-    if seconds < 0:
-        raise ValidationError("Invalid wait time")
-    return min(seconds, MAX_WAIT) if seconds else DEFAULT_WAIT
+    return min(seconds, MAX_WAIT) if seconds > 0 else DEFAULT_WAIT
 
 
 # The spellings of Go's strconv.ParseBool, with which Consul reads ?passing.
