@@ -66,20 +66,27 @@ def cycle(transport: Transport | None = None, defaults: list[Any] | None = None)
     )  # fmt: skip
 
 
+def stand_ins(loop: asyncio.AbstractEventLoop) -> tuple[Any, asyncio.Future[None]]:
+    """A FastReads of stand-ins around its wake-up (`_fired`, `_answer`,
+    `_write`, the wheel), and the topic's future that fires it."""
+    fast = fastpath.FastReads.__new__(fastpath.FastReads)
+    fired: asyncio.Future[None] = loop.create_future()
+    fast.loop, fast.answered = loop, 0
+    fast.store = SimpleNamespace(health=lambda: "ok")
+    fast.fanout = FanOut(threads=1)
+    fast.app = SimpleNamespace(metrics=SimpleNamespace(observe=lambda *_: None))
+    fast.catalog = SimpleNamespace(parked=0)
+    fast.watches = SimpleNamespace(listen=lambda _: fired, unlisten=lambda _: None)
+    fast._topics, fast._listening = {}, {}
+    fast._wheel = TimerWheel(loop, fast._expired)
+    fast._would_block = lambda *_: False  # the change passed every query's index
+    return fast, fired
+
+
 def test_a_wake_up_failing_half_way_answers_no_query_twice() -> None:
     loop = asyncio.new_event_loop()
     try:
-        fast = fastpath.FastReads.__new__(fastpath.FastReads)  # its parts, stood in below
-        fired: asyncio.Future[None] = loop.create_future()
-        fast.loop, fast.answered = loop, 0
-        fast.store = SimpleNamespace(health=lambda: "ok")
-        fast.fanout = FanOut(threads=1)
-        fast.app = SimpleNamespace(metrics=SimpleNamespace(observe=lambda *_: None))
-        fast.catalog = SimpleNamespace(parked=0)
-        fast.watches = SimpleNamespace(listen=lambda _: fired, unlisten=lambda _: None)
-        fast._topics, fast._listening = {}, {}
-        fast._wheel = TimerWheel(loop, fast._expired)
-        fast._would_block = lambda *_: False  # the change passed every query's index
+        fast, fired = stand_ins(loop)
         lines = [Line("/first"), Line("/second")]
         first, second = (
             fastpath._Query(cycle(), line, SimpleNamespace(authz=None), -1) for line in lines
@@ -116,17 +123,7 @@ ANSWER = fastpath._Prebuilt(0, 0, "ok", [], b"ANSWER", 200)
 def parked_on_one_line(loop: asyncio.AbstractEventLoop, transports: list[Transport]) -> Any:
     """A FastReads of stand-ins with one parked query per transport, all on
     one request line and one answer (one group): (fast, fired, queries)."""
-    fast = fastpath.FastReads.__new__(fastpath.FastReads)
-    fired: asyncio.Future[None] = loop.create_future()
-    fast.loop, fast.answered = loop, 0
-    fast.store = SimpleNamespace(health=lambda: "ok")
-    fast.fanout = FanOut(threads=1)
-    fast.app = SimpleNamespace(metrics=SimpleNamespace(observe=lambda *_: None))
-    fast.catalog = SimpleNamespace(parked=0)
-    fast.watches = SimpleNamespace(listen=lambda _: fired, unlisten=lambda _: None)
-    fast._topics, fast._listening = {}, {}
-    fast._wheel = TimerWheel(loop, fast._expired)
-    fast._would_block = lambda *_: False
+    fast, fired = stand_ins(loop)
     fast._prebuilt_for = lambda *_: ANSWER
     line, defaults = Line("/one"), []  # one Date list: came in the same second, one group
     queries = [
