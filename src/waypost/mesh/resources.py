@@ -129,7 +129,12 @@ def retry_routes(cluster: str, config: ProxyConfig) -> list[JSON]:
                 },
             }
         ],
-        "hostSelectionRetryMaxAttempts": "5",
+        # A retry re-picks until previous_hosts accepts a host, then takes the
+        # last one picked. least_request with two hosts and no load picks the
+        # dead one half the time: after 5 re-picks that is 1 in 64 per retry
+        # (a kill -9 under load failed 1 request of 1,679 that way in CI);
+        # 16 makes it 1 in ~130,000, each re-pick costing nanoseconds.
+        "hostSelectionRetryMaxAttempts": "16",
     }
     if config.per_try_timeout_ms:
         policy["perTryTimeout"] = ms(config.per_try_timeout_ms)
