@@ -183,7 +183,7 @@ class Txn:
             # Looked up only here, and compared only when the key holds a record
             # (a new instance costs one dict lookup): registration is the hot path.
             current = self.state.stored_record(record)
-            if current is not None and _same(current, record):
+            if current is not None and same(current, record):
                 self._guard(key, current.modify_index)
                 self.unchanged = True
                 return False
@@ -228,12 +228,16 @@ class Txn:
         self.stage(codec.guard(service.node, service.id))
 
 
-def _same(current: Record, wanted: Record) -> bool:
-    """Equal but for the indexes (Consul's IsSame ignores the RaftIndex)."""
-    created, modified = current.create_index, current.modify_index
-    if wanted.create_index != created or wanted.modify_index != modified:
-        wanted = msgspec.structs.replace(wanted, create_index=created, modify_index=modified)
-    return current == wanted
+def same(current: Record | None, wanted: Record, ignore: tuple[str, ...] = ()) -> bool:
+    """Whether `current` is `wanted` but for the indexes (Consul's IsSame
+    ignores the RaftIndex) and the fields named in `ignore`: the rule Txn.put
+    drops a put by, and writes.join asks before it puts at all."""
+    if current is None:
+        return False
+    reset = {"create_index": wanted.create_index, "modify_index": wanted.modify_index}
+    for name in ignore:
+        reset[name] = getattr(wanted, name)
+    return msgspec.structs.replace(current, **reset) == wanted
 
 
 def _same_kv(current: KvEntry, wanted: KvEntry) -> bool:

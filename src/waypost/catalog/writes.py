@@ -31,7 +31,7 @@ from .definitions import (
     validate_status,
 )
 from .model import CONSUL_SERVER_PORT, CONSUL_SERVICE_ID, SERF_CHECK_ID, Check, Node, Service
-from .txn import Txn
+from .txn import Txn, same
 
 # -- the agent's own node ----------------------------------------------------
 
@@ -239,12 +239,14 @@ def join(txn: Txn, node: Node, serf: Check, starting: bool = True) -> None:
     `consul` service every Consul server registers, its liveness key) where
     the catalog differs: at start-up (the liveness key always: on etcd it
     must hang on this run's lease), and by anti-entropy later."""
-    if not _same(txn.node(node.name), node):
+    # Asked here, not left to Txn.put: a put it drops still has an etcd store
+    # confirm it (Catalog._confirms), a commit per anti-entropy round for nothing.
+    if not same(txn.node(node.name), node):
         txn.put(node)
-    if not _same(txn.check(node.name, SERF_CHECK_ID), serf, ignore=("status", "output")):
+    if not same(txn.check(node.name, SERF_CHECK_ID), serf, ignore=("status", "output")):
         txn.put(serf)
     consul = Service(node=node.name, id=CONSUL_SERVICE_ID, name="consul", port=CONSUL_SERVER_PORT)
-    if not _same(txn.service(node.name, CONSUL_SERVICE_ID), consul):
+    if not same(txn.service(node.name, CONSUL_SERVICE_ID), consul):
         txn.put(consul)
     if starting or not txn.live(node.name):
         txn.stage(codec.live(node.name))
@@ -418,16 +420,3 @@ def _build(
             "Scripts are disabled on this agent; start it with --enable-script-checks to allow them"
         )
     return check
-
-
-def _same(
-    current: Node | Service | Check | None,
-    wanted: Node | Service | Check,
-    ignore: tuple[str, ...] = (),
-) -> bool:
-    if current is None:
-        return False
-    reset = dict.fromkeys(("create_index", "modify_index"), 0)
-    for name in ignore:
-        reset[name] = getattr(wanted, name)
-    return msgspec.structs.replace(current, **reset) == wanted
