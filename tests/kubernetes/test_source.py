@@ -7,6 +7,7 @@ import itertools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -227,6 +228,39 @@ async def test_backs_off_on_429_and_5xx_then_recovers(kube: FakeKubeApi) -> None
     assert len(watches) >= 4
     assert gaps[-3] >= 0.0 and gaps[-2] >= 0.8 and gaps[-1] >= 0.8, gaps  # backed off twice
     assert kube.requests[("list", "discovery.k8s.io", "endpointslices")] == 1  # no relist
+
+
+async def test_a_watcher_waits_out_an_outage_with_the_reflector(
+    kube: FakeKubeApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One failure reaches the watcher (its cache turns stale); then its next read
+    # waits for the reflector's retry. Failing each read at once made the watcher back off
+    # on its own too, and its delay added to the reflector's (a CI run's change came
+    # more than 10 s after the API recovered).
+    kube.put(endpoint_slice("pay-1", "payment", [ep("10.0.0.1")]))
+    async with waypost.AsyncDiscovery(url(kube), share=False) as discovery:
+        changes = discovery.watch("payment").__aiter__()
+        await next_change(changes)
+        await watch_settled(discovery)
+        source = discovery.source
+        fetch, raised = source.fetch, 0
+
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            nonlocal raised
+            try:
+                return await fetch(*args, **kwargs)
+            except waypost.RegistryUnavailable:
+                raised += 1
+                raise
+
+        monkeypatch.setattr(source, "fetch", counted)
+        kube.fail(503, times=2, verb="watch")  # the reflector retries after 2.4-4.8 s
+        kube.close_watches()
+        await eventually(lambda: _stale(discovery, True))  # the read already waiting raised
+        kube.put(endpoint_slice("pay-1", "payment", [ep("10.0.0.1"), ep("10.0.0.2")]))
+        assert len(await next_change(changes)) == 2
+        assert not (await discovery.entry("payment")).stale
+    assert raised == 0  # no read that started during the outage failed
 
 
 async def test_api_outage_serves_the_last_list_marked_stale(kube: FakeKubeApi) -> None:

@@ -175,6 +175,7 @@ class Reflector:
         self.synced = asyncio.Event()
         self.healthy = False  # the last list or watch open succeeded, no failure since
         self.failing = asyncio.Event()  # set while not healthy after a failure: wakes readers
+        self.recovered = asyncio.Event()  # set while healthy: wakes readers waiting out an outage
 
     async def run(self) -> None:
         """List and watch until cancelled; never returns otherwise."""
@@ -272,10 +273,12 @@ class Reflector:
     def _healthy(self) -> None:
         self.healthy = True
         self.failing.clear()
+        self.recovered.set()
 
     async def _failed(self, exc: KubernetesError) -> None:
         self.healthy = False
         self.failing.set()
+        self.recovered.clear()
         self.stats.failures += 1
         self.stats.last_error = str(exc)
         delay = self.backoff.next(exc.retry_after)

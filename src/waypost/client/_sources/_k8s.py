@@ -125,6 +125,11 @@ class NamespaceWatch:
             for pending in waits:
                 pending.cancel()
 
+    async def wait_recovered(self, wait: float) -> None:
+        """Until the reflector is healthy again, or `wait` s."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.reflector.recovered.wait(), wait)
+
     def slices(self, service: str) -> list[Obj]:
         entry = self.services.get(service)
         return list(entry.slices.values()) if entry is not None else []
@@ -229,6 +234,11 @@ class K8sSource:
         await watch.wait_synced(service)
         recovering = service in self._failing  # answer at once: the cache is stale
         self._failing.add(service)
+        if recovering and not watch.reflector.healthy:
+            # The reader knows of the outage already. Raising again at once would
+            # make it back off on its own as well as the reflector, and the two
+            # delays add up: wait for the reflector's own retry instead.
+            await watch.wait_recovered(wait)
         if not watch.reflector.healthy:  # the cache serves what it has, marked stale
             raise _unavailable(service, watch.reflector.stats.last_error)
         if index > 0 and not recovering:
