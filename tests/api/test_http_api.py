@@ -267,6 +267,39 @@ def test_wait_0s_blocks_for_the_default_wait(agent: AgentProcess, unique: str, p
         assert int(r.headers["x-consul-index"]) > index
 
 
+@pytest.mark.parametrize(
+    ("query", "mode"),
+    [
+        ("", "leader"),  # the fast path's answer
+        ("?leader", "leader"),
+        ("?stale", "stale"),
+        ("?max_stale=10s", "stale"),
+        ("?max_stale=0s", "leader"),
+        ("?consistent", "consistent"),
+    ],
+)
+def test_reads_name_their_consistency_mode(
+    http: httpx.Client, unique: str, query: str, mode: str
+) -> None:
+    """`X-Consul-Effective-Consistency`, as Consul sends it on every catalog,
+    health, KV and session read."""
+    register(http, {"Name": unique, "ID": f"{unique}-1"})
+    http.put(f"/v1/kv/{unique}", content=b"v")
+    for path in (
+        f"/v1/health/service/{unique}",
+        f"/v1/catalog/service/{unique}",
+        f"/v1/kv/{unique}",
+    ):
+        r = http.get(path + query)
+        assert r.status_code == 200, r.text
+        assert r.headers["x-consul-effective-consistency"] == mode, path
+    blocked = http.get(f"/v1/health/service/{unique}{query}")
+    index = blocked.headers["x-consul-index"]
+    sep = "&" if query else "?"
+    r = http.get(f"/v1/health/service/{unique}{query}{sep}index={index}&wait=50ms")
+    assert r.headers["x-consul-effective-consistency"] == mode  # a blocking read's too
+
+
 def test_blocking_query_times_out_with_same_index(http: httpx.Client, unique: str) -> None:
     index = http.get(f"/v1/health/service/{unique}").headers["x-consul-index"]
     started = time.monotonic()
@@ -382,6 +415,8 @@ def test_bad_input_is_a_clear_4xx_and_writes_nothing(
         ("GET", "/v1/health/service/x?index=abc", 400, "Invalid index"),
         ("GET", "/v1/health/service/x?index=1&wait=forever", 400, "Invalid wait time"),
         ("GET", "/v1/health/service/x?stale&consistent", 400, "conflicting"),
+        ("GET", "/v1/health/service/x?max_stale=5s&consistent", 400, "conflicting"),
+        ("GET", "/v1/kv/x?max_stale=soon", 400, 'Invalid max_stale value "soon"'),
         ("GET", "/v1/health/state/sideways", 400, "Invalid state"),
         ("GET", "/v1/agent/service/register", 405, "not allowed"),
         ("GET", "/v1/no/such/endpoint", 404, "no endpoint"),

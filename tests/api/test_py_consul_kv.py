@@ -74,6 +74,11 @@ def test_missing_key_is_404_with_an_index(agent: AgentProcess, unique: str) -> N
         http.put(f"/v1/kv/{unique}/raw", content=b"\x00\xffbin")
         raw = http.get(f"/v1/kv/{unique}/raw?raw")
         assert raw.content == b"\x00\xffbin"
+        # as Consul: a browser may neither sniff a raw value into HTML nor run it
+        assert raw.headers["content-type"] == "text/plain"
+        assert raw.headers["x-content-type-options"] == "nosniff"
+        assert raw.headers["content-security-policy"] == "sandbox"
+        assert raw.headers["x-consul-effective-consistency"] == "leader"
 
 
 def test_recurse_keys_and_separator(c: consul.Consul, unique: str) -> None:

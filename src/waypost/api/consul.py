@@ -198,7 +198,7 @@ class ConsulApi:
             body, filtered_out = self._produce(req, produce)
             if cache:
                 self._cache.put(key, _Cached(version, body, filtered_out))
-        headers = self._read_headers(index)
+        headers = self._read_headers(index, req)
         if filtered_out:
             headers.append(access.FILTERED_HEADER)
         return json_bytes(body, headers)
@@ -219,8 +219,8 @@ class ConsulApi:
             await self.catalog.block(topics, min_index, jittered, req.connection_lost)
         return self.state.index_of(topics)
 
-    def read_headers(self, index: int) -> list[tuple[bytes, bytes]]:
-        return self._read_headers(index)
+    def read_headers(self, index: int, req: Request) -> list[tuple[bytes, bytes]]:
+        return self._read_headers(index, req)
 
     async def read(
         self,
@@ -238,18 +238,18 @@ class ConsulApi:
         return self._blocking_params(req)
 
     def _blocking_params(self, req: Request) -> tuple[int, float]:
-        if req.has("stale") and req.has("consistent"):
-            raise ValidationError("Cannot specify ?stale with ?consistent, conflicting semantics.")
+        decode.consistency(req)  # validated before the read blocks
         index = decode.parse_index(req.arg("index")) if req.arg("index") else 0
         wait = decode.parse_wait(req.arg("wait")) if req.arg("wait") else DEFAULT_WAIT
         return index, wait
 
-    def _read_headers(self, index: int) -> list[tuple[bytes, bytes]]:
+    def _read_headers(self, index: int, req: Request) -> list[tuple[bytes, bytes]]:
         health = self.store.health()
         return [
             (b"x-consul-index", str(index).encode()),
             (b"x-consul-knownleader", b"true" if health.known_leader else b"false"),
             (b"x-consul-lastcontact", str(health.last_contact_ms).encode()),
+            (b"x-consul-effective-consistency", decode.consistency(req)),
         ]
 
     # -- agent reads -------------------------------------------------------

@@ -144,6 +144,22 @@ def parse_wait(text: str) -> float:
     return min(seconds, MAX_WAIT) if seconds > 0 else DEFAULT_WAIT
 
 
+def consistency(req: Request) -> bytes:
+    """The read's consistency mode as Consul names it in
+    `X-Consul-Effective-Consistency`: `stale` (`?stale`, or `?max_stale` over
+    zero), `consistent`, else `leader`. Raises ValidationError for a bad
+    `?max_stale` or stale with consistent, with Consul's texts."""
+    stale, bound = req.has("stale"), req.arg("max_stale")
+    if bound:
+        try:
+            stale = _duration.parse(bound, "max_stale") > 0 or stale
+        except ValidationError:
+            raise ValidationError(f'Invalid max_stale value "{bound}"') from None
+    if stale and req.has("consistent"):
+        raise ValidationError("Cannot specify ?stale with ?consistent, conflicting semantics.")
+    return b"stale" if stale else b"consistent" if req.has("consistent") else b"leader"
+
+
 # The spellings of Go's strconv.ParseBool, with which Consul reads ?passing.
 _GO_TRUE: Final = frozenset({"1", "t", "T", "TRUE", "true", "True"})
 _GO_FALSE: Final = frozenset({"0", "f", "F", "FALSE", "false", "False"})

@@ -8,7 +8,7 @@ through `ConsulApi.block` on the key's or the prefix's own topic.
 from __future__ import annotations
 
 import base64
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 
@@ -23,6 +23,13 @@ from .consul import ConsulApi
 from .http import HttpError, Request, Response, Router, json
 
 _ENCODER = msgspec.json.Encoder()
+# ?raw serves a stored value as is: as Consul does, no browser may sniff it
+# into HTML or run it (a KV value must not become a script on the agent's origin).
+_RAW: Final = (
+    (b"content-type", b"text/plain"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"content-security-policy", b"sandbox"),
+)
 JSON = dict[str, Any]
 MAX_TXN_BODY = MAX_OPS * (kvwrites.MAX_VALUE * 4 // 3 + 1024)  # base64 values
 
@@ -65,17 +72,17 @@ class KvApi:
             raise ValidationError("Missing key name")
         index = await self.consul.block(req, (key_topic(key),))
         entry = self.kv.get(key)
-        headers = self.consul.read_headers(index)
+        headers = self.consul.read_headers(index, req)
         if entry is None:
             return Response(404, b"", headers)
         if req.has("raw"):
-            return Response(200, entry.value, [(b"content-type", b"text/plain"), *headers])
+            return Response(200, entry.value, [*_RAW, *headers])
         return json([entry_json(entry)], headers)
 
     async def _recurse(self, req: Request, prefix: str) -> Response:
         index = await self.consul.block(req, (prefix_topic(prefix),))
         entries = self.kv.under(prefix)
-        headers = self.consul.read_headers(index)
+        headers = self.consul.read_headers(index, req)
         if not entries:
             return Response(404, b"", headers)
         shown, filtered = access.apply_filter(req, [entry_json(e) for e in entries])
@@ -85,7 +92,7 @@ class KvApi:
         separator = req.arg("separator") or req.arg("seperator")  # Consul reads both spellings
         index = await self.consul.block(req, (prefix_topic(prefix),))
         keys = self.kv.keys(prefix, separator)
-        headers = self.consul.read_headers(index)
+        headers = self.consul.read_headers(index, req)
         if not keys and prefix:
             return Response(404, b"", headers)
         shown, filtered = access.apply_filter(req, keys)

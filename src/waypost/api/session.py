@@ -144,19 +144,19 @@ class SessionApi:
         index = await self.consul.block(req, (session_topic(session_id),))
         found = self.state.sessions.get(session_id)
         body = [session_json(found)] if found else []
-        return _filtered(req, body, self.consul.read_headers(index))
+        return _filtered(req, body, self.consul.read_headers(index, req))
 
     async def node(self, req: Request, node: str) -> Response:
         if not node:
             raise ValidationError("Missing node name")
         index = await self.consul.block(req, (session_node_topic(node),))
         body = [session_json(s) for s in self.state.sessions.on_node(node)]
-        return _filtered(req, body, self.consul.read_headers(index))
+        return _filtered(req, body, self.consul.read_headers(index, req))
 
     async def list(self, req: Request, _: str) -> Response:
         index = await self.consul.block(req, (SESSIONS,))
         body = [session_json(s) for s in self.state.sessions.all()]
-        return _filtered(req, body, self.consul.read_headers(index))
+        return _filtered(req, body, self.consul.read_headers(index, req))
 
     # -- events ------------------------------------------------------------
 
@@ -181,7 +181,7 @@ class SessionApi:
             for e in self.state.events.events()
             if (not name or e.name == name) and self._receives(e)
         ]
-        return _filtered(req, found, self.consul.read_headers(index))
+        return _filtered(req, found, self.consul.read_headers(index, req))
 
     def _receives(self, event: Event) -> bool:
         local = self.consul.local.name
