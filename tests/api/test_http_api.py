@@ -756,3 +756,28 @@ def test_a_kv_put_of_the_same_value_and_flags_moves_no_index(
         elapsed, r = blocked(agent, path, index, lambda w: put(w, "4"))  # other flags: a change
         assert woken(elapsed, r, index), (elapsed, r.headers["x-consul-index"], index)
         assert r.json()[0]["Flags"] == 4
+
+
+def test_an_output_only_update_shows_on_every_read(http: httpx.Client, unique: str) -> None:
+    """A check's new output at the same status commits nothing (no new index),
+    yet every read shows it at once: the fast path's prebuilt answers, the
+    normal path's encoded-answer cache and the agent's own view agree."""
+    register(http, {"Name": unique, "ID": f"{unique}-1"})
+    cid = f"{unique}-ttl"
+    http.put(
+        "/v1/agent/check/register", json={"Name": cid, "ServiceID": f"{unique}-1", "TTL": "1m"}
+    )
+    reads = {
+        "fast": (f"/v1/health/service/{unique}", lambda b: b[0]["Checks"][-1]["Output"]),
+        "normal": (f"/v1/health/checks/{unique}", lambda b: b[0]["Output"]),
+        "filtered": (
+            f'/v1/health/service/{unique}?filter=Service.ID!=""',
+            lambda b: b[0]["Checks"][-1]["Output"],
+        ),
+        "agent": ("/v1/agent/checks", lambda b: b[cid]["Output"]),
+    }
+    for note in ("one", "two", "three"):
+        assert http.put(f"/v1/agent/check/pass/{cid}", params={"note": note}).status_code == 200
+        for name, (path, output) in reads.items():
+            for _ in range(2):  # the second read of each comes from its cache
+                assert output(http.get(path).json()) == note, (name, note)

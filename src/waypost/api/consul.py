@@ -190,7 +190,7 @@ class ConsulApi:
         key = (req.path, _query_key(req), authz.key if authz is not None else None)
         # The generation the authorizer was built at, not the current one: a
         # request admitted before an ACL change must not fill the new one's cache.
-        version = (index, authz.generation if authz is not None else 0)
+        version = (index, self.state.outputs, authz.generation if authz is not None else 0)
         hit = self._cache.get(key) if cache else None
         if hit is not None and hit.version == version:
             body, filtered_out = hit.body, hit.filtered
@@ -573,6 +573,7 @@ _NOT_KEYED: Final = frozenset({"index", "wait", "token"})
 
 
 class _Cached(NamedTuple):
-    version: tuple[int, int]  # the topics' index, and the ACL generation it was filtered at
+    # The topics' index, State.outputs and the ACL generation it was filtered at.
+    version: tuple[int, int, int]
     body: bytes
     filtered: bool

@@ -99,11 +99,21 @@ class _Prepared:
         self.admitted: dict[str, http.Request] = {}
 
 
+class _Stamp(NamedTuple):
+    """What an answer was read at: it holds while all four stand still."""
+
+    at: int  # the topics' index
+    outputs: int  # State.outputs: check output changed at the same index
+    acl: int  # the ACL generation it was filtered at (0: ACLs off)
+    health: Any  # the store's health (X-Consul-KnownLeader, X-Consul-LastContact)
+
+
 class _Prebuilt(NamedTuple):
     """An encoded answer, head and body, valid while the topics' index, the
     store's health and uvicorn's Date header are the ones it was built with."""
 
     at: int  # the topics' index
+    outputs: int  # State.outputs: check output changed at the same index
     acl: int  # the ACL generation it was filtered at (0: ACLs off)
     health: Any
     defaults: list[tuple[bytes, bytes]]  # uvicorn's Date header list it was built with
@@ -117,10 +127,10 @@ class _Packing:
 
     __slots__ = ("plain", "response", "stamp", "waiting")
 
-    def __init__(self, response: http.Response, plain: bytes, stamp: tuple[int, int, Any]) -> None:
+    def __init__(self, response: http.Response, plain: bytes, stamp: _Stamp) -> None:
         self.response = response
         self.plain = plain
-        self.stamp = stamp  # the index, ACL generation and store health it was read at
+        self.stamp = stamp  # what it was read at
         self.waiting: list[_Query] = []
 
 
@@ -493,32 +503,32 @@ class FastReads:
         """The prebuilt answer kept for `key` if it still holds, else a new one
         (or the compression under way that will give it)."""
         prepared, authz, cycle = query.prepared, query.request.authz, query.cycle
-        index = self.state.index_of(prepared.plan[0])
+        state = self.state
+        index, outputs = state.index_of(prepared.plan[0]), state.outputs
         # With ACLs on, an answer is the token's, as in ConsulApi.answer's cache.
         acl = authz.generation if authz is not None else 0  # as ConsulApi.answer
         pre = self._prebuilt.get(key)
         if (
             pre is not None
             and pre.at == index
+            and pre.outputs == outputs
             and pre.acl == acl
             and pre.defaults is cycle.default_headers
             and pre.health == health
         ):
             return pre
-        packing = self._packing.get((key, (index, acl, health)))
+        stamp = _Stamp(index, outputs, acl, health)
+        packing = self._packing.get((key, stamp))
         if packing is not None:
             return packing
-        return self._build(query, key, index, acl, health)
+        return self._build(query, key, stamp)
 
-    def _build(
-        self, query: _Query, key: tuple[Any, ...], index: int, acl: int, health: Any
-    ) -> _Prebuilt | _Packing:
+    def _build(self, query: _Query, key: tuple[Any, ...], stamp: _Stamp) -> _Prebuilt | _Packing:
         try:
-            response = self.consul.answer(query.request, index, query.prepared.plan[1])
+            response = self.consul.answer(query.request, stamp.at, query.prepared.plan[1])
         except Exception as exc:  # as AgentApp: every error becomes an answer
             response = http.error_response(exc)
         plain = compress.encode_or_defer(response, query.gzip)
-        stamp = (index, acl, health)
         if plain is None or query.prepared.group[0] == "HEAD":  # HEAD: no body to compress
             return self._encoded(query, key, response, stamp)
         # Past compress.OFF_LOOP (a service of ~1,000 instances): gzip takes
@@ -566,19 +576,18 @@ class FastReads:
         query: _Query,
         key: tuple[Any, ...],
         response: http.Response,
-        stamp: tuple[int, int, Any],
+        stamp: _Stamp,
         keep: bool = True,
     ) -> _Prebuilt:
         """`response` (compressed if it is to be) as bytes for `query`'s
-        connection, kept for `key` if `keep`; `stamp`: the index, ACL
-        generation and store health it was read at."""
+        connection, kept for `key` if `keep`; `stamp`: what it was read at."""
         self.built += 1
         cycle = query.cycle
         if query.prepared.group[0] == "HEAD":
             response.body = b""
         data = wire.encode(response, cycle.default_headers, cycle.keep_alive)
-        index, acl, health = stamp
-        pre = _Prebuilt(index, acl, health, cycle.default_headers, data, response.status)
+        index, outputs, acl, health = stamp
+        pre = _Prebuilt(index, outputs, acl, health, cycle.default_headers, data, response.status)
         if keep:
             self._prebuilt.put(key, pre)
         return pre

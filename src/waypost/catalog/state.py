@@ -93,6 +93,9 @@ class State:
         # (see hold()): key -> the output shown, and the stored record behind it.
         self.held: dict[tuple[str, str], str] = {}
         self._stored: dict[tuple[str, str], Check] = {}
+        # Output-only check updates so far (set_output): a change readers see
+        # at the same index, so every cache of encoded answers keys on it too.
+        self.outputs = 0
         # KV, sessions and events: tables of their own (catalog/kv.py, sessions.py).
         self.kv = KvTable()
         self.sessions = SessionTable()
@@ -436,9 +439,10 @@ class State:
         if check is None or check.output == output:
             return False
         updated = msgspec.structs.replace(check, output=output)
-        if key in self.held:
+        if key in self.held:  # shown critical with the hold's output: no change to see
             self._stored[key] = updated
             return True
+        self.outputs += 1
         self.checks[key] = updated
         self._check_table(updated)[self._check_owner(updated)][check_id] = updated
         return True
