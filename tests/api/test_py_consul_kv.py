@@ -311,6 +311,7 @@ def test_txn_is_atomic_with_consul_shapes(
     assert kv[0]["Value"] is None and base64.b64decode(kv[2]["Value"]) == b"1"
     index = kv[0]["ModifyIndex"]
     assert kv[1]["ModifyIndex"] == index  # one commit
+    assert kv[2]["ModifyIndex"] == index  # a read of a key written before it: the commit's
     checks = c.txn.put([_op("check-index", f"{k}/a", Index=index), _op("get-tree", f"{k}/")])
     assert len(checks["Results"]) == 3
     with agent.client() as http:
@@ -338,6 +339,32 @@ def test_txn_is_atomic_with_consul_shapes(
         assert http.put("/v1/txn", content=b"{nope").status_code == 400
     done = c.txn.put([_op("delete-cas", f"{k}/a", Index=index), _op("delete-tree", f"{k}/")])
     assert done["Results"] is None and c.kv.get(f"{k}/", recurse=True)[1] is None
+
+
+def test_txn_ops_after_a_write_see_the_transactions_index(
+    c: consul.Consul, agent: AgentProcess, unique: str
+) -> None:
+    """As in Consul, a key written earlier in a transaction has the
+    transaction's index: a later cas or index check naming the old index fails,
+    and a key deleted earlier can be created again with cas 0."""
+    k = f"{unique}/t"
+    c.kv.put(k, "old")
+    old = c.kv.get(k)[1]["ModifyIndex"]
+    with agent.client() as http:
+        for second in (
+            _op("cas", k, b"x", Index=old),
+            _op("check-index", k, Index=old),
+            _op("delete-cas", k, Index=old),
+        ):
+            r = http.put("/v1/txn", json=[_op("set", k, b"new"), second])
+            assert r.status_code == 409, (second, r.text)
+            assert r.json()["Errors"][0]["OpIndex"] == 1
+        assert c.kv.get(k)[1]["Value"] == b"old"  # all rolled back
+        # alone, each of them passes
+        assert http.put("/v1/txn", json=[_op("check-index", k, Index=old)]).status_code == 200
+        r = http.put("/v1/txn", json=[_op("delete", k), _op("cas", k, b"again", Index=0)])
+        assert r.status_code == 200, r.text
+    assert c.kv.get(k)[1]["Value"] == b"again"
 
 
 def test_txn_locks(c: consul.Consul, unique: str) -> None:

@@ -4,7 +4,9 @@ Each operation runs in order over the same Txn, so later ones see earlier
 ones' writes; every key read becomes a condition of the one commit. If any
 operation fails, the plan stages nothing and returns the errors (Consul rolls
 back the same way and answers 409); otherwise the commit carries every write
-and the results are read back from the state it produced.
+and the results are read back from the state it produced: an entry written
+earlier in the transaction shows the commit's index, as in Consul, and no
+later cas or index check can name that index before the commit.
 """
 
 from __future__ import annotations
@@ -39,11 +41,11 @@ class TxnOp(msgspec.Struct, kw_only=True):
 
 
 class OpResult(msgspec.Struct):
-    """What one operation produced: entries read (`get`, `get-tree`, checks),
-    or a key written (its entry is read back after the commit)."""
+    """The keys one operation shows (read, checked or written), read back
+    after the commit: the keys it did not write are conditions of the
+    commit, so they read back as the operation saw them."""
 
-    entries: list[KvEntry] = []
-    written: str = ""
+    keys: list[str]
     values: bool = True  # False: entries are shown without their values
 
 
@@ -92,19 +94,19 @@ def _one(txn: Txn, op: TxnOp) -> OpResult | None:
 
 def _set(txn: Txn, op: KvOp) -> OpResult:
     kvwrites.kv_set(txn, op.key, op.value, op.flags)
-    return OpResult(written=op.key)
+    return _written(op.key)
 
 
 def _cas(txn: Txn, op: KvOp) -> OpResult:
     if not kvwrites.kv_cas(txn, op.key, op.value, op.index, op.flags):
         raise ValidationError(f'failed to set key "{op.key}", index is stale')
-    return OpResult(written=op.key)
+    return _written(op.key)
 
 
 def _lock(txn: Txn, op: KvOp) -> OpResult:
     if not kvwrites.kv_acquire(txn, op.key, op.value, op.session, op.flags):
         raise ValidationError(f'failed to lock key "{op.key}", lock is already held')
-    return OpResult(written=op.key)
+    return _written(op.key)
 
 
 def _unlock(txn: Txn, op: KvOp) -> OpResult:
@@ -112,7 +114,11 @@ def _unlock(txn: Txn, op: KvOp) -> OpResult:
         raise ValidationError(
             f'failed to unlock key "{op.key}", lock isn\'t held, or is held by another session'
         )
-    return OpResult(written=op.key)
+    return _written(op.key)
+
+
+def _written(key: str) -> OpResult:
+    return OpResult([key], values=False)  # Consul's results of writes carry no value
 
 
 def _get(txn: Txn, op: KvOp) -> OpResult:
@@ -120,21 +126,26 @@ def _get(txn: Txn, op: KvOp) -> OpResult:
     entry = txn.kv(op.key)
     if entry is None:
         raise ValidationError(f'key "{op.key}" doesn\'t exist')
-    return OpResult(entries=[entry])
+    return OpResult([op.key])
 
 
 def _get_tree(txn: Txn, op: KvOp) -> OpResult:
-    return OpResult(entries=txn.kv_under(op.key))
+    return OpResult([e.key for e in txn.kv_under(op.key)])
 
 
 def _check_index(txn: Txn, op: KvOp) -> OpResult:
     entry = _existing(txn, op.key, "failed to check index")
+    if txn.kv_rewritten(op.key):
+        raise ValidationError(
+            f'failed index check for key "{op.key}", current modify index '
+            f"is this transaction's (an earlier operation wrote it) != {op.index}"
+        )
     if entry.modify_index != op.index:
         raise ValidationError(
             f'failed index check for key "{op.key}", current modify index '
             f"{entry.modify_index} != {op.index}"
         )
-    return OpResult(entries=[entry], values=False)
+    return OpResult([op.key], values=False)
 
 
 def _check_session(txn: Txn, op: KvOp) -> OpResult:
@@ -144,7 +155,7 @@ def _check_session(txn: Txn, op: KvOp) -> OpResult:
             f'failed session check for key "{op.key}", current session '
             f'"{entry.session}" != "{op.session}"'
         )
-    return OpResult(entries=[entry], values=False)
+    return OpResult([op.key], values=False)
 
 
 def _check_not_exists(txn: Txn, op: KvOp) -> None:

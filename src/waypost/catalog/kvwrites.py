@@ -49,7 +49,7 @@ def kv_cas(txn: Txn, key: str, value: bytes, cas: int, flags: int | None = None)
     """Write only if the key's modify index is `cas` (0: only if it is absent)."""
     validate_key(key)
     old = txn.kv(key)
-    if (old.modify_index if old else 0) != cas:
+    if (old.modify_index if old else 0) != cas or txn.kv_rewritten(key):
         return False
     txn.put_kv(_updated(old, key, value, flags))
     return True
@@ -104,7 +104,7 @@ def kv_delete_cas(txn: Txn, key: str, cas: int) -> bool:
     old = txn.kv(key)
     if old is None:
         return True
-    if cas == 0 or old.modify_index != cas:
+    if cas == 0 or old.modify_index != cas or txn.kv_rewritten(key):
         return False
     txn.delete_kv(key)
     return True

@@ -138,6 +138,13 @@ class Txn:
         self._guard(kv.storage_key(key), entry.modify_index if entry else 0)
         return entry
 
+    def kv_rewritten(self, key: str) -> bool:
+        """True if this plan has written `key`: its modify index will be the
+        commit's, which no request can name yet (Consul's txn gives every
+        write the transaction's index, so a later cas or index check in the
+        same transaction fails)."""
+        return self._staged_kv.get(key) is not None
+
     def kv_under(self, prefix: str) -> list[KvEntry]:
         """Every entry under `prefix` (this plan's writes included); nothing
         under it may change before the commit."""
