@@ -275,6 +275,9 @@ async def test_a_check_task_that_dies_of_a_bug_starts_again_after_a_growing_dela
     ]
     assert status(catalog) == "passing"  # the third task's result was stored
     assert not runner._tasks["c1"][1].done()  # and it runs on
+    await catalog.deregister_check("n1", "c1")
+    await clock.advance(1)
+    assert "c1" not in runner._tasks and not runner._deaths  # a removed check's count goes
     await runner.stop()
     assert not runner._restarts
 

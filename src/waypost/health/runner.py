@@ -142,7 +142,9 @@ class HealthRunner:
             if running is not None and running[0] == defn and not running[1].done():
                 continue
             self._cancel(check_id)
-            if check is not None and defn is not None and defn.kind:
+            if check is None:
+                self._deaths.pop(check_id, None)  # gone: a new check of that ID starts afresh
+            elif defn is not None and defn.kind:
                 self._launch(check, defn)
 
     def _cancel(self, check_id: str) -> None:
