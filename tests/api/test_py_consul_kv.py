@@ -166,6 +166,15 @@ def test_acquire_release_and_lock_index(c: consul.Consul, unique: str) -> None:
     assert "Session" not in entry and entry["LockIndex"] == 1
     assert c.kv.put(key, "b", acquire=s2) is True
     assert c.kv.get(key)[1]["LockIndex"] == 2
+    # a plain set stores LockIndex 0 and keeps the holder, as Consul's kvsSetTxn
+    modified = c.kv.get(key)[1]["ModifyIndex"]
+    assert c.kv.put(key, "b") is True
+    _, entry = c.kv.get(key)
+    assert (entry["Session"], entry["LockIndex"], entry["Value"]) == (s2, 0, b"b")
+    assert entry["ModifyIndex"] > modified  # same value, but a write
+    assert c.kv.put(key, "c", release=s2) is True
+    assert c.kv.put(key, "d", acquire=s1) is True
+    assert c.kv.get(key)[1]["LockIndex"] == 1
     _, info = c.session.info(s1)
     assert info["Name"] == "one" and info["Node"] == "test-node"
     assert info["NodeChecks"] == ["serfHealth"] and info["Behavior"] == "release"

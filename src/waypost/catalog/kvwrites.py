@@ -38,10 +38,11 @@ def validate_key(key: str) -> None:
 
 
 def kv_set(txn: Txn, key: str, value: bytes, flags: int | None = None) -> bool:
-    """An unconditional write; an existing entry keeps its lock and create index."""
+    """An unconditional write; an existing entry keeps its session and create
+    index, and its LockIndex goes to 0, as in Consul."""
     validate_key(key)
     old = txn.kv(key)
-    txn.put_kv(_updated(old, key, value, flags))
+    txn.put_kv(_updated(old, key, value, flags, unlocked=True))
     return True
 
 
@@ -51,7 +52,7 @@ def kv_cas(txn: Txn, key: str, value: bytes, cas: int, flags: int | None = None)
     old = txn.kv(key)
     if (old.modify_index if old else 0) != cas or txn.kv_rewritten(key):
         return False
-    txn.put_kv(_updated(old, key, value, flags))
+    txn.put_kv(_updated(old, key, value, flags, unlocked=True))
     return True
 
 
@@ -116,7 +117,12 @@ def kv_delete_tree(txn: Txn, prefix: str) -> bool:
     return True
 
 
-def _updated(old: KvEntry | None, key: str, value: bytes, flags: int | None) -> KvEntry:
+def _updated(
+    old: KvEntry | None, key: str, value: bytes, flags: int | None, unlocked: bool = False
+) -> KvEntry:
+    """`old` with the new value and flags. `unlocked`: a set or cas, which in
+    Consul stores the request's LockIndex, 0 (kvsSetTxn keeps only the
+    session); only acquire and release carry it on."""
     if len(value) > MAX_VALUE:
         raise ValidationError(
             f"Value for key {key!r} too large ({len(value)} bytes), max size: {MAX_VALUE} bytes"
@@ -125,6 +131,8 @@ def _updated(old: KvEntry | None, key: str, value: bytes, flags: int | None) -> 
     # on every set, cas, acquire and release (a session's end keeps them).
     if old is None:
         return KvEntry(key, value, flags or 0)
+    if unlocked:
+        return msgspec.structs.replace(old, value=value, flags=flags or 0, lock_index=0)
     return msgspec.structs.replace(old, value=value, flags=flags or 0)
 
 
