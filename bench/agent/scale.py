@@ -168,6 +168,10 @@ def churn(url: str, rate: int, seconds: float, nodes: int, services: int, instan
                     errors += resp.status != 200
 
             tasks: set[asyncio.Task[None]] = set()
+            # Each write flips its instance's check from the status it has (the
+            # store starts with every check passing): writing the one it has
+            # would change nothing and cost nothing (the no-op rule, as in Consul).
+            shown: dict[int, str] = {}
             while (now := time.monotonic()) < deadline:
                 if now < next_at:
                     await asyncio.sleep(next_at - now)
@@ -175,8 +179,9 @@ def churn(url: str, rate: int, seconds: float, nodes: int, services: int, instan
                 i = rng.randrange(instances)
                 if i % services == 0:
                     i += 1  # never the watched service
-                status = rng.choice(("passing", "warning"))
-                task = asyncio.create_task(one(i % instances, status))
+                i %= instances
+                status = shown[i] = "warning" if shown.get(i, "passing") == "passing" else "passing"
+                task = asyncio.create_task(one(i, status))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
             await asyncio.gather(*tasks)
@@ -213,9 +218,15 @@ async def watch_and_read(
                 return time.perf_counter(), int(resp.headers["X-Consul-Index"])
 
         async def changer() -> None:
-            flip = 0
             async with http.get(health) as resp:
                 index = int(resp.headers["X-Consul-Index"])
+                rows = await resp.json()
+            # Start from the status instance 0's check does not have: writing
+            # the one it has changes nothing, so nothing would wake (the no-op
+            # rule, as in Consul) and the round would wait out its 30 s.
+            check = f"service:{WATCHED}-0"
+            now = {c["CheckID"]: c["Status"] for r in rows for c in r["Checks"]}.get(check)
+            flip = 1 if now == "warning" else 0
             while time.monotonic() < deadline:
                 status = ("warning", "passing")[flip % 2]
                 flip += 1
