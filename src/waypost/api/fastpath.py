@@ -109,8 +109,8 @@ class _Stamp(NamedTuple):
 
 
 class _Prebuilt(NamedTuple):
-    """An encoded answer, head and body, valid while the topics' index, the
-    store's health and uvicorn's Date header are the ones it was built with."""
+    """An encoded answer, head and body, valid while its _Stamp's parts and
+    uvicorn's Date header are the ones it was built with."""
 
     at: int  # the topics' index
     outputs: int  # State.outputs: check output changed at the same index

@@ -42,8 +42,9 @@ class TxnOp(msgspec.Struct, kw_only=True):
 
 class OpResult(msgspec.Struct):
     """The keys one operation shows (read, checked or written), read back
-    after the commit: the keys it did not write are conditions of the
-    commit, so they read back as the operation saw them."""
+    after the commit: a key no operation wrote is a condition of the commit,
+    so it reads back as the operation saw it; one written in the transaction
+    shows as the commit left it (with the commit's index, as in Consul)."""
 
     keys: list[str]
     values: bool = True  # False: entries are shown without their values
