@@ -781,3 +781,32 @@ def test_an_output_only_update_shows_on_every_read(http: httpx.Client, unique: s
         for name, (path, output) in reads.items():
             for _ in range(2):  # the second read of each comes from its cache
                 assert output(http.get(path).json()) == note, (name, note)
+
+
+def test_agent_service_blocks_on_its_content_hash(agent: AgentProcess, unique: str) -> None:
+    """Consul's hash-based blocking on `/v1/agent/service/<id>` (the Go client's
+    `WaitHash`): `?hash=` holds the read while the content hashes the same,
+    another instance's change included, and answers when this one changes."""
+    url = f"/v1/agent/service/{unique}-1"
+    with agent.client() as http:
+        register(http, {"Name": unique, "ID": f"{unique}-1", "Tags": ["a"]})
+        first = http.get(url)
+        digest = first.headers["x-consul-contenthash"]
+        assert len(digest) == 16 and first.json()["Tags"] == ["a"]
+        assert http.get(url).headers["x-consul-contenthash"] == digest  # stable
+        other = http.get(url, params={"hash": "0123456789abcdef"})  # not its hash: at once
+        assert other.headers["x-consul-contenthash"] == digest
+        timed_out = http.get(url, params={"hash": digest, "wait": "300ms"})
+        assert timed_out.headers["x-consul-contenthash"] == digest
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            waiting = pool.submit(http.get, url, params={"hash": digest, "wait": "20s"})
+            with agent.client() as writer:
+                register(writer, {"Name": unique, "ID": f"{unique}-2"})  # the node moves
+                time.sleep(0.5)
+                assert not waiting.done()  # but this instance's content did not
+                register(writer, {"Name": unique, "ID": f"{unique}-1", "Tags": ["b"]})
+            changed = waiting.result(10)
+        assert changed.json()["Tags"] == ["b"]
+        assert changed.headers["x-consul-contenthash"] != digest
+        bad = http.get(url, params={"hash": digest, "wait": "forever"})
+        assert bad.status_code == 400 and "Invalid wait time" in bad.text

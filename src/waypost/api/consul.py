@@ -8,6 +8,8 @@ stands still, so a hot `?passing` read costs one dict lookup.
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import logging
 import random
 from collections.abc import Callable
@@ -279,13 +281,40 @@ class ConsulApi:
         service = self._own_services().get(service_id)
         if service is None:
             raise NotFoundError(f'unknown service ID: "{service_id}"')
-        return await self._read(
+        return await self._hash_read(
             req,
             (node_topic(self.local.name),),
             lambda: encode.agent_service(
                 self._own_services().get(service_id, service), self.info.datacenter
             ),
         )
+
+    async def _hash_read(
+        self, req: Request, topics: tuple[Topic, ...], produce: Callable[[], Any]
+    ) -> Response:
+        """Consul's hash-based blocking (agentLocalBlockingQuery), for agent
+        endpoints: every answer names its content in `X-Consul-ContentHash`;
+        `?hash=<it>` holds the read until the content hashes otherwise or
+        `?wait` (default 5 minutes, jitter up to wait/16) runs out. A change of
+        the topics that leaves the content as it was (another instance of the
+        node) keeps it held. `?index` blocks as on any read, before that."""
+        asked, lost = req.arg("hash"), req.connection_lost
+        index = await self.block(req, topics)
+        loop = asyncio.get_running_loop()
+        _, wait = self._blocking_params(req)
+        deadline = loop.time() + wait + self.rng.uniform(0, wait / 16)
+        while True:
+            body, filtered_out = self._produce(req, produce)
+            digest = hashlib.blake2b(body, digest_size=8).hexdigest()
+            remaining = deadline - loop.time()
+            if digest != asked or remaining <= 0 or (lost is not None and lost.done()):
+                break
+            await self.catalog.block(topics, index, remaining, req.connection_lost)
+            index = self.state.index_of(topics)
+        headers = [*self._read_headers(index, req), (b"x-consul-contenthash", digest.encode())]
+        if filtered_out:
+            headers.append(access.FILTERED_HEADER)
+        return json_bytes(body, headers)
 
     async def agent_checks(self, req: Request, _: str) -> Response:
         # Not cached: it shows check output, which changes without a new index.
