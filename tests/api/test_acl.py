@@ -84,6 +84,19 @@ def register(client: httpx.Client, name: str, **params: str) -> httpx.Response:
     return client.put("/v1/agent/service/register", json=body, params=params)
 
 
+def test_answers_name_the_default_deny_policy(
+    acl_agent: AgentProcess, admin: httpx.Client, unique: str
+) -> None:
+    """`X-Consul-Default-ACL-Policy: deny` on a refusal and on an answer
+    (tools read it to tell a token without rights from a bad one)."""
+    with acl_agent.client() as anonymous:
+        refused = register(anonymous, unique)
+    assert refused.status_code == 403
+    read = admin.get(f"/v1/health/service/{unique}")
+    for r in (refused, read):
+        assert r.headers["x-consul-default-acl-policy"] == "deny"
+
+
 def test_default_deny_refuses_a_write_naming_the_permission_and_writes_nothing(
     acl_agent: AgentProcess, admin: httpx.Client, default_token: str, unique: str
 ) -> None:

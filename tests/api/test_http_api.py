@@ -34,6 +34,22 @@ def test_read_headers_and_content_type(http: httpx.Client, unique: str) -> None:
     assert r.json() == []
 
 
+def test_every_answer_names_the_default_acl_policy(http: httpx.Client, unique: str) -> None:
+    """`X-Consul-Default-ACL-Policy`, as Consul 1.9+ sends on every answer
+    (`allow` with ACLs off): the fast read path, the normal path, a write, an
+    error, the agent's own endpoints."""
+    register(http, {"Name": unique, "ID": f"{unique}-1"})
+    answers = [
+        http.get(f"/v1/health/service/{unique}"),
+        http.get(f"/v1/health/checks/{unique}"),
+        http.put("/v1/agent/service/register", json={"Name": unique, "ID": f"{unique}-1"}),
+        http.get("/v1/no/such/endpoint"),
+        http.get("/v1/agent/self"),
+    ]
+    for r in answers:
+        assert r.headers["x-consul-default-acl-policy"] == "allow", r.request.url
+
+
 def test_case_insensitive_snake_case_and_nanosecond_durations(
     http: httpx.Client, unique: str
 ) -> None:
