@@ -138,9 +138,11 @@ async function views(browser, out, errors) {
   out.sortedOrder = order.filter((n) => n === name || n === decoy);
 
   // -- keyboard to the service's page; deep link survives a reload -------------
-  await page.goto(`${base}/ui/services`);
+  // Filtered by a deep link: the shared agent holds every other test's
+  // services, and how many rows come before this one must not matter.
+  await page.goto(`${base}/ui/services?filter=${encodeURIComponent(name)}`);
   await row.waitFor({ timeout: WAIT_MS });
-  await tabTo(page, `tr.service[data-name="${name}"] a`, 80);
+  await tabTo(page, `tr.service[data-name="${name}"] a`);
   await page.keyboard.press("Enter");
   const instance = page.locator(`section.instance[data-id="${name}-1"]`);
   await instance.waitFor({ timeout: WAIT_MS });
