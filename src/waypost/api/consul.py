@@ -39,7 +39,6 @@ from .ports import AgentInfo, LocalAgentOps, StoreStatus
 
 log = logging.getLogger("waypost.api")
 
-DEFAULT_WAIT = decode.DEFAULT_WAIT
 # The answer cache is bounded by bytes, not entries: one service with 900 KB of
 # Meta read with distinct query strings would otherwise hold 4,096 copies.
 CACHE_BYTES = 64 << 20
@@ -217,9 +216,12 @@ class ConsulApi:
         if req.has("consistent"):
             await self.store.confirm()
         if min_index:
-            jittered = wait + self.rng.uniform(0, wait / 16)
-            await self.catalog.block(topics, min_index, jittered, req.connection_lost)
+            await self.catalog.block(topics, min_index, self._jittered(wait), req.connection_lost)
         return self.state.index_of(topics)
+
+    def _jittered(self, wait: float) -> float:
+        """`wait` plus up to wait/16, as Consul spreads its blocking queries' ends."""
+        return wait + self.rng.uniform(0, wait / 16)
 
     def read_headers(self, index: int, req: Request) -> list[tuple[bytes, bytes]]:
         return self._read_headers(index, req)
@@ -241,9 +243,7 @@ class ConsulApi:
 
     def _blocking_params(self, req: Request) -> tuple[int, float]:
         decode.consistency(req)  # validated before the read blocks
-        index = decode.parse_index(req.arg("index")) if req.arg("index") else 0
-        wait = decode.parse_wait(req.arg("wait")) if req.arg("wait") else DEFAULT_WAIT
-        return index, wait
+        return decode.index_and_wait(req)
 
     def _read_headers(self, index: int, req: Request) -> list[tuple[bytes, bytes]]:
         health = self.store.health()
@@ -301,20 +301,17 @@ class ConsulApi:
         asked, lost = req.arg("hash"), req.connection_lost
         index = await self.block(req, topics)
         loop = asyncio.get_running_loop()
-        _, wait = self._blocking_params(req)
-        deadline = loop.time() + wait + self.rng.uniform(0, wait / 16)
+        deadline = loop.time() + self._jittered(self._blocking_params(req)[1])
         while True:
-            body, filtered_out = self._produce(req, produce)
-            digest = hashlib.blake2b(body, digest_size=8).hexdigest()
+            response = self.answer(req, index, produce, cache=False)
+            digest = hashlib.blake2b(response.body, digest_size=8).hexdigest()
             remaining = deadline - loop.time()
             if digest != asked or remaining <= 0 or (lost is not None and lost.done()):
                 break
-            await self.catalog.block(topics, index, remaining, req.connection_lost)
+            await self.catalog.block(topics, index, remaining, lost)
             index = self.state.index_of(topics)
-        headers = [*self._read_headers(index, req), (b"x-consul-contenthash", digest.encode())]
-        if filtered_out:
-            headers.append(access.FILTERED_HEADER)
-        return json_bytes(body, headers)
+        response.headers.append((b"x-consul-contenthash", digest.encode()))
+        return response
 
     async def agent_checks(self, req: Request, _: str) -> Response:
         # Not cached: it shows check output, which changes without a new index.

@@ -144,6 +144,14 @@ def parse_wait(text: str) -> float:
     return min(seconds, MAX_WAIT) if seconds > 0 else DEFAULT_WAIT
 
 
+def index_and_wait(req: Request) -> tuple[int, float]:
+    """A read's `?index` (0: none) and `?wait` (the default when absent).
+    Raises ValidationError."""
+    index = parse_index(req.arg("index")) if req.arg("index") else 0
+    wait = parse_wait(req.arg("wait")) if req.arg("wait") else DEFAULT_WAIT
+    return index, wait
+
+
 def consistency(req: Request) -> bytes:
     """The read's consistency mode as Consul names it in
     `X-Consul-Effective-Consistency`: `stale` (`?stale`, or `?max_stale` over

@@ -57,7 +57,7 @@ from ..catalog.watch import Topic
 from . import compress, decode, http, wire
 from .access import token_in
 from .app import AgentApp, access_log
-from .consul import DEFAULT_WAIT, SCOPE_HEADERS, Read
+from .consul import SCOPE_HEADERS, Read
 from .fanout import PARALLEL_MIN, Batch, FanOut
 from .ports import StoreStatus
 from .wheel import TimerWheel
@@ -308,8 +308,7 @@ class FastReads:
         if not _UNDERSTOOD.issuperset(request.query):
             return DECLINED
         try:
-            min_index = decode.parse_index(request.arg("index")) if request.arg("index") else 0
-            wait = decode.parse_wait(request.arg("wait")) if request.arg("wait") else DEFAULT_WAIT
+            min_index, wait = decode.index_and_wait(request)
             plan = planner(request, rest)
         except ValidationError:
             return DECLINED  # the normal path answers the 400
