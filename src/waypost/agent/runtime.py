@@ -206,7 +206,7 @@ class Agent:
             server_header=False,
             # On every answer, as Consul (1.9+) sends it: the fast paths write
             # uvicorn's default headers too, so no answer goes without it.
-            headers=[("X-Consul-Default-ACL-Policy", self._acl_policy())],
+            headers=[("X-Consul-Default-ACL-Policy", self.security.default_policy)],
             log_level=logging.WARNING,
             timeout_keep_alive=75,
             limit_concurrency=50_000,
@@ -222,10 +222,6 @@ class Agent:
                 task.result()  # surfaces the bind or startup error
             await asyncio.sleep(0.01)
         return bound
-
-    def _acl_policy(self) -> str:
-        """The default ACL policy in force: `allow` with ACLs off."""
-        return "allow" if self.security.intentions_default_allow else "deny"
 
     def _app(self) -> AgentApp:
         consul = ConsulApi(self.catalog, self.local, self, self.storage)

@@ -40,10 +40,12 @@ class Security:
         self.resolver: Resolver | None = None
         self.guard: Guard | None = None
         self.identity: Identity | None = None  # who the agent's own writes are
-        # Intentions default to the ACL default policy, as Consul's (allow with ACLs off).
-        self.intentions_default_allow = not self.enabled or config.acl.default_policy == "allow"
+        # The default policy in force, as X-Consul-Default-ACL-Policy names it:
+        # allow with ACLs off. Intentions default to it, as Consul's do.
+        self.default_policy = config.acl.default_policy if self.enabled else "allow"
+        self.intentions_default_allow = self.default_policy == "allow"
         if self.enabled:
-            allow = config.acl.default_policy == "allow"
+            allow = self.default_policy == "allow"
             self.resolver = Resolver(catalog.state.acl, config.datacenter, allow)
             self.guard = Guard(self.resolver, self.default_token, catalog.state, node)
             self.identity = Identity(self.resolver, self.agent_token)
