@@ -173,7 +173,6 @@ class Reflector:
         self.store = Store()
         self.stats = ReflectorStats()
         self.synced = asyncio.Event()
-        self.healthy = False  # the last list or watch open succeeded, no failure since
         self.failing = asyncio.Event()  # set while not healthy after a failure: wakes readers
         self.recovered = asyncio.Event()  # set while healthy: wakes readers waiting out an outage
 
@@ -270,13 +269,16 @@ class Reflector:
         self.handler.on_event(kind, obj, old)
         return version
 
+    @property
+    def healthy(self) -> bool:
+        """The last list or watch open succeeded, with no failure since."""
+        return self.recovered.is_set()
+
     def _healthy(self) -> None:
-        self.healthy = True
         self.failing.clear()
         self.recovered.set()
 
     async def _failed(self, exc: KubernetesError) -> None:
-        self.healthy = False
         self.failing.set()
         self.recovered.clear()
         self.stats.failures += 1
