@@ -131,9 +131,8 @@ def _updated(
     # on every set, cas, acquire and release (a session's end keeps them).
     if old is None:
         return KvEntry(key, value, flags or 0)
-    if unlocked:
-        return msgspec.structs.replace(old, value=value, flags=flags or 0, lock_index=0)
-    return msgspec.structs.replace(old, value=value, flags=flags or 0)
+    lock_index = 0 if unlocked else old.lock_index
+    return msgspec.structs.replace(old, value=value, flags=flags or 0, lock_index=lock_index)
 
 
 def _live_session(txn: Txn, session_id: str) -> Session:
