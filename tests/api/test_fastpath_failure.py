@@ -96,7 +96,7 @@ def test_a_wake_up_failing_half_way_answers_no_query_twice() -> None:
             fast._park(query)
             fast.catalog.parked += 1
         fast._topics["T"] = {line: fast._topics["T"][line] for line in lines}  # first, then second
-        answer = fastpath._Prebuilt(0, 0, 0, "ok", [], b"ANSWER", 200)
+        answer = fastpath._Prebuilt(fastpath._Stamp(0, 0, 0, "ok"), [], b"ANSWER", 200)
 
         def failing(query: Any, key: Any, health: Any) -> Any:
             if query is second:
@@ -117,7 +117,7 @@ def test_a_wake_up_failing_half_way_answers_no_query_twice() -> None:
         loop.close()
 
 
-ANSWER = fastpath._Prebuilt(0, 0, 0, "ok", [], b"ANSWER", 200)
+ANSWER = fastpath._Prebuilt(fastpath._Stamp(0, 0, 0, "ok"), [], b"ANSWER", 200)
 
 
 def parked_on_one_line(loop: asyncio.AbstractEventLoop, transports: list[Transport]) -> Any:

@@ -109,13 +109,10 @@ class _Stamp(NamedTuple):
 
 
 class _Prebuilt(NamedTuple):
-    """An encoded answer, head and body, valid while its _Stamp's parts and
+    """An encoded answer, head and body, valid while its stamp's parts and
     uvicorn's Date header are the ones it was built with."""
 
-    at: int  # the topics' index
-    outputs: int  # State.outputs: check output changed at the same index
-    acl: int  # the ACL generation it was filtered at (0: ACLs off)
-    health: Any
+    stamp: _Stamp
     defaults: list[tuple[bytes, bytes]]  # uvicorn's Date header list it was built with
     data: bytes
     status: int
@@ -503,24 +500,18 @@ class FastReads:
         (or the compression under way that will give it)."""
         prepared, authz, cycle = query.prepared, query.request.authz, query.cycle
         state = self.state
-        index, outputs = state.index_of(prepared.plan[0]), state.outputs
         # With ACLs on, an answer is the token's, as in ConsulApi.answer's cache.
         acl = authz.generation if authz is not None else 0  # as ConsulApi.answer
+        # A plain tuple: it equals (and hashes as) a _Stamp of the same parts,
+        # and a read of a prebuilt answer need not pay for making one.
+        now = (state.index_of(prepared.plan[0]), state.outputs, acl, health)
         pre = self._prebuilt.get(key)
-        if (
-            pre is not None
-            and pre.at == index
-            and pre.outputs == outputs
-            and pre.acl == acl
-            and pre.defaults is cycle.default_headers
-            and pre.health == health
-        ):
+        if pre is not None and pre.defaults is cycle.default_headers and pre.stamp == now:
             return pre
-        stamp = _Stamp(index, outputs, acl, health)
-        packing = self._packing.get((key, stamp))
+        packing = self._packing.get((key, now))
         if packing is not None:
             return packing
-        return self._build(query, key, stamp)
+        return self._build(query, key, _Stamp(*now))
 
     def _build(self, query: _Query, key: tuple[Any, ...], stamp: _Stamp) -> _Prebuilt | _Packing:
         try:
@@ -585,8 +576,7 @@ class FastReads:
         if query.prepared.group[0] == "HEAD":
             response.body = b""
         data = wire.encode(response, cycle.default_headers, cycle.keep_alive)
-        index, outputs, acl, health = stamp
-        pre = _Prebuilt(index, outputs, acl, health, cycle.default_headers, data, response.status)
+        pre = _Prebuilt(stamp, cycle.default_headers, data, response.status)
         if keep:
             self._prebuilt.put(key, pre)
         return pre
