@@ -244,7 +244,7 @@ class Mirror:
                 range_end=self._keys.prefix_end,
                 start_revision=self.revision + 1,
             )
-            await call.write(rpc.WatchRequest(create_request=create))
+            await _send(call, rpc.WatchRequest(create_request=create))
             while True:
                 response = await call.read()
                 if response is grpc.aio.EOF:
@@ -360,3 +360,28 @@ class Mirror:
             self._skipped[revision] = skipped
             while len(self._skipped) > _SKIPPED_KEPT:
                 del self._skipped[min(self._skipped)]
+
+
+async def _send(call: Any, request: Any) -> None:
+    """`call.write(request)` on a stream, ended by the call's own end.
+
+    grpc.aio's `write()` first waits until the call's initial metadata is
+    sent, and a call cancelled before that leaves that wait pending for good
+    (grpc 1.85): the mirror cancels the watch of a member that failed other
+    calls, and a watch cancelled while it connected never followed again.
+
+    Raises:
+        grpc.aio.AioRpcError: the call failed.
+        StreamEnded: the call ended (was cancelled) before the request was sent.
+    """
+    write = asyncio.ensure_future(call.write(request))
+    ended = asyncio.ensure_future(call.code())
+    try:
+        done, _ = await asyncio.wait((write, ended), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        ended.cancel()
+        write.cancel()
+    if write in done:
+        write.result()  # its error, if it failed
+        return
+    raise StreamEnded(f"the stream ended ({ended.result().name}) before the request was sent")
