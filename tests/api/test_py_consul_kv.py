@@ -376,6 +376,38 @@ def test_txn_ops_after_a_write_see_the_transactions_index(
     assert c.kv.get(k)[1]["Value"] == b"again"
 
 
+def test_txn_results_show_each_key_as_the_transaction_saw_it(
+    c: consul.Consul, agent: AgentProcess, unique: str
+) -> None:
+    """Consul reads each operation's result back inside the transaction: a
+    get before a set shows the old entry, a get-tree after a delete lacks the
+    key, and what the transaction wrote carries its index."""
+    a, b = f"{unique}/seen/a", f"{unique}/seen/b"
+    c.kv.put(a, "old")
+    old = c.kv.get(a)[1]
+    ops = [
+        _op("get", a),
+        _op("set", a, b"new"),
+        _op("get", a),
+        _op("get-tree", f"{unique}/seen/"),
+        _op("delete", a),
+        _op("set", b, b"b"),
+        _op("get-tree", f"{unique}/seen/"),
+    ]
+    with agent.client() as http:
+        r = http.put("/v1/txn", json=ops)
+    assert r.status_code == 200, r.text
+    index = int(r.headers["X-Consul-Index"])
+    kv = [x["KV"] for x in r.json()["Results"]]
+    assert [x["Key"] for x in kv] == [a, a, a, a, b, b]
+    values = [x["Value"] and base64.b64decode(x["Value"]) for x in kv]
+    assert values == [b"old", None, b"new", b"new", None, b"b"]
+    indexes = [(x["CreateIndex"], x["ModifyIndex"]) for x in kv]
+    created = old["CreateIndex"]
+    assert indexes == [(created, old["ModifyIndex"])] + [(created, index)] * 3 + [(index, index)] * 2
+    assert c.kv.get(b)[1]["ModifyIndex"] == index and c.kv.get(a)[1] is None
+
+
 def test_txn_locks(c: consul.Consul, unique: str) -> None:
     s = c.session.create(lock_delay=0)
     k = f"{unique}/txlock"

@@ -136,10 +136,11 @@ async def test_txn_reads_its_own_writes_and_stages_nothing_on_error() -> None:
         TxnOp(kv=KvOp(verb="check-not-exists", key="t/b")),
         TxnOp(kv=KvOp(verb="get-tree", key="t/")),
     ]
-    outcome = await cat.write(kvtxn.run, ops)
+    outcome, index = await cat.write_at(kvtxn.run, ops)
     assert not outcome.errors
-    assert [r.keys for r in outcome.results] == [["t/a"], ["t/a"], ["t/a"]]  # read back later
-    assert [r.values for r in outcome.results] == [False, True, True]  # a write shows no value
+    shown = [(e.key, e.value, e.modify_index, v) for e, v in kvtxn.shown(outcome, index)]
+    # a write shows no value; what the transaction wrote carries the commit's index
+    assert shown == [("t/a", b"1", index, False)] + [("t/a", b"1", index, True)] * 2
     commits = cat.storage.statistics()["commits"]
     bad = [TxnOp(kv=KvOp(verb="delete", key="t/a")), TxnOp(kv=KvOp(verb="get", key="nope"))]
     outcome = await cat.write(kvtxn.run, bad)

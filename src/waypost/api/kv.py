@@ -16,7 +16,7 @@ from .._exceptions import ValidationError
 from ..catalog import Catalog, kvwrites
 from ..catalog.aclrules import READ, WRITE
 from ..catalog.kv import KvEntry, key_topic, prefix_topic
-from ..catalog.kvtxn import MAX_OPS, Outcome, TxnOp, run
+from ..catalog.kvtxn import MAX_OPS, TxnOp, run, shown
 from . import access, decode
 from .access import Perm
 from .consul import ConsulApi
@@ -139,19 +139,8 @@ class KvApi:
             }
             return Response(409, _ENCODER.encode(body), [(b"content-type", b"application/json")])
         headers = [(b"x-consul-index", str(index or self.catalog.state.index).encode())]
-        return json({"Results": self._results(outcome) or None, "Errors": None}, headers)
-
-    def _results(self, outcome: Outcome) -> list[JSON]:
-        results = []
-        # Read back after the commit. A write to the same key committed in the
-        # same batch, just after this one, would show instead (Consul answers
-        # the transaction's own entries): rare, and left so.
-        for result in outcome.results:
-            for key in result.keys:
-                entry = self.kv.get(key)
-                if entry is not None:
-                    results.append({"KV": entry_json(entry, result.values)})
-        return results
+        results = [{"KV": entry_json(e, values)} for e, values in shown(outcome, index)]
+        return json({"Results": results or None, "Errors": None}, headers)
 
 
 async def _value(req: Request) -> bytes:

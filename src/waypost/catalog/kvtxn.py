@@ -3,10 +3,12 @@
 Each operation runs in order over the same Txn, so later ones see earlier
 ones' writes; every key read becomes a condition of the one commit. If any
 operation fails, the plan stages nothing and returns the errors (Consul rolls
-back the same way and answers 409); otherwise the commit carries every write
-and the results are read back from the state it produced: an entry written
-earlier in the transaction shows the commit's index, as in Consul, and no
-later cas or index check can name that index before the commit.
+back the same way and answers 409); otherwise the commit carries every write.
+Each operation's result is the entries as the transaction saw them at that
+operation (a get before a set shows the old value), as Consul's txnKVS reads
+each one back inside its transaction; an entry the transaction had written
+by then shows the commit's index (`shown`), which no later cas or index
+check in the same transaction can name.
 """
 
 from __future__ import annotations
@@ -41,12 +43,11 @@ class TxnOp(msgspec.Struct, kw_only=True):
 
 
 class OpResult(msgspec.Struct):
-    """The keys one operation shows (read, checked or written), read back
-    after the commit: a key no operation wrote is a condition of the commit,
-    so it reads back as the operation saw it; one written in the transaction
-    shows as the commit left it (with the commit's index, as in Consul)."""
+    """The entries one operation shows (read, checked or written), as the
+    transaction saw them then, each with whether the transaction had written
+    it (its indexes are the commit's, unknown until it lands: `shown`)."""
 
-    keys: list[str]
+    entries: list[tuple[KvEntry, bool]]
     values: bool = True  # False: entries are shown without their values
 
 
@@ -81,6 +82,28 @@ def run(txn: Txn, ops: list[TxnOp]) -> Outcome:
     return Outcome(results, [])
 
 
+def shown(outcome: Outcome, index: int) -> list[tuple[KvEntry, bool]]:
+    """Every result's entries, with whether to show its value, the ones the
+    transaction wrote carrying `index`, the index of its commit (and as their
+    create index when the transaction created them), as in Consul."""
+    return [
+        (_landed(entry, index) if written else entry, result.values)
+        for result in outcome.results
+        for entry, written in result.entries
+    ]
+
+
+def _landed(entry: KvEntry, index: int) -> KvEntry:
+    return msgspec.structs.replace(
+        entry, modify_index=index, create_index=entry.create_index or index
+    )
+
+
+def _seen(txn: Txn, entries: list[KvEntry], values: bool = True) -> OpResult:
+    """The result showing `entries` as the transaction has them now."""
+    return OpResult([(e, txn.kv_rewritten(e.key)) for e in entries], values)
+
+
 def _one(txn: Txn, op: TxnOp) -> OpResult | None:
     if op.kv is None:
         kind = "Node" if op.node else "Service" if op.service else "Check" if op.check else ""
@@ -95,19 +118,19 @@ def _one(txn: Txn, op: TxnOp) -> OpResult | None:
 
 def _set(txn: Txn, op: KvOp) -> OpResult:
     kvwrites.kv_set(txn, op.key, op.value, op.flags)
-    return _written(op.key)
+    return _written(txn, op.key)
 
 
 def _cas(txn: Txn, op: KvOp) -> OpResult:
     if not kvwrites.kv_cas(txn, op.key, op.value, op.index, op.flags):
         raise ValidationError(f'failed to set key "{op.key}", index is stale')
-    return _written(op.key)
+    return _written(txn, op.key)
 
 
 def _lock(txn: Txn, op: KvOp) -> OpResult:
     if not kvwrites.kv_acquire(txn, op.key, op.value, op.session, op.flags):
         raise ValidationError(f'failed to lock key "{op.key}", lock is already held')
-    return _written(op.key)
+    return _written(txn, op.key)
 
 
 def _unlock(txn: Txn, op: KvOp) -> OpResult:
@@ -115,11 +138,13 @@ def _unlock(txn: Txn, op: KvOp) -> OpResult:
         raise ValidationError(
             f'failed to unlock key "{op.key}", lock isn\'t held, or is held by another session'
         )
-    return _written(op.key)
+    return _written(txn, op.key)
 
 
-def _written(key: str) -> OpResult:
-    return OpResult([key], values=False)  # Consul's results of writes carry no value
+def _written(txn: Txn, key: str) -> OpResult:
+    entry = txn.kv(key)
+    assert entry is not None  # it was just written (or held that already)
+    return _seen(txn, [entry], values=False)  # Consul's results of writes carry no value
 
 
 def _get(txn: Txn, op: KvOp) -> OpResult:
@@ -127,11 +152,11 @@ def _get(txn: Txn, op: KvOp) -> OpResult:
     entry = txn.kv(op.key)
     if entry is None:
         raise ValidationError(f'key "{op.key}" doesn\'t exist')
-    return OpResult([op.key])
+    return _seen(txn, [entry])
 
 
 def _get_tree(txn: Txn, op: KvOp) -> OpResult:
-    return OpResult([e.key for e in txn.kv_under(op.key)])
+    return _seen(txn, txn.kv_under(op.key))
 
 
 def _check_index(txn: Txn, op: KvOp) -> OpResult:
@@ -146,7 +171,7 @@ def _check_index(txn: Txn, op: KvOp) -> OpResult:
             f'failed index check for key "{op.key}", current modify index '
             f"{entry.modify_index} != {op.index}"
         )
-    return OpResult([op.key], values=False)
+    return _seen(txn, [entry], values=False)
 
 
 def _check_session(txn: Txn, op: KvOp) -> OpResult:
@@ -156,7 +181,7 @@ def _check_session(txn: Txn, op: KvOp) -> OpResult:
             f'failed session check for key "{op.key}", current session '
             f'"{entry.session}" != "{op.session}"'
         )
-    return OpResult([op.key], values=False)
+    return _seen(txn, [entry], values=False)
 
 
 def _check_not_exists(txn: Txn, op: KvOp) -> None:
