@@ -225,9 +225,52 @@ def disk_of(path: str) -> str:
     return f"{best[0]} ({best[1]}{rotational})"
 
 
+#: set in the copy of a script that `in_fresh_netns` runs: its namespace's name
+NETNS_ENV = "WAYPOST_BENCH_NETNS"
+
+
+def in_fresh_netns() -> None:
+    """Run this script again in a network namespace of its own, then exit with its status.
+
+    The host's loopback carries whatever netfilter rules the host has. On
+    the project's machine the Docker daemon that tests/examples starts leaves
+    its rules behind when it stops, and with them connection tracking on every
+    loopback packet: ~14% of each loopback `send()` (perf, docs/benchmarks.md
+    section 3), the agent's and the floor server's alike. A fresh namespace
+    has a loopback and no rules, so the figure is the agent's and the
+    kernel's, not another program's firewall. It needs root and iproute2's
+    `ip`; without them the script runs where it is (its header says which).
+    """
+    if os.environ.get(NETNS_ENV) or os.geteuid() != 0 or shutil.which("ip") is None:
+        return
+    name = f"waypost-bench-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
+        env = {**os.environ, NETNS_ENV: name}
+        command = ["ip", "netns", "exec", name, sys.executable, *sys.argv]
+        code = subprocess.call(command, env=env)
+    finally:
+        subprocess.run(["ip", "netns", "delete", name], check=False)
+    sys.exit(code)
+
+
+def network() -> str:
+    """One line: which network namespace, and the netfilter rules in it."""
+    where = os.environ.get(NETNS_ENV)
+    place = f"a fresh namespace ({where})" if where else "the host's namespace"
+    save = shutil.which("iptables-save")
+    if save is None:
+        return f"{place}, iptables not installed"
+    dump = subprocess.run([save], capture_output=True, text=True, check=False).stdout
+    rules = sum(1 for text in dump.splitlines() if text.startswith("-A "))
+    return f"{place}, {rules} iptables rules"
+
+
 def header(title: str) -> None:
     print(f"# {title}")
     print(f"# machine: {machine()}")
+    print(f"# network: {network()}")
     load = os.getloadavg()
     print(f"# load average at start: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     sys.stdout.flush()
