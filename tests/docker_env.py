@@ -9,8 +9,9 @@ run, or CI on a machine that has it, skips the minute debootstrap takes.
 Waypost goes into the images from a wheelhouse built on the host.
 
 The daemon is Debian's docker.io: if none answers, one is started (as root,
-with the vfs storage driver, which works without overlayfs) and stopped at
-the end. Whatever cannot work here is a skip that says exactly what failed.
+with the vfs storage driver, which works without overlayfs, and without
+iptables rules, which would outlive it) and stopped at the end. Whatever
+cannot work here is a skip that says exactly what failed.
 """
 
 from __future__ import annotations
@@ -52,7 +53,13 @@ def start_daemon(log_dir: Path) -> subprocess.Popen[bytes]:
         raise Unavailable("no Docker daemon answers and starting one needs root")
     log = log_dir / "dockerd.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen(["dockerd", "--storage-driver", "vfs"], stdout=out, stderr=out)
+        # --iptables=false: the daemon's rules outlive it (FORWARD set to DROP,
+        # and connection tracking on every packet of the host, loopback too:
+        # ~14% of a loopback send, docs/benchmarks.md, Agent 3). The example
+        # needs none: its network is internal, and the published port is
+        # served by docker-proxy.
+        command = ["dockerd", "--storage-driver", "vfs", "--iptables=false"]
+        proc = subprocess.Popen(command, stdout=out, stderr=out)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if daemon_answers():
