@@ -232,11 +232,11 @@ NETNS_ENV = "WAYPOST_BENCH_NETNS"
 def in_fresh_netns() -> None:
     """Run this script again in a network namespace of its own, then exit with its status.
 
-    The host's loopback carries whatever netfilter rules the host has. On
-    the project's machine the Docker daemon that tests/examples starts leaves
-    its rules behind when it stops, and with them connection tracking on every
-    loopback packet: ~14% of each loopback `send()` (perf, docs/benchmarks.md
-    section 3), the agent's and the floor server's alike. A fresh namespace
+    The host's loopback carries whatever netfilter rules the host has: a
+    Docker daemon's, for one, stay after it stops, and with them connection
+    tracking on every loopback packet, ~14% of each loopback `send()` (perf,
+    docs/benchmarks.md section 3), the agent's and the floor server's alike
+    (tests/examples started dockerd that way until session 23). A fresh namespace
     has a loopback and no rules, so the figure is the agent's and the
     kernel's, not another program's firewall. It needs root and iproute2's
     `ip`; without them the script runs where it is (its header says which).

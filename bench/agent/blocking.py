@@ -39,7 +39,7 @@ available on this VM.)
 
 It runs in a network namespace of its own (as root, with `ip`), where the
 loopback has no netfilter rules: on the host's, rules another program left
-(the Docker daemon's) put connection tracking on every packet, ~14% of each
+(a Docker daemon's) put connection tracking on every packet, ~14% of each
 send for the agent and the floor alike (`_common.in_fresh_netns`).
 `--host-network` runs on the host's loopback instead. The header says which.
 
