@@ -301,7 +301,8 @@ class ConsulApi:
         asked, lost = req.arg("hash"), req.connection_lost
         index = await self.block(req, topics)
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._jittered(self._blocking_params(req)[1])
+        # block() validated ?consistent and the rest: only the wait is wanted here
+        deadline = loop.time() + self._jittered(decode.index_and_wait(req)[1])
         while True:
             response = self.answer(req, index, produce, cache=False)
             digest = hashlib.blake2b(response.body, digest_size=8).hexdigest()
