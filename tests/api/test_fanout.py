@@ -119,9 +119,26 @@ def payload(i: int, size: int = 20_000) -> bytes:
 
 
 @pytest.mark.parametrize("loop", LOOPS)
-def test_a_large_batch_is_written_whole_from_two_threads(loop: str, threads_seen: set[str]) -> None:
+def test_a_large_batch_is_written_whole_from_two_threads(
+    loop: str, threads_seen: set[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     count = fanout.PARALLEL_MIN + 10
     got: list[bytes] = []
+    # The loop thread could take every chunk before the worker wakes: its
+    # first waits (up to 10 s) until the worker has written one.
+    worker_wrote = threading.Event()
+    recorded = fanout._write_fds
+
+    def loop_waits(
+        fds: list[int], datas: list[bytes], start: int, stop: int, written: list[int]
+    ) -> None:
+        if threading.current_thread().name == "MainThread":
+            worker_wrote.wait(10)
+        recorded(fds, datas, start, stop, written)
+        if threading.current_thread().name == "waypost-fanout":
+            worker_wrote.set()
+
+    monkeypatch.setattr(fanout, "_write_fds", loop_waits)
 
     async def main() -> None:
         servers, clients = await open_pairs(count)
@@ -134,6 +151,40 @@ def test_a_large_batch_is_written_whole_from_two_threads(loop: str, threads_seen
     LOOPS[loop](main)
     assert got == [payload(i) for i in range(count)]
     assert threads_seen == {"MainThread", "waypost-fanout"}
+
+
+def test_a_thread_that_falls_behind_leaves_the_rest_to_the_other(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The threads take chunks as they go, not half each: a worker that loses
+    its core (here, each of its chunks is held up) writes fewer of them, the
+    loop thread the rest, and every answer still arrives once."""
+    count = fanout.CHUNK * 8
+    wrote: dict[str, int] = {}
+    original = fanout._write_fds
+
+    def slow_worker(
+        fds: list[int], datas: list[bytes], start: int, stop: int, written: list[int]
+    ) -> None:
+        name = threading.current_thread().name
+        if name == "waypost-fanout":
+            time.sleep(0.2)  # GIL released: the loop thread goes on meanwhile
+        wrote[name] = wrote.get(name, 0) + stop - start
+        original(fds, datas, start, stop, written)
+
+    monkeypatch.setattr(fanout, "_write_fds", slow_worker)
+    got: list[bytes] = []
+
+    async def main() -> None:
+        servers, clients = await open_pairs(count)
+        FanOut(threads=2).write([(s.transport, payload(i, 100)) for i, s in enumerate(servers)])
+        got.extend(await asyncio.to_thread(lambda: [read_exactly(c, 100) for c in clients]))
+        await nothing_more(servers, clients)
+
+    LOOPS["uvloop"](main)
+    assert got == [payload(i, 100) for i in range(count)]
+    assert sum(wrote.values()) == count
+    assert wrote.get("waypost-fanout", 0) < count // 2 < wrote["MainThread"]
 
 
 def test_a_small_batch_or_one_core_writes_through_the_transports(threads_seen: set[str]) -> None:

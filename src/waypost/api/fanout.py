@@ -6,9 +6,13 @@ kernel's `send()`: on loopback the sender's call also runs the receiver's
 TCP work, ~9-14 µs per socket on this project's 2-core test machine (a C
 program writing prebuilt bytes pays the same: bench/agent/blocking.py
 `--watchers c` measures it as "the floor"). One event loop keeps that on one
-core. `FanOut.write` gives half of a large batch to a worker thread, which
-writes with `os.write` while the loop thread writes the other half: the GIL
-is released for every `send()`, so the two halves run on two cores.
+core. `FanOut.write` has a worker thread write a large batch beside the
+loop thread, both with `os.write`: the GIL is released for every `send()`,
+so the two run on two cores. They take the batch in chunks, each the next
+one left, rather than half each: a thread that loses its core for a while
+(the watchers reading, another process) leaves more of the batch to the
+other, so the last send is not held back by the slower half (measured at
+10,000: the halves ended 58 and 96 ms in, docs/benchmarks.md section 3).
 
 Only what is safe to write beside the transport is written this way: a plain
 TCP transport (never TLS: its socket carries records, not these bytes) with
@@ -23,14 +27,18 @@ error the way it always does.
 
 from __future__ import annotations
 
+import itertools
 import os
 import queue
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 # Below this many answers (~1 ms of sends) the worker's hand-off (~50 µs) is not worth it.
 PARALLEL_MIN = 128
+# Sends per chunk: ~0.5-1 ms of them, so the two threads end at most that far
+# apart, while the hand-out (one next() on a shared counter) stays negligible.
+CHUNK = 64
 
 
 def _plain_transports() -> tuple[type, ...]:
@@ -74,13 +82,16 @@ class FanOut:
         self.send(batch)
 
     def send(self, batch: Batch) -> None:
-        """Write the batch's direct bytes, half from the worker when there are
-        enough of them; what a socket did not take goes through its transport."""
+        """Write the batch's direct bytes, the worker taking chunks of them
+        beside the loop thread when there are enough; what a socket did not
+        take goes through its transport."""
         fds, datas = batch.fds, batch.datas
         written = [0] * len(fds)
-        job = self._submit(fds, datas, written) if len(fds) >= PARALLEL_MIN else None
+        # The next chunk's start, for both threads: next() on it is atomic under the GIL.
+        chunks = itertools.count(0, CHUNK)
+        job = self._submit(fds, datas, written, chunks) if len(fds) >= PARALLEL_MIN else None
         try:
-            _write_fds(fds, datas, 0, job.start if job else len(fds), written)
+            _write_chunks(fds, datas, written, chunks)
         finally:
             if job is not None:
                 job.done.wait()  # always: the worker writes on these fds
@@ -89,9 +100,12 @@ class FanOut:
             if count < len(data):
                 transport.write(memoryview(data)[count:] if count else data)
 
-    def _submit(self, fds: list[int], datas: list[bytes], written: list[int]) -> _Job | None:
-        """The second half of the batch for the worker (started at the first
-        batch); None if no thread can be had: the loop then writes alone."""
+    def _submit(
+        self, fds: list[int], datas: list[bytes], written: list[int], chunks: Iterator[int]
+    ) -> _Job | None:
+        """The batch for the worker too (started at the first batch), which
+        takes its chunks from `chunks` as the loop thread does; None if no
+        thread can be had: the loop then writes alone."""
         if self._worker is None:
             worker = threading.Thread(target=self._run, name="waypost-fanout", daemon=True)
             try:
@@ -100,7 +114,7 @@ class FanOut:
                 self.parallel = False
                 return None
             self._worker = worker
-        job = _Job(fds, datas, len(fds) // 2, written)
+        job = _Job(fds, datas, written, chunks)
         self._jobs.put(job)
         return job
 
@@ -108,7 +122,7 @@ class FanOut:
         while True:
             job = self._jobs.get()
             try:
-                _write_fds(job.fds, job.datas, job.start, len(job.fds), job.written)
+                _write_chunks(job.fds, job.datas, job.written, job.chunks)
             finally:
                 job.done.set()  # never leave the loop thread waiting
 
@@ -159,16 +173,30 @@ def _cores() -> int:
 
 
 class _Job:
-    """The worker's share of one batch: fds[start:], counts into written."""
+    """One batch for the worker: the chunks of fds it takes from `chunks`, counts into written."""
 
-    __slots__ = ("datas", "done", "fds", "start", "written")
+    __slots__ = ("chunks", "datas", "done", "fds", "written")
 
-    def __init__(self, fds: list[int], datas: list[bytes], start: int, written: list[int]) -> None:
+    def __init__(
+        self, fds: list[int], datas: list[bytes], written: list[int], chunks: Iterator[int]
+    ) -> None:
         self.fds = fds
         self.datas = datas
-        self.start = start
         self.written = written
+        self.chunks = chunks
         self.done = threading.Event()
+
+
+def _write_chunks(
+    fds: list[int], datas: list[bytes], written: list[int], chunks: Iterator[int]
+) -> None:
+    """Write the chunks of the batch that `chunks` (shared with the other
+    thread) hands out, until it is past the end."""
+    count = len(fds)
+    for start in chunks:
+        if start >= count:
+            return
+        _write_fds(fds, datas, start, min(start + CHUNK, count), written)
 
 
 def _write_fds(
