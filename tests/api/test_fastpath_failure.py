@@ -66,12 +66,26 @@ def cycle(transport: Transport | None = None, defaults: list[Any] | None = None)
     )  # fmt: skip
 
 
+class Soon:
+    """The loop, but what is handed to call_soon waits in `soon` (`wake` runs it)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.soon: list[tuple[Callable[..., None], tuple[Any, ...]]] = []
+
+    def call_soon(self, callback: Callable[..., None], *args: Any) -> None:
+        self.soon.append((callback, args))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.loop, name)
+
+
 def stand_ins(loop: asyncio.AbstractEventLoop) -> tuple[Any, asyncio.Future[None]]:
     """A FastReads of stand-ins around its wake-up (`_fired`, `_answer`,
     `_write`, the wheel), and the topic's future that fires it."""
     fast = fastpath.FastReads.__new__(fastpath.FastReads)
     fired: asyncio.Future[None] = loop.create_future()
-    fast.loop, fast.answered = loop, 0
+    fast.loop, fast.answered = Soon(loop), 0
     fast.store = SimpleNamespace(health=lambda: "ok")
     fast.fanout = FanOut(threads=1)
     fast.app = SimpleNamespace(metrics=SimpleNamespace(observe=lambda *_: None))
@@ -81,6 +95,15 @@ def stand_ins(loop: asyncio.AbstractEventLoop) -> tuple[Any, asyncio.Future[None
     fast._wheel = TimerWheel(loop, fast._expired)
     fast._would_block = lambda *_: False  # the change passed every query's index
     return fast, fired
+
+
+def wake(fast: Any, fired: asyncio.Future[None], topic: str = "T") -> None:
+    """The topic fires: `_fired` only schedules the answers (the write that
+    fired it is acknowledged first), which then run here, their errors raised."""
+    fast._fired(topic, fired)
+    assert len(fast.loop.soon) == 1
+    callback, args = fast.loop.soon.pop()
+    callback(*args)
 
 
 def test_a_wake_up_failing_half_way_answers_no_query_twice() -> None:
@@ -105,7 +128,7 @@ def test_a_wake_up_failing_half_way_answers_no_query_twice() -> None:
 
         fast._prebuilt_for = failing
         with pytest.raises(RuntimeError):
-            fast._fired("T", fired)
+            wake(fast, fired)
         assert first.cycle.transport.writes == [b"ANSWER"]
         assert second.cycle.transport.writes == []
         fast._prebuilt_for = lambda *_: answer
@@ -156,7 +179,7 @@ def test_a_wake_up_failing_inside_a_group_answers_no_query_twice() -> None:
         transports = [Transport(gate=second_write_fails_once) for _ in range(3)]
         fast, fired, queries = parked_on_one_line(loop, transports)
         with pytest.raises(RuntimeError, match="the write failed"):
-            fast._fired("T", fired)
+            wake(fast, fired)
         assert sorted(len(t.writes) for t in transports) == [0, 0, 1]
         for query in queries:  # an answer written is a response complete (its cycle finished)
             assert query.cycle.response_complete == bool(query.transport.writes)
@@ -175,7 +198,7 @@ def test_a_closing_connection_gets_no_answer() -> None:
     try:
         transports = [Transport(), Transport(closing=True), Transport()]
         fast, fired, _ = parked_on_one_line(loop, transports)
-        fast._fired("T", fired)
+        wake(fast, fired)
         assert [t.writes for t in transports] == [[b"ANSWER"], [], [b"ANSWER"]]
         assert fast.answered == 2 and fast.catalog.parked == 0
     finally:
@@ -207,7 +230,7 @@ def test_a_wake_up_failing_inside_a_group_of_a_batch_answers_no_query_twice(
         for query, (mine, _) in zip(queries, pairs, strict=True):
             query.fd = mine.fileno()
         with pytest.raises(RuntimeError, match="the check failed"):
-            fast._fired("T", fired)
+            wake(fast, fired)
         sent = {}
         for query, (_, theirs) in zip(queries, pairs, strict=True):
             theirs.setblocking(False)
@@ -227,4 +250,53 @@ def test_a_wake_up_failing_inside_a_group_of_a_batch_answers_no_query_twice(
         for a, b in pairs:
             a.close()
             b.close()
+        loop.close()
+
+
+def test_queries_that_left_the_wheel_before_the_answers_get_none() -> None:
+    """Between `_fired` and its answers (scheduled after the write's own
+    acknowledgement), a connection may close and the shutdown may answer
+    another: neither is answered (again), the rest once each."""
+    loop = asyncio.new_event_loop()
+    try:
+        transports = [Transport() for _ in range(4)]
+        fast, fired, queries = parked_on_one_line(loop, transports)
+        fast._fired("T", fired)
+        assert [t.writes for t in transports] == [[]] * 4  # nothing before the write's answer
+        closed, shut_down = queries[0], queries[1]
+        fast.release(closed)  # its client went away
+        fast.answer_now(shut_down)  # the shutdown answered it at once
+        ((callback, args),) = fast.loop.soon
+        callback(*args)
+        assert closed.transport.writes == []
+        assert [q.transport.writes for q in queries[1:]] == [[b"ANSWER"]] * 3
+        assert fast.answered == 3 and fast.catalog.parked == 0
+        loop.run_until_complete(asyncio.sleep(0.3))  # past every wait: nothing more
+        assert [len(t.writes) for t in transports] == [0, 1, 1, 1]
+    finally:
+        loop.close()
+
+
+def test_a_query_on_two_topics_fired_by_one_change_is_answered_once() -> None:
+    """One commit fires both topics of a query's line: each `_fired`
+    schedules answers that name it; the second finds it answered."""
+    loop = asyncio.new_event_loop()
+    try:
+        fast, fired = stand_ins(loop)
+        line = Line("/two")
+        line.plan = (("T", "U"), None)
+        query = fastpath._Query(cycle(), line, SimpleNamespace(authz=None), -1)
+        query.slot = fast._wheel.add(query, loop.time() + 0.1)
+        fast._park(query)
+        fast.catalog.parked += 1
+        fast._prebuilt_for = lambda *_: ANSWER
+        fast._fired("T", fired)
+        fast._fired("U", fired)
+        assert len(fast.loop.soon) == 2
+        for callback, args in fast.loop.soon:
+            callback(*args)
+        assert query.transport.writes == [b"ANSWER"]
+        assert fast.answered == 1 and fast.catalog.parked == 0
+        assert fast._topics == {} and fast._listening == {}
+    finally:
         loop.close()

@@ -357,7 +357,23 @@ class FastReads:
             for parked in answers.values():
                 for query in parked:  # its index has not passed yet: wait on
                     self._park(query)
-        self._answer(ready, unpark=True)
+        if ready:
+            # After the write that fired it: its task, woken by the same
+            # commit, runs first and acknowledges it, instead of its client
+            # waiting for these answers too (~0.1 s at 10,000 queries).
+            self.loop.call_soon(self._answer_still_parked, ready)
+
+    def _answer_still_parked(self, ready: list[tuple[Seen, Collection[_Query]]]) -> None:
+        """`_fired`'s answers, but for the queries that left the wheel
+        meanwhile: their connection closed, their wait ran out, the shutdown
+        answered them, or another topic of theirs fired first."""
+        groups: list[tuple[Seen, Collection[_Query]]] = []
+        for seen, parked in ready:
+            still = [query for query in parked if query.slot]
+            if still:
+                groups.append((seen, still))
+        if groups:
+            self._answer(groups, unpark=True)
 
     def _expired(self, query: _Query) -> None:
         self._forget(query)
