@@ -16,7 +16,8 @@ headers), encoded as one prebuilt head+body and written in one
 entry per topic (by request line, then by answer), registered once on the
 topic's shared future (`Watches.listen`), with its `wait=` expiry in a
 coarse timer wheel, and no task, future or timer of its own. When the topic
-fires, every parked connection with the same question gets the same bytes,
+fires (answered one callback later, after the write that fired it has its
+acknowledgement), every parked connection with the same question gets the same bytes,
 encoded once (and, for the clients that take gzip, compressed once:
 api/compress.py; the prebuilt bytes are kept per encoding). What a wake-up
 needs of each query (its answer's key, its connection's fd) is worked out
