@@ -98,12 +98,13 @@ def stand_ins(loop: asyncio.AbstractEventLoop) -> tuple[Any, asyncio.Future[None
 
 
 def wake(fast: Any, fired: asyncio.Future[None], topic: str = "T") -> None:
-    """The topic fires: `_fired` only schedules the answers (the write that
-    fired it is acknowledged first), which then run here, their errors raised."""
+    """The topic fires: `_fired` answers a few queries at once, and schedules
+    the answers of PARALLEL_MIN or more (the write that fired it is
+    acknowledged first), which then run here, their errors raised."""
     fast._fired(topic, fired)
-    assert len(fast.loop.soon) == 1
-    callback, args = fast.loop.soon.pop()
-    callback(*args)
+    while fast.loop.soon:
+        callback, args = fast.loop.soon.pop(0)
+        callback(*args)
 
 
 def test_a_wake_up_failing_half_way_answers_no_query_twice() -> None:
@@ -198,7 +199,8 @@ def test_a_closing_connection_gets_no_answer() -> None:
     try:
         transports = [Transport(), Transport(closing=True), Transport()]
         fast, fired, _ = parked_on_one_line(loop, transports)
-        wake(fast, fired)
+        fast._fired("T", fired)  # a few: answered at once, nothing scheduled
+        assert fast.loop.soon == []
         assert [t.writes for t in transports] == [[b"ANSWER"], [], [b"ANSWER"]]
         assert fast.answered == 2 and fast.catalog.parked == 0
     finally:
@@ -253,10 +255,13 @@ def test_a_wake_up_failing_inside_a_group_of_a_batch_answers_no_query_twice(
         loop.close()
 
 
-def test_queries_that_left_the_wheel_before_the_answers_get_none() -> None:
-    """Between `_fired` and its answers (scheduled after the write's own
-    acknowledgement), a connection may close and the shutdown may answer
-    another: neither is answered (again), the rest once each."""
+def test_queries_that_left_the_wheel_before_the_answers_get_none(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Between `_fired` and its answers (a large wake-up's, scheduled after
+    the write's own acknowledgement), a connection may close and the
+    shutdown may answer another: neither is answered (again), the rest once each."""
+    monkeypatch.setattr(fastpath, "PARALLEL_MIN", 4)
     loop = asyncio.new_event_loop()
     try:
         transports = [Transport() for _ in range(4)]
@@ -277,9 +282,12 @@ def test_queries_that_left_the_wheel_before_the_answers_get_none() -> None:
         loop.close()
 
 
-def test_a_query_on_two_topics_fired_by_one_change_is_answered_once() -> None:
+def test_a_query_on_two_topics_fired_by_one_change_is_answered_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """One commit fires both topics of a query's line: each `_fired`
-    schedules answers that name it; the second finds it answered."""
+    schedules answers that name it (as for a large wake-up); the second finds it answered."""
+    monkeypatch.setattr(fastpath, "PARALLEL_MIN", 1)
     loop = asyncio.new_event_loop()
     try:
         fast, fired = stand_ins(loop)
