@@ -159,7 +159,8 @@ def test_a_thread_that_falls_behind_leaves_the_rest_to_the_other(
     """The threads take chunks as they go, not half each: a worker that loses
     its core (here, each of its chunks is held up) writes fewer of them, the
     loop thread the rest, and every answer still arrives once."""
-    count = fanout.CHUNK * 8
+    monkeypatch.setattr(fanout, "CHUNK", 16)
+    count = fanout.PARALLEL_MIN  # eight chunks of 16, on ~260 fds
     wrote: dict[str, int] = {}
     original = fanout._write_fds
 

@@ -209,8 +209,9 @@ def test_a_parked_query_is_answered_on_a_change(fast_agent: AgentProcess) -> Non
 def test_a_change_waking_150_queries_answers_each_from_two_threads(
     fast_agent: AgentProcess,
 ) -> None:
-    """150 parked queries (above fanout.PARALLEL_MIN; under the 200 a client may open): one batch written from
-    two threads, and every connection gets its whole answer, then the next."""
+    """150 parked queries (above fanout.PARALLEL_MIN; under the 200 a client may open): one batch
+    handed to the fan-out's worker (which takes chunks of it beside the loop thread, if it wakes
+    in time), and every connection gets its whole answer, then the next."""
     current = index_of(ask(fast_agent, request(f"/v1/health/service/{SERVICE}")))
     before = counters(fast_agent)["http_fast_fanout_batches"]
     socks = [connect(fast_agent) for _ in range(150)]
@@ -225,7 +226,7 @@ def test_a_change_waking_150_queries_answers_each_from_two_threads(
         indexes = {index_of(a) for a in answers}
         assert len(indexes) == 1 and indexes.pop() > current
         assert all(b'"ID":"fastweb-fan"' in a and a.startswith(b"HTTP/1.1 200") for a in answers)
-        # Two threads where the agent has two cores to run them (os.sched_getaffinity).
+        # The worker is used where the agent has two cores to run it (os.sched_getaffinity).
         two = len(os.sched_getaffinity(0)) >= 2
         assert counters(fast_agent)["http_fast_fanout_batches"] == before + two
         # Each connection carries its next request as before, and nothing

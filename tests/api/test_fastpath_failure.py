@@ -99,7 +99,7 @@ def stand_ins(loop: asyncio.AbstractEventLoop) -> tuple[Any, asyncio.Future[None
 
 def wake(fast: Any, fired: asyncio.Future[None], topic: str = "T") -> None:
     """The topic fires: `_fired` answers a few queries at once, and schedules
-    the answers of PARALLEL_MIN or more (the write that fired it is
+    the answers of DEFER_MIN or more (the write that fired it is
     acknowledged first), which then run here, their errors raised."""
     fast._fired(topic, fired)
     while fast.loop.soon:
@@ -261,7 +261,7 @@ def test_queries_that_left_the_wheel_before_the_answers_get_none(
     """Between `_fired` and its answers (a large wake-up's, scheduled after
     the write's own acknowledgement), a connection may close and the
     shutdown may answer another: neither is answered (again), the rest once each."""
-    monkeypatch.setattr(fastpath, "PARALLEL_MIN", 4)
+    monkeypatch.setattr(fastpath, "DEFER_MIN", 4)
     loop = asyncio.new_event_loop()
     try:
         transports = [Transport() for _ in range(4)]
@@ -287,7 +287,7 @@ def test_a_query_on_two_topics_fired_by_one_change_is_answered_once(
 ) -> None:
     """One commit fires both topics of a query's line: each `_fired`
     schedules answers that name it (as for a large wake-up); the second finds it answered."""
-    monkeypatch.setattr(fastpath, "PARALLEL_MIN", 1)
+    monkeypatch.setattr(fastpath, "DEFER_MIN", 1)
     loop = asyncio.new_event_loop()
     try:
         fast, fired = stand_ins(loop)

@@ -67,7 +67,7 @@ class FanOut:
         self.parallel = (threads if threads is not None else _cores()) >= 2
         self._jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
         self._worker: threading.Thread | None = None
-        self.batches = 0  # statistics: batches written from two threads
+        self.batches = 0  # statistics: batches handed to the worker
 
     def write(self, pairs: Sequence[tuple[Any, bytes]]) -> None:
         if not self.parallel or len(pairs) < PARALLEL_MIN:
@@ -87,7 +87,8 @@ class FanOut:
         take goes through its transport."""
         fds, datas = batch.fds, batch.datas
         written = [0] * len(fds)
-        # The next chunk's start, for both threads: next() on it is atomic under the GIL.
+        # The next chunk's start, for both threads: next() on it is atomic
+        # under the GIL (a free-threaded build would need a lock here).
         chunks = itertools.count(0, CHUNK)
         job = self._submit(fds, datas, written, chunks) if len(fds) >= PARALLEL_MIN else None
         try:
@@ -95,7 +96,7 @@ class FanOut:
         finally:
             if job is not None:
                 job.done.wait()  # always: the worker writes on these fds
-                self.batches += 1
+                self.batches += 1  # handed to the worker (which may have come too late for a chunk)
         for transport, data, count in zip(batch.owners, datas, written, strict=True):
             if count < len(data):
                 transport.write(memoryview(data)[count:] if count else data)

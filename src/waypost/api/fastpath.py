@@ -74,6 +74,9 @@ OTHER_ROUTE, DECLINED = 0, 1  # no fast path for this route; or not for this req
 PREPARED_LIMIT = 4096  # request lines remembered (each a parsed query and a plan)
 PREBUILT_BYTES = 32 << 20  # encoded answers, heads included
 ADMITTED_LIMIT = 64  # tokens remembered per request line
+# A wake-up of this many queries or more is answered after the write that
+# fired it (~1 ms of sends and more); a smaller one at once (_fired).
+DEFER_MIN = 128
 
 Planner = Callable[[http.Request, str], Read]
 # A query's answer, for grouping: (its key, the id of its Date header list); _Query.keyed.
@@ -359,7 +362,7 @@ class FastReads:
             for parked in answers.values():
                 for query in parked:  # its index has not passed yet: wait on
                     self._park(query)
-        if sum([len(parked) for _, parked in ready]) < PARALLEL_MIN:
+        if sum([len(parked) for _, parked in ready]) < DEFER_MIN:
             self._answer(ready, unpark=True)  # at most ~1 ms: the write's answer waits for it
         else:
             # After the write that fired it: its task, woken by the same
