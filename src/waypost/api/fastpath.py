@@ -20,11 +20,11 @@ fires (a large wake-up is answered one callback later, after the write
 that fired it has its acknowledgement), every parked connection with the
 same question gets the same bytes, encoded once (and, for the clients
 that take gzip, compressed once: api/compress.py; the prebuilt bytes are
-kept per encoding). What a wake-up
-needs of each query (its answer's key, its connection's fd) is worked out
-when it arrives, so that before the first send() a wake-up of 10,000 makes
-one pass over them, checking each connection (~0.6 µs per query; four
-passes, ~3 µs, two sessions before: docs/benchmarks.md, Agent 3).
+kept per encoding). What a wake-up needs of each query (its answer's key,
+its connection's fd) is worked out when it arrives, so that before the
+first send() a wake-up of 10,000 makes one pass over them, checking each
+connection (~0.6 µs per query; four passes, ~3 µs, two sessions before:
+docs/benchmarks.md, Agent 3).
 
 With ACLs on, each request goes through the same `Guard.enforce`
 (api/access.py) as on the normal path, with its own headers; the answer is
@@ -362,7 +362,7 @@ class FastReads:
             for parked in answers.values():
                 for query in parked:  # its index has not passed yet: wait on
                     self._park(query)
-        if sum([len(parked) for _, parked in ready]) < DEFER_MIN:
+        if _size(ready) < DEFER_MIN:
             self._answer(ready, unpark=True)  # at most ~1 ms: the write's answer waits for it
         else:
             # After the write that fired it: its task, woken by the same
@@ -433,7 +433,7 @@ class FastReads:
         # Most calls answer one query (a read that does not block): nothing
         # here may cost it more than the batch needs (each line below is ~1-3k
         # instructions of a ~100k read when done for nothing).
-        count = len(groups[0][1]) if len(groups) == 1 else sum([len(g) for _, g in groups])
+        count = _size(groups)
         beside = count >= PARALLEL_MIN and self.fanout.parallel
         batch = Batch() if beside else _NOTHING_BESIDE  # nothing is added to it then
         fds, owners = batch.fds, batch.owners
@@ -615,6 +615,11 @@ class FastReads:
             "fast_answers_built": self.built,
             "fast_compressed_off_loop": self.packed_off_loop,
         }
+
+
+def _size(groups: list[tuple[Seen, Collection[_Query]]]) -> int:
+    """The queries of a wake-up's groups (most answers are of one group)."""
+    return len(groups[0][1]) if len(groups) == 1 else sum([len(g) for _, g in groups])
 
 
 def _drop(lines: dict[_Prepared, dict[Seen, set[_Query]]], query: _Query) -> bool:
