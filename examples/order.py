@@ -31,6 +31,12 @@ async def main(agent: str, per_second: int) -> None:
             "payment", discovery=discovery, balancer="peak_ewma", timeout=2.0
         ) as payment,
     ):
+        # Compose starts this container as soon as the payment containers
+        # start, before any of them has registered and passed its check:
+        # wait for a healthy one rather than report the first orders failed.
+        async for instances in discovery.watch("payment"):
+            if instances:
+                break
         while True:
             paid_by: Counter[str] = Counter()
             for _ in range(per_second):
