@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -34,9 +35,10 @@ async def main(agent: str, per_second: int) -> None:
         # Compose starts this container as soon as the payment containers
         # start, before any of them has registered and passed its check:
         # wait for a healthy one rather than report the first orders failed.
-        async for instances in discovery.watch("payment"):
-            if instances:
-                break
+        async with contextlib.aclosing(discovery.watch("payment")) as lists:
+            async for instances in lists:
+                if instances:
+                    break
         while True:
             paid_by: Counter[str] = Counter()
             for _ in range(per_second):
