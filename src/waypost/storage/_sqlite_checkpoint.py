@@ -41,7 +41,11 @@ is free. The writer's `journal_size_limit` trims a WAL file that grew past
 to fsync: overwriting its blocks does not change the file's metadata).
 
 A failed checkpoint is logged (once, until one succeeds again) and counted;
-it never fails a commit.
+it never fails a commit. The WAL's starts-over are counted from its header,
+whatever caused them (a passive checkpoint that copied everything between
+two commits does too): sqlite adds one to its checkpoint sequence number each
+time (fileformat2.html, "WAL File Format"); counting the holds instead missed
+every start-over when commits came slower than the checkpoints.
 """
 
 from __future__ import annotations
@@ -113,7 +117,9 @@ class Checkpointer:
         self.gate = threading.Lock()
         self.checkpoints = 0
         self.failures = 0
-        self.resets = 0
+        self.resets = 0  # the WAL started over (read from its header)
+        self.holds = 0  # the writer held so that it would
+        self._generation: int | None = None  # the WAL header's sequence number, last seen
         self.wal_frames = 0  # frames in the WAL at the last checkpoint
         self.took = Durations()  # each checkpoint (the writer goes on meanwhile)
         self.held = Durations()  # each hold of the writer, to start the WAL over
@@ -176,10 +182,9 @@ class Checkpointer:
             if frames >= RESET_FRAMES and (quick or frames >= MAX_FRAMES):
                 with self.gate:  # between two of the writer's transactions
                     held = time.perf_counter()
-                    busy, frames, copied = _run_checkpoint(conn)
+                    _busy, frames, _copied = _run_checkpoint(conn)
                     self.held.observe(time.perf_counter() - held)
-                # all copied: the next transaction starts the WAL over (busy: -1, -1)
-                self.resets += not busy and frames == copied
+                self.holds += 1
         except Exception as exc:  # never let it stop the thread: commits do not need it
             self._failed(exc)
             return
@@ -189,12 +194,22 @@ class Checkpointer:
         self.checkpoints += 1
         self.wal_frames = max(frames, 0)
         self.took.observe(time.perf_counter() - started)
+        self._count_resets()
+
+    def _count_resets(self) -> None:
+        generation = _wal_generation(Path(f"{self.path}-wal"))
+        if generation is None:
+            return
+        if self._generation is not None and generation >= self._generation:
+            self.resets += generation - self._generation
+        self._generation = generation  # lower: a new WAL file (the store reopened)
 
     def statistics(self) -> dict[str, float]:
         return {
             "checkpoints": self.checkpoints,
             "checkpoint_failures": self.failures,
             "wal_resets": self.resets,
+            "writer_holds": self.holds,
             "wal_frames": self.wal_frames,
             **self.took.statistics("checkpoint"),
             **self.held.statistics("writer_held"),
@@ -230,3 +245,15 @@ def _run_checkpoint(conn: sqlite3.Connection) -> tuple[int, int, int]:
     PASSIVE: copies what it can without waiting for any lock."""
     row = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
     return int(row[0]), int(row[1]), int(row[2])
+
+
+def _wal_generation(wal: Path) -> int | None:
+    """The WAL header's checkpoint sequence number (bytes 12-15, big-endian),
+    which sqlite increments each time the WAL starts over; None before the
+    file has a header."""
+    try:
+        with wal.open("rb") as file:
+            header = file.read(16)
+    except OSError:
+        return None
+    return int.from_bytes(header[12:16], "big") if len(header) == 16 else None
