@@ -271,7 +271,7 @@ def _writer_line(before: dict[str, float], after: dict[str, float]) -> str:
     )
     parts = [f"{k} {after[k] - before.get(k, 0):.0f}" for k in over]
     parts += [f"{k} {after[k]:g}" for k in sorted(after) if k.endswith("_max_ms")]
-    for k in ("transactions", "checkpoints", "wal_resets"):
+    for k in ("transactions", "checkpoints", "wal_resets", "writer_holds"):
         parts.append(f"{k} {after.get(k, 0) - before.get(k, 0):.0f}")
     return "store during the churn: " + ", ".join(parts)
 
