@@ -179,8 +179,8 @@ def main() -> None:
             "aetcd": lambda count, run: aetcd_rate(etcd_url, count, args.concurrency, run),
         }
         # The process's first measured repetition ran slower than the rest on
-        # both sides (the client's CPU per write 170-203 µs against 140-173
-        # later, the server's ~20 µs more), and it was always waypost's. So
+        # both sides (CPU per write, medians: the client 185 µs against 145
+        # later, the server 149 against 120), and it was always waypost's. So
         # each system first takes a round that is not measured (keys of its own).
         for name in drivers if args.warmup else ():
             asyncio.run(drivers[name](args.warmup, args.reps))

@@ -191,7 +191,7 @@ async def test_a_grown_wal_file_is_trimmed_once_it_starts_over(
     assert _wal(db) > 9 * 2**20
     held_off[0] = False
     await store.commit([Entry("wake", b"")])  # the checkpointer runs again
-    await _until(lambda: store.statistics()["writer_holds"] > 0)  # all copied, at last
+    await _until(lambda: store.statistics()["writer_holds"] > 0)  # held, everything copied
     await store.commit([Entry("after", b"")])  # starts the WAL over, then trims the file
     assert _wal(db) <= 2 * 2**20
     await _until(lambda: store.statistics()["wal_resets"] == 1)  # the next checkpoint sees it
