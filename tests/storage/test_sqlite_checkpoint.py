@@ -227,3 +227,34 @@ def test_a_thread_an_earlier_stop_timed_out_on_ends_once_it_can(
     assert not old.is_alive()
     pointer.stop(timeout=5)
     assert pointer._thread is None
+
+
+
+def test_the_db_file_is_fsynced_before_the_writer_is_held(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pages the passive checkpoints copied are flushed while the writer
+    goes on, not inside the hold (whose own fsync would flush them all)."""
+    db = tmp_path / "c.db"
+    writer = sqlite3.connect(db, isolation_level=None)
+    writer.execute("PRAGMA journal_mode=WAL")
+    writer.execute("PRAGMA wal_autocheckpoint=0")
+    writer.execute("CREATE TABLE t (v BLOB)")
+    for _ in range(20):
+        writer.execute("INSERT INTO t VALUES (?)", (os.urandom(16 * 1024),))
+    pointer = checkpoint.Checkpointer(db)
+    monkeypatch.setattr(checkpoint, "RESET_FRAMES", 16)
+    monkeypatch.setattr(pointer, "_catch_up", lambda conn: (checkpoint.RESET_FRAMES, True))
+    synced: list[tuple[int, bool]] = []
+    real_fsync = os.fsync
+
+    def spy(fd: int) -> None:
+        synced.append((os.fstat(fd).st_ino, pointer.gate.locked()))
+        real_fsync(fd)
+
+    monkeypatch.setattr(checkpoint.os, "fsync", spy)
+    conn = sqlite3.connect(db, isolation_level=None)
+    pointer.checkpoint(conn)
+    assert synced == [(db.stat().st_ino, False)] and pointer.holds == 1
+    conn.close()
+    writer.close()

@@ -30,15 +30,21 @@ forced). So once the WAL holds `RESET_FRAMES` frames, the passive checkpoint
 writer is held between two transactions (`gate`, a lock the writer takes
 around each batch): that one copies only what landed during the first, and
 the writer's next transaction starts the WAL over. The hold is that short
-copy and two fsyncs. When the disk is so busy that no passive checkpoint
-gets quick, the hold waits for a later round, until the WAL reaches
-`MAX_FRAMES`: that is its bound (while checkpoints succeed). A plain lock,
-not sqlite's RESTART checkpoint: that takes sqlite's write lock for the
-whole copy, and a writer waiting on it polls with sqlite's busy handler
-(sleeps of 1, 2, 5 ... 100 ms), so it also waits out a sleep after the lock
-is free. The writer's `journal_size_limit` trims a WAL file that grew past
-`WAL_KEEP_BYTES` once it starts over (a file that keeps its size is cheaper
-to fsync: overwriting its blocks does not change the file's metadata).
+copy and two fsyncs, of the WAL and of the db file, and the db file's would
+be long: sqlite fsyncs it only after a checkpoint that copied everything, so
+it would flush every page the passive checkpoints copied since the last hold
+(up to 38 ms a hold, bench/agent/commit_timing.py). So the db file is
+fsynced just before the hold, with the writer going on, and the hold's own
+fsync finds a few pages to flush (a hold then took 4.7 ms at most). When the
+disk is so busy that no passive checkpoint gets quick, the hold waits for a
+later round, until the WAL reaches `MAX_FRAMES`: that is its bound (while
+checkpoints succeed). A plain lock, not sqlite's RESTART checkpoint: that
+takes sqlite's write lock for the whole copy, and a writer waiting on it
+polls with sqlite's busy handler (sleeps of 1, 2, 5 ... 100 ms), so it also
+waits out a sleep after the lock is free. The writer's `journal_size_limit`
+trims a WAL file that grew past `WAL_KEEP_BYTES` once it starts over (a file
+that keeps its size is cheaper to fsync: overwriting its blocks does not
+change the file's metadata).
 
 A failed checkpoint is logged (once, until one succeeds again) and counted;
 it never fails a commit. The WAL's starts-over are counted from its header,
@@ -51,6 +57,7 @@ every start-over when commits came slower than the checkpoints.
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -180,6 +187,7 @@ class Checkpointer:
         try:
             frames, quick = self._catch_up(conn)
             if frames >= RESET_FRAMES and (quick or frames >= MAX_FRAMES):
+                _fsync(self.path)  # see "the hold" above
                 with self.gate:  # between two of the writer's transactions
                     held = time.perf_counter()
                     _busy, frames, _copied = _run_checkpoint(conn)
@@ -238,6 +246,14 @@ class Checkpointer:
                 exc,
             )
         self._failing = True
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)  # fsync(2) flushes the file's pages whatever the mode
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _run_checkpoint(conn: sqlite3.Connection) -> tuple[int, int, int]:
