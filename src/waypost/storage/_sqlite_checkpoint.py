@@ -33,9 +33,9 @@ the writer's next transaction starts the WAL over. The hold is that short
 copy and two fsyncs, of the WAL and of the db file, and the db file's would
 be long: sqlite fsyncs it only after a checkpoint that copied everything, so
 it would flush every page the passive checkpoints copied since the last hold
-(up to 38 ms a hold, bench/agent/commit_timing.py). So the db file is
+(up to 40 ms a hold, bench/agent/commit_timing.py). So the db file is
 fsynced just before the hold, with the writer going on, and the hold's own
-fsync finds a few pages to flush (a hold then took 4.7 ms at most). When the
+fsync finds a few pages to flush (then a hold took 6.7 ms at most). When the
 disk is so busy that no passive checkpoint gets quick, the hold waits for a
 later round, until the WAL reaches `MAX_FRAMES`: that is its bound (while
 checkpoints succeed). A plain lock, not sqlite's RESTART checkpoint: that
