@@ -23,28 +23,29 @@ Bounding the WAL: the writer starts the WAL over from its beginning when its
 next transaction finds every frame already checkpointed. Under continuous
 churn a PASSIVE checkpoint nearly always finishes just after another commit
 landed (at 1,000 writes/s the writer commits every 1-2 ms), so the WAL would
-never start over (measured: without the hold below it only ever did when
-forced). So once the WAL holds `RESET_FRAMES` frames, the passive checkpoint
-(which copied nearly all of them without holding anything up; repeated up to
-`CATCH_UP` times until one is quick) is followed by a second one while the
-writer is held between two transactions (`gate`, a lock the writer takes
-around each batch): that one copies only what landed during the first, and
-the writer's next transaction starts the WAL over. The hold is that short
-copy and two fsyncs, of the WAL and of the db file, and the db file's would
-be long: sqlite fsyncs it only after a checkpoint that copied everything, so
-it would flush every page the passive checkpoints copied since the last hold
-(up to 40 ms a hold, bench/agent/commit_timing.py). So the db file is
-fsynced just before the hold, with the writer going on, and the hold's own
-fsync finds a few pages to flush (then a hold took 6.7 ms at most). When the
-disk is so busy that no passive checkpoint gets quick, the hold waits for a
-later round, until the WAL reaches `MAX_FRAMES`: that is its bound (while
-checkpoints succeed). A plain lock, not sqlite's RESTART checkpoint: that
-takes sqlite's write lock for the whole copy, and a writer waiting on it
-polls with sqlite's busy handler (sleeps of 1, 2, 5 ... 100 ms), so it also
-waits out a sleep after the lock is free. The writer's `journal_size_limit`
-trims a WAL file that grew past `WAL_KEEP_BYTES` once it starts over (a file
-that keeps its size is cheaper to fsync: overwriting its blocks does not
-change the file's metadata).
+start over only by chance, with no bound on its size (in the 1M benchmark's
+churn about half of the starts-over came without a hold). So once the WAL
+holds `RESET_FRAMES` frames, the passive checkpoint (which copied nearly all
+of them without holding anything up; repeated up to `CATCH_UP` times until
+one is quick) is followed by a second one while the writer is held between
+two transactions (`gate`, a lock the writer takes around each batch): that
+one copies only what landed during the first, and the writer's next
+transaction starts the WAL over. The hold is that short copy and two fsyncs,
+of the WAL and of the db file, and the db file's would be long: sqlite
+fsyncs it only after a checkpoint that copied everything, so it would flush
+every page the passive checkpoints copied since the last hold (up to 40 ms a
+hold, bench/agent/commit_timing.py). So the db file is fsynced just before
+the hold, with the writer going on, and the hold's own fsync finds a few
+pages to flush (then a hold took 6.7 ms at most). When the disk is so busy
+that no passive checkpoint gets quick, the hold waits for a later round,
+until the WAL reaches `MAX_FRAMES`: that is its bound (while checkpoints
+succeed). A plain lock, not sqlite's RESTART checkpoint: that takes sqlite's
+write lock for the whole copy, and a writer waiting on it polls with
+sqlite's busy handler (sleeps of 1, 2, 5 ... 100 ms), so it also waits out a
+sleep after the lock is free. The writer's `journal_size_limit` trims a WAL
+file that grew past `WAL_KEEP_BYTES` once it starts over (a file that keeps
+its size is cheaper to fsync: overwriting its blocks does not change the
+file's metadata).
 
 A failed checkpoint is logged (once, until one succeeds again) and counted;
 it never fails a commit. The WAL's starts-over are counted from its header,
