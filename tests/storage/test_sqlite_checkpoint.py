@@ -229,7 +229,6 @@ def test_a_thread_an_earlier_stop_timed_out_on_ends_once_it_can(
     assert pointer._thread is None
 
 
-
 def test_the_db_file_is_fsynced_before_the_writer_is_held(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -252,7 +251,7 @@ def test_the_db_file_is_fsynced_before_the_writer_is_held(
         synced.append((os.fstat(fd).st_ino, pointer.gate.locked()))
         real_fsync(fd)
 
-    monkeypatch.setattr(checkpoint.os, "fsync", spy)
+    monkeypatch.setattr(os, "fsync", spy)  # waypost._fsync calls it by its module
     conn = sqlite3.connect(db, isolation_level=None)
     pointer.checkpoint(conn)
     assert synced == [(db.stat().st_ino, False)] and pointer.holds == 1

@@ -14,6 +14,7 @@ import uuid
 from pathlib import Path
 
 from .._exceptions import ConfigError
+from .._fsync import fsync_path
 
 NODE_ID_FILE = "node-id"
 LOCK_FILE = "waypost.lock"  # held by the running agent (_lockfile.py)
@@ -52,15 +53,7 @@ def _create(path: Path) -> str:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        _fsync_dir(path.parent)  # the rename itself must survive a crash, or a new ID follows
+        fsync_path(path.parent)  # the rename itself must survive a crash, or a new ID follows
     except OSError as exc:
         raise ConfigError(f"cannot write the node ID to {path}: {exc.strerror}") from exc
     return new
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

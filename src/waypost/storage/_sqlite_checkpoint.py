@@ -58,11 +58,12 @@ every start-over when commits came slower than the checkpoints.
 from __future__ import annotations
 
 import logging
-import os
 import sqlite3
 import threading
 import time
 from pathlib import Path
+
+from .._fsync import fsync_path
 
 log = logging.getLogger("waypost.storage")
 
@@ -188,7 +189,7 @@ class Checkpointer:
         try:
             frames, quick = self._catch_up(conn)
             if frames >= RESET_FRAMES and (quick or frames >= MAX_FRAMES):
-                _fsync(self.path)  # see "the hold" above
+                fsync_path(self.path)  # see "the hold" above
                 with self.gate:  # between two of the writer's transactions
                     held = time.perf_counter()
                     _busy, frames, _copied = _run_checkpoint(conn)
@@ -247,14 +248,6 @@ class Checkpointer:
                 exc,
             )
         self._failing = True
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)  # fsync(2) flushes the file's pages whatever the mode
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _run_checkpoint(conn: sqlite3.Connection) -> tuple[int, int, int]:
