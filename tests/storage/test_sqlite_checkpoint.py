@@ -254,6 +254,30 @@ def test_the_db_file_is_fsynced_before_the_writer_is_held(
     monkeypatch.setattr(os, "fsync", spy)  # waypost._fsync calls it by its module
     conn = sqlite3.connect(db, isolation_level=None)
     pointer.checkpoint(conn)
-    assert synced == [(db.stat().st_ino, False)] and pointer.holds == 1
+    assert synced == [(db.stat().st_ino, False)] and pointer.statistics()["writer_holds"] == 1
     conn.close()
     writer.close()
+
+
+async def test_the_count_of_starts_over_carries_across_a_reopen(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Closing deletes the WAL file; the one the reopened store makes counts
+    its sequence numbers from the start again, which must not unsay the
+    starts-over counted before."""
+    monkeypatch.setattr(checkpoint, "INTERVAL", 0.005)
+    db = tmp_path / "c.db"
+    store = await _opened(db)
+    for i in range(30):
+        await store.commit([Entry(f"k{i}", os.urandom(64 * 1024))])
+        await asyncio.sleep(0.01)  # each commit copied before the next: the WAL starts over
+    await _until(lambda: store.statistics()["wal_resets"] >= 5)
+    counted = store.statistics()["wal_resets"]
+    await store.close()
+    assert not Path(f"{db}-wal").exists()
+    await store.open(lambda index, entries, snapshot=False: None)
+    done = store.statistics()["checkpoints"]
+    await store.commit([Entry("again", b"v")])
+    await _until(lambda: store.statistics()["checkpoints"] > done)
+    assert store.statistics()["wal_resets"] >= counted
+    await store.close()

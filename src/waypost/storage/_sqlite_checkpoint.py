@@ -94,10 +94,12 @@ class Durations:
     BOUNDS_MS = (1, 5, 20, 100)
 
     def __init__(self) -> None:
+        self.count = 0
         self.over = [0] * len(self.BOUNDS_MS)
         self.longest = 0.0
 
     def observe(self, seconds: float) -> None:
+        self.count += 1
         ms = seconds * 1000
         if ms > self.longest:
             self.longest = ms
@@ -124,13 +126,11 @@ class Checkpointer:
         self._thread: threading.Thread | None = None
         #: Held by the writer around each batch; by this thread to start the WAL over.
         self.gate = threading.Lock()
-        self.checkpoints = 0
         self.failures = 0
         self.resets = 0  # the WAL started over (read from its header)
-        self.holds = 0  # the writer held so that it would
         self._generation: int | None = None  # the WAL header's sequence number, last seen
         self.wal_frames = 0  # frames in the WAL at the last checkpoint
-        self.took = Durations()  # each checkpoint (the writer goes on meanwhile)
+        self.took = Durations()  # each checkpoint that succeeded (the writer goes on meanwhile)
         self.held = Durations()  # each hold of the writer, to start the WAL over
         self._failing = False
 
@@ -142,6 +142,9 @@ class Checkpointer:
             conn.close()
             raise
         self._dirty.clear()
+        # The WAL file is new (the last connection to close deleted it): its
+        # sequence number starts again.
+        self._generation = None
         # Each thread its own stop: a thread an earlier stop() timed out on
         # (a slow disk) still ends, and never runs beside this one for long.
         self._stopping = threading.Event()
@@ -194,14 +197,12 @@ class Checkpointer:
                     held = time.perf_counter()
                     _busy, frames, _copied = _run_checkpoint(conn)
                     self.held.observe(time.perf_counter() - held)
-                self.holds += 1
         except Exception as exc:  # never let it stop the thread: commits do not need it
             self._failed(exc)
             return
         if self._failing:
             log.warning("the sqlite store %s: WAL checkpoints succeed again", self.path)
             self._failing = False
-        self.checkpoints += 1
         self.wal_frames = max(frames, 0)
         self.took.observe(time.perf_counter() - started)
         self._count_resets()
@@ -210,16 +211,16 @@ class Checkpointer:
         generation = _wal_generation(Path(f"{self.path}-wal"))
         if generation is None:
             return
-        if self._generation is not None and generation >= self._generation:
+        if self._generation is not None:
             self.resets += generation - self._generation
-        self._generation = generation  # lower: a new WAL file (the store reopened)
+        self._generation = generation
 
     def statistics(self) -> dict[str, float]:
         return {
-            "checkpoints": self.checkpoints,
+            "checkpoints": self.took.count,
             "checkpoint_failures": self.failures,
             "wal_resets": self.resets,
-            "writer_holds": self.holds,
+            "writer_holds": self.held.count,
             "wal_frames": self.wal_frames,
             **self.took.statistics("checkpoint"),
             **self.held.statistics("writer_held"),
