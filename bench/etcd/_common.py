@@ -110,7 +110,11 @@ def machine() -> str:
 
 
 def write_result(key: str, text: str) -> None:
-    """Replace the paragraph starting with `<!-- key -->` in our section (create as needed)."""
+    """Replace the paragraph starting with `<!-- key -->` in our section (create as needed).
+
+    Only what lies between `<!-- key -->` and `<!-- /key -->` is replaced: it holds
+    the latest generated result alone. Hand-written reruns and their history go
+    after the closing marker, where a new run cannot overwrite them."""
     doc = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
     start = doc.find(SECTION)
     if start < 0:
