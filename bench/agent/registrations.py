@@ -217,7 +217,7 @@ def main() -> None:
     line(
         f"ratio waypost / same-client etcd: {w / g:.2f}; "
         f"per-repetition ratios against the faster etcd "
-        f"client: {' '.join(f'{x:.2f}' for x in ratios)}; median {r:.2f} "
+        f"client: {' '.join(f'{x:.2f}' for x in ratios)}; median {r:.3f} "
         f"(target >= 1.0: {'PASS' if r >= 1.0 else 'MISS'})"
     )
 
