@@ -11,6 +11,7 @@ import logging
 import os
 import shutil
 import sqlite3
+import sys
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -208,7 +209,7 @@ def test_a_thread_an_earlier_stop_timed_out_on_ends_once_it_can(
     sqlite3.connect(db).execute("PRAGMA journal_mode=WAL").connection.close()
     stuck, entered = threading.Event(), threading.Event()
 
-    def slow(self: checkpoint.Checkpointer, conn: sqlite3.Connection) -> None:
+    def slow(self: checkpoint.Checkpointer, conn: sqlite3.Connection, db: int) -> None:
         entered.set()
         stuck.wait(10)
 
@@ -253,10 +254,12 @@ def test_the_db_file_is_fsynced_before_the_writer_is_held(
 
     monkeypatch.setattr(os, "fsync", spy)  # waypost._fsync calls it by its module
     conn = sqlite3.connect(db, isolation_level=None)
-    pointer.checkpoint(conn)
+    fd = os.open(db, os.O_RDONLY)
+    pointer.checkpoint(conn, fd)
     assert synced == [(db.stat().st_ino, False)] and pointer.statistics()["writer_holds"] == 1
     conn.close()
     writer.close()
+    os.close(fd)  # after the connections: closing it drops this process's locks on the file
 
 
 async def test_the_count_of_starts_over_carries_across_a_reopen(
@@ -280,4 +283,36 @@ async def test_the_count_of_starts_over_carries_across_a_reopen(
     await store.commit([Entry("again", b"v")])
     await _until(lambda: store.statistics()["checkpoints"] > done)
     assert store.statistics()["wal_resets"] >= counted
+    await store.close()
+
+
+async def test_another_process_reading_the_live_store_loses_no_later_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An operator's `sqlite3 catalog.db` beside the running agent: when the
+    last connection to a WAL database closes, sqlite checkpoints and deletes
+    the WAL unless it cannot lock the db file exclusively, which the agent's
+    own connections' locks prevent. Closing any descriptor of a file drops
+    every POSIX lock the process holds on it, so a checkpointer that opened
+    and closed the db file to fsync it (before each hold) let that reader
+    delete the live WAL: every later commit went to the deleted file."""
+    monkeypatch.setattr(checkpoint, "INTERVAL", 0.005)
+    monkeypatch.setattr(checkpoint, "RESET_FRAMES", 64)  # a hold, and its fsync, soon
+    db = tmp_path / "c.db"
+    store = await _opened(db)
+    for i in range(20):
+        await store.commit([Entry(f"k{i}", os.urandom(64 * 1024))])
+    await _until(lambda: store.statistics()["writer_holds"] > 0)
+    reader = "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); "
+    seen = "print(c.execute('SELECT count(*) FROM kv WHERE key = ?', (sys.argv[2],)).fetchone()[0])"
+    other = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", reader + seen, str(db), "k0", stdout=asyncio.subprocess.PIPE
+    )
+    assert (await other.communicate())[0].strip() == b"1" and other.returncode == 0
+    assert Path(f"{db}-wal").exists()  # the live WAL is still there
+    await store.commit([Entry("after", b"acknowledged")])
+    other = await asyncio.create_subprocess_exec(  # what a restart now would find
+        sys.executable, "-c", reader + seen, str(db), "after", stdout=asyncio.subprocess.PIPE
+    )
+    assert (await other.communicate())[0].strip() == b"1"
     await store.close()

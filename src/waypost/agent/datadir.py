@@ -14,7 +14,6 @@ import uuid
 from pathlib import Path
 
 from .._exceptions import ConfigError
-from .._fsync import fsync_path
 
 NODE_ID_FILE = "node-id"
 LOCK_FILE = "waypost.lock"  # held by the running agent (_lockfile.py)
@@ -53,7 +52,19 @@ def _create(path: Path) -> str:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        fsync_path(path.parent)  # the rename itself must survive a crash, or a new ID follows
+        _fsync_dir(path.parent)  # the rename itself must survive a crash, or a new ID follows
     except OSError as exc:
         raise ConfigError(f"cannot write the node ID to {path}: {exc.strerror}") from exc
     return new
+
+
+def _fsync_dir(directory: Path) -> None:
+    """fsync a directory (its entries) through a descriptor of its own. Never
+    this way for a file another library has open with POSIX locks (sqlite's
+    db file): closing any descriptor of a file drops all of the process's
+    locks on it (storage/_sqlite_checkpoint.py, the hold)."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -36,7 +36,16 @@ fsyncs it only after a checkpoint that copied everything, so it would flush
 every page the passive checkpoints copied since the last hold (up to 40 ms a
 hold, bench/agent/commit_timing.py). So the db file is fsynced just before
 the hold, with the writer going on, and the hold's own fsync finds a few
-pages to flush (then a hold took 6.7 ms at most). When the disk is so busy
+pages to flush (then a hold took 6.7 ms at most). That fsync goes through a
+descriptor of the db file opened by `start()` and closed by `stop()` only
+once the store's connections are closed, never one opened for the call:
+closing any descriptor of a file drops every POSIX lock the process holds on
+it, sqlite's shared lock on the db file among them (sqlite.org's "How To
+Corrupt", 2.2.1), and without it another process's connection to the store
+(an operator's `sqlite3`), closing last by its reckoning, checkpoints and
+deletes the live WAL, so that every later commit goes to a deleted file.
+(The WAL's header is read by path: sqlite locks nothing in the WAL file, its
+WAL locks are in the -shm.) When the disk is so busy
 that no passive checkpoint gets quick, the hold waits for a later round,
 until the WAL reaches `MAX_FRAMES`: that is its bound (while checkpoints
 succeed). A plain lock, not sqlite's RESTART checkpoint: that takes sqlite's
@@ -58,12 +67,11 @@ every start-over when commits came slower than the checkpoints.
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
 import time
 from pathlib import Path
-
-from .._fsync import fsync_path
 
 log = logging.getLogger("waypost.storage")
 
@@ -124,6 +132,7 @@ class Checkpointer:
         self._dirty = threading.Event()  # commits since the last checkpoint (or stop)
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        self._db: int | None = None  # a descriptor of the db file, to fsync it (see the hold)
         #: Held by the writer around each batch; by this thread to start the WAL over.
         self.gate = threading.Lock()
         self.failures = 0
@@ -138,9 +147,13 @@ class Checkpointer:
         conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         try:
             conn.execute("PRAGMA synchronous=FULL")  # fsync the WAL, then the db file
-        except sqlite3.Error:
+            db = os.open(self.path, os.O_RDONLY)
+        except (sqlite3.Error, OSError):
             conn.close()
             raise
+        # A descriptor an earlier stop() timed out on stays open: its thread
+        # may still use it, and closing it could drop this start's locks.
+        self._db = db
         self._dirty.clear()
         # The WAL file is new (the last connection to close deleted it): its
         # sequence number starts again.
@@ -150,7 +163,7 @@ class Checkpointer:
         self._stopping = threading.Event()
         self._thread = threading.Thread(
             target=self._run,
-            args=(conn, self._stopping),
+            args=(conn, db, self._stopping),
             name="waypost-sqlite-checkpoint",
             daemon=True,
         )
@@ -163,7 +176,9 @@ class Checkpointer:
 
     def stop(self, timeout: float) -> None:
         """Stop the thread (its connection closes; the store's last connection
-        to close checkpoints what is left and removes the WAL)."""
+        to close checkpoints what is left and removes the WAL). Only once the
+        writer's connection is closed: the db file's descriptor closes here
+        too, which would drop that connection's locks (see the hold)."""
         thread = self._thread
         if thread is None:
             return
@@ -172,27 +187,32 @@ class Checkpointer:
         thread.join(timeout)
         if not thread.is_alive():
             self._thread = None
+            if self._db is not None:
+                os.close(self._db)
+                self._db = None
 
-    def _run(self, conn: sqlite3.Connection, stopping: threading.Event) -> None:
+    def _run(self, conn: sqlite3.Connection, db: int, stopping: threading.Event) -> None:
         try:
             while True:
                 self._dirty.wait()
                 if stopping.is_set():
                     return
                 self._dirty.clear()
-                self.checkpoint(conn)
+                self.checkpoint(conn, db)
                 if stopping.wait(INTERVAL):
                     return
         finally:
             conn.close()
 
-    def checkpoint(self, conn: sqlite3.Connection) -> None:
-        """One PASSIVE checkpoint; past RESET_FRAMES, a second with the writer held."""
+    def checkpoint(self, conn: sqlite3.Connection, db: int) -> None:
+        """One PASSIVE checkpoint; past RESET_FRAMES, a second with the writer
+        held. `db`: a descriptor of the db file, never closed while the store
+        is open (see the hold)."""
         started = time.perf_counter()
         try:
             frames, quick = self._catch_up(conn)
             if frames >= RESET_FRAMES and (quick or frames >= MAX_FRAMES):
-                fsync_path(self.path)  # see "the hold" above
+                os.fsync(db)  # see "the hold" above
                 with self.gate:  # between two of the writer's transactions
                     held = time.perf_counter()
                     _busy, frames, _copied = _run_checkpoint(conn)
