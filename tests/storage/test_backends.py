@@ -625,6 +625,49 @@ async def test_sqlite_disk_full_fails_cleanly_and_recovers(tiny_disk: Path) -> N
     await again.close()
 
 
+async def test_sqlite_locked_by_another_process_fails_the_batch_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An sqlite3 shell holding the store's write lock: the batch waiting for
+    it fails whole, as not written, once the busy timeout passes, not commit
+    by commit (each waiting out the timeout again while the queue grows)."""
+    monkeypatch.setattr(sqlite_backend, "BUSY_TIMEOUT", 0.3)
+    batches = []
+    real = sqlite_backend.SqliteStorage._write_batch
+
+    def counted(self: sqlite_backend.SqliteStorage, conn: object, batch: list[object]) -> None:
+        batches.append(len(batch))
+        real(self, conn, batch)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(sqlite_backend.SqliteStorage, "_write_batch", counted)
+    url = sqlite_url(tmp_path)
+    store, catalog = open_storage(url), Mirror()
+    await store.open(catalog)
+    shell = await asyncio.create_subprocess_exec(  # BEGIN IMMEDIATE, then wait for stdin
+        sys.executable,
+        "-c",
+        "import sqlite3, sys; c = sqlite3.connect(sys.argv[1], isolation_level=None); "
+        "c.execute('BEGIN IMMEDIATE'); print('locked', flush=True); sys.stdin.readline()",
+        str(sqlite_backend.path_from_url(url)),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert shell.stdout is not None and shell.stdin is not None
+    assert await shell.stdout.readline() == b"locked\n"
+    gate = asyncio.ensure_future(store.commit([Entry("gate", b"")]))
+    await until(lambda: store.statistics()["queued"] == 0)  # the writer waits for the lock
+    queued = [asyncio.ensure_future(store.commit([Entry(f"k{i}", b"")])) for i in range(20)]
+    results = await asyncio.gather(gate, *queued, return_exceptions=True)
+    assert all(isinstance(r, StoreUnavailable) for r in results), results
+    assert "locked by another process" in str(results[-1])
+    assert sum(batches) == 21  # each commit tried once, in its batch, not again alone
+    assert not catalog.keys
+    shell.stdin.write(b"\n")  # the shell ends its transaction
+    await shell.wait()
+    assert await store.commit([Entry("after", b"")]) == 1  # no index used by the failures
+    await store.close()
+
+
 async def test_sqlite_indexes_never_repeat_across_reopen(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -26,7 +26,8 @@ conflicts writes nothing and costs no fsync.
 Supervision: the writer thread is the only way to the disk, so nothing may
 kill it. Any exception while writing a batch rolls the transaction back; the
 batch's commits are then written one by one, so only the commit that fails
-gets the StorageError (a full disk fails them all at once: each would fail);
+gets the StorageError (a full disk, or sqlite's write lock held by another
+process past BUSY_TIMEOUT, fails them all at once: each would fail alike);
 the writer goes on with the next batch. A full disk says so. An error from
 COMMIT itself (say a failed fsync) is different: the WAL frames may already be
 on disk, and a restart would replay them, so those callers get OutcomeUnknown,
@@ -96,6 +97,10 @@ MAX_QUEUED = 10_000
 REPLAY_CHUNK = 10_000
 #: Seconds a commit may take from being queued to being answered.
 COMMIT_TIMEOUT = 10.0
+#: Seconds the writer waits for sqlite's write lock. Nothing in this process
+#: contends for it (the checkpoints are PASSIVE, the hold is a lock of ours):
+#: only another process can hold it, an sqlite3 shell writing to the store.
+BUSY_TIMEOUT = 5.0
 
 # True in a child forked from this process: its thread ids and its loops'
 # running state are copies of the parent's, so SqliteStorage._inside asks
@@ -198,7 +203,9 @@ class SqliteStorage(Storage):
         conn: sqlite3.Connection | None = None
         try:
             try:
-                conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+                conn = sqlite3.connect(
+                    self.path, timeout=BUSY_TIMEOUT, check_same_thread=False, isolation_level=None
+                )
                 conn.executescript(_SCHEMA)
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=FULL")
@@ -452,7 +459,7 @@ class SqliteStorage(Storage):
             else:
                 cursor.execute(_SET_INDEX, (index,))
         except Exception as exc:
-            if len(batch) > 1 and not _disk_full(exc):
+            if len(batch) > 1 and not _fails_alike(exc):
                 self._rollback(conn)
                 for pending in batch:  # alone, so only the commit that fails is failed
                     self._write_batch(conn, [pending])
@@ -543,6 +550,12 @@ class SqliteStorage(Storage):
                 f"the disk holding the sqlite store {self.path} is full: nothing of this "
                 "commit was written; free some space and retry"
             )
+        if _locked(exc):
+            return StoreUnavailable(
+                f"the sqlite store {self.path} is locked by another process (an sqlite3 "
+                f"shell writing to it?) and stayed locked for {BUSY_TIMEOUT:g}s: nothing of "
+                "this commit was written; end that process's transaction and retry"
+            )
         return StorageError(
             f"the sqlite store {self.path} could not write a batch of {commits} commit(s) "
             f"({type(exc).__name__}: {exc}): it was rolled back, nothing of this commit "
@@ -594,11 +607,30 @@ class SqliteStorage(Storage):
         )
 
 
+def _fails_alike(exc: Exception) -> bool:
+    """Whether `exc` is the store's state, not one commit's: each commit of
+    the batch would fail alike, so it is not retried commit by commit (which
+    would wait out the busy timeout once per commit, holding the queue)."""
+    return _disk_full(exc) or _locked(exc)
+
+
 def _disk_full(exc: Exception) -> bool:
     if isinstance(exc, sqlite3.Error):
-        code = getattr(exc, "sqlite_errorcode", None)
-        return code is not None and code & 0xFF == sqlite3.SQLITE_FULL
+        return _primary_code(exc) == sqlite3.SQLITE_FULL
     return isinstance(exc, OSError) and exc.errno == errno.ENOSPC
+
+
+def _locked(exc: Exception) -> bool:
+    """sqlite's write lock held by another process past BUSY_TIMEOUT."""
+    return isinstance(exc, sqlite3.Error) and _primary_code(exc) in (
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_LOCKED,
+    )
+
+
+def _primary_code(exc: sqlite3.Error) -> int | None:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return None if code is None else code & 0xFF
 
 
 def _not_started(path: Path, timeout: float) -> StoreUnavailable:
