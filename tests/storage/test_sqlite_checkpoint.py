@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from waypost import ConfigError, StorageError
 from waypost.storage import Entry, open_storage
 from waypost.storage import _sqlite_checkpoint as checkpoint
 from waypost.storage import sqlite as sqlite_backend
@@ -199,12 +200,13 @@ async def test_a_grown_wal_file_is_trimmed_once_it_starts_over(
     await store.close()
 
 
-def test_a_thread_an_earlier_stop_timed_out_on_ends_once_it_can(
+def test_no_start_beside_a_thread_an_earlier_stop_timed_out_on(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A stop() that timed out (a checkpoint stuck on a slow disk) then a
-    start(): the old thread must still end when its checkpoint returns, not
-    run on beside the new one."""
+    """A stop() that timed out (a checkpoint stuck on a slow disk): start()
+    refuses while that thread runs, since its connection and its descriptor
+    of the db file are still open; once it returns, stop() ends it and closes
+    the descriptor, and start() works again."""
     db = tmp_path / "c.db"
     sqlite3.connect(db).execute("PRAGMA journal_mode=WAL").connection.close()
     stuck, entered = threading.Event(), threading.Event()
@@ -216,18 +218,57 @@ def test_a_thread_an_earlier_stop_timed_out_on_ends_once_it_can(
     monkeypatch.setattr(checkpoint.Checkpointer, "checkpoint", slow)
     pointer = checkpoint.Checkpointer(db)
     pointer.start()
+    descriptor = pointer._db
+    assert descriptor is not None
     pointer.committed()
     assert entered.wait(5)
-    old = pointer._thread
-    assert old is not None
-    pointer.stop(timeout=0.05)
-    assert old.is_alive()  # the stop timed out
-    pointer.start()
+    assert pointer.stop(timeout=0.05) is False  # timed out
+    with pytest.raises(StorageError, match="has not stopped yet"):
+        pointer.start()
+    os.fstat(descriptor)  # still open
     stuck.set()
-    old.join(5)
-    assert not old.is_alive()
-    pointer.stop(timeout=5)
-    assert pointer._thread is None
+    assert pointer.stop(timeout=5) is True
+    with pytest.raises(OSError):
+        os.fstat(descriptor)  # closed with its thread
+    pointer.start()
+    assert pointer.stop(timeout=5) is True
+
+
+async def test_a_close_that_could_not_stop_the_checkpointer_keeps_the_store_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store counts as open until its checkpoint thread has stopped: a
+    reopen beside that thread's connection and descriptor (whose close would
+    drop the new connections' locks) is refused, and so is another store on
+    the file; a second close() finishes the first one's work."""
+    monkeypatch.setattr(sqlite_backend, "COMMIT_TIMEOUT", 0.2)  # also the stop's timeout
+    stuck, entered = threading.Event(), threading.Event()
+    real = checkpoint.Checkpointer.checkpoint
+
+    def slow(self: checkpoint.Checkpointer, conn: sqlite3.Connection, db: int) -> None:
+        if not stuck.is_set():
+            entered.set()
+            stuck.wait(10)
+        real(self, conn, db)
+
+    monkeypatch.setattr(checkpoint.Checkpointer, "checkpoint", slow)
+    db = tmp_path / "c.db"
+    store = await _opened(db)
+    await store.commit([Entry("k", b"v")])
+    await asyncio.to_thread(entered.wait, 5)
+    await store.close()  # the writer stops; the checkpointer does not
+    with pytest.raises(StorageError, match="close did not finish"):
+        await store.open(lambda index, entries, snapshot=False: None)
+    with pytest.raises(ConfigError, match="in use"):
+        await open_storage(f"sqlite://{db}").open(lambda index, entries, snapshot=False: None)
+    stuck.set()
+    await store.close()
+    seen: dict[str, bytes | None] = {}
+    await store.open(
+        lambda index, entries, snapshot=False: seen.update((e.key, e.value) for e in entries)
+    )
+    assert seen == {"k": b"v"}
+    await store.close()
 
 
 def test_the_db_file_is_fsynced_before_the_writer_is_held(
@@ -316,3 +357,81 @@ async def test_another_process_reading_the_live_store_loses_no_later_commit(
     )
     assert (await other.communicate())[0].strip() == b"1"
     await store.close()
+
+
+_FAILING_FSYNC = """
+import asyncio, errno, logging, os, sys
+from waypost.storage import Entry, open_storage
+from waypost.storage import _sqlite_checkpoint as checkpoint
+
+db = sys.argv[1]
+logging.basicConfig(level=logging.WARNING)
+checkpoint.INTERVAL, checkpoint.RESET_FRAMES = 0.005, 64  # a hold, and its fsync, soon
+real = os.fsync
+
+
+def failing(fd):  # the disk failed to write back some of the db file's pages
+    if os.fstat(fd).st_ino == os.stat(db).st_ino:
+        raise OSError(errno.EIO, "Input/output error")
+    real(fd)
+
+
+os.fsync = failing
+
+
+async def main():
+    store = open_storage(f"sqlite://{db}")
+    await store.open(lambda index, entries, snapshot=False: None)
+    for i in range(400):  # back to back: the WAL grows to RESET_FRAMES, a hold comes
+        await store.commit([Entry(f"k{i}", os.urandom(64 * 1024))])
+        print(f"k{i}", flush=True)  # acknowledged
+    await store.close()
+
+
+asyncio.run(main())
+"""
+
+
+async def test_a_failed_fsync_of_the_db_file_stops_the_process_and_keeps_the_wal(
+    tmp_path: Path,
+) -> None:
+    """Linux may drop the pages whose writeback failed, marked clean, and
+    sqlite counts a checkpoint's copy as done before its fsync: going on
+    could let the WAL start over without those pages anywhere on disk. The
+    process stops at once (EX_IOERR) without closing the store; the WAL is
+    still there, and the next open finds every acknowledged commit."""
+    db = tmp_path / "c.db"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _FAILING_FSYNC,
+        str(db),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == checkpoint.EXIT_FSYNC_FAILED, err.decode()[-2000:]
+    assert b"an fsync of its db file failed (OSError: [Errno 5]" in err
+    acked = out.decode().split()
+    assert 0 < len(acked) < 400  # stopped at the first hold, not after the last commit
+    assert Path(f"{db}-wal").exists()  # not closed: the WAL is kept
+    seen: dict[str, bytes | None] = {}
+    store = open_storage(f"sqlite://{db}")
+    await store.open(
+        lambda index, entries, snapshot=False: seen.update((e.key, e.value) for e in entries)
+    )
+    assert set(acked) <= set(seen)
+    await store.close()
+
+
+def test_which_checkpoint_failures_stop_the_process() -> None:
+    """A failed fsync, ours or sqlite's (SQLITE_IOERR_FSYNC), stops it; any
+    other failure of a checkpoint (a read error, a busy file) is retried."""
+    fsync = sqlite3.OperationalError("disk I/O error")
+    fsync.sqlite_errorcode = sqlite3.SQLITE_IOERR_FSYNC  # type: ignore[attr-defined]
+    read = sqlite3.OperationalError("disk I/O error")
+    read.sqlite_errorcode = sqlite3.SQLITE_IOERR_READ  # type: ignore[attr-defined]
+    assert checkpoint._fsync_failed(OSError(5, "Input/output error"))
+    assert checkpoint._fsync_failed(fsync)
+    assert not checkpoint._fsync_failed(read)
+    assert not checkpoint._fsync_failed(sqlite3.OperationalError("database is locked"))

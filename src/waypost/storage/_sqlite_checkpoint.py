@@ -57,10 +57,21 @@ its size is cheaper to fsync: overwriting its blocks does not change the
 file's metadata).
 
 A failed checkpoint is logged (once, until one succeeds again) and counted;
-it never fails a commit. The WAL's starts-over are counted from its header,
-whatever caused them (a passive checkpoint that copied everything between
-two commits does too): sqlite adds one to its checkpoint sequence number each
-time (fileformat2.html, "WAL File Format"); counting the holds instead missed
+it never fails a commit. A failed fsync of the db file is different (ours
+before a hold, or sqlite's inside a checkpoint): Linux may have dropped the
+pages it could not write, marked clean, so a later fsync succeeds without
+them, and sqlite records a checkpoint's copy as done before the fsync that
+makes it durable. Retrying would let the WAL start over while the only copy
+of those pages on disk is in it. So the process stops at once, without
+closing the store (the last connection's close would checkpoint and delete
+the WAL), with exit status 74 (EX_IOERR) and a critical log line; on the
+next start sqlite rebuilds its WAL index and copies the whole WAL again
+(PostgreSQL stops the same way since 12, for the same reason).
+
+The WAL's starts-over are counted from its header, whatever caused them
+(a passive checkpoint that copied everything between two commits does too):
+sqlite adds one to its checkpoint sequence number each time
+(fileformat2.html, "WAL File Format"); counting the holds instead missed
 every start-over when commits came slower than the checkpoints.
 """
 
@@ -72,6 +83,9 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
+from typing import NoReturn
+
+from .._exceptions import StorageError
 
 log = logging.getLogger("waypost.storage")
 
@@ -89,6 +103,10 @@ MAX_FRAMES = 4 * RESET_FRAMES
 #: then copies only what landed during a quick one.
 CATCH_UP = 4
 QUICK = 0.005
+#: The exit status of a process stopped by a failed fsync of the db file.
+EXIT_FSYNC_FAILED = os.EX_IOERR
+#: sqlite's codes for a failed fsync (3.11's sqlite3 module names them).
+_FSYNC_FAILED = frozenset({sqlite3.SQLITE_IOERR_FSYNC, sqlite3.SQLITE_IOERR_DIR_FSYNC})
 #: The writer's journal_size_limit: a WAL file past this is trimmed back to
 #: it once it starts over.
 WAL_KEEP_BYTES = 64 * 2**20
@@ -133,6 +151,7 @@ class Checkpointer:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._db: int | None = None  # a descriptor of the db file, to fsync it (see the hold)
+        self._stopped = threading.Lock()  # so that one stop() closes that descriptor
         #: Held by the writer around each batch; by this thread to start the WAL over.
         self.gate = threading.Lock()
         self.failures = 0
@@ -144,26 +163,29 @@ class Checkpointer:
         self._failing = False
 
     def start(self) -> None:
+        """Raises StorageError while a thread an earlier stop() timed out on
+        (a checkpoint stuck on a slow disk) still runs: its connection and
+        descriptor stay open with it, and the store must not open beside them."""
+        if self._thread is not None:
+            raise StorageError(
+                f"the sqlite store {self.path}: its checkpoint thread has not stopped yet "
+                "(stuck on a slow disk?); close the store again once it has"
+            )
         conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         try:
             conn.execute("PRAGMA synchronous=FULL")  # fsync the WAL, then the db file
-            db = os.open(self.path, os.O_RDONLY)
+            self._db = os.open(self.path, os.O_RDONLY)
         except (sqlite3.Error, OSError):
             conn.close()
             raise
-        # A descriptor an earlier stop() timed out on stays open: its thread
-        # may still use it, and closing it could drop this start's locks.
-        self._db = db
         self._dirty.clear()
         # The WAL file is new (the last connection to close deleted it): its
         # sequence number starts again.
         self._generation = None
-        # Each thread its own stop: a thread an earlier stop() timed out on
-        # (a slow disk) still ends, and never runs beside this one for long.
         self._stopping = threading.Event()
         self._thread = threading.Thread(
             target=self._run,
-            args=(conn, db, self._stopping),
+            args=(conn, self._db, self._stopping),
             name="waypost-sqlite-checkpoint",
             daemon=True,
         )
@@ -174,22 +196,28 @@ class Checkpointer:
         if not self._dirty.is_set():
             self._dirty.set()
 
-    def stop(self, timeout: float) -> None:
+    def stop(self, timeout: float) -> bool:
         """Stop the thread (its connection closes; the store's last connection
-        to close checkpoints what is left and removes the WAL). Only once the
-        writer's connection is closed: the db file's descriptor closes here
-        too, which would drop that connection's locks (see the hold)."""
+        to close checkpoints what is left and removes the WAL); whether it has
+        stopped (False: still stuck after `timeout`; call again later). Only
+        once the writer's connection is closed: the db file's descriptor closes
+        here too, which would drop that connection's locks (see the hold)."""
         thread = self._thread
         if thread is None:
-            return
+            return True
         self._stopping.set()
         self._dirty.set()
         thread.join(timeout)
-        if not thread.is_alive():
+        if thread.is_alive():
+            return False
+        with self._stopped:  # two stop() calls at once (a cancelled close, then another)
+            if self._thread is not thread:  # the other one finished it
+                return True
+            db, self._db = self._db, None
             self._thread = None
-            if self._db is not None:
-                os.close(self._db)
-                self._db = None
+        if db is not None:
+            os.close(db)
+        return True
 
     def _run(self, conn: sqlite3.Connection, db: int, stopping: threading.Event) -> None:
         try:
@@ -218,6 +246,8 @@ class Checkpointer:
                     _busy, frames, _copied = _run_checkpoint(conn)
                     self.held.observe(time.perf_counter() - held)
         except Exception as exc:  # never let it stop the thread: commits do not need it
+            if _fsync_failed(exc):
+                _halt(self.path, exc)
             self._failed(exc)
             return
         if self._failing:
@@ -288,3 +318,27 @@ def _wal_generation(wal: Path) -> int | None:
     except OSError:
         return None
     return int.from_bytes(header[12:16], "big") if len(header) == 16 else None
+
+
+def _fsync_failed(exc: Exception) -> bool:
+    """Whether a checkpoint's `exc` is a failed fsync: ours of the db file
+    (the only OSError the checkpoint can raise) or one of sqlite's."""
+    if isinstance(exc, sqlite3.Error):
+        return getattr(exc, "sqlite_errorcode", None) in _FSYNC_FAILED
+    return isinstance(exc, OSError)
+
+
+def _halt(path: Path, exc: Exception) -> NoReturn:
+    """Stop the process now, the store left as it is on disk (see above)."""
+    log.critical(
+        "the sqlite store %s: an fsync of its db file failed (%s: %s). Pages a "
+        "checkpoint copied there may never reach the disk; the WAL still holds them. "
+        "Stopping now, without closing the store, so that the WAL is kept: the next "
+        "start copies all of it again. Check the disk first (dmesg).",
+        path,
+        type(exc).__name__,
+        exc,
+    )
+    for handler in logging.getLogger().handlers + log.handlers:
+        handler.flush()
+    os._exit(EXIT_FSYNC_FAILED)

@@ -193,7 +193,8 @@ class SqliteStorage(Storage):
     async def open(self, apply: ApplyFn) -> None:
         if self._thread is not None:
             raise StorageError(
-                f"the sqlite store {self.path} is already open (or its writer is stuck)"
+                f"the sqlite store {self.path} is already open (or its close did not "
+                "finish: a thread of it is stuck, or the close was cancelled)"
             )
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -365,8 +366,19 @@ class SqliteStorage(Storage):
                 self._lockfile.path,
             )
             return
+        # The store counts as open until the checkpointer has stopped too: its
+        # connection and its descriptor of the db file must not outlive this
+        # close beside a reopened store's (a close cancelled here, or a
+        # checkpoint stuck past the timeout, leaves it open: close again).
+        if not await asyncio.to_thread(self._checkpointer.stop, COMMIT_TIMEOUT):
+            log.error(
+                "the sqlite store %s: the checkpoint thread is stuck (a hung disk?); the "
+                "store stays open and its lock on %s held: close it again once that has ended",
+                self.path,
+                self._lockfile.path,
+            )
+            return
         self._thread = None
-        await asyncio.to_thread(self._checkpointer.stop, COMMIT_TIMEOUT)
         self._lockfile.release()
         if self._sweeper is not None and all(p.future.done() for p in self._outstanding):
             self._sweeper.cancel()  # every commit is answered: nothing left to time
