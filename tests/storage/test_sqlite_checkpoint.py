@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import shutil
 import sqlite3
+import subprocess
 import sys
 import threading
 from collections.abc import AsyncIterator
@@ -30,6 +30,12 @@ BIG = 200 * 1024  # a value of 50 pages: a few commits pass sqlite's 1,000-page 
 def _wal(db: Path) -> int:
     wal = Path(f"{db}-wal")
     return wal.stat().st_size if wal.exists() else 0
+
+
+def _copy_outside(db: Path, copy: Path) -> None:
+    """Copy the live db file from another process: closing a descriptor of it
+    here would drop the store's POSIX locks on it (see the checkpointer)."""
+    subprocess.run(["cp", str(db), str(copy)], check=True)
 
 
 _OPENED: list[SqliteStorage] = []
@@ -72,7 +78,7 @@ async def test_a_commit_never_checkpoints_the_wal(
         await store.commit([Entry(f"k{i}", os.urandom(BIG))])
     assert _wal(db) > 7 * 2**20  # auto-checkpointed, it would start over at ~4 MB
     copy = tmp_path / "main-only.db"
-    shutil.copyfile(db, copy)  # the main file alone, as a checkpoint left it
+    _copy_outside(db, copy)  # the main file alone, as a checkpoint left it
     with sqlite3.connect(copy) as conn:
         assert conn.execute("SELECT count(*) FROM kv").fetchone() == (0,)
     await store.close()
@@ -89,7 +95,7 @@ async def test_the_checkpoint_thread_copies_the_wal_and_the_writes_survive_reope
     await store.commit([Entry("last", b"x")])
     await _until(lambda: store.statistics()["checkpoints"] > done)  # one after the last commit
     copy = tmp_path / "main-only.db"
-    shutil.copyfile(db, copy)
+    _copy_outside(db, copy)
     with sqlite3.connect(copy) as conn:  # no WAL beside it: only what was checkpointed
         assert conn.execute("SELECT count(*) FROM kv").fetchone() == (21,)
     await store.close()
