@@ -339,6 +339,9 @@ def _halt(path: Path, exc: Exception) -> NoReturn:
         type(exc).__name__,
         exc,
     )
-    for handler in logging.getLogger().handlers + log.handlers:
-        handler.flush()
+    logger: logging.Logger | None = log
+    while logger is not None:  # os._exit flushes nothing: the line must be out first
+        for handler in logger.handlers:
+            handler.flush()
+        logger = logger.parent
     os._exit(EXIT_FSYNC_FAILED)
