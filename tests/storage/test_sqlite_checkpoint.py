@@ -7,6 +7,7 @@ and what reached the main db file from a copy of that file alone.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import sqlite3
@@ -47,7 +48,8 @@ async def _close_what_a_failed_test_left_open() -> AsyncIterator[None]:
     running into the next test's monkeypatches."""
     yield
     while _OPENED:
-        await _OPENED.pop().close()  # a no-op once closed
+        with contextlib.suppress(StorageError):  # a thread of it stuck: the test said so
+            await _OPENED.pop().close()  # a no-op once closed
 
 
 async def _opened(db: Path) -> SqliteStorage:
@@ -262,7 +264,8 @@ async def test_a_close_that_could_not_stop_the_checkpointer_keeps_the_store_open
     store = await _opened(db)
     await store.commit([Entry("k", b"v")])
     await asyncio.to_thread(entered.wait, 5)
-    await store.close()  # the writer stops; the checkpointer does not
+    with pytest.raises(StorageError, match="checkpoint thread is stuck"):
+        await store.close()  # the writer stops; the checkpointer does not
     with pytest.raises(StorageError, match="close did not finish"):
         await store.open(lambda index, entries, snapshot=False: None)
     with pytest.raises(ConfigError, match="in use"):
@@ -275,6 +278,84 @@ async def test_a_close_that_could_not_stop_the_checkpointer_keeps_the_store_open
     )
     assert seen == {"k": b"v"}
     await store.close()
+
+
+async def test_a_cancelled_close_still_runs_to_its_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A close cancelled while it waits for the checkpointer (a shutdown in
+    a hurry) goes on in its own task: the store stays refused until it has
+    ended, and a second close() waits for that one rather than racing it."""
+    stuck, entered = threading.Event(), threading.Event()
+    real = checkpoint.Checkpointer.checkpoint
+
+    def slow(self: checkpoint.Checkpointer, conn: sqlite3.Connection, db: int) -> None:
+        if not stuck.is_set():
+            entered.set()
+            stuck.wait(10)
+        real(self, conn, db)
+
+    monkeypatch.setattr(checkpoint.Checkpointer, "checkpoint", slow)
+    db = tmp_path / "c.db"
+    store = await _opened(db)
+    await store.commit([Entry("k", b"v")])
+    await asyncio.to_thread(entered.wait, 5)
+    closing = asyncio.ensure_future(store.close())
+    await asyncio.sleep(0.05)  # waiting for the checkpoint thread
+    closing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await closing
+    with pytest.raises(StorageError, match="close did not finish"):
+        await store.open(lambda index, entries, snapshot=False: None)
+    stuck.set()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while True:  # no second close(): the first one's task ends by itself
+        try:
+            await store.open(lambda index, entries, snapshot=False: None)
+            break
+        except StorageError:
+            assert loop.time() < deadline, "the cancelled close never finished"
+            await asyncio.sleep(0.02)
+    await store.close()
+
+
+def test_a_thread_that_cannot_start_leaves_nothing_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Out of threads: start() raises and keeps neither its connection nor
+    its descriptor, and a later start() works."""
+    db = tmp_path / "c.db"
+    sqlite3.connect(db).execute("PRAGMA journal_mode=WAL").connection.close()
+    pointer = checkpoint.Checkpointer(db)
+    real = threading.Thread.start
+
+    def refused(self: threading.Thread) -> None:
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(threading.Thread, "start", refused)
+    with pytest.raises(RuntimeError):
+        pointer.start()
+    assert pointer._thread is None and pointer._db is None
+    monkeypatch.setattr(threading.Thread, "start", real)
+    pointer.start()
+    assert pointer.stop(timeout=5) is True
+
+
+def test_the_stop_comes_even_if_the_log_cannot_be_written() -> None:
+    """_halt exits with EX_IOERR whatever the logging does (a log file on
+    the full disk whose flush raises)."""
+    script = (
+        "import logging, pathlib\n"
+        "from waypost.storage import _sqlite_checkpoint as checkpoint\n"
+        "class Full(logging.Handler):\n"
+        "    def emit(self, record): pass\n"
+        "    def flush(self): raise OSError(28, 'No space left on device')\n"
+        "logging.getLogger().addHandler(Full())\n"
+        "checkpoint._halt(pathlib.Path('c.db'), OSError(5, 'Input/output error'))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=60)
+    assert done.returncode == checkpoint.EXIT_FSYNC_FAILED, done.stderr.decode()[-2000:]
 
 
 def test_the_db_file_is_fsynced_before_the_writer_is_held(
@@ -299,7 +380,7 @@ def test_the_db_file_is_fsynced_before_the_writer_is_held(
         synced.append((os.fstat(fd).st_ino, pointer.gate.locked()))
         real_fsync(fd)
 
-    monkeypatch.setattr(os, "fsync", spy)  # waypost._fsync calls it by its module
+    monkeypatch.setattr(os, "fsync", spy)  # the checkpointer calls it by its module
     conn = sqlite3.connect(db, isolation_level=None)
     fd = os.open(db, os.O_RDONLY)
     pointer.checkpoint(conn, fd)
@@ -417,7 +498,7 @@ async def test_a_failed_fsync_of_the_db_file_stops_the_process_and_keeps_the_wal
     )
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == checkpoint.EXIT_FSYNC_FAILED, err.decode()[-2000:]
-    assert b"an fsync of its db file failed (OSError: [Errno 5]" in err
+    assert b"an fsync in a checkpoint failed (OSError: [Errno 5]" in err
     acked = out.decode().split()
     assert 0 < len(acked) < 400  # stopped at the first hold, not after the last commit
     assert Path(f"{db}-wal").exists()  # not closed: the WAL is kept

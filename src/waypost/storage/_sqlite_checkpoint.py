@@ -57,16 +57,19 @@ its size is cheaper to fsync: overwriting its blocks does not change the
 file's metadata).
 
 A failed checkpoint is logged (once, until one succeeds again) and counted;
-it never fails a commit. A failed fsync of the db file is different (ours
-before a hold, or sqlite's inside a checkpoint): Linux may have dropped the
-pages it could not write, marked clean, so a later fsync succeeds without
-them, and sqlite records a checkpoint's copy as done before the fsync that
-makes it durable. Retrying would let the WAL start over while the only copy
-of those pages on disk is in it. So the process stops at once, without
-closing the store (the last connection's close would checkpoint and delete
-the WAL), with exit status 74 (EX_IOERR) and a critical log line; on the
-next start sqlite rebuilds its WAL index and copies the whole WAL again
-(PostgreSQL stops the same way since 12, for the same reason).
+it never fails a commit. A failed fsync is different (ours of the db file
+before a hold, or sqlite's of the WAL or the db file inside a checkpoint):
+Linux may have dropped the pages it could not write, marked clean, so a
+later fsync succeeds without them, and sqlite records a checkpoint's copy as
+done before the fsync that makes it durable. Retrying would let the WAL
+start over while the only copy of those pages on disk is in it. So the
+process stops at once, without closing the store (the last connection's
+close would checkpoint and delete the WAL), with exit status 74 (EX_IOERR)
+and a critical log line; on the next start sqlite rebuilds its WAL index and
+copies the whole WAL again (PostgreSQL stops the same way since 12, for the
+same reason). A COMMIT whose WAL fsync fails answers OutcomeUnknown; on
+Linux every descriptor then open on the WAL sees that error on its next
+fsync, so the next checkpoint stops the process too.
 
 The WAL's starts-over are counted from its header, whatever caused them
 (a passive checkpoint that copied everything between two commits does too):
@@ -77,6 +80,7 @@ every start-over when commits came slower than the checkpoints.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sqlite3
@@ -183,13 +187,20 @@ class Checkpointer:
         # sequence number starts again.
         self._generation = None
         self._stopping = threading.Event()
-        self._thread = threading.Thread(
+        thread = threading.Thread(
             target=self._run,
             args=(conn, self._db, self._stopping),
             name="waypost-sqlite-checkpoint",
             daemon=True,
         )
-        self._thread.start()
+        try:
+            thread.start()
+        except RuntimeError:  # "can't start new thread": nothing of this start stays open
+            conn.close()
+            os.close(self._db)
+            self._db = None
+            raise
+        self._thread = thread
 
     def committed(self) -> None:
         """From the writer, after each transaction: there are frames to copy."""
@@ -329,19 +340,23 @@ def _fsync_failed(exc: Exception) -> bool:
 
 
 def _halt(path: Path, exc: Exception) -> NoReturn:
-    """Stop the process now, the store left as it is on disk (see above)."""
-    log.critical(
-        "the sqlite store %s: an fsync of its db file failed (%s: %s). Pages a "
-        "checkpoint copied there may never reach the disk; the WAL still holds them. "
-        "Stopping now, without closing the store, so that the WAL is kept: the next "
-        "start copies all of it again. Check the disk first (dmesg).",
-        path,
-        type(exc).__name__,
-        exc,
-    )
-    logger: logging.Logger | None = log
-    while logger is not None:  # os._exit flushes nothing: the line must be out first
-        for handler in logger.handlers:
-            handler.flush()
-        logger = logger.parent
-    os._exit(EXIT_FSYNC_FAILED)
+    """Stop the process now, the store left as it is on disk (see above):
+    whatever the logging does (a log on a full disk), the exit comes."""
+    try:
+        log.critical(
+            "the sqlite store %s: an fsync in a checkpoint failed (%s: %s). Pages the "
+            "checkpoints copied into the db file may never reach the disk; the WAL still "
+            "holds them. Stopping now, without closing the store, so that the WAL is kept: "
+            "the next start copies all of it again. Check the disk first (dmesg).",
+            path,
+            type(exc).__name__,
+            exc,
+        )
+        logger: logging.Logger | None = log
+        while logger is not None:  # os._exit flushes nothing: the line must be out first
+            for handler in logger.handlers:
+                with contextlib.suppress(Exception):
+                    handler.flush()
+            logger = logger.parent
+    finally:
+        os._exit(EXIT_FSYNC_FAILED)

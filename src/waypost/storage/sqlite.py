@@ -58,7 +58,10 @@ Lock: two agents on one file would each see only their own writes and hand
 out the same indexes, so `open()` takes an exclusive lock on `<path>.lock`
 (see waypost._lockfile; a second agent is told the pid holding it, and the
 kernel drops it if the holder dies) and `close()` drops it. A close() whose
-writer is stuck in the kernel keeps the lock until the process exits.
+writer or checkpointer is stuck in the kernel raises StorageError and keeps
+the store open, with its lock: no thread of it may outlive it beside a
+reopened store (the checkpointer's descriptor of the db file, closed then,
+would drop the new connections' locks: see _sqlite_checkpoint).
 """
 
 from __future__ import annotations
@@ -187,6 +190,7 @@ class SqliteStorage(Storage):
         self._outstanding: collections.deque[_Pending] = collections.deque()
         self._sweeper: asyncio.TimerHandle | None = None
         self._writer_exited = False
+        self._closer: asyncio.Task[None] | None = None  # the close under way
         self._checkpointer = Checkpointer(self.path)
         self._commit_took = Durations()  # each COMMIT: the WAL append and its fsync
 
@@ -236,10 +240,17 @@ class SqliteStorage(Storage):
             self._queue.clear()
             self._waiting = 0
             self._closing = False
-        self._thread = threading.Thread(
+        writer = threading.Thread(
             target=self._writer, args=(conn,), name="waypost-sqlite-writer", daemon=True
         )
-        self._thread.start()
+        try:
+            writer.start()
+        except RuntimeError as exc:  # "can't start new thread": out of threads or memory
+            self._checkpointer.stop(COMMIT_TIMEOUT)
+            conn.close()
+            self._lockfile.release()
+            raise StorageError(f"cannot open the sqlite store {self.path}: {exc}") from exc
+        self._thread = writer
 
     def _replay(self, conn: sqlite3.Connection, apply: ApplyFn) -> None:
         """Apply every stored row, `REPLAY_CHUNK` rows per call, all at the
@@ -349,35 +360,45 @@ class SqliteStorage(Storage):
             _fail(pending.future, _not_started(self.path, timeout))
 
     async def close(self) -> None:
+        """Write what is queued, stop both threads, release the lock. It runs
+        to its end in a task of its own, even if the caller is cancelled (a
+        close cut off half way would leave a thread of the store beside a
+        reopened one), and a close() while one runs waits for it.
+
+        Raises:
+            StorageError: a thread of the store is stuck (a hung disk?): the
+                store stays open, with its lock held; close() again later.
+        """
+        if self._closer is None or self._closer.done():
+            if self._thread is None:
+                return
+            with self._wakeup:
+                self._closing = True  # commits from now on are refused; queued ones are written
+                self._wakeup.notify()
+            self._closer = asyncio.ensure_future(self._close())
+        await asyncio.shield(self._closer)
+
+    async def _close(self) -> None:
         thread = self._thread
         if thread is None:
             return
-        with self._wakeup:
-            self._closing = True  # commits from now on are refused; queued ones are written
-            self._wakeup.notify()
         # Every queued commit is written or expired within COMMIT_TIMEOUT; a
         # writer still busy after that is stuck in the kernel.
         await asyncio.to_thread(thread.join, COMMIT_TIMEOUT + 1)
         if thread.is_alive():
-            log.error(
-                "the sqlite store %s: the writer is stuck (a hung disk?); its lock on %s "
-                "stays held until this process exits",
-                self.path,
-                self._lockfile.path,
+            raise StorageError(
+                f"the sqlite store {self.path} could not close: its writer is stuck (a hung "
+                f"disk?); its lock on {self._lockfile.path} stays held until this process exits"
             )
-            return
         # The store counts as open until the checkpointer has stopped too: its
         # connection and its descriptor of the db file must not outlive this
-        # close beside a reopened store's (a close cancelled here, or a
-        # checkpoint stuck past the timeout, leaves it open: close again).
+        # close beside a reopened store's.
         if not await asyncio.to_thread(self._checkpointer.stop, COMMIT_TIMEOUT):
-            log.error(
-                "the sqlite store %s: the checkpoint thread is stuck (a hung disk?); the "
-                "store stays open and its lock on %s held: close it again once that has ended",
-                self.path,
-                self._lockfile.path,
+            raise StorageError(
+                f"the sqlite store {self.path} could not close: its checkpoint thread is stuck "
+                f"(a hung disk?); it stays open, and its lock on {self._lockfile.path} held, "
+                "until a later close finds that thread ended"
             )
-            return
         self._thread = None
         self._lockfile.release()
         if self._sweeper is not None and all(p.future.done() for p in self._outstanding):
