@@ -334,7 +334,7 @@ def test_a_thread_that_cannot_start_leaves_nothing_open(
         raise RuntimeError("can't start new thread")
 
     monkeypatch.setattr(threading.Thread, "start", refused)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(StorageError, match="cannot start its checkpoint thread"):
         pointer.start()
     assert pointer._thread is None and pointer._db is None
     monkeypatch.setattr(threading.Thread, "start", real)

@@ -195,11 +195,13 @@ class Checkpointer:
         )
         try:
             thread.start()
-        except RuntimeError:  # "can't start new thread": nothing of this start stays open
+        except RuntimeError as exc:  # "can't start new thread": nothing of this start stays open
             conn.close()
             os.close(self._db)
             self._db = None
-            raise
+            raise StorageError(
+                f"the sqlite store {self.path}: cannot start its checkpoint thread ({exc})"
+            ) from exc
         self._thread = thread
 
     def committed(self) -> None:
