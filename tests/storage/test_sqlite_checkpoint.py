@@ -425,7 +425,8 @@ async def test_another_process_reading_the_live_store_loses_no_later_commit(
     and closed the db file to fsync it (before each hold) let that reader
     delete the live WAL: every later commit went to the deleted file."""
     monkeypatch.setattr(checkpoint, "INTERVAL", 0.005)
-    monkeypatch.setattr(checkpoint, "RESET_FRAMES", 64)  # a hold, and its fsync, soon
+    monkeypatch.setattr(checkpoint, "RESET_FRAMES", 1)  # every checkpoint holds, and fsyncs
+    monkeypatch.setattr(checkpoint, "MAX_FRAMES", 1)  # quick or not
     db = tmp_path / "c.db"
     store = await _opened(db)
     for i in range(20):
@@ -453,7 +454,8 @@ from waypost.storage import _sqlite_checkpoint as checkpoint
 
 db = sys.argv[1]
 logging.basicConfig(level=logging.WARNING)
-checkpoint.INTERVAL, checkpoint.RESET_FRAMES = 0.005, 64  # a hold, and its fsync, soon
+checkpoint.INTERVAL = 0.005
+checkpoint.RESET_FRAMES = checkpoint.MAX_FRAMES = 1  # every checkpoint holds, and fsyncs
 real = os.fsync
 
 
@@ -469,7 +471,7 @@ os.fsync = failing
 async def main():
     store = open_storage(f"sqlite://{db}")
     await store.open(lambda index, entries, snapshot=False: None)
-    for i in range(400):  # back to back: the WAL grows to RESET_FRAMES, a hold comes
+    for i in range(400):
         await store.commit([Entry(f"k{i}", os.urandom(64 * 1024))])
         print(f"k{i}", flush=True)  # acknowledged
     await store.close()
