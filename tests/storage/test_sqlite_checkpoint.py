@@ -242,6 +242,27 @@ def test_no_start_beside_a_thread_an_earlier_stop_timed_out_on(
     assert pointer.stop(timeout=5) is True
 
 
+async def _stuck_in_a_checkpoint(
+    db: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[SqliteStorage, threading.Event]:
+    """A store on `db` holding one commit, its checkpoint thread stuck in its
+    first checkpoint (a hung disk) until the event returned is set."""
+    stuck, entered = threading.Event(), threading.Event()
+    real = checkpoint.Checkpointer.checkpoint
+
+    def slow(self: checkpoint.Checkpointer, conn: sqlite3.Connection, fd: int) -> None:
+        if not stuck.is_set():
+            entered.set()
+            stuck.wait(10)
+        real(self, conn, fd)
+
+    monkeypatch.setattr(checkpoint.Checkpointer, "checkpoint", slow)
+    store = await _opened(db)
+    await store.commit([Entry("k", b"v")])
+    assert await asyncio.to_thread(entered.wait, 5)
+    return store, stuck
+
+
 async def test_a_close_that_could_not_stop_the_checkpointer_keeps_the_store_open(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -250,20 +271,8 @@ async def test_a_close_that_could_not_stop_the_checkpointer_keeps_the_store_open
     drop the new connections' locks) is refused, and so is another store on
     the file; a second close() finishes the first one's work."""
     monkeypatch.setattr(sqlite_backend, "COMMIT_TIMEOUT", 0.2)  # also the stop's timeout
-    stuck, entered = threading.Event(), threading.Event()
-    real = checkpoint.Checkpointer.checkpoint
-
-    def slow(self: checkpoint.Checkpointer, conn: sqlite3.Connection, db: int) -> None:
-        if not stuck.is_set():
-            entered.set()
-            stuck.wait(10)
-        real(self, conn, db)
-
-    monkeypatch.setattr(checkpoint.Checkpointer, "checkpoint", slow)
     db = tmp_path / "c.db"
-    store = await _opened(db)
-    await store.commit([Entry("k", b"v")])
-    await asyncio.to_thread(entered.wait, 5)
+    store, stuck = await _stuck_in_a_checkpoint(db, monkeypatch)
     with pytest.raises(StorageError, match="checkpoint thread is stuck"):
         await store.close()  # the writer stops; the checkpointer does not
     with pytest.raises(StorageError, match="close did not finish"):
@@ -284,22 +293,10 @@ async def test_a_cancelled_close_still_runs_to_its_end(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A close cancelled while it waits for the checkpointer (a shutdown in
-    a hurry) goes on in its own task: the store stays refused until it has
-    ended, and a second close() waits for that one rather than racing it."""
-    stuck, entered = threading.Event(), threading.Event()
-    real = checkpoint.Checkpointer.checkpoint
-
-    def slow(self: checkpoint.Checkpointer, conn: sqlite3.Connection, db: int) -> None:
-        if not stuck.is_set():
-            entered.set()
-            stuck.wait(10)
-        real(self, conn, db)
-
-    monkeypatch.setattr(checkpoint.Checkpointer, "checkpoint", slow)
+    a hurry) goes on in its own task: the store stays refused until that
+    has ended, and it ends by itself, with no second close()."""
     db = tmp_path / "c.db"
-    store = await _opened(db)
-    await store.commit([Entry("k", b"v")])
-    await asyncio.to_thread(entered.wait, 5)
+    store, stuck = await _stuck_in_a_checkpoint(db, monkeypatch)
     closing = asyncio.ensure_future(store.close())
     await asyncio.sleep(0.05)  # waiting for the checkpoint thread
     closing.cancel()
