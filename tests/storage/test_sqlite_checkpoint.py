@@ -521,3 +521,33 @@ def test_which_checkpoint_failures_stop_the_process() -> None:
     assert checkpoint._fsync_failed(fsync)
     assert not checkpoint._fsync_failed(read)
     assert not checkpoint._fsync_failed(sqlite3.OperationalError("database is locked"))
+
+
+async def test_a_writer_that_cannot_start_leaves_the_store_closed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Out of threads when the writer starts: open() raises StorageError, the
+    checkpointer is stopped and the lock released, and a later open works."""
+    real = threading.Thread.start
+
+    def refused(self: threading.Thread) -> None:
+        if self.name == "waypost-sqlite-writer":
+            raise RuntimeError("can't start new thread")
+        real(self)
+
+    def checkpointers() -> int:
+        return sum(t.name == "waypost-sqlite-checkpoint" for t in threading.enumerate())
+
+    monkeypatch.setattr(threading.Thread, "start", refused)
+    db = tmp_path / "c.db"
+    store = open_storage(f"sqlite://{db}")
+    before = checkpointers()
+    with pytest.raises(StorageError, match="can't start new thread"):
+        await store.open(lambda index, entries, snapshot=False: None)
+    assert checkpointers() == before  # the one that open() started is stopped
+    monkeypatch.setattr(threading.Thread, "start", real)
+    other = await _opened(db)  # the lock was released
+    await other.commit([Entry("k", b"v")])
+    await other.close()
+    await store.open(lambda index, entries, snapshot=False: None)
+    await store.close()
