@@ -45,16 +45,15 @@ Corrupt", 2.2.1), and without it another process's connection to the store
 (an operator's `sqlite3`), closing last by its reckoning, checkpoints and
 deletes the live WAL, so that every later commit goes to a deleted file.
 (The WAL's header is read by path: sqlite locks nothing in the WAL file, its
-WAL locks are in the -shm.) When the disk is so busy
-that no passive checkpoint gets quick, the hold waits for a later round,
-until the WAL reaches `MAX_FRAMES`: that is its bound (while checkpoints
-succeed). A plain lock, not sqlite's RESTART checkpoint: that takes sqlite's
-write lock for the whole copy, and a writer waiting on it polls with
-sqlite's busy handler (sleeps of 1, 2, 5 ... 100 ms), so it also waits out a
-sleep after the lock is free. The writer's `journal_size_limit` trims a WAL
-file that grew past `WAL_KEEP_BYTES` once it starts over (a file that keeps
-its size is cheaper to fsync: overwriting its blocks does not change the
-file's metadata).
+WAL locks are in the -shm.) When the disk is so busy that no passive
+checkpoint gets quick, the hold waits for a later round, until the WAL
+reaches `MAX_FRAMES`: that is its bound (while checkpoints succeed). A plain
+lock, not sqlite's RESTART checkpoint: that takes sqlite's write lock for
+the whole copy, and a writer waiting on it polls with sqlite's busy handler
+(sleeps of 1, 2, 5 ... 100 ms), so it also waits out a sleep after the lock
+is free. The writer's `journal_size_limit` trims a WAL file that grew past
+`WAL_KEEP_BYTES` once it starts over (a file that keeps its size is cheaper
+to fsync: overwriting its blocks does not change the file's metadata).
 
 A failed checkpoint is logged (once, until one succeeds again) and counted;
 it never fails a commit. A failed fsync is different (ours of the db file
@@ -107,7 +106,7 @@ MAX_FRAMES = 4 * RESET_FRAMES
 #: then copies only what landed during a quick one.
 CATCH_UP = 4
 QUICK = 0.005
-#: The exit status of a process stopped by a failed fsync of the db file.
+#: The exit status of a process stopped by a failed fsync in a checkpoint.
 EXIT_FSYNC_FAILED = os.EX_IOERR
 #: sqlite's codes for a failed fsync (3.11's sqlite3 module names them).
 _FSYNC_FAILED = frozenset({sqlite3.SQLITE_IOERR_FSYNC, sqlite3.SQLITE_IOERR_DIR_FSYNC})
@@ -155,7 +154,6 @@ class Checkpointer:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._db: int | None = None  # a descriptor of the db file, to fsync it (see the hold)
-        self._stopped = threading.Lock()  # so that one stop() closes that descriptor
         #: Held by the writer around each batch; by this thread to start the WAL over.
         self.gate = threading.Lock()
         self.failures = 0
@@ -214,7 +212,8 @@ class Checkpointer:
         to close checkpoints what is left and removes the WAL); whether it has
         stopped (False: still stuck after `timeout`; call again later). Only
         once the writer's connection is closed: the db file's descriptor closes
-        here too, which would drop that connection's locks (see the hold)."""
+        here too, which would drop that connection's locks (see the hold). One
+        caller at a time: the store's, whose close runs in a single task."""
         thread = self._thread
         if thread is None:
             return True
@@ -223,13 +222,10 @@ class Checkpointer:
         thread.join(timeout)
         if thread.is_alive():
             return False
-        with self._stopped:  # two stop() calls at once (a cancelled close, then another)
-            if self._thread is not thread:  # the other one finished it
-                return True
-            db, self._db = self._db, None
-            self._thread = None
-        if db is not None:
-            os.close(db)
+        self._thread = None
+        if self._db is not None:
+            os.close(self._db)
+            self._db = None
         return True
 
     def _run(self, conn: sqlite3.Connection, db: int, stopping: threading.Event) -> None:

@@ -380,8 +380,7 @@ class SqliteStorage(Storage):
 
     async def _close(self) -> None:
         thread = self._thread
-        if thread is None:
-            return
+        assert thread is not None  # close() starts this task only for an open store
         # Every queued commit is written or expired within COMMIT_TIMEOUT; a
         # writer still busy after that is stuck in the kernel.
         await asyncio.to_thread(thread.join, COMMIT_TIMEOUT + 1)
@@ -654,11 +653,9 @@ def _disk_full(exc: Exception) -> bool:
 
 
 def _locked(exc: Exception) -> bool:
-    """sqlite's write lock held by another process past BUSY_TIMEOUT."""
-    return isinstance(exc, sqlite3.Error) and _primary_code(exc) in (
-        sqlite3.SQLITE_BUSY,
-        sqlite3.SQLITE_LOCKED,
-    )
+    """sqlite's write lock held by another process past BUSY_TIMEOUT
+    (SQLITE_LOCKED is a conflict inside one process's shared cache: unused)."""
+    return isinstance(exc, sqlite3.Error) and _primary_code(exc) == sqlite3.SQLITE_BUSY
 
 
 def _primary_code(exc: sqlite3.Error) -> int | None:
