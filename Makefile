@@ -43,5 +43,10 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy
 
+# Issue 13's agent targets, each by its own benchmark (bench/agent/targets.py;
+# health_read.py needs wrk: apt-get install wrk). Never part of `make test`.
+bench: setup system-deps
+	nice -n -19 $(BIN)/python bench/agent/targets.py
+
 clean:
 	rm -rf $(VENV) .venv-compat .pytest_cache .mypy_cache .ruff_cache .hypothesis
